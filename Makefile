@@ -1,0 +1,85 @@
+# adpo: `make demo` (the main job) and `make test` (all tests) work on a fresh machine:
+# both run scripts/setup first, which installs what is missing (idempotent, seconds when done).
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := demo
+
+VENV ?= $(CURDIR)/.venv
+export VIRTUAL_ENV := $(VENV)
+export PATH := $(VENV)/bin:$(HOME)/.cargo/bin:$(PATH)
+# libtorch: the PyPI torch==2.11.0 of the venv, unless the user points LIBTORCH at their own.
+ifeq ($(LIBTORCH),)
+export LIBTORCH_USE_PYTORCH := 1
+endif
+PY := $(VENV)/bin/python
+CARGO ?= cargo
+PREFIX ?= /usr/local
+
+RELEASE := $(CURDIR)/target/release
+LIB := $(RELEASE)/libadpo.so
+CBUILD := $(CURDIR)/target/c
+CFLAGS_ADPO := -std=c11 -O2 -Wall -Wextra -Werror -I$(CURDIR)/include
+LDFLAGS_ADPO := -L$(RELEASE) -ladpo -Wl,-rpath,$(RELEASE) -lm
+SETUP_STAMP := $(VENV)/.adpo-setup-done
+
+C_TESTS := $(patsubst tests/c/%.c,$(CBUILD)/tests/%,$(wildcard tests/c/*.c))
+C_EXAMPLES := $(patsubst examples/c/%.c,$(CBUILD)/examples/%,$(wildcard examples/c/*.c))
+
+.PHONY: setup build lib test test-rust test-header test-c test-python test-install demo header install bench
+
+setup: $(SETUP_STAMP)
+$(SETUP_STAMP): scripts/setup
+	scripts/setup
+	touch $@
+
+# One cargo profile (release) for the library, tests and benches, so torch-sys builds once.
+lib: setup
+	$(CARGO) build --release --lib
+	@# The library's SONAME is libadpo.so.0: give the loader that name in the build tree too.
+	ln -sf libadpo.so $(RELEASE)/libadpo.so.0
+
+$(CBUILD)/tests/%: tests/c/%.c tests/c/check.h include/adpo.h include/dlpack.h lib
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ADPO) -o $@ $< $(LDFLAGS_ADPO)
+
+$(CBUILD)/examples/%: examples/c/%.c include/adpo.h lib
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ADPO) -o $@ $< $(LDFLAGS_ADPO)
+
+demo: $(CBUILD)/examples/demo
+	$(CBUILD)/examples/demo
+
+test: test-rust test-header test-c test-python test-install
+	@echo "make test: all suites passed"
+
+test-rust: setup
+	$(CARGO) test --release
+
+# The committed header must be what cbindgen generates (the Rust test `header` checks drift);
+# here: it compiles alone as C11 and C++17, and declares exactly the library's exports.
+test-header: lib
+	$(CC) -std=c11 -Wall -Wextra -Werror -pedantic -fsyntax-only -Iinclude -x c include/adpo.h
+	$(CXX) -std=c++17 -Wall -Wextra -Werror -pedantic -fsyntax-only -Iinclude -x c++ include/adpo.h
+	$(PY) tests/check_exports.py $(LIB) include/adpo.h
+
+test-c: $(C_TESTS) $(C_EXAMPLES)
+	@set -e; for t in $(C_TESTS); do echo "== $$t"; env -u LD_LIBRARY_PATH $$t; done
+	@set -e; for t in $(C_TESTS); do echo "== valgrind $$t"; \
+	  valgrind -q --error-exitcode=9 --leak-check=no --suppressions=tests/c/valgrind.supp $$t >/dev/null; done
+	@echo "C tests under valgrind: clean"
+
+test-python: lib
+	ADPO_LIB=$(LIB) $(PY) -m pytest -q tests/python
+
+test-install: lib
+	ADPO_LIBTORCH_LIB="$$($(PY) -c 'import torch,os;print(os.path.join(os.path.dirname(torch.__file__),"lib"))')" tests/install/run
+
+header: setup
+	ADPO_WRITE_HEADER=1 $(CARGO) test --release --test header
+
+install: lib
+	ADPO_LIBTORCH_LIB="$$($(PY) -c 'import torch,os;print(os.path.join(os.path.dirname(torch.__file__),"lib"))')" scripts/install "$(PREFIX)"
+
+bench: setup
+	$(CARGO) bench --bench objective
+	$(PY) benches/objective_torch.py

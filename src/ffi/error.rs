@@ -1,0 +1,56 @@
+//! The `adpo_error` object handed to C callers through the optional `adpo_error **err`.
+
+use crate::error::{Error, Status};
+use std::ffi::{c_char, CString};
+
+/// An error: a status code and a message. Created by adpo, freed with adpo_error_free().
+pub struct adpo_error {
+    status: Status,
+    message: CString,
+}
+
+/// Stores `e` into `*err` when `err` is non-NULL.
+pub(crate) fn report(err: *mut *mut adpo_error, e: &Error) {
+    if err.is_null() {
+        return;
+    }
+    let message = CString::new(e.message.replace('\0', " ")).unwrap_or_default();
+    let boxed = Box::new(adpo_error { status: e.status, message });
+    // SAFETY: err is non-NULL and points to writable storage for one pointer (caller contract).
+    unsafe { *err = Box::into_raw(boxed) };
+}
+
+/// The error's message, valid until adpo_error_free(err). NULL err gives "".
+#[no_mangle]
+pub extern "C" fn adpo_error_message(err: *const adpo_error) -> *const c_char {
+    super::boundary::infallible(c"".as_ptr(), || {
+        // SAFETY: a non-NULL err was created by adpo and not yet freed (caller contract).
+        match unsafe { err.as_ref() } {
+            Some(e) => e.message.as_ptr(),
+            None => c"".as_ptr(),
+        }
+    })
+}
+
+/// The error's status code. NULL err gives ADPO_STATUS_NULL_ARGUMENT.
+#[no_mangle]
+pub extern "C" fn adpo_error_status(err: *const adpo_error) -> Status {
+    super::boundary::infallible(Status::NullArgument, || {
+        // SAFETY: as in adpo_error_message.
+        match unsafe { err.as_ref() } {
+            Some(e) => e.status,
+            None => Status::NullArgument,
+        }
+    })
+}
+
+/// Frees an error. NULL is a no-op.
+#[no_mangle]
+pub extern "C" fn adpo_error_free(err: *mut adpo_error) {
+    super::boundary::infallible((), || {
+        if !err.is_null() {
+            // SAFETY: err came from Box::into_raw in report() and is freed once (caller contract).
+            drop(unsafe { Box::from_raw(err) });
+        }
+    })
+}

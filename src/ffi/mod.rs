@@ -1,0 +1,11 @@
+//! The C ABI (include/adpo.h is generated from this module by cbindgen). Every exported
+//! function goes through `boundary`: it checks and converts arguments and calls the Rust
+//! modules; no ADPO logic lives here.
+#![allow(non_camel_case_types)]
+
+pub mod boundary;
+pub mod dlpack;
+pub mod error;
+pub mod objective;
+pub mod version;
+

@@ -1,0 +1,53 @@
+//! Versions, CUDA discovery, strings returned by adpo, and the boundary self-test.
+
+use super::boundary::{call, infallible};
+use super::error::adpo_error;
+use crate::error::{Error, Status};
+use crate::version::{version_string, ADPO_ABI_VERSION};
+use std::ffi::{c_char, CString};
+use std::sync::OnceLock;
+
+/// "adpo X.Y.Z (tch A.B.C, libtorch V)". Static storage: do not free.
+#[no_mangle]
+pub extern "C" fn adpo_version() -> *const c_char {
+    static VERSION: OnceLock<CString> = OnceLock::new();
+    infallible(c"adpo".as_ptr(), || {
+        VERSION.get_or_init(|| CString::new(version_string()).unwrap_or_default()).as_ptr()
+    })
+}
+
+/// The ABI version of the loaded library; equals ADPO_ABI_VERSION of a matching header.
+#[no_mangle]
+pub extern "C" fn adpo_abi_version() -> u32 {
+    infallible(ADPO_ABI_VERSION, || ADPO_ABI_VERSION)
+}
+
+/// Number of CUDA devices libtorch can use (0 on a machine without CUDA).
+#[no_mangle]
+pub extern "C" fn adpo_cuda_device_count() -> i32 {
+    infallible(0, || if tch::Cuda::is_available() { tch::Cuda::device_count() as i32 } else { 0 })
+}
+
+/// Frees a string that adpo returned with ownership (e.g. adpo_objective_metrics_json). NULL is
+/// a no-op.
+#[no_mangle]
+pub extern "C" fn adpo_string_free(s: *mut c_char) {
+    infallible((), || {
+        if !s.is_null() {
+            // SAFETY: s came from CString::into_raw in adpo and is freed once (caller contract).
+            drop(unsafe { CString::from_raw(s) });
+        }
+    })
+}
+
+/// Deliberately panics inside the boundary: returns ADPO_STATUS_PANIC and never unwinds into
+/// the caller. For testing a binding's error handling.
+#[no_mangle]
+pub extern "C" fn adpo_test_panic(err: *mut *mut adpo_error) -> Status {
+    call(err, || -> Result<(), Error> { panic!("adpo_test_panic was called") })
+}
+
+/// Hands a Rust string to C as an owned, NUL-terminated string (freed with adpo_string_free).
+pub(crate) fn owned_c_string(s: String) -> *mut c_char {
+    CString::new(s.replace('\0', " ")).unwrap_or_default().into_raw()
+}

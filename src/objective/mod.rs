@@ -1,0 +1,373 @@
+//! The ADPO objective, model-free: anchored scores, targets, every loss variant, adaptive tau,
+//! the DPO and GRPO baselines, with closed-form gradients. Pure tensor math on any device.
+
+pub mod groups;
+pub mod grpo;
+pub mod listwise;
+pub mod metrics;
+pub mod plackett_luce;
+pub mod scores;
+pub mod targets;
+pub mod temperature;
+
+use crate::config::{LossKind, ObjectiveConfig, PlTies};
+use crate::error::{catch_torch, Error, Result};
+pub use groups::Groups;
+use groups::Layout;
+pub use metrics::Metrics;
+use parking_lot::Mutex;
+use targets::TargetRule;
+use tch::{Device, Kind, Tensor};
+
+/// What the target distribution is built from.
+pub enum Signal<'a> {
+    /// Per-candidate rewards [N]; q from the configured target rule.
+    Rewards(&'a Tensor),
+    /// Explicit per-candidate targets [N]: >= 0, summing to 1 over each group.
+    Targets(&'a Tensor),
+}
+
+/// Inputs of a sequence-level evaluation. All tensors are 1-D of length N on one device.
+pub struct EvalInputs<'a> {
+    pub logp: &'a Tensor,
+    pub anchor_logp: &'a Tensor,
+    pub signal: Signal<'a>,
+    pub groups: &'a Groups,
+    /// Per-candidate mean token entropy of the policy divided by log V (smooth_hybrid only).
+    pub policy_entropy: Option<&'a Tensor>,
+}
+
+/// Inputs of a token-level (GRPO) evaluation: [N, T] tensors, rewards [N].
+pub struct TokenInputs<'a> {
+    pub logp: &'a Tensor,
+    pub old_logp: &'a Tensor,
+    pub ref_logp: Option<&'a Tensor>,
+    pub mask: &'a Tensor,
+    pub rewards: &'a Tensor,
+    pub groups: &'a Groups,
+}
+
+pub struct EvalOutput {
+    pub loss: f64,
+    /// d loss / d logp, same shape as logp, in the compute dtype (f64 for f64 inputs, else f32).
+    pub grad_logp: Tensor,
+    /// Sequence level: the anchored scores s [N]. Token level: the advantages [N].
+    pub scores: Tensor,
+    pub metrics: Metrics,
+}
+
+/// A configured objective. Evaluations on one objective are serialised (it keeps the last
+/// metrics and the tie-breaking generator); different objectives run in parallel.
+pub struct Objective {
+    cfg: ObjectiveConfig,
+    state: Mutex<State>,
+}
+
+struct State {
+    rng: SplitMix64,
+    last: Option<Metrics>,
+}
+
+/// Small deterministic generator for Plackett-Luce tie breaking (seeded from the config).
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next_f64(&mut self) -> f64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// f64 inputs compute in f64; f32, bf16 and f16 inputs compute (accumulate) in f32.
+fn compute_kind(t: &Tensor) -> Result<Kind> {
+    match t.kind() {
+        Kind::Double => Ok(Kind::Double),
+        Kind::Float | Kind::BFloat16 | Kind::Half => Ok(Kind::Float),
+        k => Err(Error::unsupported(format!("logp has dtype {k:?}; expected float64, float32, bfloat16 or float16"))),
+    }
+}
+
+fn check_input(name: &str, t: &Tensor, shape: &[i64], device: Device) -> Result<()> {
+    if t.size() != shape {
+        return Err(Error::shape(format!("{name} has shape {:?}, expected {:?}", t.size(), shape)));
+    }
+    if t.device() != device {
+        return Err(Error::unsupported(format!(
+            "{name} is on {:?} but logp is on {:?}: all inputs must be on one device",
+            t.device(),
+            device
+        )));
+    }
+    if !t.is_floating_point() {
+        return Err(Error::unsupported(format!("{name} has dtype {:?}; expected a floating-point dtype", t.kind())));
+    }
+    let finite: bool = t.isfinite().all().int64_value(&[]) != 0;
+    if !finite {
+        return Err(Error::non_finite(name));
+    }
+    Ok(())
+}
+
+impl Objective {
+    pub fn new(cfg: ObjectiveConfig) -> Result<Self> {
+        cfg.validate()?;
+        let rng = SplitMix64(cfg.seed ^ 0x5EED_AD90);
+        Ok(Objective { cfg, state: Mutex::new(State { rng, last: None }) })
+    }
+
+    pub fn from_json(json: &str) -> Result<Self> {
+        Self::new(ObjectiveConfig::from_json(json)?)
+    }
+
+    pub fn config(&self) -> &ObjectiveConfig {
+        &self.cfg
+    }
+
+    /// Metrics of the last successful evaluation.
+    pub fn last_metrics(&self) -> Option<Metrics> {
+        self.state.lock().last
+    }
+
+    /// Sequence-level evaluation: loss, d loss / d logp and the anchored scores.
+    pub fn eval(&self, inputs: &EvalInputs) -> Result<EvalOutput> {
+        catch_torch(|| self.eval_inner(inputs))
+    }
+
+    /// Token-level evaluation of the GRPO baseline (the configured loss must be "grpo").
+    pub fn eval_tokens(&self, inputs: &TokenInputs) -> Result<EvalOutput> {
+        catch_torch(|| self.eval_tokens_inner(inputs))
+    }
+
+    fn eval_inner(&self, inputs: &EvalInputs) -> Result<EvalOutput> {
+        let cfg = &self.cfg;
+        if cfg.loss == LossKind::Grpo {
+            return Err(Error::invalid(
+                "loss \"grpo\" is token-level: use the token entry point (adpo_objective_eval_tokens)",
+            ));
+        }
+        let groups = inputs.groups;
+        let n = groups.rows() as i64;
+        let device = inputs.logp.device();
+        let kind = compute_kind(inputs.logp)?;
+        check_input("logp", inputs.logp, &[n], device)?;
+        check_input("anchor_logp", inputs.anchor_logp, &[n], device)?;
+        let (signal_name, signal) = match inputs.signal {
+            Signal::Rewards(r) => ("rewards", r),
+            Signal::Targets(t) => ("targets", t),
+        };
+        check_input(signal_name, signal, &[n], device)?;
+        if let Some(e) = inputs.policy_entropy {
+            check_input("policy_entropy", e, &[n], device)?;
+        }
+        if matches!(cfg.loss, LossKind::Pairwise | LossKind::Dpo)
+            && (groups.count() * 2 != groups.rows() || groups.sizes().iter().any(|&k| k != 2))
+        {
+            return Err(Error::shape(format!(
+                "loss \"{}\" needs every group to have exactly 2 candidates; got {} rows in {} groups of size >= 2 (sizes {:?}{})",
+                if cfg.loss == LossKind::Dpo { "dpo" } else { "pairwise" },
+                groups.rows(),
+                groups.count(),
+                &groups.sizes()[..groups.count().min(8)],
+                if groups.count() > 8 { ", ..." } else { "" },
+            )));
+        }
+        let layout = groups.layout(device);
+        let logp = inputs.logp.to_kind(kind);
+        let anchor = inputs.anchor_logp.to_kind(kind);
+        let signal = signal.to_kind(kind);
+        if let Signal::Targets(_) = inputs.signal {
+            check_targets(&signal, &layout, inputs.signal_dtype_tolerance())?;
+        }
+        if groups.count() == 0 {
+            let tau = Tensor::full([n], cfg.tau, (kind, device));
+            let sc = scores::anchored(&logp, &anchor, &tau, cfg.clip_log_ratio, cfg.clip_score);
+            let metrics = Metrics::empty();
+            self.state.lock().last = Some(metrics);
+            return Ok(EvalOutput { loss: 0.0, grad_logp: logp.zeros_like(), scores: sc.s, metrics });
+        }
+
+        // Target q on the padded layout.
+        let keys = layout.gather(&signal, 0.0);
+        let rule = match cfg.loss {
+            LossKind::Top1 => TargetRule::Top1 { smoothing: cfg.top1_smoothing },
+            LossKind::Dpo => TargetRule::Top1 { smoothing: 0.0 },
+            _ => TargetRule::from_config(cfg),
+        };
+        let q = match (inputs.signal.is_rewards(), rule) {
+            (true, rule) => targets::from_keys(rule, cfg, &keys, &layout),
+            (false, TargetRule::Top1 { .. }) => targets::from_keys(rule, cfg, &keys, &layout),
+            (false, _) => keys.shallow_clone(),
+        };
+        let rewards_pad = inputs.signal.is_rewards().then(|| keys.shallow_clone());
+        let entropy_pad = inputs.policy_entropy.map(|e| layout.gather(&e.to_kind(kind), 0.0));
+        let tau_g = temperature::group_tau(cfg, &q, &layout, rewards_pad.as_ref(), entropy_pad.as_ref())?;
+        let tau_row = layout.broadcast(&tau_g, cfg.tau);
+        let sc = scores::anchored(&logp, &anchor, &tau_row, cfg.clip_log_ratio, cfg.clip_score);
+
+        let s0 = layout.gather(&sc.s, 0.0);
+        let s_inf = s0.masked_fill(&layout.mask.logical_not(), f64::NEG_INFINITY);
+        let (group, p) = {
+            let (listwise, p) = listwise::listwise(&s_inf, &s0, &q);
+            if cfg.loss == LossKind::PlackettLuce {
+                let tie_keys = match cfg.pl_ties {
+                    PlTies::Stable => None,
+                    PlTies::Random => Some(self.tie_keys(&layout, device)),
+                };
+                let order = plackett_luce::ranking(&keys, &layout, tie_keys.as_ref());
+                (plackett_luce::plackett_luce(cfg, &s0, &order, &layout), p)
+            } else {
+                (listwise, p)
+            }
+        };
+        let g = layout.g as f64;
+        let mut loss = group.loss.sum(kind) / g;
+        let mut grad = layout.scatter(&(&group.grad / g)) * &sc.ds_dl;
+
+        let counted = layout.broadcast(&Tensor::ones([layout.g], (kind, device)), 0.0);
+        let n_counted = counted.sum(kind);
+        let d = (&anchor - &logp) * &counted;
+        let k3 = (d.exp() - &d - 1.0) * &counted;
+        let anchor_kl = k3.sum(kind) / &n_counted;
+        if cfg.beta_anchor_kl > 0.0 {
+            loss = loss + &anchor_kl * cfg.beta_anchor_kl;
+            grad = grad + (1f64 - d.exp()) * &counted * (cfg.beta_anchor_kl / &n_counted);
+        }
+
+        // All scalar metrics in one host transfer.
+        let real = layout.mask.to_kind(kind);
+        let abs_s = s0.abs() * &real;
+        let lse = s_inf.logsumexp(1, true);
+        let entropy = -p.xlogy(&p).sum_dim_intlist(1, false, kind);
+        let kl = (q.xlogy(&q) - &q * (&s0 - &lse) * &real).sum_dim_intlist(1, false, kind);
+        let win = (&p * targets::best_mask(&keys, &layout).to_kind(kind)).sum_dim_intlist(1, false, kind);
+        let scalars = Tensor::stack(
+            &[
+                loss.shallow_clone(),
+                entropy.mean(kind),
+                kl.mean(kind),
+                win.mean(kind),
+                abs_s.sum(kind) / real.sum(kind),
+                abs_s.max(),
+                tau_g.mean(kind),
+                anchor_kl,
+            ],
+            0,
+        )
+        .to_kind(Kind::Double)
+        .to_device(Device::Cpu);
+        let v = Vec::<f64>::try_from(&scalars).map_err(Error::from)?;
+        let metrics = Metrics {
+            loss: v[0],
+            entropy: v[1],
+            kl_target: v[2],
+            win_mass: v[3],
+            mean_abs_score: v[4],
+            max_abs_score: v[5],
+            tau: v[6],
+            groups: layout.g as u64,
+            clip_fraction: f64::NAN,
+            anchor_kl: v[7],
+        };
+        self.state.lock().last = Some(metrics);
+        Ok(EvalOutput { loss: metrics.loss, grad_logp: grad, scores: sc.s, metrics })
+    }
+
+    fn eval_tokens_inner(&self, inputs: &TokenInputs) -> Result<EvalOutput> {
+        let cfg = &self.cfg;
+        if cfg.loss != LossKind::Grpo {
+            return Err(Error::invalid(format!(
+                "the token entry point evaluates loss \"grpo\"; this objective is configured with {:?}",
+                cfg.loss
+            )));
+        }
+        let groups = inputs.groups;
+        let n = groups.rows() as i64;
+        let shape = inputs.logp.size();
+        if shape.len() != 2 || shape[0] != n || shape[1] == 0 {
+            return Err(Error::shape(format!("logp has shape {shape:?}, expected [n = {n}, T >= 1]")));
+        }
+        let device = inputs.logp.device();
+        let kind = compute_kind(inputs.logp)?;
+        check_input("logp", inputs.logp, &shape, device)?;
+        check_input("old_logp", inputs.old_logp, &shape, device)?;
+        if let Some(r) = inputs.ref_logp {
+            check_input("ref_logp", r, &shape, device)?;
+        } else if cfg.beta_kl > 0.0 {
+            return Err(Error::null("ref_logp (needed because beta_kl > 0)"));
+        }
+        check_input("mask", inputs.mask, &shape, device)?;
+        let mask = inputs.mask.to_kind(kind);
+        let binary: bool = mask.eq(0.0).logical_or(&mask.eq(1.0)).all().int64_value(&[]) != 0;
+        if !binary {
+            return Err(Error::invalid("mask must hold only 0 and 1"));
+        }
+        check_input("rewards", inputs.rewards, &[n], device)?;
+        let layout = groups.layout(device);
+        if layout.g == 0 {
+            let metrics = Metrics { groups: 0, ..Metrics::empty() };
+            self.state.lock().last = Some(metrics);
+            let zeros = Tensor::zeros([n], (kind, device));
+            return Ok(EvalOutput { loss: 0.0, grad_logp: inputs.logp.to_kind(kind).zeros_like(), scores: zeros, metrics });
+        }
+        let ref_logp = inputs.ref_logp.map(|r| r.to_kind(kind));
+        let r = grpo::grpo(
+            cfg,
+            &inputs.logp.to_kind(kind),
+            &inputs.old_logp.to_kind(kind),
+            ref_logp.as_ref(),
+            &mask,
+            &inputs.rewards.to_kind(kind),
+            &layout,
+        );
+        self.state.lock().last = Some(r.metrics);
+        Ok(EvalOutput { loss: r.loss, grad_logp: r.grad, scores: r.advantages, metrics: r.metrics })
+    }
+
+    fn tie_keys(&self, layout: &Layout, device: Device) -> Tensor {
+        let mut state = self.state.lock();
+        let keys: Vec<f64> = (0..layout.g * layout.k).map(|_| state.rng.next_f64()).collect();
+        Tensor::from_slice(&keys).view([layout.g, layout.k]).to_device(device)
+    }
+}
+
+impl Signal<'_> {
+    fn is_rewards(&self) -> bool {
+        matches!(self, Signal::Rewards(_))
+    }
+}
+
+impl EvalInputs<'_> {
+    /// Tolerance of the sum-to-one check: 1e-6, looser for 16-bit targets.
+    fn signal_dtype_tolerance(&self) -> f64 {
+        match self.signal {
+            Signal::Targets(t) if matches!(t.kind(), Kind::BFloat16 | Kind::Half) => 1e-2,
+            _ => 1e-6,
+        }
+    }
+}
+
+/// Explicit targets: >= 0 everywhere, summing to 1 over every group (singletons included).
+fn check_targets(t: &Tensor, layout: &Layout, tol: f64) -> Result<()> {
+    let negative: bool = t.lt(0.0).any().int64_value(&[]) != 0;
+    if negative {
+        return Err(Error::invalid("targets must be >= 0"));
+    }
+    let t64 = t.to_kind(Kind::Double);
+    let counted = layout.broadcast(&Tensor::ones([layout.g], (Kind::Double, t.device())), 0.0);
+    let singleton_err = ((&t64 - 1.0).abs() * (1f64 - &counted)).max();
+    let group_err = if layout.g > 0 {
+        (layout.gather(&t64, 0.0).sum_dim_intlist(1, false, Kind::Double) - 1.0).abs().max()
+    } else {
+        Tensor::zeros([], (Kind::Double, t.device()))
+    };
+    let worst = singleton_err.maximum(&group_err).double_value(&[]);
+    if worst > tol {
+        return Err(Error::invalid(format!(
+            "targets must sum to 1 over each group (within {tol:e}); worst group is off by {worst:.3e}"
+        )));
+    }
+    Ok(())
+}
