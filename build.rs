@@ -20,7 +20,10 @@ fn main() {
     println!("cargo:rustc-cdylib-link-arg=-Wl,-soname,libadpo.so.{major}");
 
     println!("cargo:rustc-env=ADPO_LIBTORCH_LIB={lib}");
-    println!("cargo:rustc-env=ADPO_LIBTORCH_VERSION={}", libtorch_version(lib_dir));
+    println!(
+        "cargo:rustc-env=ADPO_LIBTORCH_VERSION={}",
+        libtorch_version(lib_dir)
+    );
 }
 
 /// The version of the libtorch we build against: PyPI wheels carry torch/version.py,

@@ -187,7 +187,9 @@ fn positive(name: &str, v: f64) -> Result<()> {
     if v.is_finite() && v > 0.0 {
         Ok(())
     } else {
-        Err(Error::config(format!("{name} must be a finite number > 0, got {v}")))
+        Err(Error::config(format!(
+            "{name} must be a finite number > 0, got {v}"
+        )))
     }
 }
 
@@ -195,7 +197,9 @@ fn non_negative(name: &str, v: f64) -> Result<()> {
     if v.is_finite() && v >= 0.0 {
         Ok(())
     } else {
-        Err(Error::config(format!("{name} must be a finite number >= 0, got {v}")))
+        Err(Error::config(format!(
+            "{name} must be a finite number >= 0, got {v}"
+        )))
     }
 }
 
@@ -223,7 +227,10 @@ impl ObjectiveConfig {
         }
         positive("kde_temperature", self.kde_temperature)?;
         if !(self.kde_clip > 0.0 && self.kde_clip < 0.5) {
-            return Err(Error::config(format!("kde_clip must be in (0, 0.5), got {}", self.kde_clip)));
+            return Err(Error::config(format!(
+                "kde_clip must be in (0, 0.5), got {}",
+                self.kde_clip
+            )));
         }
         unit_interval("top1_smoothing", self.top1_smoothing)?;
         if let Some(c) = self.clip_log_ratio {
@@ -234,12 +241,17 @@ impl ObjectiveConfig {
         }
         non_negative("beta_anchor_kl", self.beta_anchor_kl)?;
         if self.pl_top_k == Some(0) {
-            return Err(Error::config("pl_top_k must be >= 1 (or null for all stages)"));
+            return Err(Error::config(
+                "pl_top_k must be >= 1 (or null for all stages)",
+            ));
         }
         unit_interval("pl_label_smoothing", self.pl_label_smoothing)?;
         non_negative("pl_poly_eps", self.pl_poly_eps)?;
         if !(self.clip_eps > 0.0 && self.clip_eps < 1.0) {
-            return Err(Error::config(format!("clip_eps must be in (0, 1), got {}", self.clip_eps)));
+            return Err(Error::config(format!(
+                "clip_eps must be in (0, 1), got {}",
+                self.clip_eps
+            )));
         }
         if let Some(c) = self.clip_eps_high {
             positive("clip_eps_high", c)?;
@@ -251,7 +263,12 @@ impl ObjectiveConfig {
                 non_negative("adaptive_tau.alpha", alpha)?;
                 positive("adaptive_tau.tau_min", tau_min)?;
             }
-            Some(AdaptiveTau::SmoothHybrid { alpha, beta, tau_min, tau_max }) => {
+            Some(AdaptiveTau::SmoothHybrid {
+                alpha,
+                beta,
+                tau_min,
+                tau_max,
+            }) => {
                 non_negative("adaptive_tau.alpha", alpha)?;
                 non_negative("adaptive_tau.beta", beta)?;
                 positive("adaptive_tau.tau_min", tau_min)?;
@@ -294,10 +311,19 @@ mod tests {
 
     #[test]
     fn adaptive_tau_rules_and_defaults() {
-        let c = ObjectiveConfig::from_json(r#"{"adaptive_tau": {"rule": "target_entropy"}}"#).unwrap();
-        assert_eq!(c.adaptive_tau, Some(AdaptiveTau::TargetEntropy { alpha: 1.0, tau_min: 0.1 }));
-        let e = ObjectiveConfig::from_json(r#"{"adaptive_tau": {"rule": "target_entropy", "beta": 1}}"#)
-            .unwrap_err();
+        let c =
+            ObjectiveConfig::from_json(r#"{"adaptive_tau": {"rule": "target_entropy"}}"#).unwrap();
+        assert_eq!(
+            c.adaptive_tau,
+            Some(AdaptiveTau::TargetEntropy {
+                alpha: 1.0,
+                tau_min: 0.1
+            })
+        );
+        let e = ObjectiveConfig::from_json(
+            r#"{"adaptive_tau": {"rule": "target_entropy", "beta": 1}}"#,
+        )
+        .unwrap_err();
         assert!(e.message.contains("beta"), "{}", e.message);
     }
 

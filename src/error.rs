@@ -46,7 +46,10 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
     pub fn new(status: Status, message: impl Into<String>) -> Self {
-        Error { status, message: message.into() }
+        Error {
+            status,
+            message: message.into(),
+        }
     }
     pub fn null(argument: &str) -> Self {
         Error::new(Status::NullArgument, format!("{argument} must not be NULL"))

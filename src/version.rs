@@ -31,8 +31,17 @@ pub fn version_string() -> String {
 mod tests {
     #[test]
     fn constants_match_cargo() {
-        let v = format!("{}.{}.{}", super::ADPO_VERSION_MAJOR, super::ADPO_VERSION_MINOR, super::ADPO_VERSION_PATCH);
+        let v = format!(
+            "{}.{}.{}",
+            super::ADPO_VERSION_MAJOR,
+            super::ADPO_VERSION_MINOR,
+            super::ADPO_VERSION_PATCH
+        );
         assert_eq!(v, env!("CARGO_PKG_VERSION"));
-        assert!(super::version_string().contains("libtorch 2.11.0"), "{}", super::version_string());
+        assert!(
+            super::version_string().contains("libtorch 2.11.0"),
+            "{}",
+            super::version_string()
+        );
     }
 }

@@ -27,7 +27,10 @@ pub fn call(err: *mut *mut adpo_error, body: impl FnOnce() -> Result<()>) -> Sta
         Err(payload) => {
             let e = Error::new(
                 Status::Panic,
-                format!("internal panic caught at the C boundary (please report): {}", panic_message(&*payload)),
+                format!(
+                    "internal panic caught at the C boundary (please report): {}",
+                    panic_message(&*payload)
+                ),
             );
             report(err, &e);
             Status::Panic
@@ -51,13 +54,19 @@ pub fn call_on<H: Handle>(
 }
 
 /// The handle part of [`call_on`], for bodies that must do something before the handle check.
-pub fn with_handle<H: Handle>(handle: *const H, name: &str, body: impl FnOnce(&H) -> Result<()>) -> Result<()> {
+pub fn with_handle<H: Handle>(
+    handle: *const H,
+    name: &str,
+    body: impl FnOnce(&H) -> Result<()>,
+) -> Result<()> {
     // SAFETY: a non-NULL handle was created by adpo and not yet freed (caller contract).
     let h = unsafe { handle.as_ref() }.ok_or_else(|| Error::null(name))?;
     if h.poison_flag().load(Ordering::Acquire) {
         return Err(Error::new(
             Status::Poisoned,
-            format!("{name} was poisoned by an earlier internal panic; free it and create a new one"),
+            format!(
+                "{name} was poisoned by an earlier internal panic; free it and create a new one"
+            ),
         ));
     }
     match catch_unwind(AssertUnwindSafe(|| body(h))) {

@@ -111,18 +111,27 @@ impl Owned {
             }
         };
         if !(0..=8).contains(&t.ndim) || t.shape.is_null() && t.ndim > 0 {
-            return Err(Error::shape(format!("{name}: invalid DLPack ndim {} or NULL shape", t.ndim)));
+            return Err(Error::shape(format!(
+                "{name}: invalid DLPack ndim {} or NULL shape",
+                t.ndim
+            )));
         }
         let ndim = t.ndim as usize;
         // SAFETY: shape (and strides if non-NULL) hold ndim entries (DLPack contract).
-        let shape = if ndim == 0 { vec![] } else { unsafe { std::slice::from_raw_parts(t.shape, ndim) }.to_vec() };
+        let shape = if ndim == 0 {
+            vec![]
+        } else {
+            unsafe { std::slice::from_raw_parts(t.shape, ndim) }.to_vec()
+        };
         let strides = if t.strides.is_null() || ndim == 0 {
             vec![]
         } else {
             unsafe { std::slice::from_raw_parts(t.strides, ndim) }.to_vec()
         };
         if shape.iter().any(|&d| d < 0) {
-            return Err(Error::shape(format!("{name}: negative DLPack shape {shape:?}")));
+            return Err(Error::shape(format!(
+                "{name}: negative DLPack shape {shape:?}"
+            )));
         }
         if t.data.is_null() && shape.iter().product::<i64>() > 0 {
             return Err(Error::null(&format!("{name}->dl_tensor.data")));
@@ -171,12 +180,26 @@ pub fn export(t: Tensor) -> Result<*mut DLManagedTensorVersioned> {
         Kind::Half => (DL_FLOAT, 16),
         Kind::BFloat16 => (DL_BFLOAT, 16),
         Kind::Int64 => (DL_INT, 64),
-        k => return Err(Error::unsupported(format!("cannot export dtype {k:?} as DLPack"))),
+        k => {
+            return Err(Error::unsupported(format!(
+                "cannot export dtype {k:?} as DLPack"
+            )))
+        }
     };
     let device = match t.device() {
-        Device::Cpu => DLDevice { device_type: DL_CPU, device_id: 0 },
-        Device::Cuda(i) => DLDevice { device_type: DL_CUDA, device_id: i as i32 },
-        d => return Err(Error::unsupported(format!("cannot export a tensor on {d:?} as DLPack"))),
+        Device::Cpu => DLDevice {
+            device_type: DL_CPU,
+            device_id: 0,
+        },
+        Device::Cuda(i) => DLDevice {
+            device_type: DL_CUDA,
+            device_id: i as i32,
+        },
+        d => {
+            return Err(Error::unsupported(format!(
+                "cannot export a tensor on {d:?} as DLPack"
+            )))
+        }
     };
     let mut shape = t.size();
     let mut strides = t.stride();
@@ -185,14 +208,25 @@ pub fn export(t: Tensor) -> Result<*mut DLManagedTensorVersioned> {
         data,
         device,
         ndim: shape.len() as i32,
-        dtype: DLDataType { code, bits, lanes: 1 },
+        dtype: DLDataType {
+            code,
+            bits,
+            lanes: 1,
+        },
         shape: shape.as_mut_ptr(),
         strides: strides.as_mut_ptr(),
         byte_offset: 0,
     };
-    let ctx = Box::new(Exported { _tensor: t, _shape: shape, _strides: strides });
+    let ctx = Box::new(Exported {
+        _tensor: t,
+        _shape: shape,
+        _strides: strides,
+    });
     let managed = Box::new(DLManagedTensorVersioned {
-        version: DLPackVersion { major: DLPACK_MAJOR, minor: 0 },
+        version: DLPackVersion {
+            major: DLPACK_MAJOR,
+            minor: 0,
+        },
         manager_ctx: Box::into_raw(ctx) as *mut c_void,
         deleter: Some(delete_exported),
         flags: 0,
@@ -210,7 +244,9 @@ fn read_group_ids(t: &Tensor) -> Result<Vec<i64>> {
             t.size()
         )));
     }
-    Ok(Vec::<i64>::try_from(t.f_to_device(Device::Cpu)?.f_contiguous()?)?)
+    Ok(Vec::<i64>::try_from(
+        t.f_to_device(Device::Cpu)?.f_contiguous()?,
+    )?)
 }
 
 /// adpo_objective_eval on DLPack tensors (CPU or CUDA; float64, float32, float16 or bfloat16;
@@ -240,20 +276,33 @@ pub extern "C" fn adpo_objective_eval_dlpack(
             require_out(out_grad_logp, "out_grad_logp")?;
             let [logp, anchor, rewards, targets, ids] = &owned;
             let logp = logp.view("logp")?.ok_or_else(|| Error::null("logp"))?;
-            let anchor = anchor.view("anchor_logp")?.ok_or_else(|| Error::null("anchor_logp"))?;
+            let anchor = anchor
+                .view("anchor_logp")?
+                .ok_or_else(|| Error::null("anchor_logp"))?;
             let rewards = rewards.view("rewards")?;
             let targets = targets.view("targets")?;
-            let ids = ids.view("group_ids")?.ok_or_else(|| Error::null("group_ids"))?;
+            let ids = ids
+                .view("group_ids")?
+                .ok_or_else(|| Error::null("group_ids"))?;
             let signal = match (&rewards, &targets) {
                 (Some(r), None) => Signal::Rewards(r),
                 (None, Some(t)) => Signal::Targets(t),
                 (Some(_), Some(_)) => {
-                    return Err(Error::invalid("give exactly one of rewards and targets; both are non-NULL"))
+                    return Err(Error::invalid(
+                        "give exactly one of rewards and targets; both are non-NULL",
+                    ))
                 }
-                (None, None) => return Err(Error::null("rewards and targets (exactly one must be given)")),
+                (None, None) => {
+                    return Err(Error::null(
+                        "rewards and targets (exactly one must be given)",
+                    ))
+                }
             };
             if logp.dim() != 1 {
-                return Err(Error::shape(format!("logp must be 1-D, got shape {:?}", logp.size())));
+                return Err(Error::shape(format!(
+                    "logp must be 1-D, got shape {:?}",
+                    logp.size()
+                )));
             }
             let ids = read_group_ids(&ids)?;
             if ids.len() as i64 != logp.size()[0] {
@@ -264,7 +313,13 @@ pub extern "C" fn adpo_objective_eval_dlpack(
                 )));
             }
             let groups = Groups::from_ids(&ids)?;
-            let inputs = EvalInputs { logp: &logp, anchor_logp: &anchor, signal, groups: &groups, policy_entropy: None };
+            let inputs = EvalInputs {
+                logp: &logp,
+                anchor_logp: &anchor,
+                signal,
+                groups: &groups,
+                policy_entropy: None,
+            };
             let out = obj.inner.eval(&inputs)?;
             let grad = export(out.grad_logp.f_to_kind(logp.kind())?)?;
             write_out(out_grad_logp, "out_grad_logp", grad)?;

@@ -15,7 +15,10 @@ pub(crate) fn report(err: *mut *mut adpo_error, e: &Error) {
         return;
     }
     let message = CString::new(e.message.replace('\0', " ")).unwrap_or_default();
-    let boxed = Box::new(adpo_error { status: e.status, message });
+    let boxed = Box::new(adpo_error {
+        status: e.status,
+        message,
+    });
     // SAFETY: err is non-NULL and points to writable storage for one pointer (caller contract).
     unsafe { *err = Box::into_raw(boxed) };
 }

@@ -56,7 +56,9 @@ pub(crate) fn c_str<'a>(ptr: *const c_char, name: &str) -> Result<&'a str> {
         return Err(Error::null(name));
     }
     // SAFETY: non-NULL, NUL-terminated (caller contract).
-    unsafe { CStr::from_ptr(ptr) }.to_str().map_err(|_| Error::invalid(format!("{name} is not valid UTF-8")))
+    unsafe { CStr::from_ptr(ptr) }
+        .to_str()
+        .map_err(|_| Error::invalid(format!("{name} is not valid UTF-8")))
 }
 
 /// A host slice argument of `len` elements (NULL is an error).
@@ -82,7 +84,10 @@ fn copy_out(t: &Tensor, out: *mut f64, len: usize) -> Result<()> {
     if out.is_null() {
         return Ok(());
     }
-    let t = t.f_to_kind(Kind::Double)?.f_to_device(Device::Cpu)?.f_contiguous()?;
+    let t = t
+        .f_to_kind(Kind::Double)?
+        .f_to_device(Device::Cpu)?
+        .f_contiguous()?;
     // SAFETY: non-NULL and valid for len writes (caller contract).
     let dst = unsafe { std::slice::from_raw_parts_mut(out, len) };
     t.f_copy_data(dst, len)?;
@@ -106,9 +111,16 @@ pub extern "C" fn adpo_objective_new(
 ) -> Status {
     call(err, || {
         require_out(out, "out")?;
-        let json = if config_json.is_null() { "" } else { c_str(config_json, "config_json")? };
+        let json = if config_json.is_null() {
+            ""
+        } else {
+            c_str(config_json, "config_json")?
+        };
         let inner = Objective::from_json(json)?;
-        let handle = Box::new(adpo_objective { inner, poisoned: AtomicBool::new(false) });
+        let handle = Box::new(adpo_objective {
+            inner,
+            poisoned: AtomicBool::new(false),
+        });
         write_out(out, "out", Box::into_raw(handle))
     })
 }
@@ -146,13 +158,35 @@ fn eval_host(
     let signal_tensor = match (rewards.is_null(), targets.is_null()) {
         (false, true) => host_tensor(rewards, &shape, "rewards")?,
         (true, false) => host_tensor(targets, &shape, "targets")?,
-        (false, false) => return Err(Error::invalid("give exactly one of rewards and targets; both are non-NULL")),
-        (true, true) => return Err(Error::null("rewards and targets (exactly one must be given)")),
+        (false, false) => {
+            return Err(Error::invalid(
+                "give exactly one of rewards and targets; both are non-NULL",
+            ))
+        }
+        (true, true) => {
+            return Err(Error::null(
+                "rewards and targets (exactly one must be given)",
+            ))
+        }
     };
-    let signal = if rewards.is_null() { Signal::Targets(&signal_tensor) } else { Signal::Rewards(&signal_tensor) };
+    let signal = if rewards.is_null() {
+        Signal::Targets(&signal_tensor)
+    } else {
+        Signal::Rewards(&signal_tensor)
+    };
     let groups = Groups::from_ids(slice(group_ids, n, "group_ids")?)?;
-    let entropy = if policy_entropy.is_null() { None } else { Some(host_tensor(policy_entropy, &shape, "policy_entropy")?) };
-    let inputs = EvalInputs { logp: &logp, anchor_logp: &anchor, signal, groups: &groups, policy_entropy: entropy.as_ref() };
+    let entropy = if policy_entropy.is_null() {
+        None
+    } else {
+        Some(host_tensor(policy_entropy, &shape, "policy_entropy")?)
+    };
+    let inputs = EvalInputs {
+        logp: &logp,
+        anchor_logp: &anchor,
+        signal,
+        groups: &groups,
+        policy_entropy: entropy.as_ref(),
+    };
     let out = obj.inner.eval(&inputs)?;
     write_outputs(&out, n, out_loss, out_grad_logp, n, out_scores)
 }
@@ -191,7 +225,19 @@ pub extern "C" fn adpo_objective_eval(
 ) -> Status {
     call_on(err, obj, "obj", |obj| {
         let none = std::ptr::null();
-        eval_host(obj, n, logp, anchor_logp, rewards, targets, group_ids, none, out_loss, out_grad_logp, out_scores)
+        eval_host(
+            obj,
+            n,
+            logp,
+            anchor_logp,
+            rewards,
+            targets,
+            group_ids,
+            none,
+            out_loss,
+            out_grad_logp,
+            out_scores,
+        )
     })
 }
 
@@ -215,7 +261,17 @@ pub extern "C" fn adpo_objective_eval_entropy(
 ) -> Status {
     call_on(err, obj, "obj", |obj| {
         eval_host(
-            obj, n, logp, anchor_logp, rewards, targets, group_ids, policy_entropy, out_loss, out_grad_logp, out_scores,
+            obj,
+            n,
+            logp,
+            anchor_logp,
+            rewards,
+            targets,
+            group_ids,
+            policy_entropy,
+            out_loss,
+            out_grad_logp,
+            out_scores,
         )
     })
 }
@@ -246,12 +302,18 @@ pub extern "C" fn adpo_objective_eval_tokens(
             return Err(Error::invalid("t must be > 0"));
         }
         let cols = i64::try_from(t).map_err(|_| Error::invalid("t is too large"))?;
-        let len = n.checked_mul(t).ok_or_else(|| Error::invalid("n * t overflows"))?;
+        let len = n
+            .checked_mul(t)
+            .ok_or_else(|| Error::invalid("n * t overflows"))?;
         require_out(out_loss, "out_loss")?;
         let shape = [rows, cols];
         let logp = host_tensor(logp, &shape, "logp")?;
         let old = host_tensor(old_logp, &shape, "old_logp")?;
-        let reference = if ref_logp.is_null() { None } else { Some(host_tensor(ref_logp, &shape, "ref_logp")?) };
+        let reference = if ref_logp.is_null() {
+            None
+        } else {
+            Some(host_tensor(ref_logp, &shape, "ref_logp")?)
+        };
         let mask = host_tensor(mask, &shape, "mask")?;
         let rewards = host_tensor(rewards, &[rows], "rewards")?;
         let groups = Groups::from_ids(slice(group_ids, n, "group_ids")?)?;
@@ -269,7 +331,9 @@ pub extern "C" fn adpo_objective_eval_tokens(
 }
 
 fn last_metrics(obj: &adpo_objective) -> Result<Metrics> {
-    obj.inner.last_metrics().ok_or_else(|| Error::invalid("no successful evaluation on this objective yet"))
+    obj.inner
+        .last_metrics()
+        .ok_or_else(|| Error::invalid("no successful evaluation on this objective yet"))
 }
 
 /// Metrics of the last successful evaluation (see adpo_objective_metrics).
@@ -305,7 +369,9 @@ pub(crate) fn write_versioned<T: Copy>(out: *mut T, full: &T) -> Result<()> {
     // SAFETY: out is non-NULL (checked by the caller) and starts with a u32 struct_size.
     let caller_size = unsafe { *(out as *const u32) } as usize;
     if caller_size < std::mem::size_of::<u32>() {
-        return Err(Error::invalid("out->struct_size must be set to sizeof(the struct) before the call"));
+        return Err(Error::invalid(
+            "out->struct_size must be set to sizeof(the struct) before the call",
+        ));
     }
     let n = caller_size.min(std::mem::size_of::<T>());
     // SAFETY: both regions are valid for n bytes; the caller promised caller_size bytes.

@@ -10,9 +10,11 @@ use std::sync::OnceLock;
 /// "adpo X.Y.Z (tch A.B.C, libtorch V)". Static storage: do not free.
 #[no_mangle]
 pub extern "C" fn adpo_version() -> *const c_char {
-    static VERSION: OnceLock<CString> = OnceLock::new();
     infallible(c"adpo".as_ptr(), || {
-        VERSION.get_or_init(|| CString::new(version_string()).unwrap_or_default()).as_ptr()
+        static VERSION: OnceLock<CString> = OnceLock::new();
+        VERSION
+            .get_or_init(|| CString::new(version_string()).unwrap_or_default())
+            .as_ptr()
     })
 }
 
@@ -25,7 +27,13 @@ pub extern "C" fn adpo_abi_version() -> u32 {
 /// Number of CUDA devices libtorch can use (0 on a machine without CUDA).
 #[no_mangle]
 pub extern "C" fn adpo_cuda_device_count() -> i32 {
-    infallible(0, || if tch::Cuda::is_available() { tch::Cuda::device_count() as i32 } else { 0 })
+    infallible(0, || {
+        if tch::Cuda::is_available() {
+            tch::Cuda::device_count() as i32
+        } else {
+            0
+        }
+    })
 }
 
 /// Frees a string that adpo returned with ownership (e.g. adpo_objective_metrics_json). NULL is
@@ -44,10 +52,14 @@ pub extern "C" fn adpo_string_free(s: *mut c_char) {
 /// the caller. For testing a binding's error handling.
 #[no_mangle]
 pub extern "C" fn adpo_test_panic(err: *mut *mut adpo_error) -> Status {
-    call(err, || -> Result<(), Error> { panic!("adpo_test_panic was called") })
+    call(err, || -> Result<(), Error> {
+        panic!("adpo_test_panic was called")
+    })
 }
 
 /// Hands a Rust string to C as an owned, NUL-terminated string (freed with adpo_string_free).
 pub(crate) fn owned_c_string(s: String) -> *mut c_char {
-    CString::new(s.replace('\0', " ")).unwrap_or_default().into_raw()
+    CString::new(s.replace('\0', " "))
+        .unwrap_or_default()
+        .into_raw()
 }

@@ -68,7 +68,13 @@ impl Groups {
         let contiguous = sizes.len() * kmax == n
             && sizes.iter().all(|&k| k as usize == kmax)
             && slots.iter().enumerate().all(|(i, &r)| r == i as i64);
-        Ok(Groups { n, kmax, sizes, slots, contiguous })
+        Ok(Groups {
+            n,
+            kmax,
+            sizes,
+            slots,
+            contiguous,
+        })
     }
 
     pub fn rows(&self) -> usize {
@@ -90,13 +96,22 @@ impl Groups {
         let g = self.count() as i64;
         let k = self.kmax as i64;
         let sizes = Tensor::from_slice(&self.sizes).to_device(device);
-        let mask = Tensor::arange(k, (Kind::Int64, device)).unsqueeze(0).lt_tensor(&sizes.unsqueeze(1));
+        let mask = Tensor::arange(k, (Kind::Int64, device))
+            .unsqueeze(0)
+            .lt_tensor(&sizes.unsqueeze(1));
         let slots = if self.contiguous {
             None
         } else {
             Some(Tensor::from_slice(&self.slots).to_device(device))
         };
-        Layout { n: self.n as i64, g, k, slots, mask, sizes }
+        Layout {
+            n: self.n as i64,
+            g,
+            k,
+            slots,
+            mask,
+            sizes,
+        }
     }
 }
 
@@ -118,9 +133,10 @@ impl Layout {
     pub fn gather(&self, x: &Tensor, fill: f64) -> Tensor {
         match &self.slots {
             None => x.view([self.g, self.k]),
-            Some(slots) => {
-                x.index_select(0, slots).view([self.g, self.k]).masked_fill(&self.mask.logical_not(), fill)
-            }
+            Some(slots) => x
+                .index_select(0, slots)
+                .view([self.g, self.k])
+                .masked_fill(&self.mask.logical_not(), fill),
         }
     }
 
@@ -128,9 +144,11 @@ impl Layout {
     pub fn scatter(&self, y: &Tensor) -> Tensor {
         match &self.slots {
             None => y.reshape([self.n]),
-            Some(slots) => {
-                Tensor::zeros([self.n], (y.kind(), y.device())).index_add(0, slots, &y.reshape([-1]))
-            }
+            Some(slots) => Tensor::zeros([self.n], (y.kind(), y.device())).index_add(
+                0,
+                slots,
+                &y.reshape([-1]),
+            ),
         }
     }
 
@@ -167,11 +185,20 @@ mod tests {
         let l = g.layout(Device::Cpu);
         let x = Tensor::from_slice(&[0.0f64, 1.0, 2.0, 3.0, 4.0, 5.0]);
         let p = l.gather(&x, -1.0);
-        assert_eq!(Vec::<f64>::try_from(p.reshape([-1])).unwrap(), vec![0.0, 2.0, -1.0, 1.0, 4.0, 5.0]);
+        assert_eq!(
+            Vec::<f64>::try_from(p.reshape([-1])).unwrap(),
+            vec![0.0, 2.0, -1.0, 1.0, 4.0, 5.0]
+        );
         let back = l.scatter(&p.masked_fill(&l.mask.logical_not(), 0.0));
-        assert_eq!(Vec::<f64>::try_from(back).unwrap(), vec![0.0, 1.0, 2.0, 0.0, 4.0, 5.0]);
+        assert_eq!(
+            Vec::<f64>::try_from(back).unwrap(),
+            vec![0.0, 1.0, 2.0, 0.0, 4.0, 5.0]
+        );
         let b = l.broadcast(&Tensor::from_slice(&[10.0f64, 20.0]), -5.0);
-        assert_eq!(Vec::<f64>::try_from(b).unwrap(), vec![10.0, 20.0, 10.0, -5.0, 20.0, 20.0]);
+        assert_eq!(
+            Vec::<f64>::try_from(b).unwrap(),
+            vec![10.0, 20.0, 10.0, -5.0, 20.0, 20.0]
+        );
     }
 
     #[test]

@@ -39,7 +39,9 @@ pub fn grpo(
 
     // Aggregation weights W (loss = sum W * per-token loss).
     let weights = match cfg.aggregation {
-        Aggregation::Grpo => &m / (tokens_per_row.clamp_min(1.0).unsqueeze(1) * n_rows.clamp_min(1.0)),
+        Aggregation::Grpo => {
+            &m / (tokens_per_row.clamp_min(1.0).unsqueeze(1) * n_rows.clamp_min(1.0))
+        }
         Aggregation::Bnpo | Aggregation::Dapo => &m / m.sum(kind).clamp_min(1.0),
         Aggregation::DrGrpo => &m / (n_rows.clamp_min(1.0) * width),
     };
@@ -49,7 +51,8 @@ pub fn grpo(
     let log_ratio = match cfg.ratio_level {
         RatioLevel::Token => log_ratio,
         RatioLevel::Sequence => {
-            let mean = log_ratio.sum_dim_intlist(1, true, kind) / tokens_per_row.clamp_min(1.0).unsqueeze(1);
+            let mean = log_ratio.sum_dim_intlist(1, true, kind)
+                / tokens_per_row.clamp_min(1.0).unsqueeze(1);
             mean.expand_as(&log_ratio)
         }
     };
@@ -79,15 +82,21 @@ pub fn grpo(
         let k3 = d.exp() - &d - 1.0;
         anchor_kl = ((&k3 * &m).sum(kind) / m.sum(kind).clamp_min(1.0)).double_value(&[]);
         if cfg.beta_kl > 0.0 {
-            loss_t = loss_t + (&weights * &k3).sum(kind) * cfg.beta_kl;
-            grad = grad + &weights * (1f64 - d.exp()) * cfg.beta_kl;
+            loss_t += (&weights * &k3).sum(kind) * cfg.beta_kl;
+            grad += &weights * (1f64 - d.exp()) * cfg.beta_kl;
         }
     }
-    let clip_frac = (unclipped_wins.logical_not().to_kind(kind) * &m).sum(kind) / m.sum(kind).clamp_min(1.0);
+    let clip_frac =
+        (unclipped_wins.logical_not().to_kind(kind) * &m).sum(kind) / m.sum(kind).clamp_min(1.0);
     let mut metrics = Metrics::empty();
     metrics.loss = loss_t.double_value(&[]);
     metrics.groups = layout.g as u64;
     metrics.clip_fraction = clip_frac.double_value(&[]);
     metrics.anchor_kl = anchor_kl;
-    TokenResult { loss: metrics.loss, grad, advantages, metrics }
+    TokenResult {
+        loss: metrics.loss,
+        grad,
+        advantages,
+        metrics,
+    }
 }

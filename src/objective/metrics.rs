@@ -45,7 +45,13 @@ impl Metrics {
     }
 
     pub fn to_json(&self) -> String {
-        let num = |v: f64| if v.is_finite() { serde_json::json!(v) } else { serde_json::Value::Null };
+        let num = |v: f64| {
+            if v.is_finite() {
+                serde_json::json!(v)
+            } else {
+                serde_json::Value::Null
+            }
+        };
         serde_json::json!({
             "loss": num(self.loss),
             "entropy": num(self.entropy),

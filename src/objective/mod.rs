@@ -86,13 +86,19 @@ fn compute_kind(t: &Tensor) -> Result<Kind> {
     match t.kind() {
         Kind::Double => Ok(Kind::Double),
         Kind::Float | Kind::BFloat16 | Kind::Half => Ok(Kind::Float),
-        k => Err(Error::unsupported(format!("logp has dtype {k:?}; expected float64, float32, bfloat16 or float16"))),
+        k => Err(Error::unsupported(format!(
+            "logp has dtype {k:?}; expected float64, float32, bfloat16 or float16"
+        ))),
     }
 }
 
 fn check_input(name: &str, t: &Tensor, shape: &[i64], device: Device) -> Result<()> {
     if t.size() != shape {
-        return Err(Error::shape(format!("{name} has shape {:?}, expected {:?}", t.size(), shape)));
+        return Err(Error::shape(format!(
+            "{name} has shape {:?}, expected {:?}",
+            t.size(),
+            shape
+        )));
     }
     if t.device() != device {
         return Err(Error::unsupported(format!(
@@ -102,7 +108,10 @@ fn check_input(name: &str, t: &Tensor, shape: &[i64], device: Device) -> Result<
         )));
     }
     if !t.is_floating_point() {
-        return Err(Error::unsupported(format!("{name} has dtype {:?}; expected a floating-point dtype", t.kind())));
+        return Err(Error::unsupported(format!(
+            "{name} has dtype {:?}; expected a floating-point dtype",
+            t.kind()
+        )));
     }
     let finite: bool = t.isfinite().all().int64_value(&[]) != 0;
     if !finite {
@@ -115,7 +124,10 @@ impl Objective {
     pub fn new(cfg: ObjectiveConfig) -> Result<Self> {
         cfg.validate()?;
         let rng = SplitMix64(cfg.seed ^ 0x5EED_AD90);
-        Ok(Objective { cfg, state: Mutex::new(State { rng, last: None }) })
+        Ok(Objective {
+            cfg,
+            state: Mutex::new(State { rng, last: None }),
+        })
     }
 
     pub fn from_json(json: &str) -> Result<Self> {
@@ -186,13 +198,20 @@ impl Objective {
             let sc = scores::anchored(&logp, &anchor, &tau, cfg.clip_log_ratio, cfg.clip_score);
             let metrics = Metrics::empty();
             self.state.lock().last = Some(metrics);
-            return Ok(EvalOutput { loss: 0.0, grad_logp: logp.zeros_like(), scores: sc.s, metrics });
+            return Ok(EvalOutput {
+                loss: 0.0,
+                grad_logp: logp.zeros_like(),
+                scores: sc.s,
+                metrics,
+            });
         }
 
         // Target q on the padded layout.
         let keys = layout.gather(&signal, 0.0);
         let rule = match cfg.loss {
-            LossKind::Top1 => TargetRule::Top1 { smoothing: cfg.top1_smoothing },
+            LossKind::Top1 => TargetRule::Top1 {
+                smoothing: cfg.top1_smoothing,
+            },
             LossKind::Dpo => TargetRule::Top1 { smoothing: 0.0 },
             _ => TargetRule::from_config(cfg),
         };
@@ -202,8 +221,11 @@ impl Objective {
             (false, _) => keys.shallow_clone(),
         };
         let rewards_pad = inputs.signal.is_rewards().then(|| keys.shallow_clone());
-        let entropy_pad = inputs.policy_entropy.map(|e| layout.gather(&e.to_kind(kind), 0.0));
-        let tau_g = temperature::group_tau(cfg, &q, &layout, rewards_pad.as_ref(), entropy_pad.as_ref())?;
+        let entropy_pad = inputs
+            .policy_entropy
+            .map(|e| layout.gather(&e.to_kind(kind), 0.0));
+        let tau_g =
+            temperature::group_tau(cfg, &q, &layout, rewards_pad.as_ref(), entropy_pad.as_ref())?;
         let tau_row = layout.broadcast(&tau_g, cfg.tau);
         let sc = scores::anchored(&logp, &anchor, &tau_row, cfg.clip_log_ratio, cfg.clip_score);
 
@@ -232,8 +254,8 @@ impl Objective {
         let k3 = (d.exp() - &d - 1.0) * &counted;
         let anchor_kl = k3.sum(kind) / &n_counted;
         if cfg.beta_anchor_kl > 0.0 {
-            loss = loss + &anchor_kl * cfg.beta_anchor_kl;
-            grad = grad + (1f64 - d.exp()) * &counted * (cfg.beta_anchor_kl / &n_counted);
+            loss += &anchor_kl * cfg.beta_anchor_kl;
+            grad += (1f64 - d.exp()) * &counted * (cfg.beta_anchor_kl / &n_counted);
         }
 
         // All scalar metrics in one host transfer.
@@ -242,7 +264,8 @@ impl Objective {
         let lse = s_inf.logsumexp(1, true);
         let entropy = -p.xlogy(&p).sum_dim_intlist(1, false, kind);
         let kl = (q.xlogy(&q) - &q * (&s0 - &lse) * &real).sum_dim_intlist(1, false, kind);
-        let win = (&p * targets::best_mask(&keys, &layout).to_kind(kind)).sum_dim_intlist(1, false, kind);
+        let win =
+            (&p * targets::best_mask(&keys, &layout).to_kind(kind)).sum_dim_intlist(1, false, kind);
         let scalars = Tensor::stack(
             &[
                 loss.shallow_clone(),
@@ -271,8 +294,14 @@ impl Objective {
             clip_fraction: f64::NAN,
             anchor_kl: v[7],
         };
+        check_result(metrics.loss, &grad)?;
         self.state.lock().last = Some(metrics);
-        Ok(EvalOutput { loss: metrics.loss, grad_logp: grad, scores: sc.s, metrics })
+        Ok(EvalOutput {
+            loss: metrics.loss,
+            grad_logp: grad,
+            scores: sc.s,
+            metrics,
+        })
     }
 
     fn eval_tokens_inner(&self, inputs: &TokenInputs) -> Result<EvalOutput> {
@@ -287,7 +316,9 @@ impl Objective {
         let n = groups.rows() as i64;
         let shape = inputs.logp.size();
         if shape.len() != 2 || shape[0] != n || shape[1] == 0 {
-            return Err(Error::shape(format!("logp has shape {shape:?}, expected [n = {n}, T >= 1]")));
+            return Err(Error::shape(format!(
+                "logp has shape {shape:?}, expected [n = {n}, T >= 1]"
+            )));
         }
         let device = inputs.logp.device();
         let kind = compute_kind(inputs.logp)?;
@@ -300,17 +331,30 @@ impl Objective {
         }
         check_input("mask", inputs.mask, &shape, device)?;
         let mask = inputs.mask.to_kind(kind);
-        let binary: bool = mask.eq(0.0).logical_or(&mask.eq(1.0)).all().int64_value(&[]) != 0;
+        let binary: bool = mask
+            .eq(0.0)
+            .logical_or(&mask.eq(1.0))
+            .all()
+            .int64_value(&[])
+            != 0;
         if !binary {
             return Err(Error::invalid("mask must hold only 0 and 1"));
         }
         check_input("rewards", inputs.rewards, &[n], device)?;
         let layout = groups.layout(device);
         if layout.g == 0 {
-            let metrics = Metrics { groups: 0, ..Metrics::empty() };
+            let metrics = Metrics {
+                groups: 0,
+                ..Metrics::empty()
+            };
             self.state.lock().last = Some(metrics);
             let zeros = Tensor::zeros([n], (kind, device));
-            return Ok(EvalOutput { loss: 0.0, grad_logp: inputs.logp.to_kind(kind).zeros_like(), scores: zeros, metrics });
+            return Ok(EvalOutput {
+                loss: 0.0,
+                grad_logp: inputs.logp.to_kind(kind).zeros_like(),
+                scores: zeros,
+                metrics,
+            });
         }
         let ref_logp = inputs.ref_logp.map(|r| r.to_kind(kind));
         let r = grpo::grpo(
@@ -322,14 +366,24 @@ impl Objective {
             &inputs.rewards.to_kind(kind),
             &layout,
         );
+        check_result(r.loss, &r.grad)?;
         self.state.lock().last = Some(r.metrics);
-        Ok(EvalOutput { loss: r.loss, grad_logp: r.grad, scores: r.advantages, metrics: r.metrics })
+        Ok(EvalOutput {
+            loss: r.loss,
+            grad_logp: r.grad,
+            scores: r.advantages,
+            metrics: r.metrics,
+        })
     }
 
     fn tie_keys(&self, layout: &Layout, device: Device) -> Tensor {
         let mut state = self.state.lock();
-        let keys: Vec<f64> = (0..layout.g * layout.k).map(|_| state.rng.next_f64()).collect();
-        Tensor::from_slice(&keys).view([layout.g, layout.k]).to_device(device)
+        let keys: Vec<f64> = (0..layout.g * layout.k)
+            .map(|_| state.rng.next_f64())
+            .collect();
+        Tensor::from_slice(&keys)
+            .view([layout.g, layout.k])
+            .to_device(device)
     }
 }
 
@@ -349,6 +403,20 @@ impl EvalInputs<'_> {
     }
 }
 
+/// Finite inputs can still overflow (e.g. exp of a huge log-ratio in a penalty): never hand
+/// back a non-finite loss or gradient.
+fn check_result(loss: f64, grad: &Tensor) -> Result<()> {
+    let finite = loss.is_finite() && grad.isfinite().all().int64_value(&[]) != 0;
+    if finite {
+        Ok(())
+    } else {
+        Err(Error::new(
+            crate::error::Status::NonFinite,
+            format!("the result overflowed (loss {loss}): log-ratios are too large for exp() in this configuration"),
+        ))
+    }
+}
+
 /// Explicit targets: >= 0 everywhere, summing to 1 over every group (singletons included).
 fn check_targets(t: &Tensor, layout: &Layout, tol: f64) -> Result<()> {
     let negative: bool = t.lt(0.0).any().int64_value(&[]) != 0;
@@ -359,7 +427,12 @@ fn check_targets(t: &Tensor, layout: &Layout, tol: f64) -> Result<()> {
     let counted = layout.broadcast(&Tensor::ones([layout.g], (Kind::Double, t.device())), 0.0);
     let singleton_err = ((&t64 - 1.0).abs() * (1f64 - &counted)).max();
     let group_err = if layout.g > 0 {
-        (layout.gather(&t64, 0.0).sum_dim_intlist(1, false, Kind::Double) - 1.0).abs().max()
+        (layout
+            .gather(&t64, 0.0)
+            .sum_dim_intlist(1, false, Kind::Double)
+            - 1.0)
+            .abs()
+            .max()
     } else {
         Tensor::zeros([], (Kind::Double, t.device()))
     };

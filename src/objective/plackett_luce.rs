@@ -15,7 +15,12 @@ fn suffix_logsumexp(x: &Tensor) -> Tensor {
 
 /// `s0`: scores [G, K] (0 on padding); `order`: [G, K] int64, row-wise ranking best first with
 /// the padding last.
-pub fn plackett_luce(cfg: &ObjectiveConfig, s0: &Tensor, order: &Tensor, layout: &Layout) -> GroupLoss {
+pub fn plackett_luce(
+    cfg: &ObjectiveConfig,
+    s0: &Tensor,
+    order: &Tensor,
+    layout: &Layout,
+) -> GroupLoss {
     let kind = s0.kind();
     let device = s0.device();
     let sizes = layout.sizes.unsqueeze(1);
@@ -29,7 +34,9 @@ pub fn plackett_luce(cfg: &ObjectiveConfig, s0: &Tensor, order: &Tensor, layout:
     let stage = pos.lt_tensor(&stages);
     let stage_f = stage.to_kind(kind);
 
-    let v0 = s0.gather(1, order, false).masked_fill(&real.logical_not(), 0.0);
+    let v0 = s0
+        .gather(1, order, false)
+        .masked_fill(&real.logical_not(), 0.0);
     let v_inf = v0.masked_fill(&real.logical_not(), f64::NEG_INFINITY);
     let lse = suffix_logsumexp(&v_inf);
     let n_suffix = (&sizes - &pos).clamp_min(1).to_kind(kind);

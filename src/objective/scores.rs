@@ -21,12 +21,12 @@ pub fn anchored(
     let mut ratio = logp - anchor_logp;
     let mut pass = tau.reciprocal();
     if let Some(c) = clip_log_ratio {
-        pass = pass * ratio.abs().le(c).to_kind(ratio.kind());
+        pass *= ratio.abs().le(c).to_kind(ratio.kind());
         ratio = ratio.clamp(-c, c);
     }
     let mut s = ratio / tau;
     if let Some(c) = clip_score {
-        pass = pass * s.abs().le(c).to_kind(s.kind());
+        pass *= s.abs().le(c).to_kind(s.kind());
         s = s.clamp(-c, c);
     }
     Scores { s, ds_dl: pass }

@@ -11,7 +11,9 @@ pub enum TargetRule {
     Softmax,
     Kde,
     /// One-hot on the largest key, ties sharing the mass; `smoothing` spreads eps to the rest.
-    Top1 { smoothing: f64 },
+    Top1 {
+        smoothing: f64,
+    },
 }
 
 impl TargetRule {
@@ -19,26 +21,31 @@ impl TargetRule {
         match cfg.target {
             TargetKind::Softmax => TargetRule::Softmax,
             TargetKind::Kde => TargetRule::Kde,
-            TargetKind::Top1 => TargetRule::Top1 { smoothing: cfg.top1_smoothing },
+            TargetKind::Top1 => TargetRule::Top1 {
+                smoothing: cfg.top1_smoothing,
+            },
         }
     }
 }
 
 /// Masked mean over each group: [G, K] -> [G].
 pub fn group_mean(x: &Tensor, layout: &Layout) -> Tensor {
-    (x * layout.mask.to_kind(x.kind())).sum_dim_intlist(1, false, x.kind()) / layout.sizes_as(x.kind())
+    (x * layout.mask.to_kind(x.kind())).sum_dim_intlist(1, false, x.kind())
+        / layout.sizes_as(x.kind())
 }
 
 /// Unbiased standard deviation over each group (groups have size >= 2): [G, K] -> [G].
 pub fn group_std(x: &Tensor, layout: &Layout) -> Tensor {
     let centred = (x - group_mean(x, layout).unsqueeze(1)) * layout.mask.to_kind(x.kind());
-    let var = centred.square().sum_dim_intlist(1, false, x.kind()) / (layout.sizes_as(x.kind()) - 1.0);
+    let var =
+        centred.square().sum_dim_intlist(1, false, x.kind()) / (layout.sizes_as(x.kind()) - 1.0);
     var.sqrt()
 }
 
 /// Softmax over the real entries of each group; padding gets 0.
 pub fn masked_softmax(x: &Tensor, layout: &Layout) -> Tensor {
-    x.masked_fill(&layout.mask.logical_not(), f64::NEG_INFINITY).softmax(1, x.kind())
+    x.masked_fill(&layout.mask.logical_not(), f64::NEG_INFINITY)
+        .softmax(1, x.kind())
 }
 
 /// The reward transform t(r) of spec 0 (also the GRPO advantage with `zscore`).
@@ -55,11 +62,17 @@ pub fn transform_rewards(transform: RewardTransform, r: &Tensor, layout: &Layout
 }
 
 /// q from per-candidate keys (rewards, or explicit targets for the one-hot rules).
-pub fn from_keys(rule: TargetRule, cfg: &ObjectiveConfig, keys: &Tensor, layout: &Layout) -> Tensor {
+pub fn from_keys(
+    rule: TargetRule,
+    cfg: &ObjectiveConfig,
+    keys: &Tensor,
+    layout: &Layout,
+) -> Tensor {
     match rule {
-        TargetRule::Softmax => {
-            masked_softmax(&(transform_rewards(cfg.reward_transform, keys, layout) / cfg.beta_reward), layout)
-        }
+        TargetRule::Softmax => masked_softmax(
+            &(transform_rewards(cfg.reward_transform, keys, layout) / cfg.beta_reward),
+            layout,
+        ),
         TargetRule::Kde => kde(cfg, keys, layout),
         TargetRule::Top1 { smoothing } => top1(keys, layout, smoothing),
     }
@@ -86,7 +99,10 @@ fn top1(keys: &Tensor, layout: &Layout, eps: f64) -> Tensor {
 
 /// Standard normal CDF.
 fn phi(x: &Tensor) -> Tensor {
-    (x / std::f64::consts::SQRT_2).erf().g_add_scalar(1.0).g_mul_scalar(0.5)
+    (x / std::f64::consts::SQRT_2)
+        .erf()
+        .g_add_scalar(1.0)
+        .g_mul_scalar(0.5)
 }
 
 /// Linear-interpolated percentile (numpy's default) of each group's sorted values.
@@ -95,8 +111,12 @@ fn percentile(sorted: &Tensor, sizes: &Tensor, p: f64) -> Tensor {
     let lo = pos.floor();
     let hi = (&lo + 1.0).minimum(&(sizes - 1.0));
     let frac = &pos - &lo;
-    let v_lo = sorted.gather(1, &lo.to_kind(Kind::Int64).unsqueeze(1), false).squeeze_dim(1);
-    let v_hi = sorted.gather(1, &hi.to_kind(Kind::Int64).unsqueeze(1), false).squeeze_dim(1);
+    let v_lo = sorted
+        .gather(1, &lo.to_kind(Kind::Int64).unsqueeze(1), false)
+        .squeeze_dim(1);
+    let v_hi = sorted
+        .gather(1, &hi.to_kind(Kind::Int64).unsqueeze(1), false)
+        .squeeze_dim(1);
     &v_lo + frac * (v_hi - &v_lo)
 }
 
@@ -109,14 +129,20 @@ fn kde(cfg: &ObjectiveConfig, r: &Tensor, layout: &Layout) -> Tensor {
         Some(h) => Tensor::full([layout.g], h, (kind, r.device())),
         None => {
             let sd = group_std(r, layout);
-            let sorted = r.masked_fill(&layout.mask.logical_not(), f64::INFINITY).sort(1, false).0;
+            let sorted = r
+                .masked_fill(&layout.mask.logical_not(), f64::INFINITY)
+                .sort(1, false)
+                .0;
             let iqr = percentile(&sorted, &sizes, 0.75) - percentile(&sorted, &sizes, 0.25);
             let spread = sd.minimum(&(&iqr / 1.349)).where_self(&iqr.gt(0.0), &sd);
             spread * 0.9 * sizes.pow_tensor_scalar(-0.2)
         }
     };
     let positive = h.gt(0.0);
-    let h_safe = h.where_self(&positive, &h.ones_like()).unsqueeze(1).unsqueeze(2);
+    let h_safe = h
+        .where_self(&positive, &h.ones_like())
+        .unsqueeze(1)
+        .unsqueeze(2);
     let diff = (r.unsqueeze(2) - r.unsqueeze(1)) / h_safe;
     let col_mask = layout.mask.unsqueeze(1).to_kind(kind);
     let cdf = (phi(&diff) * col_mask).sum_dim_intlist(2, false, kind) / sizes.unsqueeze(1);

@@ -25,7 +25,12 @@ pub fn group_tau(
             let h_norm = h / layout.sizes_as(kind).log();
             (base * (1f64 - h_norm * alpha)).clamp_min(tau_min)
         }
-        Some(AdaptiveTau::SmoothHybrid { alpha, beta, tau_min, tau_max }) => {
+        Some(AdaptiveTau::SmoothHybrid {
+            alpha,
+            beta,
+            tau_min,
+            tau_max,
+        }) => {
             let entropy = entropy.ok_or_else(|| {
                 Error::invalid(
                     "adaptive_tau rule smooth_hybrid needs policy_entropy (per-candidate mean token \
@@ -33,7 +38,9 @@ pub fn group_tau(
                 )
             })?;
             let rewards = rewards.ok_or_else(|| {
-                Error::invalid("adaptive_tau rule smooth_hybrid needs rewards, not explicit targets")
+                Error::invalid(
+                    "adaptive_tau rule smooth_hybrid needs rewards, not explicit targets",
+                )
             })?;
             let h = group_mean(&entropy.clamp(0.0, 1.0), layout);
             let mean_r = group_mean(rewards, layout);
