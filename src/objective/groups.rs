@@ -4,6 +4,26 @@
 
 use crate::error::{Error, Result};
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
+/// Multiplicative hash for int64 ids: the ids are not attacker-chosen keys, and SipHash was a
+/// visible share of an evaluation's time.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(5) ^ b as u64).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        }
+    }
+    fn write_i64(&mut self, id: i64) {
+        self.0 = (id as u64 ^ 0x9E37_79B9_7F4A_7C15).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95).rotate_left(29);
+    }
+}
 use tch::{Device, Kind, Tensor};
 
 /// Host-side description of the groups, built once from the ids.
@@ -26,7 +46,9 @@ impl Groups {
             return Err(Error::invalid("n must be > 0 (no candidates given)"));
         }
         // Dense group index per row; consecutive equal ids skip the hash lookup.
-        let mut dense: HashMap<i64, usize> = HashMap::new();
+        let runs = 1 + ids.windows(2).filter(|w| w[0] != w[1]).count();
+        let mut dense: HashMap<i64, usize, BuildHasherDefault<IdHasher>> =
+            HashMap::with_capacity_and_hasher(runs, Default::default());
         let mut group_of_row = Vec::with_capacity(n);
         let mut counts: Vec<usize> = Vec::new();
         let mut prev: Option<(i64, usize)> = None;
@@ -89,6 +111,10 @@ impl Groups {
     }
     pub fn sizes(&self) -> &[i64] {
         &self.sizes
+    }
+    /// Rows of counted group `g`, in order of appearance.
+    pub fn group_rows(&self, g: usize) -> &[i64] {
+        &self.slots[g * self.kmax..g * self.kmax + self.sizes[g] as usize]
     }
 
     /// Device tensors of the layout.

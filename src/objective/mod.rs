@@ -3,6 +3,7 @@
 
 pub mod groups;
 pub mod grpo;
+pub mod host;
 pub mod listwise;
 pub mod metrics;
 pub mod plackett_luce;
@@ -92,6 +93,18 @@ fn compute_kind(t: &Tensor) -> Result<Kind> {
     }
 }
 
+/// NaN/Inf scan: on the host for contiguous CPU float64 data, else as tensor ops.
+fn all_finite(t: &Tensor) -> bool {
+    if t.device() == Device::Cpu && t.kind() == Kind::Double && t.is_contiguous() {
+        let n = t.numel();
+        // SAFETY: contiguous float64 CPU tensor of n elements, alive for this call.
+        let v = unsafe { std::slice::from_raw_parts(t.data_ptr() as *const f64, n) };
+        v.iter().all(|x| x.is_finite())
+    } else {
+        t.isfinite().all().int64_value(&[]) != 0
+    }
+}
+
 fn check_input(name: &str, t: &Tensor, shape: &[i64], device: Device) -> Result<()> {
     if t.size() != shape {
         return Err(Error::shape(format!(
@@ -113,8 +126,7 @@ fn check_input(name: &str, t: &Tensor, shape: &[i64], device: Device) -> Result<
             t.kind()
         )));
     }
-    let finite: bool = t.isfinite().all().int64_value(&[]) != 0;
-    if !finite {
+    if !all_finite(t) {
         return Err(Error::non_finite(name));
     }
     Ok(())
@@ -145,7 +157,13 @@ impl Objective {
 
     /// Sequence-level evaluation: loss, d loss / d logp and the anchored scores.
     pub fn eval(&self, inputs: &EvalInputs) -> Result<EvalOutput> {
-        catch_torch(|| self.eval_inner(inputs))
+        catch_torch(|| self.eval_inner(inputs, true))
+    }
+
+    /// `eval` forced onto the tensor path (no fused CPU kernel): for tests that compare the two.
+    #[doc(hidden)]
+    pub fn eval_tensor_path(&self, inputs: &EvalInputs) -> Result<EvalOutput> {
+        catch_torch(|| self.eval_inner(inputs, false))
     }
 
     /// Token-level evaluation of the GRPO baseline (the configured loss must be "grpo").
@@ -153,7 +171,7 @@ impl Objective {
         catch_torch(|| self.eval_tokens_inner(inputs))
     }
 
-    fn eval_inner(&self, inputs: &EvalInputs) -> Result<EvalOutput> {
+    fn eval_inner(&self, inputs: &EvalInputs, allow_host: bool) -> Result<EvalOutput> {
         let cfg = &self.cfg;
         if cfg.loss == LossKind::Grpo {
             return Err(Error::invalid(
@@ -186,12 +204,11 @@ impl Objective {
                 if groups.count() > 8 { ", ..." } else { "" },
             )));
         }
-        let layout = groups.layout(device);
         let logp = inputs.logp.to_kind(kind);
         let anchor = inputs.anchor_logp.to_kind(kind);
         let signal = signal.to_kind(kind);
         if let Signal::Targets(_) = inputs.signal {
-            check_targets(&signal, &layout, inputs.signal_dtype_tolerance())?;
+            check_targets(&signal, groups, inputs.signal_dtype_tolerance())?;
         }
         if groups.count() == 0 {
             let tau = Tensor::full([n], cfg.tau, (kind, device));
@@ -206,15 +223,18 @@ impl Objective {
             });
         }
 
-        // Target q on the padded layout.
-        let keys = layout.gather(&signal, 0.0);
         let rule = match cfg.loss {
-            LossKind::Top1 => TargetRule::Top1 {
-                smoothing: cfg.top1_smoothing,
-            },
+            LossKind::Top1 => TargetRule::Top1 { smoothing: cfg.top1_smoothing },
             LossKind::Dpo => TargetRule::Top1 { smoothing: 0.0 },
             _ => TargetRule::from_config(cfg),
         };
+        if allow_host && device == Device::Cpu && kind == Kind::Double && host::supports(cfg, rule) {
+            return self.eval_host(rule, &logp, &anchor, &signal, !inputs.signal.is_rewards(), groups);
+        }
+
+        // Target q on the padded layout.
+        let layout = groups.layout(device);
+        let keys = layout.gather(&signal, 0.0);
         let q = match (inputs.signal.is_rewards(), rule) {
             (true, rule) => targets::from_keys(rule, cfg, &keys, &layout),
             (false, TargetRule::Top1 { .. }) => targets::from_keys(rule, cfg, &keys, &layout),
@@ -376,6 +396,27 @@ impl Objective {
         })
     }
 
+    /// The fused CPU kernel (see host.rs) on contiguous float64 CPU tensors.
+    fn eval_host(
+        &self,
+        rule: TargetRule,
+        logp: &Tensor,
+        anchor: &Tensor,
+        signal: &Tensor,
+        explicit: bool,
+        groups: &Groups,
+    ) -> Result<EvalOutput> {
+        let (logp, anchor, signal) = (logp.contiguous(), anchor.contiguous(), signal.contiguous());
+        let n = groups.rows();
+        // SAFETY: contiguous float64 CPU tensors of n elements, alive for this scope.
+        let view = |t: &Tensor| unsafe { std::slice::from_raw_parts(t.data_ptr() as *const f64, n) };
+        let r = host::eval(&self.cfg, rule, view(&logp), view(&anchor), view(&signal), explicit, groups);
+        let grad = Tensor::from_slice(&r.grad);
+        check_result(r.loss, &grad)?;
+        self.state.lock().last = Some(r.metrics);
+        Ok(EvalOutput { loss: r.loss, grad_logp: grad, scores: Tensor::from_slice(&r.scores), metrics: r.metrics })
+    }
+
     fn tie_keys(&self, layout: &Layout, device: Device) -> Tensor {
         let mut state = self.state.lock();
         let keys: Vec<f64> = (0..layout.g * layout.k)
@@ -418,25 +459,24 @@ fn check_result(loss: f64, grad: &Tensor) -> Result<()> {
 }
 
 /// Explicit targets: >= 0 everywhere, summing to 1 over every group (singletons included).
-fn check_targets(t: &Tensor, layout: &Layout, tol: f64) -> Result<()> {
-    let negative: bool = t.lt(0.0).any().int64_value(&[]) != 0;
-    if negative {
+/// Checked on the host: one transfer of N values.
+fn check_targets(t: &Tensor, groups: &Groups, tol: f64) -> Result<()> {
+    let host = Vec::<f64>::try_from(t.to_kind(Kind::Double).to_device(Device::Cpu).contiguous())?;
+    if host.iter().any(|&x| x < 0.0) {
         return Err(Error::invalid("targets must be >= 0"));
     }
-    let t64 = t.to_kind(Kind::Double);
-    let counted = layout.broadcast(&Tensor::ones([layout.g], (Kind::Double, t.device())), 0.0);
-    let singleton_err = ((&t64 - 1.0).abs() * (1f64 - &counted)).max();
-    let group_err = if layout.g > 0 {
-        (layout
-            .gather(&t64, 0.0)
-            .sum_dim_intlist(1, false, Kind::Double)
-            - 1.0)
-            .abs()
-            .max()
-    } else {
-        Tensor::zeros([], (Kind::Double, t.device()))
-    };
-    let worst = singleton_err.maximum(&group_err).double_value(&[]);
+    let mut in_group = vec![false; host.len()];
+    let mut worst = 0.0f64;
+    for g in 0..groups.count() {
+        let rows = groups.group_rows(g);
+        rows.iter().for_each(|&r| in_group[r as usize] = true);
+        worst = worst.max((rows.iter().map(|&r| host[r as usize]).sum::<f64>() - 1.0).abs());
+    }
+    for (x, counted) in host.iter().zip(in_group) {
+        if !counted {
+            worst = worst.max((x - 1.0).abs());
+        }
+    }
     if worst > tol {
         return Err(Error::invalid(format!(
             "targets must sum to 1 over each group (within {tol:e}); worst group is off by {worst:.3e}"
