@@ -808,7 +808,8 @@ fn fused_cpu_kernel_matches_the_tensor_path() {
         r#"{"loss": "dpo"}"#,
         r#"{"adaptive_tau": {"rule": "target_entropy", "alpha": 0.5, "tau_min": 0.05}, "reward_transform": "raw"}"#,
     ];
-    for cfg in CONFIGS.iter().chain(extra.iter()) {
+    // Random Plackett-Luce tie breaking draws anew at each call: not comparable call to call.
+    for cfg in CONFIGS.iter().chain(extra.iter()).filter(|c| !c.contains("random")) {
         let pairs = cfg.contains("pairwise") || cfg.contains("dpo");
         let (logp, anchor, rewards, ids) = if cfg.is_empty() {
             random_batch(&mut rng, 5000, 8) // large enough for the kernel's worker threads
