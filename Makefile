@@ -22,14 +22,23 @@ CFLAGS_ADPO := -std=c11 -O2 -Wall -Wextra -Werror -I$(CURDIR)/include
 LDFLAGS_ADPO := -L$(RELEASE) -ladpo -Wl,-rpath,$(RELEASE) -lm
 SETUP_STAMP := $(VENV)/.adpo-setup-done
 
+FIXTURES := $(CURDIR)/tests/fixtures/generated
+FIXTURE_STAMP := $(FIXTURES)/.done
+
 C_TESTS := $(patsubst tests/c/%.c,$(CBUILD)/tests/%,$(wildcard tests/c/*.c))
 C_EXAMPLES := $(patsubst examples/c/%.c,$(CBUILD)/examples/%,$(wildcard examples/c/*.c))
 
-.PHONY: setup build lib test test-rust test-header test-c test-python test-install demo header install bench
+.PHONY: setup fixtures build lib test test-rust test-header test-c test-python test-install demo header install bench
 
 setup: $(SETUP_STAMP)
 $(SETUP_STAMP): scripts/setup
 	scripts/setup
+	touch $@
+
+# Tiny TorchScript LMs for the tests and examples, made by PyTorch (never committed).
+fixtures: $(FIXTURE_STAMP)
+$(FIXTURE_STAMP): tests/fixtures/make_models.py $(SETUP_STAMP)
+	$(PY) tests/fixtures/make_models.py $(FIXTURES)
 	touch $@
 
 # One cargo profile (release) for the library, tests and benches, so torch-sys builds once.
@@ -46,14 +55,14 @@ $(CBUILD)/examples/%: examples/c/%.c include/adpo.h lib
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ADPO) -o $@ $< $(LDFLAGS_ADPO)
 
-demo: $(CBUILD)/examples/demo
-	$(CBUILD)/examples/demo
+demo: $(CBUILD)/examples/demo fixtures
+	$(CBUILD)/examples/demo $(FIXTURES)/tiny_transformer.pt
 
 test: test-rust test-header test-c test-python test-install
 	@echo "make test: all suites passed"
 
-test-rust: setup
-	$(CARGO) test --release
+test-rust: setup fixtures
+	ADPO_FIXTURES=$(FIXTURES) $(CARGO) test --release
 
 # The committed header must be what cbindgen generates (the Rust test `header` checks drift);
 # here: it compiles alone as C11 and C++17, and declares exactly the library's exports.

@@ -116,14 +116,30 @@ typedef int32_t adpo_status;
 #endif // __cplusplus
 
 /**
+ * A validated batch of n candidates x t token positions.
+ */
+typedef struct adpo_batch adpo_batch;
+
+/**
  * An error: a status code and a message. Created by adpo, freed with adpo_error_free().
  */
 typedef struct adpo_error adpo_error;
 
 /**
+ * A TorchScript causal LM. A trainer keeps its own reference to the models it was created
+ * with: freeing the handle after adpo_trainer_new is fine.
+ */
+typedef struct adpo_model adpo_model;
+
+/**
  * A configured ADPO objective. Thread-safe: calls on one handle are serialised.
  */
 typedef struct adpo_objective adpo_objective;
+
+/**
+ * Applies ADPO steps to a policy model.
+ */
+typedef struct adpo_trainer adpo_trainer;
 
 /**
  * Metrics of the last evaluation. Set struct_size = sizeof(adpo_objective_metrics) before the
@@ -174,9 +190,163 @@ typedef struct adpo_objective_metrics {
   uint64_t groups;
 } adpo_objective_metrics;
 
+/**
+ * Metrics of a step. Set struct_size = sizeof(adpo_trainer_metrics) before the call; adpo
+ * writes at most that many bytes and sets struct_size to what it wrote (fields are only ever
+ * added at the end). Values that do not apply to the loss are NaN.
+ */
+typedef struct adpo_trainer_metrics {
+  uint32_t struct_size;
+  /**
+   * Optimizer steps taken so far.
+   */
+  uint64_t step;
+  /**
+   * Objective loss at the last epoch's evaluation (mean over groups).
+   */
+  double loss;
+  /**
+   * Mean entropy of p~ = softmax(s).
+   */
+  double entropy;
+  /**
+   * Mean KL(q || p~).
+   */
+  double kl_target;
+  /**
+   * Mean p~ mass on the best-reward candidate(s).
+   */
+  double win_mass;
+  double mean_abs_score;
+  double max_abs_score;
+  /**
+   * Mean temperature used.
+   */
+  double tau;
+  /**
+   * GRPO: fraction of tokens on the clipped branch.
+   */
+  double clip_fraction;
+  /**
+   * Mean k3 estimate of KL(policy || anchor).
+   */
+  double anchor_kl;
+  /**
+   * Counted groups (size >= 2).
+   */
+  uint64_t groups;
+  /**
+   * Global gradient norm before clipping.
+   */
+  double grad_norm;
+  /**
+   * Learning rate of the last optimizer step.
+   */
+  double lr;
+  /**
+   * Loss-masked tokens in the batch.
+   */
+  double tokens;
+  /**
+   * Mean |l - l_anchor|.
+   */
+  double anchor_drift;
+  /**
+   * Wall time of the step in milliseconds.
+   */
+  double step_time_ms;
+} adpo_trainer_metrics;
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
+
+/**
+ * Creates a batch. Row-major n x t arrays: `ids` (token ids >= 0), `attention_mask` (NULL =
+ * all ones), `loss_mask` (1 at t: the token at t counts, scored from the logits at t - 1, so
+ * column 0 must be 0). `group_ids`: n int64 ids (candidates of one prompt share an id). Set
+ * rewards or targets before adpo_trainer_step.
+ */
+adpo_status adpo_batch_new(size_t n,
+                           size_t t,
+                           const int64_t *ids,
+                           const uint8_t *attention_mask,
+                           const uint8_t *loss_mask,
+                           const int64_t *group_ids,
+                           struct adpo_batch **out,
+                           struct adpo_error **err);
+
+/**
+ * Rewards of the n candidates (finite). Replaces targets if they were set.
+ */
+adpo_status adpo_batch_set_rewards(struct adpo_batch *batch,
+                                   const double *rewards,
+                                   size_t len,
+                                   struct adpo_error **err);
+
+/**
+ * Explicit target distribution: n values >= 0 summing to 1 over each group. Replaces rewards.
+ */
+adpo_status adpo_batch_set_targets(struct adpo_batch *batch,
+                                   const double *targets,
+                                   size_t len,
+                                   struct adpo_error **err);
+
+/**
+ * Sampling-time log-probs: len = n (per sequence, already reduced like seq_logp) or n * t
+ * (per token, aligned with ids; values at loss_mask 0 are ignored). The on-policy anchor uses
+ * them; loss grpo needs them per token.
+ */
+adpo_status adpo_batch_set_old_logp(struct adpo_batch *batch,
+                                    const double *old_logp,
+                                    size_t len,
+                                    struct adpo_error **err);
+
+/**
+ * Precomputed anchor log-probs (len n or n * t, as for old_logp): with them no reference
+ * forward runs.
+ */
+adpo_status adpo_batch_set_anchor_logp(struct adpo_batch *batch,
+                                       const double *anchor_logp,
+                                       size_t len,
+                                       struct adpo_error **err);
+
+/**
+ * The batch's n (candidates) and t (positions).
+ */
+adpo_status adpo_batch_shape(const struct adpo_batch *batch,
+                             size_t *out_n,
+                             size_t *out_t,
+                             struct adpo_error **err);
+
+/**
+ * Copies the n * t token ids into `out` (len must be n * t).
+ */
+adpo_status adpo_batch_get_ids(const struct adpo_batch *batch,
+                               int64_t *out,
+                               size_t len,
+                               struct adpo_error **err);
+
+/**
+ * Copies the n * t loss mask (1 = generated/scored token) into `out` (len must be n * t).
+ */
+adpo_status adpo_batch_get_loss_mask(const struct adpo_batch *batch,
+                                     uint8_t *out,
+                                     size_t len,
+                                     struct adpo_error **err);
+
+/**
+ * Copies the n group ids into `out` (len must be n).
+ */
+adpo_status adpo_batch_get_group_ids(const struct adpo_batch *batch,
+                                     int64_t *out,
+                                     size_t len,
+                                     struct adpo_error **err);
+
+/**
+ * Frees a batch. NULL is a no-op.
+ */
+void adpo_batch_free(struct adpo_batch *batch);
 
 /**
  * adpo_objective_eval on DLPack tensors (CPU or CUDA; float64, float32, float16 or bfloat16;
@@ -211,6 +381,30 @@ adpo_status adpo_error_status(const struct adpo_error *err);
  * Frees an error. NULL is a no-op.
  */
 void adpo_error_free(struct adpo_error *err);
+
+/**
+ * Loads a TorchScript causal LM (`torch.jit.script(model).save(path)`) whose forward is
+ * `forward(input_ids int64 [B, T], attention_mask int64 [B, T]) -> logits [B, T, V]` or
+ * `forward(input_ids)`. `device`: "cpu" (NULL), "cuda" or "cuda:N". The forward is tried on a
+ * 1 x 2 input at load: a missing file, another signature or output shape is an
+ * ADPO_STATUS_MODEL error.
+ */
+adpo_status adpo_model_load(const char *path,
+                            const char *device,
+                            struct adpo_model **out,
+                            struct adpo_error **err);
+
+/**
+ * Vocabulary size V of the model's logits.
+ */
+adpo_status adpo_model_vocab_size(const struct adpo_model *model,
+                                  int64_t *out,
+                                  struct adpo_error **err);
+
+/**
+ * Frees a model handle. NULL is a no-op.
+ */
+void adpo_model_free(struct adpo_model *model);
 
 /**
  * Creates an objective from a JSON config (NULL or "" = all defaults; unknown keys are an
@@ -296,6 +490,82 @@ adpo_status adpo_objective_get_metrics(const struct adpo_objective *obj,
 adpo_status adpo_objective_metrics_json(const struct adpo_objective *obj,
                                         char **out_json,
                                         struct adpo_error **err);
+
+/**
+ * Creates a trainer for `policy` (trained in place) with an optional frozen `reference`
+ * (NULL: none; needed by anchor mode "fixed" unless batches carry anchor_logp, and by grpo
+ * with beta_kl > 0). `config_json`: trainer keys (seq_logp, micro_batch_rows,
+ * epochs_per_batch, seed, anchor, optimizer, grad_clip, schedule) plus every objective key;
+ * see README "Trainer configuration".
+ */
+adpo_status adpo_trainer_new(struct adpo_model *policy,
+                             const struct adpo_model *reference,
+                             const char *config_json,
+                             struct adpo_trainer **out,
+                             struct adpo_error **err);
+
+/**
+ * One ADPO step on `batch` (epochs_per_batch optimizer updates). `out_metrics` may be NULL.
+ */
+adpo_status adpo_trainer_step(struct adpo_trainer *trainer,
+                              const struct adpo_batch *batch,
+                              struct adpo_trainer_metrics *out_metrics,
+                              struct adpo_error **err);
+
+/**
+ * Metrics of the last step as JSON (NaN as null). Free with adpo_string_free().
+ */
+adpo_status adpo_trainer_metrics_json(const struct adpo_trainer *trainer,
+                                      char **out_json,
+                                      struct adpo_error **err);
+
+/**
+ * Samples k candidates for each of n_prompts prompts from the policy. `prompt_tokens` holds
+ * the prompts back to back; `prompt_lengths[i]` is the length of prompt i. `sampling_json`
+ * (NULL = defaults): temperature 1, top_k 0 (off), top_p 1, max_new_tokens 16, eos_id null,
+ * pad_id 0, seed null (continue the trainer's generator). `*out_batch` receives a new batch
+ * (n_prompts * k rows, group id = prompt index, loss mask on the generated tokens up to and
+ * including EOS, per-token old_logp set); set its rewards and pass it to adpo_trainer_step.
+ */
+adpo_status adpo_trainer_sample(struct adpo_trainer *trainer,
+                                const int64_t *prompt_tokens,
+                                const size_t *prompt_lengths,
+                                size_t n_prompts,
+                                size_t k,
+                                const char *sampling_json,
+                                struct adpo_batch **out_batch,
+                                struct adpo_error **err);
+
+/**
+ * Sequence log-probs (seq_logp reduction) of the batch's n rows under the current policy.
+ */
+adpo_status adpo_trainer_sequence_logp(const struct adpo_trainer *trainer,
+                                       const struct adpo_batch *batch,
+                                       double *out,
+                                       size_t len,
+                                       struct adpo_error **err);
+
+/**
+ * Writes a checkpoint: `path` (policy weights, safetensors, keys = the module's parameter
+ * names) and `path` with extension .trainer.safetensors (optimizer, step, anchor state). Each
+ * file is written to a temporary name and renamed.
+ */
+adpo_status adpo_trainer_save(const struct adpo_trainer *trainer,
+                              const char *path,
+                              struct adpo_error **err);
+
+/**
+ * Restores a checkpoint written by adpo_trainer_save. A missing, corrupt, truncated or
+ * mismatched checkpoint is an ADPO_STATUS_CHECKPOINT error and leaves the trainer as it was.
+ */
+adpo_status adpo_trainer_load(struct adpo_trainer *trainer,
+                              const char *path,
+                              struct adpo_error **err);
+
+/**
+ * Frees a trainer (the models it used stay valid while their handles live). NULL is a no-op.
+ */
+void adpo_trainer_free(struct adpo_trainer *trainer);
 
 /**
  * "adpo X.Y.Z (tch A.B.C, libtorch V)". Static storage: do not free.

@@ -1,14 +1,27 @@
 //! adpo: Anchored Direct Preference Optimization on libtorch, with a stable C ABI.
 //!
-//! Crate map: [`objective`] (the model-free loss), [`config`], [`error`], [`version`],
-//! and `ffi` (the C ABI, declared in include/adpo.h).
+//! Crate map: [`objective`] (the model-free loss), [`model`] (TorchScript causal LMs),
+//! [`batch`], [`logprob`], [`anchor`], [`optimizer`], [`schedule`], [`trainer`], [`sample`],
+//! [`checkpoint`], [`config`], [`error`], [`version`], and `ffi` (the C ABI, include/adpo.h).
 
+pub mod anchor;
+pub mod batch;
+pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod ffi;
+pub mod logprob;
+pub mod model;
 pub mod objective;
+pub mod optimizer;
+pub mod sample;
+pub mod schedule;
+pub mod trainer;
 pub mod version;
 
+pub use batch::Batch;
 pub use config::ObjectiveConfig;
 pub use error::{Error, Result, Status};
+pub use model::Model;
 pub use objective::{EvalInputs, EvalOutput, Groups, Metrics, Objective, Signal, TokenInputs};
+pub use trainer::{StepMetrics, Trainer};

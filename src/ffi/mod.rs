@@ -5,8 +5,11 @@
 // C callers hand raw pointers by design; each function's contract is documented in the header.
 #![allow(clippy::not_unsafe_ptr_arg_deref)]
 
+pub mod batch;
 pub mod boundary;
 pub mod dlpack;
 pub mod error;
+pub mod model;
 pub mod objective;
+pub mod trainer;
 pub mod version;

@@ -460,7 +460,7 @@ fn check_result(loss: f64, grad: &Tensor) -> Result<()> {
 
 /// Explicit targets: >= 0 everywhere, summing to 1 over every group (singletons included).
 /// Checked on the host: one transfer of N values.
-fn check_targets(t: &Tensor, groups: &Groups, tol: f64) -> Result<()> {
+pub(crate) fn check_targets(t: &Tensor, groups: &Groups, tol: f64) -> Result<()> {
     let host = Vec::<f64>::try_from(t.to_kind(Kind::Double).to_device(Device::Cpu).contiguous())?;
     if host.iter().any(|&x| x < 0.0) {
         return Err(Error::invalid("targets must be >= 0"));

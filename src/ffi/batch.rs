@@ -1,0 +1,158 @@
+//! C ABI of training batches (src/batch.rs).
+
+use super::boundary::{call, call_on, infallible, require_out, write_out, Handle};
+use super::error::adpo_error;
+use super::objective::slice;
+use crate::batch::Batch;
+use crate::error::{Error, Result, Status};
+use parking_lot::Mutex;
+use std::sync::atomic::AtomicBool;
+use tch::Tensor;
+
+/// A validated batch of n candidates x t token positions.
+pub struct adpo_batch {
+    pub(crate) inner: Mutex<Batch>,
+    poisoned: AtomicBool,
+}
+
+impl Handle for adpo_batch {
+    fn poison_flag(&self) -> &AtomicBool {
+        &self.poisoned
+    }
+}
+
+impl adpo_batch {
+    pub(crate) fn boxed(batch: Batch) -> *mut adpo_batch {
+        Box::into_raw(Box::new(adpo_batch { inner: Mutex::new(batch), poisoned: AtomicBool::new(false) }))
+    }
+}
+
+/// Creates a batch. Row-major n x t arrays: `ids` (token ids >= 0), `attention_mask` (NULL =
+/// all ones), `loss_mask` (1 at t: the token at t counts, scored from the logits at t - 1, so
+/// column 0 must be 0). `group_ids`: n int64 ids (candidates of one prompt share an id). Set
+/// rewards or targets before adpo_trainer_step.
+#[no_mangle]
+pub extern "C" fn adpo_batch_new(
+    n: usize,
+    t: usize,
+    ids: *const i64,
+    attention_mask: *const u8,
+    loss_mask: *const u8,
+    group_ids: *const i64,
+    out: *mut *mut adpo_batch,
+    err: *mut *mut adpo_error,
+) -> Status {
+    call(err, || {
+        require_out(out, "out")?;
+        let cells = n.checked_mul(t).ok_or_else(|| Error::invalid("n * t overflows"))?;
+        let attention = if attention_mask.is_null() { None } else { Some(slice(attention_mask, cells, "attention_mask")?) };
+        let batch = Batch::new(
+            n,
+            t,
+            slice(ids, cells, "ids")?,
+            attention,
+            slice(loss_mask, cells, "loss_mask")?,
+            slice(group_ids, n, "group_ids")?,
+        )?;
+        write_out(out, "out", adpo_batch::boxed(batch))
+    })
+}
+
+fn set_values(
+    err: *mut *mut adpo_error,
+    batch: *const adpo_batch,
+    values: *const f64,
+    len: usize,
+    name: &str,
+    apply: fn(&mut Batch, &[f64]) -> Result<()>,
+) -> Status {
+    call_on(err, batch, "batch", |b| apply(&mut b.inner.lock(), slice(values, len, name)?))
+}
+
+/// Rewards of the n candidates (finite). Replaces targets if they were set.
+#[no_mangle]
+pub extern "C" fn adpo_batch_set_rewards(batch: *mut adpo_batch, rewards: *const f64, len: usize, err: *mut *mut adpo_error) -> Status {
+    set_values(err, batch, rewards, len, "rewards", Batch::set_rewards)
+}
+
+/// Explicit target distribution: n values >= 0 summing to 1 over each group. Replaces rewards.
+#[no_mangle]
+pub extern "C" fn adpo_batch_set_targets(batch: *mut adpo_batch, targets: *const f64, len: usize, err: *mut *mut adpo_error) -> Status {
+    set_values(err, batch, targets, len, "targets", Batch::set_targets)
+}
+
+/// Sampling-time log-probs: len = n (per sequence, already reduced like seq_logp) or n * t
+/// (per token, aligned with ids; values at loss_mask 0 are ignored). The on-policy anchor uses
+/// them; loss grpo needs them per token.
+#[no_mangle]
+pub extern "C" fn adpo_batch_set_old_logp(batch: *mut adpo_batch, old_logp: *const f64, len: usize, err: *mut *mut adpo_error) -> Status {
+    set_values(err, batch, old_logp, len, "old_logp", Batch::set_old_logp)
+}
+
+/// Precomputed anchor log-probs (len n or n * t, as for old_logp): with them no reference
+/// forward runs.
+#[no_mangle]
+pub extern "C" fn adpo_batch_set_anchor_logp(batch: *mut adpo_batch, anchor_logp: *const f64, len: usize, err: *mut *mut adpo_error) -> Status {
+    set_values(err, batch, anchor_logp, len, "anchor_logp", Batch::set_anchor_logp)
+}
+
+/// The batch's n (candidates) and t (positions).
+#[no_mangle]
+pub extern "C" fn adpo_batch_shape(batch: *const adpo_batch, out_n: *mut usize, out_t: *mut usize, err: *mut *mut adpo_error) -> Status {
+    call_on(err, batch, "batch", |b| {
+        require_out(out_n, "out_n")?;
+        require_out(out_t, "out_t")?;
+        let b = b.inner.lock();
+        write_out(out_n, "out_n", b.n)?;
+        write_out(out_t, "out_t", b.t)
+    })
+}
+
+fn copy_tensor<T: tch::kind::Element + Copy>(t: &Tensor, out: *mut T, len: usize, expected: usize, name: &str) -> Result<()> {
+    if len != expected {
+        return Err(Error::shape(format!("{name}: buffer has {len} entries, the batch has {expected}")));
+    }
+    require_out(out, name)?;
+    // SAFETY: non-NULL and valid for len writes (caller contract).
+    let dst = unsafe { std::slice::from_raw_parts_mut(out, len) };
+    t.f_copy_data(dst, len)?;
+    Ok(())
+}
+
+/// Copies the n * t token ids into `out` (len must be n * t).
+#[no_mangle]
+pub extern "C" fn adpo_batch_get_ids(batch: *const adpo_batch, out: *mut i64, len: usize, err: *mut *mut adpo_error) -> Status {
+    call_on(err, batch, "batch", |b| {
+        let b = b.inner.lock();
+        copy_tensor(&b.ids.reshape([-1]), out, len, b.n * b.t, "out")
+    })
+}
+
+/// Copies the n * t loss mask (1 = generated/scored token) into `out` (len must be n * t).
+#[no_mangle]
+pub extern "C" fn adpo_batch_get_loss_mask(batch: *const adpo_batch, out: *mut u8, len: usize, err: *mut *mut adpo_error) -> Status {
+    call_on(err, batch, "batch", |b| {
+        let b = b.inner.lock();
+        copy_tensor(&b.loss_mask.to_kind(tch::Kind::Uint8).reshape([-1]), out, len, b.n * b.t, "out")
+    })
+}
+
+/// Copies the n group ids into `out` (len must be n).
+#[no_mangle]
+pub extern "C" fn adpo_batch_get_group_ids(batch: *const adpo_batch, out: *mut i64, len: usize, err: *mut *mut adpo_error) -> Status {
+    call_on(err, batch, "batch", |b| {
+        let b = b.inner.lock();
+        copy_tensor(&Tensor::from_slice(&b.group_ids), out, len, b.n, "out")
+    })
+}
+
+/// Frees a batch. NULL is a no-op.
+#[no_mangle]
+pub extern "C" fn adpo_batch_free(batch: *mut adpo_batch) {
+    infallible((), || {
+        if !batch.is_null() {
+            // SAFETY: batch came from adpo and is freed once (caller contract).
+            drop(unsafe { Box::from_raw(batch) });
+        }
+    })
+}

@@ -1,0 +1,65 @@
+//! C ABI of TorchScript causal LMs (src/model.rs).
+
+use super::boundary::{call, call_on, infallible, require_out, write_out, Handle};
+use super::error::adpo_error;
+use super::objective::c_str;
+use crate::error::Status;
+use crate::model::{parse_device, Model};
+use crate::trainer::SharedModel;
+use parking_lot::Mutex;
+use std::ffi::c_char;
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+/// A TorchScript causal LM. A trainer keeps its own reference to the models it was created
+/// with: freeing the handle after adpo_trainer_new is fine.
+pub struct adpo_model {
+    pub(crate) inner: SharedModel,
+    poisoned: AtomicBool,
+}
+
+impl Handle for adpo_model {
+    fn poison_flag(&self) -> &AtomicBool {
+        &self.poisoned
+    }
+}
+
+/// Loads a TorchScript causal LM (`torch.jit.script(model).save(path)`) whose forward is
+/// `forward(input_ids int64 [B, T], attention_mask int64 [B, T]) -> logits [B, T, V]` or
+/// `forward(input_ids)`. `device`: "cpu" (NULL), "cuda" or "cuda:N". The forward is tried on a
+/// 1 x 2 input at load: a missing file, another signature or output shape is an
+/// ADPO_STATUS_MODEL error.
+#[no_mangle]
+pub extern "C" fn adpo_model_load(
+    path: *const c_char,
+    device: *const c_char,
+    out: *mut *mut adpo_model,
+    err: *mut *mut adpo_error,
+) -> Status {
+    call(err, || {
+        require_out(out, "out")?;
+        let path = c_str(path, "path")?;
+        let device = if device.is_null() { tch::Device::Cpu } else { parse_device(c_str(device, "device")?)? };
+        let model = Model::load(Path::new(path), device)?;
+        let handle = adpo_model { inner: Arc::new(Mutex::new(model)), poisoned: AtomicBool::new(false) };
+        write_out(out, "out", Box::into_raw(Box::new(handle)))
+    })
+}
+
+/// Vocabulary size V of the model's logits.
+#[no_mangle]
+pub extern "C" fn adpo_model_vocab_size(model: *const adpo_model, out: *mut i64, err: *mut *mut adpo_error) -> Status {
+    call_on(err, model, "model", |m| write_out(out, "out", m.inner.lock().vocab()))
+}
+
+/// Frees a model handle. NULL is a no-op.
+#[no_mangle]
+pub extern "C" fn adpo_model_free(model: *mut adpo_model) {
+    infallible((), || {
+        if !model.is_null() {
+            // SAFETY: model came from adpo_model_load and is freed once (caller contract).
+            drop(unsafe { Box::from_raw(model) });
+        }
+    })
+}

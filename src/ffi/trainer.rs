@@ -1,0 +1,241 @@
+//! C ABI of the trainer (src/trainer.rs, src/sample.rs, src/checkpoint.rs).
+
+use super::batch::adpo_batch;
+use super::boundary::{call_on, infallible, require_out, write_out, Handle};
+use super::error::adpo_error;
+use super::model::adpo_model;
+use super::objective::{c_str, slice, write_versioned};
+use super::version::owned_c_string;
+use crate::error::{Error, Result, Status};
+use crate::sample::SamplingConfig;
+use crate::trainer::{StepMetrics, Trainer};
+use parking_lot::Mutex;
+use std::ffi::c_char;
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+
+/// Applies ADPO steps to a policy model.
+pub struct adpo_trainer {
+    inner: Mutex<Trainer>,
+    poisoned: AtomicBool,
+}
+
+impl Handle for adpo_trainer {
+    fn poison_flag(&self) -> &AtomicBool {
+        &self.poisoned
+    }
+}
+
+/// Metrics of a step. Set struct_size = sizeof(adpo_trainer_metrics) before the call; adpo
+/// writes at most that many bytes and sets struct_size to what it wrote (fields are only ever
+/// added at the end). Values that do not apply to the loss are NaN.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct adpo_trainer_metrics {
+    pub struct_size: u32,
+    /// Optimizer steps taken so far.
+    pub step: u64,
+    /// Objective loss at the last epoch's evaluation (mean over groups).
+    pub loss: f64,
+    /// Mean entropy of p~ = softmax(s).
+    pub entropy: f64,
+    /// Mean KL(q || p~).
+    pub kl_target: f64,
+    /// Mean p~ mass on the best-reward candidate(s).
+    pub win_mass: f64,
+    pub mean_abs_score: f64,
+    pub max_abs_score: f64,
+    /// Mean temperature used.
+    pub tau: f64,
+    /// GRPO: fraction of tokens on the clipped branch.
+    pub clip_fraction: f64,
+    /// Mean k3 estimate of KL(policy || anchor).
+    pub anchor_kl: f64,
+    /// Counted groups (size >= 2).
+    pub groups: u64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Learning rate of the last optimizer step.
+    pub lr: f64,
+    /// Loss-masked tokens in the batch.
+    pub tokens: f64,
+    /// Mean |l - l_anchor|.
+    pub anchor_drift: f64,
+    /// Wall time of the step in milliseconds.
+    pub step_time_ms: f64,
+}
+
+impl From<StepMetrics> for adpo_trainer_metrics {
+    fn from(m: StepMetrics) -> Self {
+        let o = m.objective;
+        adpo_trainer_metrics {
+            struct_size: std::mem::size_of::<adpo_trainer_metrics>() as u32,
+            step: m.step,
+            loss: o.loss,
+            entropy: o.entropy,
+            kl_target: o.kl_target,
+            win_mass: o.win_mass,
+            mean_abs_score: o.mean_abs_score,
+            max_abs_score: o.max_abs_score,
+            tau: o.tau,
+            clip_fraction: o.clip_fraction,
+            anchor_kl: o.anchor_kl,
+            groups: o.groups,
+            grad_norm: m.grad_norm,
+            lr: m.lr,
+            tokens: m.tokens,
+            anchor_drift: m.anchor_drift,
+            step_time_ms: m.step_time_ms,
+        }
+    }
+}
+
+/// Creates a trainer for `policy` (trained in place) with an optional frozen `reference`
+/// (NULL: none; needed by anchor mode "fixed" unless batches carry anchor_logp, and by grpo
+/// with beta_kl > 0). `config_json`: trainer keys (seq_logp, micro_batch_rows,
+/// epochs_per_batch, seed, anchor, optimizer, grad_clip, schedule) plus every objective key;
+/// see README "Trainer configuration".
+#[no_mangle]
+pub extern "C" fn adpo_trainer_new(
+    policy: *mut adpo_model,
+    reference: *const adpo_model,
+    config_json: *const c_char,
+    out: *mut *mut adpo_trainer,
+    err: *mut *mut adpo_error,
+) -> Status {
+    call_on(err, policy as *const adpo_model, "policy", |p| {
+        require_out(out, "out")?;
+        // SAFETY: a non-NULL reference was created by adpo_model_load (caller contract).
+        let reference = unsafe { reference.as_ref() }.map(|r| r.inner.clone());
+        let json = if config_json.is_null() { "" } else { c_str(config_json, "config_json")? };
+        let trainer = Trainer::new(p.inner.clone(), reference, json)?;
+        let handle = adpo_trainer { inner: Mutex::new(trainer), poisoned: AtomicBool::new(false) };
+        write_out(out, "out", Box::into_raw(Box::new(handle)))
+    })
+}
+
+fn with_batch<T>(batch: *const adpo_batch, body: impl FnOnce(&crate::batch::Batch) -> Result<T>) -> Result<T> {
+    // SAFETY: a non-NULL batch was created by adpo and not yet freed (caller contract).
+    let b = unsafe { batch.as_ref() }.ok_or_else(|| Error::null("batch"))?;
+    let guard = b.inner.lock();
+    body(&guard)
+}
+
+/// One ADPO step on `batch` (epochs_per_batch optimizer updates). `out_metrics` may be NULL.
+#[no_mangle]
+pub extern "C" fn adpo_trainer_step(
+    trainer: *mut adpo_trainer,
+    batch: *const adpo_batch,
+    out_metrics: *mut adpo_trainer_metrics,
+    err: *mut *mut adpo_error,
+) -> Status {
+    call_on(err, trainer as *const adpo_trainer, "trainer", |t| {
+        let m = with_batch(batch, |b| t.inner.lock().step(b))?;
+        if !out_metrics.is_null() {
+            write_versioned(out_metrics, &adpo_trainer_metrics::from(m))?;
+        }
+        Ok(())
+    })
+}
+
+/// Metrics of the last step as JSON (NaN as null). Free with adpo_string_free().
+#[no_mangle]
+pub extern "C" fn adpo_trainer_metrics_json(trainer: *const adpo_trainer, out_json: *mut *mut c_char, err: *mut *mut adpo_error) -> Status {
+    call_on(err, trainer, "trainer", |t| {
+        require_out(out_json, "out_json")?;
+        let m = t.inner.lock().last_metrics().ok_or_else(|| Error::invalid("no step has run on this trainer yet"))?;
+        write_out(out_json, "out_json", owned_c_string(m.to_json()))
+    })
+}
+
+/// Samples k candidates for each of n_prompts prompts from the policy. `prompt_tokens` holds
+/// the prompts back to back; `prompt_lengths[i]` is the length of prompt i. `sampling_json`
+/// (NULL = defaults): temperature 1, top_k 0 (off), top_p 1, max_new_tokens 16, eos_id null,
+/// pad_id 0, seed null (continue the trainer's generator). `*out_batch` receives a new batch
+/// (n_prompts * k rows, group id = prompt index, loss mask on the generated tokens up to and
+/// including EOS, per-token old_logp set); set its rewards and pass it to adpo_trainer_step.
+#[no_mangle]
+pub extern "C" fn adpo_trainer_sample(
+    trainer: *mut adpo_trainer,
+    prompt_tokens: *const i64,
+    prompt_lengths: *const usize,
+    n_prompts: usize,
+    k: usize,
+    sampling_json: *const c_char,
+    out_batch: *mut *mut adpo_batch,
+    err: *mut *mut adpo_error,
+) -> Status {
+    call_on(err, trainer as *const adpo_trainer, "trainer", |t| {
+        require_out(out_batch, "out_batch")?;
+        if n_prompts == 0 {
+            return Err(Error::invalid("n_prompts must be > 0"));
+        }
+        let lengths = slice(prompt_lengths, n_prompts, "prompt_lengths")?;
+        let total = lengths.iter().try_fold(0usize, |a, &l| a.checked_add(l)).ok_or_else(|| Error::invalid("prompt lengths overflow"))?;
+        let tokens = slice(prompt_tokens, total, "prompt_tokens")?;
+        let mut prompts = Vec::with_capacity(n_prompts);
+        let mut start = 0;
+        for &l in lengths {
+            prompts.push(&tokens[start..start + l]);
+            start += l;
+        }
+        let json = if sampling_json.is_null() { "" } else { c_str(sampling_json, "sampling_json")? };
+        let cfg = SamplingConfig::from_json(json)?;
+        let batch = t.inner.lock().sample(&prompts, k, &cfg)?;
+        write_out(out_batch, "out_batch", adpo_batch::boxed(batch))
+    })
+}
+
+/// Sequence log-probs (seq_logp reduction) of the batch's n rows under the current policy.
+#[no_mangle]
+pub extern "C" fn adpo_trainer_sequence_logp(
+    trainer: *const adpo_trainer,
+    batch: *const adpo_batch,
+    out: *mut f64,
+    len: usize,
+    err: *mut *mut adpo_error,
+) -> Status {
+    call_on(err, trainer, "trainer", |t| {
+        require_out(out, "out")?;
+        let values = with_batch(batch, |b| t.inner.lock().sequence_logp(b))?;
+        if len != values.len() {
+            return Err(Error::shape(format!("out has {len} entries, the batch has {}", values.len())));
+        }
+        // SAFETY: non-NULL and valid for len writes (caller contract).
+        unsafe { std::slice::from_raw_parts_mut(out, len) }.copy_from_slice(&values);
+        Ok(())
+    })
+}
+
+/// Writes a checkpoint: `path` (policy weights, safetensors, keys = the module's parameter
+/// names) and `path` with extension .trainer.safetensors (optimizer, step, anchor state). Each
+/// file is written to a temporary name and renamed.
+#[no_mangle]
+pub extern "C" fn adpo_trainer_save(trainer: *const adpo_trainer, path: *const c_char, err: *mut *mut adpo_error) -> Status {
+    call_on(err, trainer, "trainer", |t| {
+        let path = c_str(path, "path")?;
+        t.inner.lock().save(Path::new(path))
+    })
+}
+
+/// Restores a checkpoint written by adpo_trainer_save. A missing, corrupt, truncated or
+/// mismatched checkpoint is an ADPO_STATUS_CHECKPOINT error and leaves the trainer as it was.
+#[no_mangle]
+pub extern "C" fn adpo_trainer_load(trainer: *mut adpo_trainer, path: *const c_char, err: *mut *mut adpo_error) -> Status {
+    call_on(err, trainer as *const adpo_trainer, "trainer", |t| {
+        let path = c_str(path, "path")?;
+        t.inner.lock().load(Path::new(path))
+    })
+}
+
+/// Frees a trainer (the models it used stay valid while their handles live). NULL is a no-op.
+#[no_mangle]
+pub extern "C" fn adpo_trainer_free(trainer: *mut adpo_trainer) {
+    infallible((), || {
+        if !trainer.is_null() {
+            // SAFETY: trainer came from adpo_trainer_new and is freed once (caller contract).
+            drop(unsafe { Box::from_raw(trainer) });
+        }
+    })
+}
+

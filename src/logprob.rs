@@ -1,0 +1,59 @@
+//! Log-probs of the batch's tokens under a causal LM, micro-batched. The token at t is scored
+//! from the logits at t - 1 by gathering its logit and subtracting logsumexp over the
+//! vocabulary: no second [B, T, V] log-softmax tensor is kept.
+
+use crate::error::Result;
+use crate::model::Model;
+use serde::Deserialize;
+use tch::{Kind, Tensor};
+
+/// How token log-probs become one sequence score (spec section 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SeqReduce {
+    /// Mean over the loss-masked tokens (max(1, count) in the denominator).
+    Mean,
+    /// Sum over the loss-masked tokens.
+    Sum,
+}
+
+/// Per-token log-probs [B, T] (float32 or float64 as the logits; bf16/f16 logits give float32):
+/// position 0 and masked positions are 0.
+pub fn token_logp(model: &Model, ids: &Tensor, attention_mask: &Tensor, loss_mask: &Tensor) -> Result<Tensor> {
+    let logits = model.logits(ids, attention_mask)?;
+    let t = ids.size()[1];
+    let logits = match logits.kind() {
+        Kind::Double | Kind::Float => logits,
+        _ => logits.to_kind(Kind::Float),
+    };
+    let kind = logits.kind();
+    let predicting = logits.narrow(1, 0, t - 1);
+    let next = ids.narrow(1, 1, t - 1).unsqueeze(2);
+    let picked = predicting.gather(2, &next, false).squeeze_dim(2);
+    let scored = picked - predicting.logsumexp(2, false);
+    let first = Tensor::zeros([ids.size()[0], 1], (kind, ids.device()));
+    Ok(Tensor::cat(&[first, scored], 1) * loss_mask.to_kind(kind))
+}
+
+/// Sequence scores [B] from token log-probs [B, T] and the loss mask.
+pub fn reduce(token_logp: &Tensor, loss_mask: &Tensor, how: SeqReduce) -> Tensor {
+    let kind = token_logp.kind();
+    let sum = token_logp.sum_dim_intlist(1, false, kind);
+    match how {
+        SeqReduce::Sum => sum,
+        SeqReduce::Mean => sum / loss_mask.to_kind(kind).sum_dim_intlist(1, false, kind).clamp_min(1.0),
+    }
+}
+
+/// Mean token entropy of the model's next-token distributions over the loss-masked positions,
+/// divided by log V, per row [B] (the H of the smooth-hybrid temperature rule).
+pub fn normalised_entropy(model: &Model, ids: &Tensor, attention_mask: &Tensor, loss_mask: &Tensor) -> Result<Tensor> {
+    let logits = model.logits(ids, attention_mask)?.to_kind(Kind::Float);
+    let t = ids.size()[1];
+    let predicting = logits.narrow(1, 0, t - 1);
+    let log_p = predicting.log_softmax(2, Kind::Float);
+    let h = -(log_p.exp() * &log_p).sum_dim_intlist(2, false, Kind::Float);
+    let mask = loss_mask.narrow(1, 1, t - 1).to_kind(Kind::Float);
+    let mean = (h * &mask).sum_dim_intlist(1, false, Kind::Float) / mask.sum_dim_intlist(1, false, Kind::Float).clamp_min(1.0);
+    Ok(mean / (model.vocab() as f64).ln())
+}

@@ -1,0 +1,482 @@
+//! The ADPO step on a policy model: scores -> loss -> backward -> optimizer, with the anchor
+//! strategies, micro-batching (exact two-pass step), PPO-style epochs and per-step metrics.
+//!
+//! The loss depends on the model only through the sequence log-probs l, and dL/dl is closed
+//! form: a no-grad pass gives every l and dL/dl, then each micro-batch is recomputed with grad
+//! and back-propagates the surrogate sum_i dL/dl_i * l_i. Peak memory is one micro-batch of
+//! logits. When the batch fits in one micro-batch a single forward with autograd is used.
+
+use crate::anchor::{Anchor, AnchorConfig};
+use crate::batch::{Batch, SuppliedLogp};
+use crate::checkpoint;
+use crate::config::{AdaptiveTau, LossKind, ObjectiveConfig};
+use crate::error::{catch_torch, Error, Result, Status};
+use crate::logprob::{self, SeqReduce};
+use crate::model::Model;
+use crate::objective::{EvalInputs, Metrics, Objective, Signal, TokenInputs};
+use crate::optimizer::{clip_grad_norm, Optimizer, OptimizerConfig};
+use crate::sample::{self, SamplingConfig};
+use crate::schedule::Schedule;
+use parking_lot::Mutex;
+use serde::Deserialize;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+use tch::{Device, Kind, Tensor};
+
+/// A model shared between its handle and the trainers that use it.
+pub type SharedModel = Arc<Mutex<Model>>;
+
+/// Trainer keys; every other key of the config belongs to the objective.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainerConfig {
+    pub seq_logp: SeqReduce,
+    /// Rows per forward pass; None = the whole batch in one pass.
+    pub micro_batch_rows: Option<usize>,
+    pub epochs_per_batch: u32,
+    pub seed: u64,
+    pub anchor: AnchorConfig,
+    pub optimizer: OptimizerConfig,
+    /// Maximum global gradient norm; None = no clipping.
+    pub grad_clip: Option<f64>,
+    pub schedule: Schedule,
+}
+
+impl Default for TrainerConfig {
+    fn default() -> Self {
+        TrainerConfig {
+            seq_logp: SeqReduce::Mean,
+            micro_batch_rows: None,
+            epochs_per_batch: 1,
+            seed: 0,
+            anchor: AnchorConfig::default(),
+            optimizer: OptimizerConfig::default(),
+            grad_clip: None,
+            schedule: Schedule::default(),
+        }
+    }
+}
+
+const TRAINER_KEYS: [&str; 8] =
+    ["seq_logp", "micro_batch_rows", "epochs_per_batch", "seed", "anchor", "optimizer", "grad_clip", "schedule"];
+
+/// Splits one JSON config into the trainer's part and the objective's part (which also gets
+/// the seed, for Plackett-Luce tie breaking).
+pub fn parse_config(json: &str) -> Result<(TrainerConfig, ObjectiveConfig)> {
+    let json = if json.trim().is_empty() { "{}" } else { json };
+    let value: serde_json::Value =
+        serde_json::from_str(json).map_err(|e| Error::config(format!("trainer config: {e}")))?;
+    let serde_json::Value::Object(mut all) = value else {
+        return Err(Error::config("trainer config must be a JSON object"));
+    };
+    let mut own = serde_json::Map::new();
+    for key in TRAINER_KEYS {
+        if let Some(v) = all.remove(key) {
+            own.insert(key.to_string(), v);
+        }
+    }
+    let trainer: TrainerConfig = serde_json::from_value(serde_json::Value::Object(own.clone()))
+        .map_err(|e| Error::config(format!("trainer config: {e}")))?;
+    if let Some(seed) = own.get("seed") {
+        all.insert("seed".into(), seed.clone());
+    }
+    let objective: ObjectiveConfig = serde_json::from_value(serde_json::Value::Object(all)).map_err(|e| {
+        Error::config(format!("trainer config: {e} (trainer keys: {})", TRAINER_KEYS.join(", ")))
+    })?;
+    objective.validate()?;
+    trainer.optimizer.validate()?;
+    trainer.schedule.validate()?;
+    trainer.anchor.validate()?;
+    if trainer.micro_batch_rows == Some(0) {
+        return Err(Error::config("micro_batch_rows must be >= 1 (or null for one pass)"));
+    }
+    if trainer.epochs_per_batch == 0 {
+        return Err(Error::config("epochs_per_batch must be >= 1"));
+    }
+    if let Some(c) = trainer.grad_clip {
+        if !(c > 0.0) {
+            return Err(Error::config(format!("grad_clip must be > 0, got {c}")));
+        }
+    }
+    Ok((trainer, objective))
+}
+
+/// What one step measured.
+#[derive(Debug, Clone, Copy)]
+pub struct StepMetrics {
+    /// The objective's metrics at the last epoch's evaluation.
+    pub objective: Metrics,
+    /// Global gradient norm before clipping (last epoch).
+    pub grad_norm: f64,
+    /// Learning rate of the last optimizer step.
+    pub lr: f64,
+    /// Loss-masked tokens in the batch.
+    pub tokens: f64,
+    /// Mean |l - l_anchor| at the last evaluation.
+    pub anchor_drift: f64,
+    pub step_time_ms: f64,
+    /// Optimizer steps taken so far.
+    pub step: u64,
+}
+
+impl StepMetrics {
+    pub fn to_json(&self) -> String {
+        let mut v: serde_json::Value = serde_json::from_str(&self.objective.to_json()).unwrap_or_default();
+        let num = |x: f64| if x.is_finite() { serde_json::json!(x) } else { serde_json::Value::Null };
+        if let serde_json::Value::Object(map) = &mut v {
+            map.insert("grad_norm".into(), num(self.grad_norm));
+            map.insert("lr".into(), num(self.lr));
+            map.insert("tokens".into(), num(self.tokens));
+            map.insert("anchor_drift".into(), num(self.anchor_drift));
+            map.insert("step_time_ms".into(), num(self.step_time_ms));
+            map.insert("step".into(), serde_json::json!(self.step));
+        }
+        v.to_string()
+    }
+}
+
+pub struct Trainer {
+    cfg: TrainerConfig,
+    objective: Objective,
+    policy: SharedModel,
+    reference: Option<SharedModel>,
+    anchor: Anchor,
+    optimizer: Optimizer,
+    last: Option<StepMetrics>,
+    /// Generator of the sampler (seeded from `seed`).
+    pub(crate) sample_rng: u64,
+}
+
+/// Anchor-side values of one step, held across its epochs.
+enum Held {
+    /// Sequence level: anchor log-probs [N] (and the policy entropy for smooth_hybrid).
+    Sequence { anchor: Tensor, entropy: Option<Tensor> },
+    /// GRPO: old and reference token log-probs [N, T].
+    Tokens { old: Tensor, reference: Option<Tensor> },
+}
+
+impl Trainer {
+    pub fn new(policy: SharedModel, reference: Option<SharedModel>, json: &str) -> Result<Trainer> {
+        let (cfg, objective_cfg) = parse_config(json)?;
+        if let Some(r) = &reference {
+            if Arc::ptr_eq(r, &policy) {
+                return Err(Error::invalid("the reference must be a different model handle from the policy"));
+            }
+            let (p, r) = (policy.lock(), r.lock());
+            if p.device() != r.device() {
+                return Err(Error::invalid(format!(
+                    "policy is on {:?}, reference on {:?}: load both on one device",
+                    p.device(),
+                    r.device()
+                )));
+            }
+        }
+        if objective_cfg.loss == LossKind::Grpo && objective_cfg.beta_kl > 0.0 && reference.is_none() {
+            return Err(Error::invalid("loss grpo with beta_kl > 0 needs a reference model"));
+        }
+        let objective = Objective::new(objective_cfg)?;
+        let (anchor, optimizer) = {
+            let mut p = policy.lock();
+            p.set_trainable(true);
+            (Anchor::new(cfg.anchor.clone(), &p)?, Optimizer::new(cfg.optimizer.clone(), p.params()))
+        };
+        if let Some(r) = &reference {
+            r.lock().set_trainable(false);
+        }
+        let sample_rng = cfg.seed ^ 0xA0D0_5A4D_1E5E_ED00;
+        Ok(Trainer { cfg, objective, policy, reference, anchor, optimizer, last: None, sample_rng })
+    }
+
+    pub fn config(&self) -> &TrainerConfig {
+        &self.cfg
+    }
+    pub fn policy(&self) -> &SharedModel {
+        &self.policy
+    }
+    pub fn last_metrics(&self) -> Option<StepMetrics> {
+        self.last
+    }
+    pub fn steps(&self) -> u64 {
+        self.optimizer.steps()
+    }
+    pub fn anchor(&self) -> &Anchor {
+        &self.anchor
+    }
+
+    fn chunks(&self, n: usize) -> Vec<(i64, i64)> {
+        let size = self.cfg.micro_batch_rows.unwrap_or(n).clamp(1, n);
+        (0..n).step_by(size).map(|s| (s as i64, size.min(n - s) as i64)).collect()
+    }
+
+    /// Token log-probs [N, T] of the whole batch under `model`, without grad.
+    fn tokens_no_grad(&self, model: &Model, batch: &Batch) -> Result<Tensor> {
+        tch::no_grad(|| {
+            let parts = self
+                .chunks(batch.n)
+                .into_iter()
+                .map(|(s, l)| {
+                    let (ids, attn, mask) = batch.rows(s, l, model.device());
+                    logprob::token_logp(model, &ids, &attn, &mask)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Ok(Tensor::cat(&parts, 0))
+        })
+    }
+
+    fn reduce(&self, tokens: &Tensor, batch: &Batch, device: Device) -> Tensor {
+        logprob::reduce(tokens, &batch.loss_mask.to_device(device), self.cfg.seq_logp)
+    }
+
+    fn supplied_seq(&self, s: &SuppliedLogp, batch: &Batch, device: Device, kind: Kind) -> Tensor {
+        match s {
+            SuppliedLogp::Sequence(t) => t.to_device(device).to_kind(kind),
+            SuppliedLogp::Tokens(t) => {
+                let mask = batch.loss_mask.to_device(device).to_kind(kind);
+                self.reduce(&(t.to_device(device).to_kind(kind) * &mask), batch, device)
+            }
+        }
+    }
+
+    /// The anchor (or GRPO old/reference) values of this step.
+    fn held(&self, policy: &Model, batch: &Batch, kind: Kind) -> Result<Held> {
+        let device = policy.device();
+        let reference = self.reference.as_ref().map(|r| r.lock());
+        if self.objective.config().loss == LossKind::Grpo {
+            let old = match &batch.old_logp {
+                Some(SuppliedLogp::Tokens(t)) => t.to_device(device).to_kind(kind),
+                Some(SuppliedLogp::Sequence(_)) => {
+                    return Err(Error::invalid("loss grpo needs per-token old_logp (n * t values), not per sequence"))
+                }
+                None => self.tokens_no_grad(policy, batch)?,
+            };
+            let reference = match (&reference, self.objective.config().beta_kl > 0.0) {
+                (Some(r), true) => Some(self.tokens_no_grad(r, batch)?.to_kind(kind)),
+                _ => None,
+            };
+            return Ok(Held::Tokens { old: old * batch.loss_mask.to_device(device).to_kind(kind), reference });
+        }
+        let anchor = match (&batch.anchor_logp, &self.cfg.anchor) {
+            (Some(s), _) => self.supplied_seq(s, batch, device, kind),
+            (None, AnchorConfig::Fixed) => match &reference {
+                Some(r) => self.reduce(&self.tokens_no_grad(r, batch)?, batch, device).to_kind(kind),
+                None => {
+                    return Err(Error::invalid(
+                        "anchor mode fixed needs a reference model or the batch's anchor_logp",
+                    ))
+                }
+            },
+            (None, AnchorConfig::OnPolicy) => match &batch.old_logp {
+                Some(s) => self.supplied_seq(s, batch, device, kind),
+                None => self.reduce(&self.tokens_no_grad(policy, batch)?, batch, device),
+            },
+            (None, AnchorConfig::Ema { .. } | AnchorConfig::KlTriggered { .. }) => {
+                let copy = self.anchor.copy.as_ref().expect("ema/kl anchors keep a copy");
+                self.reduce(&self.tokens_no_grad(copy, batch)?, batch, device).to_kind(kind)
+            }
+        };
+        let entropy = match self.objective.config().adaptive_tau {
+            Some(AdaptiveTau::SmoothHybrid { .. }) => Some(tch::no_grad(|| {
+                let parts = self
+                    .chunks(batch.n)
+                    .into_iter()
+                    .map(|(s, l)| {
+                        let (ids, attn, mask) = batch.rows(s, l, device);
+                        logprob::normalised_entropy(policy, &ids, &attn, &mask)
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Ok::<_, Error>(Tensor::cat(&parts, 0).to_kind(kind))
+            })?),
+            _ => None,
+        };
+        Ok(Held::Sequence { anchor, entropy })
+    }
+
+    /// Evaluates the objective on detached policy values (sequence [N] or tokens [N, T]) and
+    /// returns dL/d(values), the metrics and the anchor drift.
+    fn evaluate(&self, values: &Tensor, held: &Held, batch: &Batch, device: Device) -> Result<(Tensor, Metrics, f64)> {
+        let kind = values.kind();
+        let signal = batch.rewards.as_ref().or(batch.targets.as_ref()).expect("checked before").to_device(device).to_kind(kind);
+        match held {
+            Held::Sequence { anchor, entropy } => {
+                let sig = if batch.rewards.is_some() { Signal::Rewards(&signal) } else { Signal::Targets(&signal) };
+                let out = self.objective.eval(&EvalInputs {
+                    logp: values,
+                    anchor_logp: anchor,
+                    signal: sig,
+                    groups: &batch.groups,
+                    policy_entropy: entropy.as_ref(),
+                })?;
+                let drift = (values - anchor).abs().mean(Kind::Double).double_value(&[]);
+                Ok((out.grad_logp, out.metrics, drift))
+            }
+            Held::Tokens { old, reference } => {
+                let mask = batch.loss_mask.to_device(device).to_kind(kind);
+                let out = self.objective.eval_tokens(&TokenInputs {
+                    logp: values,
+                    old_logp: old,
+                    ref_logp: reference.as_ref(),
+                    mask: &mask,
+                    rewards: &signal,
+                    groups: &batch.groups,
+                })?;
+                let drift = ((values - old).abs() * &mask).sum(Kind::Double) / mask.sum(Kind::Double).clamp_min(1.0);
+                Ok((out.grad_logp, out.metrics, drift.double_value(&[])))
+            }
+        }
+    }
+
+    /// Policy values for rows (s, l) with grad: sequence log-probs, or token log-probs for GRPO.
+    fn policy_values(&self, policy: &Model, batch: &Batch, start: i64, len: i64, tokens: bool) -> Result<Tensor> {
+        let (ids, attn, mask) = batch.rows(start, len, policy.device());
+        let tok = logprob::token_logp(policy, &ids, &attn, &mask)?;
+        Ok(if tokens { tok } else { logprob::reduce(&tok, &mask, self.cfg.seq_logp) })
+    }
+
+    pub fn step(&mut self, batch: &Batch) -> Result<StepMetrics> {
+        catch_torch(|| self.step_inner(batch))
+    }
+
+    fn step_inner(&mut self, batch: &Batch) -> Result<StepMetrics> {
+        let start = Instant::now();
+        if batch.rewards.is_none() && batch.targets.is_none() {
+            return Err(Error::invalid("the batch has neither rewards nor targets: call adpo_batch_set_rewards or _set_targets"));
+        }
+        let grpo = self.objective.config().loss == LossKind::Grpo;
+        if grpo && batch.rewards.is_none() {
+            return Err(Error::invalid("loss grpo needs rewards, not targets"));
+        }
+        let policy_arc = self.policy.clone();
+        let policy = policy_arc.lock();
+        let device = policy.device();
+        let kind = match policy.params()[0].1.kind() {
+            Kind::Double => Kind::Double,
+            _ => Kind::Float,
+        };
+        let held = self.held(&policy, batch, kind)?;
+        let chunks = self.chunks(batch.n);
+        let (mut metrics, mut drift, mut grad_norm, mut lr) = (Metrics::empty(), 0.0, 0.0, 0.0);
+        for _ in 0..self.cfg.epochs_per_batch {
+            for (_, p) in policy.params() {
+                let mut g = p.grad();
+                if g.defined() {
+                    let _ = g.zero_();
+                }
+            }
+            if chunks.len() == 1 {
+                let values = self.policy_values(&policy, batch, 0, batch.n as i64, grpo)?;
+                let (dl, m, d) = self.evaluate(&values.detach(), &held, batch, device)?;
+                (values * dl).sum(kind).backward();
+                (metrics, drift) = (m, d);
+            } else {
+                let values = tch::no_grad(|| {
+                    let parts = chunks
+                        .iter()
+                        .map(|&(s, l)| self.policy_values(&policy, batch, s, l, grpo))
+                        .collect::<Result<Vec<_>>>()?;
+                    Ok::<_, Error>(Tensor::cat(&parts, 0))
+                })?;
+                let (dl, m, d) = self.evaluate(&values, &held, batch, device)?;
+                for &(s, l) in &chunks {
+                    let v = self.policy_values(&policy, batch, s, l, grpo)?;
+                    (v * dl.narrow(0, s, l)).sum(kind).backward();
+                }
+                (metrics, drift) = (m, d);
+            }
+            grad_norm = clip_grad_norm(policy.params(), self.cfg.grad_clip);
+            lr = self.cfg.schedule.lr(self.cfg.optimizer.lr(), self.optimizer.steps() + 1);
+            self.optimizer.step(policy.params(), lr);
+            self.anchor.after_optimizer_step(&policy);
+        }
+        self.anchor.observe_drift(&policy, drift);
+        let m = StepMetrics {
+            objective: metrics,
+            grad_norm,
+            lr,
+            tokens: batch.tokens(),
+            anchor_drift: drift,
+            step_time_ms: start.elapsed().as_secs_f64() * 1e3,
+            step: self.optimizer.steps(),
+        };
+        self.last = Some(m);
+        Ok(m)
+    }
+
+    /// K samples per prompt from the policy (see sample.rs). A seed in `cfg` restarts the
+    /// generator; otherwise it continues from the trainer's.
+    pub fn sample(&mut self, prompts: &[&[i64]], k: usize, cfg: &SamplingConfig) -> Result<Batch> {
+        catch_torch(|| {
+            if let Some(seed) = cfg.seed {
+                self.sample_rng = seed;
+            }
+            let policy = self.policy.lock();
+            sample::sample(&policy, prompts, k, cfg, &mut self.sample_rng)
+        })
+    }
+
+    /// Sequence log-probs [N] of the batch under the current policy (no grad).
+    pub fn sequence_logp(&self, batch: &Batch) -> Result<Vec<f64>> {
+        catch_torch(|| {
+            let policy = self.policy.lock();
+            let tok = self.tokens_no_grad(&policy, batch)?;
+            let seq = self.reduce(&tok, batch, policy.device());
+            Ok(Vec::<f64>::try_from(seq.to_kind(Kind::Double).to_device(Device::Cpu))?)
+        })
+    }
+
+    pub fn save(&self, path: &Path) -> Result<()> {
+        catch_torch(|| {
+            let policy = self.policy.lock();
+            let mut state = self.optimizer.state(policy.params());
+            if let Some(copy) = &self.anchor.copy {
+                state.extend(copy.params().iter().map(|(k, t)| (format!("anchor.{k}"), t.shallow_clone())));
+            }
+            state.push(("anchor.window".into(), Tensor::from_slice(&self.anchor.window())));
+            state.push(("anchor.hard_copies".into(), Tensor::from_slice(&[self.anchor.hard_copies as i64])));
+            checkpoint::save(path, policy.params(), &state)
+        })
+    }
+
+    /// Restores weights, optimizer and anchor state. Everything is checked before anything is
+    /// changed: on error the trainer is as it was.
+    pub fn load(&mut self, path: &Path) -> Result<()> {
+        catch_torch(|| {
+            let (weights, state) = checkpoint::load(path)?;
+            let policy_arc = self.policy.clone();
+            let policy = policy_arc.lock();
+            checkpoint::check_matches(path, policy.params(), &weights)?;
+            self.optimizer.check_state(policy.params(), &state)?;
+            let anchor_state: Vec<(String, Tensor)> = state
+                .iter()
+                .filter_map(|(k, t)| k.strip_prefix("anchor.").map(|n| (n.to_string(), t.shallow_clone())))
+                .filter(|(k, _)| k != "window" && k != "hard_copies")
+                .collect();
+            if self.anchor.copy.is_some() {
+                checkpoint::check_matches(path, policy.params(), &anchor_state)?;
+            }
+            let window = checkpoint::find(&state, "anchor.window")
+                .map(|t| Vec::<f64>::try_from(t.to_kind(Kind::Double)))
+                .transpose()?
+                .ok_or_else(|| Error::new(Status::Checkpoint, "trainer state lacks anchor.window"))?;
+            // All checked: apply.
+            tch::no_grad(|| {
+                for (name, p) in policy.params() {
+                    let mut p = p.shallow_clone();
+                    p.copy_(checkpoint::find(&weights, name).expect("checked"));
+                }
+                if let Some(copy) = &self.anchor.copy {
+                    for (name, p) in copy.params() {
+                        let mut p = p.shallow_clone();
+                        p.copy_(checkpoint::find(&anchor_state, name).expect("checked"));
+                    }
+                }
+            });
+            self.optimizer.load_state(policy.params(), &state);
+            self.anchor.set_window(&window);
+            if let Some(t) = checkpoint::find(&state, "anchor.hard_copies") {
+                self.anchor.hard_copies = t.int64_value(&[0]) as u64;
+            }
+            Ok(())
+        })
+    }
+}
