@@ -6,14 +6,15 @@ use crate::model::Model;
 use serde::Deserialize;
 use std::collections::VecDeque;
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
 #[serde(tag = "mode", rename_all = "snake_case", deny_unknown_fields)]
 pub enum AnchorConfig {
     /// The frozen reference model, or anchor log-probs supplied with each batch (then no
     /// reference forward runs).
     Fixed,
-    /// The sampling policy: the batch's old_logp, else the policy's own detached log-probs at
+    /// The sampling policy (the default): the batch's old_logp, else the policy's own detached log-probs at
     /// the start of the step.
+    #[default]
     OnPolicy,
     /// theta_anchor <- alpha theta_anchor + (1 - alpha) theta after every optimizer step.
     Ema {
@@ -40,20 +41,18 @@ fn default_threshold() -> f64 {
     0.1
 }
 
-impl Default for AnchorConfig {
-    fn default() -> Self {
-        AnchorConfig::OnPolicy
-    }
-}
-
 impl AnchorConfig {
     pub fn validate(&self) -> Result<()> {
         match *self {
-            AnchorConfig::Ema { alpha } if !(0.0..1.0).contains(&alpha) => {
-                Err(crate::Error::config(format!("anchor.alpha must be in [0, 1), got {alpha}")))
-            }
-            AnchorConfig::KlTriggered { window, threshold } if window == 0 || !(threshold >= 0.0) => {
-                Err(crate::Error::config("anchor kl_triggered needs window >= 1 and threshold >= 0"))
+            AnchorConfig::Ema { alpha } if !(0.0..1.0).contains(&alpha) => Err(
+                crate::Error::config(format!("anchor.alpha must be in [0, 1), got {alpha}")),
+            ),
+            AnchorConfig::KlTriggered { window, threshold }
+                if window == 0 || threshold.is_nan() || threshold < 0.0 =>
+            {
+                Err(crate::Error::config(
+                    "anchor kl_triggered needs window >= 1 and threshold >= 0",
+                ))
             }
             _ => Ok(()),
         }
@@ -72,10 +71,17 @@ pub struct Anchor {
 impl Anchor {
     pub fn new(cfg: AnchorConfig, policy: &Model) -> Result<Anchor> {
         let copy = match cfg {
-            AnchorConfig::Ema { .. } | AnchorConfig::KlTriggered { .. } => Some(policy.frozen_copy()?),
+            AnchorConfig::Ema { .. } | AnchorConfig::KlTriggered { .. } => {
+                Some(policy.frozen_copy()?)
+            }
             _ => None,
         };
-        Ok(Anchor { cfg, copy, window: VecDeque::new(), hard_copies: 0 })
+        Ok(Anchor {
+            cfg,
+            copy,
+            window: VecDeque::new(),
+            hard_copies: 0,
+        })
     }
 
     /// After every optimizer step.
@@ -87,7 +93,9 @@ impl Anchor {
 
     /// After every trainer step, with that step's drift mean|l - l_anchor|.
     pub fn observe_drift(&mut self, policy: &Model, drift: f64) {
-        if let (AnchorConfig::KlTriggered { window, threshold }, Some(copy)) = (&self.cfg, self.copy.as_mut()) {
+        if let (AnchorConfig::KlTriggered { window, threshold }, Some(copy)) =
+            (&self.cfg, self.copy.as_mut())
+        {
             self.window.push_back(drift);
             while self.window.len() > *window {
                 self.window.pop_front();

@@ -31,14 +31,20 @@ pub struct Batch {
 
 fn check_binary(name: &str, v: &[u8]) -> Result<()> {
     match v.iter().position(|&x| x > 1) {
-        Some(i) => Err(Error::invalid(format!("{name}[{i}] = {}: masks hold only 0 and 1", v[i]))),
+        Some(i) => Err(Error::invalid(format!(
+            "{name}[{i}] = {}: masks hold only 0 and 1",
+            v[i]
+        ))),
         None => Ok(()),
     }
 }
 
 fn check_finite(name: &str, v: &[f64]) -> Result<()> {
     match v.iter().position(|x| !x.is_finite()) {
-        Some(i) => Err(Error::new(crate::error::Status::NonFinite, format!("{name}[{i}] is NaN or Inf"))),
+        Some(i) => Err(Error::new(
+            crate::error::Status::NonFinite,
+            format!("{name}[{i}] is NaN or Inf"),
+        )),
         None => Ok(()),
     }
 }
@@ -57,16 +63,25 @@ impl Batch {
             return Err(Error::invalid("n must be > 0"));
         }
         if t < 2 {
-            return Err(Error::invalid(format!("t must be >= 2 (a prompt token and a scored token), got {t}")));
+            return Err(Error::invalid(format!(
+                "t must be >= 2 (a prompt token and a scored token), got {t}"
+            )));
         }
-        let cells = n.checked_mul(t).ok_or_else(|| Error::invalid("n * t overflows"))?;
+        let cells = n
+            .checked_mul(t)
+            .ok_or_else(|| Error::invalid("n * t overflows"))?;
         for (name, len) in [("ids", ids.len()), ("loss_mask", loss_mask.len())] {
             if len != cells {
-                return Err(Error::shape(format!("{name} has {len} entries, expected n * t = {cells}")));
+                return Err(Error::shape(format!(
+                    "{name} has {len} entries, expected n * t = {cells}"
+                )));
             }
         }
         if group_ids.len() != n {
-            return Err(Error::shape(format!("group_ids has {} entries, expected n = {n}", group_ids.len())));
+            return Err(Error::shape(format!(
+                "group_ids has {} entries, expected n = {n}",
+                group_ids.len()
+            )));
         }
         if let Some(i) = ids.iter().position(|&x| x < 0) {
             return Err(Error::invalid(format!("ids[{i}] = {} is negative", ids[i])));
@@ -80,7 +95,10 @@ impl Batch {
         let attn: Vec<u8> = match attention_mask {
             Some(a) => {
                 if a.len() != cells {
-                    return Err(Error::shape(format!("attention_mask has {} entries, expected n * t = {cells}", a.len())));
+                    return Err(Error::shape(format!(
+                        "attention_mask has {} entries, expected n * t = {cells}",
+                        a.len()
+                    )));
                 }
                 check_binary("attention_mask", a)?;
                 if let Some(i) = (0..cells).find(|&i| loss_mask[i] == 1 && a[i] == 0) {
@@ -100,7 +118,9 @@ impl Batch {
             t,
             ids: Tensor::from_slice(ids).view(shape),
             attention_mask: Tensor::from_slice(&attn).to_kind(Kind::Int64).view(shape),
-            loss_mask: Tensor::from_slice(loss_mask).to_kind(Kind::Float).view(shape),
+            loss_mask: Tensor::from_slice(loss_mask)
+                .to_kind(Kind::Float)
+                .view(shape),
             group_ids: group_ids.to_vec(),
             groups: Groups::from_ids(group_ids)?,
             rewards: None,
@@ -112,7 +132,11 @@ impl Batch {
 
     pub fn set_rewards(&mut self, rewards: &[f64]) -> Result<()> {
         if rewards.len() != self.n {
-            return Err(Error::shape(format!("rewards has {} entries, expected n = {}", rewards.len(), self.n)));
+            return Err(Error::shape(format!(
+                "rewards has {} entries, expected n = {}",
+                rewards.len(),
+                self.n
+            )));
         }
         check_finite("rewards", rewards)?;
         self.rewards = Some(Tensor::from_slice(rewards));
@@ -122,7 +146,11 @@ impl Batch {
 
     pub fn set_targets(&mut self, targets: &[f64]) -> Result<()> {
         if targets.len() != self.n {
-            return Err(Error::shape(format!("targets has {} entries, expected n = {}", targets.len(), self.n)));
+            return Err(Error::shape(format!(
+                "targets has {} entries, expected n = {}",
+                targets.len(),
+                self.n
+            )));
         }
         check_finite("targets", targets)?;
         let t = Tensor::from_slice(targets);

@@ -8,7 +8,10 @@ use std::path::{Path, PathBuf};
 use tch::{Device, Tensor};
 
 fn ckpt_error(path: &Path, what: impl std::fmt::Display) -> Error {
-    Error::new(Status::Checkpoint, format!("checkpoint {}: {what}", path.display()))
+    Error::new(
+        Status::Checkpoint,
+        format!("checkpoint {}: {what}", path.display()),
+    )
 }
 
 /// The trainer-state file beside the weights file.
@@ -17,8 +20,10 @@ pub fn state_path(path: &Path) -> PathBuf {
 }
 
 fn write_atomic(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
-    let cpu: Vec<(String, Tensor)> =
-        tensors.iter().map(|(k, t)| (k.clone(), t.detach().to_device(Device::Cpu).contiguous())).collect();
+    let cpu: Vec<(String, Tensor)> = tensors
+        .iter()
+        .map(|(k, t)| (k.clone(), t.detach().to_device(Device::Cpu).contiguous()))
+        .collect();
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(format!(".tmp{}", std::process::id()));
     let tmp = PathBuf::from(tmp);
@@ -26,7 +31,10 @@ fn write_atomic(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
         .map_err(|e| Error::new(Status::Io, format!("cannot write {}: {e}", tmp.display())))?;
     std::fs::rename(&tmp, path).map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
-        Error::new(Status::Io, format!("cannot move {} to {}: {e}", tmp.display(), path.display()))
+        Error::new(
+            Status::Io,
+            format!("cannot move {} to {}: {e}", tmp.display(), path.display()),
+        )
     })
 }
 
@@ -39,16 +47,24 @@ fn read(path: &Path) -> Result<Vec<(String, Tensor)>> {
     if !path.is_file() {
         return Err(ckpt_error(path, "file not found"));
     }
-    Tensor::read_safetensors(path).map_err(|e| ckpt_error(path, format!("corrupt or not safetensors ({e})")))
+    Tensor::read_safetensors(path)
+        .map_err(|e| ckpt_error(path, format!("corrupt or not safetensors ({e})")))
 }
 
+/// Named tensors of one safetensors file.
+pub type Named = Vec<(String, Tensor)>;
+
 /// Reads weights and trainer state (nothing is applied here).
-pub fn load(path: &Path) -> Result<(Vec<(String, Tensor)>, Vec<(String, Tensor)>)> {
+pub fn load(path: &Path) -> Result<(Named, Named)> {
     Ok((read(path)?, read(&state_path(path))?))
 }
 
 /// Checks that `stored` has exactly the names, shapes and dtypes of `expected`.
-pub fn check_matches(path: &Path, expected: &[(String, Tensor)], stored: &[(String, Tensor)]) -> Result<()> {
+pub fn check_matches(
+    path: &Path,
+    expected: &[(String, Tensor)],
+    stored: &[(String, Tensor)],
+) -> Result<()> {
     for (name, p) in expected {
         let t = stored
             .iter()
@@ -58,12 +74,24 @@ pub fn check_matches(path: &Path, expected: &[(String, Tensor)], stored: &[(Stri
         if t.size() != p.size() || t.kind() != p.kind() {
             return Err(ckpt_error(
                 path,
-                format!("parameter {name} is {:?} {:?}, the model has {:?} {:?}", t.kind(), t.size(), p.kind(), p.size()),
+                format!(
+                    "parameter {name} is {:?} {:?}, the model has {:?} {:?}",
+                    t.kind(),
+                    t.size(),
+                    p.kind(),
+                    p.size()
+                ),
             ));
         }
     }
-    if let Some((extra, _)) = stored.iter().find(|(k, _)| !expected.iter().any(|(n, _)| n == k)) {
-        return Err(ckpt_error(path, format!("has parameter {extra}, which the model does not have")));
+    if let Some((extra, _)) = stored
+        .iter()
+        .find(|(k, _)| !expected.iter().any(|(n, _)| n == k))
+    {
+        return Err(ckpt_error(
+            path,
+            format!("has parameter {extra}, which the model does not have"),
+        ));
     }
     Ok(())
 }

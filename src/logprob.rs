@@ -19,7 +19,12 @@ pub enum SeqReduce {
 
 /// Per-token log-probs [B, T] (float32 or float64 as the logits; bf16/f16 logits give float32):
 /// position 0 and masked positions are 0.
-pub fn token_logp(model: &Model, ids: &Tensor, attention_mask: &Tensor, loss_mask: &Tensor) -> Result<Tensor> {
+pub fn token_logp(
+    model: &Model,
+    ids: &Tensor,
+    attention_mask: &Tensor,
+    loss_mask: &Tensor,
+) -> Result<Tensor> {
     let logits = model.logits(ids, attention_mask)?;
     let t = ids.size()[1];
     let logits = match logits.kind() {
@@ -41,19 +46,30 @@ pub fn reduce(token_logp: &Tensor, loss_mask: &Tensor, how: SeqReduce) -> Tensor
     let sum = token_logp.sum_dim_intlist(1, false, kind);
     match how {
         SeqReduce::Sum => sum,
-        SeqReduce::Mean => sum / loss_mask.to_kind(kind).sum_dim_intlist(1, false, kind).clamp_min(1.0),
+        SeqReduce::Mean => {
+            sum / loss_mask
+                .to_kind(kind)
+                .sum_dim_intlist(1, false, kind)
+                .clamp_min(1.0)
+        }
     }
 }
 
 /// Mean token entropy of the model's next-token distributions over the loss-masked positions,
 /// divided by log V, per row [B] (the H of the smooth-hybrid temperature rule).
-pub fn normalised_entropy(model: &Model, ids: &Tensor, attention_mask: &Tensor, loss_mask: &Tensor) -> Result<Tensor> {
+pub fn normalised_entropy(
+    model: &Model,
+    ids: &Tensor,
+    attention_mask: &Tensor,
+    loss_mask: &Tensor,
+) -> Result<Tensor> {
     let logits = model.logits(ids, attention_mask)?.to_kind(Kind::Float);
     let t = ids.size()[1];
     let predicting = logits.narrow(1, 0, t - 1);
     let log_p = predicting.log_softmax(2, Kind::Float);
     let h = -(log_p.exp() * &log_p).sum_dim_intlist(2, false, Kind::Float);
     let mask = loss_mask.narrow(1, 1, t - 1).to_kind(Kind::Float);
-    let mean = (h * &mask).sum_dim_intlist(1, false, Kind::Float) / mask.sum_dim_intlist(1, false, Kind::Float).clamp_min(1.0);
+    let mean = (h * &mask).sum_dim_intlist(1, false, Kind::Float)
+        / mask.sum_dim_intlist(1, false, Kind::Float).clamp_min(1.0);
     Ok(mean / (model.vocab() as f64).ln())
 }

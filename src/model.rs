@@ -26,15 +26,28 @@ pub fn parse_device(text: &str) -> Result<Device> {
     let device = match text {
         "cpu" => Device::Cpu,
         "cuda" => Device::Cuda(0),
-        _ => match text.strip_prefix("cuda:").and_then(|i| i.parse::<usize>().ok()) {
+        _ => match text
+            .strip_prefix("cuda:")
+            .and_then(|i| i.parse::<usize>().ok())
+        {
             Some(i) => Device::Cuda(i),
-            None => return Err(Error::invalid(format!("device \"{text}\" is not \"cpu\", \"cuda\" or \"cuda:N\""))),
+            None => {
+                return Err(Error::invalid(format!(
+                    "device \"{text}\" is not \"cpu\", \"cuda\" or \"cuda:N\""
+                )))
+            }
         },
     };
     if let Device::Cuda(i) = device {
-        let count = if tch::Cuda::is_available() { tch::Cuda::device_count() } else { 0 };
+        let count = if tch::Cuda::is_available() {
+            tch::Cuda::device_count()
+        } else {
+            0
+        };
         if i as i64 >= count {
-            return Err(Error::unsupported(format!("device {text}: this machine has {count} CUDA device(s)")));
+            return Err(Error::unsupported(format!(
+                "device {text}: this machine has {count} CUDA device(s)"
+            )));
         }
     }
     Ok(device)
@@ -43,16 +56,30 @@ pub fn parse_device(text: &str) -> Result<Device> {
 impl Model {
     pub fn load(path: &Path, device: Device) -> Result<Model> {
         if !path.is_file() {
-            return Err(model_error(format!("model file not found: {}", path.display())));
+            return Err(model_error(format!(
+                "model file not found: {}",
+                path.display()
+            )));
         }
-        let mut module = CModule::load_on_device(path, device)
-            .map_err(|e| model_error(format!("cannot load TorchScript module {}: {e}", path.display())))?;
+        let mut module = CModule::load_on_device(path, device).map_err(|e| {
+            model_error(format!(
+                "cannot load TorchScript module {}: {e}",
+                path.display()
+            ))
+        })?;
         module.set_eval();
         let params = module.named_parameters()?;
         if params.is_empty() {
             return Err(model_error(format!("{} has no parameters", path.display())));
         }
-        let mut model = Model { module, path: path.to_path_buf(), device, takes_mask: true, vocab: 0, params };
+        let mut model = Model {
+            module,
+            path: path.to_path_buf(),
+            device,
+            takes_mask: true,
+            vocab: 0,
+            params,
+        };
         model.probe()?;
         Ok(model)
     }
@@ -74,7 +101,12 @@ impl Model {
             }
         })?;
         let size = out.size();
-        if size.len() != 3 || size[0] != 1 || size[1] != 2 || size[2] < 2 || !out.is_floating_point() {
+        if size.len() != 3
+            || size[0] != 1
+            || size[1] != 2
+            || size[2] < 2
+            || !out.is_floating_point()
+        {
             return Err(model_error(format!(
                 "{}: forward must return float logits [B, T, V]; on input [1, 2] it returned {:?} {:?}",
                 self.path.display(),

@@ -42,7 +42,12 @@ fn default_weight_decay() -> f64 {
 
 impl Default for OptimizerConfig {
     fn default() -> Self {
-        OptimizerConfig::Adamw { lr: default_lr(), betas: default_betas(), eps: default_eps(), weight_decay: default_weight_decay() }
+        OptimizerConfig::Adamw {
+            lr: default_lr(),
+            betas: default_betas(),
+            eps: default_eps(),
+            weight_decay: default_weight_decay(),
+        }
     }
 }
 
@@ -59,14 +64,28 @@ impl OptimizerConfig {
             return bad(format!("optimizer.lr must be > 0, got {}", self.lr()));
         }
         match *self {
-            OptimizerConfig::Sgd { momentum, weight_decay, .. } => {
+            OptimizerConfig::Sgd {
+                momentum,
+                weight_decay,
+                ..
+            } => {
                 if !(0.0..1.0).contains(&momentum) || weight_decay < 0.0 {
-                    return bad("optimizer: sgd needs momentum in [0, 1) and weight_decay >= 0".into());
+                    return bad(
+                        "optimizer: sgd needs momentum in [0, 1) and weight_decay >= 0".into(),
+                    );
                 }
             }
-            OptimizerConfig::Adamw { betas, eps, weight_decay, .. } => {
-                if !betas.iter().all(|b| (0.0..1.0).contains(b)) || eps <= 0.0 || weight_decay < 0.0 {
-                    return bad("optimizer: adamw needs betas in [0, 1), eps > 0, weight_decay >= 0".into());
+            OptimizerConfig::Adamw {
+                betas,
+                eps,
+                weight_decay,
+                ..
+            } => {
+                if !betas.iter().all(|b| (0.0..1.0).contains(b)) || eps <= 0.0 || weight_decay < 0.0
+                {
+                    return bad(
+                        "optimizer: adamw needs betas in [0, 1), eps > 0, weight_decay >= 0".into(),
+                    );
                 }
             }
         }
@@ -86,8 +105,18 @@ pub struct Optimizer {
 
 impl Optimizer {
     pub fn new(cfg: OptimizerConfig, params: &[(String, Tensor)]) -> Self {
-        let zeros = || params.iter().map(|(_, p)| p.zeros_like().set_requires_grad(false)).collect();
-        Optimizer { cfg, first: zeros(), second: zeros(), steps: 0 }
+        let zeros = || {
+            params
+                .iter()
+                .map(|(_, p)| p.zeros_like().set_requires_grad(false))
+                .collect()
+        };
+        Optimizer {
+            cfg,
+            first: zeros(),
+            second: zeros(),
+            steps: 0,
+        }
     }
 
     /// One update with learning rate `lr`, using each parameter's .grad (missing = zero).
@@ -102,8 +131,16 @@ impl Optimizer {
                 }
                 let mut p = p.shallow_clone();
                 match self.cfg {
-                    OptimizerConfig::Sgd { momentum, weight_decay, .. } => {
-                        let mut d = if weight_decay > 0.0 { &g + &p * weight_decay } else { g.shallow_clone() };
+                    OptimizerConfig::Sgd {
+                        momentum,
+                        weight_decay,
+                        ..
+                    } => {
+                        let mut d = if weight_decay > 0.0 {
+                            &g + &p * weight_decay
+                        } else {
+                            g.shallow_clone()
+                        };
                         if momentum > 0.0 {
                             let buf = &mut self.first[i];
                             if t == 1 {
@@ -116,7 +153,12 @@ impl Optimizer {
                         }
                         let _ = p.g_sub_(&(d * lr));
                     }
-                    OptimizerConfig::Adamw { betas: [b1, b2], eps, weight_decay, .. } => {
+                    OptimizerConfig::Adamw {
+                        betas: [b1, b2],
+                        eps,
+                        weight_decay,
+                        ..
+                    } => {
                         let _ = p.g_mul_scalar_(1.0 - lr * weight_decay);
                         let (m, v) = (&mut self.first[i], &mut self.second[i]);
                         let _ = m.g_mul_scalar_(b1);
@@ -141,37 +183,68 @@ impl Optimizer {
     pub fn state(&self, params: &[(String, Tensor)]) -> Vec<(String, Tensor)> {
         let mut out = Vec::new();
         for (i, (name, _)) in params.iter().enumerate() {
-            out.push((format!("optimizer.first.{name}"), self.first[i].shallow_clone()));
-            out.push((format!("optimizer.second.{name}"), self.second[i].shallow_clone()));
+            out.push((
+                format!("optimizer.first.{name}"),
+                self.first[i].shallow_clone(),
+            ));
+            out.push((
+                format!("optimizer.second.{name}"),
+                self.second[i].shallow_clone(),
+            ));
         }
-        out.push(("optimizer.steps".into(), Tensor::from_slice(&[self.steps as i64])));
+        out.push((
+            "optimizer.steps".into(),
+            Tensor::from_slice(&[self.steps as i64]),
+        ));
         out
     }
 
     /// Checks that `state` fits these parameters; nothing is changed on error.
-    pub fn check_state(&self, params: &[(String, Tensor)], state: &[(String, Tensor)]) -> Result<()> {
+    pub fn check_state(
+        &self,
+        params: &[(String, Tensor)],
+        state: &[(String, Tensor)],
+    ) -> Result<()> {
         let find = |key: &str| state.iter().find(|(k, _)| k == key).map(|(_, t)| t);
         for (name, p) in params {
             for which in ["first", "second"] {
                 let key = format!("optimizer.{which}.{name}");
-                let t = find(&key).ok_or_else(|| Error::new(crate::Status::Checkpoint, format!("trainer state lacks {key}")))?;
+                let t = find(&key).ok_or_else(|| {
+                    Error::new(
+                        crate::Status::Checkpoint,
+                        format!("trainer state lacks {key}"),
+                    )
+                })?;
                 if t.size() != p.size() {
                     return Err(Error::new(
                         crate::Status::Checkpoint,
-                        format!("trainer state {key} has shape {:?}, parameter has {:?}", t.size(), p.size()),
+                        format!(
+                            "trainer state {key} has shape {:?}, parameter has {:?}",
+                            t.size(),
+                            p.size()
+                        ),
                     ));
                 }
             }
         }
         match find("optimizer.steps") {
             Some(t) if t.numel() == 1 && t.kind() == Kind::Int64 => Ok(()),
-            _ => Err(Error::new(crate::Status::Checkpoint, "trainer state lacks optimizer.steps")),
+            _ => Err(Error::new(
+                crate::Status::Checkpoint,
+                "trainer state lacks optimizer.steps",
+            )),
         }
     }
 
     /// Loads state checked by `check_state`.
     pub fn load_state(&mut self, params: &[(String, Tensor)], state: &[(String, Tensor)]) {
-        let find = |key: String| state.iter().find(|(k, _)| *k == key).map(|(_, t)| t.shallow_clone()).unwrap();
+        let find = |key: String| {
+            state
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, t)| t.shallow_clone())
+                .unwrap()
+        };
         tch::no_grad(|| {
             for (i, (name, _)) in params.iter().enumerate() {
                 self.first[i].copy_(&find(format!("optimizer.first.{name}")));
@@ -185,14 +258,24 @@ impl Optimizer {
 /// Scales all gradients so their global L2 norm is at most `max_norm`; returns the norm
 /// before clipping.
 pub fn clip_grad_norm(params: &[(String, Tensor)], max_norm: Option<f64>) -> f64 {
-    let grads: Vec<Tensor> = params.iter().map(|(_, p)| p.grad()).filter(|g| g.defined()).collect();
+    let grads: Vec<Tensor> = params
+        .iter()
+        .map(|(_, p)| p.grad())
+        .filter(|g| g.defined())
+        .collect();
     if grads.is_empty() {
         return 0.0;
     }
-    let norm = Tensor::stack(&grads.iter().map(|g| g.to_kind(Kind::Double).square().sum(Kind::Double)).collect::<Vec<_>>(), 0)
-        .sum(Kind::Double)
-        .sqrt()
-        .double_value(&[]);
+    let norm = Tensor::stack(
+        &grads
+            .iter()
+            .map(|g| g.to_kind(Kind::Double).square().sum(Kind::Double))
+            .collect::<Vec<_>>(),
+        0,
+    )
+    .sum(Kind::Double)
+    .sqrt()
+    .double_value(&[]);
     if let Some(max) = max_norm {
         let scale = max / (norm + 1e-6);
         if scale < 1.0 {

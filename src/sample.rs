@@ -28,7 +28,15 @@ pub struct SamplingConfig {
 
 impl Default for SamplingConfig {
     fn default() -> Self {
-        SamplingConfig { temperature: 1.0, top_k: 0, top_p: 1.0, max_new_tokens: 16, eos_id: None, pad_id: 0, seed: None }
+        SamplingConfig {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            max_new_tokens: 16,
+            eos_id: None,
+            pad_id: 0,
+            seed: None,
+        }
     }
 }
 
@@ -36,10 +44,15 @@ impl SamplingConfig {
     pub fn from_json(json: &str) -> Result<Self> {
         let cfg: SamplingConfig = crate::config::parse_json("sampling", json)?;
         if !(cfg.temperature > 0.0 && cfg.temperature.is_finite()) {
-            return Err(Error::config(format!("temperature must be > 0, got {}", cfg.temperature)));
+            return Err(Error::config(format!(
+                "temperature must be > 0, got {}",
+                cfg.temperature
+            )));
         }
         if cfg.top_k < 0 || !(cfg.top_p > 0.0 && cfg.top_p <= 1.0) || cfg.max_new_tokens == 0 {
-            return Err(Error::config("sampling needs top_k >= 0, top_p in (0, 1], max_new_tokens >= 1"));
+            return Err(Error::config(
+                "sampling needs top_k >= 0, top_p in (0, 1], max_new_tokens >= 1",
+            ));
         }
         if cfg.pad_id < 0 || cfg.eos_id.is_some_and(|e| e < 0) {
             return Err(Error::config("pad_id and eos_id must be >= 0"));
@@ -62,7 +75,10 @@ fn sampling_probs(logits: &Tensor, cfg: &SamplingConfig) -> Tensor {
     let mut z = logits / cfg.temperature;
     let v = z.size()[1];
     if cfg.top_k > 0 && cfg.top_k < v {
-        let kth = z.topk(cfg.top_k, 1, true, true).0.narrow(1, cfg.top_k - 1, 1);
+        let kth = z
+            .topk(cfg.top_k, 1, true, true)
+            .0
+            .narrow(1, cfg.top_k - 1, 1);
         z = z.masked_fill(&z.lt_tensor(&kth), f64::NEG_INFINITY);
     }
     if cfg.top_p < 1.0 {
@@ -78,9 +94,17 @@ fn sampling_probs(logits: &Tensor, cfg: &SamplingConfig) -> Tensor {
 }
 
 /// K samples for each prompt. Rows are grouped by prompt (group id = prompt index).
-pub fn sample(model: &Model, prompts: &[&[i64]], k: usize, cfg: &SamplingConfig, rng: &mut u64) -> Result<Batch> {
+pub fn sample(
+    model: &Model,
+    prompts: &[&[i64]],
+    k: usize,
+    cfg: &SamplingConfig,
+    rng: &mut u64,
+) -> Result<Batch> {
     if prompts.is_empty() || k == 0 {
-        return Err(Error::invalid("sampling needs at least one prompt and k >= 1"));
+        return Err(Error::invalid(
+            "sampling needs at least one prompt and k >= 1",
+        ));
     }
     if let Some((i, _)) = prompts.iter().enumerate().find(|(_, p)| p.is_empty()) {
         return Err(Error::invalid(format!("prompt {i} is empty")));
@@ -88,25 +112,42 @@ pub fn sample(model: &Model, prompts: &[&[i64]], k: usize, cfg: &SamplingConfig,
     let vocab = model.vocab();
     for (i, p) in prompts.iter().enumerate() {
         if let Some(&tok) = p.iter().find(|&&t| t < 0 || t >= vocab) {
-            return Err(Error::invalid(format!("prompt {i} has token {tok} outside the vocabulary [0, {vocab})")));
+            return Err(Error::invalid(format!(
+                "prompt {i} has token {tok} outside the vocabulary [0, {vocab})"
+            )));
         }
     }
     let device = model.device();
     let mut rows: Vec<(Vec<i64>, usize, Vec<f64>)> = Vec::new(); // tokens, prompt length, token log-probs
     tch::no_grad(|| -> Result<()> {
         for prompt in prompts {
-            let mut seqs = Tensor::from_slice(prompt).to_device(device).unsqueeze(0).repeat([k as i64, 1]);
+            let mut seqs = Tensor::from_slice(prompt)
+                .to_device(device)
+                .unsqueeze(0)
+                .repeat([k as i64, 1]);
             let mut logps = vec![vec![0.0; prompt.len()]; k];
             let mut done = vec![false; k];
             for _ in 0..cfg.max_new_tokens {
                 let attn = seqs.ones_like();
-                let last = model.logits(&seqs, &attn)?.select(1, -1).to_kind(Kind::Float);
+                let last = model
+                    .logits(&seqs, &attn)?
+                    .select(1, -1)
+                    .to_kind(Kind::Float);
                 let log_p = last.log_softmax(1, Kind::Float);
                 let cdf = sampling_probs(&last, cfg).cumsum(1, Kind::Float);
                 let u: Vec<f32> = (0..k).map(|_| next_uniform(rng) as f32).collect();
                 let u = Tensor::from_slice(&u).to_device(device).unsqueeze(1);
-                let drawn = cdf.lt_tensor(&u).sum_dim_intlist(1, false, Kind::Int64).clamp_max(vocab - 1);
-                let picked = Vec::<f64>::try_from(log_p.gather(1, &drawn.unsqueeze(1), false).squeeze_dim(1).to_kind(Kind::Double).to_device(tch::Device::Cpu))?;
+                let drawn = cdf
+                    .lt_tensor(&u)
+                    .sum_dim_intlist(1, false, Kind::Int64)
+                    .clamp_max(vocab - 1);
+                let picked = Vec::<f64>::try_from(
+                    log_p
+                        .gather(1, &drawn.unsqueeze(1), false)
+                        .squeeze_dim(1)
+                        .to_kind(Kind::Double)
+                        .to_device(tch::Device::Cpu),
+                )?;
                 let mut next = Vec::<i64>::try_from(drawn.to_device(tch::Device::Cpu))?;
                 for r in 0..k {
                     if done[r] {
@@ -117,7 +158,13 @@ pub fn sample(model: &Model, prompts: &[&[i64]], k: usize, cfg: &SamplingConfig,
                         done[r] = cfg.eos_id == Some(next[r]);
                     }
                 }
-                seqs = Tensor::cat(&[seqs, Tensor::from_slice(&next).to_device(device).unsqueeze(1)], 1);
+                seqs = Tensor::cat(
+                    &[
+                        seqs,
+                        Tensor::from_slice(&next).to_device(device).unsqueeze(1),
+                    ],
+                    1,
+                );
                 if done.iter().all(|&d| d) {
                     break;
                 }
@@ -131,9 +178,19 @@ pub fn sample(model: &Model, prompts: &[&[i64]], k: usize, cfg: &SamplingConfig,
         Ok(())
     })?;
     // One right-padded batch: loss mask on generated tokens up to and including EOS.
-    let t = rows.iter().map(|(s, _, _)| s.len()).max().unwrap_or(2).max(2);
+    let t = rows
+        .iter()
+        .map(|(s, _, _)| s.len())
+        .max()
+        .unwrap_or(2)
+        .max(2);
     let n = rows.len();
-    let (mut ids, mut attn, mut loss, mut old) = (vec![cfg.pad_id; n * t], vec![0u8; n * t], vec![0u8; n * t], vec![0.0; n * t]);
+    let (mut ids, mut attn, mut loss, mut old) = (
+        vec![cfg.pad_id; n * t],
+        vec![0u8; n * t],
+        vec![0u8; n * t],
+        vec![0.0; n * t],
+    );
     let mut group_ids = Vec::with_capacity(n);
     for (r, (seq, plen, lp)) in rows.iter().enumerate() {
         group_ids.push((r / k) as i64);

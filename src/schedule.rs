@@ -21,7 +21,12 @@ pub enum Schedule {
 
 impl Schedule {
     pub fn validate(&self) -> Result<()> {
-        if let Schedule::Cosine { warmup_steps, total_steps, min_lr } = *self {
+        if let Schedule::Cosine {
+            warmup_steps,
+            total_steps,
+            min_lr,
+        } = *self
+        {
             if total_steps == 0 || warmup_steps > total_steps || min_lr < 0.0 {
                 return Err(Error::config(
                     "schedule cosine needs total_steps > 0, warmup_steps <= total_steps, min_lr >= 0",
@@ -35,7 +40,11 @@ impl Schedule {
     pub fn lr(&self, base: f64, step: u64) -> f64 {
         match *self {
             Schedule::Constant => base,
-            Schedule::Cosine { warmup_steps, total_steps, min_lr } => {
+            Schedule::Cosine {
+                warmup_steps,
+                total_steps,
+                min_lr,
+            } => {
                 if step <= warmup_steps {
                     base * step as f64 / warmup_steps.max(1) as f64
                 } else {
@@ -54,7 +63,11 @@ mod tests {
 
     #[test]
     fn warmup_then_cosine() {
-        let s = Schedule::Cosine { warmup_steps: 2, total_steps: 6, min_lr: 0.0 };
+        let s = Schedule::Cosine {
+            warmup_steps: 2,
+            total_steps: 6,
+            min_lr: 0.0,
+        };
         let lrs: Vec<f64> = (1..=7).map(|k| s.lr(1.0, k)).collect();
         assert_eq!(lrs[0], 0.5);
         assert_eq!(lrs[1], 1.0);

@@ -58,8 +58,16 @@ impl Default for TrainerConfig {
     }
 }
 
-const TRAINER_KEYS: [&str; 8] =
-    ["seq_logp", "micro_batch_rows", "epochs_per_batch", "seed", "anchor", "optimizer", "grad_clip", "schedule"];
+const TRAINER_KEYS: [&str; 8] = [
+    "seq_logp",
+    "micro_batch_rows",
+    "epochs_per_batch",
+    "seed",
+    "anchor",
+    "optimizer",
+    "grad_clip",
+    "schedule",
+];
 
 /// Splits one JSON config into the trainer's part and the objective's part (which also gets
 /// the seed, for Plackett-Luce tie breaking).
@@ -81,21 +89,27 @@ pub fn parse_config(json: &str) -> Result<(TrainerConfig, ObjectiveConfig)> {
     if let Some(seed) = own.get("seed") {
         all.insert("seed".into(), seed.clone());
     }
-    let objective: ObjectiveConfig = serde_json::from_value(serde_json::Value::Object(all)).map_err(|e| {
-        Error::config(format!("trainer config: {e} (trainer keys: {})", TRAINER_KEYS.join(", ")))
-    })?;
+    let objective: ObjectiveConfig = serde_json::from_value(serde_json::Value::Object(all))
+        .map_err(|e| {
+            Error::config(format!(
+                "trainer config: {e} (trainer keys: {})",
+                TRAINER_KEYS.join(", ")
+            ))
+        })?;
     objective.validate()?;
     trainer.optimizer.validate()?;
     trainer.schedule.validate()?;
     trainer.anchor.validate()?;
     if trainer.micro_batch_rows == Some(0) {
-        return Err(Error::config("micro_batch_rows must be >= 1 (or null for one pass)"));
+        return Err(Error::config(
+            "micro_batch_rows must be >= 1 (or null for one pass)",
+        ));
     }
     if trainer.epochs_per_batch == 0 {
         return Err(Error::config("epochs_per_batch must be >= 1"));
     }
     if let Some(c) = trainer.grad_clip {
-        if !(c > 0.0) {
+        if c.is_nan() || c <= 0.0 {
             return Err(Error::config(format!("grad_clip must be > 0, got {c}")));
         }
     }
@@ -122,8 +136,15 @@ pub struct StepMetrics {
 
 impl StepMetrics {
     pub fn to_json(&self) -> String {
-        let mut v: serde_json::Value = serde_json::from_str(&self.objective.to_json()).unwrap_or_default();
-        let num = |x: f64| if x.is_finite() { serde_json::json!(x) } else { serde_json::Value::Null };
+        let mut v: serde_json::Value =
+            serde_json::from_str(&self.objective.to_json()).unwrap_or_default();
+        let num = |x: f64| {
+            if x.is_finite() {
+                serde_json::json!(x)
+            } else {
+                serde_json::Value::Null
+            }
+        };
         if let serde_json::Value::Object(map) = &mut v {
             map.insert("grad_norm".into(), num(self.grad_norm));
             map.insert("lr".into(), num(self.lr));
@@ -151,9 +172,15 @@ pub struct Trainer {
 /// Anchor-side values of one step, held across its epochs.
 enum Held {
     /// Sequence level: anchor log-probs [N] (and the policy entropy for smooth_hybrid).
-    Sequence { anchor: Tensor, entropy: Option<Tensor> },
+    Sequence {
+        anchor: Tensor,
+        entropy: Option<Tensor>,
+    },
     /// GRPO: old and reference token log-probs [N, T].
-    Tokens { old: Tensor, reference: Option<Tensor> },
+    Tokens {
+        old: Tensor,
+        reference: Option<Tensor>,
+    },
 }
 
 impl Trainer {
@@ -161,7 +188,9 @@ impl Trainer {
         let (cfg, objective_cfg) = parse_config(json)?;
         if let Some(r) = &reference {
             if Arc::ptr_eq(r, &policy) {
-                return Err(Error::invalid("the reference must be a different model handle from the policy"));
+                return Err(Error::invalid(
+                    "the reference must be a different model handle from the policy",
+                ));
             }
             let (p, r) = (policy.lock(), r.lock());
             if p.device() != r.device() {
@@ -172,20 +201,37 @@ impl Trainer {
                 )));
             }
         }
-        if objective_cfg.loss == LossKind::Grpo && objective_cfg.beta_kl > 0.0 && reference.is_none() {
-            return Err(Error::invalid("loss grpo with beta_kl > 0 needs a reference model"));
+        if objective_cfg.loss == LossKind::Grpo
+            && objective_cfg.beta_kl > 0.0
+            && reference.is_none()
+        {
+            return Err(Error::invalid(
+                "loss grpo with beta_kl > 0 needs a reference model",
+            ));
         }
         let objective = Objective::new(objective_cfg)?;
         let (anchor, optimizer) = {
             let mut p = policy.lock();
             p.set_trainable(true);
-            (Anchor::new(cfg.anchor.clone(), &p)?, Optimizer::new(cfg.optimizer.clone(), p.params()))
+            (
+                Anchor::new(cfg.anchor.clone(), &p)?,
+                Optimizer::new(cfg.optimizer.clone(), p.params()),
+            )
         };
         if let Some(r) = &reference {
             r.lock().set_trainable(false);
         }
         let sample_rng = cfg.seed ^ 0xA0D0_5A4D_1E5E_ED00;
-        Ok(Trainer { cfg, objective, policy, reference, anchor, optimizer, last: None, sample_rng })
+        Ok(Trainer {
+            cfg,
+            objective,
+            policy,
+            reference,
+            anchor,
+            optimizer,
+            last: None,
+            sample_rng,
+        })
     }
 
     pub fn config(&self) -> &TrainerConfig {
@@ -206,7 +252,10 @@ impl Trainer {
 
     fn chunks(&self, n: usize) -> Vec<(i64, i64)> {
         let size = self.cfg.micro_batch_rows.unwrap_or(n).clamp(1, n);
-        (0..n).step_by(size).map(|s| (s as i64, size.min(n - s) as i64)).collect()
+        (0..n)
+            .step_by(size)
+            .map(|s| (s as i64, size.min(n - s) as i64))
+            .collect()
     }
 
     /// Token log-probs [N, T] of the whole batch under `model`, without grad.
@@ -225,7 +274,11 @@ impl Trainer {
     }
 
     fn reduce(&self, tokens: &Tensor, batch: &Batch, device: Device) -> Tensor {
-        logprob::reduce(tokens, &batch.loss_mask.to_device(device), self.cfg.seq_logp)
+        logprob::reduce(
+            tokens,
+            &batch.loss_mask.to_device(device),
+            self.cfg.seq_logp,
+        )
     }
 
     fn supplied_seq(&self, s: &SuppliedLogp, batch: &Batch, device: Device, kind: Kind) -> Tensor {
@@ -246,7 +299,9 @@ impl Trainer {
             let old = match &batch.old_logp {
                 Some(SuppliedLogp::Tokens(t)) => t.to_device(device).to_kind(kind),
                 Some(SuppliedLogp::Sequence(_)) => {
-                    return Err(Error::invalid("loss grpo needs per-token old_logp (n * t values), not per sequence"))
+                    return Err(Error::invalid(
+                        "loss grpo needs per-token old_logp (n * t values), not per sequence",
+                    ))
                 }
                 None => self.tokens_no_grad(policy, batch)?,
             };
@@ -254,12 +309,17 @@ impl Trainer {
                 (Some(r), true) => Some(self.tokens_no_grad(r, batch)?.to_kind(kind)),
                 _ => None,
             };
-            return Ok(Held::Tokens { old: old * batch.loss_mask.to_device(device).to_kind(kind), reference });
+            return Ok(Held::Tokens {
+                old: old * batch.loss_mask.to_device(device).to_kind(kind),
+                reference,
+            });
         }
         let anchor = match (&batch.anchor_logp, &self.cfg.anchor) {
             (Some(s), _) => self.supplied_seq(s, batch, device, kind),
             (None, AnchorConfig::Fixed) => match &reference {
-                Some(r) => self.reduce(&self.tokens_no_grad(r, batch)?, batch, device).to_kind(kind),
+                Some(r) => self
+                    .reduce(&self.tokens_no_grad(r, batch)?, batch, device)
+                    .to_kind(kind),
                 None => {
                     return Err(Error::invalid(
                         "anchor mode fixed needs a reference model or the batch's anchor_logp",
@@ -271,8 +331,13 @@ impl Trainer {
                 None => self.reduce(&self.tokens_no_grad(policy, batch)?, batch, device),
             },
             (None, AnchorConfig::Ema { .. } | AnchorConfig::KlTriggered { .. }) => {
-                let copy = self.anchor.copy.as_ref().expect("ema/kl anchors keep a copy");
-                self.reduce(&self.tokens_no_grad(copy, batch)?, batch, device).to_kind(kind)
+                let copy = self
+                    .anchor
+                    .copy
+                    .as_ref()
+                    .expect("ema/kl anchors keep a copy");
+                self.reduce(&self.tokens_no_grad(copy, batch)?, batch, device)
+                    .to_kind(kind)
             }
         };
         let entropy = match self.objective.config().adaptive_tau {
@@ -294,12 +359,28 @@ impl Trainer {
 
     /// Evaluates the objective on detached policy values (sequence [N] or tokens [N, T]) and
     /// returns dL/d(values), the metrics and the anchor drift.
-    fn evaluate(&self, values: &Tensor, held: &Held, batch: &Batch, device: Device) -> Result<(Tensor, Metrics, f64)> {
+    fn evaluate(
+        &self,
+        values: &Tensor,
+        held: &Held,
+        batch: &Batch,
+        device: Device,
+    ) -> Result<(Tensor, Metrics, f64)> {
         let kind = values.kind();
-        let signal = batch.rewards.as_ref().or(batch.targets.as_ref()).expect("checked before").to_device(device).to_kind(kind);
+        let signal = batch
+            .rewards
+            .as_ref()
+            .or(batch.targets.as_ref())
+            .expect("checked before")
+            .to_device(device)
+            .to_kind(kind);
         match held {
             Held::Sequence { anchor, entropy } => {
-                let sig = if batch.rewards.is_some() { Signal::Rewards(&signal) } else { Signal::Targets(&signal) };
+                let sig = if batch.rewards.is_some() {
+                    Signal::Rewards(&signal)
+                } else {
+                    Signal::Targets(&signal)
+                };
                 let out = self.objective.eval(&EvalInputs {
                     logp: values,
                     anchor_logp: anchor,
@@ -320,17 +401,29 @@ impl Trainer {
                     rewards: &signal,
                     groups: &batch.groups,
                 })?;
-                let drift = ((values - old).abs() * &mask).sum(Kind::Double) / mask.sum(Kind::Double).clamp_min(1.0);
+                let drift = ((values - old).abs() * &mask).sum(Kind::Double)
+                    / mask.sum(Kind::Double).clamp_min(1.0);
                 Ok((out.grad_logp, out.metrics, drift.double_value(&[])))
             }
         }
     }
 
     /// Policy values for rows (s, l) with grad: sequence log-probs, or token log-probs for GRPO.
-    fn policy_values(&self, policy: &Model, batch: &Batch, start: i64, len: i64, tokens: bool) -> Result<Tensor> {
+    fn policy_values(
+        &self,
+        policy: &Model,
+        batch: &Batch,
+        start: i64,
+        len: i64,
+        tokens: bool,
+    ) -> Result<Tensor> {
         let (ids, attn, mask) = batch.rows(start, len, policy.device());
         let tok = logprob::token_logp(policy, &ids, &attn, &mask)?;
-        Ok(if tokens { tok } else { logprob::reduce(&tok, &mask, self.cfg.seq_logp) })
+        Ok(if tokens {
+            tok
+        } else {
+            logprob::reduce(&tok, &mask, self.cfg.seq_logp)
+        })
     }
 
     pub fn step(&mut self, batch: &Batch) -> Result<StepMetrics> {
@@ -384,7 +477,10 @@ impl Trainer {
                 (metrics, drift) = (m, d);
             }
             grad_norm = clip_grad_norm(policy.params(), self.cfg.grad_clip);
-            lr = self.cfg.schedule.lr(self.cfg.optimizer.lr(), self.optimizer.steps() + 1);
+            lr = self
+                .cfg
+                .schedule
+                .lr(self.cfg.optimizer.lr(), self.optimizer.steps() + 1);
             self.optimizer.step(policy.params(), lr);
             self.anchor.after_optimizer_step(&policy);
         }
@@ -420,7 +516,9 @@ impl Trainer {
             let policy = self.policy.lock();
             let tok = self.tokens_no_grad(&policy, batch)?;
             let seq = self.reduce(&tok, batch, policy.device());
-            Ok(Vec::<f64>::try_from(seq.to_kind(Kind::Double).to_device(Device::Cpu))?)
+            Ok(Vec::<f64>::try_from(
+                seq.to_kind(Kind::Double).to_device(Device::Cpu),
+            )?)
         })
     }
 
@@ -429,10 +527,20 @@ impl Trainer {
             let policy = self.policy.lock();
             let mut state = self.optimizer.state(policy.params());
             if let Some(copy) = &self.anchor.copy {
-                state.extend(copy.params().iter().map(|(k, t)| (format!("anchor.{k}"), t.shallow_clone())));
+                state.extend(
+                    copy.params()
+                        .iter()
+                        .map(|(k, t)| (format!("anchor.{k}"), t.shallow_clone())),
+                );
             }
-            state.push(("anchor.window".into(), Tensor::from_slice(&self.anchor.window())));
-            state.push(("anchor.hard_copies".into(), Tensor::from_slice(&[self.anchor.hard_copies as i64])));
+            state.push((
+                "anchor.window".into(),
+                Tensor::from_slice(&self.anchor.window()),
+            ));
+            state.push((
+                "anchor.hard_copies".into(),
+                Tensor::from_slice(&[self.anchor.hard_copies as i64]),
+            ));
             checkpoint::save(path, policy.params(), &state)
         })
     }
@@ -448,7 +556,10 @@ impl Trainer {
             self.optimizer.check_state(policy.params(), &state)?;
             let anchor_state: Vec<(String, Tensor)> = state
                 .iter()
-                .filter_map(|(k, t)| k.strip_prefix("anchor.").map(|n| (n.to_string(), t.shallow_clone())))
+                .filter_map(|(k, t)| {
+                    k.strip_prefix("anchor.")
+                        .map(|n| (n.to_string(), t.shallow_clone()))
+                })
                 .filter(|(k, _)| k != "window" && k != "hard_copies")
                 .collect();
             if self.anchor.copy.is_some() {
@@ -457,7 +568,9 @@ impl Trainer {
             let window = checkpoint::find(&state, "anchor.window")
                 .map(|t| Vec::<f64>::try_from(t.to_kind(Kind::Double)))
                 .transpose()?
-                .ok_or_else(|| Error::new(Status::Checkpoint, "trainer state lacks anchor.window"))?;
+                .ok_or_else(|| {
+                    Error::new(Status::Checkpoint, "trainer state lacks anchor.window")
+                })?;
             // All checked: apply.
             tch::no_grad(|| {
                 for (name, p) in policy.params() {

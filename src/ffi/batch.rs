@@ -23,7 +23,10 @@ impl Handle for adpo_batch {
 
 impl adpo_batch {
     pub(crate) fn boxed(batch: Batch) -> *mut adpo_batch {
-        Box::into_raw(Box::new(adpo_batch { inner: Mutex::new(batch), poisoned: AtomicBool::new(false) }))
+        Box::into_raw(Box::new(adpo_batch {
+            inner: Mutex::new(batch),
+            poisoned: AtomicBool::new(false),
+        }))
     }
 }
 
@@ -44,8 +47,14 @@ pub extern "C" fn adpo_batch_new(
 ) -> Status {
     call(err, || {
         require_out(out, "out")?;
-        let cells = n.checked_mul(t).ok_or_else(|| Error::invalid("n * t overflows"))?;
-        let attention = if attention_mask.is_null() { None } else { Some(slice(attention_mask, cells, "attention_mask")?) };
+        let cells = n
+            .checked_mul(t)
+            .ok_or_else(|| Error::invalid("n * t overflows"))?;
+        let attention = if attention_mask.is_null() {
+            None
+        } else {
+            Some(slice(attention_mask, cells, "attention_mask")?)
+        };
         let batch = Batch::new(
             n,
             t,
@@ -66,18 +75,30 @@ fn set_values(
     name: &str,
     apply: fn(&mut Batch, &[f64]) -> Result<()>,
 ) -> Status {
-    call_on(err, batch, "batch", |b| apply(&mut b.inner.lock(), slice(values, len, name)?))
+    call_on(err, batch, "batch", |b| {
+        apply(&mut b.inner.lock(), slice(values, len, name)?)
+    })
 }
 
 /// Rewards of the n candidates (finite). Replaces targets if they were set.
 #[no_mangle]
-pub extern "C" fn adpo_batch_set_rewards(batch: *mut adpo_batch, rewards: *const f64, len: usize, err: *mut *mut adpo_error) -> Status {
+pub extern "C" fn adpo_batch_set_rewards(
+    batch: *mut adpo_batch,
+    rewards: *const f64,
+    len: usize,
+    err: *mut *mut adpo_error,
+) -> Status {
     set_values(err, batch, rewards, len, "rewards", Batch::set_rewards)
 }
 
 /// Explicit target distribution: n values >= 0 summing to 1 over each group. Replaces rewards.
 #[no_mangle]
-pub extern "C" fn adpo_batch_set_targets(batch: *mut adpo_batch, targets: *const f64, len: usize, err: *mut *mut adpo_error) -> Status {
+pub extern "C" fn adpo_batch_set_targets(
+    batch: *mut adpo_batch,
+    targets: *const f64,
+    len: usize,
+    err: *mut *mut adpo_error,
+) -> Status {
     set_values(err, batch, targets, len, "targets", Batch::set_targets)
 }
 
@@ -85,20 +106,42 @@ pub extern "C" fn adpo_batch_set_targets(batch: *mut adpo_batch, targets: *const
 /// (per token, aligned with ids; values at loss_mask 0 are ignored). The on-policy anchor uses
 /// them; loss grpo needs them per token.
 #[no_mangle]
-pub extern "C" fn adpo_batch_set_old_logp(batch: *mut adpo_batch, old_logp: *const f64, len: usize, err: *mut *mut adpo_error) -> Status {
+pub extern "C" fn adpo_batch_set_old_logp(
+    batch: *mut adpo_batch,
+    old_logp: *const f64,
+    len: usize,
+    err: *mut *mut adpo_error,
+) -> Status {
     set_values(err, batch, old_logp, len, "old_logp", Batch::set_old_logp)
 }
 
 /// Precomputed anchor log-probs (len n or n * t, as for old_logp): with them no reference
 /// forward runs.
 #[no_mangle]
-pub extern "C" fn adpo_batch_set_anchor_logp(batch: *mut adpo_batch, anchor_logp: *const f64, len: usize, err: *mut *mut adpo_error) -> Status {
-    set_values(err, batch, anchor_logp, len, "anchor_logp", Batch::set_anchor_logp)
+pub extern "C" fn adpo_batch_set_anchor_logp(
+    batch: *mut adpo_batch,
+    anchor_logp: *const f64,
+    len: usize,
+    err: *mut *mut adpo_error,
+) -> Status {
+    set_values(
+        err,
+        batch,
+        anchor_logp,
+        len,
+        "anchor_logp",
+        Batch::set_anchor_logp,
+    )
 }
 
 /// The batch's n (candidates) and t (positions).
 #[no_mangle]
-pub extern "C" fn adpo_batch_shape(batch: *const adpo_batch, out_n: *mut usize, out_t: *mut usize, err: *mut *mut adpo_error) -> Status {
+pub extern "C" fn adpo_batch_shape(
+    batch: *const adpo_batch,
+    out_n: *mut usize,
+    out_t: *mut usize,
+    err: *mut *mut adpo_error,
+) -> Status {
     call_on(err, batch, "batch", |b| {
         require_out(out_n, "out_n")?;
         require_out(out_t, "out_t")?;
@@ -108,9 +151,17 @@ pub extern "C" fn adpo_batch_shape(batch: *const adpo_batch, out_n: *mut usize, 
     })
 }
 
-fn copy_tensor<T: tch::kind::Element + Copy>(t: &Tensor, out: *mut T, len: usize, expected: usize, name: &str) -> Result<()> {
+fn copy_tensor<T: tch::kind::Element + Copy>(
+    t: &Tensor,
+    out: *mut T,
+    len: usize,
+    expected: usize,
+    name: &str,
+) -> Result<()> {
     if len != expected {
-        return Err(Error::shape(format!("{name}: buffer has {len} entries, the batch has {expected}")));
+        return Err(Error::shape(format!(
+            "{name}: buffer has {len} entries, the batch has {expected}"
+        )));
     }
     require_out(out, name)?;
     // SAFETY: non-NULL and valid for len writes (caller contract).
@@ -121,7 +172,12 @@ fn copy_tensor<T: tch::kind::Element + Copy>(t: &Tensor, out: *mut T, len: usize
 
 /// Copies the n * t token ids into `out` (len must be n * t).
 #[no_mangle]
-pub extern "C" fn adpo_batch_get_ids(batch: *const adpo_batch, out: *mut i64, len: usize, err: *mut *mut adpo_error) -> Status {
+pub extern "C" fn adpo_batch_get_ids(
+    batch: *const adpo_batch,
+    out: *mut i64,
+    len: usize,
+    err: *mut *mut adpo_error,
+) -> Status {
     call_on(err, batch, "batch", |b| {
         let b = b.inner.lock();
         copy_tensor(&b.ids.reshape([-1]), out, len, b.n * b.t, "out")
@@ -130,16 +186,32 @@ pub extern "C" fn adpo_batch_get_ids(batch: *const adpo_batch, out: *mut i64, le
 
 /// Copies the n * t loss mask (1 = generated/scored token) into `out` (len must be n * t).
 #[no_mangle]
-pub extern "C" fn adpo_batch_get_loss_mask(batch: *const adpo_batch, out: *mut u8, len: usize, err: *mut *mut adpo_error) -> Status {
+pub extern "C" fn adpo_batch_get_loss_mask(
+    batch: *const adpo_batch,
+    out: *mut u8,
+    len: usize,
+    err: *mut *mut adpo_error,
+) -> Status {
     call_on(err, batch, "batch", |b| {
         let b = b.inner.lock();
-        copy_tensor(&b.loss_mask.to_kind(tch::Kind::Uint8).reshape([-1]), out, len, b.n * b.t, "out")
+        copy_tensor(
+            &b.loss_mask.to_kind(tch::Kind::Uint8).reshape([-1]),
+            out,
+            len,
+            b.n * b.t,
+            "out",
+        )
     })
 }
 
 /// Copies the n group ids into `out` (len must be n).
 #[no_mangle]
-pub extern "C" fn adpo_batch_get_group_ids(batch: *const adpo_batch, out: *mut i64, len: usize, err: *mut *mut adpo_error) -> Status {
+pub extern "C" fn adpo_batch_get_group_ids(
+    batch: *const adpo_batch,
+    out: *mut i64,
+    len: usize,
+    err: *mut *mut adpo_error,
+) -> Status {
     call_on(err, batch, "batch", |b| {
         let b = b.inner.lock();
         copy_tensor(&Tensor::from_slice(&b.group_ids), out, len, b.n, "out")

@@ -40,17 +40,30 @@ pub extern "C" fn adpo_model_load(
     call(err, || {
         require_out(out, "out")?;
         let path = c_str(path, "path")?;
-        let device = if device.is_null() { tch::Device::Cpu } else { parse_device(c_str(device, "device")?)? };
+        let device = if device.is_null() {
+            tch::Device::Cpu
+        } else {
+            parse_device(c_str(device, "device")?)?
+        };
         let model = Model::load(Path::new(path), device)?;
-        let handle = adpo_model { inner: Arc::new(Mutex::new(model)), poisoned: AtomicBool::new(false) };
+        let handle = adpo_model {
+            inner: Arc::new(Mutex::new(model)),
+            poisoned: AtomicBool::new(false),
+        };
         write_out(out, "out", Box::into_raw(Box::new(handle)))
     })
 }
 
 /// Vocabulary size V of the model's logits.
 #[no_mangle]
-pub extern "C" fn adpo_model_vocab_size(model: *const adpo_model, out: *mut i64, err: *mut *mut adpo_error) -> Status {
-    call_on(err, model, "model", |m| write_out(out, "out", m.inner.lock().vocab()))
+pub extern "C" fn adpo_model_vocab_size(
+    model: *const adpo_model,
+    out: *mut i64,
+    err: *mut *mut adpo_error,
+) -> Status {
+    call_on(err, model, "model", |m| {
+        write_out(out, "out", m.inner.lock().vocab())
+    })
 }
 
 /// Frees a model handle. NULL is a no-op.

@@ -107,14 +107,24 @@ pub extern "C" fn adpo_trainer_new(
         require_out(out, "out")?;
         // SAFETY: a non-NULL reference was created by adpo_model_load (caller contract).
         let reference = unsafe { reference.as_ref() }.map(|r| r.inner.clone());
-        let json = if config_json.is_null() { "" } else { c_str(config_json, "config_json")? };
+        let json = if config_json.is_null() {
+            ""
+        } else {
+            c_str(config_json, "config_json")?
+        };
         let trainer = Trainer::new(p.inner.clone(), reference, json)?;
-        let handle = adpo_trainer { inner: Mutex::new(trainer), poisoned: AtomicBool::new(false) };
+        let handle = adpo_trainer {
+            inner: Mutex::new(trainer),
+            poisoned: AtomicBool::new(false),
+        };
         write_out(out, "out", Box::into_raw(Box::new(handle)))
     })
 }
 
-fn with_batch<T>(batch: *const adpo_batch, body: impl FnOnce(&crate::batch::Batch) -> Result<T>) -> Result<T> {
+fn with_batch<T>(
+    batch: *const adpo_batch,
+    body: impl FnOnce(&crate::batch::Batch) -> Result<T>,
+) -> Result<T> {
     // SAFETY: a non-NULL batch was created by adpo and not yet freed (caller contract).
     let b = unsafe { batch.as_ref() }.ok_or_else(|| Error::null("batch"))?;
     let guard = b.inner.lock();
@@ -140,10 +150,18 @@ pub extern "C" fn adpo_trainer_step(
 
 /// Metrics of the last step as JSON (NaN as null). Free with adpo_string_free().
 #[no_mangle]
-pub extern "C" fn adpo_trainer_metrics_json(trainer: *const adpo_trainer, out_json: *mut *mut c_char, err: *mut *mut adpo_error) -> Status {
+pub extern "C" fn adpo_trainer_metrics_json(
+    trainer: *const adpo_trainer,
+    out_json: *mut *mut c_char,
+    err: *mut *mut adpo_error,
+) -> Status {
     call_on(err, trainer, "trainer", |t| {
         require_out(out_json, "out_json")?;
-        let m = t.inner.lock().last_metrics().ok_or_else(|| Error::invalid("no step has run on this trainer yet"))?;
+        let m = t
+            .inner
+            .lock()
+            .last_metrics()
+            .ok_or_else(|| Error::invalid("no step has run on this trainer yet"))?;
         write_out(out_json, "out_json", owned_c_string(m.to_json()))
     })
 }
@@ -171,7 +189,10 @@ pub extern "C" fn adpo_trainer_sample(
             return Err(Error::invalid("n_prompts must be > 0"));
         }
         let lengths = slice(prompt_lengths, n_prompts, "prompt_lengths")?;
-        let total = lengths.iter().try_fold(0usize, |a, &l| a.checked_add(l)).ok_or_else(|| Error::invalid("prompt lengths overflow"))?;
+        let total = lengths
+            .iter()
+            .try_fold(0usize, |a, &l| a.checked_add(l))
+            .ok_or_else(|| Error::invalid("prompt lengths overflow"))?;
         let tokens = slice(prompt_tokens, total, "prompt_tokens")?;
         let mut prompts = Vec::with_capacity(n_prompts);
         let mut start = 0;
@@ -179,7 +200,11 @@ pub extern "C" fn adpo_trainer_sample(
             prompts.push(&tokens[start..start + l]);
             start += l;
         }
-        let json = if sampling_json.is_null() { "" } else { c_str(sampling_json, "sampling_json")? };
+        let json = if sampling_json.is_null() {
+            ""
+        } else {
+            c_str(sampling_json, "sampling_json")?
+        };
         let cfg = SamplingConfig::from_json(json)?;
         let batch = t.inner.lock().sample(&prompts, k, &cfg)?;
         write_out(out_batch, "out_batch", adpo_batch::boxed(batch))
@@ -199,7 +224,10 @@ pub extern "C" fn adpo_trainer_sequence_logp(
         require_out(out, "out")?;
         let values = with_batch(batch, |b| t.inner.lock().sequence_logp(b))?;
         if len != values.len() {
-            return Err(Error::shape(format!("out has {len} entries, the batch has {}", values.len())));
+            return Err(Error::shape(format!(
+                "out has {len} entries, the batch has {}",
+                values.len()
+            )));
         }
         // SAFETY: non-NULL and valid for len writes (caller contract).
         unsafe { std::slice::from_raw_parts_mut(out, len) }.copy_from_slice(&values);
@@ -211,7 +239,11 @@ pub extern "C" fn adpo_trainer_sequence_logp(
 /// names) and `path` with extension .trainer.safetensors (optimizer, step, anchor state). Each
 /// file is written to a temporary name and renamed.
 #[no_mangle]
-pub extern "C" fn adpo_trainer_save(trainer: *const adpo_trainer, path: *const c_char, err: *mut *mut adpo_error) -> Status {
+pub extern "C" fn adpo_trainer_save(
+    trainer: *const adpo_trainer,
+    path: *const c_char,
+    err: *mut *mut adpo_error,
+) -> Status {
     call_on(err, trainer, "trainer", |t| {
         let path = c_str(path, "path")?;
         t.inner.lock().save(Path::new(path))
@@ -221,7 +253,11 @@ pub extern "C" fn adpo_trainer_save(trainer: *const adpo_trainer, path: *const c
 /// Restores a checkpoint written by adpo_trainer_save. A missing, corrupt, truncated or
 /// mismatched checkpoint is an ADPO_STATUS_CHECKPOINT error and leaves the trainer as it was.
 #[no_mangle]
-pub extern "C" fn adpo_trainer_load(trainer: *mut adpo_trainer, path: *const c_char, err: *mut *mut adpo_error) -> Status {
+pub extern "C" fn adpo_trainer_load(
+    trainer: *mut adpo_trainer,
+    path: *const c_char,
+    err: *mut *mut adpo_error,
+) -> Status {
     call_on(err, trainer as *const adpo_trainer, "trainer", |t| {
         let path = c_str(path, "path")?;
         t.inner.lock().load(Path::new(path))
@@ -238,4 +274,3 @@ pub extern "C" fn adpo_trainer_free(trainer: *mut adpo_trainer) {
         }
     })
 }
-

@@ -21,7 +21,9 @@ impl Hasher for IdHasher {
         }
     }
     fn write_i64(&mut self, id: i64) {
-        self.0 = (id as u64 ^ 0x9E37_79B9_7F4A_7C15).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95).rotate_left(29);
+        self.0 = (id as u64 ^ 0x9E37_79B9_7F4A_7C15)
+            .wrapping_mul(0x51_7c_c1_b7_27_22_0a_95)
+            .rotate_left(29);
     }
 }
 use tch::{Device, Kind, Tensor};

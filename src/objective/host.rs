@@ -12,8 +12,10 @@ use crate::config::{AdaptiveTau, LossKind, ObjectiveConfig, RewardTransform};
 
 /// Whether this kernel computes `cfg` (given the target rule chosen for the loss).
 pub fn supports(cfg: &ObjectiveConfig, rule: TargetRule) -> bool {
-    matches!(cfg.loss, LossKind::Listwise | LossKind::Pairwise | LossKind::Top1 | LossKind::Dpo)
-        && rule != TargetRule::Kde
+    matches!(
+        cfg.loss,
+        LossKind::Listwise | LossKind::Pairwise | LossKind::Top1 | LossKind::Dpo
+    ) && rule != TargetRule::Kde
         && !matches!(cfg.adaptive_tau, Some(AdaptiveTau::SmoothHybrid { .. }))
 }
 
@@ -55,7 +57,13 @@ fn score(cfg: &ObjectiveConfig, ratio: f64, tau: f64) -> (f64, f64) {
 
 /// q over one group from its keys (rewards, or explicit targets when `explicit`); returns
 /// sum q ln q (for KL(q || p~)) without a logarithm per candidate where the form allows.
-fn target(cfg: &ObjectiveConfig, rule: TargetRule, keys: &[f64], explicit: bool, q: &mut Vec<f64>) -> f64 {
+fn target(
+    cfg: &ObjectiveConfig,
+    rule: TargetRule,
+    keys: &[f64],
+    explicit: bool,
+    q: &mut Vec<f64>,
+) -> f64 {
     q.clear();
     let k = keys.len() as f64;
     let xlnx = |x: f64| if x > 0.0 { x * x.ln() } else { 0.0 };
@@ -127,7 +135,13 @@ struct GroupStats {
 /// One row's results: (row, dL/ds * ds/dl before the 1/G mean, score).
 type RowOut = (usize, f64, f64);
 
-fn eval_group(b: &Batch, g: usize, sc: &mut Scratch, keys: &mut Vec<f64>, out: &mut Vec<RowOut>) -> GroupStats {
+fn eval_group(
+    b: &Batch,
+    g: usize,
+    sc: &mut Scratch,
+    keys: &mut Vec<f64>,
+    out: &mut Vec<RowOut>,
+) -> GroupStats {
     let cfg = b.cfg;
     let members = b.groups.group_rows(g);
     let k = members.len();
@@ -154,7 +168,10 @@ fn eval_group(b: &Batch, g: usize, sc: &mut Scratch, keys: &mut Vec<f64>, out: &
     let z: f64 = sc.e.iter().sum();
     let lse = m + z.ln();
     let best = keys.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    let mut st = GroupStats { tau, ..GroupStats::default() };
+    let mut st = GroupStats {
+        tau,
+        ..GroupStats::default()
+    };
     let (mut qs, mut ps) = (0.0, 0.0);
     for (j, &r) in members.iter().enumerate() {
         let (p, q, s) = (sc.e[j] / z, sc.q[j], sc.s[j]);
@@ -183,14 +200,18 @@ fn eval_groups(b: &Batch, range: std::ops::Range<usize>) -> (Vec<GroupStats>, Ve
     let mut keys = Vec::new();
     let rows: usize = range.clone().map(|g| b.groups.sizes()[g] as usize).sum();
     let mut out = Vec::with_capacity(rows);
-    let stats = range.map(|g| eval_group(b, g, &mut sc, &mut keys, &mut out)).collect();
+    let stats = range
+        .map(|g| eval_group(b, g, &mut sc, &mut keys, &mut out))
+        .collect();
     (stats, out)
 }
 
 /// Groups are independent: large batches are split over the available cores.
 fn worker_count(rows: usize, groups: usize) -> usize {
     const MIN_ROWS_PER_THREAD: usize = 8192;
-    let cores = std::thread::available_parallelism().map_or(1, |c| c.get()).min(8);
+    let cores = std::thread::available_parallelism()
+        .map_or(1, |c| c.get())
+        .min(8);
     cores.min(rows / MIN_ROWS_PER_THREAD).min(groups).max(1)
 }
 
@@ -206,23 +227,38 @@ pub fn eval(
 ) -> HostResult {
     let n = logp.len();
     let g_count = groups.count();
-    let b = Batch { cfg, rule, logp, anchor, signal, explicit, groups };
+    let b = Batch {
+        cfg,
+        rule,
+        logp,
+        anchor,
+        signal,
+        explicit,
+        groups,
+    };
     let workers = worker_count(n, g_count);
     let parts: Vec<(Vec<GroupStats>, Vec<RowOut>)> = if workers == 1 {
         vec![eval_groups(&b, 0..g_count)]
     } else {
         let bounds: Vec<usize> = (0..=workers).map(|w| w * g_count / workers).collect();
         std::thread::scope(|scope| {
-            let handles: Vec<_> =
-                bounds.windows(2).map(|w| scope.spawn(|| eval_groups(&b, w[0]..w[1]))).collect();
-            handles.into_iter().map(|h| h.join().expect("objective worker panicked")).collect()
+            let handles: Vec<_> = bounds
+                .windows(2)
+                .map(|w| scope.spawn(|| eval_groups(&b, w[0]..w[1])))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("objective worker panicked"))
+                .collect()
         })
     };
 
     let inv_g = 1.0 / g_count as f64;
     let mut grad = vec![0.0; n];
     // Rows outside counted groups keep the base-tau score.
-    let mut scores: Vec<f64> = (0..n).map(|i| score(cfg, logp[i] - anchor[i], cfg.tau).0).collect();
+    let mut scores: Vec<f64> = (0..n)
+        .map(|i| score(cfg, logp[i] - anchor[i], cfg.tau).0)
+        .collect();
     let mut total = GroupStats::default();
     let mut rows = 0usize;
     for (stats, out) in &parts {
@@ -265,5 +301,10 @@ pub fn eval(
         clip_fraction: f64::NAN,
         anchor_kl,
     };
-    HostResult { loss, grad, scores, metrics }
+    HostResult {
+        loss,
+        grad,
+        scores,
+        metrics,
+    }
 }

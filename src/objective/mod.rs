@@ -224,12 +224,22 @@ impl Objective {
         }
 
         let rule = match cfg.loss {
-            LossKind::Top1 => TargetRule::Top1 { smoothing: cfg.top1_smoothing },
+            LossKind::Top1 => TargetRule::Top1 {
+                smoothing: cfg.top1_smoothing,
+            },
             LossKind::Dpo => TargetRule::Top1 { smoothing: 0.0 },
             _ => TargetRule::from_config(cfg),
         };
-        if allow_host && device == Device::Cpu && kind == Kind::Double && host::supports(cfg, rule) {
-            return self.eval_host(rule, &logp, &anchor, &signal, !inputs.signal.is_rewards(), groups);
+        if allow_host && device == Device::Cpu && kind == Kind::Double && host::supports(cfg, rule)
+        {
+            return self.eval_host(
+                rule,
+                &logp,
+                &anchor,
+                &signal,
+                !inputs.signal.is_rewards(),
+                groups,
+            );
         }
 
         // Target q on the padded layout.
@@ -409,12 +419,26 @@ impl Objective {
         let (logp, anchor, signal) = (logp.contiguous(), anchor.contiguous(), signal.contiguous());
         let n = groups.rows();
         // SAFETY: contiguous float64 CPU tensors of n elements, alive for this scope.
-        let view = |t: &Tensor| unsafe { std::slice::from_raw_parts(t.data_ptr() as *const f64, n) };
-        let r = host::eval(&self.cfg, rule, view(&logp), view(&anchor), view(&signal), explicit, groups);
+        let view =
+            |t: &Tensor| unsafe { std::slice::from_raw_parts(t.data_ptr() as *const f64, n) };
+        let r = host::eval(
+            &self.cfg,
+            rule,
+            view(&logp),
+            view(&anchor),
+            view(&signal),
+            explicit,
+            groups,
+        );
         let grad = Tensor::from_slice(&r.grad);
         check_result(r.loss, &grad)?;
         self.state.lock().last = Some(r.metrics);
-        Ok(EvalOutput { loss: r.loss, grad_logp: grad, scores: Tensor::from_slice(&r.scores), metrics: r.metrics })
+        Ok(EvalOutput {
+            loss: r.loss,
+            grad_logp: grad,
+            scores: Tensor::from_slice(&r.scores),
+            metrics: r.metrics,
+        })
     }
 
     fn tie_keys(&self, layout: &Layout, device: Device) -> Tensor {

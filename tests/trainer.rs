@@ -1,0 +1,376 @@
+//! The trainer through the Rust API on the tiny TorchScript fixtures (make fixtures):
+//! two-pass = one-pass, anchors, determinism, learning, checkpoints, errors.
+
+use adpo::trainer::{SharedModel, Trainer};
+use adpo::{Batch, Model, Status};
+use parking_lot::Mutex;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tch::{Device, Kind, Tensor};
+
+fn fixture(name: &str) -> PathBuf {
+    let dir = std::env::var("ADPO_FIXTURES").unwrap_or_else(|_| {
+        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/generated").to_string()
+    });
+    let p = PathBuf::from(dir).join(name);
+    assert!(p.is_file(), "{} missing: run `make fixtures`", p.display());
+    p
+}
+
+fn device() -> Device {
+    match std::env::var("ADPO_TEST_DEVICE").as_deref() {
+        Ok("cuda") | Ok("cuda:0") => Device::Cuda(0),
+        _ => Device::Cpu,
+    }
+}
+
+fn model(name: &str) -> SharedModel {
+    Arc::new(Mutex::new(Model::load(&fixture(name), device()).unwrap()))
+}
+
+/// 3 groups x 4 candidates, T = 6, varying loss masks, ids in [0, 16), groups interleaved.
+fn batch(seed: i64) -> Batch {
+    let (n, t) = (12usize, 6usize);
+    let ids: Vec<i64> = (0..n * t)
+        .map(|i| ((i as i64 * 7 + seed * 13) * 31 % 16).abs())
+        .collect();
+    let mut loss = vec![0u8; n * t];
+    for r in 0..n {
+        for j in (2 + r % 2)..t {
+            loss[r * t + j] = 1;
+        }
+    }
+    let groups: Vec<i64> = (0..n).map(|r| [5, 9, 2][r % 3]).collect();
+    let mut b = Batch::new(n, t, &ids, None, &loss, &groups).unwrap();
+    let rewards: Vec<f64> = (0..n)
+        .map(|r| ((r as f64 + seed as f64) * 0.37).sin())
+        .collect();
+    b.set_rewards(&rewards).unwrap();
+    b
+}
+
+fn weights(m: &SharedModel) -> Vec<Tensor> {
+    m.lock()
+        .params()
+        .iter()
+        .map(|(_, p)| p.detach().to_device(Device::Cpu).copy())
+        .collect()
+}
+
+fn max_rel_diff(a: &[Tensor], b: &[Tensor]) -> f64 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| {
+            ((x - y).abs().max().double_value(&[])) / (y.abs().max().double_value(&[]) + 1e-12)
+        })
+        .fold(0.0, f64::max)
+}
+
+#[test]
+fn two_pass_step_equals_one_pass_step() {
+    for loss in ["listwise", "plackett_luce\", \"pl_ties\": \"stable", "grpo"] {
+        for opt in [
+            r#"{"name": "sgd", "lr": 0.1}"#,
+            r#"{"name": "adamw", "lr": 0.01}"#,
+        ] {
+            let run = |micro: &str| {
+                let policy = model("tiny_transformer_f64.pt");
+                let reference = model("tiny_transformer_f64.pt");
+                let cfg = format!(
+                    r#"{{"loss": "{loss}", "optimizer": {opt}, "micro_batch_rows": {micro}, "anchor": {{"mode": "fixed"}}, "epochs_per_batch": 2}}"#
+                );
+                let mut t = Trainer::new(policy.clone(), Some(reference), &cfg).unwrap();
+                t.step(&batch(1)).unwrap();
+                t.step(&batch(2)).unwrap();
+                weights(&policy)
+            };
+            let (one, two) = (run("null"), run("5"));
+            let d = max_rel_diff(&two, &one);
+            assert!(
+                d < 1e-10,
+                "{loss} {opt}: two-pass differs from one-pass by {d}"
+            );
+        }
+    }
+}
+
+#[test]
+fn on_policy_first_evaluation_has_zero_scores() {
+    let policy = model("tiny_transformer.pt");
+    let mut t = Trainer::new(policy, None, r#"{"anchor": {"mode": "on_policy"}}"#).unwrap();
+    let m = t.step(&batch(3)).unwrap();
+    assert!(
+        (m.objective.loss - 4f64.ln()).abs() < 1e-5,
+        "loss {} != ln 4",
+        m.objective.loss
+    );
+    assert!(m.objective.max_abs_score < 1e-5);
+    assert!(m.grad_norm > 0.0);
+}
+
+#[test]
+fn ema_anchor_follows_the_policy_by_the_formula() {
+    let policy = model("tiny_transformer_f64.pt");
+    let alpha = 0.7;
+    let cfg = format!(
+        r#"{{"anchor": {{"mode": "ema", "alpha": {alpha}}}, "optimizer": {{"name": "sgd", "lr": 0.5}}}}"#
+    );
+    let mut t = Trainer::new(policy.clone(), None, &cfg).unwrap();
+    // a_0 = theta_0; after each optimizer step k: a_k = alpha a_(k-1) + (1 - alpha) theta_k.
+    let mut expected = weights(&policy);
+    for s in 0..4 {
+        t.step(&batch(s)).unwrap();
+        let theta = weights(&policy);
+        expected = expected
+            .iter()
+            .zip(&theta)
+            .map(|(a, th)| a * alpha + th * (1.0 - alpha))
+            .collect();
+    }
+    let anchor: Vec<Tensor> = t
+        .anchor()
+        .copy
+        .as_ref()
+        .unwrap()
+        .params()
+        .iter()
+        .map(|(_, p)| p.to_device(Device::Cpu))
+        .collect();
+    let d = max_rel_diff(&anchor, &expected);
+    assert!(d < 1e-12, "EMA anchor off by {d}");
+    assert!(
+        max_rel_diff(&anchor, &weights(&policy)) > 1e-6,
+        "anchor must lag the policy"
+    );
+}
+
+#[test]
+fn kl_triggered_anchor_copies_when_the_window_mean_exceeds_the_threshold() {
+    let policy = model("tiny_transformer_f64.pt");
+    let cfg = r#"{"anchor": {"mode": "kl_triggered", "window": 2, "threshold": 0.0}, "optimizer": {"name": "sgd", "lr": 0.5}}"#;
+    let mut t = Trainer::new(policy.clone(), None, cfg).unwrap();
+    let start = weights(&policy);
+    t.step(&batch(0)).unwrap();
+    let copy = |t: &Trainer| -> Vec<Tensor> {
+        t.anchor()
+            .copy
+            .as_ref()
+            .unwrap()
+            .params()
+            .iter()
+            .map(|(_, p)| p.to_device(Device::Cpu))
+            .collect()
+    };
+    assert_eq!(t.anchor().hard_copies, 0);
+    assert!(
+        max_rel_diff(&copy(&t), &start) == 0.0,
+        "no copy before the window is full"
+    );
+    t.step(&batch(1)).unwrap();
+    assert_eq!(t.anchor().hard_copies, 1);
+    assert!(
+        max_rel_diff(&copy(&t), &weights(&policy)) == 0.0,
+        "hard copy of the policy"
+    );
+    // A huge threshold never triggers.
+    let policy = model("tiny_transformer_f64.pt");
+    let mut t = Trainer::new(
+        policy,
+        None,
+        &cfg.replace("\"threshold\": 0.0", "\"threshold\": 1e9"),
+    )
+    .unwrap();
+    for s in 0..4 {
+        t.step(&batch(s)).unwrap();
+    }
+    assert_eq!(t.anchor().hard_copies, 0);
+}
+
+#[test]
+fn fixed_anchor_needs_a_reference_or_supplied_anchor_logp() {
+    let policy = model("tiny_transformer.pt");
+    let mut t = Trainer::new(policy, None, r#"{"anchor": {"mode": "fixed"}}"#).unwrap();
+    let mut b = batch(4);
+    let e = t.step(&b).unwrap_err();
+    assert!(
+        e.message
+            .contains("reference model or the batch's anchor_logp"),
+        "{}",
+        e.message
+    );
+    b.set_anchor_logp(&[-3.0; 12]).unwrap();
+    let m = t.step(&b).unwrap();
+    assert!(m.anchor_drift > 0.0);
+}
+
+#[test]
+fn same_seed_same_weights() {
+    let run = || {
+        let policy = model("tiny_gru.pt");
+        let mut t = Trainer::new(
+            policy.clone(),
+            None,
+            r#"{"seed": 11, "optimizer": {"name": "adamw", "lr": 0.01}, "loss": "plackett_luce"}"#,
+        )
+        .unwrap();
+        let cfg = adpo::sample::SamplingConfig {
+            max_new_tokens: 3,
+            ..Default::default()
+        };
+        for _ in 0..3 {
+            let mut b = t.sample(&[&[1, 2], &[1, 3, 4]], 4, &cfg).unwrap();
+            let rewards: Vec<f64> =
+                Vec::<i64>::try_from(b.ids.sum_dim_intlist(1, false, Kind::Int64))
+                    .unwrap()
+                    .iter()
+                    .map(|&x| (x % 5) as f64)
+                    .collect();
+            b.set_rewards(&rewards).unwrap();
+            t.step(&b).unwrap();
+        }
+        weights(&policy)
+    };
+    let (a, b) = (run(), run());
+    assert_eq!(max_rel_diff(&a, &b), 0.0);
+}
+
+#[test]
+fn adamw_raises_the_probability_of_preferred_candidates() {
+    // Fixed anchor = the initial model; in each group the candidate with the highest reward is
+    // preferred. Training must raise its log-prob relative to the others and the win mass.
+    let policy = model("tiny_transformer.pt");
+    let reference = model("tiny_transformer.pt");
+    let mut t = Trainer::new(
+        policy,
+        Some(reference),
+        r#"{"anchor": {"mode": "fixed"}, "optimizer": {"name": "adamw", "lr": 0.01}}"#,
+    )
+    .unwrap();
+    let b = batch(5);
+    // Margin of each group's best candidate over the group's mean log-prob.
+    let rewards = Vec::<f64>::try_from(b.rewards.as_ref().unwrap()).unwrap();
+    let margin = |logp: &[f64]| -> f64 {
+        (0..3)
+            .map(|g| {
+                let rows: Vec<usize> = (0..12).filter(|r| r % 3 == g).collect();
+                let best = *rows
+                    .iter()
+                    .max_by(|&&x, &&y| rewards[x].total_cmp(&rewards[y]))
+                    .unwrap();
+                logp[best] - rows.iter().map(|&r| logp[r]).sum::<f64>() / rows.len() as f64
+            })
+            .sum()
+    };
+    let before = margin(&t.sequence_logp(&b).unwrap());
+    let first = t.step(&b).unwrap();
+    let mut last = first;
+    for _ in 0..30 {
+        last = t.step(&b).unwrap();
+    }
+    let after = margin(&t.sequence_logp(&b).unwrap());
+    assert!(after > before + 0.5, "preferred margin {before} -> {after}");
+    assert!(
+        last.objective.win_mass > first.objective.win_mass + 0.15,
+        "win mass {} -> {}",
+        first.objective.win_mass,
+        last.objective.win_mass
+    );
+    assert!(
+        last.objective.loss < first.objective.loss,
+        "loss {} -> {}",
+        first.objective.loss,
+        last.objective.loss
+    );
+}
+
+#[test]
+fn checkpoint_round_trip_and_corruption() {
+    let dir = std::env::temp_dir().join(format!("adpo-ckpt-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("policy.safetensors");
+    let policy = model("tiny_transformer.pt");
+    let cfg = r#"{"anchor": {"mode": "ema"}, "optimizer": {"name": "adamw", "lr": 0.01}}"#;
+    let mut t = Trainer::new(policy.clone(), None, cfg).unwrap();
+    t.step(&batch(0)).unwrap();
+    t.save(&path).unwrap();
+    let saved_logp = t.sequence_logp(&batch(1)).unwrap();
+    let saved_weights = weights(&policy);
+    // The same next step from the checkpoint gives the same weights as continuing.
+    t.step(&batch(1)).unwrap();
+    let continued = weights(&policy);
+    t.load(&path).unwrap();
+    assert_eq!(t.sequence_logp(&batch(1)).unwrap(), saved_logp);
+    assert_eq!(t.steps(), 1);
+    t.step(&batch(1)).unwrap();
+    assert_eq!(max_rel_diff(&weights(&policy), &continued), 0.0);
+    // A fresh trainer loading the checkpoint reproduces the saved outputs exactly.
+    let mut fresh = Trainer::new(model("tiny_transformer.pt"), None, cfg).unwrap();
+    fresh.load(&path).unwrap();
+    let logp = fresh.sequence_logp(&batch(1)).unwrap();
+    assert_eq!(logp, saved_logp);
+    // Corrupt: truncated weights file. Refused, and the trainer is unchanged and still works.
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+    let before = weights(fresh.policy());
+    let e = fresh.load(&path).unwrap_err();
+    assert_eq!(e.status, Status::Checkpoint, "{}", e.message);
+    assert_eq!(max_rel_diff(&weights(fresh.policy()), &before), 0.0);
+    fresh.step(&batch(2)).unwrap();
+    // Mismatched: a checkpoint of another architecture.
+    let gru_path = dir.join("gru.safetensors");
+    Trainer::new(model("tiny_gru.pt"), None, "")
+        .unwrap()
+        .save(&gru_path)
+        .unwrap();
+    let e = fresh.load(&gru_path).unwrap_err();
+    assert_eq!(e.status, Status::Checkpoint);
+    assert!(
+        e.message.contains("missing") || e.message.contains("does not have"),
+        "{}",
+        e.message
+    );
+    let _ = saved_weights;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn models_that_break_the_contract_are_refused_at_load() {
+    for (name, needle) in [
+        ("bad_signature.pt", "neither forward"),
+        ("bad_output.pt", "logits [B, T, V]"),
+    ] {
+        let e = Model::load(&fixture(name), Device::Cpu).err().unwrap();
+        assert_eq!(e.status, Status::Model);
+        assert!(e.message.contains(needle), "{name}: {}", e.message);
+    }
+    let e = Model::load(std::path::Path::new("/nonexistent/model.pt"), Device::Cpu)
+        .err()
+        .unwrap();
+    assert!(e.message.contains("not found"), "{}", e.message);
+    // forward(input_ids) only is accepted.
+    assert_eq!(
+        Model::load(&fixture("tiny_gru.pt"), Device::Cpu)
+            .unwrap()
+            .vocab(),
+        16
+    );
+}
+
+#[test]
+fn bad_batches_are_refused() {
+    let e = Batch::new(2, 3, &[1; 6], None, &[1, 0, 0, 0, 1, 1], &[0, 0])
+        .err()
+        .unwrap();
+    assert!(e.message.contains("position 0"), "{}", e.message);
+    let e = Batch::new(2, 3, &[1; 5], None, &[0; 6], &[0, 0])
+        .err()
+        .unwrap();
+    assert_eq!(e.status, Status::ShapeMismatch);
+    let mut b = Batch::new(2, 3, &[1; 6], None, &[0, 1, 1, 0, 1, 1], &[0, 0]).unwrap();
+    assert_eq!(
+        b.set_rewards(&[1.0, f64::NAN]).unwrap_err().status,
+        Status::NonFinite
+    );
+    assert!(b.set_targets(&[0.5, 0.6]).is_err());
+    assert!(b.set_old_logp(&[0.0; 5]).is_err());
+}
