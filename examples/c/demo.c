@@ -5,7 +5,7 @@
  * policy, scores each with its own reward function (the fraction of answer tokens equal to
  * x + 1), hands rewards to adpo and takes an ADPO step: sample -> reward -> step.
  *
- * Usage: demo MODEL.pt [STEPS] */
+ * Usage: demo MODEL.pt [STEPS] [DEVICE]   (DEVICE: cpu (default), cuda, cuda:N) */
 #include <adpo.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -36,11 +36,12 @@ static double reward(const int64_t *row, const uint8_t *loss_mask, size_t t, int
 int main(int argc, char **argv) {
     const char *model_path = argc > 1 ? argv[1] : "tests/fixtures/generated/tiny_transformer.pt";
     int steps = argc > 2 ? atoi(argv[2]) : 150;
+    const char *device = argc > 3 ? argv[3] : "cpu";
     adpo_error *err = NULL;
     printf("%s\n", adpo_version());
 
     adpo_model *policy = NULL;
-    check(adpo_model_load(model_path, "cpu", &policy, &err), err, "adpo_model_load");
+    check(adpo_model_load(model_path, device, &policy, &err), err, "adpo_model_load");
     adpo_trainer *trainer = NULL;
     const char *config =
         "{\"loss\": \"listwise\", \"tau\": 0.8, \"beta_reward\": 0.5,"
@@ -49,7 +50,7 @@ int main(int argc, char **argv) {
         " \"grad_clip\": 1.0, \"seed\": 7}";
     check(adpo_trainer_new(policy, NULL, config, &trainer, &err), err, "adpo_trainer_new");
     adpo_model_free(policy); /* the trainer keeps its own reference */
-    printf("online listwise ADPO: %d prompts x K=%d samples per step, %d steps\n", PROMPTS, K, steps);
+    printf("online listwise ADPO on %s: %d prompts x K=%d samples per step, %d steps\n", device, PROMPTS, K, steps);
 
     int64_t prompt_tokens[2 * PROMPTS];
     size_t prompt_lengths[PROMPTS];

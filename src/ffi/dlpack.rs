@@ -133,6 +133,27 @@ impl Owned {
                 "{name}: negative DLPack shape {shape:?}"
             )));
         }
+        // libtorch aborts the process on strides it cannot describe: check them here.
+        if strides.iter().any(|&s| s < 0) {
+            return Err(Error::unsupported(format!(
+                "{name}: negative DLPack strides {strides:?} are not supported; pass a copy with non-negative strides"
+            )));
+        }
+        let extent = shape
+            .iter()
+            .zip(&strides)
+            .try_fold(0i64, |acc, (&d, &s)| match d {
+                0 => Some(acc),
+                _ => (d - 1).checked_mul(s).and_then(|x| acc.checked_add(x)),
+            });
+        let bytes = extent
+            .and_then(|e| e.checked_add(1))
+            .and_then(|e| e.checked_mul(kind.elt_size_in_bytes() as i64));
+        if bytes.is_none() {
+            return Err(Error::shape(format!(
+                "{name}: DLPack shape {shape:?} with strides {strides:?} overflows"
+            )));
+        }
         if t.data.is_null() && shape.iter().product::<i64>() > 0 {
             return Err(Error::null(&format!("{name}->dl_tensor.data")));
         }
@@ -237,10 +258,15 @@ pub fn export(t: Tensor) -> Result<*mut DLManagedTensorVersioned> {
 
 /// Reads int64 group ids from any device into host memory.
 fn read_group_ids(t: &Tensor) -> Result<Vec<i64>> {
-    if t.kind() != Kind::Int64 || t.dim() != 1 {
+    if t.kind() != Kind::Int64 {
         return Err(Error::unsupported(format!(
-            "group_ids must be a 1-D int64 tensor, got {:?} with shape {:?}",
-            t.kind(),
+            "group_ids must be int64, got {:?}",
+            t.kind()
+        )));
+    }
+    if t.dim() != 1 {
+        return Err(Error::shape(format!(
+            "group_ids must be 1-D, got shape {:?}",
             t.size()
         )));
     }
