@@ -29,9 +29,15 @@ fn bench(c: &mut Criterion) {
     let (logp, anchor, rewards, ids) = inputs();
     let n = logp.len();
     let mut grad = vec![0.0; n];
-    for (name, cfg) in [("listwise", c"{}"), ("plackett_luce", c"{\"loss\": \"plackett_luce\"}")] {
+    for (name, cfg) in [
+        ("listwise", c"{}"),
+        ("plackett_luce", c"{\"loss\": \"plackett_luce\"}"),
+    ] {
         let mut obj = null_mut();
-        assert_eq!(adpo_objective_new(cfg.as_ptr(), &mut obj, null_mut()), adpo::Status::Ok);
+        assert_eq!(
+            adpo_objective_new(cfg.as_ptr(), &mut obj, null_mut()),
+            adpo::Status::Ok
+        );
         let mut loss = 0.0;
         c.bench_function(&format!("adpo_objective_eval {name} 4096x8"), |b| {
             b.iter(|| {

@@ -809,7 +809,11 @@ fn fused_cpu_kernel_matches_the_tensor_path() {
         r#"{"adaptive_tau": {"rule": "target_entropy", "alpha": 0.5, "tau_min": 0.05}, "reward_transform": "raw"}"#,
     ];
     // Random Plackett-Luce tie breaking draws anew at each call: not comparable call to call.
-    for cfg in CONFIGS.iter().chain(extra.iter()).filter(|c| !c.contains("random")) {
+    for cfg in CONFIGS
+        .iter()
+        .chain(extra.iter())
+        .filter(|c| !c.contains("random"))
+    {
         let pairs = cfg.contains("pairwise") || cfg.contains("dpo");
         let (logp, anchor, rewards, ids) = if cfg.is_empty() {
             random_batch(&mut rng, 5000, 8) // large enough for the kernel's worker threads
@@ -827,10 +831,21 @@ fn fused_cpu_kernel_matches_the_tensor_path() {
         ties[0] = ties[1]; // exercise tied best keys in top1 targets and win mass
         let tt = t(&ties);
         for signal in [Signal::Rewards(&r), Signal::Rewards(&tt)] {
-            let inputs = EvalInputs { logp: &l, anchor_logp: &a, signal, groups: &groups, policy_entropy: None };
+            let inputs = EvalInputs {
+                logp: &l,
+                anchor_logp: &a,
+                signal,
+                groups: &groups,
+                policy_entropy: None,
+            };
             let fused = obj.eval(&inputs).unwrap();
             let tensor = obj.eval_tensor_path(&inputs).unwrap();
-            assert!(close(fused.loss, tensor.loss, 1e-12), "{cfg}: {} vs {}", fused.loss, tensor.loss);
+            assert!(
+                close(fused.loss, tensor.loss, 1e-12),
+                "{cfg}: {} vs {}",
+                fused.loss,
+                tensor.loss
+            );
             assert_close(&vec(&fused.grad_logp), &vec(&tensor.grad_logp), 1e-9, cfg);
             assert_close(&vec(&fused.scores), &vec(&tensor.scores), 1e-12, cfg);
             let (fm, tm) = (fused.metrics, tensor.metrics);
@@ -843,7 +858,10 @@ fn fused_cpu_kernel_matches_the_tensor_path() {
                 ("tau", fm.tau, tm.tau),
                 ("anchor_kl", fm.anchor_kl, tm.anchor_kl),
             ] {
-                assert!(close(x, y, 1e-9), "{cfg}: metric {name}: fused {x} vs tensor {y}");
+                assert!(
+                    close(x, y, 1e-9),
+                    "{cfg}: metric {name}: fused {x} vs tensor {y}"
+                );
             }
             assert_eq!(fm.groups, tm.groups);
         }
