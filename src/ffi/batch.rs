@@ -67,19 +67,6 @@ pub extern "C" fn adpo_batch_new(
     })
 }
 
-fn set_values(
-    err: *mut *mut adpo_error,
-    batch: *const adpo_batch,
-    values: *const f64,
-    len: usize,
-    name: &str,
-    apply: fn(&mut Batch, &[f64]) -> Result<()>,
-) -> Status {
-    call_on(err, batch, "batch", |b| {
-        apply(&mut b.inner.lock(), slice(values, len, name)?)
-    })
-}
-
 /// Rewards of the n candidates (finite). Replaces targets if they were set.
 #[no_mangle]
 pub extern "C" fn adpo_batch_set_rewards(
@@ -88,7 +75,9 @@ pub extern "C" fn adpo_batch_set_rewards(
     len: usize,
     err: *mut *mut adpo_error,
 ) -> Status {
-    set_values(err, batch, rewards, len, "rewards", Batch::set_rewards)
+    call_on(err, batch, "batch", |b| {
+        b.inner.lock().set_rewards(slice(rewards, len, "rewards")?)
+    })
 }
 
 /// Explicit target distribution: n values >= 0 summing to 1 over each group. Replaces rewards.
@@ -99,7 +88,9 @@ pub extern "C" fn adpo_batch_set_targets(
     len: usize,
     err: *mut *mut adpo_error,
 ) -> Status {
-    set_values(err, batch, targets, len, "targets", Batch::set_targets)
+    call_on(err, batch, "batch", |b| {
+        b.inner.lock().set_targets(slice(targets, len, "targets")?)
+    })
 }
 
 /// Sampling-time log-probs: len = n (per sequence, already reduced like seq_logp) or n * t
@@ -112,7 +103,11 @@ pub extern "C" fn adpo_batch_set_old_logp(
     len: usize,
     err: *mut *mut adpo_error,
 ) -> Status {
-    set_values(err, batch, old_logp, len, "old_logp", Batch::set_old_logp)
+    call_on(err, batch, "batch", |b| {
+        b.inner
+            .lock()
+            .set_old_logp(slice(old_logp, len, "old_logp")?)
+    })
 }
 
 /// Precomputed anchor log-probs (len n or n * t, as for old_logp): with them no reference
@@ -124,14 +119,11 @@ pub extern "C" fn adpo_batch_set_anchor_logp(
     len: usize,
     err: *mut *mut adpo_error,
 ) -> Status {
-    set_values(
-        err,
-        batch,
-        anchor_logp,
-        len,
-        "anchor_logp",
-        Batch::set_anchor_logp,
-    )
+    call_on(err, batch, "batch", |b| {
+        b.inner
+            .lock()
+            .set_anchor_logp(slice(anchor_logp, len, "anchor_logp")?)
+    })
 }
 
 /// The batch's n (candidates) and t (positions).
