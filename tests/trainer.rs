@@ -231,7 +231,9 @@ fn same_seed_same_weights() {
         weights(&policy)
     };
     let (a, b) = (run(), run());
-    assert_eq!(max_rel_diff(&a, &b), 0.0);
+    // Bitwise on CPU; CUDA kernels may reorder float sums (atomics), so allow rounding there.
+    let tol = if device() == Device::Cpu { 0.0 } else { 1e-5 };
+    assert!(max_rel_diff(&a, &b) <= tol, "{}", max_rel_diff(&a, &b));
 }
 
 #[test]
