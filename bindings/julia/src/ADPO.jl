@@ -1,0 +1,858 @@
+"""
+    ADPO
+
+Julia binding of adpo (Anchored Direct Preference Optimization on libtorch) through its C ABI
+(`include/adpo.h`, ABI version 1). Every function of the C API is wrapped with `ccall`.
+
+The shared library is `ENV["ADPO_LIB"]` when set, otherwise `target/release/libadpo.so` of the
+repository this package lives in (`bindings/julia/../../target/release/libadpo.so`). It is
+loaded, and its ABI version checked, when the package is loaded (`__init__`).
+
+Objects: [`Objective`](@ref), [`Model`](@ref), [`Batch`](@ref), [`Trainer`](@ref). Each owns an
+adpo handle, freed by a finalizer or earlier by `close`. Failing calls throw [`ADPOError`](@ref).
+
+Threads: adpo has no thread-local state, handles may be used from any thread and calls on one
+handle are serialised inside the library, so Julia tasks (which may migrate between threads)
+can share these objects freely. Only `close` must not race with other calls on the same object.
+
+Matrices: the C API is row-major (n rows x t positions); this binding takes and returns ordinary
+Julia `n x t` matrices and converts.
+"""
+module ADPO
+
+using Libdl
+
+export ADPOError, Objective, Model, Batch, Trainer, ObjectiveMetrics, TrainerMetrics,
+       evaluate, evaluate_tokens, evaluate_dlpack, dlpack_release, metrics, metrics_json,
+       vocab_size, set_rewards!, set_targets!, set_old_logp!, set_anchor_logp!,
+       token_ids, loss_mask, group_ids, step!, sequence_logp, save_checkpoint, load_checkpoint!
+
+# ----------------------------------------------------------------------------- constants
+# From include/adpo.h.
+const ADPO_VERSION_MAJOR = 0
+const ADPO_VERSION_MINOR = 1
+const ADPO_VERSION_PATCH = 0
+"The C ABI version this binding was written against (`ADPO_ABI_VERSION` of include/adpo.h)."
+const ADPO_ABI_VERSION = UInt32(1)
+
+# adpo_status (int32_t). Stable values, never reused.
+const ADPO_STATUS_OK = Int32(0)
+const ADPO_STATUS_NULL_ARGUMENT = Int32(1)
+const ADPO_STATUS_INVALID_ARGUMENT = Int32(2)
+const ADPO_STATUS_INVALID_CONFIG = Int32(3)
+const ADPO_STATUS_SHAPE_MISMATCH = Int32(4)
+const ADPO_STATUS_NON_FINITE = Int32(5)
+const ADPO_STATUS_UNSUPPORTED = Int32(6)
+const ADPO_STATUS_TORCH = Int32(7)
+const ADPO_STATUS_IO = Int32(8)
+const ADPO_STATUS_CHECKPOINT = Int32(9)
+const ADPO_STATUS_MODEL = Int32(10)
+const ADPO_STATUS_POISONED = Int32(11)
+const ADPO_STATUS_PANIC = Int32(12)
+
+const _STATUS_NAMES = Dict{Int32,String}(
+    0 => "OK", 1 => "NULL_ARGUMENT", 2 => "INVALID_ARGUMENT", 3 => "INVALID_CONFIG",
+    4 => "SHAPE_MISMATCH", 5 => "NON_FINITE", 6 => "UNSUPPORTED", 7 => "TORCH", 8 => "IO",
+    9 => "CHECKPOINT", 10 => "MODEL", 11 => "POISONED", 12 => "PANIC",
+)
+
+"""
+    status_name(status) -> String
+
+`"ADPO_STATUS_NON_FINITE"` for 5, and so on (`"ADPO_STATUS_UNKNOWN(n)"` for other values).
+"""
+status_name(status::Integer) =
+    "ADPO_STATUS_" * get(_STATUS_NAMES, Int32(status), "UNKNOWN($(status))")
+
+# ----------------------------------------------------------------------------- library
+const _LIBPATH = Ref{String}("")
+
+# The library component of every ccall below: a function call, evaluated when the ccall first
+# runs (after __init__) and cached by Julia ("Non-constant Function Specifications").
+function libadpo()
+    p = _LIBPATH[]
+    isempty(p) && error("ADPO: the adpo library is not loaded (ADPO.__init__ did not run or failed)")
+    return p
+end
+
+"""
+    default_library_path() -> String
+
+`target/release/libadpo.so` of the repository that contains this package.
+"""
+function default_library_path()
+    root = pkgdir(@__MODULE__)
+    root === nothing && (root = normpath(joinpath(@__DIR__, "..")))
+    return normpath(joinpath(root, "..", "..", "target", "release", "libadpo.so"))
+end
+
+"""
+    library_path() -> String
+
+`ENV["ADPO_LIB"]` if set and non-empty, else [`default_library_path`](@ref). A relative path
+containing `/` is made absolute; a bare file name is left to the dynamic loader's search.
+"""
+function library_path()
+    p = get(ENV, "ADPO_LIB", "")
+    isempty(p) && return default_library_path()
+    return (occursin('/', p) && !isabspath(p)) ? abspath(p) : p
+end
+
+function __init__()
+    path = library_path()
+    try
+        Libdl.dlopen(path)
+    catch e
+        error("ADPO: cannot load the adpo C library from \"$path\": $(sprint(showerror, e)).\n" *
+              "Build it (`make lib` at the repository root) or set ENV[\"ADPO_LIB\"] to the path of libadpo.so.")
+    end
+    _LIBPATH[] = path
+    abi = ccall((:adpo_abi_version, libadpo()), UInt32, ())
+    if abi != ADPO_ABI_VERSION
+        error("ADPO: ABI mismatch: the library at \"$path\" has C ABI version $(abi), this binding " *
+              "was written for ABI version $(ADPO_ABI_VERSION) (include/adpo.h). Rebuild the library " *
+              "or use the binding that matches it.")
+    end
+    return nothing
+end
+
+"""
+    version() -> String
+
+`"adpo X.Y.Z (tch A.B.C, libtorch V)"` of the loaded library.
+"""
+function version()
+    p = ccall((:adpo_version, libadpo()), Ptr{UInt8}, ())
+    return p == C_NULL ? "" : unsafe_string(p)   # static storage: not freed
+end
+
+"The C ABI version of the loaded library (equals `ADPO_ABI_VERSION` once loaded)."
+abi_version() = ccall((:adpo_abi_version, libadpo()), UInt32, ())
+
+"Number of CUDA devices libtorch can use (0 without CUDA)."
+cuda_device_count() = Int(ccall((:adpo_cuda_device_count, libadpo()), Int32, ()))
+
+# ----------------------------------------------------------------------------- errors
+"""
+    ADPOError(status, message, func) <: Exception
+
+A failed adpo call: `status` is the `adpo_status` code (`Int32`, compare with the
+`ADPO.ADPO_STATUS_*` constants), `message` adpo's message, `func` the C function that failed.
+"""
+struct ADPOError <: Exception
+    status::Int32
+    message::String
+    func::Symbol
+end
+
+function Base.showerror(io::IO, e::ADPOError)
+    print(io, "ADPOError: ", e.func, ": ", status_name(e.status), " (", e.status, "): ", e.message)
+end
+
+_err() = Ref{Ptr{Cvoid}}(C_NULL)
+
+# Turns a status and the adpo_error it came with into nothing or a thrown ADPOError; always
+# frees the error object.
+function _check(status::Int32, err::Base.RefValue{Ptr{Cvoid}}, func::Symbol)
+    p = err[]
+    err[] = C_NULL
+    if status == ADPO_STATUS_OK
+        p == C_NULL || ccall((:adpo_error_free, libadpo()), Cvoid, (Ptr{Cvoid},), p)
+        return nothing
+    end
+    p == C_NULL && throw(ADPOError(status, "(adpo returned no error object)", func))
+    msg, st = try
+        m = ccall((:adpo_error_message, libadpo()), Ptr{UInt8}, (Ptr{Cvoid},), p)
+        # the message is valid until adpo_error_free: copy it first
+        (m == C_NULL ? "" : unsafe_string(m),
+         ccall((:adpo_error_status, libadpo()), Int32, (Ptr{Cvoid},), p))
+    finally
+        ccall((:adpo_error_free, libadpo()), Cvoid, (Ptr{Cvoid},), p)
+    end
+    throw(ADPOError(st, msg, func))
+end
+
+"""
+    ADPO.test_panic()
+
+Calls `adpo_test_panic`, which panics inside the library: always throws an [`ADPOError`](@ref)
+with status `ADPO_STATUS_PANIC`. For testing error handling.
+"""
+function test_panic()
+    err = _err()
+    st = ccall((:adpo_test_panic, libadpo()), Int32, (Ref{Ptr{Cvoid}},), err)
+    _check(st, err, :adpo_test_panic)
+    return nothing
+end
+
+# ----------------------------------------------------------------------------- helpers
+_ornull(x) = x === nothing ? C_NULL : x
+
+function _nul_free(s::AbstractString, what::AbstractString)
+    str = String(s)
+    occursin('\0', str) && throw(ArgumentError("$what contains a NUL character"))
+    return str
+end
+
+_cstr_or_null(::Nothing, what) = C_NULL
+_cstr_or_null(s::AbstractString, what) = _nul_free(s, what)
+
+function _len_check(v, name::AbstractString, n)
+    n === nothing && return v
+    length(v) == n || throw(DimensionMismatch("$name has $(length(v)) values, expected $n"))
+    return v
+end
+
+# Dense Vector{T} (no copy when x already is one).
+_dense(::Type{T}, x::AbstractVector) where {T} = convert(Vector{T}, x)
+# Row-major flattening of an n x t matrix (the C layout).
+_dense(::Type{T}, x::AbstractMatrix) where {T} = convert(Vector{T}, vec(permutedims(x)))
+
+_f64(x, name, n=nothing) = _len_check(_dense(Float64, x), name, n)
+_i64(x, name, n=nothing) = _len_check(_dense(Int64, x), name, n)
+_opt_f64(::Nothing, name, n) = C_NULL
+_opt_f64(x, name, n) = _f64(x, name, n)
+
+# n x t matrix from a row-major buffer of length n * t.
+_from_rowmajor(buf::AbstractVector, n::Integer, t::Integer) = permutedims(reshape(buf, Int(t), Int(n)))
+
+# ----------------------------------------------------------------------------- JSON configs
+# Configs are JSON strings; NamedTuples and Dicts are encoded with this small writer.
+_json_arg(::Nothing) = C_NULL
+_json_arg(s::AbstractString) = _nul_free(s, "JSON config")
+_json_arg(x) = _nul_free(to_json(x), "JSON config")
+
+"""
+    ADPO.to_json(x) -> String
+
+JSON text of `x` (NamedTuple, Dict, vector, tuple, string, symbol, number, Bool, nothing), as
+accepted wherever a config is expected: `Objective((reward_transform = "raw",))`.
+"""
+function to_json(x)
+    io = IOBuffer()
+    _write_json(io, x)
+    return String(take!(io))
+end
+
+_write_json(io::IO, ::Nothing) = print(io, "null")
+_write_json(io::IO, x::Bool) = print(io, x ? "true" : "false")
+_write_json(io::IO, x::Integer) = print(io, x)
+function _write_json(io::IO, x::AbstractFloat)
+    isfinite(x) || throw(ArgumentError("JSON cannot represent $x"))
+    print(io, Float64(x))
+end
+_write_json(io::IO, x::Symbol) = _write_json(io, String(x))
+function _write_json(io::IO, s::AbstractString)
+    print(io, '"')
+    for c in s
+        if c == '"'
+            print(io, "\\\"")
+        elseif c == '\\'
+            print(io, "\\\\")
+        elseif c < ' '
+            print(io, "\\u", string(UInt32(c), base=16, pad=4))
+        else
+            print(io, c)
+        end
+    end
+    print(io, '"')
+end
+function _write_json(io::IO, x::Union{AbstractVector,Tuple})
+    print(io, '[')
+    for (i, v) in enumerate(x)
+        i > 1 && print(io, ',')
+        _write_json(io, v)
+    end
+    print(io, ']')
+end
+function _write_json(io::IO, x::Union{NamedTuple,AbstractDict})
+    print(io, '{')
+    first = true
+    for (k, v) in pairs(x)
+        first || print(io, ',')
+        first = false
+        _write_json(io, string(k))
+        print(io, ':')
+        _write_json(io, v)
+    end
+    print(io, '}')
+end
+_write_json(io::IO, x) = throw(ArgumentError("cannot encode a $(typeof(x)) as JSON"))
+
+# Takes ownership of a string adpo returned (char **out_json): copies it, frees it.
+function _take_string(out::Base.RefValue{Ptr{UInt8}})
+    p = out[]
+    p == C_NULL && return ""
+    out[] = C_NULL
+    try
+        return unsafe_string(p)
+    finally
+        ccall((:adpo_string_free, libadpo()), Cvoid, (Ptr{UInt8},), p)
+    end
+end
+
+# ----------------------------------------------------------------------------- metrics structs
+# Field for field the C structs (same order, same types, so the same C layout): adpo writes
+# at most struct_size bytes and sets struct_size to what it wrote.
+
+"""
+    ObjectiveMetrics
+
+Mirror of `adpo_objective_metrics`: metrics of an objective's last evaluation. Values that do
+not apply to the loss are NaN.
+"""
+struct ObjectiveMetrics   # mirrors adpo_objective_metrics
+    struct_size::UInt32
+    loss::Cdouble
+    entropy::Cdouble
+    kl_target::Cdouble
+    win_mass::Cdouble
+    mean_abs_score::Cdouble
+    max_abs_score::Cdouble
+    tau::Cdouble
+    clip_fraction::Cdouble
+    anchor_kl::Cdouble
+    groups::UInt64
+end
+
+"""
+    TrainerMetrics
+
+Mirror of `adpo_trainer_metrics`: metrics of a trainer step. Values that do not apply are NaN.
+"""
+struct TrainerMetrics   # mirrors adpo_trainer_metrics
+    struct_size::UInt32
+    step::UInt64
+    loss::Cdouble
+    entropy::Cdouble
+    kl_target::Cdouble
+    win_mass::Cdouble
+    mean_abs_score::Cdouble
+    max_abs_score::Cdouble
+    tau::Cdouble
+    clip_fraction::Cdouble
+    anchor_kl::Cdouble
+    groups::UInt64
+    grad_norm::Cdouble
+    lr::Cdouble
+    tokens::Cdouble
+    anchor_drift::Cdouble
+    step_time_ms::Cdouble
+end
+
+# struct_size = sizeof(T), floats NaN, integers 0: what a call that writes nothing leaves.
+function _blank(::Type{T}) where {T}
+    vals = ntuple(fieldcount(T)) do i
+        FT = fieldtype(T, i)
+        i == 1 ? UInt32(sizeof(T)) : (FT <: AbstractFloat ? FT(NaN) : zero(FT))
+    end
+    return T(vals...)
+end
+
+# ----------------------------------------------------------------------------- handles
+abstract type Handle end
+
+Base.isopen(h::Handle) = h.ptr != C_NULL
+
+# Passing a handle object to a ccall argument of type Ptr{Cvoid} passes its pointer and keeps
+# the object (so its finalizer) alive for the duration of the call.
+function Base.unsafe_convert(::Type{Ptr{Cvoid}}, h::Handle)
+    p = h.ptr
+    p == C_NULL && throw(ArgumentError("this ADPO.$(nameof(typeof(h))) has been closed"))
+    return p
+end
+
+Base.show(io::IO, h::Handle) =
+    print(io, "ADPO.", nameof(typeof(h)), isopen(h) ? "(" * string(h.ptr) * ")" : "(closed)")
+
+struct _Own end   # marks the inner constructors that adopt a handle adpo returned
+
+"""
+    Objective(config = nothing)
+
+An adpo objective. `config`: `nothing` (all defaults), a JSON string, or a NamedTuple / Dict
+encoded to JSON, e.g. `Objective((reward_transform = "raw",))`. Unknown keys are an error.
+Free with `close` (or leave it to the finalizer).
+"""
+mutable struct Objective <: Handle
+    ptr::Ptr{Cvoid}
+    function Objective(::_Own, p::Ptr{Cvoid})
+        p == C_NULL && error("adpo returned a NULL objective handle")
+        return finalizer(_free!, new(p))
+    end
+end
+
+function Objective(config=nothing)
+    out = Ref{Ptr{Cvoid}}(C_NULL)
+    err = _err()
+    st = ccall((:adpo_objective_new, libadpo()), Int32,
+               (Ptr{UInt8}, Ref{Ptr{Cvoid}}, Ref{Ptr{Cvoid}}),
+               _json_arg(config), out, err)
+    _check(st, err, :adpo_objective_new)
+    return Objective(_Own(), out[])
+end
+
+function _free!(o::Objective)
+    p = o.ptr
+    if p != C_NULL
+        o.ptr = C_NULL
+        ccall((:adpo_objective_free, libadpo()), Cvoid, (Ptr{Cvoid},), p)
+    end
+    return nothing
+end
+
+"""
+    Model(path; device = nothing)
+
+A TorchScript causal LM (`torch.jit.script(model).save(path)`). `device`: `nothing`/"cpu",
+"cuda" or "cuda:N". A trainer keeps its own reference: closing the model afterwards is fine.
+"""
+mutable struct Model <: Handle
+    ptr::Ptr{Cvoid}
+    function Model(::_Own, p::Ptr{Cvoid})
+        p == C_NULL && error("adpo returned a NULL model handle")
+        return finalizer(_free!, new(p))
+    end
+end
+
+function Model(path::AbstractString; device::Union{Nothing,AbstractString}=nothing)
+    out = Ref{Ptr{Cvoid}}(C_NULL)
+    err = _err()
+    st = ccall((:adpo_model_load, libadpo()), Int32,
+               (Cstring, Ptr{UInt8}, Ref{Ptr{Cvoid}}, Ref{Ptr{Cvoid}}),
+               String(path), _cstr_or_null(device, "device"), out, err)
+    _check(st, err, :adpo_model_load)
+    return Model(_Own(), out[])
+end
+
+function _free!(m::Model)
+    p = m.ptr
+    if p != C_NULL
+        m.ptr = C_NULL
+        ccall((:adpo_model_free, libadpo()), Cvoid, (Ptr{Cvoid},), p)
+    end
+    return nothing
+end
+
+"Vocabulary size V of the model's logits."
+function vocab_size(m::Model)
+    out = Ref{Int64}(0)
+    err = _err()
+    st = ccall((:adpo_model_vocab_size, libadpo()), Int32,
+               (Ptr{Cvoid}, Ref{Int64}, Ref{Ptr{Cvoid}}), m, out, err)
+    _check(st, err, :adpo_model_vocab_size)
+    return Int(out[])
+end
+
+"""
+    Batch(ids, loss_mask, group_ids; attention_mask = nothing, rewards = nothing,
+          targets = nothing, old_logp = nothing, anchor_logp = nothing)
+
+A batch of n candidates x t positions. `ids`: n x t integer matrix (token ids >= 0);
+`loss_mask`: n x t (Bool or 0/1; 1 at column j means the token at j counts, so column 1 must
+be 0); `attention_mask`: n x t or `nothing` (all ones); `group_ids`: n integers (candidates of
+one prompt share an id). Rewards or targets must be set before [`step!`](@ref).
+"""
+mutable struct Batch <: Handle
+    ptr::Ptr{Cvoid}
+    function Batch(::_Own, p::Ptr{Cvoid})
+        p == C_NULL && error("adpo returned a NULL batch handle")
+        return finalizer(_free!, new(p))
+    end
+end
+
+function Batch(ids::AbstractMatrix{<:Integer}, loss_mask::AbstractMatrix, group_ids::AbstractVector{<:Integer};
+               attention_mask::Union{Nothing,AbstractMatrix}=nothing, rewards=nothing, targets=nothing,
+               old_logp=nothing, anchor_logp=nothing)
+    n, t = size(ids)
+    size(loss_mask) == (n, t) || throw(DimensionMismatch("loss_mask is $(size(loss_mask)), ids is $((n, t))"))
+    attention_mask === nothing || size(attention_mask) == (n, t) ||
+        throw(DimensionMismatch("attention_mask is $(size(attention_mask)), ids is $((n, t))"))
+    ids_c = _dense(Int64, ids)
+    lm_c = _dense(UInt8, loss_mask)
+    am_c = attention_mask === nothing ? C_NULL : _dense(UInt8, attention_mask)
+    gid_c = _i64(group_ids, "group_ids", n)
+    out = Ref{Ptr{Cvoid}}(C_NULL)
+    err = _err()
+    st = ccall((:adpo_batch_new, libadpo()), Int32,
+               (Csize_t, Csize_t, Ptr{Int64}, Ptr{UInt8}, Ptr{UInt8}, Ptr{Int64}, Ref{Ptr{Cvoid}}, Ref{Ptr{Cvoid}}),
+               n, t, ids_c, am_c, lm_c, gid_c, out, err)
+    _check(st, err, :adpo_batch_new)
+    b = Batch(_Own(), out[])
+    rewards === nothing || set_rewards!(b, rewards)
+    targets === nothing || set_targets!(b, targets)
+    old_logp === nothing || set_old_logp!(b, old_logp)
+    anchor_logp === nothing || set_anchor_logp!(b, anchor_logp)
+    return b
+end
+
+function _free!(b::Batch)
+    p = b.ptr
+    if p != C_NULL
+        b.ptr = C_NULL
+        ccall((:adpo_batch_free, libadpo()), Cvoid, (Ptr{Cvoid},), p)
+    end
+    return nothing
+end
+
+"`(n, t)`: the batch's candidates and positions."
+function Base.size(b::Batch)
+    n = Ref{Csize_t}(0)
+    t = Ref{Csize_t}(0)
+    err = _err()
+    st = ccall((:adpo_batch_shape, libadpo()), Int32,
+               (Ptr{Cvoid}, Ref{Csize_t}, Ref{Csize_t}, Ref{Ptr{Cvoid}}), b, n, t, err)
+    _check(st, err, :adpo_batch_shape)
+    return (Int(n[]), Int(t[]))
+end
+Base.size(b::Batch, d::Integer) = size(b)[d]
+
+"Rewards of the n candidates (finite). Replaces targets if they were set."
+function set_rewards!(b::Batch, rewards::AbstractVector{<:Real})
+    v = _f64(rewards, "rewards", size(b, 1))
+    err = _err()
+    st = ccall((:adpo_batch_set_rewards, libadpo()), Int32,
+               (Ptr{Cvoid}, Ptr{Cdouble}, Csize_t, Ref{Ptr{Cvoid}}), b, v, length(v), err)
+    _check(st, err, :adpo_batch_set_rewards)
+    return b
+end
+
+"Explicit target distribution (n values >= 0 summing to 1 over each group). Replaces rewards."
+function set_targets!(b::Batch, targets::AbstractVector{<:Real})
+    v = _f64(targets, "targets", size(b, 1))
+    err = _err()
+    st = ccall((:adpo_batch_set_targets, libadpo()), Int32,
+               (Ptr{Cvoid}, Ptr{Cdouble}, Csize_t, Ref{Ptr{Cvoid}}), b, v, length(v), err)
+    _check(st, err, :adpo_batch_set_targets)
+    return b
+end
+
+# n values (vector) or n x t (matrix, or a row-major vector of n * t).
+function _seq_or_tokens(b::Batch, x, name)
+    n, t = size(b)
+    if x isa AbstractMatrix
+        size(x) == (n, t) || throw(DimensionMismatch("$name is $(size(x)), the batch is $((n, t))"))
+        return _dense(Float64, x)
+    end
+    v = _f64(x, name)
+    length(v) == n || length(v) == n * t ||
+        throw(DimensionMismatch("$name has $(length(v)) values, expected n = $n or n * t = $(n * t)"))
+    return v
+end
+
+"Sampling-time log-probs: n values (per sequence) or an n x t matrix (per token)."
+function set_old_logp!(b::Batch, old_logp::AbstractVecOrMat{<:Real})
+    v = _seq_or_tokens(b, old_logp, "old_logp")
+    err = _err()
+    st = ccall((:adpo_batch_set_old_logp, libadpo()), Int32,
+               (Ptr{Cvoid}, Ptr{Cdouble}, Csize_t, Ref{Ptr{Cvoid}}), b, v, length(v), err)
+    _check(st, err, :adpo_batch_set_old_logp)
+    return b
+end
+
+"Precomputed anchor log-probs: n values or an n x t matrix (then no reference forward runs)."
+function set_anchor_logp!(b::Batch, anchor_logp::AbstractVecOrMat{<:Real})
+    v = _seq_or_tokens(b, anchor_logp, "anchor_logp")
+    err = _err()
+    st = ccall((:adpo_batch_set_anchor_logp, libadpo()), Int32,
+               (Ptr{Cvoid}, Ptr{Cdouble}, Csize_t, Ref{Ptr{Cvoid}}), b, v, length(v), err)
+    _check(st, err, :adpo_batch_set_anchor_logp)
+    return b
+end
+
+"The n x t token ids (`Matrix{Int64}`)."
+function token_ids(b::Batch)
+    n, t = size(b)
+    buf = Vector{Int64}(undef, n * t)
+    err = _err()
+    st = ccall((:adpo_batch_get_ids, libadpo()), Int32,
+               (Ptr{Cvoid}, Ptr{Int64}, Csize_t, Ref{Ptr{Cvoid}}), b, buf, length(buf), err)
+    _check(st, err, :adpo_batch_get_ids)
+    return _from_rowmajor(buf, n, t)
+end
+
+"The n x t loss mask (`Matrix{Bool}`, true = generated/scored token)."
+function loss_mask(b::Batch)
+    n, t = size(b)
+    buf = Vector{UInt8}(undef, n * t)
+    err = _err()
+    st = ccall((:adpo_batch_get_loss_mask, libadpo()), Int32,
+               (Ptr{Cvoid}, Ptr{UInt8}, Csize_t, Ref{Ptr{Cvoid}}), b, buf, length(buf), err)
+    _check(st, err, :adpo_batch_get_loss_mask)
+    return _from_rowmajor(map(!iszero, buf), n, t)
+end
+
+"The n group ids (`Vector{Int64}`)."
+function group_ids(b::Batch)
+    n = size(b, 1)
+    buf = Vector{Int64}(undef, n)
+    err = _err()
+    st = ccall((:adpo_batch_get_group_ids, libadpo()), Int32,
+               (Ptr{Cvoid}, Ptr{Int64}, Csize_t, Ref{Ptr{Cvoid}}), b, buf, length(buf), err)
+    _check(st, err, :adpo_batch_get_group_ids)
+    return buf
+end
+
+"""
+    Trainer(policy::Model, reference::Union{Model,Nothing} = nothing, config = nothing)
+
+Trains `policy` in place. `config`: JSON string, NamedTuple/Dict or `nothing` (defaults); the
+trainer keys (seq_logp, micro_batch_rows, epochs_per_batch, seed, anchor, optimizer, grad_clip,
+schedule) plus every objective key.
+"""
+mutable struct Trainer <: Handle
+    ptr::Ptr{Cvoid}
+    function Trainer(::_Own, p::Ptr{Cvoid})
+        p == C_NULL && error("adpo returned a NULL trainer handle")
+        return finalizer(_free!, new(p))
+    end
+end
+
+function Trainer(policy::Model, reference::Union{Model,Nothing}=nothing, config=nothing)
+    out = Ref{Ptr{Cvoid}}(C_NULL)
+    err = _err()
+    st = ccall((:adpo_trainer_new, libadpo()), Int32,
+               (Ptr{Cvoid}, Ptr{Cvoid}, Ptr{UInt8}, Ref{Ptr{Cvoid}}, Ref{Ptr{Cvoid}}),
+               policy, _ornull(reference), _json_arg(config), out, err)
+    _check(st, err, :adpo_trainer_new)
+    return Trainer(_Own(), out[])
+end
+
+function _free!(tr::Trainer)
+    p = tr.ptr
+    if p != C_NULL
+        tr.ptr = C_NULL
+        ccall((:adpo_trainer_free, libadpo()), Cvoid, (Ptr{Cvoid},), p)
+    end
+    return nothing
+end
+
+"Frees the adpo handle now (idempotent); the object is unusable afterwards."
+Base.close(h::Handle) = _free!(h)
+
+# ----------------------------------------------------------------------------- objective
+"""
+    evaluate(obj, logp, anchor_logp, group_ids; rewards = nothing, targets = nothing,
+             policy_entropy = nothing, grad = true, scores = true)
+        -> (loss = Float64, grad = Vector{Float64} or nothing, scores = Vector{Float64} or nothing)
+
+Evaluates the objective on n candidates. Exactly one of `rewards`, `targets` must be given.
+`group_ids`: any integer ids, any order; groups of one candidate contribute nothing.
+`policy_entropy` (n values, for the adaptive tau rule "smooth_hybrid") selects
+`adpo_objective_eval_entropy`.
+"""
+function evaluate(obj::Objective, logp::AbstractVector{<:Real}, anchor_logp::AbstractVector{<:Real},
+                  group_ids::AbstractVector{<:Integer}; rewards=nothing, targets=nothing,
+                  policy_entropy=nothing, grad::Bool=true, scores::Bool=true)
+    lp = _f64(logp, "logp")
+    n = length(lp)
+    an = _f64(anchor_logp, "anchor_logp", n)
+    gi = _i64(group_ids, "group_ids", n)
+    r = _opt_f64(rewards, "rewards", n)
+    tg = _opt_f64(targets, "targets", n)
+    g = grad ? fill(NaN, n) : nothing
+    s = scores ? fill(NaN, n) : nothing
+    loss = Ref{Cdouble}(NaN)
+    err = _err()
+    if policy_entropy === nothing
+        st = ccall((:adpo_objective_eval, libadpo()), Int32,
+                   (Ptr{Cvoid}, Csize_t, Ptr{Cdouble}, Ptr{Cdouble}, Ptr{Cdouble}, Ptr{Cdouble},
+                    Ptr{Int64}, Ref{Cdouble}, Ptr{Cdouble}, Ptr{Cdouble}, Ref{Ptr{Cvoid}}),
+                   obj, n, lp, an, r, tg, gi, loss, _ornull(g), _ornull(s), err)
+        _check(st, err, :adpo_objective_eval)
+    else
+        pe = _f64(policy_entropy, "policy_entropy", n)
+        st = ccall((:adpo_objective_eval_entropy, libadpo()), Int32,
+                   (Ptr{Cvoid}, Csize_t, Ptr{Cdouble}, Ptr{Cdouble}, Ptr{Cdouble}, Ptr{Cdouble},
+                    Ptr{Int64}, Ptr{Cdouble}, Ref{Cdouble}, Ptr{Cdouble}, Ptr{Cdouble}, Ref{Ptr{Cvoid}}),
+                   obj, n, lp, an, r, tg, gi, pe, loss, _ornull(g), _ornull(s), err)
+        _check(st, err, :adpo_objective_eval_entropy)
+    end
+    return (loss = loss[], grad = g, scores = s)
+end
+
+"""
+    evaluate_tokens(obj, logp, old_logp, mask, rewards, group_ids; ref_logp = nothing,
+                    grad = true, advantages = true)
+        -> (loss = Float64, grad = n x t Matrix or nothing, advantages = Vector or nothing)
+
+GRPO baseline at token level (the objective's loss must be "grpo"). `logp`, `old_logp`,
+`ref_logp` (may be `nothing` when beta_kl = 0) and `mask` (1 = token counts) are n x t
+matrices; `rewards` and `group_ids` have n entries.
+"""
+function evaluate_tokens(obj::Objective, logp::AbstractMatrix{<:Real}, old_logp::AbstractMatrix{<:Real},
+                         mask::AbstractMatrix, rewards::AbstractVector{<:Real},
+                         group_ids::AbstractVector{<:Integer}; ref_logp=nothing,
+                         grad::Bool=true, advantages::Bool=true)
+    n, t = size(logp)
+    for (name, x) in (("old_logp", old_logp), ("mask", mask), ("ref_logp", ref_logp))
+        x === nothing || size(x) == (n, t) ||
+            throw(DimensionMismatch("$name is $(size(x)), logp is $((n, t))"))
+    end
+    lp = _dense(Float64, logp)
+    old = _dense(Float64, old_logp)
+    ref = ref_logp === nothing ? C_NULL : _dense(Float64, ref_logp)
+    m = _dense(Float64, mask)
+    r = _f64(rewards, "rewards", n)
+    gi = _i64(group_ids, "group_ids", n)
+    g = grad ? fill(NaN, n * t) : nothing
+    adv = advantages ? fill(NaN, n) : nothing
+    loss = Ref{Cdouble}(NaN)
+    err = _err()
+    st = ccall((:adpo_objective_eval_tokens, libadpo()), Int32,
+               (Ptr{Cvoid}, Csize_t, Csize_t, Ptr{Cdouble}, Ptr{Cdouble}, Ptr{Cdouble}, Ptr{Cdouble},
+                Ptr{Cdouble}, Ptr{Int64}, Ref{Cdouble}, Ptr{Cdouble}, Ptr{Cdouble}, Ref{Ptr{Cvoid}}),
+               obj, n, t, lp, old, ref, m, r, gi, loss, _ornull(g), _ornull(adv), err)
+    _check(st, err, :adpo_objective_eval_tokens)
+    return (loss = loss[], grad = g === nothing ? nothing : _from_rowmajor(g, n, t), advantages = adv)
+end
+
+"""
+    evaluate_dlpack(obj, logp, anchor_logp, group_ids; rewards = C_NULL, targets = C_NULL)
+        -> (loss = Float64, grad = Ptr{Cvoid})
+
+`adpo_objective_eval_dlpack` on raw `DLManagedTensorVersioned*` pointers (DLPack >= 1.0).
+adpo takes ownership of every non-NULL input and calls its deleter exactly once before
+returning, whatever the outcome: do not use or free them afterwards. Exactly one of `rewards`,
+`targets` is non-NULL. `grad` is a new DLPack tensor owned by the caller: release it with
+[`dlpack_release`](@ref) (or hand it to a DLPack consumer).
+"""
+function evaluate_dlpack(obj::Objective, logp::Ptr{Cvoid}, anchor_logp::Ptr{Cvoid}, group_ids::Ptr{Cvoid};
+                         rewards::Ptr{Cvoid}=C_NULL, targets::Ptr{Cvoid}=C_NULL)
+    loss = Ref{Cdouble}(NaN)
+    grad = Ref{Ptr{Cvoid}}(C_NULL)
+    err = _err()
+    st = ccall((:adpo_objective_eval_dlpack, libadpo()), Int32,
+               (Ptr{Cvoid}, Ptr{Cvoid}, Ptr{Cvoid}, Ptr{Cvoid}, Ptr{Cvoid}, Ptr{Cvoid},
+                Ref{Cdouble}, Ref{Ptr{Cvoid}}, Ref{Ptr{Cvoid}}),
+               obj, logp, anchor_logp, rewards, targets, group_ids, loss, grad, err)
+    _check(st, err, :adpo_objective_eval_dlpack)
+    return (loss = loss[], grad = grad[])
+end
+
+"""
+    dlpack_release(p::Ptr{Cvoid})
+
+Calls the deleter of a `DLManagedTensorVersioned*` (as returned by [`evaluate_dlpack`](@ref)).
+NULL is a no-op.
+"""
+function dlpack_release(p::Ptr{Cvoid})
+    p == C_NULL && return nothing
+    # struct { DLPackVersion version (2 x uint32); void *manager_ctx; void (*deleter)(self); ... }
+    deleter = unsafe_load(convert(Ptr{Ptr{Cvoid}}, p + 8 + sizeof(Ptr{Cvoid})))
+    deleter == C_NULL || ccall(deleter, Cvoid, (Ptr{Cvoid},), p)
+    return nothing
+end
+
+"Metrics of the objective's last successful evaluation ([`ObjectiveMetrics`](@ref))."
+function metrics(obj::Objective)
+    out = Ref(_blank(ObjectiveMetrics))
+    err = _err()
+    st = ccall((:adpo_objective_get_metrics, libadpo()), Int32,
+               (Ptr{Cvoid}, Ref{ObjectiveMetrics}, Ref{Ptr{Cvoid}}), obj, out, err)
+    _check(st, err, :adpo_objective_get_metrics)
+    return out[]
+end
+
+"Metrics of the last evaluation (objective) or step (trainer) as a JSON string (NaN as null)."
+function metrics_json(obj::Objective)
+    out = Ref{Ptr{UInt8}}(C_NULL)
+    err = _err()
+    st = ccall((:adpo_objective_metrics_json, libadpo()), Int32,
+               (Ptr{Cvoid}, Ref{Ptr{UInt8}}, Ref{Ptr{Cvoid}}), obj, out, err)
+    _check(st, err, :adpo_objective_metrics_json)
+    return _take_string(out)
+end
+
+function metrics_json(tr::Trainer)
+    out = Ref{Ptr{UInt8}}(C_NULL)
+    err = _err()
+    st = ccall((:adpo_trainer_metrics_json, libadpo()), Int32,
+               (Ptr{Cvoid}, Ref{Ptr{UInt8}}, Ref{Ptr{Cvoid}}), tr, out, err)
+    _check(st, err, :adpo_trainer_metrics_json)
+    return _take_string(out)
+end
+
+# ----------------------------------------------------------------------------- trainer
+"""
+    step!(trainer, batch; metrics = true) -> TrainerMetrics or nothing
+
+One ADPO step on `batch` (epochs_per_batch optimizer updates).
+"""
+function step!(tr::Trainer, b::Batch; metrics::Bool=true)
+    m = metrics ? Ref(_blank(TrainerMetrics)) : nothing
+    err = _err()
+    st = ccall((:adpo_trainer_step, libadpo()), Int32,
+               (Ptr{Cvoid}, Ptr{Cvoid}, Ptr{TrainerMetrics}, Ref{Ptr{Cvoid}}),
+               tr, b, _ornull(m), err)
+    _check(st, err, :adpo_trainer_step)
+    return m === nothing ? nothing : m[]
+end
+
+"""
+    ADPO.sample(trainer, prompts, k; sampling = nothing) -> Batch
+
+Samples `k` candidates for each prompt (a vector of token-id vectors) from the policy.
+`sampling`: JSON string / NamedTuple / Dict (temperature, top_k, top_p, max_new_tokens, eos_id,
+pad_id, seed) or `nothing`. The batch has `length(prompts) * k` rows, group id = prompt index
+(0-based), loss mask on the generated tokens, per-token old_logp set; set its rewards and pass
+it to [`step!`](@ref). Not exported (the name is common): call it as `ADPO.sample`.
+"""
+function sample(tr::Trainer, prompts::AbstractVector{<:AbstractVector{<:Integer}}, k::Integer;
+                sampling=nothing)
+    lengths = Csize_t[length(p) for p in prompts]
+    tokens = Int64[]
+    for p in prompts
+        append!(tokens, p)
+    end
+    out = Ref{Ptr{Cvoid}}(C_NULL)
+    err = _err()
+    st = ccall((:adpo_trainer_sample, libadpo()), Int32,
+               (Ptr{Cvoid}, Ptr{Int64}, Ptr{Csize_t}, Csize_t, Csize_t, Ptr{UInt8},
+                Ref{Ptr{Cvoid}}, Ref{Ptr{Cvoid}}),
+               tr, tokens, lengths, length(prompts), k, _json_arg(sampling), out, err)
+    _check(st, err, :adpo_trainer_sample)
+    return Batch(_Own(), out[])
+end
+
+"Sequence log-probs (seq_logp reduction) of the batch's n rows under the current policy."
+function sequence_logp(tr::Trainer, b::Batch)
+    n = size(b, 1)
+    out = Vector{Float64}(undef, n)
+    err = _err()
+    st = ccall((:adpo_trainer_sequence_logp, libadpo()), Int32,
+               (Ptr{Cvoid}, Ptr{Cvoid}, Ptr{Cdouble}, Csize_t, Ref{Ptr{Cvoid}}),
+               tr, b, out, length(out), err)
+    _check(st, err, :adpo_trainer_sequence_logp)
+    return out
+end
+
+"""
+    save_checkpoint(trainer, path)
+
+Writes `path` (policy weights, safetensors) and `path` with extension `.trainer.safetensors`
+(optimizer, step, anchor state).
+"""
+function save_checkpoint(tr::Trainer, path::AbstractString)
+    err = _err()
+    st = ccall((:adpo_trainer_save, libadpo()), Int32,
+               (Ptr{Cvoid}, Cstring, Ref{Ptr{Cvoid}}), tr, String(path), err)
+    _check(st, err, :adpo_trainer_save)
+    return path
+end
+
+"""
+    load_checkpoint!(trainer, path)
+
+Restores a checkpoint written by [`save_checkpoint`](@ref). A missing, corrupt or mismatched
+checkpoint throws (`ADPO_STATUS_CHECKPOINT`) and leaves the trainer as it was.
+"""
+function load_checkpoint!(tr::Trainer, path::AbstractString)
+    err = _err()
+    st = ccall((:adpo_trainer_load, libadpo()), Int32,
+               (Ptr{Cvoid}, Cstring, Ref{Ptr{Cvoid}}), tr, String(path), err)
+    _check(st, err, :adpo_trainer_load)
+    return tr
+end
+
+end # module ADPO
