@@ -120,6 +120,15 @@ impl Model {
 
     /// Logits [B, T, V] for ids [B, T] (int64, on the model's device).
     pub fn logits(&self, ids: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
+        // An id outside the vocabulary would surface as an opaque TorchScript traceback.
+        let top = ids.max().int64_value(&[]);
+        if top >= self.vocab {
+            return Err(Error::invalid(format!(
+                "token id {top} is outside the vocabulary [0, {}) of {}",
+                self.vocab,
+                self.path.display()
+            )));
+        }
         let out = if self.takes_mask {
             self.module.forward_ts(&[ids, attention_mask])?
         } else {

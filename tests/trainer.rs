@@ -359,6 +359,29 @@ fn models_that_break_the_contract_are_refused_at_load() {
 }
 
 #[test]
+fn token_ids_outside_the_vocabulary_are_a_clear_error() {
+    let mut t = Trainer::new(model("tiny_transformer.pt"), None, "").unwrap();
+    let mut b = Batch::new(
+        2,
+        3,
+        &[1, 2, 99, 1, 2, 4],
+        None,
+        &[0, 1, 1, 0, 1, 1],
+        &[0, 0],
+    )
+    .unwrap();
+    b.set_rewards(&[1.0, 0.0]).unwrap();
+    let e = t.step(&b).unwrap_err();
+    assert_eq!(e.status, Status::InvalidArgument);
+    assert!(
+        e.message
+            .contains("token id 99 is outside the vocabulary [0, 16)"),
+        "{}",
+        e.message
+    );
+}
+
+#[test]
 fn bad_batches_are_refused() {
     let e = Batch::new(2, 3, &[1; 6], None, &[1, 0, 0, 0, 1, 1], &[0, 0])
         .err()

@@ -61,8 +61,12 @@ pub(crate) fn c_str<'a>(ptr: *const c_char, name: &str) -> Result<&'a str> {
         .map_err(|_| Error::invalid(format!("{name} is not valid UTF-8")))
 }
 
-/// A host slice argument of `len` elements (NULL is an error).
+/// A host slice argument of `len` elements. NULL is an error unless len is 0 (an empty array
+/// may have no address, as an empty Go slice), so the real problem gets reported.
 pub(crate) fn slice<'a, T>(ptr: *const T, len: usize, name: &str) -> Result<&'a [T]> {
+    if len == 0 {
+        return Ok(&[]);
+    }
     if ptr.is_null() {
         return Err(Error::null(name));
     }

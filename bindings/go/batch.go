@@ -1,0 +1,214 @@
+package adpo
+
+/*
+#include "adpo.h"
+*/
+import "C"
+
+import (
+	"runtime"
+	"sync"
+)
+
+// Batch is a validated batch of n candidates x t token positions (adpo_batch).
+type Batch struct {
+	mu  sync.RWMutex
+	ptr *C.adpo_batch
+}
+
+func newBatch(p *C.adpo_batch) *Batch {
+	b := &Batch{ptr: p}
+	runtime.SetFinalizer(b, (*Batch).Close)
+	return b
+}
+
+// NewBatch creates a batch from row-major n x t arrays: ids (token ids >= 0), attentionMask
+// (nil = all ones), lossMask (1 at t: the token at t counts, scored from the logits at t - 1,
+// so column 0 must be 0), and groupIDs (n ids; candidates of one prompt share an id). Set
+// rewards or targets before Trainer.Step.
+func NewBatch(n, t int, ids []int64, attentionMask, lossMask []uint8, groupIDs []int64) (*Batch, error) {
+	if abiErr != nil {
+		return nil, abiErr
+	}
+	c, err := cells(n, t)
+	if err != nil {
+		return nil, err
+	}
+	if err := wantLen("ids", len(ids), c); err != nil {
+		return nil, err
+	}
+	if attentionMask != nil {
+		if err := wantLen("attentionMask", len(attentionMask), c); err != nil {
+			return nil, err
+		}
+	}
+	if err := wantLen("lossMask", len(lossMask), c); err != nil {
+		return nil, err
+	}
+	if err := wantLen("groupIDs", len(groupIDs), n); err != nil {
+		return nil, err
+	}
+	var out *C.adpo_batch
+	var cerr *C.adpo_error
+	st := C.adpo_batch_new(C.size_t(n), C.size_t(t), i64Ptr(ids), u8Ptr(attentionMask), u8Ptr(lossMask),
+		i64Ptr(groupIDs), &out, &cerr)
+	if err := check(st, cerr); err != nil {
+		return nil, err
+	}
+	return newBatch(out), nil
+}
+
+// Close frees the batch. It is safe to call more than once and from any goroutine.
+func (b *Batch) Close() error {
+	if b == nil {
+		return nil
+	}
+	b.mu.Lock()
+	p := b.ptr
+	b.ptr = nil
+	b.mu.Unlock()
+	if p != nil {
+		C.adpo_batch_free(p)
+		runtime.SetFinalizer(b, nil)
+	}
+	return nil
+}
+
+func (b *Batch) acquire() (*C.adpo_batch, error) {
+	if b == nil {
+		return nil, closedErr("Batch (nil)")
+	}
+	b.mu.RLock()
+	if b.ptr == nil {
+		b.mu.RUnlock()
+		return nil, closedErr("Batch")
+	}
+	return b.ptr, nil
+}
+
+func (b *Batch) release() {
+	b.mu.RUnlock()
+	runtime.KeepAlive(b)
+}
+
+type batchSetter func(*C.adpo_batch, *C.double, C.size_t, **C.adpo_error) C.adpo_status
+
+func (b *Batch) set(name string, values []float64, f batchSetter) error {
+	if len(values) == 0 {
+		return argErr(StatusShapeMismatch, "%s has 0 entries (the batch has n >= 1 rows)", name)
+	}
+	p, err := b.acquire()
+	if err != nil {
+		return err
+	}
+	defer b.release()
+	var cerr *C.adpo_error
+	return check(f(p, f64Ptr(values), C.size_t(len(values)), &cerr), cerr)
+}
+
+// SetRewards sets the n candidates' rewards (finite). It replaces targets if they were set.
+func (b *Batch) SetRewards(rewards []float64) error {
+	return b.set("rewards", rewards, func(p *C.adpo_batch, v *C.double, n C.size_t, e **C.adpo_error) C.adpo_status {
+		return C.adpo_batch_set_rewards(p, v, n, e)
+	})
+}
+
+// SetTargets sets an explicit target distribution (n values >= 0 summing to 1 over each
+// group). It replaces rewards.
+func (b *Batch) SetTargets(targets []float64) error {
+	return b.set("targets", targets, func(p *C.adpo_batch, v *C.double, n C.size_t, e **C.adpo_error) C.adpo_status {
+		return C.adpo_batch_set_targets(p, v, n, e)
+	})
+}
+
+// SetOldLogp sets sampling-time log-probs: n values (per sequence) or n * t (per token,
+// aligned with the ids).
+func (b *Batch) SetOldLogp(oldLogp []float64) error {
+	return b.set("oldLogp", oldLogp, func(p *C.adpo_batch, v *C.double, n C.size_t, e **C.adpo_error) C.adpo_status {
+		return C.adpo_batch_set_old_logp(p, v, n, e)
+	})
+}
+
+// SetAnchorLogp sets precomputed anchor log-probs (n or n * t values, as for SetOldLogp); with
+// them no reference forward runs.
+func (b *Batch) SetAnchorLogp(anchorLogp []float64) error {
+	return b.set("anchorLogp", anchorLogp, func(p *C.adpo_batch, v *C.double, n C.size_t, e **C.adpo_error) C.adpo_status {
+		return C.adpo_batch_set_anchor_logp(p, v, n, e)
+	})
+}
+
+// Shape returns the batch's n (candidates) and t (positions).
+func (b *Batch) Shape() (n, t int, err error) {
+	p, err := b.acquire()
+	if err != nil {
+		return 0, 0, err
+	}
+	defer b.release()
+	return shapeOf(p)
+}
+
+func shapeOf(p *C.adpo_batch) (int, int, error) {
+	var cn, ct C.size_t
+	var cerr *C.adpo_error
+	if err := check(C.adpo_batch_shape(p, &cn, &ct, &cerr), cerr); err != nil {
+		return 0, 0, err
+	}
+	return int(cn), int(ct), nil
+}
+
+// IDs returns a copy of the n * t token ids (row-major).
+func (b *Batch) IDs() ([]int64, error) {
+	p, err := b.acquire()
+	if err != nil {
+		return nil, err
+	}
+	defer b.release()
+	n, t, err := shapeOf(p)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]int64, n*t)
+	var cerr *C.adpo_error
+	if err := check(C.adpo_batch_get_ids(p, i64Ptr(out), C.size_t(len(out)), &cerr), cerr); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// LossMask returns a copy of the n * t loss mask (1 = generated/scored token, row-major).
+func (b *Batch) LossMask() ([]uint8, error) {
+	p, err := b.acquire()
+	if err != nil {
+		return nil, err
+	}
+	defer b.release()
+	n, t, err := shapeOf(p)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]uint8, n*t)
+	var cerr *C.adpo_error
+	if err := check(C.adpo_batch_get_loss_mask(p, u8Ptr(out), C.size_t(len(out)), &cerr), cerr); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// GroupIDs returns a copy of the n group ids.
+func (b *Batch) GroupIDs() ([]int64, error) {
+	p, err := b.acquire()
+	if err != nil {
+		return nil, err
+	}
+	defer b.release()
+	n, _, err := shapeOf(p)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]int64, n)
+	var cerr *C.adpo_error
+	if err := check(C.adpo_batch_get_group_ids(p, i64Ptr(out), C.size_t(len(out)), &cerr), cerr); err != nil {
+		return nil, err
+	}
+	return out, nil
+}

@@ -1,0 +1,89 @@
+package adpo
+
+/*
+#include <stdlib.h>
+#include "adpo.h"
+*/
+import "C"
+
+import (
+	"runtime"
+	"sync"
+)
+
+// Model is a TorchScript causal LM (adpo_model). A Trainer keeps its own reference to the
+// models it was created with, so a Model may be closed right after NewTrainer.
+type Model struct {
+	mu  sync.RWMutex
+	ptr *C.adpo_model
+}
+
+// LoadModel loads a TorchScript causal LM (torch.jit.script(model).save(path)) whose forward is
+// forward(input_ids, attention_mask) -> logits [B, T, V] or forward(input_ids). device is "cpu"
+// (or ""), "cuda" or "cuda:N". A missing file or a model that breaks the contract is a
+// StatusModel error.
+func LoadModel(path, device string) (*Model, error) {
+	if abiErr != nil {
+		return nil, abiErr
+	}
+	cpath := C.CString(path)
+	defer freeCString(cpath)
+	cdev := cString(device, true)
+	defer freeCString(cdev)
+	var out *C.adpo_model
+	var cerr *C.adpo_error
+	if err := check(C.adpo_model_load(cpath, cdev, &out, &cerr), cerr); err != nil {
+		return nil, err
+	}
+	m := &Model{ptr: out}
+	runtime.SetFinalizer(m, (*Model).Close)
+	return m, nil
+}
+
+// Close frees the model handle. It is safe to call more than once and from any goroutine.
+func (m *Model) Close() error {
+	if m == nil {
+		return nil
+	}
+	m.mu.Lock()
+	p := m.ptr
+	m.ptr = nil
+	m.mu.Unlock()
+	if p != nil {
+		C.adpo_model_free(p)
+		runtime.SetFinalizer(m, nil)
+	}
+	return nil
+}
+
+func (m *Model) acquire() (*C.adpo_model, error) {
+	if m == nil {
+		return nil, closedErr("Model (nil)")
+	}
+	m.mu.RLock()
+	if m.ptr == nil {
+		m.mu.RUnlock()
+		return nil, closedErr("Model")
+	}
+	return m.ptr, nil
+}
+
+func (m *Model) release() {
+	m.mu.RUnlock()
+	runtime.KeepAlive(m)
+}
+
+// VocabSize returns the vocabulary size V of the model's logits.
+func (m *Model) VocabSize() (int, error) {
+	p, err := m.acquire()
+	if err != nil {
+		return 0, err
+	}
+	defer m.release()
+	var v C.int64_t
+	var cerr *C.adpo_error
+	if err := check(C.adpo_model_vocab_size(p, &v, &cerr), cerr); err != nil {
+		return 0, err
+	}
+	return int(v), nil
+}
