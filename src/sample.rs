@@ -83,14 +83,14 @@ fn sampling_probs(logits: &Tensor, cfg: &SamplingConfig) -> Tensor {
     }
     if cfg.top_p < 1.0 {
         let (sorted, order) = z.sort(1, true);
-        let p = sorted.softmax(1, Kind::Float);
+        let p = sorted.softmax(1, sorted.kind());
         // Drop a token when the mass before it already reaches top_p (the first always stays).
-        let before = p.cumsum(1, Kind::Float) - &p;
+        let before = p.cumsum(1, p.kind()) - &p;
         let drop_sorted = before.ge(cfg.top_p);
         let drop = drop_sorted.zeros_like().scatter(1, &order, &drop_sorted);
         z = z.masked_fill(&drop, f64::NEG_INFINITY);
     }
-    z.softmax(1, Kind::Float)
+    z.softmax(1, z.kind())
 }
 
 /// K samples for each prompt. Rows are grouped by prompt (group id = prompt index).
@@ -129,14 +129,24 @@ pub fn sample(
             let mut done = vec![false; k];
             for _ in 0..cfg.max_new_tokens {
                 let attn = seqs.ones_like();
-                let last = model
-                    .logits(&seqs, &attn)?
-                    .select(1, -1)
-                    .to_kind(Kind::Float);
-                let log_p = last.log_softmax(1, Kind::Float);
-                let cdf = sampling_probs(&last, cfg).cumsum(1, Kind::Float);
-                let u: Vec<f32> = (0..k).map(|_| next_uniform(rng) as f32).collect();
-                let u = Tensor::from_slice(&u).to_device(device).unsqueeze(1);
+                let last = model.logits(&seqs, &attn)?.select(1, -1);
+                // old_logp in the model's precision (float64 models get float64 log-probs).
+                let kind = if last.kind() == Kind::Double {
+                    Kind::Double
+                } else {
+                    Kind::Float
+                };
+                let last = last.to_kind(kind);
+                let log_p = last.log_softmax(1, kind);
+                let cdf = sampling_probs(&last, cfg).cumsum(1, kind);
+                // Scale the draw by the CDF's total so rounding (a total slightly below 1) can
+                // never push it past the last token with mass.
+                let u: Vec<f64> = (0..k).map(|_| next_uniform(rng)).collect();
+                let u = Tensor::from_slice(&u)
+                    .to_device(device)
+                    .to_kind(kind)
+                    .unsqueeze(1)
+                    * cdf.narrow(1, vocab - 1, 1);
                 let drawn = cdf
                     .lt_tensor(&u)
                     .sum_dim_intlist(1, false, Kind::Int64)

@@ -367,9 +367,9 @@ pub extern "C" fn adpo_objective_get_metrics(
     })
 }
 
-/// Copies a struct that starts with `uint32_t struct_size` into a caller's possibly older
-/// (smaller) version of it, and sets struct_size to the bytes written.
-pub(crate) fn write_versioned<T: Copy>(out: *mut T, full: &T) -> Result<()> {
+/// Checks, before any work, that a caller's versioned struct (starting with `uint32_t
+/// struct_size`) announces a usable size.
+pub(crate) fn check_versioned<T>(out: *mut T) -> Result<()> {
     // SAFETY: out is non-NULL (checked by the caller) and starts with a u32 struct_size.
     let caller_size = unsafe { *(out as *const u32) } as usize;
     if caller_size < std::mem::size_of::<u32>() {
@@ -377,6 +377,15 @@ pub(crate) fn write_versioned<T: Copy>(out: *mut T, full: &T) -> Result<()> {
             "out->struct_size must be set to sizeof(the struct) before the call",
         ));
     }
+    Ok(())
+}
+
+/// Copies a struct that starts with `uint32_t struct_size` into a caller's possibly older
+/// (smaller) version of it, and sets struct_size to the bytes written.
+pub(crate) fn write_versioned<T: Copy>(out: *mut T, full: &T) -> Result<()> {
+    check_versioned(out)?;
+    // SAFETY: out is non-NULL and starts with a u32 struct_size (checked above).
+    let caller_size = unsafe { *(out as *const u32) } as usize;
     let n = caller_size.min(std::mem::size_of::<T>());
     // SAFETY: both regions are valid for n bytes; the caller promised caller_size bytes.
     unsafe {

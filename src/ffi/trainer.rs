@@ -4,7 +4,7 @@ use super::batch::adpo_batch;
 use super::boundary::{call_on, infallible, require_out, write_out, Handle};
 use super::error::adpo_error;
 use super::model::adpo_model;
-use super::objective::{c_str, slice, write_versioned};
+use super::objective::{c_str, check_versioned, slice, write_versioned};
 use super::version::owned_c_string;
 use crate::error::{Error, Result, Status};
 use crate::sample::SamplingConfig;
@@ -140,6 +140,9 @@ pub extern "C" fn adpo_trainer_step(
     err: *mut *mut adpo_error,
 ) -> Status {
     call_on(err, trainer as *const adpo_trainer, "trainer", |t| {
+        if !out_metrics.is_null() {
+            check_versioned(out_metrics)?;
+        }
         let m = with_batch(batch, |b| t.inner.lock().step(b))?;
         if !out_metrics.is_null() {
             write_versioned(out_metrics, &adpo_trainer_metrics::from(m))?;

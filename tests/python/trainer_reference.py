@@ -1,0 +1,292 @@
+"""Plain-PyTorch reference of one adpo trainer step (adpo_trainer_step), for parity tests.
+
+Written from the trainer's contract (include/adpo.h, spec/ADPO-MATH.md), not from the Rust code:
+
+* token log-prob at position t (loss_mask 1, never t = 0) = logit[t-1][id[t]] - logsumexp(logit[t-1]);
+* sequence score l = sum over the loss mask ("sum") or that sum / max(1, count) ("mean");
+* anchor: "fixed" = the reference model's l (or the batch's anchor_logp), "on_policy" = the
+  batch's old_logp (reduced the same way when given per token), else the detached policy l at
+  the start of the step; held over the step's epochs;
+* loss = the objective of reference.py (listwise, plackett_luce with stable ties, ...) on
+  (l, anchor), or GRPO at token level (old = the batch's per-token old_logp or the detached
+  policy token log-probs at the start of the step; reference token log-probs when beta_kl > 0);
+* loss.backward() through the model by autograd, optional global-norm clipping
+  (torch.nn.utils.clip_grad_norm_), then torch.optim.SGD / torch.optim.AdamW with the learning
+  rate of the schedule (constant, or linear warmup then cosine).
+
+Models: the eager nn.Module of tests/fixtures/make_models.py with the TorchScript file's weights
+copied in (load_model's default: fast, and independent of the TorchScript executor), or the
+TorchScript module itself (load_model(path, eager=False)).
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+import reference as objective_reference
+
+REPO = Path(__file__).resolve().parents[2]
+MAKE_MODELS = REPO / "tests" / "fixtures" / "make_models.py"
+
+TRAINER_KEYS = ("seq_logp", "micro_batch_rows", "epochs_per_batch", "seed", "anchor", "optimizer", "grad_clip",
+                "schedule")
+
+
+def make_models_module():
+    """tests/fixtures/make_models.py as a module (its nn.Module classes)."""
+    spec = importlib.util.spec_from_file_location("adpo_make_models", MAKE_MODELS)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def eager_module(path) -> nn.Module:
+    """The make_models.py nn.Module matching the TorchScript file, with its weights and dtype."""
+    scripted = torch.jit.load(str(path))
+    state = {k: v.detach().clone() for k, v in scripted.state_dict().items()}
+    mm = make_models_module()
+    if "pos" in state:
+        module = mm.TinyTransformer(vocab=state["head.weight"].shape[0], dim=state["embed.weight"].shape[1],
+                                    max_len=state["pos"].shape[0])
+    elif "rnn.weight_ih_l0" in state:
+        module = mm.TinyGRU(vocab=state["head.weight"].shape[0], dim=state["embed.weight"].shape[1])
+    else:
+        raise ValueError(f"{path}: not one of the make_models.py LMs")
+    module = module.to(next(iter(state.values())).dtype)
+    module.load_state_dict(state, strict=True)
+    return module
+
+
+def load_model(path, eager: bool = True) -> nn.Module:
+    """The causal LM of a TorchScript file: the eager make_models.py module with its weights
+    (default), or the TorchScript module itself (eager=False)."""
+    return eager_module(path) if eager else torch.jit.load(str(path))
+
+
+def takes_mask(model) -> bool:
+    if isinstance(model, torch.jit.ScriptModule):
+        return len(model.forward.schema.arguments) >= 3  # self, input_ids, attention_mask
+    import inspect
+    return len(inspect.signature(model.forward).parameters) >= 2
+
+
+def logits_of(model, ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    return model(ids, attention_mask) if takes_mask(model) else model(ids)
+
+
+# ----------------------------------------------------------------------------- batch
+@dataclass
+class RefBatch:
+    """A batch as the trainer sees it. Arrays are numpy; masks 0/1."""
+
+    ids: np.ndarray  # [n, t] int64
+    loss_mask: np.ndarray  # [n, t]
+    group_ids: np.ndarray  # [n]
+    attention_mask: np.ndarray | None = None  # [n, t], None = ones
+    rewards: np.ndarray | None = None
+    targets: np.ndarray | None = None
+    old_logp: np.ndarray | None = None  # [n] or [n, t]
+    anchor_logp: np.ndarray | None = None  # [n] or [n, t]
+
+    @property
+    def n(self) -> int:
+        return self.ids.shape[0]
+
+    @property
+    def t(self) -> int:
+        return self.ids.shape[1]
+
+    def tensors(self):
+        ids = torch.as_tensor(np.asarray(self.ids, dtype=np.int64))
+        attn = (torch.ones_like(ids) if self.attention_mask is None
+                else torch.as_tensor(np.asarray(self.attention_mask, dtype=np.int64)))
+        mask = torch.as_tensor(np.asarray(self.loss_mask, dtype=np.float64))
+        return ids, attn, mask
+
+
+# ----------------------------------------------------------------------------- log-probs
+def token_logp(model, ids: torch.Tensor, attention_mask: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+    """[n, t] token log-probs in the logits' dtype; 0 at position 0 and where loss_mask is 0."""
+    logits = logits_of(model, ids, attention_mask)
+    pred = logits[:, :-1]
+    picked = pred.gather(2, ids[:, 1:].unsqueeze(2)).squeeze(2)
+    scored = picked - torch.logsumexp(pred, dim=2)
+    tok = torch.cat([torch.zeros(ids.shape[0], 1, dtype=logits.dtype), scored], dim=1)
+    return tok * loss_mask.to(logits.dtype)
+
+
+def reduce(tok: torch.Tensor, loss_mask: torch.Tensor, how: str) -> torch.Tensor:
+    s = tok.sum(dim=1)
+    if how == "sum":
+        return s
+    if how == "mean":
+        return s / loss_mask.to(tok.dtype).sum(dim=1).clamp_min(1.0)
+    raise ValueError(how)
+
+
+def sequence_logp(model, batch: RefBatch, how: str = "mean") -> torch.Tensor:
+    ids, attn, mask = batch.tensors()
+    with torch.no_grad():
+        return reduce(token_logp(model, ids, attn, mask), mask, how)
+
+
+# ----------------------------------------------------------------------------- schedule
+def schedule_lr(schedule: dict | None, base: float, step: int) -> float:
+    """Learning rate of optimizer step `step` (1-based)."""
+    if not schedule or schedule.get("name", "constant") == "constant":
+        return base
+    if schedule["name"] != "cosine":
+        raise ValueError(schedule)
+    warm = schedule.get("warmup_steps", 0)
+    total = schedule["total_steps"]
+    min_lr = schedule.get("min_lr", 0.0)
+    if step <= warm:
+        return base * step / max(1, warm)
+    progress = min(1.0, (step - warm) / max(1, total - warm))
+    return min_lr + 0.5 * (base - min_lr) * (1 + math.cos(math.pi * progress))
+
+
+# ----------------------------------------------------------------------------- trainer
+class ReferenceTrainer:
+    """The adpo trainer step in eager PyTorch. `config`: the same dict adpo_trainer_new gets."""
+
+    def __init__(self, policy: nn.Module, reference: nn.Module | None, config: dict | None = None):
+        config = dict(config or {})
+        self.cfg = {k: config.pop(k) for k in TRAINER_KEYS if k in config}
+        self.obj_cfg = config
+        if "seed" in self.cfg:
+            self.obj_cfg["seed"] = self.cfg["seed"]
+        objective_reference.full_config(self.obj_cfg)  # unknown keys raise here
+        self.loss = self.obj_cfg.get("loss", "listwise")
+        if self.loss == "plackett_luce" and self.obj_cfg.get("pl_ties", "random") != "stable":
+            raise ValueError("the reference implements pl_ties 'stable' only (random ties are adpo's generator)")
+        self.seq_logp = self.cfg.get("seq_logp", "mean")
+        self.anchor = (self.cfg.get("anchor") or {"mode": "on_policy"})["mode"]
+        if self.anchor not in ("fixed", "on_policy"):
+            raise ValueError(f"the reference implements anchors fixed and on_policy, not {self.anchor}")
+        self.epochs = self.cfg.get("epochs_per_batch", 1)
+        self.grad_clip = self.cfg.get("grad_clip")
+        self.schedule = self.cfg.get("schedule")
+        self.policy = policy
+        self.reference = reference
+        self.params = [p for _, p in policy.named_parameters()]
+        for p in self.params:
+            p.requires_grad_(True)
+        if reference is not None:
+            for p in reference.parameters():
+                p.requires_grad_(False)
+        opt = dict(self.cfg.get("optimizer") or {"name": "adamw"})
+        name = opt.pop("name")
+        if name == "sgd":
+            self.base_lr = opt["lr"]
+            self.opt = torch.optim.SGD(self.params, lr=opt["lr"], momentum=opt.get("momentum", 0.0),
+                                       weight_decay=opt.get("weight_decay", 0.0))
+        elif name == "adamw":
+            self.base_lr = opt.get("lr", 1e-5)
+            self.opt = torch.optim.AdamW(self.params, lr=self.base_lr, betas=tuple(opt.get("betas", (0.9, 0.999))),
+                                         eps=opt.get("eps", 1e-8), weight_decay=opt.get("weight_decay", 0.01))
+        else:
+            raise ValueError(name)
+        self.steps = 0
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.params[0].dtype
+
+    def _supplied_seq(self, values, mask: torch.Tensor) -> torch.Tensor:
+        v = torch.as_tensor(np.asarray(values, dtype=np.float64)).to(self.dtype)
+        if v.dim() == 1:
+            return v
+        return reduce(v * mask.to(self.dtype), mask, self.seq_logp)
+
+    def held(self, batch: RefBatch):
+        """Anchor side of the step (sequence anchor [n], or GRPO (old [n, t], reference [n, t]))."""
+        ids, attn, mask = batch.tensors()
+        with torch.no_grad():
+            if self.loss == "grpo":
+                if batch.old_logp is not None:
+                    old = torch.as_tensor(np.asarray(batch.old_logp, dtype=np.float64)).reshape(batch.n, batch.t)
+                    old = old.to(self.dtype)
+                else:
+                    old = token_logp(self.policy, ids, attn, mask)
+                ref = None
+                if self.reference is not None and self.obj_cfg.get("beta_kl", 0.0) > 0:
+                    ref = token_logp(self.reference, ids, attn, mask).to(self.dtype)
+                return old * mask.to(self.dtype), ref
+            if batch.anchor_logp is not None:
+                return self._supplied_seq(batch.anchor_logp, mask)
+            if self.anchor == "fixed":
+                if self.reference is None:
+                    raise ValueError("anchor fixed needs a reference model or anchor_logp")
+                return reduce(token_logp(self.reference, ids, attn, mask), mask, self.seq_logp).to(self.dtype)
+            if batch.old_logp is not None:
+                return self._supplied_seq(batch.old_logp, mask)
+            return reduce(token_logp(self.policy, ids, attn, mask), mask, self.seq_logp)
+
+    def _loss(self, batch: RefBatch, held):
+        ids, attn, mask = batch.tensors()
+        tok = token_logp(self.policy, ids, attn, mask)
+        rewards = None if batch.rewards is None else torch.as_tensor(np.asarray(batch.rewards, dtype=np.float64))
+        targets = None if batch.targets is None else torch.as_tensor(np.asarray(batch.targets, dtype=np.float64))
+        if self.loss == "grpo":
+            old, ref = held
+            loss, _ = objective_reference.grpo_loss(
+                self.obj_cfg, tok.double(), old.double(), None if ref is None else ref.double(), mask,
+                rewards, batch.group_ids)
+            return loss, tok.detach()
+        l = reduce(tok, mask, self.seq_logp)
+        loss, _, _ = objective_reference.objective_loss(self.obj_cfg, l.double(), held.double(), batch.group_ids,
+                                                        rewards=rewards, targets=targets)
+        return loss, l.detach()
+
+    def step(self, batch: RefBatch) -> dict:
+        """epochs_per_batch optimizer updates on the batch; returns loss / grad_norm / lr / anchor_drift."""
+        held = self.held(batch)
+        out = {}
+        for _ in range(self.epochs):
+            self.opt.zero_grad(set_to_none=False)
+            loss, values = self._loss(batch, held)
+            loss.backward()
+            with torch.no_grad():
+                norm = float(torch.sqrt(sum((p.grad.double() ** 2).sum() for p in self.params if p.grad is not None)))
+            if self.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
+            lr = schedule_lr(self.schedule, self.base_lr, self.steps + 1)
+            for g in self.opt.param_groups:
+                g["lr"] = lr
+            self.opt.step()
+            self.steps += 1
+            if self.loss == "grpo":
+                _, _, mask = batch.tensors()
+                drift = float(((values.double() - held[0].double()).abs() * mask).sum() / mask.sum().clamp_min(1))
+            else:
+                drift = float((values.double() - held.double()).abs().mean())
+            out = dict(loss=float(loss.detach()), grad_norm=norm, lr=lr, anchor_drift=drift, step=self.steps)
+        return out
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in self.policy.named_parameters()}
+
+
+def perturbed_copy(path, out_path, scale: float = 0.05, seed: int = 1) -> Path:
+    """Saves a TorchScript copy of `path` with every parameter moved by N(0, scale^2) noise (a
+    reference model that differs from the policy)."""
+    m = torch.jit.load(str(path))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, p in m.named_parameters():
+            p.add_(torch.randn(p.shape, generator=g, dtype=torch.float64).to(p.dtype) * scale)
+    m.save(str(out_path))
+    return Path(out_path)
+
+
+def clone_model(model):
+    return copy.deepcopy(model)
