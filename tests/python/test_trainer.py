@@ -491,7 +491,7 @@ def test_sample_layout_and_old_logp(models, tmp_path, name):
     tr2 = A.Trainer(A.Model(models[name]), None, cfg)
     m1 = tr.step(b)
     m2 = tr2.step(manual)
-    # float32-level agreement for both dtypes (see test_bug_sample_old_logp_float64_precision)
+    # float32-level agreement for both dtypes (see test_sample_old_logp_has_the_models_float64_precision)
     tol = 1e-6
     assert m2["anchor_drift"] == pytest.approx(0.0, abs=1e-15 if name == F64 else 1e-6)
     assert m1["loss"] == pytest.approx(math.log(4), rel=tol)
@@ -521,7 +521,7 @@ def test_sample_old_logp_exact_under_truncation(models):
         b = tr.sample(PROMPTS, 3, dict(sampling, max_new_tokens=4, seed=5))
         b.set_rewards(np.arange(9.0))
         m = tr.step(b)
-        # float32-level (see test_bug_sample_old_logp_float64_precision); a truncated or
+        # float32-level (see test_sample_old_logp_has_the_models_float64_precision); a truncated or
         # tempered distribution's log-probs would be off by >= 1e-2
         assert m["loss"] == pytest.approx(math.log(3), rel=1e-6), sampling
         assert m["anchor_drift"] == pytest.approx(0.0, abs=1e-6), sampling
