@@ -28,7 +28,7 @@ FIXTURE_STAMP := $(FIXTURES)/.done
 C_TESTS := $(patsubst tests/c/%.c,$(CBUILD)/tests/%,$(wildcard tests/c/*.c))
 C_EXAMPLES := $(patsubst examples/c/%.c,$(CBUILD)/examples/%,$(wildcard examples/c/*.c))
 
-.PHONY: setup fixtures build lib test test-rust test-header test-c test-python test-install test-go test-julia demo header install bench
+.PHONY: setup fixtures build lib test test-rust test-header test-c test-python test-install test-cpp test-go test-julia demo header install bench
 
 setup: $(SETUP_STAMP)
 $(SETUP_STAMP): scripts/setup
@@ -58,7 +58,7 @@ $(CBUILD)/examples/%: examples/c/%.c include/adpo.h lib
 demo: $(CBUILD)/examples/demo fixtures
 	$(CBUILD)/examples/demo $(FIXTURES)/tiny_transformer.pt
 
-test: test-rust test-header test-c test-python test-install test-go test-julia
+test: test-rust test-header test-c test-python test-install test-cpp test-go test-julia
 	@echo "make test: all suites passed"
 
 test-rust: setup fixtures
@@ -82,6 +82,10 @@ test-python: lib
 
 test-install: lib
 	ADPO_LIBTORCH_LIB="$$($(PY) -c 'import torch,os;print(os.path.join(os.path.dirname(torch.__file__),"lib"))')" tests/install/run
+
+# C++: the RAII header with GoogleTest, built with CMake against an installed copy.
+test-cpp: lib fixtures
+	ADPO_LIBTORCH_LIB="$$($(PY) -c 'import torch,os;print(os.path.join(os.path.dirname(torch.__file__),"lib"))')" tests/cpp/run
 
 test-go: lib fixtures
 	ADPO_FIXTURES=$(FIXTURES) bindings/go/run-tests

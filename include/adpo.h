@@ -477,7 +477,8 @@ adpo_status adpo_objective_eval_tokens(const struct adpo_objective *obj,
                                        struct adpo_error **err);
 
 /**
- * Metrics of the last successful evaluation (see adpo_objective_metrics).
+ * Metrics of the last successful evaluation (see adpo_objective_metrics). Before any
+ * evaluation: ADPO_STATUS_INVALID_ARGUMENT.
  */
 adpo_status adpo_objective_get_metrics(const struct adpo_objective *obj,
                                        struct adpo_objective_metrics *out,
@@ -485,7 +486,7 @@ adpo_status adpo_objective_get_metrics(const struct adpo_objective *obj,
 
 /**
  * Metrics of the last successful evaluation as a JSON object (NaN as null). Free the string
- * with adpo_string_free().
+ * with adpo_string_free(). Before any evaluation: ADPO_STATUS_INVALID_ARGUMENT.
  */
 adpo_status adpo_objective_metrics_json(const struct adpo_objective *obj,
                                         char **out_json,
@@ -496,7 +497,8 @@ adpo_status adpo_objective_metrics_json(const struct adpo_objective *obj,
  * (NULL: none; needed by anchor mode "fixed" unless batches carry anchor_logp, and by grpo
  * with beta_kl > 0). `config_json`: trainer keys (seq_logp, micro_batch_rows,
  * epochs_per_batch, seed, anchor, optimizer, grad_clip, schedule) plus every objective key;
- * see README "Trainer configuration".
+ * see README "Trainer configuration". Defaults: anchor on_policy, optimizer adamw with lr 1e-5,
+ * seq_logp mean, one pass, one epoch, no clipping, constant schedule.
  */
 adpo_status adpo_trainer_new(struct adpo_model *policy,
                              const struct adpo_model *reference,
@@ -513,7 +515,8 @@ adpo_status adpo_trainer_step(struct adpo_trainer *trainer,
                               struct adpo_error **err);
 
 /**
- * Metrics of the last step as JSON (NaN as null). Free with adpo_string_free().
+ * Metrics of the last step as JSON (NaN as null). Free with adpo_string_free(). Before any
+ * step: ADPO_STATUS_INVALID_ARGUMENT.
  */
 adpo_status adpo_trainer_metrics_json(const struct adpo_trainer *trainer,
                                       char **out_json,

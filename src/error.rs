@@ -79,9 +79,18 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
+/// libtorch's message without the C++ backtrace it appends ("Exception raised from ...").
+pub fn torch_message(e: &impl fmt::Display) -> String {
+    let text = e.to_string();
+    match text.find("Exception raised from") {
+        Some(i) => text[..i].trim_end().to_string(),
+        None => text,
+    }
+}
+
 impl From<tch::TchError> for Error {
     fn from(e: tch::TchError) -> Self {
-        Error::new(Status::Torch, format!("libtorch: {e}"))
+        Error::new(Status::Torch, format!("libtorch: {}", torch_message(&e)))
     }
 }
 
@@ -98,7 +107,10 @@ pub fn catch_torch<T>(body: impl FnOnce() -> Result<T>) -> Result<T> {
                 .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_default();
             if text.contains("Torch(") {
-                Err(Error::new(Status::Torch, format!("libtorch: {text}")))
+                Err(Error::new(
+                    Status::Torch,
+                    format!("libtorch: {}", torch_message(&text)),
+                ))
             } else {
                 std::panic::resume_unwind(payload)
             }

@@ -2,7 +2,7 @@
 //! logits [B, T, V]`, or `forward(input_ids)`. Loaded once per handle; used as the trainable
 //! policy (its own parameters, in place) or as a frozen reference (eval mode, no grad).
 
-use crate::error::{Error, Result, Status};
+use crate::error::{torch_message, Error, Result, Status};
 use std::path::{Path, PathBuf};
 use tch::{CModule, Device, Kind, Tensor};
 
@@ -63,8 +63,9 @@ impl Model {
         }
         let mut module = CModule::load_on_device(path, device).map_err(|e| {
             model_error(format!(
-                "cannot load TorchScript module {}: {e}",
-                path.display()
+                "cannot load TorchScript module {}: {}",
+                path.display(),
+                torch_message(&e)
             ))
         })?;
         module.set_eval();
@@ -94,8 +95,10 @@ impl Model {
                 self.takes_mask = false;
                 self.module.forward_ts(&[&ids]).map_err(|without| {
                     model_error(format!(
-                        "{}: neither forward(input_ids, attention_mask) nor forward(input_ids) ran: {with_mask}; {without}",
-                        self.path.display()
+                        "{}: neither forward(input_ids, attention_mask) nor forward(input_ids) ran: {}; {}",
+                        self.path.display(),
+                        torch_message(&with_mask),
+                        torch_message(&without)
                     ))
                 })
             }

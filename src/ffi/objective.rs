@@ -340,7 +340,8 @@ fn last_metrics(obj: &adpo_objective) -> Result<Metrics> {
         .ok_or_else(|| Error::invalid("no successful evaluation on this objective yet"))
 }
 
-/// Metrics of the last successful evaluation (see adpo_objective_metrics).
+/// Metrics of the last successful evaluation (see adpo_objective_metrics). Before any
+/// evaluation: ADPO_STATUS_INVALID_ARGUMENT.
 #[no_mangle]
 pub extern "C" fn adpo_objective_get_metrics(
     obj: *const adpo_objective,
@@ -396,7 +397,7 @@ pub(crate) fn write_versioned<T: Copy>(out: *mut T, full: &T) -> Result<()> {
 }
 
 /// Metrics of the last successful evaluation as a JSON object (NaN as null). Free the string
-/// with adpo_string_free().
+/// with adpo_string_free(). Before any evaluation: ADPO_STATUS_INVALID_ARGUMENT.
 #[no_mangle]
 pub extern "C" fn adpo_objective_metrics_json(
     obj: *const adpo_objective,

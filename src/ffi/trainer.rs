@@ -94,7 +94,8 @@ impl From<StepMetrics> for adpo_trainer_metrics {
 /// (NULL: none; needed by anchor mode "fixed" unless batches carry anchor_logp, and by grpo
 /// with beta_kl > 0). `config_json`: trainer keys (seq_logp, micro_batch_rows,
 /// epochs_per_batch, seed, anchor, optimizer, grad_clip, schedule) plus every objective key;
-/// see README "Trainer configuration".
+/// see README "Trainer configuration". Defaults: anchor on_policy, optimizer adamw with lr 1e-5,
+/// seq_logp mean, one pass, one epoch, no clipping, constant schedule.
 #[no_mangle]
 pub extern "C" fn adpo_trainer_new(
     policy: *mut adpo_model,
@@ -151,7 +152,8 @@ pub extern "C" fn adpo_trainer_step(
     })
 }
 
-/// Metrics of the last step as JSON (NaN as null). Free with adpo_string_free().
+/// Metrics of the last step as JSON (NaN as null). Free with adpo_string_free(). Before any
+/// step: ADPO_STATUS_INVALID_ARGUMENT.
 #[no_mangle]
 pub extern "C" fn adpo_trainer_metrics_json(
     trainer: *const adpo_trainer,

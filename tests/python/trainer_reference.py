@@ -2,7 +2,7 @@
 
 Written from the trainer's contract (include/adpo.h, spec/ADPO-MATH.md), not from the Rust code:
 
-* token log-prob at position t (loss_mask 1, never t = 0) = logit[t-1][id[t]] - logsumexp(logit[t-1]);
+* token log-prob at position t (loss_mask 1, never t = 0) = log_softmax(logit[t-1])[id[t]];
 * sequence score l = sum over the loss mask ("sum") or that sum / max(1, count) ("mean");
 * anchor: "fixed" = the reference model's l (or the batch's anchor_logp), "on_policy" = the
   batch's old_logp (reduced the same way when given per token), else the detached policy l at
@@ -117,8 +117,7 @@ def token_logp(model, ids: torch.Tensor, attention_mask: torch.Tensor, loss_mask
     """[n, t] token log-probs in the logits' dtype; 0 at position 0 and where loss_mask is 0."""
     logits = logits_of(model, ids, attention_mask)
     pred = logits[:, :-1]
-    picked = pred.gather(2, ids[:, 1:].unsqueeze(2)).squeeze(2)
-    scored = picked - torch.logsumexp(pred, dim=2)
+    scored = torch.log_softmax(pred, dim=2).gather(2, ids[:, 1:].unsqueeze(2)).squeeze(2)
     tok = torch.cat([torch.zeros(ids.shape[0], 1, dtype=logits.dtype), scored], dim=1)
     return tok * loss_mask.to(logits.dtype)
 

@@ -1,0 +1,839 @@
+/*
+ * adpo: Anchored Direct Preference Optimization on libtorch, C++17 wrapper.
+ *
+ * Header-only RAII layer over the C ABI of adpo.h (link libadpo exactly as for C: pkg-config
+ * adpo, or CMake find_package(adpo CONFIG REQUIRED) + adpo::adpo). Nothing here adds state or
+ * behaviour to the library; every method is one C call plus argument checks and conversions.
+ *
+ *   #include <adpo.hpp>
+ *
+ *   adpo::Objective obj(R"({"tau": 0.8})");
+ *   adpo::EvalResult r = obj.eval(logp, anchor_logp, rewards, group_ids);  // r.loss, r.grad
+ *
+ *   adpo::Model policy("model.pt");                  // TorchScript causal LM
+ *   adpo::Trainer trainer(policy, R"({"optimizer": {"name": "adamw", "lr": 0.003}})");
+ *   adpo::Batch batch = trainer.sample({{1, 5}, {1, 7}}, 8, R"({"max_new_tokens": 4})");
+ *   batch.set_rewards(my_rewards(batch));
+ *   adpo_trainer_metrics m = trainer.step(batch);
+ *
+ * Conventions
+ * - Errors: every failing call throws adpo::Error (a std::runtime_error) carrying the C status
+ *   code (status()) and the library's message (message()). The wrapper checks buffer lengths
+ *   itself before calling into C (the C API cannot see them) and throws
+ *   ADPO_STATUS_SHAPE_MISMATCH when they disagree.
+ * - Handles: Objective, Model, Batch and Trainer are move-only owners of one C handle. A
+ *   default-constructed or moved-from object is empty (get() == nullptr, operator bool false);
+ *   calling a method on it throws adpo::Error with ADPO_STATUS_NULL_ARGUMENT (the C library
+ *   reports it). get() gives the raw handle for direct C calls; release() gives up ownership,
+ *   and the explicit constructor from a raw pointer adopts one.
+ * - Buffers: inputs are adpo::View<const T> (pointer + size, no copy), which converts
+ *   implicitly from std::vector, std::array, C arrays and braced lists ({1.0, 2.0}; valid for the
+ *   call only). Outputs come back as std::vector, or, for zero-copy, are written into a caller's
+ *   adpo::View<T> by the *_into methods (an empty output view means "skip this output").
+ * - Configuration is JSON text in a std::string ("" = all defaults).
+ * - ABI: the first handle created checks adpo_abi_version() against ADPO_ABI_VERSION of the
+ *   header compiled in, and throws adpo::Error (ADPO_STATUS_UNSUPPORTED) on a mismatch.
+ * - Thread safety is that of the C API: handles may be used from any thread; calls on one
+ *   handle are serialised inside the library. Moving or destroying a wrapper object while another
+ *   thread uses it is a data race, as for any C++ object.
+ */
+
+#ifndef ADPO_HPP
+#define ADPO_HPP
+
+#include "adpo.h"
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <initializer_list>
+#include <limits>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+namespace adpo {
+
+// ----------------------------------------------------------------------------------------------
+// Errors
+// ----------------------------------------------------------------------------------------------
+
+/// The name of a status code ("ADPO_STATUS_NON_FINITE"), or "ADPO_STATUS_UNKNOWN".
+inline const char *status_name(adpo_status status) noexcept {
+    switch (status) {
+    case ADPO_STATUS_OK: return "ADPO_STATUS_OK";
+    case ADPO_STATUS_NULL_ARGUMENT: return "ADPO_STATUS_NULL_ARGUMENT";
+    case ADPO_STATUS_INVALID_ARGUMENT: return "ADPO_STATUS_INVALID_ARGUMENT";
+    case ADPO_STATUS_INVALID_CONFIG: return "ADPO_STATUS_INVALID_CONFIG";
+    case ADPO_STATUS_SHAPE_MISMATCH: return "ADPO_STATUS_SHAPE_MISMATCH";
+    case ADPO_STATUS_NON_FINITE: return "ADPO_STATUS_NON_FINITE";
+    case ADPO_STATUS_UNSUPPORTED: return "ADPO_STATUS_UNSUPPORTED";
+    case ADPO_STATUS_TORCH: return "ADPO_STATUS_TORCH";
+    case ADPO_STATUS_IO: return "ADPO_STATUS_IO";
+    case ADPO_STATUS_CHECKPOINT: return "ADPO_STATUS_CHECKPOINT";
+    case ADPO_STATUS_MODEL: return "ADPO_STATUS_MODEL";
+    case ADPO_STATUS_POISONED: return "ADPO_STATUS_POISONED";
+    case ADPO_STATUS_PANIC: return "ADPO_STATUS_PANIC";
+    default: return "ADPO_STATUS_UNKNOWN";
+    }
+}
+
+/// An error reported by adpo (or by this wrapper's own argument checks).
+///
+/// what() is "<message> [ADPO_STATUS_NAME]"; message() is the library's message alone. Copying
+/// never throws (the message is shared).
+class Error : public std::runtime_error {
+public:
+    Error(adpo_status status, const std::string &message)
+        : std::runtime_error(message + " [" + status_name(status) + "]"),
+          status_(status),
+          message_(std::make_shared<const std::string>(message)) {}
+
+    /// The C status code (never ADPO_STATUS_OK).
+    adpo_status status() const noexcept { return status_; }
+
+    /// The message, without the status suffix of what().
+    const std::string &message() const noexcept { return *message_; }
+
+private:
+    adpo_status status_;
+    std::shared_ptr<const std::string> message_;
+};
+
+/// Turns the outcome of a C call into an exception: does nothing for ADPO_STATUS_OK, otherwise
+/// throws adpo::Error with `status` and the message of `err`. Always frees `err` and sets it to
+/// nullptr.
+///
+/// `err` is taken by reference on purpose: in `adpo::check(adpo_x(..., &err), err)` the two
+/// arguments are evaluated in an unspecified order, so a by-value `err` may be read (as nullptr)
+/// before the call has filled it in. Through a reference it is read inside check(), after the
+/// call.
+inline void check(adpo_status status, adpo_error *&err) {
+    std::unique_ptr<adpo_error, void (*)(adpo_error *)> owned(err, [](adpo_error *e) { adpo_error_free(e); });
+    err = nullptr;
+    if (status == ADPO_STATUS_OK) return;
+    std::string message;
+    if (owned) {
+        const char *m = adpo_error_message(owned.get());
+        if (m) message = m;
+    }
+    if (message.empty()) message = std::string("adpo call failed with ") + status_name(status);
+    throw Error(status, message);
+}
+
+/// check() for a call made with a NULL error pointer (the message is then generic).
+inline void check(adpo_status status) {
+    adpo_error *none = nullptr;
+    check(status, none);
+}
+
+namespace detail {
+
+/// Runs `f(adpo_error **)` (one C call) and throws adpo::Error if it fails.
+template <class F>
+inline void call(F &&f) {
+    adpo_error *err = nullptr;
+    const adpo_status status = std::forward<F>(f)(&err);
+    check(status, err);
+}
+
+[[noreturn]] inline void fail(adpo_status status, const std::string &message) { throw Error(status, message); }
+
+inline void expect_len(const char *what, std::size_t got, std::size_t want) {
+    if (got != want)
+        fail(ADPO_STATUS_SHAPE_MISMATCH,
+             std::string(what) + " has " + std::to_string(got) + " entries, expected " + std::to_string(want));
+}
+
+/// n * t, or an ADPO_STATUS_INVALID_ARGUMENT error if it overflows.
+inline std::size_t cells(std::size_t n, std::size_t t) {
+    if (t != 0 && n > std::numeric_limits<std::size_t>::max() / t)
+        fail(ADPO_STATUS_INVALID_ARGUMENT, "n * t overflows");
+    return n * t;
+}
+
+/// A NUL-terminated copy-free view of `s`; an embedded NUL is an error (C would truncate there).
+inline const char *c_str(const std::string &s, const char *what) {
+    if (s.find('\0') != std::string::npos)
+        fail(ADPO_STATUS_INVALID_ARGUMENT, std::string(what) + " contains a NUL character");
+    return s.c_str();
+}
+
+struct StringDeleter {
+    void operator()(char *s) const noexcept { adpo_string_free(s); }
+};
+
+/// Calls `f(char **out, adpo_error **)` and returns the adpo-owned string it produced.
+template <class F>
+inline std::string owned_string(F &&f) {
+    char *raw = nullptr;
+    call([&](adpo_error **err) { return std::forward<F>(f)(&raw, err); });
+    std::unique_ptr<char, StringDeleter> guard(raw);
+    return raw ? std::string(raw) : std::string();
+}
+
+} // namespace detail
+
+// ----------------------------------------------------------------------------------------------
+// Version and ABI
+// ----------------------------------------------------------------------------------------------
+
+/// "adpo X.Y.Z (tch A.B.C, libtorch V)" of the loaded library.
+inline std::string version() {
+    const char *v = adpo_version();
+    return v ? std::string(v) : std::string();
+}
+
+/// The ABI version of the loaded library (compare with ADPO_ABI_VERSION).
+inline std::uint32_t abi_version() noexcept { return adpo_abi_version(); }
+
+/// Number of CUDA devices libtorch can use (0 without CUDA).
+inline std::int32_t cuda_device_count() noexcept { return adpo_cuda_device_count(); }
+
+/// Throws adpo::Error (ADPO_STATUS_UNSUPPORTED) unless `library_abi` equals `header_abi`.
+inline void check_abi_version(std::uint32_t library_abi, std::uint32_t header_abi) {
+    if (library_abi != header_abi)
+        detail::fail(ADPO_STATUS_UNSUPPORTED,
+                     "adpo ABI mismatch: the loaded libadpo has ABI version " + std::to_string(library_abi) +
+                         ", but this program was compiled against adpo.h/adpo.hpp for ABI version " +
+                         std::to_string(header_abi) + "; rebuild it against the headers of the installed library");
+}
+
+/// Checks, once per process, that the loaded library implements the ABI of this header
+/// (ADPO_ABI_VERSION); throws adpo::Error (ADPO_STATUS_UNSUPPORTED) if not. Every constructor
+/// that creates a handle calls it, so explicit calls are only needed before raw C calls.
+/// (inline, not static: one cached answer per process, and no ODR trouble for the inline
+/// member functions that call it.)
+inline void check_abi() {
+    static const std::uint32_t library_abi = adpo_abi_version();
+    check_abi_version(library_abi, ADPO_ABI_VERSION);
+}
+
+// ----------------------------------------------------------------------------------------------
+// View: pointer + size
+// ----------------------------------------------------------------------------------------------
+
+/// A non-owning view of `size()` contiguous elements (a minimal std::span for C++17).
+///
+/// View<const T> is what the wrapper takes for inputs: it converts implicitly from
+/// std::vector<T>, std::array<T, N>, T[N], View<T> and, for a temporary list, from a braced
+/// list; the viewed memory must outlive the call (a View made from a braced list is valid only
+/// until the end of the full expression: pass it directly, do not store it). View<T> (non-const)
+/// is an output buffer written in place.
+template <class T>
+class View {
+    template <class U>
+    using compatible = std::enable_if_t<std::is_convertible<U (*)[], T (*)[]>::value, int>;
+
+public:
+    using element_type = T;
+    using value_type = std::remove_cv_t<T>;
+    using size_type = std::size_t;
+    using pointer = T *;
+    using reference = T &;
+    using iterator = T *;
+
+    /// An empty view (data() == nullptr, size() == 0).
+    constexpr View() noexcept = default;
+    /// `size` elements at `data`.
+    constexpr View(T *data, std::size_t size) noexcept : data_(data), size_(size) {}
+    template <std::size_t N>
+    constexpr View(T (&array)[N]) noexcept : data_(array), size_(N) {}
+    template <class U, std::size_t N, compatible<U> = 0>
+    constexpr View(std::array<U, N> &array) noexcept : data_(array.data()), size_(N) {}
+    template <class U, std::size_t N, compatible<const U> = 0>
+    constexpr View(const std::array<U, N> &array) noexcept : data_(array.data()), size_(N) {}
+    template <class U, class A, compatible<U> = 0>
+    View(std::vector<U, A> &vector) noexcept : data_(vector.data()), size_(vector.size()) {}
+    template <class U, class A, compatible<const U> = 0>
+    View(const std::vector<U, A> &vector) noexcept : data_(vector.data()), size_(vector.size()) {}
+    template <class U, compatible<U> = 0>
+    constexpr View(const View<U> &other) noexcept : data_(other.data()), size_(other.size()) {}
+    /// A braced list (only for View<const T>): valid until the end of the full expression, which
+    /// is all a call argument needs. (Without this constructor `{0, 0}` would pick
+    /// View(T *, size_t) and silently become an empty view.)
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Winit-list-lifetime"
+#endif
+    template <class U = T, std::enable_if_t<std::is_const<U>::value, int> = 0>
+    constexpr View(std::initializer_list<value_type> list) noexcept : data_(list.begin()), size_(list.size()) {}
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
+
+    constexpr T *data() const noexcept { return data_; }
+    constexpr std::size_t size() const noexcept { return size_; }
+    constexpr bool empty() const noexcept { return size_ == 0; }
+    constexpr T *begin() const noexcept { return data_; }
+    constexpr T *end() const noexcept { return data_ + size_; }
+    constexpr T &operator[](std::size_t i) const noexcept { return data_[i]; }
+    /// The viewed elements as a new std::vector.
+    std::vector<value_type> to_vector() const { return std::vector<value_type>(begin(), end()); }
+
+private:
+    T *data_ = nullptr;
+    std::size_t size_ = 0;
+};
+
+namespace detail {
+
+/// A required input: never NULL, so that an empty buffer reaches the library's own length checks
+/// ("n must be > 0", ...) instead of a NULL-pointer error.
+template <class T>
+inline const T *required(View<const T> v) noexcept {
+    static const T dummy{};
+    return v.empty() ? &dummy : v.data();
+}
+
+/// An optional input or output: NULL when empty.
+template <class T>
+inline T *optional(View<T> v) noexcept {
+    return v.empty() ? nullptr : v.data();
+}
+
+/// An optional output of `want` elements: NULL when empty, else its length must be `want`.
+template <class T>
+inline T *output(const char *what, View<T> v, std::size_t want) {
+    if (v.empty()) return nullptr;
+    expect_len(what, v.size(), want);
+    return v.data();
+}
+
+/// A move-only owner of one C handle; `Traits::free(T *)` releases it (NULL is a no-op).
+template <class T, class Traits>
+class Handle {
+public:
+    using handle_type = T;
+
+    Handle() noexcept = default;
+    explicit Handle(T *raw) noexcept : raw_(raw) {}
+    Handle(const Handle &) = delete;
+    Handle &operator=(const Handle &) = delete;
+    Handle(Handle &&other) noexcept : raw_(other.release()) {}
+    Handle &operator=(Handle &&other) noexcept {
+        if (this != &other) reset(other.release());
+        return *this;
+    }
+    ~Handle() { Traits::free(raw_); }
+
+    /// The raw C handle (still owned by this object); nullptr when empty.
+    T *get() const noexcept { return raw_; }
+    /// Gives up ownership: returns the raw handle (the caller frees it) and leaves this empty.
+    T *release() noexcept {
+        T *raw = raw_;
+        raw_ = nullptr;
+        return raw;
+    }
+    /// Frees the current handle and takes ownership of `raw` (nullptr: becomes empty).
+    void reset(T *raw = nullptr) noexcept {
+        T *old = raw_;
+        raw_ = raw;
+        if (old != raw) Traits::free(old);
+    }
+    /// True when a handle is held.
+    explicit operator bool() const noexcept { return raw_ != nullptr; }
+
+private:
+    T *raw_ = nullptr;
+};
+
+struct ObjectiveTraits {
+    static void free(adpo_objective *p) noexcept { adpo_objective_free(p); }
+};
+struct ModelTraits {
+    static void free(adpo_model *p) noexcept { adpo_model_free(p); }
+};
+struct BatchTraits {
+    static void free(adpo_batch *p) noexcept { adpo_batch_free(p); }
+};
+struct TrainerTraits {
+    static void free(adpo_trainer *p) noexcept { adpo_trainer_free(p); }
+};
+
+} // namespace detail
+
+// ----------------------------------------------------------------------------------------------
+// DLPack
+// ----------------------------------------------------------------------------------------------
+
+/// Releases a DLPack tensor by calling its own deleter (NULL and a NULL deleter are no-ops).
+struct DLPackDeleter {
+    void operator()(DLManagedTensorVersioned *t) const noexcept {
+        if (t && t->deleter) t->deleter(t);
+    }
+};
+
+/// An owned DLPack tensor.
+using DLPackTensor = std::unique_ptr<DLManagedTensorVersioned, DLPackDeleter>;
+
+/// Result of Objective::eval_dlpack.
+struct DLPackEvalResult {
+    double loss = 0.0;
+    /// d loss / d logp on logp's device, in logp's dtype (owned; released by its deleter).
+    DLPackTensor grad;
+};
+
+// ----------------------------------------------------------------------------------------------
+// Objective
+// ----------------------------------------------------------------------------------------------
+
+/// Result of Objective::eval and its variants (n = number of candidates).
+struct EvalResult {
+    /// Mean over groups of size >= 2 of the per-group loss.
+    double loss = 0.0;
+    /// d loss / d logp (n values).
+    std::vector<double> grad;
+    /// Anchored scores s (n values).
+    std::vector<double> scores;
+};
+
+/// Result of Objective::eval_tokens (GRPO baseline at token level).
+struct TokenEvalResult {
+    double loss = 0.0;
+    /// d loss / d logp, row-major n x t.
+    std::vector<double> grad;
+    /// Per-candidate advantages (n values).
+    std::vector<double> advantages;
+};
+
+/// A configured ADPO objective (adpo_objective): the model-free loss and its closed-form
+/// gradient on host buffers or DLPack tensors.
+class Objective : public detail::Handle<adpo_objective, detail::ObjectiveTraits> {
+public:
+    /// An objective with every default (listwise, tau 0.8, ...).
+    Objective() : Objective(std::string()) {}
+
+    /// An objective configured by JSON (README "Objective configuration"; "" = defaults).
+    /// Throws ADPO_STATUS_INVALID_CONFIG for malformed JSON, unknown keys or bad values.
+    explicit Objective(const std::string &config_json) {
+        check_abi();
+        adpo_objective *raw = nullptr;
+        const char *json = detail::c_str(config_json, "config_json");
+        detail::call([&](adpo_error **err) { return adpo_objective_new(json, &raw, err); });
+        reset(raw);
+    }
+
+    /// Takes ownership of a handle from adpo_objective_new (nullptr: empty).
+    explicit Objective(adpo_objective *raw) noexcept : Handle(raw) {}
+
+    Objective(Objective &&) noexcept = default;
+    Objective &operator=(Objective &&) noexcept = default;
+
+    /// Evaluates on n candidates with rewards: logp, anchor_logp, rewards and group_ids all of
+    /// length n (candidates sharing a group id form a group; groups of one count for nothing).
+    EvalResult eval(View<const double> logp, View<const double> anchor_logp, View<const double> rewards,
+                    View<const std::int64_t> group_ids) const {
+        return eval_impl(logp, anchor_logp, rewards, {}, group_ids, {}, false, false);
+    }
+
+    /// As eval(), with an explicit target distribution (n values >= 0, summing to 1 per group).
+    EvalResult eval_targets(View<const double> logp, View<const double> anchor_logp, View<const double> targets,
+                            View<const std::int64_t> group_ids) const {
+        return eval_impl(logp, anchor_logp, {}, targets, group_ids, {}, true, false);
+    }
+
+    /// As eval(), plus each candidate's normalised mean policy token entropy (n values), needed
+    /// by adaptive_tau rule "smooth_hybrid".
+    EvalResult eval_entropy(View<const double> logp, View<const double> anchor_logp, View<const double> rewards,
+                            View<const std::int64_t> group_ids, View<const double> policy_entropy) const {
+        return eval_impl(logp, anchor_logp, rewards, {}, group_ids, policy_entropy, false, true);
+    }
+
+    /// Zero-copy eval(): returns the loss and writes d loss/d logp into `out_grad` and the scores
+    /// into `out_scores` (each either empty, to skip it, or of length n).
+    double eval_into(View<const double> logp, View<const double> anchor_logp, View<const double> rewards,
+                     View<const std::int64_t> group_ids, View<double> out_grad = {},
+                     View<double> out_scores = {}) const {
+        return eval_raw(logp, anchor_logp, rewards, {}, group_ids, {}, false, false, out_grad, out_scores);
+    }
+
+    /// Zero-copy eval_targets() (see eval_into()).
+    double eval_targets_into(View<const double> logp, View<const double> anchor_logp, View<const double> targets,
+                             View<const std::int64_t> group_ids, View<double> out_grad = {},
+                             View<double> out_scores = {}) const {
+        return eval_raw(logp, anchor_logp, {}, targets, group_ids, {}, true, false, out_grad, out_scores);
+    }
+
+    /// GRPO baseline at token level (config "loss": "grpo"). Row-major n x t buffers `logp`,
+    /// `old_logp`, `ref_logp` (empty: none; allowed when beta_kl = 0) and `mask` (1 = token
+    /// counts); `rewards` and `group_ids` have n entries.
+    TokenEvalResult eval_tokens(std::size_t n, std::size_t t, View<const double> logp, View<const double> old_logp,
+                                View<const double> ref_logp, View<const double> mask, View<const double> rewards,
+                                View<const std::int64_t> group_ids) const {
+        TokenEvalResult r;
+        r.grad.resize(detail::cells(n, t));
+        r.advantages.resize(n);
+        r.loss = eval_tokens_into(n, t, logp, old_logp, ref_logp, mask, rewards, group_ids, r.grad, r.advantages);
+        return r;
+    }
+
+    /// Zero-copy eval_tokens(): `out_grad` empty or n * t, `out_advantages` empty or n.
+    double eval_tokens_into(std::size_t n, std::size_t t, View<const double> logp, View<const double> old_logp,
+                            View<const double> ref_logp, View<const double> mask, View<const double> rewards,
+                            View<const std::int64_t> group_ids, View<double> out_grad = {},
+                            View<double> out_advantages = {}) const {
+        const std::size_t nt = detail::cells(n, t);
+        detail::expect_len("logp", logp.size(), nt);
+        detail::expect_len("old_logp", old_logp.size(), nt);
+        if (!ref_logp.empty()) detail::expect_len("ref_logp", ref_logp.size(), nt);
+        detail::expect_len("mask", mask.size(), nt);
+        detail::expect_len("rewards", rewards.size(), n);
+        detail::expect_len("group_ids", group_ids.size(), n);
+        double *grad = detail::output("out_grad", out_grad, nt);
+        double *adv = detail::output("out_advantages", out_advantages, n);
+        double loss = 0.0;
+        detail::call([&](adpo_error **err) {
+            return adpo_objective_eval_tokens(get(), n, t, detail::required(logp), detail::required(old_logp),
+                                              detail::optional(ref_logp), detail::required(mask),
+                                              detail::required(rewards), detail::required(group_ids), &loss, grad,
+                                              adv, err);
+        });
+        return loss;
+    }
+
+    /// adpo_objective_eval_dlpack: exactly one of `rewards` and `targets` is non-null. Every
+    /// input is handed over to adpo (which calls its deleter before returning, whatever the
+    /// outcome); the gradient comes back as a new owned tensor.
+    DLPackEvalResult eval_dlpack(DLPackTensor logp, DLPackTensor anchor_logp, DLPackTensor rewards,
+                                 DLPackTensor targets, DLPackTensor group_ids) const {
+        DLPackEvalResult r;
+        DLManagedTensorVersioned *grad = nullptr;
+        adpo_error *err = nullptr;
+        const adpo_status status =
+            adpo_objective_eval_dlpack(get(), logp.release(), anchor_logp.release(), rewards.release(),
+                                       targets.release(), group_ids.release(), &r.loss, &grad, &err);
+        r.grad.reset(grad);
+        check(status, err);
+        return r;
+    }
+
+    /// Metrics of the last successful evaluation (NaN where they do not apply).
+    adpo_objective_metrics metrics() const {
+        adpo_objective_metrics m{};
+        m.struct_size = static_cast<std::uint32_t>(sizeof m);
+        detail::call([&](adpo_error **err) { return adpo_objective_get_metrics(get(), &m, err); });
+        return m;
+    }
+
+    /// Metrics of the last successful evaluation as a JSON object (NaN as null).
+    std::string metrics_json() const {
+        return detail::owned_string(
+            [&](char **out, adpo_error **err) { return adpo_objective_metrics_json(get(), out, err); });
+    }
+
+private:
+    EvalResult eval_impl(View<const double> logp, View<const double> anchor_logp, View<const double> rewards,
+                         View<const double> targets, View<const std::int64_t> group_ids,
+                         View<const double> entropy, bool use_targets, bool use_entropy) const {
+        EvalResult r;
+        r.grad.resize(logp.size());
+        r.scores.resize(logp.size());
+        r.loss = eval_raw(logp, anchor_logp, rewards, targets, group_ids, entropy, use_targets, use_entropy,
+                          r.grad, r.scores);
+        return r;
+    }
+
+    double eval_raw(View<const double> logp, View<const double> anchor_logp, View<const double> rewards,
+                    View<const double> targets, View<const std::int64_t> group_ids, View<const double> entropy,
+                    bool use_targets, bool use_entropy, View<double> out_grad, View<double> out_scores) const {
+        const std::size_t n = logp.size();
+        detail::expect_len("anchor_logp", anchor_logp.size(), n);
+        detail::expect_len(use_targets ? "targets" : "rewards", use_targets ? targets.size() : rewards.size(), n);
+        detail::expect_len("group_ids", group_ids.size(), n);
+        if (use_entropy) detail::expect_len("policy_entropy", entropy.size(), n);
+        double *grad = detail::output("out_grad", out_grad, n);
+        double *scores = detail::output("out_scores", out_scores, n);
+        const double *rw = use_targets ? nullptr : detail::required(rewards);
+        const double *tg = use_targets ? detail::required(targets) : nullptr;
+        double loss = 0.0;
+        detail::call([&](adpo_error **err) {
+            return adpo_objective_eval_entropy(get(), n, detail::required(logp), detail::required(anchor_logp), rw,
+                                               tg, detail::required(group_ids),
+                                               use_entropy ? detail::required(entropy) : nullptr, &loss, grad,
+                                               scores, err);
+        });
+        return loss;
+    }
+};
+
+// ----------------------------------------------------------------------------------------------
+// Model
+// ----------------------------------------------------------------------------------------------
+
+/// A TorchScript causal LM (adpo_model): forward(input_ids [B, T]) or
+/// forward(input_ids, attention_mask) -> logits [B, T, V].
+class Model : public detail::Handle<adpo_model, detail::ModelTraits> {
+public:
+    /// An empty model.
+    Model() noexcept = default;
+
+    /// Loads `path` (torch.jit.script(model).save(path)) onto `device` ("cpu", "cuda",
+    /// "cuda:N"). A missing file or a model off the contract throws ADPO_STATUS_MODEL.
+    explicit Model(const std::string &path, const std::string &device = "cpu") {
+        check_abi();
+        adpo_model *raw = nullptr;
+        const char *p = detail::c_str(path, "path");
+        const char *d = detail::c_str(device, "device");
+        detail::call([&](adpo_error **err) { return adpo_model_load(p, d, &raw, err); });
+        reset(raw);
+    }
+
+    /// Takes ownership of a handle from adpo_model_load (nullptr: empty).
+    explicit Model(adpo_model *raw) noexcept : Handle(raw) {}
+
+    Model(Model &&) noexcept = default;
+    Model &operator=(Model &&) noexcept = default;
+
+    /// Same as the loading constructor.
+    static Model load(const std::string &path, const std::string &device = "cpu") { return Model(path, device); }
+
+    /// Vocabulary size V of the model's logits.
+    std::int64_t vocab_size() const {
+        std::int64_t v = 0;
+        detail::call([&](adpo_error **err) { return adpo_model_vocab_size(get(), &v, err); });
+        return v;
+    }
+};
+
+// ----------------------------------------------------------------------------------------------
+// Batch
+// ----------------------------------------------------------------------------------------------
+
+/// A validated training batch of n candidates x t token positions (adpo_batch).
+class Batch : public detail::Handle<adpo_batch, detail::BatchTraits> {
+public:
+    /// n (candidates, rows) and t (positions, columns).
+    struct Shape {
+        std::size_t n = 0;
+        std::size_t t = 0;
+    };
+
+    /// An empty batch.
+    Batch() noexcept = default;
+
+    /// A batch from row-major n x t arrays (adpo_batch_new): `ids` (token ids >= 0),
+    /// `attention_mask` (empty = all ones), `loss_mask` (1 where the token counts; column 0
+    /// must be 0), and n `group_ids` (candidates of one prompt share an id). Set rewards or
+    /// targets before Trainer::step.
+    Batch(std::size_t n, std::size_t t, View<const std::int64_t> ids, View<const std::uint8_t> attention_mask,
+          View<const std::uint8_t> loss_mask, View<const std::int64_t> group_ids) {
+        check_abi();
+        const std::size_t nt = detail::cells(n, t);
+        detail::expect_len("ids", ids.size(), nt);
+        if (!attention_mask.empty()) detail::expect_len("attention_mask", attention_mask.size(), nt);
+        detail::expect_len("loss_mask", loss_mask.size(), nt);
+        detail::expect_len("group_ids", group_ids.size(), n);
+        adpo_batch *raw = nullptr;
+        detail::call([&](adpo_error **err) {
+            return adpo_batch_new(n, t, detail::required(ids), detail::optional(attention_mask),
+                                  detail::required(loss_mask), detail::required(group_ids), &raw, err);
+        });
+        reset(raw);
+    }
+
+    /// Takes ownership of a handle from adpo_batch_new or adpo_trainer_sample (nullptr: empty).
+    explicit Batch(adpo_batch *raw) noexcept : Handle(raw) {}
+
+    Batch(Batch &&) noexcept = default;
+    Batch &operator=(Batch &&) noexcept = default;
+
+    /// n and t.
+    Shape shape() const {
+        Shape s;
+        detail::call([&](adpo_error **err) { return adpo_batch_shape(get(), &s.n, &s.t, err); });
+        return s;
+    }
+    /// Number of candidates (rows).
+    std::size_t n() const { return shape().n; }
+    /// Number of token positions (columns).
+    std::size_t t() const { return shape().t; }
+
+    /// The n * t token ids, row-major.
+    std::vector<std::int64_t> ids() const {
+        std::vector<std::int64_t> out(cells());
+        ids_into(out);
+        return out;
+    }
+    /// The n * t loss mask (1 = generated/scored token), row-major.
+    std::vector<std::uint8_t> loss_mask() const {
+        std::vector<std::uint8_t> out(cells());
+        loss_mask_into(out);
+        return out;
+    }
+    /// The n group ids.
+    std::vector<std::int64_t> group_ids() const {
+        std::vector<std::int64_t> out(n());
+        group_ids_into(out);
+        return out;
+    }
+
+    /// Copies the ids into `out` (length n * t).
+    void ids_into(View<std::int64_t> out) const {
+        detail::call([&](adpo_error **err) { return adpo_batch_get_ids(get(), out.data(), out.size(), err); });
+    }
+    /// Copies the loss mask into `out` (length n * t).
+    void loss_mask_into(View<std::uint8_t> out) const {
+        detail::call([&](adpo_error **err) { return adpo_batch_get_loss_mask(get(), out.data(), out.size(), err); });
+    }
+    /// Copies the group ids into `out` (length n).
+    void group_ids_into(View<std::int64_t> out) const {
+        detail::call([&](adpo_error **err) { return adpo_batch_get_group_ids(get(), out.data(), out.size(), err); });
+    }
+
+    /// Rewards of the n candidates (finite); replaces targets.
+    void set_rewards(View<const double> rewards) {
+        detail::call([&](adpo_error **err) {
+            return adpo_batch_set_rewards(get(), detail::required(rewards), rewards.size(), err);
+        });
+    }
+    /// Explicit targets: n values >= 0 summing to 1 per group; replaces rewards.
+    void set_targets(View<const double> targets) {
+        detail::call([&](adpo_error **err) {
+            return adpo_batch_set_targets(get(), detail::required(targets), targets.size(), err);
+        });
+    }
+    /// Sampling-time log-probs: n (per sequence) or n * t (per token) values.
+    void set_old_logp(View<const double> old_logp) {
+        detail::call([&](adpo_error **err) {
+            return adpo_batch_set_old_logp(get(), detail::required(old_logp), old_logp.size(), err);
+        });
+    }
+    /// Precomputed anchor log-probs: n or n * t values (no reference forward then runs).
+    void set_anchor_logp(View<const double> anchor_logp) {
+        detail::call([&](adpo_error **err) {
+            return adpo_batch_set_anchor_logp(get(), detail::required(anchor_logp), anchor_logp.size(), err);
+        });
+    }
+
+private:
+    std::size_t cells() const {
+        const Shape s = shape();
+        return detail::cells(s.n, s.t);
+    }
+};
+
+// ----------------------------------------------------------------------------------------------
+// Trainer
+// ----------------------------------------------------------------------------------------------
+
+/// Applies ADPO steps to a policy model (adpo_trainer). The trainer keeps its own references to
+/// its models: the Model objects may be destroyed after construction.
+class Trainer : public detail::Handle<adpo_trainer, detail::TrainerTraits> {
+public:
+    /// An empty trainer.
+    Trainer() noexcept = default;
+
+    /// A trainer for `policy` (trained in place) without a reference model. `config_json`:
+    /// trainer keys (seq_logp, micro_batch_rows, epochs_per_batch, seed, anchor, optimizer,
+    /// grad_clip, schedule) plus every objective key; "" = defaults.
+    explicit Trainer(Model &policy, const std::string &config_json = std::string()) {
+        create(policy.get(), nullptr, config_json);
+    }
+
+    /// A trainer for `policy` with a frozen `reference` model (anchor mode "fixed", grpo with
+    /// beta_kl > 0).
+    Trainer(Model &policy, const Model &reference, const std::string &config_json = std::string()) {
+        create(policy.get(), reference.get(), config_json);
+    }
+
+    /// Takes ownership of a handle from adpo_trainer_new (nullptr: empty).
+    explicit Trainer(adpo_trainer *raw) noexcept : Handle(raw) {}
+
+    Trainer(Trainer &&) noexcept = default;
+    Trainer &operator=(Trainer &&) noexcept = default;
+
+    /// One ADPO step on `batch` (epochs_per_batch optimizer updates); returns its metrics.
+    adpo_trainer_metrics step(const Batch &batch) {
+        adpo_trainer_metrics m{};
+        m.struct_size = static_cast<std::uint32_t>(sizeof m);
+        detail::call([&](adpo_error **err) { return adpo_trainer_step(get(), batch.get(), &m, err); });
+        return m;
+    }
+
+    /// Metrics of the last step as JSON (NaN as null).
+    std::string metrics_json() const {
+        return detail::owned_string(
+            [&](char **out, adpo_error **err) { return adpo_trainer_metrics_json(get(), out, err); });
+    }
+
+    /// Samples k candidates for each prompt from the policy. Returns a batch of
+    /// prompts.size() * k rows (group id = prompt index, right-padded, loss mask on the
+    /// generated tokens up to and including EOS, per-token old_logp set). `sampling_json`
+    /// ("" = defaults): temperature, top_k, top_p, max_new_tokens, eos_id, pad_id, seed.
+    Batch sample(const std::vector<std::vector<std::int64_t>> &prompts, std::size_t k,
+                 const std::string &sampling_json = std::string()) {
+        std::vector<std::int64_t> tokens;
+        std::vector<std::size_t> lengths;
+        lengths.reserve(prompts.size());
+        for (const auto &p : prompts) {
+            tokens.insert(tokens.end(), p.begin(), p.end());
+            lengths.push_back(p.size());
+        }
+        return sample(tokens, lengths, k, sampling_json);
+    }
+
+    /// sample() on prompts stored back to back in `prompt_tokens`, prompt i having
+    /// `prompt_lengths[i]` tokens.
+    Batch sample(View<const std::int64_t> prompt_tokens, View<const std::size_t> prompt_lengths, std::size_t k,
+                 const std::string &sampling_json = std::string()) {
+        std::size_t total = 0;
+        for (std::size_t len : prompt_lengths) {
+            if (len > std::numeric_limits<std::size_t>::max() - total)
+                detail::fail(ADPO_STATUS_INVALID_ARGUMENT, "prompt lengths overflow");
+            total += len;
+        }
+        detail::expect_len("prompt_tokens", prompt_tokens.size(), total);
+        const char *json = sampling_json.empty() ? nullptr : detail::c_str(sampling_json, "sampling_json");
+        adpo_batch *raw = nullptr;
+        detail::call([&](adpo_error **err) {
+            return adpo_trainer_sample(get(), detail::required(prompt_tokens), detail::required(prompt_lengths),
+                                       prompt_lengths.size(), k, json, &raw, err);
+        });
+        return Batch(raw);
+    }
+
+    /// Sequence log-probs (seq_logp reduction) of the batch's n rows under the current policy.
+    std::vector<double> sequence_logp(const Batch &batch) const {
+        std::vector<double> out(batch.n());
+        sequence_logp_into(batch, out);
+        return out;
+    }
+
+    /// sequence_logp() written into `out` (length n).
+    void sequence_logp_into(const Batch &batch, View<double> out) const {
+        detail::call([&](adpo_error **err) {
+            return adpo_trainer_sequence_logp(get(), batch.get(), out.data(), out.size(), err);
+        });
+    }
+
+    /// Writes a checkpoint: `path` (policy weights, safetensors) and `path` with extension
+    /// .trainer.safetensors (optimizer, step, anchor state).
+    void save(const std::string &path) const {
+        const char *p = detail::c_str(path, "path");
+        detail::call([&](adpo_error **err) { return adpo_trainer_save(get(), p, err); });
+    }
+
+    /// Restores a checkpoint written by save(); on failure (ADPO_STATUS_CHECKPOINT) the trainer
+    /// is left as it was.
+    void load(const std::string &path) {
+        const char *p = detail::c_str(path, "path");
+        detail::call([&](adpo_error **err) { return adpo_trainer_load(get(), p, err); });
+    }
+
+private:
+    void create(adpo_model *policy, const adpo_model *reference, const std::string &config_json) {
+        check_abi();
+        const char *json = detail::c_str(config_json, "config_json");
+        adpo_trainer *raw = nullptr;
+        detail::call([&](adpo_error **err) { return adpo_trainer_new(policy, reference, json, &raw, err); });
+        reset(raw);
+    }
+};
+
+} // namespace adpo
+
+#endif /* ADPO_HPP */

@@ -1,0 +1,831 @@
+// GoogleTest suite of the C++ wrapper include/adpo.hpp, built against an installed adpo (see
+// tests/cpp/run). The model fixtures (make fixtures) come from the directory given at configure
+// time (-DADPO_FIXTURES_DIR=..., compiled in as ADPO_TEST_FIXTURES_DIR) or, overriding it, from
+// the environment variable ADPO_FIXTURES; tests that need a model are skipped when neither is
+// set.
+#include <adpo.hpp>
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <filesystem>
+#include <limits>
+#include <numeric>
+#include <random>
+#include <string>
+#include <thread>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#ifndef ADPO_TEST_FIXTURES_DIR
+#define ADPO_TEST_FIXTURES_DIR ""
+#endif
+
+namespace fs = std::filesystem;
+
+namespace {
+
+// Spec vector V1 (spec/ADPO-MATH.md section 10): one group of four candidates.
+const std::vector<double> kLogp = {-12.0, -15.5, -9.8, -20.1};
+const std::vector<double> kAnchor = {-12.5, -15.0, -10.4, -19.6};
+const std::vector<double> kRewards = {1.0, 0.0, 0.5, -0.1};
+const std::vector<std::int64_t> kGroup = {7, 7, 7, 7};
+// s = (logp - anchor) / 0.8
+const std::vector<double> kScores = {0.625, -0.625, 0.75, -0.625};
+
+// |a - b| <= rtol * |b|, the way the C tests compare with quoted 6-digit values.
+::testing::AssertionResult Close(double a, double b, double rtol) {
+    if (std::isfinite(a) && std::fabs(a - b) <= rtol * std::fabs(b) + 1e-12) return ::testing::AssertionSuccess();
+    return ::testing::AssertionFailure() << a << " vs expected " << b << " (rtol " << rtol << ")";
+}
+
+// Runs `f` and checks that it throws adpo::Error with `status` and a message containing `sub`.
+template <class F>
+::testing::AssertionResult Throws(F &&f, adpo_status status, const std::string &sub = "") {
+    try {
+        f();
+    } catch (const adpo::Error &e) {
+        if (e.status() != status)
+            return ::testing::AssertionFailure() << "status " << adpo::status_name(e.status()) << ", expected "
+                                                 << adpo::status_name(status) << " (" << e.what() << ")";
+        if (e.message().empty()) return ::testing::AssertionFailure() << "empty message";
+        if (e.message().find(sub) == std::string::npos)
+            return ::testing::AssertionFailure() << "message '" << e.message() << "' lacks '" << sub << "'";
+        return ::testing::AssertionSuccess();
+    } catch (const std::exception &e) {
+        return ::testing::AssertionFailure() << "threw a non-adpo exception: " << e.what();
+    }
+    return ::testing::AssertionFailure() << "did not throw (expected " << adpo::status_name(status) << ")";
+}
+
+double LogSumExp(const std::vector<double> &s) {
+    const double m = *std::max_element(s.begin(), s.end());
+    double sum = 0.0;
+    for (double x : s) sum += std::exp(x - m);
+    return m + std::log(sum);
+}
+
+std::string FixturesDir() {
+    const char *env = std::getenv("ADPO_FIXTURES");
+    if (env && *env) return env;
+    return ADPO_TEST_FIXTURES_DIR;
+}
+
+// Path of a fixture model; skips the test when no fixtures directory is configured.
+#define FIXTURE(var, name)                                                                         \
+    std::string var;                                                                               \
+    do {                                                                                           \
+        const std::string dir_ = FixturesDir();                                                    \
+        if (dir_.empty()) GTEST_SKIP() << "no fixtures: set ADPO_FIXTURES or -DADPO_FIXTURES_DIR"; \
+        var = dir_ + "/" + (name);                                                                 \
+        ASSERT_TRUE(fs::exists(var)) << var << " is missing (make fixtures)";                      \
+    } while (0)
+
+// A temporary directory removed at scope exit.
+struct TempDir {
+    fs::path path;
+    TempDir() {
+        std::random_device rd;
+        path = fs::temp_directory_path() / ("adpo-cpp-test-" + std::to_string(rd()) + std::to_string(rd()));
+        fs::create_directories(path);
+    }
+    ~TempDir() {
+        std::error_code ec;
+        fs::remove_all(path, ec);
+    }
+    TempDir(const TempDir &) = delete;
+    TempDir &operator=(const TempDir &) = delete;
+};
+
+// A hand-made batch for the tiny transformer task: prompts [1, x], two answer tokens; group g
+// holds `k` candidates.
+adpo::Batch MakeBatch(std::size_t groups, std::size_t k) {
+    const std::size_t t = 4;
+    std::vector<std::int64_t> ids, gid;
+    std::vector<std::uint8_t> loss_mask;
+    for (std::size_t g = 0; g < groups; ++g) {
+        for (std::size_t c = 0; c < k; ++c) {
+            const auto x = static_cast<std::int64_t>(2 + g);
+            const auto a = static_cast<std::int64_t>((x + 1 + static_cast<std::int64_t>(c)) % 16);
+            ids.insert(ids.end(), {1, x, a, a});
+            loss_mask.insert(loss_mask.end(), {0, 0, 1, 1});
+            gid.push_back(static_cast<std::int64_t>(g));
+        }
+    }
+    return adpo::Batch(groups * k, t, ids, {}, loss_mask, gid);
+}
+
+std::vector<double> RewardsFor(const adpo::Batch &batch) {
+    // Candidate 0 of each group answers x + 1: reward 1; the others 0, 0.25, ...
+    std::vector<double> r;
+    const auto gid = batch.group_ids();
+    std::int64_t last = -1;
+    double next = 0.0;
+    for (std::int64_t g : gid) {
+        if (g != last) {
+            r.push_back(1.0);
+            next = 0.0;
+            last = g;
+        } else {
+            r.push_back(next);
+            next += 0.25;
+        }
+    }
+    return r;
+}
+
+const char *kTrainerConfig = R"({"optimizer": {"name": "adamw", "lr": 0.01, "weight_decay": 0.0}, "seed": 11})";
+
+} // namespace
+
+// ---------------------------------------------------------------------------------------------
+// Version, ABI, errors
+// ---------------------------------------------------------------------------------------------
+
+TEST(Version, AbiMatchesHeader) {
+    EXPECT_EQ(adpo::abi_version(), static_cast<std::uint32_t>(ADPO_ABI_VERSION));
+    EXPECT_NO_THROW(adpo::check_abi());
+    EXPECT_EQ(adpo::version().rfind("adpo ", 0), 0u) << adpo::version();
+    EXPECT_GE(adpo::cuda_device_count(), 0);
+}
+
+TEST(Version, AbiMismatchIsAClearError) {
+    EXPECT_NO_THROW(adpo::check_abi_version(3, 3));
+    EXPECT_TRUE(Throws([] { adpo::check_abi_version(ADPO_ABI_VERSION + 1, ADPO_ABI_VERSION); },
+                       ADPO_STATUS_UNSUPPORTED, "ABI"));
+    try {
+        adpo::check_abi_version(7, 1);
+        FAIL() << "no throw";
+    } catch (const adpo::Error &e) {
+        const std::string m = e.message();
+        EXPECT_NE(m.find("ABI version 7"), std::string::npos) << m;
+        EXPECT_NE(m.find("ABI version 1"), std::string::npos) << m;
+    }
+}
+
+TEST(Error, IsARuntimeErrorCarryingStatusAndMessage) {
+    const adpo::Error e(ADPO_STATUS_NON_FINITE, "rewards contains NaN");
+    const std::runtime_error &base = e;
+    EXPECT_EQ(e.status(), ADPO_STATUS_NON_FINITE);
+    EXPECT_EQ(e.message(), "rewards contains NaN");
+    EXPECT_EQ(std::string(base.what()), "rewards contains NaN [ADPO_STATUS_NON_FINITE]");
+    const adpo::Error copy = e; // copies share the message
+    EXPECT_EQ(copy.message(), e.message());
+    EXPECT_EQ(copy.status(), e.status());
+    EXPECT_TRUE(std::is_nothrow_copy_constructible<adpo::Error>::value);
+    EXPECT_STREQ(adpo::status_name(ADPO_STATUS_CHECKPOINT), "ADPO_STATUS_CHECKPOINT");
+    EXPECT_STREQ(adpo::status_name(static_cast<adpo_status>(999)), "ADPO_STATUS_UNKNOWN");
+}
+
+TEST(Error, CheckThrowsAndFreesTheCError) {
+    adpo_error *err = nullptr;
+    EXPECT_NO_THROW(adpo::check(ADPO_STATUS_OK, err));
+    try {
+        // Both arguments in one call: check() reads err only after adpo_test_panic has set it.
+        adpo::check(adpo_test_panic(&err), err);
+        FAIL() << "no throw";
+    } catch (const adpo::Error &e) {
+        EXPECT_EQ(e.status(), ADPO_STATUS_PANIC);
+        EXPECT_NE(e.message().find("adpo_test_panic"), std::string::npos) << e.message();
+    }
+    EXPECT_EQ(err, nullptr); // freed and reset
+    // Without an error object the message is generic but the status is kept.
+    EXPECT_TRUE(Throws([] { adpo::check(adpo_test_panic(nullptr)); }, ADPO_STATUS_PANIC, "ADPO_STATUS_PANIC"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// View
+// ---------------------------------------------------------------------------------------------
+
+namespace {
+std::size_t SizeOf(adpo::View<const double> v) { return v.size(); }
+const std::int64_t *DataOf(adpo::View<const std::int64_t> v) { return v.data(); }
+} // namespace
+
+TEST(View, ConvertsFromContainersWithoutCopying) {
+    std::vector<double> v = {1, 2, 3};
+    const std::vector<double> cv = {1, 2};
+    std::array<double, 4> a{};
+    double c[5] = {};
+    EXPECT_EQ(SizeOf(v), 3u);
+    EXPECT_EQ(SizeOf(cv), 2u);
+    EXPECT_EQ(SizeOf(a), 4u);
+    EXPECT_EQ(SizeOf(c), 5u);
+    EXPECT_EQ(SizeOf({1.0, 2.0, 3.0, 4.0, 5.0, 6.0}), 6u);
+    EXPECT_EQ(SizeOf({}), 0u);
+    EXPECT_EQ(SizeOf(adpo::View<const double>(v.data() + 1, 2)), 2u);
+    adpo::View<double> out(v);
+    adpo::View<const double> in = out; // non-const -> const
+    EXPECT_EQ(in.data(), v.data());
+    out[0] = 42;
+    EXPECT_EQ(v[0], 42);
+    EXPECT_EQ(in.to_vector(), v);
+    std::vector<std::int64_t> ids = {0, 0};
+    EXPECT_EQ(DataOf(ids), ids.data());
+    // A braced list of two integers is a two-element list, not (pointer, size).
+    EXPECT_NE(DataOf({0, 0}), nullptr);
+    // Outputs never bind to const data; vectors of another type never convert.
+    static_assert(!std::is_convertible<const std::vector<double> &, adpo::View<double>>::value, "");
+    static_assert(!std::is_convertible<std::vector<float> &, adpo::View<const double>>::value, "");
+    static_assert(!std::is_convertible<std::vector<std::int32_t> &, adpo::View<const std::int64_t>>::value, "");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Objective
+// ---------------------------------------------------------------------------------------------
+
+TEST(Objective, SpecVectorV1DefaultConfig) {
+    const adpo::Objective obj;
+    const adpo::EvalResult r = obj.eval(kLogp, kAnchor, kRewards, kGroup);
+    EXPECT_NEAR(r.loss, 1.0152, 5e-5); // 5 significant digits
+    ASSERT_EQ(r.grad.size(), 4u);
+    ASSERT_EQ(r.scores.size(), 4u);
+    for (std::size_t i = 0; i < 4; ++i) EXPECT_NEAR(r.scores[i], kScores[i], 1e-12) << i;
+    // Listwise: dL/dlogp = (softmax(s) - q) / tau sums to 0 over the group.
+    EXPECT_NEAR(std::accumulate(r.grad.begin(), r.grad.end(), 0.0), 0.0, 1e-12);
+}
+
+TEST(Objective, SpecVectorV1RawRewards) {
+    const adpo::Objective obj(R"({"reward_transform": "raw"})");
+    const adpo::EvalResult r = obj.eval(kLogp, kAnchor, kRewards, kGroup);
+    EXPECT_TRUE(Close(r.loss, 1.15766, 1e-5));
+    const double want[4] = {-0.312555, 0.0275269, 0.238502, 0.0465261};
+    ASSERT_EQ(r.grad.size(), 4u);
+    for (std::size_t i = 0; i < 4; ++i) EXPECT_TRUE(Close(r.grad[i], want[i], 1e-5)) << "grad[" << i << "]";
+}
+
+TEST(Objective, BracedListsAndGroupsInAnyOrder) {
+    const adpo::Objective obj(R"({"reward_transform": "raw"})");
+    const double one = obj.eval(kLogp, kAnchor, kRewards, kGroup).loss;
+    // The same group twice, interleaved with ids 3 and -1: the mean over groups equals one group.
+    const adpo::EvalResult r = obj.eval({-12.0, -12.0, -15.5, -15.5, -9.8, -9.8, -20.1, -20.1},
+                                        {-12.5, -12.5, -15.0, -15.0, -10.4, -10.4, -19.6, -19.6},
+                                        {1.0, 1.0, 0.0, 0.0, 0.5, 0.5, -0.1, -0.1}, {3, -1, 3, -1, 3, -1, 3, -1});
+    EXPECT_NEAR(r.loss, one, 1e-12);
+    EXPECT_EQ(obj.metrics().groups, 2u);
+}
+
+TEST(Objective, ExplicitTargetsMatchTheClosedForm) {
+    const adpo::Objective obj;
+    const std::vector<double> q = {0.4, 0.1, 0.3, 0.2};
+    const adpo::EvalResult r = obj.eval_targets(kLogp, kAnchor, q, kGroup);
+    const double z = LogSumExp(kScores);
+    double qs = 0.0;
+    for (std::size_t i = 0; i < 4; ++i) qs += q[i] * kScores[i];
+    EXPECT_NEAR(r.loss, z - qs, 1e-10);
+    for (std::size_t i = 0; i < 4; ++i)
+        EXPECT_NEAR(r.grad[i], (std::exp(kScores[i] - z) - q[i]) / 0.8, 1e-10) << i;
+}
+
+TEST(Objective, ZeroCopyIntoCallerBuffers) {
+    const adpo::Objective obj;
+    const double logp[4] = {-12.0, -15.5, -9.8, -20.1};
+    const double anchor[4] = {-12.5, -15.0, -10.4, -19.6};
+    const double rewards[4] = {1.0, 0.0, 0.5, -0.1};
+    const std::int64_t groups[4] = {7, 7, 7, 7};
+    double grad[4] = {0, 0, 0, 0};
+    double scores[4] = {0, 0, 0, 0};
+    const double loss = obj.eval_into(logp, anchor, rewards, groups, grad, scores);
+    const adpo::EvalResult r = obj.eval(kLogp, kAnchor, kRewards, kGroup);
+    EXPECT_EQ(loss, r.loss);
+    for (std::size_t i = 0; i < 4; ++i) {
+        EXPECT_EQ(grad[i], r.grad[i]);
+        EXPECT_EQ(scores[i], r.scores[i]);
+    }
+    // Outputs are optional: scores only.
+    double scores_only[4] = {};
+    EXPECT_EQ(obj.eval_into(logp, anchor, rewards, groups, {}, scores_only), loss);
+    EXPECT_EQ(scores_only[2], r.scores[2]);
+    // Targets, zero-copy.
+    const double q[4] = {0.25, 0.25, 0.25, 0.25};
+    EXPECT_TRUE(std::isfinite(obj.eval_targets_into(logp, anchor, q, groups, grad)));
+    // A wrong-sized output buffer is refused before any C call.
+    double small[3];
+    EXPECT_TRUE(Throws([&] { obj.eval_into(logp, anchor, rewards, groups, small); }, ADPO_STATUS_SHAPE_MISMATCH,
+                       "out_grad"));
+}
+
+TEST(Objective, InputLengthsAreChecked) {
+    const adpo::Objective obj;
+    EXPECT_TRUE(Throws([&] { obj.eval(kLogp, {-1.0, -2.0}, kRewards, kGroup); }, ADPO_STATUS_SHAPE_MISMATCH,
+                       "anchor_logp"));
+    EXPECT_TRUE(
+        Throws([&] { obj.eval(kLogp, kAnchor, kRewards, {0, 0, 0}); }, ADPO_STATUS_SHAPE_MISMATCH, "group_ids"));
+    EXPECT_TRUE(Throws([&] { obj.eval_targets(kLogp, kAnchor, {1.0}, kGroup); }, ADPO_STATUS_SHAPE_MISMATCH,
+                       "targets"));
+    // Empty buffers reach the library's own check.
+    EXPECT_TRUE(Throws([&] { obj.eval({}, {}, {}, {}); }, ADPO_STATUS_INVALID_ARGUMENT, "n must be > 0"));
+}
+
+TEST(Objective, MetricsOfTheLastEvaluation) {
+    const adpo::Objective obj;
+    EXPECT_TRUE(Throws([&] { (void)obj.metrics_json(); }, ADPO_STATUS_INVALID_ARGUMENT));
+    const double loss = obj.eval(kLogp, kAnchor, kRewards, kGroup).loss;
+    const adpo_objective_metrics m = obj.metrics();
+    EXPECT_EQ(m.struct_size, sizeof(adpo_objective_metrics));
+    EXPECT_DOUBLE_EQ(m.loss, loss);
+    EXPECT_EQ(m.groups, 1u);
+    EXPECT_DOUBLE_EQ(m.tau, 0.8);
+    EXPECT_DOUBLE_EQ(m.max_abs_score, 0.75);
+    EXPECT_TRUE(std::isnan(m.clip_fraction)); // listwise: GRPO metric does not apply
+    const std::string json = obj.metrics_json();
+    EXPECT_EQ(json.front(), '{');
+    EXPECT_NE(json.find("\"groups\":1"), std::string::npos) << json;
+    EXPECT_NE(json.find("\"clip_fraction\":null"), std::string::npos) << json;
+}
+
+TEST(Objective, NonFiniteRewardThrowsNonFinite) {
+    const adpo::Objective obj;
+    const double nan = std::numeric_limits<double>::quiet_NaN();
+    EXPECT_TRUE(Throws([&] { obj.eval(kLogp, kAnchor, {1.0, nan, 0.5, -0.1}, kGroup); }, ADPO_STATUS_NON_FINITE,
+                       "rewards"));
+    const double inf = std::numeric_limits<double>::infinity();
+    EXPECT_TRUE(
+        Throws([&] { obj.eval({-1.0, inf, -3.0, -4.0}, kAnchor, kRewards, kGroup); }, ADPO_STATUS_NON_FINITE));
+    // A failed call leaves the objective usable.
+    EXPECT_NEAR(obj.eval(kLogp, kAnchor, kRewards, kGroup).loss, 1.0152, 5e-5);
+}
+
+TEST(Objective, BadConfigThrowsInvalidConfig) {
+    EXPECT_TRUE(Throws([] { adpo::Objective o(R"({"tau": 0.8, "bogus_key": 1})"); }, ADPO_STATUS_INVALID_CONFIG,
+                       "bogus_key"));
+    EXPECT_TRUE(Throws([] { adpo::Objective o("{\"tau\": "); }, ADPO_STATUS_INVALID_CONFIG));
+    EXPECT_TRUE(Throws([] { adpo::Objective o(R"({"tau": -1})"); }, ADPO_STATUS_INVALID_CONFIG, "tau"));
+    EXPECT_TRUE(Throws([] { adpo::Objective o(R"({"loss": "nope"})"); }, ADPO_STATUS_INVALID_CONFIG));
+    // std::string with an embedded NUL would be truncated by C: refused by the wrapper.
+    EXPECT_TRUE(
+        Throws([] { adpo::Objective o(std::string("{}\0{", 4)); }, ADPO_STATUS_INVALID_ARGUMENT, "NUL"));
+    // Catchable as std::runtime_error.
+    EXPECT_THROW(adpo::Objective(R"({"x": 1})"), std::runtime_error);
+}
+
+TEST(Objective, EntropyVariantFeedsAdaptiveTau) {
+    const adpo::Objective obj(R"({"adaptive_tau": {"rule": "smooth_hybrid"}})");
+    EXPECT_TRUE(Throws([&] { obj.eval(kLogp, kAnchor, kRewards, kGroup); }, ADPO_STATUS_INVALID_ARGUMENT,
+                       "policy_entropy"));
+    const adpo::EvalResult r = obj.eval_entropy(kLogp, kAnchor, kRewards, kGroup, {0.5, 0.5, 0.5, 0.5});
+    EXPECT_TRUE(std::isfinite(r.loss));
+    EXPECT_GT(obj.metrics().tau, 0.8);
+    EXPECT_TRUE(Throws([&] { obj.eval_entropy(kLogp, kAnchor, kRewards, kGroup, {0.5}); },
+                       ADPO_STATUS_SHAPE_MISMATCH, "policy_entropy"));
+}
+
+TEST(Objective, GrpoTokenLevel) {
+    const adpo::Objective obj(R"({"loss": "grpo"})");
+    // ratio 1 everywhere (logp == old_logp); mask: 2 tokens in row 0, 1 in row 1.
+    const std::vector<double> logp = {0, -1, -2, 0, -1, -2};
+    const adpo::TokenEvalResult r = obj.eval_tokens(2, 3, logp, logp, {}, {0, 1, 1, 0, 1, 0}, {1, 0}, {5, 5});
+    ASSERT_EQ(r.grad.size(), 6u);
+    ASSERT_EQ(r.advantages.size(), 2u);
+    EXPECT_GT(r.advantages[0], 0.0);
+    EXPECT_NEAR(r.advantages[0], -r.advantages[1], 1e-12);
+    // dapo aggregation: token sum / unmasked tokens of the batch.
+    EXPECT_NEAR(r.loss, -(2 * r.advantages[0] + r.advantages[1]) / 3, 1e-9);
+    EXPECT_EQ(r.grad[0], 0.0); // masked
+    EXPECT_EQ(r.grad[5], 0.0);
+    EXPECT_NEAR(r.grad[1], -r.advantages[0] / 3, 1e-9);
+    EXPECT_EQ(obj.metrics().clip_fraction, 0.0);
+    EXPECT_TRUE(Throws([&] { obj.eval_tokens(2, 3, logp, logp, {}, {0, 1}, {1, 0}, {5, 5}); },
+                       ADPO_STATUS_SHAPE_MISMATCH, "mask"));
+    // The token entry point belongs to loss grpo only.
+    const adpo::Objective listwise;
+    EXPECT_TRUE(Throws([&] { listwise.eval_tokens(2, 3, logp, logp, {}, {0, 1, 1, 0, 1, 0}, {1, 0}, {5, 5}); },
+                       ADPO_STATUS_INVALID_ARGUMENT, "grpo"));
+}
+
+namespace {
+
+// A 1-D CPU DLPack tensor owning a copy of `values`; counts deleter calls.
+template <class T>
+struct HostTensor {
+    DLManagedTensorVersioned managed{};
+    std::vector<T> data;
+    std::int64_t shape[1];
+    std::atomic<int> *deleted;
+
+    static adpo::DLPackTensor make(const std::vector<T> &values, std::uint8_t code, std::atomic<int> *deleted) {
+        auto *t = new HostTensor;
+        t->data = values;
+        t->shape[0] = static_cast<std::int64_t>(values.size());
+        t->deleted = deleted;
+        t->managed.version.major = DLPACK_MAJOR_VERSION;
+        t->managed.version.minor = DLPACK_MINOR_VERSION;
+        t->managed.manager_ctx = t;
+        t->managed.deleter = [](DLManagedTensorVersioned *self) {
+            auto *owner = static_cast<HostTensor *>(self->manager_ctx);
+            ++*owner->deleted;
+            delete owner;
+        };
+        t->managed.dl_tensor.data = t->data.data();
+        t->managed.dl_tensor.device.device_type = kDLCPU;
+        t->managed.dl_tensor.device.device_id = 0;
+        t->managed.dl_tensor.ndim = 1;
+        t->managed.dl_tensor.dtype.code = code;
+        t->managed.dl_tensor.dtype.bits = static_cast<std::uint8_t>(8 * sizeof(T));
+        t->managed.dl_tensor.dtype.lanes = 1;
+        t->managed.dl_tensor.shape = t->shape;
+        t->managed.dl_tensor.strides = nullptr;
+        t->managed.dl_tensor.byte_offset = 0;
+        return adpo::DLPackTensor(&t->managed);
+    }
+};
+
+} // namespace
+
+TEST(Objective, DLPackHandsOverInputsAndReturnsAnOwnedGradient) {
+    const adpo::Objective obj;
+    std::atomic<int> deleted{0};
+    adpo::DLPackEvalResult r =
+        obj.eval_dlpack(HostTensor<double>::make(kLogp, kDLFloat, &deleted),
+                        HostTensor<double>::make(kAnchor, kDLFloat, &deleted),
+                        HostTensor<double>::make(kRewards, kDLFloat, &deleted), nullptr,
+                        HostTensor<std::int64_t>::make(kGroup, kDLInt, &deleted));
+    EXPECT_EQ(deleted.load(), 4); // every input released exactly once by adpo
+    const adpo::EvalResult host = obj.eval(kLogp, kAnchor, kRewards, kGroup);
+    EXPECT_NEAR(r.loss, host.loss, 1e-12);
+    ASSERT_TRUE(r.grad);
+    const DLTensor &g = r.grad->dl_tensor;
+    EXPECT_EQ(g.device.device_type, kDLCPU);
+    EXPECT_EQ(g.dtype.code, kDLFloat);
+    EXPECT_EQ(g.dtype.bits, 64);
+    ASSERT_EQ(g.ndim, 1);
+    ASSERT_EQ(g.shape[0], 4);
+    const auto *values =
+        reinterpret_cast<const double *>(static_cast<const char *>(g.data) + g.byte_offset);
+    const std::int64_t stride = g.strides ? g.strides[0] : 1;
+    for (std::size_t i = 0; i < 4; ++i)
+        EXPECT_NEAR(values[static_cast<std::int64_t>(i) * stride], host.grad[i], 1e-12) << i;
+    r.grad.reset(); // the gradient's own deleter
+
+    // On failure the inputs are released too (rewards and targets both missing).
+    deleted = 0;
+    EXPECT_TRUE(Throws(
+        [&] {
+            obj.eval_dlpack(HostTensor<double>::make(kLogp, kDLFloat, &deleted),
+                            HostTensor<double>::make(kAnchor, kDLFloat, &deleted), nullptr, nullptr,
+                            HostTensor<std::int64_t>::make(kGroup, kDLInt, &deleted));
+        },
+        ADPO_STATUS_NULL_ARGUMENT));
+    EXPECT_EQ(deleted.load(), 3);
+}
+
+TEST(Objective, SharedAcrossThreads) {
+    const adpo::Objective obj;
+    const double want = obj.eval(kLogp, kAnchor, kRewards, kGroup).loss;
+    std::atomic<int> mismatches{0};
+    std::vector<std::thread> threads;
+    for (int i = 0; i < 4; ++i)
+        threads.emplace_back([&] {
+            for (int j = 0; j < 50; ++j)
+                if (obj.eval(kLogp, kAnchor, kRewards, kGroup).loss != want) ++mismatches;
+        });
+    for (auto &t : threads) t.join();
+    EXPECT_EQ(mismatches.load(), 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Handles: move-only RAII
+// ---------------------------------------------------------------------------------------------
+
+template <class H>
+void StaticHandleChecks() {
+    static_assert(!std::is_copy_constructible<H>::value, "move-only");
+    static_assert(!std::is_copy_assignable<H>::value, "move-only");
+    static_assert(std::is_nothrow_move_constructible<H>::value, "noexcept move");
+    static_assert(std::is_nothrow_move_assignable<H>::value, "noexcept move");
+    static_assert(std::is_nothrow_destructible<H>::value, "noexcept destructor");
+}
+
+TEST(Handles, AreMoveOnly) {
+    StaticHandleChecks<adpo::Objective>();
+    StaticHandleChecks<adpo::Model>();
+    StaticHandleChecks<adpo::Batch>();
+    StaticHandleChecks<adpo::Trainer>();
+    static_assert(std::is_same<decltype(std::declval<adpo::Objective &>().get()), adpo_objective *>::value, "");
+    static_assert(std::is_same<decltype(std::declval<adpo::Model &>().get()), adpo_model *>::value, "");
+    static_assert(std::is_same<decltype(std::declval<adpo::Batch &>().get()), adpo_batch *>::value, "");
+    static_assert(std::is_same<decltype(std::declval<adpo::Trainer &>().get()), adpo_trainer *>::value, "");
+}
+
+TEST(Handles, ObjectiveMoveLeavesAnEmptyHandle) {
+    adpo::Objective a(R"({"reward_transform": "raw"})");
+    adpo_objective *raw = a.get();
+    ASSERT_NE(raw, nullptr);
+    EXPECT_TRUE(static_cast<bool>(a));
+
+    adpo::Objective b(std::move(a));
+    EXPECT_EQ(a.get(), nullptr); // NOLINT(bugprone-use-after-move): that is the point
+    EXPECT_FALSE(static_cast<bool>(a));
+    EXPECT_EQ(b.get(), raw);
+    EXPECT_TRUE(Close(b.eval(kLogp, kAnchor, kRewards, kGroup).loss, 1.15766, 1e-5));
+    // The moved-from object is safe to use: the library reports the NULL handle.
+    EXPECT_TRUE(Throws([&] { a.eval(kLogp, kAnchor, kRewards, kGroup); }, ADPO_STATUS_NULL_ARGUMENT, "NULL"));
+
+    // Move-assignment onto a live handle frees the old one; the target gets the new one.
+    adpo::Objective c;
+    c = std::move(b);
+    EXPECT_EQ(c.get(), raw);
+    EXPECT_EQ(b.get(), nullptr); // NOLINT(bugprone-use-after-move)
+    // Self-move keeps the handle.
+    adpo::Objective &alias = c;
+    c = std::move(alias);
+    EXPECT_EQ(c.get(), raw);
+    // Assigning into a moved-from object revives it.
+    a = std::move(c);
+    EXPECT_EQ(a.get(), raw);
+    EXPECT_TRUE(Close(a.eval(kLogp, kAnchor, kRewards, kGroup).loss, 1.15766, 1e-5));
+
+    // release() hands the handle to C; the raw constructor adopts it back.
+    adpo_objective *released = a.release();
+    EXPECT_EQ(a.get(), nullptr);
+    adpo::Objective adopted(released);
+    EXPECT_EQ(adopted.get(), raw);
+    adopted.reset();
+    EXPECT_FALSE(static_cast<bool>(adopted));
+    adpo::Objective empty(nullptr);
+    EXPECT_FALSE(static_cast<bool>(empty));
+}
+
+TEST(Handles, ContainersOfHandlesMoveThem) {
+    std::vector<adpo::Objective> objectives;
+    for (int i = 0; i < 20; ++i) objectives.emplace_back(R"({"tau": 0.8})"); // reallocations move
+    for (auto &o : objectives) EXPECT_NEAR(o.eval(kLogp, kAnchor, kRewards, kGroup).loss, 1.0152, 5e-5);
+    std::vector<adpo::Batch> batches;
+    for (int i = 0; i < 10; ++i) batches.push_back(MakeBatch(1, 2));
+    for (auto &b : batches) EXPECT_EQ(b.n(), 2u);
+}
+
+TEST(Handles, BatchModelTrainerMoves) {
+    adpo::Batch a = MakeBatch(2, 2);
+    adpo_batch *raw = a.get();
+    adpo::Batch b = std::move(a);
+    EXPECT_EQ(a.get(), nullptr); // NOLINT(bugprone-use-after-move)
+    EXPECT_EQ(b.get(), raw);
+    EXPECT_EQ(b.shape().n, 4u);
+    EXPECT_TRUE(Throws([&] { a.set_rewards({1, 2, 3, 4}); }, ADPO_STATUS_NULL_ARGUMENT));
+    EXPECT_TRUE(Throws([&] { (void)a.shape(); }, ADPO_STATUS_NULL_ARGUMENT));
+
+    adpo::Model empty_model;
+    EXPECT_FALSE(static_cast<bool>(empty_model));
+    EXPECT_TRUE(Throws([&] { (void)empty_model.vocab_size(); }, ADPO_STATUS_NULL_ARGUMENT));
+    EXPECT_TRUE(Throws([&] { adpo::Trainer t(empty_model); }, ADPO_STATUS_NULL_ARGUMENT));
+
+    adpo::Trainer empty_trainer;
+    EXPECT_TRUE(Throws([&] { empty_trainer.step(b); }, ADPO_STATUS_NULL_ARGUMENT));
+
+    FIXTURE(path, "tiny_transformer.pt");
+    adpo::Model m1(path);
+    adpo_model *mraw = m1.get();
+    adpo::Model m2 = std::move(m1);
+    EXPECT_EQ(m1.get(), nullptr); // NOLINT(bugprone-use-after-move)
+    EXPECT_EQ(m2.get(), mraw);
+    EXPECT_EQ(m2.vocab_size(), 16);
+
+    adpo::Trainer t1(m2, kTrainerConfig);
+    adpo_trainer *traw = t1.get();
+    adpo::Trainer t2;
+    t2 = std::move(t1);
+    EXPECT_EQ(t1.get(), nullptr); // NOLINT(bugprone-use-after-move)
+    EXPECT_EQ(t2.get(), traw);
+    EXPECT_TRUE(Throws([&] { t1.step(b); }, ADPO_STATUS_NULL_ARGUMENT));
+    b.set_rewards(RewardsFor(b));
+    EXPECT_EQ(t2.step(b).step, 1u);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Batch
+// ---------------------------------------------------------------------------------------------
+
+TEST(Batch, RoundTripsItsArrays) {
+    const std::vector<std::int64_t> ids = {1, 2, 3, 4, 1, 2, 5, 0};
+    const std::vector<std::uint8_t> attention = {1, 1, 1, 1, 1, 1, 1, 0};
+    const std::vector<std::uint8_t> loss_mask = {0, 0, 1, 1, 0, 0, 1, 0};
+    const std::vector<std::int64_t> groups = {9, 9};
+    adpo::Batch b(2, 4, ids, attention, loss_mask, groups);
+    const adpo::Batch::Shape s = b.shape();
+    EXPECT_EQ(s.n, 2u);
+    EXPECT_EQ(s.t, 4u);
+    EXPECT_EQ(b.n(), 2u);
+    EXPECT_EQ(b.t(), 4u);
+    EXPECT_EQ(b.ids(), ids);
+    EXPECT_EQ(b.loss_mask(), loss_mask);
+    EXPECT_EQ(b.group_ids(), groups);
+    // Zero-copy getters.
+    std::int64_t out_ids[8] = {};
+    b.ids_into(out_ids);
+    EXPECT_TRUE(std::equal(ids.begin(), ids.end(), out_ids));
+    std::array<std::int64_t, 2> out_groups{};
+    b.group_ids_into(out_groups);
+    EXPECT_EQ(out_groups[1], 9);
+    std::vector<std::uint8_t> out_mask(8);
+    b.loss_mask_into(out_mask);
+    EXPECT_EQ(out_mask, loss_mask);
+    std::int64_t too_small[7];
+    EXPECT_TRUE(Throws([&] { b.ids_into(too_small); }, ADPO_STATUS_SHAPE_MISMATCH));
+
+    // Setters: lengths n (per sequence) or n * t (per token) where documented.
+    EXPECT_NO_THROW(b.set_rewards({1.0, 0.0}));
+    EXPECT_NO_THROW(b.set_targets({0.5, 0.5}));
+    EXPECT_NO_THROW(b.set_old_logp({-1.0, -2.0}));
+    EXPECT_NO_THROW(b.set_old_logp(std::vector<double>(8, -0.5)));
+    EXPECT_NO_THROW(b.set_anchor_logp({-1.0, -2.0}));
+    EXPECT_TRUE(Throws([&] { b.set_rewards({1.0, 0.0, 3.0}); }, ADPO_STATUS_SHAPE_MISMATCH, "rewards"));
+    EXPECT_TRUE(Throws([&] { b.set_old_logp({-1.0, -2.0, -3.0}); }, ADPO_STATUS_SHAPE_MISMATCH));
+    EXPECT_TRUE(Throws([&] { b.set_rewards({1.0, std::nan("")}); }, ADPO_STATUS_NON_FINITE));
+}
+
+TEST(Batch, ConstructionIsValidated) {
+    // Attention mask may be omitted (all ones).
+    EXPECT_NO_THROW(adpo::Batch(1, 3, {1, 2, 3}, {}, {0, 1, 1}, {0}));
+    // The wrapper checks lengths against n and t.
+    EXPECT_TRUE(
+        Throws([] { adpo::Batch(2, 3, {1, 2, 3}, {}, {0, 1, 1}, {0, 0}); }, ADPO_STATUS_SHAPE_MISMATCH, "ids"));
+    EXPECT_TRUE(Throws([] { adpo::Batch(1, 3, {1, 2, 3}, {1, 1}, {0, 1, 1}, {0}); }, ADPO_STATUS_SHAPE_MISMATCH,
+                       "attention_mask"));
+    EXPECT_TRUE(
+        Throws([] { adpo::Batch(1, 3, {1, 2, 3}, {}, {0, 1, 1}, {0, 1}); }, ADPO_STATUS_SHAPE_MISMATCH, "group_ids"));
+    // The library checks values.
+    EXPECT_TRUE(
+        Throws([] { adpo::Batch(1, 2, {1, 2}, {}, {1, 1}, {0}); }, ADPO_STATUS_INVALID_ARGUMENT, "loss_mask"));
+    EXPECT_TRUE(Throws([] { adpo::Batch(1, 2, {1, -2}, {}, {0, 1}, {0}); }, ADPO_STATUS_INVALID_ARGUMENT));
+    EXPECT_TRUE(Throws([] { adpo::Batch(0, 2, {}, {}, {}, {}); }, ADPO_STATUS_INVALID_ARGUMENT));
+    const std::size_t huge = std::numeric_limits<std::size_t>::max() / 2;
+    EXPECT_TRUE(Throws([&] { adpo::Batch(huge, 3, {}, {}, {}, {}); }, ADPO_STATUS_INVALID_ARGUMENT, "overflow"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Model
+// ---------------------------------------------------------------------------------------------
+
+TEST(Model, LoadsTheTinyTransformer) {
+    FIXTURE(path, "tiny_transformer.pt");
+    const adpo::Model m(path);
+    EXPECT_TRUE(static_cast<bool>(m));
+    EXPECT_EQ(m.vocab_size(), 16);
+    const adpo::Model same = adpo::Model::load(path, "cpu");
+    EXPECT_EQ(same.vocab_size(), 16);
+    EXPECT_NE(same.get(), m.get());
+}
+
+TEST(Model, LoadErrorsAreModelErrors) {
+    FIXTURE(bad_signature, "bad_signature.pt");
+    FIXTURE(bad_output, "bad_output.pt");
+    EXPECT_TRUE(Throws([&] { adpo::Model m(bad_signature); }, ADPO_STATUS_MODEL, "forward"));
+    EXPECT_TRUE(Throws([&] { adpo::Model m(bad_output); }, ADPO_STATUS_MODEL, "logits"));
+    const std::string missing = FixturesDir() + "/does_not_exist.pt";
+    EXPECT_TRUE(Throws([&] { adpo::Model m(missing); }, ADPO_STATUS_MODEL, "does_not_exist.pt"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Trainer
+// ---------------------------------------------------------------------------------------------
+
+TEST(Trainer, StepOnAHandMadeBatch) {
+    FIXTURE(path, "tiny_transformer.pt");
+    adpo::Trainer trainer;
+    {
+        adpo::Model policy(path);
+        trainer = adpo::Trainer(policy, R"({"optimizer": {"name": "adamw", "lr": 0.01}, "epochs_per_batch": 2})");
+    } // the trainer keeps its own reference to the model
+    EXPECT_TRUE(Throws([&] { (void)trainer.metrics_json(); }, ADPO_STATUS_INVALID_ARGUMENT));
+
+    adpo::Batch batch = MakeBatch(2, 4);
+    EXPECT_TRUE(Throws([&] { trainer.step(batch); }, ADPO_STATUS_INVALID_ARGUMENT, "rewards"));
+    batch.set_rewards(RewardsFor(batch));
+    const adpo_trainer_metrics m = trainer.step(batch);
+    EXPECT_EQ(m.struct_size, sizeof(adpo_trainer_metrics));
+    EXPECT_EQ(m.step, 2u); // epochs_per_batch optimizer updates
+    EXPECT_EQ(m.groups, 2u);
+    EXPECT_EQ(m.tokens, 16.0);
+    EXPECT_TRUE(std::isfinite(m.loss));
+    EXPECT_GT(m.grad_norm, 0.0);
+    EXPECT_DOUBLE_EQ(m.lr, 0.01);
+    EXPECT_GE(m.step_time_ms, 0.0);
+    const std::string json = trainer.metrics_json();
+    EXPECT_NE(json.find("\"step\":2"), std::string::npos) << json;
+    EXPECT_NE(json.find("\"grad_norm\""), std::string::npos) << json;
+    EXPECT_EQ(trainer.step(batch).step, 4u);
+}
+
+TEST(Trainer, ConfigErrorsAndReferenceModel) {
+    FIXTURE(path, "tiny_transformer.pt");
+    adpo::Model policy(path);
+    EXPECT_TRUE(Throws([&] { adpo::Trainer t(policy, R"({"epochs_per_batch": 0})"); }, ADPO_STATUS_INVALID_CONFIG));
+    EXPECT_TRUE(Throws([&] { adpo::Trainer t(policy, R"({"not_a_key": true})"); }, ADPO_STATUS_INVALID_CONFIG,
+                       "not_a_key"));
+    adpo::Batch batch = MakeBatch(1, 3);
+    batch.set_rewards({1.0, 0.0, 0.5});
+    // Anchor mode "fixed" needs a reference model (or the batch's anchor_logp).
+    adpo::Trainer no_ref(policy, R"({"anchor": {"mode": "fixed"}})");
+    EXPECT_TRUE(Throws([&] { no_ref.step(batch); }, ADPO_STATUS_INVALID_ARGUMENT, "reference"));
+    const adpo::Model reference(path);
+    adpo::Trainer with_ref(policy, reference, R"({"anchor": {"mode": "fixed"}})");
+    EXPECT_EQ(with_ref.step(batch).step, 1u);
+}
+
+TEST(Trainer, SampleGivesAGroupedRightPaddedBatch) {
+    FIXTURE(path, "tiny_transformer.pt");
+    adpo::Model policy(path);
+    adpo::Trainer trainer(policy, kTrainerConfig);
+    const std::vector<std::vector<std::int64_t>> prompts = {{1, 5}, {1, 2, 7}};
+    const std::size_t k = 3;
+    const adpo::Batch batch = trainer.sample(prompts, k, R"({"max_new_tokens": 4, "seed": 5})");
+    const adpo::Batch::Shape s = batch.shape();
+    ASSERT_EQ(s.n, prompts.size() * k);
+    ASSERT_GE(s.t, 3u + 1u);
+    ASSERT_LE(s.t, 3u + 4u);
+    const auto ids = batch.ids();
+    const auto mask = batch.loss_mask();
+    const auto groups = batch.group_ids();
+    for (std::size_t i = 0; i < s.n; ++i) {
+        const std::size_t g = i / k;
+        EXPECT_EQ(groups[i], static_cast<std::int64_t>(g));
+        const auto &p = prompts[g];
+        std::size_t generated = 0;
+        for (std::size_t j = 0; j < s.t; ++j) {
+            const std::int64_t tok = ids[i * s.t + j];
+            EXPECT_GE(tok, 0);
+            EXPECT_LT(tok, 16);
+            if (j < p.size()) {
+                EXPECT_EQ(tok, p[j]) << "row " << i << " starts with its prompt";
+                EXPECT_EQ(mask[i * s.t + j], 0) << "prompt tokens are not scored";
+            } else {
+                generated += mask[i * s.t + j];
+            }
+        }
+        EXPECT_EQ(generated, 4u) << "row " << i << ": no eos_id, so every row generates max_new_tokens";
+    }
+    // Same seed, same samples; the flat overload is the same call.
+    const std::vector<std::int64_t> flat = {1, 5, 1, 2, 7};
+    const std::vector<std::size_t> lengths = {2, 3};
+    const adpo::Batch again = trainer.sample(flat, lengths, k, R"({"max_new_tokens": 4, "seed": 5})");
+    EXPECT_EQ(again.ids(), ids);
+    EXPECT_TRUE(Throws([&] { trainer.sample(flat, {2, 2}, k); }, ADPO_STATUS_SHAPE_MISMATCH, "prompt_tokens"));
+    // Library-side validation.
+    EXPECT_TRUE(Throws([&] { trainer.sample({{1, 99}}, 2); }, ADPO_STATUS_INVALID_ARGUMENT, "vocabulary"));
+    EXPECT_TRUE(Throws([&] { trainer.sample({{1, 2}}, 0); }, ADPO_STATUS_INVALID_ARGUMENT));
+    EXPECT_TRUE(Throws([&] { trainer.sample({}, 2); }, ADPO_STATUS_INVALID_ARGUMENT));
+    EXPECT_TRUE(Throws([&] { trainer.sample({{1, 2}}, 2, R"({"temp": 1})"); }, ADPO_STATUS_INVALID_CONFIG));
+
+    // The sampled batch trains: rewards computed here, one step.
+    adpo::Batch trainable = trainer.sample(prompts, k, R"({"max_new_tokens": 2})");
+    std::vector<double> rewards(trainable.n());
+    const auto tids = trainable.ids();
+    for (std::size_t i = 0; i < rewards.size(); ++i) rewards[i] = static_cast<double>(tids[i * trainable.t() + 2] % 3);
+    trainable.set_rewards(rewards);
+    const adpo_trainer_metrics m = trainer.step(trainable);
+    EXPECT_EQ(m.step, 1u);
+    EXPECT_EQ(m.groups, 2u);
+}
+
+TEST(Trainer, CheckpointRoundTripRestoresSequenceLogp) {
+    FIXTURE(path, "tiny_transformer.pt");
+    TempDir dir;
+    const std::string ckpt = (dir.path / "policy.safetensors").string();
+    adpo::Batch batch = MakeBatch(2, 4);
+    batch.set_rewards(RewardsFor(batch));
+
+    adpo::Model policy(path);
+    adpo::Trainer trainer(policy, kTrainerConfig);
+    trainer.step(batch);
+    const std::vector<double> saved = trainer.sequence_logp(batch);
+    ASSERT_EQ(saved.size(), 8u);
+    trainer.save(ckpt);
+    EXPECT_TRUE(fs::exists(ckpt));
+    EXPECT_TRUE(fs::exists(dir.path / "policy.trainer.safetensors"));
+
+    trainer.step(batch);
+    trainer.step(batch);
+    const std::vector<double> moved = trainer.sequence_logp(batch);
+    EXPECT_NE(moved, saved) << "training should change the policy";
+
+    // A failed load leaves the trainer as it was.
+    EXPECT_TRUE(Throws([&] { trainer.load((dir.path / "missing.safetensors").string()); }, ADPO_STATUS_CHECKPOINT));
+    EXPECT_EQ(trainer.sequence_logp(batch), moved);
+
+    trainer.load(ckpt);
+    EXPECT_EQ(trainer.sequence_logp(batch), saved); // bit-identical
+    EXPECT_EQ(trainer.step(batch).step, 2u);        // step counter restored too
+
+    // A fresh trainer on a fresh copy of the model restores the same policy (zero-copy getter).
+    adpo::Model fresh_policy(path);
+    adpo::Trainer fresh(fresh_policy, kTrainerConfig);
+    fresh.load(ckpt);
+    std::vector<double> restored(8);
+    fresh.sequence_logp_into(batch, restored);
+    EXPECT_EQ(restored, saved);
+    double wrong[3];
+    EXPECT_TRUE(Throws([&] { fresh.sequence_logp_into(batch, wrong); }, ADPO_STATUS_SHAPE_MISMATCH));
+
+    // A checkpoint of another architecture is refused.
+    FIXTURE(gru_path, "tiny_gru.pt");
+    adpo::Model gru(gru_path);
+    adpo::Trainer gru_trainer(gru, kTrainerConfig);
+    EXPECT_TRUE(Throws([&] { gru_trainer.load(ckpt); }, ADPO_STATUS_CHECKPOINT));
+}
