@@ -181,7 +181,8 @@ typedef struct adpo_objective_metrics {
    */
   double clip_fraction;
   /**
-   * Mean k3 estimate of KL(policy || anchor).
+   * Mean k3 estimate of KL(policy || anchor) (NaN unless beta_anchor_kl > 0, or GRPO with
+   * ref_logp).
    */
   double anchor_kl;
   /**

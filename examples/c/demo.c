@@ -43,14 +43,14 @@ int main(int argc, char **argv) {
     printf("%s\n", adpo_version());
 
     adpo_model *policy = NULL;
-    check(adpo_model_load(model_path, device, &policy, &err), \&err, "adpo_model_load");
+    check(adpo_model_load(model_path, device, &policy, &err), &err, "adpo_model_load");
     adpo_trainer *trainer = NULL;
     const char *config =
         "{\"loss\": \"listwise\", \"tau\": 0.8, \"beta_reward\": 0.5,"
         " \"anchor\": {\"mode\": \"on_policy\"}, \"epochs_per_batch\": 2,"
         " \"optimizer\": {\"name\": \"adamw\", \"lr\": 0.003, \"weight_decay\": 0.0},"
         " \"grad_clip\": 1.0, \"seed\": 7}";
-    check(adpo_trainer_new(policy, NULL, config, &trainer, &err), \&err, "adpo_trainer_new");
+    check(adpo_trainer_new(policy, NULL, config, &trainer, &err), &err, "adpo_trainer_new");
     adpo_model_free(policy); /* the trainer keeps its own reference */
     printf("online listwise ADPO on %s: %d prompts x K=%d samples per step, %d steps\n", device, PROMPTS, K, steps);
 
@@ -70,24 +70,24 @@ int main(int argc, char **argv) {
                                   "{\"max_new_tokens\": 4, \"temperature\": 1.0}", &batch, &err),
               &err, "adpo_trainer_sample");
         size_t n = 0, t = 0;
-        check(adpo_batch_shape(batch, &n, &t, &err), \&err, "adpo_batch_shape");
+        check(adpo_batch_shape(batch, &n, &t, &err), &err, "adpo_batch_shape");
         int64_t *ids = malloc(n * t * sizeof *ids);
         uint8_t *mask = malloc(n * t);
         int64_t *groups = malloc(n * sizeof *groups);
         double *rewards = malloc(n * sizeof *rewards);
-        check(adpo_batch_get_ids(batch, ids, n * t, &err), \&err, "adpo_batch_get_ids");
-        check(adpo_batch_get_loss_mask(batch, mask, n * t, &err), \&err, "adpo_batch_get_loss_mask");
-        check(adpo_batch_get_group_ids(batch, groups, n, &err), \&err, "adpo_batch_get_group_ids");
+        check(adpo_batch_get_ids(batch, ids, n * t, &err), &err, "adpo_batch_get_ids");
+        check(adpo_batch_get_loss_mask(batch, mask, n * t, &err), &err, "adpo_batch_get_loss_mask");
+        check(adpo_batch_get_group_ids(batch, groups, n, &err), &err, "adpo_batch_get_group_ids");
         double mean = 0;
         for (size_t i = 0; i < n; i++) {
             rewards[i] = reward(ids + i * t, mask + i * t, t, prompt_tokens[2 * groups[i] + 1]);
             mean += rewards[i] / n;
         }
-        check(adpo_batch_set_rewards(batch, rewards, n, &err), \&err, "adpo_batch_set_rewards");
+        check(adpo_batch_set_rewards(batch, rewards, n, &err), &err, "adpo_batch_set_rewards");
         adpo_trainer_metrics m;
         memset(&m, 0, sizeof m);
         m.struct_size = sizeof m;
-        check(adpo_trainer_step(trainer, batch, &m, &err), \&err, "adpo_trainer_step");
+        check(adpo_trainer_step(trainer, batch, &m, &err), &err, "adpo_trainer_step");
         /* Start: mean over the first 5 steps; end: mean over the last 10. */
         if (step <= 5) first_reward += mean / 5;
         if (step > steps - 10) last_reward += mean / 10;

@@ -44,7 +44,8 @@ pub struct adpo_objective_metrics {
     pub tau: f64,
     /// GRPO: fraction of tokens on the clipped branch.
     pub clip_fraction: f64,
-    /// Mean k3 estimate of KL(policy || anchor).
+    /// Mean k3 estimate of KL(policy || anchor) (NaN unless beta_anchor_kl > 0, or GRPO with
+    /// ref_logp).
     pub anchor_kl: f64,
     /// Number of counted groups.
     pub groups: u64,

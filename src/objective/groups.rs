@@ -28,6 +28,48 @@ impl Hasher for IdHasher {
 }
 use tch::{Device, Kind, Tensor};
 
+/// Dense group index per row and group sizes, for ids in any order (first appearance order).
+fn dense_any_order(ids: &[i64]) -> (Vec<usize>, Vec<usize>) {
+    let runs = 1 + ids.windows(2).filter(|w| w[0] != w[1]).count();
+    let mut dense: HashMap<i64, usize, BuildHasherDefault<IdHasher>> =
+        HashMap::with_capacity_and_hasher(runs, Default::default());
+    let mut group_of_row = Vec::with_capacity(ids.len());
+    let mut counts: Vec<usize> = Vec::new();
+    let mut prev: Option<(i64, usize)> = None;
+    for &id in ids {
+        // Consecutive equal ids skip the hash lookup.
+        let g = match prev {
+            Some((p, g)) if p == id => g,
+            _ => {
+                let next = counts.len();
+                let g = *dense.entry(id).or_insert(next);
+                if g == next {
+                    counts.push(0);
+                }
+                g
+            }
+        };
+        counts[g] += 1;
+        group_of_row.push(g);
+        prev = Some((id, g));
+    }
+    (group_of_row, counts)
+}
+
+/// The same for sorted ids (the common layout): every run is a new group, no hashing.
+fn dense_sorted(ids: &[i64]) -> (Vec<usize>, Vec<usize>) {
+    let mut group_of_row = Vec::with_capacity(ids.len());
+    let mut counts: Vec<usize> = Vec::new();
+    for (i, &id) in ids.iter().enumerate() {
+        if i == 0 || ids[i - 1] != id {
+            counts.push(0);
+        }
+        *counts.last_mut().expect("pushed above") += 1;
+        group_of_row.push(counts.len() - 1);
+    }
+    (group_of_row, counts)
+}
+
 /// Host-side description of the groups, built once from the ids.
 #[derive(Debug, Clone)]
 pub struct Groups {
@@ -47,29 +89,11 @@ impl Groups {
         if n == 0 {
             return Err(Error::invalid("n must be > 0 (no candidates given)"));
         }
-        // Dense group index per row; consecutive equal ids skip the hash lookup.
-        let runs = 1 + ids.windows(2).filter(|w| w[0] != w[1]).count();
-        let mut dense: HashMap<i64, usize, BuildHasherDefault<IdHasher>> =
-            HashMap::with_capacity_and_hasher(runs, Default::default());
-        let mut group_of_row = Vec::with_capacity(n);
-        let mut counts: Vec<usize> = Vec::new();
-        let mut prev: Option<(i64, usize)> = None;
-        for &id in ids {
-            let g = match prev {
-                Some((p, g)) if p == id => g,
-                _ => {
-                    let next = counts.len();
-                    let g = *dense.entry(id).or_insert(next);
-                    if g == next {
-                        counts.push(0);
-                    }
-                    g
-                }
-            };
-            counts[g] += 1;
-            group_of_row.push(g);
-            prev = Some((id, g));
-        }
+        let (group_of_row, counts) = if ids.windows(2).all(|w| w[0] <= w[1]) {
+            dense_sorted(ids)
+        } else {
+            dense_any_order(ids)
+        };
         // Slot of each counted group, and its size.
         let mut slot_of_group = vec![usize::MAX; counts.len()];
         let mut sizes = Vec::new();

@@ -184,8 +184,10 @@ fn eval_group(
         }
         st.abs_sum += s.abs();
         st.abs_max = st.abs_max.max(s.abs());
-        let d = b.anchor[row] - b.logp[row];
-        st.k3_sum += d.exp() - d - 1.0;
+        if cfg.beta_anchor_kl > 0.0 {
+            let d = b.anchor[row] - b.logp[row];
+            st.k3_sum += d.exp() - d - 1.0;
+        }
     }
     st.loss = lse - qs;
     // H(p~) = LSE(s) - sum p s; KL(q || p~) = sum q ln q - sum q s + LSE(s).
@@ -278,7 +280,11 @@ pub fn eval(
             total.k3_sum += st.k3_sum;
         }
     }
-    let anchor_kl = total.k3_sum / rows as f64;
+    let anchor_kl = if cfg.beta_anchor_kl > 0.0 {
+        total.k3_sum / rows as f64
+    } else {
+        f64::NAN
+    };
     let mut loss = total.loss * inv_g;
     if cfg.beta_anchor_kl > 0.0 {
         loss += cfg.beta_anchor_kl * anchor_kl;

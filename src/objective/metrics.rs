@@ -22,8 +22,9 @@ pub struct Metrics {
     pub groups: u64,
     /// GRPO: fraction of counted tokens whose clipped branch was active.
     pub clip_fraction: f64,
-    /// Mean k3 estimate of KL(policy || anchor): over counted rows (sequence level, objective)
-    /// or counted tokens (GRPO with reference log-probs).
+    /// Mean k3 estimate of KL(policy || anchor): over counted rows when the anchor penalty is
+    /// on (beta_anchor_kl > 0), or over counted tokens for GRPO given reference log-probs;
+    /// NaN otherwise.
     pub anchor_kl: f64,
 }
 

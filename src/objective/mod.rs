@@ -278,15 +278,18 @@ impl Objective {
         let mut loss = group.loss.sum(kind) / g;
         let mut grad = layout.scatter(&(&group.grad / g)) * &sc.ds_dl;
 
-        let counted = layout.broadcast(&Tensor::ones([layout.g], (kind, device)), 0.0);
-        let n_counted = counted.sum(kind);
-        let d = (&anchor - &logp) * &counted;
-        let k3 = (d.exp() - &d - 1.0) * &counted;
-        let anchor_kl = k3.sum(kind) / &n_counted;
-        if cfg.beta_anchor_kl > 0.0 {
+        // The k3 anchor penalty (and its metric) only when it is switched on.
+        let anchor_kl = if cfg.beta_anchor_kl > 0.0 {
+            let counted = layout.broadcast(&Tensor::ones([layout.g], (kind, device)), 0.0);
+            let n_counted = counted.sum(kind);
+            let d = (&anchor - &logp) * &counted;
+            let anchor_kl = ((d.exp() - &d - 1.0) * &counted).sum(kind) / &n_counted;
             loss += &anchor_kl * cfg.beta_anchor_kl;
             grad += (1f64 - d.exp()) * &counted * (cfg.beta_anchor_kl / &n_counted);
-        }
+            anchor_kl
+        } else {
+            Tensor::full([], f64::NAN, (kind, device))
+        };
 
         // All scalar metrics in one host transfer.
         let real = layout.mask.to_kind(kind);

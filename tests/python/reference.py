@@ -295,7 +295,8 @@ def reference_metrics(cfg: dict, logp, anchor, group_ids, rewards=None, targets=
         abs_s.extend(s.abs().tolist())
     rows = torch.tensor([r for g in info["groups"] for r in g])
     d = _t(anchor)[rows] - _t(logp)[rows]
-    anchor_kl = float((torch.exp(d) - d - 1).mean())
+    # adpo reports the k3 metric only when the anchor penalty is on.
+    anchor_kl = float((torch.exp(d) - d - 1).mean()) if cfg_f["beta_anchor_kl"] > 0 else float("nan")
     return dict(loss=float(loss), entropy=float(np.mean(ent)), kl_target=float(np.mean(kl)),
                 win_mass=float(np.mean(win)), mean_abs_score=float(np.mean(abs_s)),
                 max_abs_score=float(np.max(abs_s)), tau=float(np.mean(info["taus"])),
