@@ -28,6 +28,33 @@ impl Hasher for IdHasher {
 }
 use tch::{Device, Kind, Tensor};
 
+/// The rows of one counted group: a range of consecutive rows, or a list.
+#[derive(Clone, Copy, Debug)]
+pub enum Rows<'a> {
+    Range(usize, usize),
+    List(&'a [i64]),
+}
+
+impl<'a> Rows<'a> {
+    pub fn len(&self) -> usize {
+        match *self {
+            Rows::Range(a, b) => b - a,
+            Rows::List(l) => l.len(),
+        }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Row indices in order.
+    pub fn iter(&self) -> impl Iterator<Item = usize> + 'a {
+        let (range, list) = match *self {
+            Rows::Range(a, b) => (a..b, &[][..]),
+            Rows::List(l) => (0..0, l),
+        };
+        range.chain(list.iter().map(|&r| r as usize))
+    }
+}
+
 /// Dense group index per row and group sizes, for ids in any order (first appearance order).
 fn dense_any_order(ids: &[i64]) -> (Vec<usize>, Vec<usize>) {
     let runs = 1 + ids.windows(2).filter(|w| w[0] != w[1]).count();
@@ -56,18 +83,16 @@ fn dense_any_order(ids: &[i64]) -> (Vec<usize>, Vec<usize>) {
     (group_of_row, counts)
 }
 
-/// The same for sorted ids (the common layout): every run is a new group, no hashing.
-fn dense_sorted(ids: &[i64]) -> (Vec<usize>, Vec<usize>) {
-    let mut group_of_row = Vec::with_capacity(ids.len());
+/// Sizes of the runs of sorted ids: each run is one group, no hashing.
+fn run_sizes(ids: &[i64]) -> Vec<usize> {
     let mut counts: Vec<usize> = Vec::new();
     for (i, &id) in ids.iter().enumerate() {
         if i == 0 || ids[i - 1] != id {
             counts.push(0);
         }
         *counts.last_mut().expect("pushed above") += 1;
-        group_of_row.push(counts.len() - 1);
     }
-    (group_of_row, counts)
+    counts
 }
 
 /// Host-side description of the groups, built once from the ids.
@@ -78,6 +103,7 @@ pub struct Groups {
     /// Sizes of the counted groups, in order of first appearance.
     sizes: Vec<i64>,
     /// Row of each padded slot, [G * kmax]; padding slots point at row 0 and are masked.
+    /// Empty when `contiguous`: then slot i is row i and no per-row array is kept.
     slots: Vec<i64>,
     /// True when rows are already laid out as G consecutive blocks of kmax: no gather needed.
     contiguous: bool,
@@ -89,11 +115,10 @@ impl Groups {
         if n == 0 {
             return Err(Error::invalid("n must be > 0 (no candidates given)"));
         }
-        let (group_of_row, counts) = if ids.windows(2).all(|w| w[0] <= w[1]) {
-            dense_sorted(ids)
-        } else {
-            dense_any_order(ids)
-        };
+        if ids.windows(2).all(|w| w[0] <= w[1]) {
+            return Ok(Self::from_sorted(n, run_sizes(ids)));
+        }
+        let (group_of_row, counts) = dense_any_order(ids);
         // Slot of each counted group, and its size.
         let mut slot_of_group = vec![usize::MAX; counts.len()];
         let mut sizes = Vec::new();
@@ -113,9 +138,11 @@ impl Groups {
                 fill[s] += 1;
             }
         }
+        // Unsorted ids can still form consecutive equal-size blocks ([5, 5, 1, 1]).
         let contiguous = sizes.len() * kmax == n
             && sizes.iter().all(|&k| k as usize == kmax)
             && slots.iter().enumerate().all(|(i, &r)| r == i as i64);
+        let slots = if contiguous { Vec::new() } else { slots };
         Ok(Groups {
             n,
             kmax,
@@ -123,6 +150,44 @@ impl Groups {
             slots,
             contiguous,
         })
+    }
+
+    /// Sorted ids: groups are runs of consecutive rows. Equal-size runs with no singleton (the
+    /// usual batch of prompts x K) need no per-row bookkeeping at all.
+    fn from_sorted(n: usize, runs: Vec<usize>) -> Groups {
+        let sizes: Vec<i64> = runs
+            .iter()
+            .filter(|&&c| c >= 2)
+            .map(|&c| c as i64)
+            .collect();
+        let kmax = sizes.iter().copied().max().unwrap_or(0) as usize;
+        if sizes.len() * kmax == n {
+            return Groups {
+                n,
+                kmax,
+                sizes,
+                slots: Vec::new(),
+                contiguous: true,
+            };
+        }
+        let mut slots = vec![0i64; sizes.len() * kmax];
+        let (mut row, mut slot) = (0usize, 0usize);
+        for c in runs {
+            if c >= 2 {
+                for (j, r) in (row..row + c).enumerate() {
+                    slots[slot * kmax + j] = r as i64;
+                }
+                slot += 1;
+            }
+            row += c;
+        }
+        Groups {
+            n,
+            kmax,
+            sizes,
+            slots,
+            contiguous: false,
+        }
     }
 
     pub fn rows(&self) -> usize {
@@ -139,8 +204,13 @@ impl Groups {
         &self.sizes
     }
     /// Rows of counted group `g`, in order of appearance.
-    pub fn group_rows(&self, g: usize) -> &[i64] {
-        &self.slots[g * self.kmax..g * self.kmax + self.sizes[g] as usize]
+    pub fn group_rows(&self, g: usize) -> Rows<'_> {
+        let (start, size) = (g * self.kmax, self.sizes[g] as usize);
+        if self.contiguous {
+            Rows::Range(start, start + size)
+        } else {
+            Rows::List(&self.slots[start..start + size])
+        }
     }
 
     /// Device tensors of the layout.

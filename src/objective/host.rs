@@ -132,21 +132,44 @@ struct GroupStats {
     k3_sum: f64,
 }
 
-/// One row's results: (row, dL/ds * ds/dl before the 1/G mean, score).
-type RowOut = (usize, f64, f64);
+/// Where workers write each row's gradient and score: straight into the outputs, with no
+/// per-call staging buffer (fresh large allocations cost page faults on every call).
+#[derive(Clone, Copy)]
+struct RowSink {
+    grad: *mut f64,
+    scores: *mut f64,
+    len: usize,
+}
+
+// SAFETY: each row belongs to at most one group and each group to exactly one worker, so
+// concurrent writes through a RowSink never touch the same element.
+unsafe impl Send for RowSink {}
+unsafe impl Sync for RowSink {}
+
+impl RowSink {
+    fn put(&self, row: usize, grad: f64, score: f64) {
+        assert!(row < self.len, "row {row} out of range");
+        // SAFETY: in bounds (checked), and rows are written by one worker only (see above).
+        unsafe {
+            *self.grad.add(row) = grad;
+            *self.scores.add(row) = score;
+        }
+    }
+}
 
 fn eval_group(
     b: &Batch,
     g: usize,
     sc: &mut Scratch,
     keys: &mut Vec<f64>,
-    out: &mut Vec<RowOut>,
+    sink: RowSink,
+    inv_g: f64,
 ) -> GroupStats {
     let cfg = b.cfg;
     let members = b.groups.group_rows(g);
     let k = members.len();
     keys.clear();
-    keys.extend(members.iter().map(|&r| b.signal[r as usize]));
+    keys.extend(members.iter().map(|r| b.signal[r]));
     let q_lnq = target(cfg, b.rule, keys, b.explicit, &mut sc.q);
     let tau = match cfg.adaptive_tau {
         Some(AdaptiveTau::TargetEntropy { alpha, tau_min }) => {
@@ -157,8 +180,8 @@ fn eval_group(
     };
     sc.s.clear();
     sc.pass.clear();
-    for &r in members {
-        let (s, pass) = score(cfg, b.logp[r as usize] - b.anchor[r as usize], tau);
+    for r in members.iter() {
+        let (s, pass) = score(cfg, b.logp[r] - b.anchor[r], tau);
         sc.s.push(s);
         sc.pass.push(pass);
     }
@@ -173,12 +196,11 @@ fn eval_group(
         ..GroupStats::default()
     };
     let (mut qs, mut ps) = (0.0, 0.0);
-    for (j, &r) in members.iter().enumerate() {
+    for (j, row) in members.iter().enumerate() {
         let (p, q, s) = (sc.e[j] / z, sc.q[j], sc.s[j]);
-        let row = r as usize;
         qs += q * s;
         ps += p * s;
-        out.push((row, (p - q) * sc.pass[j], s));
+        sink.put(row, (p - q) * sc.pass[j] * inv_g, s);
         if keys[j] == best {
             st.win += p;
         }
@@ -197,15 +219,17 @@ fn eval_group(
 }
 
 /// Evaluates groups `range` on one thread.
-fn eval_groups(b: &Batch, range: std::ops::Range<usize>) -> (Vec<GroupStats>, Vec<RowOut>) {
+fn eval_groups(
+    b: &Batch,
+    range: std::ops::Range<usize>,
+    sink: RowSink,
+    inv_g: f64,
+) -> Vec<GroupStats> {
     let mut sc = Scratch::default();
     let mut keys = Vec::new();
-    let rows: usize = range.clone().map(|g| b.groups.sizes()[g] as usize).sum();
-    let mut out = Vec::with_capacity(rows);
-    let stats = range
-        .map(|g| eval_group(b, g, &mut sc, &mut keys, &mut out))
-        .collect();
-    (stats, out)
+    range
+        .map(|g| eval_group(b, g, &mut sc, &mut keys, sink, inv_g))
+        .collect()
 }
 
 /// Groups are independent: large batches are split over the available cores.
@@ -238,15 +262,26 @@ pub fn eval(
         explicit,
         groups,
     };
+    let inv_g = 1.0 / g_count as f64;
+    let mut grad = vec![0.0; n];
+    // Rows outside counted groups keep the base-tau score.
+    let mut scores: Vec<f64> = (0..n)
+        .map(|i| score(cfg, logp[i] - anchor[i], cfg.tau).0)
+        .collect();
+    let sink = RowSink {
+        grad: grad.as_mut_ptr(),
+        scores: scores.as_mut_ptr(),
+        len: n,
+    };
     let workers = worker_count(n, g_count);
-    let parts: Vec<(Vec<GroupStats>, Vec<RowOut>)> = if workers == 1 {
-        vec![eval_groups(&b, 0..g_count)]
+    let parts: Vec<Vec<GroupStats>> = if workers == 1 {
+        vec![eval_groups(&b, 0..g_count, sink, inv_g)]
     } else {
         let bounds: Vec<usize> = (0..=workers).map(|w| w * g_count / workers).collect();
         std::thread::scope(|scope| {
             let handles: Vec<_> = bounds
                 .windows(2)
-                .map(|w| scope.spawn(|| eval_groups(&b, w[0]..w[1])))
+                .map(|w| scope.spawn(|| eval_groups(&b, w[0]..w[1], sink, inv_g)))
                 .collect();
             handles
                 .into_iter()
@@ -254,31 +289,17 @@ pub fn eval(
                 .collect()
         })
     };
-
-    let inv_g = 1.0 / g_count as f64;
-    let mut grad = vec![0.0; n];
-    // Rows outside counted groups keep the base-tau score.
-    let mut scores: Vec<f64> = (0..n)
-        .map(|i| score(cfg, logp[i] - anchor[i], cfg.tau).0)
-        .collect();
+    let rows: usize = groups.sizes().iter().map(|&k| k as usize).sum();
     let mut total = GroupStats::default();
-    let mut rows = 0usize;
-    for (stats, out) in &parts {
-        for &(row, g, s) in out {
-            grad[row] = g * inv_g;
-            scores[row] = s;
-        }
-        rows += out.len();
-        for st in stats {
-            total.loss += st.loss;
-            total.entropy += st.entropy;
-            total.kl += st.kl;
-            total.win += st.win;
-            total.tau += st.tau;
-            total.abs_sum += st.abs_sum;
-            total.abs_max = total.abs_max.max(st.abs_max);
-            total.k3_sum += st.k3_sum;
-        }
+    for st in parts.iter().flatten() {
+        total.loss += st.loss;
+        total.entropy += st.entropy;
+        total.kl += st.kl;
+        total.win += st.win;
+        total.tau += st.tau;
+        total.abs_sum += st.abs_sum;
+        total.abs_max = total.abs_max.max(st.abs_max);
+        total.k3_sum += st.k3_sum;
     }
     let anchor_kl = if cfg.beta_anchor_kl > 0.0 {
         total.k3_sum / rows as f64
@@ -289,8 +310,8 @@ pub fn eval(
     if cfg.beta_anchor_kl > 0.0 {
         loss += cfg.beta_anchor_kl * anchor_kl;
         let w = cfg.beta_anchor_kl / rows as f64;
-        for (_, out) in &parts {
-            for &(row, _, _) in out {
+        for g in 0..g_count {
+            for row in groups.group_rows(g).iter() {
                 grad[row] += w * (1.0 - (anchor[row] - logp[row]).exp());
             }
         }

@@ -496,8 +496,8 @@ pub(crate) fn check_targets(t: &Tensor, groups: &Groups, tol: f64) -> Result<()>
     let mut worst = 0.0f64;
     for g in 0..groups.count() {
         let rows = groups.group_rows(g);
-        rows.iter().for_each(|&r| in_group[r as usize] = true);
-        worst = worst.max((rows.iter().map(|&r| host[r as usize]).sum::<f64>() - 1.0).abs());
+        rows.iter().for_each(|r| in_group[r] = true);
+        worst = worst.max((rows.iter().map(|r| host[r]).sum::<f64>() - 1.0).abs());
     }
     for (x, counted) in host.iter().zip(in_group) {
         if !counted {
