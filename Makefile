@@ -71,11 +71,15 @@ test-header: lib
 	$(CXX) -std=c++17 -Wall -Wextra -Werror -pedantic -fsyntax-only -Iinclude -x c++ include/adpo.h
 	$(PY) tests/check_exports.py $(LIB) include/adpo.h
 
-test-c: $(C_TESTS) $(C_EXAMPLES)
+test-c: $(C_TESTS) $(C_EXAMPLES) fixtures
 	@set -e; for t in $(C_TESTS); do echo "== $$t"; env -u LD_LIBRARY_PATH $$t; done
 	@set -e; for t in $(C_TESTS); do echo "== valgrind $$t"; \
 	  valgrind -q --error-exitcode=9 --leak-check=no --suppressions=tests/c/valgrind.supp $$t >/dev/null; done
 	@echo "C tests under valgrind: clean"
+	$(CBUILD)/examples/objective_host >/dev/null
+	$(CBUILD)/examples/objective_dlpack >/dev/null
+	$(CBUILD)/examples/demo $(FIXTURES)/tiny_transformer.pt 40 | tail -1
+	@echo "C examples: 3 passed, 0 failed"
 
 test-python: lib
 	ADPO_LIB=$(LIB) $(PY) -m pytest -q tests/python
