@@ -4,7 +4,9 @@ use super::boundary::{call, call_on, infallible, require_out, write_out, Handle}
 use super::error::adpo_error;
 use super::version::owned_c_string;
 use crate::error::{Error, Result, Status};
-use crate::objective::{EvalInputs, EvalOutput, Groups, Metrics, Objective, Signal, TokenInputs};
+use crate::objective::{
+    EvalOutput, Groups, HostInputs, HostSignal, Metrics, Objective, TokenInputs,
+};
 use std::ffi::{c_char, CStr};
 use std::sync::atomic::AtomicBool;
 use tch::{Device, Kind, Tensor};
@@ -155,14 +157,11 @@ fn eval_host(
     out_grad_logp: *mut f64,
     out_scores: *mut f64,
 ) -> Result<()> {
-    let len = check_n(n)?;
+    check_n(n)?;
     require_out(out_loss, "out_loss")?;
-    let shape = [len];
-    let logp = host_tensor(logp, &shape, "logp")?;
-    let anchor = host_tensor(anchor_logp, &shape, "anchor_logp")?;
-    let signal_tensor = match (rewards.is_null(), targets.is_null()) {
-        (false, true) => host_tensor(rewards, &shape, "rewards")?,
-        (true, false) => host_tensor(targets, &shape, "targets")?,
+    let signal = match (rewards.is_null(), targets.is_null()) {
+        (false, true) => HostSignal::Rewards(slice(rewards, n, "rewards")?),
+        (true, false) => HostSignal::Targets(slice(targets, n, "targets")?),
         (false, false) => {
             return Err(Error::invalid(
                 "give exactly one of rewards and targets; both are non-NULL",
@@ -174,26 +173,24 @@ fn eval_host(
             ))
         }
     };
-    let signal = if rewards.is_null() {
-        Signal::Targets(&signal_tensor)
-    } else {
-        Signal::Rewards(&signal_tensor)
-    };
     let groups = Groups::from_ids(slice(group_ids, n, "group_ids")?)?;
-    let entropy = if policy_entropy.is_null() {
-        None
-    } else {
-        Some(host_tensor(policy_entropy, &shape, "policy_entropy")?)
-    };
-    let inputs = EvalInputs {
-        logp: &logp,
-        anchor_logp: &anchor,
+    let inputs = HostInputs {
+        logp: slice(logp, n, "logp")?,
+        anchor_logp: slice(anchor_logp, n, "anchor_logp")?,
         signal,
         groups: &groups,
-        policy_entropy: entropy.as_ref(),
+        policy_entropy: if policy_entropy.is_null() {
+            None
+        } else {
+            Some(slice(policy_entropy, n, "policy_entropy")?)
+        },
     };
-    let out = obj.inner.eval(&inputs)?;
-    write_outputs(&out, n, out_loss, out_grad_logp, n, out_scores)
+    // SAFETY: non-NULL outputs are valid for n writes (caller contract).
+    let out = |p: *mut f64| (!p.is_null()).then(|| unsafe { std::slice::from_raw_parts_mut(p, n) });
+    let (loss, _) = obj
+        .inner
+        .eval_slices(&inputs, out(out_grad_logp), out(out_scores))?;
+    write_out(out_loss, "out_loss", loss)
 }
 
 fn write_outputs(

@@ -19,13 +19,6 @@ pub fn supports(cfg: &ObjectiveConfig, rule: TargetRule) -> bool {
         && !matches!(cfg.adaptive_tau, Some(AdaptiveTau::SmoothHybrid { .. }))
 }
 
-pub struct HostResult {
-    pub loss: f64,
-    pub grad: Vec<f64>,
-    pub scores: Vec<f64>,
-    pub metrics: Metrics,
-}
-
 /// Scratch space for one group, reused across groups.
 #[derive(Default)]
 struct Scratch {
@@ -241,7 +234,10 @@ fn worker_count(rows: usize, groups: usize) -> usize {
     cores.min(rows / MIN_ROWS_PER_THREAD).min(groups).max(1)
 }
 
-/// `signal` holds rewards, or explicit targets when `explicit`.
+/// `signal` holds rewards, or explicit targets when `explicit`. Writes d loss / d logp and the
+/// scores into `grad` and `scores` (resized to N; their capacity is reused) and returns the
+/// loss and metrics.
+#[allow(clippy::too_many_arguments)]
 pub fn eval(
     cfg: &ObjectiveConfig,
     rule: TargetRule,
@@ -250,7 +246,9 @@ pub fn eval(
     signal: &[f64],
     explicit: bool,
     groups: &Groups,
-) -> HostResult {
+    grad: &mut Vec<f64>,
+    scores: &mut Vec<f64>,
+) -> (f64, Metrics) {
     let n = logp.len();
     let g_count = groups.count();
     let b = Batch {
@@ -263,11 +261,11 @@ pub fn eval(
         groups,
     };
     let inv_g = 1.0 / g_count as f64;
-    let mut grad = vec![0.0; n];
+    grad.clear();
+    grad.resize(n, 0.0);
     // Rows outside counted groups keep the base-tau score.
-    let mut scores: Vec<f64> = (0..n)
-        .map(|i| score(cfg, logp[i] - anchor[i], cfg.tau).0)
-        .collect();
+    scores.clear();
+    scores.extend((0..n).map(|i| score(cfg, logp[i] - anchor[i], cfg.tau).0));
     let sink = RowSink {
         grad: grad.as_mut_ptr(),
         scores: scores.as_mut_ptr(),
@@ -328,10 +326,5 @@ pub fn eval(
         clip_fraction: f64::NAN,
         anchor_kl,
     };
-    HostResult {
-        loss,
-        grad,
-        scores,
-        metrics,
-    }
+    (loss, metrics)
 }

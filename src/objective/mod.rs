@@ -38,6 +38,22 @@ pub struct EvalInputs<'a> {
     pub policy_entropy: Option<&'a Tensor>,
 }
 
+/// What the targets come from, on the host.
+#[derive(Clone, Copy)]
+pub enum HostSignal<'a> {
+    Rewards(&'a [f64]),
+    Targets(&'a [f64]),
+}
+
+/// Inputs of a sequence-level evaluation on host float64 buffers of length N.
+pub struct HostInputs<'a> {
+    pub logp: &'a [f64],
+    pub anchor_logp: &'a [f64],
+    pub signal: HostSignal<'a>,
+    pub groups: &'a Groups,
+    pub policy_entropy: Option<&'a [f64]>,
+}
+
 /// Inputs of a token-level (GRPO) evaluation: [N, T] tensors, rewards [N].
 pub struct TokenInputs<'a> {
     pub logp: &'a Tensor,
@@ -67,6 +83,10 @@ pub struct Objective {
 struct State {
     rng: SplitMix64,
     last: Option<Metrics>,
+    /// Output buffers of the fused kernel, reused across calls (fresh large allocations cost
+    /// page faults on every call).
+    scratch_grad: Vec<f64>,
+    scratch_scores: Vec<f64>,
 }
 
 /// Small deterministic generator for Plackett-Luce tie breaking (seeded from the config).
@@ -138,7 +158,12 @@ impl Objective {
         let rng = SplitMix64(cfg.seed ^ 0x5EED_AD90);
         Ok(Objective {
             cfg,
-            state: Mutex::new(State { rng, last: None }),
+            state: Mutex::new(State {
+                rng,
+                last: None,
+                scratch_grad: Vec::new(),
+                scratch_scores: Vec::new(),
+            }),
         })
     }
 
@@ -173,11 +198,7 @@ impl Objective {
 
     fn eval_inner(&self, inputs: &EvalInputs, allow_host: bool) -> Result<EvalOutput> {
         let cfg = &self.cfg;
-        if cfg.loss == LossKind::Grpo {
-            return Err(Error::invalid(
-                "loss \"grpo\" is token-level: use the token entry point (adpo_objective_eval_tokens)",
-            ));
-        }
+        check_sequence_loss(cfg, inputs.groups)?;
         let groups = inputs.groups;
         let n = groups.rows() as i64;
         let device = inputs.logp.device();
@@ -191,18 +212,6 @@ impl Objective {
         check_input(signal_name, signal, &[n], device)?;
         if let Some(e) = inputs.policy_entropy {
             check_input("policy_entropy", e, &[n], device)?;
-        }
-        if matches!(cfg.loss, LossKind::Pairwise | LossKind::Dpo)
-            && (groups.count() * 2 != groups.rows() || groups.sizes().iter().any(|&k| k != 2))
-        {
-            return Err(Error::shape(format!(
-                "loss \"{}\" needs every group to have exactly 2 candidates; got {} rows in {} groups of size >= 2 (sizes {:?}{})",
-                if cfg.loss == LossKind::Dpo { "dpo" } else { "pairwise" },
-                groups.rows(),
-                groups.count(),
-                &groups.sizes()[..groups.count().min(8)],
-                if groups.count() > 8 { ", ..." } else { "" },
-            )));
         }
         let logp = inputs.logp.to_kind(kind);
         let anchor = inputs.anchor_logp.to_kind(kind);
@@ -424,7 +433,8 @@ impl Objective {
         // SAFETY: contiguous float64 CPU tensors of n elements, alive for this scope.
         let view =
             |t: &Tensor| unsafe { std::slice::from_raw_parts(t.data_ptr() as *const f64, n) };
-        let r = host::eval(
+        let (mut grad, mut scores) = (Vec::new(), Vec::new());
+        let (loss, metrics) = host::eval(
             &self.cfg,
             rule,
             view(&logp),
@@ -432,16 +442,112 @@ impl Objective {
             view(&signal),
             explicit,
             groups,
+            &mut grad,
+            &mut scores,
         );
-        let grad = Tensor::from_slice(&r.grad);
-        check_result(r.loss, &grad)?;
-        self.state.lock().last = Some(r.metrics);
+        check_result_host(loss, &grad)?;
+        self.state.lock().last = Some(metrics);
         Ok(EvalOutput {
-            loss: r.loss,
-            grad_logp: grad,
-            scores: Tensor::from_slice(&r.scores),
-            metrics: r.metrics,
+            loss,
+            grad_logp: Tensor::from_slice(&grad),
+            scores: Tensor::from_slice(&scores),
+            metrics,
         })
+    }
+
+    /// Sequence-level evaluation on host float64 buffers, writing d loss / d logp and the
+    /// scores into the caller's buffers (each optional) only on success. The listwise family
+    /// runs the fused CPU kernel on reused buffers; other losses go through `eval`.
+    pub fn eval_slices(
+        &self,
+        inputs: &HostInputs,
+        grad_out: Option<&mut [f64]>,
+        scores_out: Option<&mut [f64]>,
+    ) -> Result<(f64, Metrics)> {
+        let cfg = &self.cfg;
+        let groups = inputs.groups;
+        let n = groups.rows();
+        check_sequence_loss(cfg, groups)?;
+        let (signal_name, signal, explicit) = match inputs.signal {
+            HostSignal::Rewards(r) => ("rewards", r, false),
+            HostSignal::Targets(t) => ("targets", t, true),
+        };
+        for (name, values) in [
+            ("logp", inputs.logp),
+            ("anchor_logp", inputs.anchor_logp),
+            (signal_name, signal),
+        ]
+        .into_iter()
+        .chain(inputs.policy_entropy.map(|e| ("policy_entropy", e)))
+        {
+            if values.len() != n {
+                return Err(Error::shape(format!(
+                    "{name} has {} entries, expected {n}",
+                    values.len()
+                )));
+            }
+            if !values.iter().all(|x| x.is_finite()) {
+                return Err(Error::non_finite(name));
+            }
+        }
+        for (name, out) in [("grad_logp", &grad_out), ("scores", &scores_out)] {
+            if out.as_ref().is_some_and(|o| o.len() != n) {
+                return Err(Error::shape(format!(
+                    "the {name} output has the wrong length, expected {n}"
+                )));
+            }
+        }
+        if explicit {
+            check_targets_host(signal, groups, 1e-6)?;
+        }
+        let rule = target_rule(cfg);
+        if groups.count() == 0 || !host::supports(cfg, rule) {
+            // The tensor path (it handles every loss, and the no-group case).
+            let t = |v: &[f64]| Tensor::from_slice(v);
+            let (logp, anchor, sig) = (t(inputs.logp), t(inputs.anchor_logp), t(signal));
+            let entropy = inputs.policy_entropy.map(t);
+            let signal = if explicit {
+                Signal::Targets(&sig)
+            } else {
+                Signal::Rewards(&sig)
+            };
+            let out = self.eval(&EvalInputs {
+                logp: &logp,
+                anchor_logp: &anchor,
+                signal,
+                groups,
+                policy_entropy: entropy.as_ref(),
+            })?;
+            if let Some(g) = grad_out {
+                out.grad_logp.f_copy_data(g, n)?;
+            }
+            if let Some(sc) = scores_out {
+                out.scores.f_copy_data(sc, n)?;
+            }
+            return Ok((out.loss, out.metrics));
+        }
+        let mut state = self.state.lock();
+        let st = &mut *state;
+        let (loss, metrics) = host::eval(
+            cfg,
+            rule,
+            inputs.logp,
+            inputs.anchor_logp,
+            signal,
+            explicit,
+            groups,
+            &mut st.scratch_grad,
+            &mut st.scratch_scores,
+        );
+        check_result_host(loss, &st.scratch_grad)?;
+        if let Some(g) = grad_out {
+            g.copy_from_slice(&st.scratch_grad);
+        }
+        if let Some(sc) = scores_out {
+            sc.copy_from_slice(&st.scratch_scores);
+        }
+        st.last = Some(metrics);
+        Ok((loss, metrics))
     }
 
     fn tie_keys(&self, layout: &Layout, device: Device) -> Tensor {
@@ -471,17 +577,61 @@ impl EvalInputs<'_> {
     }
 }
 
+/// The loss is sequence level, and pairwise losses have groups of exactly two.
+fn check_sequence_loss(cfg: &ObjectiveConfig, groups: &Groups) -> Result<()> {
+    if cfg.loss == LossKind::Grpo {
+        return Err(Error::invalid(
+            "loss \"grpo\" is token-level: use the token entry point (adpo_objective_eval_tokens)",
+        ));
+    }
+    if matches!(cfg.loss, LossKind::Pairwise | LossKind::Dpo)
+        && (groups.count() * 2 != groups.rows() || groups.sizes().iter().any(|&k| k != 2))
+    {
+        return Err(Error::shape(format!(
+            "loss \"{}\" needs every group to have exactly 2 candidates; got {} rows in {} groups of size >= 2 (sizes {:?}{})",
+            if cfg.loss == LossKind::Dpo { "dpo" } else { "pairwise" },
+            groups.rows(),
+            groups.count(),
+            &groups.sizes()[..groups.count().min(8)],
+            if groups.count() > 8 { ", ..." } else { "" },
+        )));
+    }
+    Ok(())
+}
+
+/// The target rule a loss uses: top1 and dpo force one-hot targets.
+fn target_rule(cfg: &ObjectiveConfig) -> TargetRule {
+    match cfg.loss {
+        LossKind::Top1 => TargetRule::Top1 {
+            smoothing: cfg.top1_smoothing,
+        },
+        LossKind::Dpo => TargetRule::Top1 { smoothing: 0.0 },
+        _ => TargetRule::from_config(cfg),
+    }
+}
+
+fn check_result_host(loss: f64, grad: &[f64]) -> Result<()> {
+    if loss.is_finite() && grad.iter().all(|g| g.is_finite()) {
+        Ok(())
+    } else {
+        Err(overflow_error(loss))
+    }
+}
+
+fn overflow_error(loss: f64) -> Error {
+    Error::new(
+        crate::error::Status::NonFinite,
+        format!("the result overflowed (loss {loss}): log-ratios are too large for exp() in this configuration"),
+    )
+}
+
 /// Finite inputs can still overflow (e.g. exp of a huge log-ratio in a penalty): never hand
 /// back a non-finite loss or gradient.
 fn check_result(loss: f64, grad: &Tensor) -> Result<()> {
-    let finite = loss.is_finite() && grad.isfinite().all().int64_value(&[]) != 0;
-    if finite {
+    if loss.is_finite() && all_finite(grad) {
         Ok(())
     } else {
-        Err(Error::new(
-            crate::error::Status::NonFinite,
-            format!("the result overflowed (loss {loss}): log-ratios are too large for exp() in this configuration"),
-        ))
+        Err(overflow_error(loss))
     }
 }
 
@@ -489,6 +639,10 @@ fn check_result(loss: f64, grad: &Tensor) -> Result<()> {
 /// Checked on the host: one transfer of N values.
 pub(crate) fn check_targets(t: &Tensor, groups: &Groups, tol: f64) -> Result<()> {
     let host = Vec::<f64>::try_from(t.to_kind(Kind::Double).to_device(Device::Cpu).contiguous())?;
+    check_targets_host(&host, groups, tol)
+}
+
+fn check_targets_host(host: &[f64], groups: &Groups, tol: f64) -> Result<()> {
     if host.iter().any(|&x| x < 0.0) {
         return Err(Error::invalid("targets must be >= 0"));
     }
