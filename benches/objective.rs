@@ -61,9 +61,40 @@ fn bench(c: &mut Criterion) {
     }
 }
 
+/// Fixed cost of one call through the C ABI: one group of two candidates.
+fn call_overhead(c: &mut Criterion) {
+    let (logp, anchor, rewards, ids) = ([-1.0, -2.0], [-1.5, -1.5], [1.0, 0.0], [0i64, 0]);
+    let mut grad = [0.0; 2];
+    let mut obj = null_mut();
+    assert_eq!(
+        adpo_objective_new(c"{}".as_ptr(), &mut obj, null_mut()),
+        adpo::Status::Ok
+    );
+    let mut loss = 0.0;
+    c.bench_function("adpo_objective_eval 1 group x 2 (per-call overhead)", |b| {
+        b.iter(|| {
+            let st = adpo_objective_eval(
+                obj,
+                2,
+                logp.as_ptr(),
+                anchor.as_ptr(),
+                rewards.as_ptr(),
+                null(),
+                ids.as_ptr(),
+                &mut loss,
+                grad.as_mut_ptr(),
+                null_mut(),
+                null_mut(),
+            );
+            assert_eq!(st, adpo::Status::Ok);
+        })
+    });
+    adpo_objective_free(obj);
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(30);
-    targets = bench
+    targets = bench, call_overhead
 }
 criterion_main!(benches);
