@@ -28,7 +28,7 @@ FIXTURE_STAMP := $(FIXTURES)/.done
 C_TESTS := $(patsubst tests/c/%.c,$(CBUILD)/tests/%,$(wildcard tests/c/*.c))
 C_EXAMPLES := $(patsubst examples/c/%.c,$(CBUILD)/examples/%,$(wildcard examples/c/*.c))
 
-.PHONY: setup fixtures build lib test test-rust test-header test-c test-python test-install test-cpp test-go test-julia demo header install bench
+.PHONY: setup fixtures build lib test test-rust test-header test-c test-python test-install test-cpp test-go test-julia test-bandit bench-bandit demo header install bench
 
 setup: $(SETUP_STAMP)
 $(SETUP_STAMP): scripts/setup
@@ -58,7 +58,7 @@ $(CBUILD)/examples/%: examples/c/%.c include/adpo.h lib
 demo: $(CBUILD)/examples/demo fixtures
 	$(CBUILD)/examples/demo $(FIXTURES)/tiny_transformer.pt
 
-test: test-rust test-header test-c test-python test-install test-cpp test-go test-julia
+test: test-rust test-header test-c test-python test-install test-cpp test-go test-julia test-bandit
 	@echo "make test: all suites passed"
 
 test-rust: setup fixtures
@@ -98,6 +98,14 @@ test-go: lib fixtures
 # the Julia suite runs where julia is on PATH (a visible SKIP line otherwise).
 test-julia: lib fixtures
 	ADPO_LIB=$(LIB) ADPO_FIXTURES=$(FIXTURES) bindings/julia/run-tests
+
+# Issue 6 evidence: the contextual-bandit benchmark (docs/RESULTS.md). Quick mode in make test.
+test-bandit: setup
+	$(CARGO) run --release --example bandit -- --quick --out target/bandit-quick
+
+bench-bandit: setup
+	$(CARGO) run --release --example bandit -- --out target/bandit
+	$(PY) scripts/plot_bandit.py target/bandit
 
 header: setup
 	ADPO_WRITE_HEADER=1 $(CARGO) test --release --test header
