@@ -735,7 +735,9 @@ pub fn checks(p: &Params, recs: &[Record]) -> Vec<String> {
                     m.label(),
                     a.name()
                 );
-                if !(v > r + MARGIN) {
+                // A NaN WinMass must fail too, hence not `v <= r + MARGIN`.
+                let beats = v > r + MARGIN;
+                if !beats {
                     fails.push(format!(
                         "{} / {} on {sc} (h={h}): WinMass {v:.3} does not beat the reference {r:.3} by {MARGIN}",
                         m.label(),
