@@ -14,6 +14,7 @@ pub mod logprob;
 pub mod model;
 pub mod objective;
 pub mod optimizer;
+mod rng;
 pub mod sample;
 pub mod schedule;
 pub mod trainer;

@@ -61,15 +61,6 @@ impl SamplingConfig {
     }
 }
 
-/// SplitMix64: one uniform draw per sampled token, identical on every device.
-pub(crate) fn next_uniform(state: &mut u64) -> f64 {
-    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
-}
-
 /// Probabilities of the sampling distribution from last-position logits [B, V].
 fn sampling_probs(logits: &Tensor, cfg: &SamplingConfig) -> Tensor {
     let mut z = logits / cfg.temperature;
@@ -141,7 +132,7 @@ pub fn sample(
                 let cdf = sampling_probs(&last, cfg).cumsum(1, kind);
                 // Scale the draw by the CDF's total so rounding (a total slightly below 1) can
                 // never push it past the last token with mass.
-                let u: Vec<f64> = (0..k).map(|_| next_uniform(rng)).collect();
+                let u: Vec<f64> = (0..k).map(|_| crate::rng::next_uniform(rng)).collect();
                 let u = Tensor::from_slice(&u)
                     .to_device(device)
                     .to_kind(kind)

@@ -81,25 +81,13 @@ pub struct Objective {
 }
 
 struct State {
-    rng: SplitMix64,
+    /// State of the tie-breaking generator (seeded from the config).
+    rng: u64,
     last: Option<Metrics>,
     /// Output buffers of the fused kernel, reused across calls (fresh large allocations cost
     /// page faults on every call).
     scratch_grad: Vec<f64>,
     scratch_scores: Vec<f64>,
-}
-
-/// Small deterministic generator for Plackett-Luce tie breaking (seeded from the config).
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next_f64(&mut self) -> f64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
-    }
 }
 
 /// f64 inputs compute in f64; f32, bf16 and f16 inputs compute (accumulate) in f32.
@@ -155,7 +143,7 @@ fn check_input(name: &str, t: &Tensor, shape: &[i64], device: Device) -> Result<
 impl Objective {
     pub fn new(cfg: ObjectiveConfig) -> Result<Self> {
         cfg.validate()?;
-        let rng = SplitMix64(cfg.seed ^ 0x5EED_AD90);
+        let rng = cfg.seed ^ 0x5EED_AD90;
         Ok(Objective {
             cfg,
             state: Mutex::new(State {
@@ -553,7 +541,7 @@ impl Objective {
     fn tie_keys(&self, layout: &Layout, device: Device) -> Tensor {
         let mut state = self.state.lock();
         let keys: Vec<f64> = (0..layout.g * layout.k)
-            .map(|_| state.rng.next_f64())
+            .map(|_| crate::rng::next_uniform(&mut state.rng))
             .collect();
         Tensor::from_slice(&keys)
             .view([layout.g, layout.k])
