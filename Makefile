@@ -26,9 +26,13 @@ FIXTURES := $(CURDIR)/tests/fixtures/generated
 FIXTURE_STAMP := $(FIXTURES)/.done
 
 C_TESTS := $(patsubst tests/c/%.c,$(CBUILD)/tests/%,$(wildcard tests/c/*.c))
-C_EXAMPLES := $(patsubst examples/c/%.c,$(CBUILD)/examples/%,$(wildcard examples/c/*.c))
+# train_mpi.c needs mpi.h: built with mpicc by its own rule.
+C_EXAMPLES := $(patsubst examples/c/%.c,$(CBUILD)/examples/%,$(filter-out examples/c/train_mpi.c,$(wildcard examples/c/*.c)))
+MPICC ?= mpicc
+# OpenMPI refuses to run as root (containers, CI) unless told; --oversubscribe: more ranks than cores.
+MPIRUN := OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 mpirun --oversubscribe
 
-.PHONY: setup fixtures build lib test test-rust test-header test-c test-python test-install test-cpp test-go test-julia test-bandit bench-bandit demo header install bench
+.PHONY: setup fixtures build lib test test-rust test-header test-c test-python test-install test-cpp test-go test-julia test-bandit bench-bandit test-mpi bench-dp demo header install bench
 
 setup: $(SETUP_STAMP)
 $(SETUP_STAMP): scripts/setup
@@ -55,10 +59,14 @@ $(CBUILD)/examples/%: examples/c/%.c include/adpo.h lib
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ADPO) -o $@ $< $(LDFLAGS_ADPO)
 
+$(CBUILD)/examples/train_mpi: examples/c/train_mpi.c include/adpo.h lib
+	@mkdir -p $(dir $@)
+	$(MPICC) $(CFLAGS_ADPO) -o $@ $< $(LDFLAGS_ADPO)
+
 demo: $(CBUILD)/examples/demo fixtures
 	$(CBUILD)/examples/demo $(FIXTURES)/tiny_transformer.pt
 
-test: test-rust test-header test-c test-python test-install test-cpp test-go test-julia test-bandit
+test: test-rust test-header test-c test-python test-install test-cpp test-go test-julia test-bandit test-mpi
 	@echo "make test: all suites passed"
 
 test-rust: setup fixtures
@@ -106,6 +114,15 @@ test-bandit: setup
 bench-bandit: setup
 	$(CARGO) run --release --example bandit -- --out target/bandit
 	$(PY) scripts/plot_bandit.py target/bandit
+
+# Issue 7: data-parallel training. Two and three ranks against one process (examples/c/train_mpi.c).
+test-mpi: $(CBUILD)/examples/train_mpi fixtures
+	$(MPIRUN) -np 2 -x OMP_NUM_THREADS=1 $< $(FIXTURES)/tiny_transformer_f64.pt
+	$(MPIRUN) -np 3 -x OMP_NUM_THREADS=1 $< $(FIXTURES)/tiny_transformer_f64.pt | tail -1
+
+# Step time on 1 and 2 processes for the same global batch, and the time in reduction.
+bench-dp: $(CBUILD)/examples/train_mpi fixtures
+	PY=$(PY) benches/dp_bench
 
 header: setup
 	ADPO_WRITE_HEADER=1 $(CARGO) test --release --test header

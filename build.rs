@@ -19,11 +19,67 @@ fn main() {
     let major = env::var("CARGO_PKG_VERSION_MAJOR").unwrap();
     println!("cargo:rustc-cdylib-link-arg=-Wl,-soname,libadpo.so.{major}");
 
+    // MPI support (cfg adpo_mpi) whenever an MPI compiler wrapper is found; ADPO_MPI=0 builds
+    // without it, ADPO_MPI=1 makes a missing MPI an error.
+    println!("cargo:rustc-check-cfg=cfg(adpo_mpi)");
+    println!("cargo:rerun-if-env-changed=ADPO_MPI");
+    match env::var("ADPO_MPI").as_deref() {
+        Ok("0") => {}
+        want => {
+            if build_mpi_shim() {
+                println!("cargo:rustc-cfg=adpo_mpi");
+            } else if want == Ok("1") {
+                panic!("ADPO_MPI=1 but no MPI compiler wrapper (mpicc) works: install OpenMPI (scripts/setup) or set MPICC");
+            }
+        }
+    }
+
     println!("cargo:rustc-env=ADPO_LIBTORCH_LIB={lib}");
     println!(
         "cargo:rustc-env=ADPO_LIBTORCH_VERSION={}",
         libtorch_version(lib_dir)
     );
+}
+
+/// Compiles the MPI shim with the include and link flags of the MPI compiler wrapper
+/// (OpenMPI: `mpicc --showme:compile|link`; MPICH: `mpicc -compile-info|-link-info`).
+/// False when there is no working wrapper.
+fn build_mpi_shim() -> bool {
+    println!("cargo:rerun-if-changed=csrc/mpi_shim.c");
+    println!("cargo:rerun-if-env-changed=MPICC");
+    let mpicc = env::var("MPICC").unwrap_or_else(|_| "mpicc".into());
+    let wrapper = |args: &[&str]| -> Option<Vec<String>> {
+        let out = std::process::Command::new(&mpicc)
+            .args(args)
+            .output()
+            .ok()?;
+        out.status.success().then(|| {
+            String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .map(String::from)
+                .collect()
+        })
+    };
+    let compile = wrapper(&["--showme:compile"]).or_else(|| wrapper(&["-compile-info"]));
+    let link = wrapper(&["--showme:link"]).or_else(|| wrapper(&["-link-info"]));
+    let (Some(compile), Some(link)) = (compile, link) else {
+        return false;
+    };
+    let mut build = cc::Build::new();
+    build.file("csrc/mpi_shim.c").warnings(true);
+    for flag in compile.iter().filter(|f| f.starts_with("-I")) {
+        build.include(&flag[2..]);
+    }
+    build.compile("adpo_mpi_shim");
+    for flag in &link {
+        if let Some(dir) = flag.strip_prefix("-L") {
+            println!("cargo:rustc-link-search=native={dir}");
+            println!("cargo:rustc-link-arg=-Wl,-rpath,{dir}");
+        } else if let Some(name) = flag.strip_prefix("-l") {
+            println!("cargo:rustc-link-lib=dylib={name}");
+        }
+    }
+    true
 }
 
 /// The version of the libtorch we build against: PyPI wheels carry torch/version.py,

@@ -106,6 +106,10 @@ enum adpo_status
    * A panic was caught at the C boundary (a bug in adpo; please report it).
    */
   ADPO_STATUS_PANIC = 12,
+  /**
+   * A collective across ranks failed (MPI, or the host's all-reduce callback).
+   */
+  ADPO_STATUS_COMMUNICATION = 13,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -140,6 +144,25 @@ typedef struct adpo_objective adpo_objective;
  * Applies ADPO steps to a policy model.
  */
 typedef struct adpo_trainer adpo_trainer;
+
+/**
+ * The host's all-reduce: sum `count` elements of `buffer` over all ranks, in place, and return
+ * 0 when the result is in `buffer` (any other value is an error). `dtype` is float32 or
+ * float64; `device` is where `buffer` lives (kDLCPU, or kDLCUDA after adpo synchronised its
+ * stream: e.g. ncclAllReduce on your stream, then wait for it). Called for each gradient
+ * bucket, for the small metric and status reductions, and to copy rank 0's state to the other
+ * ranks; always from the thread that called the trainer.
+ */
+typedef int32_t (*adpo_allreduce_fn)(void *userdata,
+                                     void *buffer,
+                                     size_t count,
+                                     DLDataType dtype,
+                                     DLDevice device);
+
+/**
+ * Frees the userdata of an all-reduce callback.
+ */
+typedef void (*adpo_userdata_free_fn)(void *userdata);
 
 /**
  * Metrics of the last evaluation. Set struct_size = sizeof(adpo_objective_metrics) before the
@@ -256,6 +279,10 @@ typedef struct adpo_trainer_metrics {
    * Wall time of the step in milliseconds.
    */
   double step_time_ms;
+  /**
+   * Of which spent in collectives (data-parallel training; 0 in one process).
+   */
+  double reduce_time_ms;
 } adpo_trainer_metrics;
 
 #ifdef __cplusplus
@@ -350,6 +377,49 @@ adpo_status adpo_batch_get_group_ids(const struct adpo_batch *batch,
 void adpo_batch_free(struct adpo_batch *batch);
 
 /**
+ * Data-parallel training over MPI: `mpi_comm` is the address of an `MPI_Comm` (NULL:
+ * MPI_COMM_WORLD), which adpo duplicates for its own traffic. Collective: every rank of the
+ * communicator calls it; MPI is initialised if the host has not done it. Rank 0's weights,
+ * optimizer and anchor state are copied to every rank, so replicas that start different end
+ * identical. A build without MPI (no mpicc at build time) returns ADPO_STATUS_UNSUPPORTED; see
+ * adpo_has_mpi(). Trainer config {"distributed": {"backend": "mpi"}} does the same with
+ * MPI_COMM_WORLD at adpo_trainer_new.
+ */
+adpo_status adpo_trainer_use_mpi(struct adpo_trainer *trainer,
+                                 const void *mpi_comm,
+                                 struct adpo_error **err);
+
+/**
+ * Data-parallel training over the host's own communicator (NCCL, Gloo, torch.distributed,
+ * MPI, ...): this process is `rank` of `world_size`, and `allreduce` sums buffers over them.
+ * adpo owns `userdata` from this call on, whatever its outcome: `free_userdata` (may be NULL)
+ * is called exactly once, when the trainer is freed or another communicator replaces this
+ * one, or before returning an error. Collective, like adpo_trainer_use_mpi (rank 0's state is
+ * copied to every rank).
+ */
+adpo_status adpo_trainer_use_allreduce(struct adpo_trainer *trainer,
+                                       int32_t rank,
+                                       int32_t world_size,
+                                       adpo_allreduce_fn allreduce,
+                                       void *userdata,
+                                       adpo_userdata_free_fn free_userdata,
+                                       struct adpo_error **err);
+
+/**
+ * This trainer's rank and number of ranks (0 and 1 when it trains alone). Either output may be
+ * NULL.
+ */
+adpo_status adpo_trainer_world(const struct adpo_trainer *trainer,
+                               int32_t *out_rank,
+                               int32_t *out_world_size,
+                               struct adpo_error **err);
+
+/**
+ * True when this build of adpo can train over MPI (it found mpicc when it was built).
+ */
+bool adpo_has_mpi(void);
+
+/**
  * adpo_objective_eval on DLPack tensors (CPU or CUDA; float64, float32, float16 or bfloat16;
  * any strides and byte offset). `logp`, `anchor_logp`, `group_ids` (int64, any device) are
  * required; exactly one of `rewards`, `targets` is non-NULL. adpo takes ownership of every
@@ -400,6 +470,23 @@ adpo_status adpo_model_load(const char *path,
  */
 adpo_status adpo_model_vocab_size(const struct adpo_model *model,
                                   int64_t *out,
+                                  struct adpo_error **err);
+
+/**
+ * Number of parameter values of the model, all tensors together.
+ */
+adpo_status adpo_model_num_params(const struct adpo_model *model,
+                                  size_t *out,
+                                  struct adpo_error **err);
+
+/**
+ * Copies the model's current parameters (a policy's as trained so far) into out[0 .. n), as
+ * doubles, every tensor flattened in the module's parameter order; n must equal
+ * adpo_model_num_params(). For checks such as "every replica holds the same weights".
+ */
+adpo_status adpo_model_get_params(const struct adpo_model *model,
+                                  double *out,
+                                  size_t n,
                                   struct adpo_error **err);
 
 /**
@@ -509,6 +596,10 @@ adpo_status adpo_trainer_new(struct adpo_model *policy,
 
 /**
  * One ADPO step on `batch` (epochs_per_batch optimizer updates). `out_metrics` may be NULL.
+ * In data-parallel training (adpo_trainer_use_mpi / _use_allreduce) every rank calls this with
+ * its own groups; the update is that of all ranks' groups together, the metrics are over all
+ * ranks, and a failure on any rank (a NULL or invalid batch included) is returned by every rank
+ * with the same status and message, before any weight changes.
  */
 adpo_status adpo_trainer_step(struct adpo_trainer *trainer,
                               const struct adpo_batch *batch,
@@ -552,7 +643,8 @@ adpo_status adpo_trainer_sequence_logp(const struct adpo_trainer *trainer,
 /**
  * Writes a checkpoint: `path` (policy weights, safetensors, keys = the module's parameter
  * names) and `path` with extension .trainer.safetensors (optimizer, step, anchor state). Each
- * file is written to a temporary name and renamed.
+ * file is written to a temporary name and renamed. In data-parallel training every rank calls
+ * it, only rank 0 writes, and every rank returns rank 0's outcome.
  */
 adpo_status adpo_trainer_save(const struct adpo_trainer *trainer,
                               const char *path,
@@ -561,6 +653,8 @@ adpo_status adpo_trainer_save(const struct adpo_trainer *trainer,
 /**
  * Restores a checkpoint written by adpo_trainer_save. A missing, corrupt, truncated or
  * mismatched checkpoint is an ADPO_STATUS_CHECKPOINT error and leaves the trainer as it was.
+ * In data-parallel training every rank calls it: rank 0 reads the file and sends the state to
+ * the others (which need not see the file), and every rank returns the same outcome.
  */
 adpo_status adpo_trainer_load(struct adpo_trainer *trainer,
                               const char *path,

@@ -192,6 +192,22 @@ impl Batch {
         self.loss_mask.sum(Kind::Double).double_value(&[])
     }
 
+    /// Rows in groups of two or more candidates (the rows the loss counts), and their
+    /// loss-masked tokens.
+    pub fn counted_rows_and_tokens(&self) -> (f64, f64) {
+        let per_row = Vec::<f64>::try_from(self.loss_mask.sum_dim_intlist(1, false, Kind::Double))
+            .unwrap_or_default();
+        let (mut rows, mut tokens) = (0.0, 0.0);
+        for g in 0..self.groups.count() {
+            let members = self.groups.group_rows(g);
+            if members.len() >= 2 {
+                rows += members.len() as f64;
+                tokens += members.iter().map(|r| per_row[r]).sum::<f64>();
+            }
+        }
+        (rows, tokens)
+    }
+
     /// Rows `start .. start + len` of ids, attention mask and loss mask on `device`.
     pub fn rows(&self, start: i64, len: i64, device: Device) -> (Tensor, Tensor, Tensor) {
         (

@@ -33,6 +33,33 @@ pub enum Status {
     Poisoned = 11,
     /// A panic was caught at the C boundary (a bug in adpo; please report it).
     Panic = 12,
+    /// A collective across ranks failed (MPI, or the host's all-reduce callback).
+    Communication = 13,
+}
+
+impl Status {
+    /// The status with this code (what another rank reported), if it is one.
+    pub fn from_code(code: i32) -> Option<Status> {
+        use Status::*;
+        [
+            Ok,
+            NullArgument,
+            InvalidArgument,
+            InvalidConfig,
+            ShapeMismatch,
+            NonFinite,
+            Unsupported,
+            Torch,
+            Io,
+            Checkpoint,
+            Model,
+            Poisoned,
+            Panic,
+            Communication,
+        ]
+        .into_iter()
+        .find(|s| *s as i32 == code)
+    }
 }
 
 /// An error with the status it maps to and a message that names the argument at fault.

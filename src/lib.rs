@@ -2,12 +2,13 @@
 //!
 //! Crate map: [`objective`] (the model-free loss), [`model`] (TorchScript causal LMs),
 //! [`batch`], [`logprob`], [`anchor`], [`optimizer`], [`schedule`], [`trainer`], [`sample`],
-//! [`checkpoint`], [`config`], [`error`], [`version`], and `ffi` (the C ABI, include/adpo.h).
+//! [`checkpoint`], [`config`], [`distributed`] (data-parallel training), [`error`], [`version`], and `ffi` (the C ABI, include/adpo.h).
 
 pub mod anchor;
 pub mod batch;
 pub mod checkpoint;
 pub mod config;
+pub mod distributed;
 pub mod error;
 pub mod ffi;
 pub mod logprob;

@@ -162,6 +162,23 @@ impl Model {
         &self.params
     }
 
+    /// Number of parameter values, all tensors together.
+    pub fn num_params(&self) -> usize {
+        self.params.iter().map(|(_, p)| p.numel()).sum()
+    }
+
+    /// Every parameter flattened, in the module's parameter order, as f64 on the host.
+    pub fn flat_params(&self) -> Result<Vec<f64>> {
+        let flat: Vec<Tensor> = self
+            .params
+            .iter()
+            .map(|(_, p)| p.detach().reshape([-1]).to_kind(Kind::Double))
+            .collect();
+        Ok(Vec::<f64>::try_from(
+            Tensor::cat(&flat, 0).to_device(Device::Cpu),
+        )?)
+    }
+
     /// Train mode with gradients on every parameter (the policy), or eval mode (the reference).
     pub fn set_trainable(&mut self, trainable: bool) {
         if trainable {

@@ -179,6 +179,12 @@ impl Optimizer {
         self.steps
     }
 
+    /// The step count (bias correction and schedules depend on it): rank 0's, in data-parallel
+    /// training.
+    pub fn set_steps(&mut self, steps: u64) {
+        self.steps = steps;
+    }
+
     /// Named state tensors for a checkpoint.
     pub fn state(&self, params: &[(String, Tensor)]) -> Vec<(String, Tensor)> {
         let mut out = Vec::new();

@@ -9,7 +9,10 @@
 use crate::anchor::{Anchor, AnchorConfig};
 use crate::batch::{Batch, SuppliedLogp};
 use crate::checkpoint;
-use crate::config::{AdaptiveTau, LossKind, ObjectiveConfig};
+use crate::config::{AdaptiveTau, Aggregation, LossKind, ObjectiveConfig};
+use crate::distributed::{
+    Backend, Communicator, Distributed, DistributedConfig, GlobalStep, LocalStep, StepWeights,
+};
 use crate::error::{catch_torch, Error, Result, Status};
 use crate::logprob::{self, SeqReduce};
 use crate::model::Model;
@@ -41,6 +44,8 @@ pub struct TrainerConfig {
     /// Maximum global gradient norm; None = no clipping.
     pub grad_clip: Option<f64>,
     pub schedule: Schedule,
+    /// Data-parallel training (src/distributed): backend and gradient bucket size.
+    pub distributed: DistributedConfig,
 }
 
 impl Default for TrainerConfig {
@@ -54,11 +59,12 @@ impl Default for TrainerConfig {
             optimizer: OptimizerConfig::default(),
             grad_clip: None,
             schedule: Schedule::default(),
+            distributed: DistributedConfig::default(),
         }
     }
 }
 
-const TRAINER_KEYS: [&str; 8] = [
+const TRAINER_KEYS: [&str; 9] = [
     "seq_logp",
     "micro_batch_rows",
     "epochs_per_batch",
@@ -67,6 +73,7 @@ const TRAINER_KEYS: [&str; 8] = [
     "optimizer",
     "grad_clip",
     "schedule",
+    "distributed",
 ];
 
 /// Splits one JSON config into the trainer's part and the objective's part (which also gets
@@ -100,6 +107,7 @@ pub fn parse_config(json: &str) -> Result<(TrainerConfig, ObjectiveConfig)> {
     trainer.optimizer.validate()?;
     trainer.schedule.validate()?;
     trainer.anchor.validate()?;
+    trainer.distributed.validate()?;
     if trainer.micro_batch_rows == Some(0) {
         return Err(Error::config(
             "micro_batch_rows must be >= 1 (or null for one pass)",
@@ -130,6 +138,8 @@ pub struct StepMetrics {
     /// Mean |l - l_anchor| at the last evaluation.
     pub anchor_drift: f64,
     pub step_time_ms: f64,
+    /// Of which spent in collectives (data-parallel training; 0 in one process).
+    pub reduce_time_ms: f64,
     /// Optimizer steps taken so far.
     pub step: u64,
 }
@@ -151,6 +161,7 @@ impl StepMetrics {
             map.insert("tokens".into(), num(self.tokens));
             map.insert("anchor_drift".into(), num(self.anchor_drift));
             map.insert("step_time_ms".into(), num(self.step_time_ms));
+            map.insert("reduce_time_ms".into(), num(self.reduce_time_ms));
             map.insert("step".into(), serde_json::json!(self.step));
         }
         v.to_string()
@@ -165,6 +176,8 @@ pub struct Trainer {
     anchor: Anchor,
     optimizer: Optimizer,
     last: Option<StepMetrics>,
+    /// The other ranks, in data-parallel training.
+    dist: Option<Distributed>,
     /// Generator of the sampler (seeded from `seed`).
     pub(crate) sample_rng: u64,
 }
@@ -222,7 +235,8 @@ impl Trainer {
             r.lock().set_trainable(false);
         }
         let sample_rng = cfg.seed ^ 0xA0D0_5A4D_1E5E_ED00;
-        Ok(Trainer {
+        let backend = cfg.distributed.backend;
+        let mut trainer = Trainer {
             cfg,
             objective,
             policy,
@@ -230,8 +244,110 @@ impl Trainer {
             anchor,
             optimizer,
             last: None,
+            dist: None,
             sample_rng,
-        })
+        };
+        if backend == Backend::Mpi {
+            trainer.use_mpi(std::ptr::null())?;
+        }
+        Ok(trainer)
+    }
+
+    /// Joins the ranks of `comm` (collective: every rank calls it). Rank 0's weights, optimizer
+    /// and anchor state are copied to every rank, so replicas that start different end
+    /// identical; the models must have the same parameters on every rank.
+    pub fn use_communicator(&mut self, comm: Box<dyn Communicator>) -> Result<()> {
+        let device = self.policy.lock().device();
+        self.dist = Some(Distributed::new(
+            comm,
+            self.cfg.distributed.bucket_bytes(),
+            device,
+        ));
+        let synced = self.sync_from_root();
+        if synced.is_err() {
+            self.dist = None;
+        }
+        synced
+    }
+
+    /// Joins an MPI communicator: `comm` is the address of an MPI_Comm, NULL = MPI_COMM_WORLD.
+    pub fn use_mpi(&mut self, comm: *const std::ffi::c_void) -> Result<()> {
+        #[cfg(adpo_mpi)]
+        {
+            let comm = crate::distributed::mpi::MpiComm::join(comm)?;
+            self.use_communicator(Box::new(comm))
+        }
+        #[cfg(not(adpo_mpi))]
+        {
+            let _ = comm;
+            Err(crate::distributed::no_mpi())
+        }
+    }
+
+    /// (rank, number of ranks): (0, 1) in one process.
+    pub fn world(&self) -> (usize, usize) {
+        self.dist.as_ref().map_or((0, 1), |d| (d.rank(), d.size()))
+    }
+
+    /// Every rank's trainer state becomes rank 0's: weights, optimizer moments and step count,
+    /// the anchor copy and the kl_triggered window.
+    fn sync_from_root(&mut self) -> Result<()> {
+        let policy_arc = self.policy.clone();
+        let policy = policy_arc.lock();
+        let dist = self.dist.as_mut().expect("called with a communicator");
+        let (rank, size) = (dist.rank(), dist.size());
+        // Same parameters everywhere, or the buckets would not line up.
+        let numel: usize = policy.params().iter().map(|(_, p)| p.numel()).sum();
+        let mut shapes = vec![0.0; 2 * size];
+        shapes[2 * rank] = policy.params().len() as f64;
+        shapes[2 * rank + 1] = numel as f64;
+        let shapes = dist.agree(None, shapes)?;
+        if shapes.chunks(2).any(|s| s != &shapes[..2]) {
+            let each: Vec<String> = shapes
+                .chunks(2)
+                .enumerate()
+                .map(|(r, s)| format!("rank {r}: {} tensors, {} values", s[0], s[1]))
+                .collect();
+            return Err(Error::invalid(format!(
+                "the policy differs across ranks ({}): load the same model on every rank",
+                each.join("; ")
+            )));
+        }
+        let mut tensors: Vec<Tensor> = policy
+            .params()
+            .iter()
+            .map(|(_, p)| p.shallow_clone())
+            .collect();
+        tensors.extend(
+            self.optimizer
+                .state(policy.params())
+                .into_iter()
+                .filter(|(k, _)| k != "optimizer.steps")
+                .map(|(_, t)| t),
+        );
+        if let Some(copy) = &self.anchor.copy {
+            tensors.extend(copy.params().iter().map(|(_, p)| p.shallow_clone()));
+        }
+        let window = self.anchor.window();
+        let capacity = match self.cfg.anchor {
+            AnchorConfig::KlTriggered { window, .. } => window,
+            _ => 0,
+        };
+        let mut scalars = vec![
+            self.optimizer.steps() as f64,
+            self.anchor.hard_copies as f64,
+            window.len() as f64,
+        ];
+        scalars.extend((0..capacity).map(|i| window.get(i).copied().unwrap_or(0.0)));
+        let scalars_t = Tensor::from_slice(&scalars).to_device(policy.device());
+        tensors.push(scalars_t.shallow_clone());
+        catch_torch(|| dist.broadcast(&tensors))?;
+        let scalars = Vec::<f64>::try_from(scalars_t.to_device(Device::Cpu))?;
+        self.optimizer.set_steps(scalars[0] as u64);
+        self.anchor.hard_copies = scalars[1] as u64;
+        let len = (scalars[2] as usize).min(capacity);
+        self.anchor.set_window(&scalars[3..3 + len]);
+        Ok(())
     }
 
     pub fn config(&self) -> &TrainerConfig {
@@ -427,55 +543,48 @@ impl Trainer {
     }
 
     pub fn step(&mut self, batch: &Batch) -> Result<StepMetrics> {
-        catch_torch(|| self.step_inner(batch))
+        self.step_checked(Ok(batch))
     }
 
-    fn step_inner(&mut self, batch: &Batch) -> Result<StepMetrics> {
+    /// A step whose batch may already have failed on this rank (the C ABI passes a NULL batch
+    /// here). In data-parallel training every failure, this one or one found while validating
+    /// or computing, is agreed with the other ranks before any gradient is exchanged: every
+    /// rank returns the same error, none waits forever, and no rank's weights change.
+    pub fn step_checked(&mut self, batch: Result<&Batch>) -> Result<StepMetrics> {
+        if self.cfg.distributed.backend == Backend::Host && self.dist.is_none() {
+            return Err(Error::invalid(
+                "distributed backend \"host\": register the all-reduce callback \
+                 (adpo_trainer_use_allreduce) before the first step",
+            ));
+        }
         let start = Instant::now();
-        if batch.rewards.is_none() && batch.targets.is_none() {
-            return Err(Error::invalid("the batch has neither rewards nor targets: call adpo_batch_set_rewards or _set_targets"));
-        }
-        let grpo = self.objective.config().loss == LossKind::Grpo;
-        if grpo && batch.rewards.is_none() {
-            return Err(Error::invalid("loss grpo needs rewards, not targets"));
-        }
         let policy_arc = self.policy.clone();
         let policy = policy_arc.lock();
-        let device = policy.device();
         let kind = match policy.params()[0].1.kind() {
             Kind::Double => Kind::Double,
             _ => Kind::Float,
         };
-        let held = self.held(&policy, batch, kind)?;
-        let chunks = self.chunks(batch.n);
-        let (mut metrics, mut drift, mut grad_norm, mut lr) = (Metrics::empty(), 0.0, 0.0, 0.0);
+        let prepared = batch.and_then(|b| {
+            catch_torch(|| {
+                Self::check_batch(self.objective.config().loss, b)?;
+                Ok((b, self.held(&policy, b, kind)?))
+            })
+        });
+        let mut last = None;
+        let (mut grad_norm, mut lr) = (0.0, 0.0);
         for _ in 0..self.cfg.epochs_per_batch {
-            for (_, p) in policy.params() {
-                let mut g = p.grad();
-                if g.defined() {
-                    let _ = g.zero_();
+            let local = match &prepared {
+                Ok((b, held)) => catch_torch(|| self.accumulate(&policy, b, held)),
+                Err(e) => Err(e.clone()),
+            };
+            let global = match self.dist.as_mut() {
+                None => GlobalStep::from(local?),
+                Some(d) => {
+                    let global = d.agree_step(local)?;
+                    catch_torch(|| d.reduce_grads(policy.params(), global.grad_scale))?;
+                    global
                 }
-            }
-            if chunks.len() == 1 {
-                let values = self.policy_values(&policy, batch, 0, batch.n as i64, grpo)?;
-                let (dl, m, d) = self.evaluate(&values.detach(), &held, batch, device)?;
-                (values * dl).sum(kind).backward();
-                (metrics, drift) = (m, d);
-            } else {
-                let values = tch::no_grad(|| {
-                    let parts = chunks
-                        .iter()
-                        .map(|&(s, l)| self.policy_values(&policy, batch, s, l, grpo))
-                        .collect::<Result<Vec<_>>>()?;
-                    Ok::<_, Error>(Tensor::cat(&parts, 0))
-                })?;
-                let (dl, m, d) = self.evaluate(&values, &held, batch, device)?;
-                for &(s, l) in &chunks {
-                    let v = self.policy_values(&policy, batch, s, l, grpo)?;
-                    (v * dl.narrow(0, s, l)).sum(kind).backward();
-                }
-                (metrics, drift) = (m, d);
-            }
+            };
             grad_norm = clip_grad_norm(policy.params(), self.cfg.grad_clip);
             lr = self
                 .cfg
@@ -483,19 +592,105 @@ impl Trainer {
                 .lr(self.cfg.optimizer.lr(), self.optimizer.steps() + 1);
             self.optimizer.step(policy.params(), lr);
             self.anchor.after_optimizer_step(&policy);
+            last = Some(global);
         }
-        self.anchor.observe_drift(&policy, drift);
+        let global = last.expect("epochs_per_batch >= 1");
+        self.anchor.observe_drift(&policy, global.drift);
+        let reduce_time = self
+            .dist
+            .as_mut()
+            .map_or(0.0, |d| d.take_reduce_time().as_secs_f64() * 1e3);
         let m = StepMetrics {
-            objective: metrics,
+            objective: global.metrics,
             grad_norm,
             lr,
-            tokens: batch.tokens(),
-            anchor_drift: drift,
+            tokens: global.batch_tokens,
+            anchor_drift: global.drift,
             step_time_ms: start.elapsed().as_secs_f64() * 1e3,
+            reduce_time_ms: reduce_time,
             step: self.optimizer.steps(),
         };
         self.last = Some(m);
         Ok(m)
+    }
+
+    fn check_batch(loss: LossKind, batch: &Batch) -> Result<()> {
+        if batch.rewards.is_none() && batch.targets.is_none() {
+            return Err(Error::invalid("the batch has neither rewards nor targets: call adpo_batch_set_rewards or _set_targets"));
+        }
+        if loss == LossKind::Grpo && batch.rewards.is_none() {
+            return Err(Error::invalid("loss grpo needs rewards, not targets"));
+        }
+        Ok(())
+    }
+
+    /// Zeroes the gradients and accumulates this rank's: the gradient of the mean loss over
+    /// its own groups.
+    fn accumulate(&self, policy: &Model, batch: &Batch, held: &Held) -> Result<LocalStep> {
+        let device = policy.device();
+        let grpo = matches!(held, Held::Tokens { .. });
+        let kind = match held {
+            Held::Sequence { anchor, .. } => anchor.kind(),
+            Held::Tokens { old, .. } => old.kind(),
+        };
+        for (_, p) in policy.params() {
+            let mut g = p.grad();
+            if g.defined() {
+                let _ = g.zero_();
+            }
+        }
+        let chunks = self.chunks(batch.n);
+        let (metrics, drift) = if chunks.len() == 1 {
+            let values = self.policy_values(policy, batch, 0, batch.n as i64, grpo)?;
+            let (dl, m, d) = self.evaluate(&values.detach(), held, batch, device)?;
+            (values * dl).sum(kind).backward();
+            (m, d)
+        } else {
+            let values = tch::no_grad(|| {
+                let parts = chunks
+                    .iter()
+                    .map(|&(s, l)| self.policy_values(policy, batch, s, l, grpo))
+                    .collect::<Result<Vec<_>>>()?;
+                Ok::<_, Error>(Tensor::cat(&parts, 0))
+            })?;
+            let (dl, m, d) = self.evaluate(&values, held, batch, device)?;
+            for &(s, l) in &chunks {
+                let v = self.policy_values(policy, batch, s, l, grpo)?;
+                (v * dl.narrow(0, s, l)).sum(kind).backward();
+            }
+            (m, d)
+        };
+        let (rows, tokens) = batch.counted_rows_and_tokens();
+        let groups = metrics.groups as f64;
+        let weights = if grpo {
+            let loss = match self.objective.config().aggregation {
+                Aggregation::Grpo | Aggregation::DrGrpo => rows,
+                Aggregation::Bnpo | Aggregation::Dapo => tokens,
+            };
+            StepWeights {
+                loss,
+                groups,
+                rows,
+                tokens,
+                anchor_kl: tokens,
+                drift: batch.tokens(),
+            }
+        } else {
+            StepWeights {
+                loss: groups,
+                groups,
+                rows,
+                tokens,
+                anchor_kl: rows,
+                drift: batch.n as f64,
+            }
+        };
+        Ok(LocalStep {
+            metrics,
+            drift,
+            batch_tokens: batch.tokens(),
+            weights,
+        })
     }
 
     /// K samples per prompt from the policy (see sample.rs). A seed in `cfg` restarts the
@@ -522,7 +717,22 @@ impl Trainer {
         })
     }
 
-    pub fn save(&self, path: &Path) -> Result<()> {
+    /// Writes the checkpoint. In data-parallel training only rank 0 writes (the replicas are
+    /// identical); every rank calls this and every rank returns rank 0's outcome.
+    pub fn save(&mut self, path: &Path) -> Result<()> {
+        let root = self.world().0 == 0;
+        let local = if root {
+            self.write_checkpoint(path)
+        } else {
+            Ok(())
+        };
+        match self.dist.as_mut() {
+            None => local,
+            Some(d) => d.agree(local.as_ref().err(), Vec::new()).map(|_| ()),
+        }
+    }
+
+    fn write_checkpoint(&self, path: &Path) -> Result<()> {
         catch_torch(|| {
             let policy = self.policy.lock();
             let mut state = self.optimizer.state(policy.params());
@@ -546,8 +756,24 @@ impl Trainer {
     }
 
     /// Restores weights, optimizer and anchor state. Everything is checked before anything is
-    /// changed: on error the trainer is as it was.
+    /// changed: on error the trainer is as it was. In data-parallel training every rank calls
+    /// this; rank 0 reads the file and sends the state to the others (which need not see the
+    /// file), and every rank returns the same outcome.
     pub fn load(&mut self, path: &Path) -> Result<()> {
+        if self.dist.is_none() {
+            return self.read_checkpoint(path);
+        }
+        let local = if self.world().0 == 0 {
+            self.read_checkpoint(path)
+        } else {
+            Ok(())
+        };
+        let dist = self.dist.as_mut().expect("checked above");
+        dist.agree(local.as_ref().err(), Vec::new())?;
+        self.sync_from_root()
+    }
+
+    fn read_checkpoint(&mut self, path: &Path) -> Result<()> {
         catch_torch(|| {
             let (weights, state) = checkpoint::load(path)?;
             let policy_arc = self.policy.clone();

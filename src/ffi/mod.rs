@@ -7,6 +7,7 @@
 
 pub mod batch;
 pub mod boundary;
+pub mod distributed;
 pub mod dlpack;
 pub mod error;
 pub mod model;

@@ -3,7 +3,7 @@
 use super::boundary::{call, call_on, infallible, require_out, write_out, Handle};
 use super::error::adpo_error;
 use super::objective::c_str;
-use crate::error::Status;
+use crate::error::{catch_torch, Error, Status};
 use crate::model::{parse_device, Model};
 use crate::trainer::SharedModel;
 use parking_lot::Mutex;
@@ -63,6 +63,48 @@ pub extern "C" fn adpo_model_vocab_size(
 ) -> Status {
     call_on(err, model, "model", |m| {
         write_out(out, "out", m.inner.lock().vocab())
+    })
+}
+
+/// Number of parameter values of the model, all tensors together.
+#[no_mangle]
+pub extern "C" fn adpo_model_num_params(
+    model: *const adpo_model,
+    out: *mut usize,
+    err: *mut *mut adpo_error,
+) -> Status {
+    call_on(err, model, "model", |m| {
+        write_out(out, "out", m.inner.lock().num_params())
+    })
+}
+
+/// Copies the model's current parameters (a policy's as trained so far) into out[0 .. n), as
+/// doubles, every tensor flattened in the module's parameter order; n must equal
+/// adpo_model_num_params(). For checks such as "every replica holds the same weights".
+#[no_mangle]
+pub extern "C" fn adpo_model_get_params(
+    model: *const adpo_model,
+    out: *mut f64,
+    n: usize,
+    err: *mut *mut adpo_error,
+) -> Status {
+    call_on(err, model, "model", |m| {
+        let values = catch_torch(|| m.inner.lock().flat_params())?;
+        if n != values.len() {
+            return Err(Error::new(
+                Status::ShapeMismatch,
+                format!(
+                    "n = {n}, but the model has {} parameter values",
+                    values.len()
+                ),
+            ));
+        }
+        if out.is_null() {
+            return Err(Error::null("out"));
+        }
+        // SAFETY: non-NULL and valid for n writes (caller contract); n == values.len().
+        unsafe { std::ptr::copy_nonoverlapping(values.as_ptr(), out, n) };
+        Ok(())
     })
 }
 

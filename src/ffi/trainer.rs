@@ -16,7 +16,7 @@ use std::sync::atomic::AtomicBool;
 
 /// Applies ADPO steps to a policy model.
 pub struct adpo_trainer {
-    inner: Mutex<Trainer>,
+    pub(crate) inner: Mutex<Trainer>,
     poisoned: AtomicBool,
 }
 
@@ -63,6 +63,8 @@ pub struct adpo_trainer_metrics {
     pub anchor_drift: f64,
     /// Wall time of the step in milliseconds.
     pub step_time_ms: f64,
+    /// Of which spent in collectives (data-parallel training; 0 in one process).
+    pub reduce_time_ms: f64,
 }
 
 impl From<StepMetrics> for adpo_trainer_metrics {
@@ -86,6 +88,7 @@ impl From<StepMetrics> for adpo_trainer_metrics {
             tokens: m.tokens,
             anchor_drift: m.anchor_drift,
             step_time_ms: m.step_time_ms,
+            reduce_time_ms: m.reduce_time_ms,
         }
     }
 }
@@ -133,6 +136,10 @@ fn with_batch<T>(
 }
 
 /// One ADPO step on `batch` (epochs_per_batch optimizer updates). `out_metrics` may be NULL.
+/// In data-parallel training (adpo_trainer_use_mpi / _use_allreduce) every rank calls this with
+/// its own groups; the update is that of all ranks' groups together, the metrics are over all
+/// ranks, and a failure on any rank (a NULL or invalid batch included) is returned by every rank
+/// with the same status and message, before any weight changes.
 #[no_mangle]
 pub extern "C" fn adpo_trainer_step(
     trainer: *mut adpo_trainer,
@@ -144,7 +151,10 @@ pub extern "C" fn adpo_trainer_step(
         if !out_metrics.is_null() {
             check_versioned(out_metrics)?;
         }
-        let m = with_batch(batch, |b| t.inner.lock().step(b))?;
+        // SAFETY: a non-NULL batch was created by adpo and not yet freed (caller contract).
+        let guard = unsafe { batch.as_ref() }.map(|b| b.inner.lock());
+        let batch = guard.as_deref().ok_or_else(|| Error::null("batch"));
+        let m = t.inner.lock().step_checked(batch)?;
         if !out_metrics.is_null() {
             write_versioned(out_metrics, &adpo_trainer_metrics::from(m))?;
         }
@@ -242,7 +252,8 @@ pub extern "C" fn adpo_trainer_sequence_logp(
 
 /// Writes a checkpoint: `path` (policy weights, safetensors, keys = the module's parameter
 /// names) and `path` with extension .trainer.safetensors (optimizer, step, anchor state). Each
-/// file is written to a temporary name and renamed.
+/// file is written to a temporary name and renamed. In data-parallel training every rank calls
+/// it, only rank 0 writes, and every rank returns rank 0's outcome.
 #[no_mangle]
 pub extern "C" fn adpo_trainer_save(
     trainer: *const adpo_trainer,
@@ -257,6 +268,8 @@ pub extern "C" fn adpo_trainer_save(
 
 /// Restores a checkpoint written by adpo_trainer_save. A missing, corrupt, truncated or
 /// mismatched checkpoint is an ADPO_STATUS_CHECKPOINT error and leaves the trainer as it was.
+/// In data-parallel training every rank calls it: rank 0 reads the file and sends the state to
+/// the others (which need not see the file), and every rank returns the same outcome.
 #[no_mangle]
 pub extern "C" fn adpo_trainer_load(
     trainer: *mut adpo_trainer,
