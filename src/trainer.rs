@@ -248,7 +248,8 @@ impl Trainer {
             sample_rng,
         };
         if backend == Backend::Mpi {
-            trainer.use_mpi(std::ptr::null())?;
+            // SAFETY: NULL selects MPI_COMM_WORLD.
+            unsafe { trainer.use_mpi(std::ptr::null()) }?;
         }
         Ok(trainer)
     }
@@ -271,10 +272,14 @@ impl Trainer {
     }
 
     /// Joins an MPI communicator: `comm` is the address of an MPI_Comm, NULL = MPI_COMM_WORLD.
-    pub fn use_mpi(&mut self, comm: *const std::ffi::c_void) -> Result<()> {
+    ///
+    /// # Safety
+    /// `comm` is NULL or points to a valid MPI_Comm of the MPI library adpo was built with.
+    pub unsafe fn use_mpi(&mut self, comm: *const std::ffi::c_void) -> Result<()> {
         #[cfg(adpo_mpi)]
         {
-            let comm = crate::distributed::mpi::MpiComm::join(comm)?;
+            // SAFETY: the caller's contract, passed on.
+            let comm = unsafe { crate::distributed::mpi::MpiComm::join(comm) }?;
             self.use_communicator(Box::new(comm))
         }
         #[cfg(not(adpo_mpi))]

@@ -50,8 +50,10 @@ unsafe impl Send for MpiComm {}
 impl MpiComm {
     /// `comm`: the address of an MPI_Comm, or NULL for MPI_COMM_WORLD. Collective: every rank
     /// of that communicator must call it. Initialises MPI if the host has not.
-    pub fn join(comm: *const c_void) -> Result<MpiComm> {
-        // SAFETY: the shim takes NULL or the address of a valid MPI_Comm (caller contract).
+    ///
+    /// # Safety
+    /// `comm` is NULL or points to a valid MPI_Comm of the MPI library adpo was built with.
+    pub unsafe fn join(comm: *const c_void) -> Result<MpiComm> {
         unsafe {
             check(adpo_mpi_shim_ensure_init(), "MPI_Init_thread")?;
             let mut dup = std::ptr::null_mut();

@@ -41,7 +41,8 @@ pub extern "C" fn adpo_trainer_use_mpi(
     err: *mut *mut adpo_error,
 ) -> Status {
     call_on(err, trainer as *const adpo_trainer, "trainer", |t| {
-        t.inner.lock().use_mpi(mpi_comm)
+        // SAFETY: NULL or the address of an MPI_Comm (the documented contract above).
+        unsafe { t.inner.lock().use_mpi(mpi_comm) }
     })
 }
 
