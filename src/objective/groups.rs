@@ -83,16 +83,22 @@ fn dense_any_order(ids: &[i64]) -> (Vec<usize>, Vec<usize>) {
     (group_of_row, counts)
 }
 
-/// Sizes of the runs of sorted ids: each run is one group, no hashing.
-fn run_sizes(ids: &[i64]) -> Vec<usize> {
-    let mut counts: Vec<usize> = Vec::new();
-    for (i, &id) in ids.iter().enumerate() {
-        if i == 0 || ids[i - 1] != id {
-            counts.push(0);
+/// Sizes of the runs of sorted ids (each run is one group, no hashing); None when the ids are
+/// not sorted. One pass.
+fn sorted_run_sizes(ids: &[i64]) -> Option<Vec<usize>> {
+    let mut counts = Vec::new();
+    let mut start = 0;
+    for i in 1..ids.len() {
+        if ids[i] != ids[i - 1] {
+            if ids[i] < ids[i - 1] {
+                return None;
+            }
+            counts.push(i - start);
+            start = i;
         }
-        *counts.last_mut().expect("pushed above") += 1;
     }
-    counts
+    counts.push(ids.len() - start);
+    Some(counts)
 }
 
 /// Host-side description of the groups, built once from the ids.
@@ -115,8 +121,8 @@ impl Groups {
         if n == 0 {
             return Err(Error::invalid("n must be > 0 (no candidates given)"));
         }
-        if ids.windows(2).all(|w| w[0] <= w[1]) {
-            return Ok(Self::from_sorted(n, run_sizes(ids)));
+        if let Some(runs) = sorted_run_sizes(ids) {
+            return Ok(Self::from_sorted(n, runs));
         }
         let (group_of_row, counts) = dense_any_order(ids);
         // Slot of each counted group, and its size.

@@ -5,7 +5,8 @@
 //! it accepts; everything else (Plackett-Luce, KDE, smooth-hybrid tau, other devices/dtypes)
 //! runs on the tensor path.
 
-use super::groups::Groups;
+use super::fast_exp::exp_nonpositive;
+use super::groups::{Groups, Rows};
 use super::metrics::Metrics;
 use super::targets::TargetRule;
 use crate::config::{AdaptiveTau, LossKind, ObjectiveConfig, RewardTransform};
@@ -19,13 +20,22 @@ pub fn supports(cfg: &ObjectiveConfig, rule: TargetRule) -> bool {
         && !matches!(cfg.adaptive_tau, Some(AdaptiveTau::SmoothHybrid { .. }))
 }
 
-/// Scratch space for one group, reused across groups.
+/// A group's inputs when its rows are not contiguous (gathered), reused across groups.
+#[derive(Default)]
+struct Gathered {
+    keys: Vec<f64>,
+    logp: Vec<f64>,
+    anchor: Vec<f64>,
+}
+
+/// Per-group work buffers, reused across groups.
 #[derive(Default)]
 struct Scratch {
     q: Vec<f64>,
     s: Vec<f64>,
     pass: Vec<f64>,
     e: Vec<f64>,
+    grad: Vec<f64>,
 }
 
 /// The anchored score of one row and ds/dl (0 where a clamp is active).
@@ -92,13 +102,22 @@ fn target(
     }
 }
 
-/// Softmax of `x` into `out`; returns sum q ln q = sum q x - LSE(x).
-fn softmax_into(x: impl Iterator<Item = f64> + Clone, out: &mut Vec<f64>) -> f64 {
-    let m = x.clone().fold(f64::NEG_INFINITY, f64::max);
-    out.extend(x.clone().map(|v| (v - m).exp()));
-    let z: f64 = out.iter().sum();
-    out.iter_mut().for_each(|v| *v /= z);
-    out.iter().zip(x).map(|(q, v)| q * v).sum::<f64>() - (m + z.ln())
+/// Softmax of `x` into `out`; returns sum q ln q = sum q (x - m) - ln z, with z = sum e^(x - m).
+fn softmax_into(x: impl Iterator<Item = f64>, out: &mut Vec<f64>) -> f64 {
+    out.clear();
+    out.extend(x);
+    let m = out.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let (mut z, mut weighted) = (0.0, 0.0);
+    for v in out.iter_mut() {
+        let d = *v - m;
+        let e = exp_nonpositive(d);
+        z += e;
+        weighted += e * d;
+        *v = e;
+    }
+    let inv_z = 1.0 / z;
+    out.iter_mut().for_each(|v| *v *= inv_z);
+    weighted * inv_z - z.ln()
 }
 
 /// Read-only inputs of one evaluation.
@@ -140,12 +159,34 @@ unsafe impl Send for RowSink {}
 unsafe impl Sync for RowSink {}
 
 impl RowSink {
-    fn put(&self, row: usize, grad: f64, score: f64) {
-        assert!(row < self.len, "row {row} out of range");
-        // SAFETY: in bounds (checked), and rows are written by one worker only (see above).
-        unsafe {
-            *self.grad.add(row) = grad;
-            *self.scores.add(row) = score;
+    /// Writes one group's gradient and scores to its rows.
+    fn put_group(&self, members: Rows, grad: &[f64], scores: &[f64]) {
+        match members {
+            Rows::Range(start, end) => {
+                assert!(
+                    end <= self.len && end - start == grad.len(),
+                    "rows out of range"
+                );
+                // SAFETY: in bounds (checked); the rows belong to this worker only (see above).
+                unsafe {
+                    std::ptr::copy_nonoverlapping(grad.as_ptr(), self.grad.add(start), grad.len());
+                    std::ptr::copy_nonoverlapping(
+                        scores.as_ptr(),
+                        self.scores.add(start),
+                        grad.len(),
+                    );
+                }
+            }
+            Rows::List(_) => {
+                for (j, row) in members.iter().enumerate() {
+                    assert!(row < self.len, "row {row} out of range");
+                    // SAFETY: as above.
+                    unsafe {
+                        *self.grad.add(row) = grad[j];
+                        *self.scores.add(row) = scores[j];
+                    }
+                }
+            }
         }
     }
 }
@@ -153,16 +194,32 @@ impl RowSink {
 fn eval_group(
     b: &Batch,
     g: usize,
+    gathered: &mut Gathered,
     sc: &mut Scratch,
-    keys: &mut Vec<f64>,
     sink: RowSink,
     inv_g: f64,
 ) -> GroupStats {
     let cfg = b.cfg;
     let members = b.groups.group_rows(g);
-    let k = members.len();
-    keys.clear();
-    keys.extend(members.iter().map(|r| b.signal[r]));
+    // The group's inputs: contiguous rows are borrowed as they are, others gathered.
+    let (keys, logp, anchor): (&[f64], &[f64], &[f64]) = match members {
+        Rows::Range(start, end) => (
+            &b.signal[start..end],
+            &b.logp[start..end],
+            &b.anchor[start..end],
+        ),
+        Rows::List(_) => {
+            let gather = |out: &mut Vec<f64>, from: &[f64]| {
+                out.clear();
+                out.extend(members.iter().map(|r| from[r]));
+            };
+            gather(&mut gathered.keys, b.signal);
+            gather(&mut gathered.logp, b.logp);
+            gather(&mut gathered.anchor, b.anchor);
+            (&gathered.keys, &gathered.logp, &gathered.anchor)
+        }
+    };
+    let k = keys.len();
     let q_lnq = target(cfg, b.rule, keys, b.explicit, &mut sc.q);
     let tau = match cfg.adaptive_tau {
         Some(AdaptiveTau::TargetEntropy { alpha, tau_min }) => {
@@ -171,16 +228,22 @@ fn eval_group(
         }
         _ => cfg.tau,
     };
+    // Scores, and ds/dl per row only when a clamp can zero it (else it is 1/tau everywhere).
+    let clamped = cfg.clip_log_ratio.is_some() || cfg.clip_score.is_some();
     sc.s.clear();
     sc.pass.clear();
-    for r in members.iter() {
-        let (s, pass) = score(cfg, b.logp[r] - b.anchor[r], tau);
-        sc.s.push(s);
-        sc.pass.push(pass);
+    if clamped {
+        for (l, a) in logp.iter().zip(anchor) {
+            let (s, pass) = score(cfg, l - a, tau);
+            sc.s.push(s);
+            sc.pass.push(pass);
+        }
+    } else {
+        sc.s.extend(logp.iter().zip(anchor).map(|(l, a)| (l - a) / tau));
     }
     let m = sc.s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     sc.e.clear();
-    sc.e.extend(sc.s.iter().map(|s| (s - m).exp()));
+    sc.e.extend(sc.s.iter().map(|s| exp_nonpositive(s - m)));
     let z: f64 = sc.e.iter().sum();
     let lse = m + z.ln();
     let best = keys.iter().copied().fold(f64::NEG_INFINITY, f64::max);
@@ -189,21 +252,34 @@ fn eval_group(
         ..GroupStats::default()
     };
     let (mut qs, mut ps) = (0.0, 0.0);
-    for (j, row) in members.iter().enumerate() {
-        let (p, q, s) = (sc.e[j] / z, sc.q[j], sc.s[j]);
+    let inv_z = 1.0 / z;
+    let scale = inv_g / tau;
+    sc.grad.clear();
+    sc.grad
+        .extend(sc.e.iter().zip(&sc.q).map(|(e, q)| (e * inv_z - q) * scale));
+    if clamped {
+        // pass is 1/tau or 0: rescale the rows a clamp holds.
+        for (g, pass) in sc.grad.iter_mut().zip(&sc.pass) {
+            *g *= pass * tau;
+        }
+    }
+    for (((e, q), s), key) in sc.e.iter().zip(&sc.q).zip(&sc.s).zip(keys) {
+        let p = e * inv_z;
         qs += q * s;
         ps += p * s;
-        sink.put(row, (p - q) * sc.pass[j] * inv_g, s);
-        if keys[j] == best {
+        if *key == best {
             st.win += p;
         }
         st.abs_sum += s.abs();
         st.abs_max = st.abs_max.max(s.abs());
-        if cfg.beta_anchor_kl > 0.0 {
-            let d = b.anchor[row] - b.logp[row];
+    }
+    if cfg.beta_anchor_kl > 0.0 {
+        for (l, a) in logp.iter().zip(anchor) {
+            let d = a - l;
             st.k3_sum += d.exp() - d - 1.0;
         }
     }
+    sink.put_group(members, &sc.grad, &sc.s);
     st.loss = lse - qs;
     // H(p~) = LSE(s) - sum p s; KL(q || p~) = sum q ln q - sum q s + LSE(s).
     st.entropy = lse - ps;
@@ -218,10 +294,9 @@ fn eval_groups(
     sink: RowSink,
     inv_g: f64,
 ) -> Vec<GroupStats> {
-    let mut sc = Scratch::default();
-    let mut keys = Vec::new();
+    let (mut gathered, mut sc) = (Gathered::default(), Scratch::default());
     range
-        .map(|g| eval_group(b, g, &mut sc, &mut keys, sink, inv_g))
+        .map(|g| eval_group(b, g, &mut gathered, &mut sc, sink, inv_g))
         .collect()
 }
 
@@ -261,11 +336,15 @@ pub fn eval(
         groups,
     };
     let inv_g = 1.0 / g_count as f64;
-    grad.clear();
-    grad.resize(n, 0.0);
-    // Rows outside counted groups keep the base-tau score.
-    scores.clear();
-    scores.extend((0..n).map(|i| score(cfg, logp[i] - anchor[i], cfg.tau).0));
+    // Rows outside counted groups get gradient 0 and the base-tau score; when every row is in
+    // a counted group all are written below, and the buffers (reused across calls) need no fill.
+    let rows: usize = groups.sizes().iter().map(|&k| k as usize).sum();
+    if rows < n || grad.len() != n {
+        grad.clear();
+        grad.resize(n, 0.0);
+        scores.clear();
+        scores.extend((0..n).map(|i| score(cfg, logp[i] - anchor[i], cfg.tau).0));
+    }
     let sink = RowSink {
         grad: grad.as_mut_ptr(),
         scores: scores.as_mut_ptr(),
@@ -276,18 +355,24 @@ pub fn eval(
         vec![eval_groups(&b, 0..g_count, sink, inv_g)]
     } else {
         let bounds: Vec<usize> = (0..=workers).map(|w| w * g_count / workers).collect();
+        // workers - 1 new threads; the calling thread takes the last share.
+        let batch = &b;
         std::thread::scope(|scope| {
-            let handles: Vec<_> = bounds
-                .windows(2)
-                .map(|w| scope.spawn(|| eval_groups(&b, w[0]..w[1], sink, inv_g)))
+            let handles: Vec<_> = (0..workers - 1)
+                .map(|i| {
+                    let range = bounds[i]..bounds[i + 1];
+                    scope.spawn(move || eval_groups(batch, range, sink, inv_g))
+                })
                 .collect();
-            handles
+            let last = eval_groups(batch, bounds[workers - 1]..bounds[workers], sink, inv_g);
+            let mut parts: Vec<Vec<GroupStats>> = handles
                 .into_iter()
                 .map(|h| h.join().expect("objective worker panicked"))
-                .collect()
+                .collect();
+            parts.push(last);
+            parts
         })
     };
-    let rows: usize = groups.sizes().iter().map(|&k| k as usize).sum();
     let mut total = GroupStats::default();
     for st in parts.iter().flatten() {
         total.loss += st.loss;

@@ -1,6 +1,7 @@
 //! The ADPO objective, model-free: anchored scores, targets, every loss variant, adaptive tau,
 //! the DPO and GRPO baselines, with closed-form gradients. Pure tensor math on any device.
 
+mod fast_exp;
 pub mod groups;
 pub mod grpo;
 pub mod host;
@@ -102,12 +103,24 @@ fn compute_kind(t: &Tensor) -> Result<Kind> {
 }
 
 /// NaN/Inf scan: on the host for contiguous CPU float64 data, else as tensor ops.
+/// True when no value is NaN or Inf. Integer bit tests with no early exit, so the loop
+/// vectorises (a third of a host evaluation's serial time went to `all(is_finite)`): a value
+/// is not finite when its exponent bits are all ones, and adding one to such an exponent field
+/// carries into the sign bit.
+pub(crate) fn all_finite_host(v: &[f64]) -> bool {
+    const EXPONENT: u64 = 0x7ff << 52;
+    let carry = v
+        .iter()
+        .fold(0u64, |acc, x| acc | ((x.to_bits() & EXPONENT) + (1 << 52)));
+    carry >> 63 == 0
+}
+
 fn all_finite(t: &Tensor) -> bool {
     if t.device() == Device::Cpu && t.kind() == Kind::Double && t.is_contiguous() {
         let n = t.numel();
         // SAFETY: contiguous float64 CPU tensor of n elements, alive for this call.
         let v = unsafe { std::slice::from_raw_parts(t.data_ptr() as *const f64, n) };
-        v.iter().all(|x| x.is_finite())
+        all_finite_host(v)
     } else {
         t.isfinite().all().int64_value(&[]) != 0
     }
@@ -474,7 +487,7 @@ impl Objective {
                     values.len()
                 )));
             }
-            if !values.iter().all(|x| x.is_finite()) {
+            if !all_finite_host(values) {
                 return Err(Error::non_finite(name));
             }
         }
@@ -599,7 +612,7 @@ fn target_rule(cfg: &ObjectiveConfig) -> TargetRule {
 }
 
 fn check_result_host(loss: f64, grad: &[f64]) -> Result<()> {
-    if loss.is_finite() && grad.iter().all(|g| g.is_finite()) {
+    if loss.is_finite() && all_finite_host(grad) {
         Ok(())
     } else {
         Err(overflow_error(loss))
@@ -652,4 +665,31 @@ fn check_targets_host(host: &[f64], groups: &Groups, tol: f64) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod finite_tests {
+    use super::all_finite_host;
+
+    #[test]
+    fn all_finite_host_finds_every_non_finite_value() {
+        let edge = [
+            0.0,
+            -0.0,
+            f64::MAX,
+            f64::MIN,
+            f64::MIN_POSITIVE,
+            5e-324,
+            -1e300,
+        ];
+        assert!(all_finite_host(&edge));
+        assert!(all_finite_host(&[]));
+        for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, -f64::NAN] {
+            for at in [0, 3, 6] {
+                let mut v = edge;
+                v[at] = bad;
+                assert!(!all_finite_host(&v), "{bad} at {at}");
+            }
+        }
+    }
 }
