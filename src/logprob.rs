@@ -1,5 +1,5 @@
 //! Log-probs of the batch's tokens under a causal LM. The token at t is scored from the logits
-//! at t - 1: log_softmax over the vocabulary, then gather. (gather - logsumexp was the first
+//! at t - 1: log_softmax over the vocabulary (every position: no sliced copy), then gather. (gather - logsumexp was the first
 //! design, but libtorch composes logsumexp from several full-size ops and its backward needs an
 //! extra [B, T, V] buffer: benches/step_torch.py measured a one-pass peak of 4.1x the logits
 //! against 3.1x for log_softmax, whose backward is fused.) Memory is bounded by the trainer's
@@ -29,20 +29,21 @@ pub fn token_logp(
     loss_mask: &Tensor,
 ) -> Result<Tensor> {
     let logits = model.logits(ids, attention_mask)?;
-    let t = ids.size()[1];
     let logits = match logits.kind() {
         Kind::Double | Kind::Float => logits,
         _ => logits.to_kind(Kind::Float),
     };
     let kind = logits.kind();
-    let predicting = logits.narrow(1, 0, t - 1);
-    let next = ids.narrow(1, 1, t - 1).unsqueeze(2);
-    let scored = predicting
-        .log_softmax(2, kind)
-        .gather(2, &next, false)
-        .squeeze_dim(2);
-    let first = Tensor::zeros([ids.size()[0], 1], (kind, ids.device()));
-    Ok(Tensor::cat(&[first, scored], 1) * loss_mask.to_kind(kind))
+    let (b, t) = (ids.size()[0], ids.size()[1]);
+    // log_softmax over every position, the last included (its row is ignored): slicing off the
+    // last position first would copy all B x T x V logits (log_softmax needs them contiguous),
+    // and its backward would allocate and fill another B x T x V buffer.
+    let pad = Tensor::zeros([b, 1], (Kind::Int64, ids.device()));
+    let next = Tensor::cat(&[ids.narrow(1, 1, t - 1), pad], 1).unsqueeze(2);
+    let scored = logits.log_softmax(2, kind).gather(2, &next, false).squeeze_dim(2);
+    // Position t scores token t + 1: shift right by one, position 0 gets 0.
+    let first = Tensor::zeros([b, 1], (kind, ids.device()));
+    Ok(Tensor::cat(&[first, scored.narrow(1, 0, t - 1)], 1) * loss_mask.to_kind(kind))
 }
 
 /// Sequence scores [B] from token log-probs [B, T] and the loss mask.
