@@ -16,6 +16,13 @@
  *   batch.set_rewards(my_rewards(batch));
  *   adpo_trainer_metrics m = trainer.step(batch);
  *
+ *   // Data-parallel: every rank joins (MPI, or the host's own all-reduce), then steps on its
+ *   // own groups; the update is that of all ranks' groups together.
+ *   trainer.use_allreduce(rank, world_size, [comm](void *buf, std::size_t n, DLDataType dt, DLDevice) {
+ *       return MPI_Allreduce(MPI_IN_PLACE, buf, static_cast<int>(n),
+ *                            dt.bits == 64 ? MPI_DOUBLE : MPI_FLOAT, MPI_SUM, comm);
+ *   });
+ *
  * Conventions
  * - Errors: every failing call throws adpo::Error (a std::runtime_error) carrying the C status
  *   code (status()) and the library's message (message()). The wrapper checks buffer lengths
@@ -46,6 +53,7 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <initializer_list>
 #include <limits>
 #include <memory>
@@ -77,6 +85,7 @@ inline const char *status_name(adpo_status status) noexcept {
     case ADPO_STATUS_MODEL: return "ADPO_STATUS_MODEL";
     case ADPO_STATUS_POISONED: return "ADPO_STATUS_POISONED";
     case ADPO_STATUS_PANIC: return "ADPO_STATUS_PANIC";
+    case ADPO_STATUS_COMMUNICATION: return "ADPO_STATUS_COMMUNICATION";
     default: return "ADPO_STATUS_UNKNOWN";
     }
 }
@@ -192,6 +201,11 @@ inline std::uint32_t abi_version() noexcept { return adpo_abi_version(); }
 
 /// Number of CUDA devices libtorch can use (0 without CUDA).
 inline std::int32_t cuda_device_count() noexcept { return adpo_cuda_device_count(); }
+
+/// True when the loaded library can train over MPI (it found mpicc when it was built); without
+/// it Trainer::use_mpi() throws ADPO_STATUS_UNSUPPORTED. Trainer::use_allreduce() works in every
+/// build.
+inline bool has_mpi() noexcept { return adpo_has_mpi(); }
 
 /// Throws adpo::Error (ADPO_STATUS_UNSUPPORTED) unless `library_abi` equals `header_abi`.
 inline void check_abi_version(std::uint32_t library_abi, std::uint32_t header_abi) {
@@ -353,6 +367,45 @@ struct BatchTraits {
 struct TrainerTraits {
     static void free(adpo_trainer *p) noexcept { adpo_trainer_free(p); }
 };
+
+} // namespace detail
+
+// ----------------------------------------------------------------------------------------------
+// Data-parallel training
+// ----------------------------------------------------------------------------------------------
+
+/// A trainer's place among the ranks of data-parallel training (rank 0 of 1 when it trains
+/// alone). `auto [rank, size] = trainer.world();`
+struct World {
+    std::int32_t rank = 0;
+    std::int32_t size = 1;
+};
+
+/// The host's all-reduce for Trainer::use_allreduce(): sum `count` elements of `buffer` over all
+/// ranks, in place, and return 0 when the result is in `buffer` (any other value is an error,
+/// e.g. an MPI error code). `dtype` is float32 or float64 (kDLFloat, bits 32 or 64); `device`
+/// is where the buffer lives (kDLCPU, or kDLCUDA after adpo synchronised its stream). Called
+/// from the thread that called the trainer method, for each gradient bucket, the small metric
+/// and status reductions, and the copy of rank 0's state. An exception it throws is caught (it
+/// must not cross the C library) and counts as a failure: the trainer call then throws
+/// adpo::Error with ADPO_STATUS_COMMUNICATION.
+using AllreduceFunction =
+    std::function<int(void *buffer, std::size_t count, DLDataType dtype, DLDevice device)>;
+
+namespace detail {
+
+/// adpo_allreduce_fn over an AllreduceFunction owned by the library (the userdata).
+inline std::int32_t allreduce_trampoline(void *userdata, void *buffer, std::size_t count, DLDataType dtype,
+                                         DLDevice device) noexcept {
+    try {
+        return static_cast<std::int32_t>((*static_cast<AllreduceFunction *>(userdata))(buffer, count, dtype, device));
+    } catch (...) {
+        return -1;
+    }
+}
+
+/// adpo_userdata_free_fn: destroys the AllreduceFunction (adpo calls it exactly once).
+inline void allreduce_free(void *userdata) noexcept { delete static_cast<AllreduceFunction *>(userdata); }
 
 } // namespace detail
 
@@ -597,6 +650,30 @@ public:
         detail::call([&](adpo_error **err) { return adpo_model_vocab_size(get(), &v, err); });
         return v;
     }
+
+    /// Number of parameter values of the model, all tensors together.
+    std::size_t num_params() const {
+        std::size_t n = 0;
+        detail::call([&](adpo_error **err) { return adpo_model_num_params(get(), &n, err); });
+        return n;
+    }
+
+    /// A copy of the model's current parameters (a policy's as trained so far) as doubles, every
+    /// tensor flattened in the module's parameter order (num_params() values). For checks such as
+    /// "every replica holds the same weights".
+    std::vector<double> params() const {
+        std::vector<double> out(num_params());
+        if (!out.empty()) params_into(out);
+        return out;
+    }
+
+    /// params() written into `out`, whose length must be num_params() (else
+    /// ADPO_STATUS_SHAPE_MISMATCH).
+    void params_into(View<double> out) const {
+        detail::call([&](adpo_error **err) {
+            return adpo_model_get_params(get(), out.data(), out.size(), err);
+        });
+    }
 };
 
 // ----------------------------------------------------------------------------------------------
@@ -822,6 +899,41 @@ public:
     void load(const std::string &path) {
         const char *p = detail::c_str(path, "path");
         detail::call([&](adpo_error **err) { return adpo_trainer_load(get(), p, err); });
+    }
+
+    /// Data-parallel training over MPI: `mpi_comm` is the address of an MPI_Comm (nullptr:
+    /// MPI_COMM_WORLD), which adpo duplicates for its own traffic. Collective: every rank of the
+    /// communicator calls it (MPI is initialised if the host has not done it). Rank 0's weights,
+    /// optimizer and anchor state are copied to every rank. Throws ADPO_STATUS_UNSUPPORTED when
+    /// the library was built without MPI (see adpo::has_mpi()).
+    void use_mpi(const void *mpi_comm = nullptr) {
+        detail::call([&](adpo_error **err) { return adpo_trainer_use_mpi(get(), mpi_comm, err); });
+    }
+
+    /// Data-parallel training over the host's own communicator (NCCL, Gloo, MPI, ...): this
+    /// process is `rank` of `world_size`, and `allreduce` sums buffers over the ranks (see
+    /// adpo::AllreduceFunction). Collective, like use_mpi(): rank 0's state is copied to every
+    /// rank, through `allreduce`, before this returns. The function is moved to the heap and
+    /// owned by the library from this call on, whatever its outcome: it is destroyed exactly
+    /// once, when the trainer is freed or another communicator replaces it, or before an error
+    /// is thrown. Throws ADPO_STATUS_INVALID_ARGUMENT unless 0 <= rank < world_size (a previous
+    /// communicator then stays in place), ADPO_STATUS_NULL_ARGUMENT for an empty function, and
+    /// ADPO_STATUS_COMMUNICATION when `allreduce` fails (the trainer then trains alone).
+    void use_allreduce(std::int32_t rank, std::int32_t world_size, AllreduceFunction allreduce) {
+        if (!allreduce) detail::fail(ADPO_STATUS_NULL_ARGUMENT, "allreduce is an empty std::function");
+        auto *owned = new AllreduceFunction(std::move(allreduce));
+        // From here adpo owns `owned` and calls detail::allreduce_free on it exactly once.
+        detail::call([&](adpo_error **err) {
+            return adpo_trainer_use_allreduce(get(), rank, world_size, &detail::allreduce_trampoline, owned,
+                                              &detail::allreduce_free, err);
+        });
+    }
+
+    /// This trainer's rank and number of ranks ({0, 1} when it trains alone).
+    World world() const {
+        World w;
+        detail::call([&](adpo_error **err) { return adpo_trainer_world(get(), &w.rank, &w.size, err); });
+        return w;
     }
 
 private:

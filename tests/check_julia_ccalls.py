@@ -12,6 +12,8 @@ argument-type tuple has as many entries as the C parameter list (and is a real t
     `adpo_error **`); scalars of the same width and signedness (size_t = Csize_t, int64_t = Int64,
     uint8_t = UInt8, double = Cdouble, adpo_status = Int32, ...);
   * pointees: `Ptr{Cvoid}` stands for any opaque handle; char* is Cstring / Ptr{UInt8} / Ptr{Cchar};
+    a function-pointer typedef (`typedef int32_t (*adpo_x_fn)(...)`) is a pointer to void
+    (`Ptr{Cvoid}`, what `@cfunction` gives);
     a pointer to a struct the header defines needs `Ptr{Cvoid}` or a Julia struct marked
     `# mirrors <c_struct>`, and such mirrors must list the C fields in order with matching types.
 It fails as well for any header function the binding never ccalls (the binding wraps the whole
@@ -158,6 +160,8 @@ def parse_c_type(words: list[str], stars: int, aliases: dict[str, str], struct_n
     if name in C_SCALARS:
         return CType(stars, C_SCALARS[name])
     if name in aliases:
+        if aliases[name] == "fnptr":  # typedef RET (*NAME)(...): a code pointer
+            return CType(stars + 1, "void")
         return CType(stars, aliases[name])
     if name in struct_names:
         return CType(stars, "struct:" + name)
@@ -195,6 +199,9 @@ def parse_header(text: str) -> CHeader:
             aliases[m.group(2)] = C_SCALARS[base]
         elif base.startswith("enum "):
             aliases.setdefault(m.group(2), "i32")
+    # function-pointer typedefs: typedef RET (*NAME)(params);
+    for m in re.finditer(r"\btypedef\s+[^;{}()]*\(\s*\*\s*([A-Za-z_]\w*)\s*\)\s*\([^()]*\)\s*;", clean):
+        aliases[m.group(1)] = "fnptr"
     struct_names = set(re.findall(r"\btypedef\s+struct\s+(\w+)", clean))
 
     # defined structs: typedef struct NAME { fields } NAME;
@@ -627,6 +634,9 @@ void adpo_thing_free(struct adpo_thing *thing);
 adpo_status adpo_eval(const struct adpo_thing *t, size_t n, const double *x, double *out,
                       struct adpo_stats *stats, struct adpo_err **err);
 uint32_t adpo_abi(void);
+typedef int32_t (*adpo_cb_fn)(void *userdata,
+                              double x);
+adpo_status adpo_set_cb(struct adpo_thing *t, adpo_cb_fn cb, void *userdata);
 """
 SELF_GOOD = '''
 """docstring: ccall((:adpo_bogus, lib), Cvoid, ()) is not code"""
@@ -643,6 +653,7 @@ h(t, x, o, s, e) = ccall((:adpo_eval, libadpo()), Int32,
     (Ptr{Cvoid}, Csize_t, Ptr{Cdouble}, Ptr{Cdouble}, Ref{Stats}, Ref{Ptr{Cvoid}}),
     t, length(x), x, o, s, e)
 a() = ccall((:adpo_abi, libadpo()), UInt32, ())
+c(t, f, u) = ccall((:adpo_set_cb, libadpo()), Int32, (Ptr{Cvoid}, Ptr{Cvoid}, Ptr{Cvoid}), t, f, u)
 s = "a $(string('(')) b"
 d(f, p) = ccall(f, Cvoid, (Ptr{Cvoid},), p)
 '''
@@ -660,13 +671,14 @@ SELF_BAD = [
     ("    loss::Cdouble\n", "    loss::Cfloat\n", "field loss"),
     ("    groups::UInt64\n", "", "fields, C has"),
     ("Ref{Stats}", "Ref{Float64}", "argument 5"),
+    ("(Ptr{Cvoid}, Ptr{Cvoid}, Ptr{Cvoid}), t, f, u)", "(Ptr{Cvoid}, Int64, Ptr{Cvoid}), t, f, u)", "argument 2"),
 ]
 
 
 def self_test() -> list[str]:
     errors = []
     good = check({"good.jl": SELF_GOOD}, SELF_HEADER)
-    if good.failed or good.passed != 4:
+    if good.failed or good.passed != 5:
         errors.append(f"self-test: the good sample gives {good.passed} passed, {good.failed} failed:\n  "
                       + "\n  ".join(good.lines + good.uncalled + good.other + good.mirror_failures))
     for old, new, expect in SELF_BAD:
@@ -679,7 +691,7 @@ def self_test() -> list[str]:
         if bad.failed == 0 or not any(expect in m for m in msgs):
             errors.append(f"self-test: replacing {old!r} by {new!r} was not caught (wanted {expect!r}; got {msgs})")
     uncalled = check({"x.jl": "g(p) = ccall((:adpo_thing_free, L), Cvoid, (Ptr{Cvoid},), p)"}, SELF_HEADER)
-    if sorted(uncalled.uncalled) != ["adpo_abi", "adpo_eval", "adpo_thing_new"]:
+    if sorted(uncalled.uncalled) != ["adpo_abi", "adpo_eval", "adpo_set_cb", "adpo_thing_new"]:
         errors.append(f"self-test: uncalled functions not reported: {uncalled.uncalled}")
     return errors
 

@@ -87,6 +87,7 @@ const (
 	StatusModel           Status = C.ADPO_STATUS_MODEL
 	StatusPoisoned        Status = C.ADPO_STATUS_POISONED
 	StatusPanic           Status = C.ADPO_STATUS_PANIC
+	StatusCommunication   Status = C.ADPO_STATUS_COMMUNICATION
 )
 
 var statusNames = map[Status]string{
@@ -103,6 +104,7 @@ var statusNames = map[Status]string{
 	StatusModel:           "model error",
 	StatusPoisoned:        "poisoned handle",
 	StatusPanic:           "panic in adpo",
+	StatusCommunication:   "communication error",
 }
 
 // String returns a short description of the status.

@@ -87,3 +87,46 @@ func (m *Model) VocabSize() (int, error) {
 	}
 	return int(v), nil
 }
+
+// NumParams returns the number of parameter values of the model, all tensors together.
+func (m *Model) NumParams() (int, error) {
+	p, err := m.acquire()
+	if err != nil {
+		return 0, err
+	}
+	defer m.release()
+	return numParams(p)
+}
+
+func numParams(p *C.adpo_model) (int, error) {
+	var n C.size_t
+	var cerr *C.adpo_error
+	if err := check(C.adpo_model_num_params(p, &n, &cerr), cerr); err != nil {
+		return 0, err
+	}
+	return int(n), nil
+}
+
+// Params returns a copy of the model's current parameters (a policy's as trained so far) as
+// float64, every tensor flattened in the module's parameter order: NumParams values. For checks
+// such as "every replica holds the same weights".
+func (m *Model) Params() ([]float64, error) {
+	p, err := m.acquire()
+	if err != nil {
+		return nil, err
+	}
+	defer m.release()
+	n, err := numParams(p)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]float64, n)
+	if n == 0 {
+		return out, nil
+	}
+	var cerr *C.adpo_error
+	if err := check(C.adpo_model_get_params(p, f64Ptr(out), C.size_t(n), &cerr), cerr); err != nil {
+		return nil, err
+	}
+	return out, nil
+}

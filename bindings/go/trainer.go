@@ -16,6 +16,9 @@ import (
 type Trainer struct {
 	mu  sync.RWMutex
 	ptr *C.adpo_trainer
+
+	commMu sync.Mutex
+	comm   *allreduceState // the callback of UseAllreduce, to report its errors
 }
 
 // NewTrainer creates a trainer for policy (trained in place) with an optional frozen reference
@@ -103,10 +106,13 @@ type TrainerMetrics struct {
 	Tokens       float64 // loss-masked tokens in the batch
 	AnchorDrift  float64 // mean |l - l_anchor|
 	StepTimeMs   float64 // wall time of the step in milliseconds
+	ReduceTimeMs float64 // of which spent in collectives (data-parallel training; 0 in one process)
 }
 
 // Step takes one ADPO step on batch (epochs_per_batch optimizer updates) and returns its
-// metrics.
+// metrics. In data-parallel training (UseMPI, UseAllreduce) every rank calls it with its own
+// groups: the update is that of all ranks' groups together, the metrics are over all ranks, and
+// a failure on any rank is returned by every rank, before any weight changes.
 func (t *Trainer) Step(batch *Batch) (TrainerMetrics, error) {
 	tp, err := t.acquire()
 	if err != nil {
@@ -121,7 +127,7 @@ func (t *Trainer) Step(batch *Batch) (TrainerMetrics, error) {
 	var m C.adpo_trainer_metrics
 	m.struct_size = C.uint32_t(C.sizeof_adpo_trainer_metrics)
 	var cerr *C.adpo_error
-	if err := check(C.adpo_trainer_step(tp, bp, &m, &cerr), cerr); err != nil {
+	if err := t.callbackErr(check(C.adpo_trainer_step(tp, bp, &m, &cerr), cerr)); err != nil {
 		return TrainerMetrics{}, err
 	}
 	return TrainerMetrics{
@@ -141,6 +147,7 @@ func (t *Trainer) Step(batch *Batch) (TrainerMetrics, error) {
 		Tokens:       float64(m.tokens),
 		AnchorDrift:  float64(m.anchor_drift),
 		StepTimeMs:   float64(m.step_time_ms),
+		ReduceTimeMs: float64(m.reduce_time_ms),
 	}, nil
 }
 
@@ -234,7 +241,8 @@ func (t *Trainer) SequenceLogp(batch *Batch) ([]float64, error) {
 }
 
 // Save writes a checkpoint: path (policy weights, safetensors) and path with extension
-// .trainer.safetensors (optimizer, step, anchor state).
+// .trainer.safetensors (optimizer, step, anchor state). In data-parallel training every rank
+// calls it, only rank 0 writes, and every rank returns rank 0's outcome.
 func (t *Trainer) Save(path string) error {
 	tp, err := t.acquire()
 	if err != nil {
@@ -244,11 +252,12 @@ func (t *Trainer) Save(path string) error {
 	cpath := C.CString(path)
 	defer freeCString(cpath)
 	var cerr *C.adpo_error
-	return check(C.adpo_trainer_save(tp, cpath, &cerr), cerr)
+	return t.callbackErr(check(C.adpo_trainer_save(tp, cpath, &cerr), cerr))
 }
 
 // Load restores a checkpoint written by Save. A missing, corrupt, truncated or mismatched
-// checkpoint is a StatusCheckpoint error and leaves the trainer as it was.
+// checkpoint is a StatusCheckpoint error and leaves the trainer as it was. In data-parallel
+// training every rank calls it: rank 0 reads the file and sends the state to the others.
 func (t *Trainer) Load(path string) error {
 	tp, err := t.acquire()
 	if err != nil {
@@ -258,5 +267,5 @@ func (t *Trainer) Load(path string) error {
 	cpath := C.CString(path)
 	defer freeCString(cpath)
 	var cerr *C.adpo_error
-	return check(C.adpo_trainer_load(tp, cpath, &cerr), cerr)
+	return t.callbackErr(check(C.adpo_trainer_load(tp, cpath, &cerr), cerr))
 }

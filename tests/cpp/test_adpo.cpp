@@ -15,8 +15,10 @@
 #include <cstdlib>
 #include <filesystem>
 #include <limits>
+#include <memory>
 #include <numeric>
 #include <random>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <type_traits>
@@ -828,4 +830,219 @@ TEST(Trainer, CheckpointRoundTripRestoresSequenceLogp) {
     adpo::Model gru(gru_path);
     adpo::Trainer gru_trainer(gru, kTrainerConfig);
     EXPECT_TRUE(Throws([&] { gru_trainer.load(ckpt); }, ADPO_STATUS_CHECKPOINT));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Data-parallel training: world, parameters, the host's all-reduce
+// ---------------------------------------------------------------------------------------------
+
+namespace {
+
+const char *kDistConfig = R"({"loss": "listwise", "tau": 0.8, "beta_reward": 0.5, "epochs_per_batch": 2,
+    "optimizer": {"name": "adamw", "lr": 0.01}, "grad_clip": 1.0, "seed": 3})";
+
+// An all-reduce for a world of one rank: the sum over one rank is the buffer itself. Counts its
+// calls and checks what it is given.
+struct IdentityAllreduce {
+    std::shared_ptr<std::atomic<int>> calls = std::make_shared<std::atomic<int>>(0);
+    std::shared_ptr<std::atomic<int>> bad = std::make_shared<std::atomic<int>>(0);
+    int operator()(void *buffer, std::size_t count, DLDataType dtype, DLDevice device) const {
+        ++*calls;
+        const bool ok = buffer != nullptr && count > 0 && dtype.code == kDLFloat &&
+                        (dtype.bits == 32 || dtype.bits == 64) && dtype.lanes == 1 && device.device_type == kDLCPU;
+        if (!ok) ++*bad;
+        return ok ? 0 : 1;
+    }
+};
+
+} // namespace
+
+TEST(Distributed, HasMpiIsABool) {
+    const bool mpi = adpo::has_mpi();
+    EXPECT_EQ(mpi, adpo_has_mpi());
+}
+
+TEST(Distributed, WorldIsRankZeroOfOneAlone) {
+    FIXTURE(path, "tiny_transformer.pt");
+    adpo::Model policy(path);
+    adpo::Trainer trainer(policy, kDistConfig);
+    const auto [rank, size] = trainer.world();
+    EXPECT_EQ(rank, 0);
+    EXPECT_EQ(size, 1);
+    adpo::Batch batch = MakeBatch(2, 4);
+    batch.set_rewards(RewardsFor(batch));
+    EXPECT_EQ(trainer.step(batch).reduce_time_ms, 0.0) << "no collectives in one process";
+    adpo::Trainer empty;
+    EXPECT_TRUE(Throws([&] { (void)empty.world(); }, ADPO_STATUS_NULL_ARGUMENT));
+}
+
+TEST(Distributed, ParamsChangeAfterAStep) {
+    FIXTURE(path, "tiny_transformer.pt");
+    adpo::Model policy(path);
+    const std::size_t n = policy.num_params();
+    ASSERT_GT(n, 0u);
+    const std::vector<double> before = policy.params();
+    ASSERT_EQ(before.size(), n);
+    EXPECT_TRUE(std::any_of(before.begin(), before.end(), [](double v) { return v != 0.0; }));
+    EXPECT_EQ(adpo::Model(path).params(), before) << "two loads of one file hold the same weights";
+
+    adpo::Trainer trainer(policy, kDistConfig);
+    adpo::Batch batch = MakeBatch(2, 4);
+    batch.set_rewards(RewardsFor(batch));
+    trainer.step(batch);
+    std::vector<double> after(n);
+    policy.params_into(after); // the policy handle sees the trained weights
+    EXPECT_NE(after, before) << "a step must change the policy's parameters";
+    EXPECT_EQ(policy.params(), after);
+
+    std::vector<double> wrong(n + 1);
+    EXPECT_TRUE(Throws([&] { policy.params_into(wrong); }, ADPO_STATUS_SHAPE_MISMATCH));
+    adpo::Model empty;
+    EXPECT_TRUE(Throws([&] { (void)empty.num_params(); }, ADPO_STATUS_NULL_ARGUMENT));
+    EXPECT_TRUE(Throws([&] { (void)empty.params(); }, ADPO_STATUS_NULL_ARGUMENT));
+}
+
+TEST(Distributed, AllreduceWorldOfOneTrainsExactlyAsAlone) {
+    FIXTURE(path, "tiny_transformer.pt");
+    adpo::Batch batch = MakeBatch(3, 4);
+    batch.set_rewards(RewardsFor(batch));
+
+    adpo::Model alone_policy(path);
+    adpo::Trainer alone(alone_policy, kDistConfig);
+    adpo::Model dp_policy(path);
+    adpo::Trainer dp(dp_policy, kDistConfig);
+    const IdentityAllreduce identity;
+    dp.use_allreduce(0, 1, identity);
+    const int joined = *identity.calls;
+    EXPECT_GE(joined, 1) << "joining copies rank 0's state through the all-reduce";
+    const adpo::World w = dp.world();
+    EXPECT_EQ(w.rank, 0);
+    EXPECT_EQ(w.size, 1);
+
+    for (int s = 0; s < 3; ++s) {
+        const adpo_trainer_metrics a = alone.step(batch);
+        const adpo_trainer_metrics d = dp.step(batch);
+        EXPECT_EQ(d.step, a.step);
+        EXPECT_EQ(d.loss, a.loss);
+        EXPECT_EQ(d.grad_norm, a.grad_norm);
+        EXPECT_EQ(d.groups, a.groups);
+        EXPECT_GE(d.reduce_time_ms, 0.0);
+        EXPECT_LE(d.reduce_time_ms, d.step_time_ms);
+    }
+    EXPECT_GT(*identity.calls, joined) << "steps reduce through the callback";
+    EXPECT_EQ(*identity.bad, 0);
+    const std::vector<double> trained = dp_policy.params();
+    EXPECT_EQ(trained, alone_policy.params()) << "bit-identical weights";
+    EXPECT_NE(trained, adpo::Model(path).params());
+}
+
+TEST(Distributed, AllreduceFunctionIsDestroyedOnceWithTheTrainer) {
+    FIXTURE(path, "tiny_transformer.pt");
+    adpo::Model policy(path);
+    auto token = std::make_shared<int>(0);
+    std::atomic<int> calls{0};
+    {
+        adpo::Trainer trainer(policy, kDistConfig);
+        trainer.use_allreduce(0, 1, [token, &calls](void *, std::size_t, DLDataType, DLDevice) {
+            ++calls;
+            return 0;
+        });
+        // Only the library's heap copy of the std::function holds a second reference.
+        EXPECT_EQ(token.use_count(), 2);
+        adpo::Batch batch = MakeBatch(2, 4);
+        batch.set_rewards(RewardsFor(batch));
+        trainer.step(batch);
+        adpo::Trainer moved = std::move(trainer); // moving the handle does not touch the function
+        EXPECT_EQ(token.use_count(), 2);
+        moved.step(batch);
+    }
+    EXPECT_EQ(token.use_count(), 1) << "freeing the trainer destroys the function";
+    EXPECT_GE(calls.load(), 3);
+
+    // Replacing the communicator destroys the previous function at once.
+    adpo::Trainer trainer(policy, kDistConfig);
+    auto first = std::make_shared<int>(1);
+    auto second = std::make_shared<int>(2);
+    trainer.use_allreduce(0, 1, [first](void *, std::size_t, DLDataType, DLDevice) { return 0; });
+    EXPECT_EQ(first.use_count(), 2);
+    trainer.use_allreduce(0, 1, [second](void *, std::size_t, DLDataType, DLDevice) { return 0; });
+    EXPECT_EQ(first.use_count(), 1);
+    EXPECT_EQ(second.use_count(), 2);
+    trainer.reset();
+    EXPECT_EQ(second.use_count(), 1);
+}
+
+TEST(Distributed, AllreduceBadRankThrowsInvalidArgument) {
+    FIXTURE(path, "tiny_transformer.pt");
+    adpo::Model policy(path);
+    adpo::Trainer trainer(policy, kDistConfig);
+    auto token = std::make_shared<int>(0);
+    int calls = 0;
+    auto fn = [token, &calls](void *, std::size_t, DLDataType, DLDevice) {
+        ++calls;
+        return 0;
+    };
+    EXPECT_TRUE(Throws([&] { trainer.use_allreduce(2, 2, fn); }, ADPO_STATUS_INVALID_ARGUMENT, "rank"));
+    EXPECT_TRUE(Throws([&] { trainer.use_allreduce(-1, 2, fn); }, ADPO_STATUS_INVALID_ARGUMENT));
+    EXPECT_TRUE(Throws([&] { trainer.use_allreduce(0, 0, fn); }, ADPO_STATUS_INVALID_ARGUMENT));
+    EXPECT_TRUE(Throws([&] { trainer.use_allreduce(0, 1, adpo::AllreduceFunction()); }, ADPO_STATUS_NULL_ARGUMENT));
+    adpo::Trainer empty;
+    EXPECT_TRUE(Throws([&] { empty.use_allreduce(0, 1, fn); }, ADPO_STATUS_NULL_ARGUMENT));
+    EXPECT_EQ(calls, 0) << "a refused function is never called";
+    EXPECT_EQ(token.use_count(), 2) << "only `fn` holds it: every refused copy was destroyed";
+    const adpo::World w = trainer.world();
+    EXPECT_EQ(w.rank, 0);
+    EXPECT_EQ(w.size, 1);
+}
+
+TEST(Distributed, AllreduceFailuresAreCommunicationErrors) {
+    FIXTURE(path, "tiny_transformer.pt");
+    adpo::Model policy(path);
+    adpo::Trainer trainer(policy, kDistConfig);
+    // A non-zero return (e.g. an MPI error code) and an exception both fail the join.
+    EXPECT_TRUE(Throws([&] { trainer.use_allreduce(0, 1, [](void *, std::size_t, DLDataType, DLDevice) { return 7; }); },
+                       ADPO_STATUS_COMMUNICATION, "returned 7"));
+    EXPECT_TRUE(Throws(
+        [&] {
+            trainer.use_allreduce(0, 1, [](void *, std::size_t, DLDataType, DLDevice) -> int {
+                throw std::runtime_error("link down");
+            });
+        },
+        ADPO_STATUS_COMMUNICATION));
+    EXPECT_EQ(trainer.world().size, 1) << "after a failed join the trainer trains alone";
+    adpo::Batch batch = MakeBatch(2, 4);
+    batch.set_rewards(RewardsFor(batch));
+    EXPECT_EQ(trainer.step(batch).step, 2u);
+
+    // A step whose all-reduce fails throws on the step and changes no weights.
+    auto fail = std::make_shared<std::atomic<bool>>(false);
+    trainer.use_allreduce(0, 1, [fail](void *, std::size_t, DLDataType, DLDevice) { return fail->load() ? 1 : 0; });
+    const std::vector<double> before = policy.params();
+    fail->store(true);
+    EXPECT_TRUE(Throws([&] { trainer.step(batch); }, ADPO_STATUS_COMMUNICATION));
+    EXPECT_EQ(policy.params(), before);
+}
+
+TEST(Distributed, UseMpiAloneOrUnsupported) {
+    FIXTURE(path, "tiny_transformer.pt");
+    adpo::Model policy(path);
+    adpo::Trainer trainer(policy, kDistConfig);
+    if (!adpo::has_mpi()) {
+        EXPECT_TRUE(Throws([&] { trainer.use_mpi(); }, ADPO_STATUS_UNSUPPORTED));
+        return;
+    }
+    // ctest runs every test in its own process: MPI is initialised here as a singleton
+    // (MPI_COMM_WORLD of one process), and a world of one trains exactly as alone.
+    trainer.use_mpi();
+    const adpo::World w = trainer.world();
+    EXPECT_EQ(w.rank, 0);
+    EXPECT_EQ(w.size, 1);
+    adpo::Model alone_policy(path);
+    adpo::Trainer alone(alone_policy, kDistConfig);
+    adpo::Batch batch = MakeBatch(2, 4);
+    batch.set_rewards(RewardsFor(batch));
+    for (int s = 0; s < 2; ++s) {
+        EXPECT_EQ(trainer.step(batch).loss, alone.step(batch).loss);
+    }
+    EXPECT_EQ(policy.params(), alone_policy.params());
 }

@@ -11,6 +11,11 @@ loaded, and its ABI version checked, when the package is loaded (`__init__`).
 Objects: [`Objective`](@ref), [`Model`](@ref), [`Batch`](@ref), [`Trainer`](@ref). Each owns an
 adpo handle, freed by a finalizer or earlier by `close`. Failing calls throw [`ADPOError`](@ref).
 
+Data-parallel training: every rank joins with [`use_mpi!`](@ref) or [`use_allreduce!`](@ref)
+(the host's own all-reduce, a Julia function), then steps on its own groups; [`world`](@ref)
+tells a trainer's rank, [`has_mpi`](@ref) whether the library was built with MPI, and
+[`ADPO.params`](@ref) copies a model's weights (to check that replicas agree).
+
 Threads: adpo has no thread-local state, handles may be used from any thread and calls on one
 handle are serialised inside the library, so Julia tasks (which may migrate between threads)
 can share these objects freely. Only `close` must not race with other calls on the same object.
@@ -25,7 +30,8 @@ using Libdl
 export ADPOError, Objective, Model, Batch, Trainer, ObjectiveMetrics, TrainerMetrics,
        evaluate, evaluate_tokens, evaluate_dlpack, dlpack_release, metrics, metrics_json,
        vocab_size, set_rewards!, set_targets!, set_old_logp!, set_anchor_logp!,
-       token_ids, loss_mask, group_ids, step!, sequence_logp, save_checkpoint, load_checkpoint!
+       token_ids, loss_mask, group_ids, step!, sequence_logp, save_checkpoint, load_checkpoint!,
+       num_params, use_mpi!, use_allreduce!, world, has_mpi
 
 # ----------------------------------------------------------------------------- constants
 # From include/adpo.h.
@@ -49,11 +55,12 @@ const ADPO_STATUS_CHECKPOINT = Int32(9)
 const ADPO_STATUS_MODEL = Int32(10)
 const ADPO_STATUS_POISONED = Int32(11)
 const ADPO_STATUS_PANIC = Int32(12)
+const ADPO_STATUS_COMMUNICATION = Int32(13)
 
 const _STATUS_NAMES = Dict{Int32,String}(
     0 => "OK", 1 => "NULL_ARGUMENT", 2 => "INVALID_ARGUMENT", 3 => "INVALID_CONFIG",
     4 => "SHAPE_MISMATCH", 5 => "NON_FINITE", 6 => "UNSUPPORTED", 7 => "TORCH", 8 => "IO",
-    9 => "CHECKPOINT", 10 => "MODEL", 11 => "POISONED", 12 => "PANIC",
+    9 => "CHECKPOINT", 10 => "MODEL", 11 => "POISONED", 12 => "PANIC", 13 => "COMMUNICATION",
 )
 
 """
@@ -132,6 +139,14 @@ abi_version() = ccall((:adpo_abi_version, libadpo()), UInt32, ())
 "Number of CUDA devices libtorch can use (0 without CUDA)."
 cuda_device_count() = Int(ccall((:adpo_cuda_device_count, libadpo()), Int32, ()))
 
+"""
+    has_mpi() -> Bool
+
+True when the loaded library can train over MPI (it found mpicc when it was built). Without it
+[`use_mpi!`](@ref) throws `ADPO_STATUS_UNSUPPORTED`; [`use_allreduce!`](@ref) works in every build.
+"""
+has_mpi() = ccall((:adpo_has_mpi, libadpo()), Bool, ())
+
 # ----------------------------------------------------------------------------- errors
 """
     ADPOError(status, message, func) <: Exception
@@ -170,6 +185,21 @@ function _check(status::Int32, err::Base.RefValue{Ptr{Cvoid}}, func::Symbol)
         ccall((:adpo_error_free, libadpo()), Cvoid, (Ptr{Cvoid},), p)
     end
     throw(ADPOError(st, msg, func))
+end
+
+# _check for trainer calls that may run a Julia all-reduce callback: an ADPO_STATUS_COMMUNICATION
+# error gets the exception the callback threw (if any) added to its message.
+function _check(status::Int32, err::Base.RefValue{Ptr{Cvoid}}, func::Symbol, comm)
+    cause = comm isa _Allreduce ? _take_error!(comm) : nothing
+    try
+        _check(status, err, func)
+    catch e
+        if e isa ADPOError && e.status == ADPO_STATUS_COMMUNICATION && cause !== nothing
+            throw(ADPOError(e.status, e.message * " (callback error: " * sprint(showerror, cause) * ")", e.func))
+        end
+        rethrow()
+    end
+    return nothing
 end
 
 """
@@ -338,6 +368,7 @@ struct TrainerMetrics   # mirrors adpo_trainer_metrics
     tokens::Cdouble
     anchor_drift::Cdouble
     step_time_ms::Cdouble
+    reduce_time_ms::Cdouble   # of step_time_ms, spent in collectives (0 in one process)
 end
 
 # struct_size = sizeof(T), floats NaN, integers 0: what a call that writes nothing leaves.
@@ -442,6 +473,34 @@ function vocab_size(m::Model)
                (Ptr{Cvoid}, Ref{Int64}, Ref{Ptr{Cvoid}}), m, out, err)
     _check(st, err, :adpo_model_vocab_size)
     return Int(out[])
+end
+
+"Number of parameter values of the model, all tensors together."
+function num_params(m::Model)
+    out = Ref{Csize_t}(0)
+    err = _err()
+    st = ccall((:adpo_model_num_params, libadpo()), Int32,
+               (Ptr{Cvoid}, Ref{Csize_t}, Ref{Ptr{Cvoid}}), m, out, err)
+    _check(st, err, :adpo_model_num_params)
+    return Int(out[])
+end
+
+"""
+    ADPO.params(model::Model) -> Vector{Float64}
+
+A copy of the model's current parameters (a policy's as trained so far), every tensor flattened
+in the module's parameter order: [`num_params`](@ref) values. For checks such as "every replica
+holds the same weights". Not exported (the name is common): call it as `ADPO.params`.
+"""
+function params(m::Model)
+    n = num_params(m)
+    out = Vector{Float64}(undef, n)
+    n == 0 && return out
+    err = _err()
+    st = ccall((:adpo_model_get_params, libadpo()), Int32,
+               (Ptr{Cvoid}, Ptr{Cdouble}, Csize_t, Ref{Ptr{Cvoid}}), m, out, length(out), err)
+    _check(st, err, :adpo_model_get_params)
+    return out
 end
 
 """
@@ -602,9 +661,12 @@ schedule) plus every objective key.
 """
 mutable struct Trainer <: Handle
     ptr::Ptr{Cvoid}
+    # What the communicator of use_allreduce! refers to (an _Allreduce, or the CFunction of a
+    # raw callback): kept alive here as long as adpo may call it.
+    allreduce::Any
     function Trainer(::_Own, p::Ptr{Cvoid})
         p == C_NULL && error("adpo returned a NULL trainer handle")
-        return finalizer(_free!, new(p))
+        return finalizer(_free!, new(p, nothing))
     end
 end
 
@@ -623,6 +685,7 @@ function _free!(tr::Trainer)
     if p != C_NULL
         tr.ptr = C_NULL
         ccall((:adpo_trainer_free, libadpo()), Cvoid, (Ptr{Cvoid},), p)
+        tr.allreduce = nothing   # adpo no longer calls it
     end
     return nothing
 end
@@ -777,7 +840,9 @@ end
 """
     step!(trainer, batch; metrics = true) -> TrainerMetrics or nothing
 
-One ADPO step on `batch` (epochs_per_batch optimizer updates).
+One ADPO step on `batch` (epochs_per_batch optimizer updates). In data-parallel training every
+rank calls it with its own groups: the update is that of all ranks' groups together, the metrics
+are over all ranks, and a failure on any rank is thrown by every rank, before any weight changes.
 """
 function step!(tr::Trainer, b::Batch; metrics::Bool=true)
     m = metrics ? Ref(_blank(TrainerMetrics)) : nothing
@@ -785,7 +850,7 @@ function step!(tr::Trainer, b::Batch; metrics::Bool=true)
     st = ccall((:adpo_trainer_step, libadpo()), Int32,
                (Ptr{Cvoid}, Ptr{Cvoid}, Ptr{TrainerMetrics}, Ref{Ptr{Cvoid}}),
                tr, b, _ornull(m), err)
-    _check(st, err, :adpo_trainer_step)
+    _check(st, err, :adpo_trainer_step, tr.allreduce)
     return m === nothing ? nothing : m[]
 end
 
@@ -831,13 +896,14 @@ end
     save_checkpoint(trainer, path)
 
 Writes `path` (policy weights, safetensors) and `path` with extension `.trainer.safetensors`
-(optimizer, step, anchor state).
+(optimizer, step, anchor state). In data-parallel training every rank calls it, only rank 0
+writes, and every rank returns rank 0's outcome.
 """
 function save_checkpoint(tr::Trainer, path::AbstractString)
     err = _err()
     st = ccall((:adpo_trainer_save, libadpo()), Int32,
                (Ptr{Cvoid}, Cstring, Ref{Ptr{Cvoid}}), tr, String(path), err)
-    _check(st, err, :adpo_trainer_save)
+    _check(st, err, :adpo_trainer_save, tr.allreduce)
     return path
 end
 
@@ -845,14 +911,203 @@ end
     load_checkpoint!(trainer, path)
 
 Restores a checkpoint written by [`save_checkpoint`](@ref). A missing, corrupt or mismatched
-checkpoint throws (`ADPO_STATUS_CHECKPOINT`) and leaves the trainer as it was.
+checkpoint throws (`ADPO_STATUS_CHECKPOINT`) and leaves the trainer as it was. In data-parallel
+training every rank calls it: rank 0 reads the file and sends the state to the others.
 """
 function load_checkpoint!(tr::Trainer, path::AbstractString)
     err = _err()
     st = ccall((:adpo_trainer_load, libadpo()), Int32,
                (Ptr{Cvoid}, Cstring, Ref{Ptr{Cvoid}}), tr, String(path), err)
-    _check(st, err, :adpo_trainer_load)
+    _check(st, err, :adpo_trainer_load, tr.allreduce)
     return tr
+end
+
+# ----------------------------------------------------------------------------- data parallel
+"""
+    ADPO.DLDataType(code, bits, lanes)
+
+Mirror of DLPack's `DLDataType` (include/dlpack.h), as an all-reduce callback receives it: `code`
+2 (`kDLFloat`) and `bits` 32 or 64 for the buffers adpo reduces. Not exported (DLPack packages
+define the same name).
+"""
+struct DLDataType
+    code::UInt8
+    bits::UInt8
+    lanes::UInt16
+end
+
+"""
+    ADPO.DLDevice(device_type, device_id)
+
+Mirror of DLPack's `DLDevice`: `device_type` 1 (`ADPO.kDLCPU`) or 2 (`ADPO.kDLCUDA`). Not
+exported.
+"""
+struct DLDevice
+    device_type::Int32
+    device_id::Int32
+end
+
+"DLPack codes of the all-reduce buffers: float data type, CPU and CUDA devices."
+const kDLFloat = 0x02
+const kDLCPU = Int32(1)
+const kDLCUDA = Int32(2)
+
+"""
+    use_mpi!(trainer, mpi_comm = C_NULL) -> trainer
+
+Data-parallel training over MPI. `mpi_comm` is the address of a C `MPI_Comm` (a `Ptr{Cvoid}`, or
+a `Ref` holding the communicator's C handle), or `C_NULL` for `MPI_COMM_WORLD`; adpo duplicates
+it for its own traffic. Collective: every rank of the communicator calls it (MPI is initialised
+if nobody has). Rank 0's weights, optimizer and anchor state are copied to every rank. Throws
+`ADPO_STATUS_UNSUPPORTED` when the library was built without MPI (see [`has_mpi`](@ref)).
+"""
+function use_mpi!(tr::Trainer, mpi_comm::Union{Ptr{Cvoid},Base.RefValue}=C_NULL)
+    err = _err()
+    st = ccall((:adpo_trainer_use_mpi, libadpo()), Int32,
+               (Ptr{Cvoid}, Ptr{Cvoid}, Ref{Ptr{Cvoid}}), tr, mpi_comm, err)
+    _check(st, err, :adpo_trainer_use_mpi)
+    tr.allreduce = nothing   # a previous callback was released by adpo
+    return tr
+end
+
+"""
+    world(trainer) -> (rank = Int, size = Int)
+
+This trainer's rank and number of ranks: `(rank = 0, size = 1)` when it trains alone.
+"""
+function world(tr::Trainer)
+    rank = Ref{Int32}(0)
+    size = Ref{Int32}(0)
+    err = _err()
+    st = ccall((:adpo_trainer_world, libadpo()), Int32,
+               (Ptr{Cvoid}, Ref{Int32}, Ref{Int32}, Ref{Ptr{Cvoid}}), tr, rank, size, err)
+    _check(st, err, :adpo_trainer_world)
+    return (rank = Int(rank[]), size = Int(size[]))
+end
+
+# The Julia function of use_allreduce!, and the exception it last threw. Its address is the
+# userdata adpo passes back to the trampoline; the Trainer keeps it alive (field `allreduce`).
+mutable struct _Allreduce
+    f::Any
+    error::Any
+end
+
+function _take_error!(a::_Allreduce)
+    e = a.error
+    a.error = nothing
+    return e
+end
+
+# The C-callable trampoline (adpo_allreduce_fn) behind every Julia all-reduce function. It must
+# not throw into C: exceptions are kept for the error message and reported as -1.
+function _allreduce_trampoline(userdata::Ptr{Cvoid}, buffer::Ptr{Cvoid}, count::Csize_t,
+                               dtype::DLDataType, device::DLDevice)::Int32
+    a = unsafe_pointer_to_objref(userdata)::_Allreduce
+    try
+        rc = a.f(buffer, Int(count), dtype, device)
+        rc isa Integer && rc != 0 && return Int32(clamp(rc, typemin(Int32), typemax(Int32)))
+        return Int32(0)
+    catch e
+        a.error = e
+        return Int32(-1)
+    end
+end
+
+"""
+    use_allreduce!(f, trainer, rank, world_size) -> trainer
+
+Data-parallel training over the host's own communicator (MPI.jl, NCCL, Gloo, sockets, ...): this
+process is `rank` of `world_size`, and `f` sums a buffer over the ranks, in place:
+
+    f(buffer::Ptr{Cvoid}, count::Int, dtype::DLDataType, device::DLDevice)
+
+`buffer` holds `count` floats of `dtype.bits` bits (`dtype.code == ADPO.kDLFloat`) on `device`
+(`device.device_type == ADPO.kDLCPU`, or `ADPO.kDLCUDA` after adpo synchronised its stream).
+For a CPU buffer, `unsafe_wrap(Array, Ptr{Float64}(buffer), count)` (`Ptr{Float32}` when
+`dtype.bits == 32`) views it as an array, valid only during the call. `f` succeeds when it
+returns without throwing and does not return a non-zero integer (a non-zero integer is an error
+code); a failure makes the trainer call throw `ADPO_STATUS_COMMUNICATION`, with the exception `f`
+threw in the message.
+
+`f` may be any Julia function or closure (`do` block syntax works): adpo calls a C-callable
+trampoline made by `@cfunction`, which finds `f` through the userdata pointer and calls it,
+synchronously, on the thread that called the trainer (from `use_allreduce!` itself, `step!`,
+`save_checkpoint` and `load_checkpoint!`): for each gradient bucket, the small metric and
+status reductions, and the copy of rank 0's state. `f` must not yield to other tasks that use
+this trainer.
+
+Collective, like [`use_mpi!`](@ref): every rank calls it, and rank 0's state is copied to every
+rank (through `f`) before it returns. The trainer keeps `f` until it is closed or another
+communicator replaces it. Throws `ADPO_STATUS_INVALID_ARGUMENT` unless `0 <= rank < world_size`
+(a previous communicator then stays in place).
+
+```julia
+use_allreduce!(trainer, MPI.Comm_rank(comm), MPI.Comm_size(comm)) do buf, n, dtype, device
+    T = dtype.bits == 64 ? Float64 : Float32
+    MPI.Allreduce!(unsafe_wrap(Array, Ptr{T}(buf), n), +, comm)
+    return 0
+end
+```
+"""
+function use_allreduce!(f, tr::Trainer, rank::Integer, world_size::Integer)
+    _fits_int32(rank, world_size) ||
+        throw(ArgumentError("rank $rank and world_size $world_size must fit in Int32"))
+    a = _Allreduce(f, nothing)
+    trampoline = @cfunction(_allreduce_trampoline, Int32,
+                            (Ptr{Cvoid}, Ptr{Cvoid}, Csize_t, DLDataType, DLDevice))
+    # `a` needs no free function: the Trainer roots it (and adpo never calls it once replaced).
+    GC.@preserve a begin
+        _use_allreduce!(tr, rank, world_size, trampoline, pointer_from_objref(a), C_NULL, a)
+    end
+    return tr
+end
+
+"""
+    use_allreduce!(trainer, rank, world_size, allreduce, userdata = C_NULL, free_userdata = C_NULL)
+
+The C-level form of [`use_allreduce!`](@ref): `allreduce` must be a C-callable function pointer
+with the signature of `adpo_allreduce_fn`, made with `@cfunction`:
+
+    int32_t allreduce(void *userdata, void *buffer, size_t count, DLDataType dtype, DLDevice device)
+
+that is `@cfunction(my_allreduce, Int32, (Ptr{Cvoid}, Ptr{Cvoid}, Csize_t, DLDataType, DLDevice))`
+(a `Ptr{Cvoid}`, or the `Base.CFunction` of `@cfunction(\$closure, ...)`, which the trainer keeps
+alive), returning 0 when the sum is in `buffer`; it must not throw. adpo passes `userdata` back
+on every call and owns it from this call on, whatever the outcome: `free_userdata` (a
+C-callable `void (*)(void *)`, or `C_NULL`) is called on it exactly once, when the trainer is
+freed or another communicator replaces this one, or before an error is thrown (here too, when
+`rank` or `world_size` does not fit in `Int32`).
+"""
+function use_allreduce!(tr::Trainer, rank::Integer, world_size::Integer,
+                        allreduce::Union{Ptr{Cvoid},Base.CFunction},
+                        userdata::Ptr{Cvoid}=C_NULL,
+                        free_userdata::Union{Ptr{Cvoid},Base.CFunction}=C_NULL)
+    if !_fits_int32(rank, world_size)
+        # the userdata is ours to free, as adpo would
+        GC.@preserve free_userdata begin
+            fp = Base.unsafe_convert(Ptr{Cvoid}, free_userdata)
+            fp == C_NULL || ccall(fp, Cvoid, (Ptr{Cvoid},), userdata)
+        end
+        throw(ArgumentError("rank $rank and world_size $world_size must fit in Int32"))
+    end
+    _use_allreduce!(tr, rank, world_size, allreduce, userdata, free_userdata,
+                    (allreduce, free_userdata))
+    return tr
+end
+
+_fits_int32(xs::Integer...) = all(x -> typemin(Int32) <= x <= typemax(Int32), xs)
+
+# One adpo_trainer_use_allreduce call (rank and world_size fit in Int32); `keep` is what the
+# trainer roots on success.
+function _use_allreduce!(tr::Trainer, rank::Integer, world_size::Integer, allreduce, userdata::Ptr{Cvoid},
+                         free_userdata, keep)
+    err = _err()
+    st = ccall((:adpo_trainer_use_allreduce, libadpo()), Int32,
+               (Ptr{Cvoid}, Int32, Int32, Ptr{Cvoid}, Ptr{Cvoid}, Ptr{Cvoid}, Ref{Ptr{Cvoid}}),
+               tr, rank, world_size, allreduce, userdata, free_userdata, err)
+    _check(st, err, :adpo_trainer_use_allreduce, keep)
+    tr.allreduce = keep
+    return nothing
 end
 
 end # module ADPO

@@ -20,6 +20,22 @@ const ANCHOR = [-12.5, -15.0, -10.4, -19.6]
 const REWARDS = [1.0, 0.0, 0.5, -0.1]
 const GROUPS = [0, 0, 0, 0]
 
+# C-callable all-reduce and free functions for the C-level form of use_allreduce! (made into
+# function pointers with @cfunction): a world of one rank leaves the buffer as it is.
+const RAW_USERDATA = Ptr{Cvoid}(UInt(0x1234))
+const RAW_CALLS = Ref(0)
+const RAW_FREES = Ref(0)
+function raw_identity_allreduce(userdata::Ptr{Cvoid}, buffer::Ptr{Cvoid}, count::Csize_t,
+                                dtype::ADPO.DLDataType, device::ADPO.DLDevice)::Int32
+    RAW_CALLS[] += 1
+    ok = userdata == RAW_USERDATA && buffer != C_NULL && count > 0 && device.device_type == ADPO.kDLCPU
+    return ok ? Int32(0) : Int32(1)
+end
+function raw_free(userdata::Ptr{Cvoid})::Cvoid
+    userdata == RAW_USERDATA && (RAW_FREES[] += 1)
+    return nothing
+end
+
 @testset "ADPO.jl" begin
     @testset "library" begin
         @test ADPO.abi_version() == ADPO.ADPO_ABI_VERSION == 1
@@ -28,7 +44,10 @@ const GROUPS = [0, 0, 0, 0]
         @test isfile(ADPO.library_path()) || !occursin('/', ADPO.library_path())
         # the mirrored structs have the C sizes (uint32 + padding, then 8-byte fields)
         @test sizeof(ObjectiveMetrics) == 88
-        @test sizeof(TrainerMetrics) == 136
+        @test sizeof(TrainerMetrics) == 144
+        @test fieldoffset(TrainerMetrics, fieldcount(TrainerMetrics)) == 136   # reduce_time_ms, last
+        @test sizeof(ADPO.DLDataType) == 4 && sizeof(ADPO.DLDevice) == 8
+        @test has_mpi() isa Bool
         @test fieldoffset(ObjectiveMetrics, 2) == 8
         @test fieldoffset(TrainerMetrics, 2) == 8
     end
@@ -216,6 +235,136 @@ const GROUPS = [0, 0, 0, 0]
             close(b)
             close(tr)
             @test !isopen(tr)
+        end
+
+        @testset "data parallel: world, parameters, all-reduce callbacks" begin
+            cfg = (loss = "listwise", tau = 0.8, beta_reward = 0.5, epochs_per_batch = 2,
+                   optimizer = (name = "adamw", lr = 0.01), grad_clip = 1.0, seed = 3)
+            ids = [1 2 3 4 5; 1 2 6 7 8; 1 2 9 10 11; 1 2 12 13 14;
+                   1 3 4 5 6; 1 3 7 8 9; 1 3 10 11 12; 1 3 13 14 15]
+            lm = repeat(Bool[0 0 1 1 1], 8, 1)
+            b = Batch(ids, lm, [0, 0, 0, 0, 1, 1, 1, 1]; rewards=[1.0, 0.0, 0.5, 0.2, 0.1, 0.9, 0.3, 0.6])
+
+            # parameters
+            fresh = Model(model_path)
+            n = num_params(fresh)
+            @test n > 0
+            w0 = ADPO.params(fresh)
+            @test w0 isa Vector{Float64}
+            @test length(w0) == n
+            @test any(!iszero, w0)
+
+            alone_policy = Model(model_path)
+            alone = Trainer(alone_policy, nothing, cfg)
+            @test world(alone) == (rank = 0, size = 1)
+
+            # a world of one rank whose all-reduce leaves the buffer as it is trains exactly
+            # as a trainer alone
+            dp_policy = Model(model_path)
+            dp = Trainer(dp_policy, nothing, cfg)
+            calls = Ref(0)
+            bad = Ref(0)
+            r = use_allreduce!(dp, 0, 1) do buf, count, dtype, device
+                calls[] += 1
+                ok = buf != C_NULL && count > 0 && dtype.code == ADPO.kDLFloat &&
+                     dtype.bits in (32, 64) && device.device_type == ADPO.kDLCPU
+                if ok   # a view of the buffer: the sum over one rank is the buffer itself
+                    T = dtype.bits == 64 ? Float64 : Float32
+                    length(unsafe_wrap(Array, Ptr{T}(buf), count)) == count || (ok = false)
+                end
+                ok || (bad[] += 1)
+                return ok ? 0 : 1
+            end
+            @test r === dp
+            joined = calls[]
+            @test joined >= 1   # rank 0's state is copied through the all-reduce
+            @test world(dp) == (rank = 0, size = 1)
+            for _ in 1:3
+                ma = step!(alone, b)
+                md = step!(dp, b)
+                @test md.step == ma.step
+                @test md.loss == ma.loss
+                @test md.grad_norm == ma.grad_norm
+                @test ma.reduce_time_ms == 0
+                @test 0 <= md.reduce_time_ms <= md.step_time_ms
+            end
+            @test calls[] > joined
+            @test bad[] == 0
+            trained = ADPO.params(dp_policy)
+            @test length(trained) == n
+            @test trained == ADPO.params(alone_policy)   # bit-identical
+            @test trained != w0                          # and a step changes the weights
+
+            # a refused rank: ADPO_STATUS_INVALID_ARGUMENT, the function is never called
+            before = calls[]
+            e = thrown(() -> use_allreduce!((buf, count, dtype, device) -> (calls[] += 1; 0), dp, 2, 2))
+            @test e isa ADPOError && e.status == ADPO.ADPO_STATUS_INVALID_ARGUMENT
+            @test thrown(() -> use_allreduce!((buf, count, dtype, device) -> 0, dp, 0, 0)) isa ADPOError
+            @test thrown(() -> use_allreduce!((buf, count, dtype, device) -> 0, dp, 0, 2^40)) isa ArgumentError
+            @test calls[] == before
+
+            # failures of the function: ADPO_STATUS_COMMUNICATION, with what it threw
+            tr_policy = Model(model_path)
+            tr = Trainer(tr_policy, nothing, cfg)
+            e = thrown(() -> use_allreduce!((buf, count, dtype, device) -> error("link down"), tr, 0, 1))
+            @test e isa ADPOError && e.status == ADPO.ADPO_STATUS_COMMUNICATION
+            @test occursin("link down", e.message)
+            e = thrown(() -> use_allreduce!((buf, count, dtype, device) -> 7, tr, 0, 1))
+            @test e isa ADPOError && e.status == ADPO.ADPO_STATUS_COMMUNICATION
+            @test occursin("7", e.message)
+            @test world(tr) == (rank = 0, size = 1)   # a failed join leaves the trainer alone
+            @test step!(tr, b).step == 2
+            failing = Ref(false)
+            use_allreduce!(tr, 0, 1) do buf, count, dtype, device
+                failing[] && error("peer lost")
+                return nothing
+            end
+            w_before = ADPO.params(tr_policy)
+            failing[] = true
+            e = thrown(() -> step!(tr, b))
+            @test e isa ADPOError && e.status == ADPO.ADPO_STATUS_COMMUNICATION
+            @test occursin("peer lost", e.message)
+            @test ADPO.params(tr_policy) == w_before   # a failed step changes no weights
+            close(tr)
+
+            # the C-level form: a @cfunction pointer, userdata and its free function, which adpo
+            # calls exactly once (when the trainer is freed, or before an error is thrown)
+            RAW_CALLS[] = 0
+            RAW_FREES[] = 0
+            allreduce_c = @cfunction(raw_identity_allreduce, Int32,
+                                     (Ptr{Cvoid}, Ptr{Cvoid}, Csize_t, ADPO.DLDataType, ADPO.DLDevice))
+            free_c = @cfunction(raw_free, Cvoid, (Ptr{Cvoid},))
+            raw_policy = Model(model_path)
+            raw = Trainer(raw_policy, nothing, cfg)
+            use_allreduce!(raw, 0, 1, allreduce_c, RAW_USERDATA, free_c)
+            @test RAW_CALLS[] >= 1
+            @test RAW_FREES[] == 0
+            for _ in 1:3
+                step!(raw, b)
+            end
+            @test ADPO.params(raw_policy) == trained   # the same three steps as alone and dp
+            @test RAW_FREES[] == 0
+            close(raw)
+            @test RAW_FREES[] == 1
+            close(raw)   # idempotent: not freed twice
+            @test RAW_FREES[] == 1
+            e = thrown(() -> use_allreduce!(Trainer(Model(model_path), nothing, cfg), 3, 2,
+                                            allreduce_c, RAW_USERDATA, free_c))
+            @test e isa ADPOError && e.status == ADPO.ADPO_STATUS_INVALID_ARGUMENT
+            @test RAW_FREES[] == 2   # freed before the error
+            @test thrown(() -> use_allreduce!(alone, 0, 2^40, allreduce_c, RAW_USERDATA, free_c)) isa ArgumentError
+            @test RAW_FREES[] == 3
+
+            # MPI: joining would initialise MPI in this process (its signal handlers and Julia's
+            # do not mix); `make test-mpi` tests that path with mpirun
+            if !has_mpi()
+                e = thrown(() -> use_mpi!(alone))
+                @test e isa ADPOError && e.status == ADPO.ADPO_STATUS_UNSUPPORTED
+            end
+
+            close(dp)
+            close(alone)
+            close(b)
         end
     else
         @warn "ADPO_FIXTURES/tiny_transformer.pt not found: trainer tests skipped" fixtures
