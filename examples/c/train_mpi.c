@@ -96,6 +96,15 @@ static adpo_batch *slice_batch(const global_batch *g, int first, int count, int 
     return b;
 }
 
+/* Rank 0 holds the first `first` groups, the last rank the others plus `singletons` one-row
+ * groups, ranks between only a singleton; one rank alone holds everything. */
+static adpo_batch *uneven_share(const global_batch *g, int first, int singletons) {
+    if (world == 1) return slice_batch(g, 0, GROUPS, singletons);
+    if (rank == 0) return slice_batch(g, 0, first, 0);
+    if (rank == world - 1) return slice_batch(g, first, GROUPS - first, singletons);
+    return slice_batch(g, 0, 0, 1);
+}
+
 static double *params_of(adpo_model *m, size_t *n) {
     adpo_error *err = NULL;
     die_on(adpo_model_num_params(m, n, &err), &err, "adpo_model_num_params");
@@ -244,10 +253,7 @@ static void run_checks(const char *model_path) {
     {
         adpo_model *policy = NULL;
         adpo_trainer *t = new_trainer(model_path, ", \"distributed\": {\"backend\": \"mpi\"}", &policy);
-        adpo_batch *mine = world == 1 ? slice_batch(&g, 0, GROUPS, 1)
-                         : rank == 0 ? slice_batch(&g, 0, 3, 0)
-                         : rank == world - 1 ? slice_batch(&g, 3, GROUPS - 3, 1)
-                         : slice_batch(&g, 0, 0, 1);
+        adpo_batch *mine = uneven_share(&g, 3, 1);
         check_against("unequal split (mpi)", t, policy, mine, steps, expected, &ref_m);
         adpo_batch_free(mine), adpo_trainer_free(t), adpo_model_free(policy);
     }
@@ -255,10 +261,7 @@ static void run_checks(const char *model_path) {
     {
         adpo_model *policy = NULL;
         adpo_trainer *t = new_trainer(model_path, ", \"distributed\": {\"backend\": \"host\"}", &policy);
-        adpo_batch *mine = world == 1 ? slice_batch(&g, 0, GROUPS, 0)
-                         : rank == 0 ? slice_batch(&g, 0, 5, 0)
-                         : rank == world - 1 ? slice_batch(&g, 5, GROUPS - 5, 0)
-                         : slice_batch(&g, 0, 0, 1);
+        adpo_batch *mine = uneven_share(&g, 5, 0);
         adpo_status st = adpo_trainer_step(t, mine, NULL, &err);
         expect(st == ADPO_STATUS_INVALID_ARGUMENT && strstr(adpo_error_message(err), "adpo_trainer_use_allreduce"),
                "backend host without a callback refuses to step");

@@ -5,7 +5,7 @@ use super::Communicator;
 use crate::error::{Error, Result, Status};
 use crate::ffi::dlpack::{DLDataType, DLDevice};
 use std::ffi::c_void;
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Tensor};
 
 /// `fn(userdata, buffer, count, dtype, device) -> 0 on success`: sum `count` elements of
 /// `buffer` over all ranks, in place, before returning.
@@ -84,11 +84,7 @@ impl Communicator for HostCallback {
     }
 
     fn all_reduce_sum(&mut self, buf: &mut Tensor) -> Result<()> {
-        let bits = match buf.kind() {
-            Kind::Float => 32,
-            Kind::Double => 64,
-            k => return Err(Error::invalid(format!("cannot all-reduce dtype {k:?}"))),
-        };
+        let bits = super::float_bits(buf.kind())?;
         assert!(buf.is_contiguous(), "collective buffers are flat copies");
         let device = buf.device();
         if let Device::Cuda(i) = device {

@@ -82,6 +82,15 @@ impl DistributedConfig {
     }
 }
 
+/// Bit width of a collective buffer's dtype (the wire carries float32 and float64 only).
+pub(crate) fn float_bits(kind: tch::Kind) -> Result<u8> {
+    match kind {
+        tch::Kind::Float => Ok(32),
+        tch::Kind::Double => Ok(64),
+        k => Err(Error::invalid(format!("cannot all-reduce dtype {k:?}"))),
+    }
+}
+
 /// The error of a build without MPI support.
 pub fn no_mpi() -> Error {
     Error::new(

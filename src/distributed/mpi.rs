@@ -3,7 +3,7 @@
 use super::Communicator;
 use crate::error::{Error, Result, Status};
 use std::ffi::{c_char, c_int, c_void, CStr};
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Tensor};
 
 extern "C" {
     fn adpo_mpi_shim_ensure_init() -> c_int;
@@ -94,11 +94,7 @@ impl Communicator for MpiComm {
     }
 
     fn all_reduce_sum(&mut self, buf: &mut Tensor) -> Result<()> {
-        let bits = match buf.kind() {
-            Kind::Float => 32,
-            Kind::Double => 64,
-            k => return Err(Error::invalid(format!("cannot all-reduce dtype {k:?}"))),
-        };
+        let bits = super::float_bits(buf.kind())?;
         // Debian's OpenMPI is not CUDA-aware: device buffers go through host memory.
         let on_host = buf.device() == Device::Cpu;
         let host = if on_host {
@@ -109,7 +105,9 @@ impl Communicator for MpiComm {
         assert!(host.is_contiguous(), "collective buffers are flat copies");
         // SAFETY: host is a live contiguous tensor of numel elements of `bits` width.
         check(
-            unsafe { adpo_mpi_shim_allreduce_sum(self.comm, host.data_ptr(), host.numel(), bits) },
+            unsafe {
+                adpo_mpi_shim_allreduce_sum(self.comm, host.data_ptr(), host.numel(), bits as c_int)
+            },
             "MPI_Allreduce",
         )?;
         if !on_host {
