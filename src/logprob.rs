@@ -40,7 +40,10 @@ pub fn token_logp(
     // and its backward would allocate and fill another B x T x V buffer.
     let pad = Tensor::zeros([b, 1], (Kind::Int64, ids.device()));
     let next = Tensor::cat(&[ids.narrow(1, 1, t - 1), pad], 1).unsqueeze(2);
-    let scored = logits.log_softmax(2, kind).gather(2, &next, false).squeeze_dim(2);
+    let scored = logits
+        .log_softmax(2, kind)
+        .gather(2, &next, false)
+        .squeeze_dim(2);
     // Position t scores token t + 1: shift right by one, position 0 gets 0.
     let first = Tensor::zeros([b, 1], (kind, ids.device()));
     Ok(Tensor::cat(&[first, scored.narrow(1, 0, t - 1)], 1) * loss_mask.to_kind(kind))

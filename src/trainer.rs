@@ -556,6 +556,10 @@ impl Trainer {
     /// or computing, is agreed with the other ranks before any gradient is exchanged: every
     /// rank returns the same error, none waits forever, and no rank's weights change.
     pub fn step_checked(&mut self, batch: Result<&Batch>) -> Result<StepMetrics> {
+        catch_torch(|| self.step_inner(batch))
+    }
+
+    fn step_inner(&mut self, batch: Result<&Batch>) -> Result<StepMetrics> {
         if self.cfg.distributed.backend == Backend::Host && self.dist.is_none() {
             return Err(Error::invalid(
                 "distributed backend \"host\": register the all-reduce callback \
