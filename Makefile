@@ -32,7 +32,7 @@ MPICC ?= mpicc
 # OpenMPI refuses to run as root (containers, CI) unless told; --oversubscribe: more ranks than cores.
 MPIRUN := OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 mpirun --oversubscribe
 
-.PHONY: setup fixtures build lib test test-rust test-header test-c test-python test-install test-cpp test-go test-julia test-bandit bench-bandit test-mpi bench-dp demo header install bench
+.PHONY: setup fixtures build lib test test-rust test-header test-c test-python test-install test-cpp test-go test-julia test-bandit bench-bandit test-rl bench-rl test-mpi bench-dp demo header install bench
 
 setup: $(SETUP_STAMP)
 $(SETUP_STAMP): scripts/setup
@@ -66,7 +66,7 @@ $(CBUILD)/examples/train_mpi: examples/c/train_mpi.c include/adpo.h lib
 demo: $(CBUILD)/examples/demo fixtures
 	$(CBUILD)/examples/demo $(FIXTURES)/tiny_transformer.pt
 
-test: test-rust test-header test-c test-python test-install test-cpp test-go test-julia test-bandit test-mpi
+test: test-rust test-header test-c test-python test-install test-cpp test-go test-julia test-bandit test-rl test-mpi
 	@echo "make test: all suites passed"
 
 test-rust: setup fixtures
@@ -114,6 +114,14 @@ test-bandit: setup
 bench-bandit: setup
 	$(CARGO) run --release --example bandit -- --out target/bandit
 	$(PY) scripts/plot_bandit.py target/bandit
+
+# Issue 6 evidence: SFT then online RL, listwise ADPO vs GRPO (docs/RESULTS.md). Quick mode in
+# make test (SFT ~50 s the first time, then ~30 s); the full study takes ~10 min on 2 cores.
+test-rl: setup
+	scripts/bench-rl --quick
+
+bench-rl: setup
+	scripts/bench-rl
 
 # Issue 7: data-parallel training. Two and three ranks against one process (examples/c/train_mpi.c).
 test-mpi: $(CBUILD)/examples/train_mpi fixtures
