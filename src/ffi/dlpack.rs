@@ -9,7 +9,7 @@ use super::boundary::{call, infallible, require_out, with_handle, write_out};
 use super::error::adpo_error;
 use super::objective::adpo_objective;
 use crate::error::{Error, Result, Status};
-use crate::objective::{EvalInputs, Groups, Signal};
+use crate::objective::{EvalInputs, Signal};
 use std::ffi::c_void;
 use tch::{Device, Kind, Tensor};
 
@@ -338,7 +338,7 @@ pub extern "C" fn adpo_objective_eval_dlpack(
                     logp.size()[0]
                 )));
             }
-            let groups = Groups::from_ids(&ids)?;
+            let groups = obj.inner.groups_of(&ids)?;
             let inputs = EvalInputs {
                 logp: &logp,
                 anchor_logp: &anchor,

@@ -4,9 +4,7 @@ use super::boundary::{call, call_on, infallible, require_out, write_out, Handle}
 use super::error::adpo_error;
 use super::version::owned_c_string;
 use crate::error::{Error, Result, Status};
-use crate::objective::{
-    EvalOutput, Groups, HostInputs, HostSignal, Metrics, Objective, TokenInputs,
-};
+use crate::objective::{EvalOutput, HostInputs, HostSignal, Metrics, Objective, TokenInputs};
 use std::ffi::{c_char, CStr};
 use std::sync::atomic::AtomicBool;
 use tch::{Device, Kind, Tensor};
@@ -173,7 +171,7 @@ fn eval_host(
             ))
         }
     };
-    let groups = Groups::from_ids(slice(group_ids, n, "group_ids")?)?;
+    let groups = obj.inner.groups_of(slice(group_ids, n, "group_ids")?)?;
     let inputs = HostInputs {
         logp: slice(logp, n, "logp")?,
         anchor_logp: slice(anchor_logp, n, "anchor_logp")?,
@@ -318,7 +316,7 @@ pub extern "C" fn adpo_objective_eval_tokens(
         };
         let mask = host_tensor(mask, &shape, "mask")?;
         let rewards = host_tensor(rewards, &[rows], "rewards")?;
-        let groups = Groups::from_ids(slice(group_ids, n, "group_ids")?)?;
+        let groups = obj.inner.groups_of(slice(group_ids, n, "group_ids")?)?;
         let inputs = TokenInputs {
             logp: &logp,
             old_logp: &old,

@@ -97,18 +97,28 @@ fn target(
                 }
             };
             let scale = scale / cfg.beta_reward;
-            softmax_into(keys.iter().map(|r| (r - shift) * scale), q)
+            let x = sized(q, keys.len());
+            for (x, r) in x.iter_mut().zip(keys) {
+                *x = (r - shift) * scale;
+            }
+            softmax_in_place(x)
         }
     }
 }
 
-/// Softmax of `x` into `out`; returns sum q ln q = sum q (x - m) - ln z, with z = sum e^(x - m).
-fn softmax_into(x: impl Iterator<Item = f64>, out: &mut Vec<f64>) -> f64 {
-    out.clear();
-    out.extend(x);
-    let m = out.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+/// `v` as a slice of `k` values (contents unspecified): no per-group allocation or push.
+#[inline(always)]
+fn sized(v: &mut Vec<f64>, k: usize) -> &mut [f64] {
+    v.resize(k, 0.0);
+    &mut v[..k]
+}
+
+/// x <- softmax(x); returns sum q ln q = sum q (x - m) - ln z, with z = sum e^(x - m).
+#[inline(always)]
+fn softmax_in_place(x: &mut [f64]) -> f64 {
+    let m = x.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     let (mut z, mut weighted) = (0.0, 0.0);
-    for v in out.iter_mut() {
+    for v in x.iter_mut() {
         let d = *v - m;
         let e = exp_nonpositive(d);
         z += e;
@@ -116,7 +126,7 @@ fn softmax_into(x: impl Iterator<Item = f64>, out: &mut Vec<f64>) -> f64 {
         *v = e;
     }
     let inv_z = 1.0 / z;
-    out.iter_mut().for_each(|v| *v *= inv_z);
+    x.iter_mut().for_each(|v| *v *= inv_z);
     weighted * inv_z - z.ln()
 }
 
@@ -230,21 +240,23 @@ fn eval_group(
     };
     // Scores, and ds/dl per row only when a clamp can zero it (else it is 1/tau everywhere).
     let clamped = cfg.clip_log_ratio.is_some() || cfg.clip_score.is_some();
-    sc.s.clear();
-    sc.pass.clear();
+    let scores = sized(&mut sc.s, k);
     if clamped {
-        for (l, a) in logp.iter().zip(anchor) {
-            let (s, pass) = score(cfg, l - a, tau);
-            sc.s.push(s);
-            sc.pass.push(pass);
+        let pass = sized(&mut sc.pass, k);
+        for (((s, p), l), a) in scores.iter_mut().zip(pass.iter_mut()).zip(logp).zip(anchor) {
+            (*s, *p) = score(cfg, l - a, tau);
         }
     } else {
-        sc.s.extend(logp.iter().zip(anchor).map(|(l, a)| (l - a) / tau));
+        for ((s, l), a) in scores.iter_mut().zip(logp).zip(anchor) {
+            *s = (l - a) / tau;
+        }
     }
-    let m = sc.s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    sc.e.clear();
-    sc.e.extend(sc.s.iter().map(|s| exp_nonpositive(s - m)));
-    let z: f64 = sc.e.iter().sum();
+    let m = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let e = sized(&mut sc.e, k);
+    for (e, s) in e.iter_mut().zip(scores.iter()) {
+        *e = exp_nonpositive(s - m);
+    }
+    let z: f64 = e.iter().sum();
     let lse = m + z.ln();
     let best = keys.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     let mut st = GroupStats {
@@ -254,16 +266,17 @@ fn eval_group(
     let (mut qs, mut ps) = (0.0, 0.0);
     let inv_z = 1.0 / z;
     let scale = inv_g / tau;
-    sc.grad.clear();
-    sc.grad
-        .extend(sc.e.iter().zip(&sc.q).map(|(e, q)| (e * inv_z - q) * scale));
+    let grad = sized(&mut sc.grad, k);
+    for ((g, e), q) in grad.iter_mut().zip(e.iter()).zip(&sc.q) {
+        *g = (e * inv_z - q) * scale;
+    }
     if clamped {
         // pass is 1/tau or 0: rescale the rows a clamp holds.
-        for (g, pass) in sc.grad.iter_mut().zip(&sc.pass) {
+        for (g, pass) in grad.iter_mut().zip(&sc.pass) {
             *g *= pass * tau;
         }
     }
-    for (((e, q), s), key) in sc.e.iter().zip(&sc.q).zip(&sc.s).zip(keys) {
+    for (((e, q), s), key) in e.iter().zip(&sc.q).zip(scores.iter()).zip(keys) {
         let p = e * inv_z;
         qs += q * s;
         ps += p * s;
@@ -279,7 +292,7 @@ fn eval_group(
             st.k3_sum += d.exp() - d - 1.0;
         }
     }
-    sink.put_group(members, &sc.grad, &sc.s);
+    sink.put_group(members, grad, scores);
     st.loss = lse - qs;
     // H(p~) = LSE(s) - sum p s; KL(q || p~) = sum q ln q - sum q s + LSE(s).
     st.entropy = lse - ps;
@@ -295,9 +308,11 @@ fn eval_groups(
     inv_g: f64,
 ) -> Vec<GroupStats> {
     let (mut gathered, mut sc) = (Gathered::default(), Scratch::default());
-    range
-        .map(|g| eval_group(b, g, &mut gathered, &mut sc, sink, inv_g))
-        .collect()
+    let mut stats = Vec::with_capacity(range.len());
+    for g in range {
+        stats.push(eval_group(b, g, &mut gathered, &mut sc, sink, inv_g));
+    }
+    stats
 }
 
 /// Groups are independent: large batches are split over the available cores.
@@ -354,24 +369,15 @@ pub fn eval(
     let parts: Vec<Vec<GroupStats>> = if workers == 1 {
         vec![eval_groups(&b, 0..g_count, sink, inv_g)]
     } else {
+        // Rayon's pool keeps its threads (spawning them per call cost more than the work);
+        // the shares come back in group order, so sums do not depend on the thread count.
+        use rayon::prelude::*;
         let bounds: Vec<usize> = (0..=workers).map(|w| w * g_count / workers).collect();
-        // workers - 1 new threads; the calling thread takes the last share.
         let batch = &b;
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = (0..workers - 1)
-                .map(|i| {
-                    let range = bounds[i]..bounds[i + 1];
-                    scope.spawn(move || eval_groups(batch, range, sink, inv_g))
-                })
-                .collect();
-            let last = eval_groups(batch, bounds[workers - 1]..bounds[workers], sink, inv_g);
-            let mut parts: Vec<Vec<GroupStats>> = handles
-                .into_iter()
-                .map(|h| h.join().expect("objective worker panicked"))
-                .collect();
-            parts.push(last);
-            parts
-        })
+        bounds
+            .par_windows(2)
+            .map(|w| eval_groups(batch, w[0]..w[1], sink, inv_g))
+            .collect()
     };
     let mut total = GroupStats::default();
     for st in parts.iter().flatten() {

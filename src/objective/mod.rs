@@ -18,6 +18,7 @@ pub use groups::Groups;
 use groups::Layout;
 pub use metrics::Metrics;
 use parking_lot::Mutex;
+use std::sync::Arc;
 use targets::TargetRule;
 use tch::{Device, Kind, Tensor};
 
@@ -89,6 +90,9 @@ struct State {
     /// page faults on every call).
     scratch_grad: Vec<f64>,
     scratch_scores: Vec<f64>,
+    /// The groups of the last ids seen by `groups_of` (callers usually evaluate batch after
+    /// batch with one layout: building groups was a tenth of a host evaluation).
+    groups: Option<(Vec<i64>, Arc<Groups>)>,
 }
 
 /// f64 inputs compute in f64; f32, bf16 and f16 inputs compute (accumulate) in f32.
@@ -109,10 +113,17 @@ fn compute_kind(t: &Tensor) -> Result<Kind> {
 /// carries into the sign bit.
 pub(crate) fn all_finite_host(v: &[f64]) -> bool {
     const EXPONENT: u64 = 0x7ff << 52;
-    let carry = v
-        .iter()
-        .fold(0u64, |acc, x| acc | ((x.to_bits() & EXPONENT) + (1 << 52)));
-    carry >> 63 == 0
+    let flag = |x: &f64| (x.to_bits() & EXPONENT) + (1 << 52);
+    // Four independent accumulators: the loop vectorises.
+    let mut acc = [0u64; 4];
+    let chunks = v.chunks_exact(4);
+    let tail = chunks.remainder().iter().fold(0, |a, x| a | flag(x));
+    for c in chunks {
+        for (a, x) in acc.iter_mut().zip(c) {
+            *a |= flag(x);
+        }
+    }
+    (acc.iter().fold(tail, |a, b| a | b)) >> 63 == 0
 }
 
 fn all_finite(t: &Tensor) -> bool {
@@ -164,6 +175,7 @@ impl Objective {
                 last: None,
                 scratch_grad: Vec::new(),
                 scratch_scores: Vec::new(),
+                groups: None,
             }),
         })
     }
@@ -454,6 +466,19 @@ impl Objective {
             scores: Tensor::from_slice(&scores),
             metrics,
         })
+    }
+
+    /// The groups of `ids` (see Groups::from_ids), from a one-entry cache keyed by the ids.
+    pub fn groups_of(&self, ids: &[i64]) -> Result<Arc<Groups>> {
+        let mut st = self.state.lock();
+        if let Some((cached, groups)) = &st.groups {
+            if cached[..] == ids[..] {
+                return Ok(groups.clone());
+            }
+        }
+        let groups = Arc::new(Groups::from_ids(ids)?);
+        st.groups = Some((ids.to_vec(), groups.clone()));
+        Ok(groups)
     }
 
     /// Sequence-level evaluation on host float64 buffers, writing d loss / d logp and the
