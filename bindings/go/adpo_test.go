@@ -83,12 +83,7 @@ func loadModel(t *testing.T, name string) *Model {
 
 func newTrainer(t *testing.T) *Trainer {
 	t.Helper()
-	m := loadModel(t, "tiny_transformer.pt")
-	tr, err := NewTrainer(m, nil, trainerConfig)
-	if err != nil {
-		t.Fatalf("NewTrainer: %v", err)
-	}
-	t.Cleanup(func() { tr.Close() })
+	_, tr := newPolicyTrainer(t)
 	return tr
 }
 
