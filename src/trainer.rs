@@ -301,23 +301,6 @@ impl Trainer {
         let policy = policy_arc.lock();
         let dist = self.dist.as_mut().expect("called with a communicator");
         let (rank, size) = (dist.rank(), dist.size());
-        // Same parameters everywhere, or the buckets would not line up.
-        let numel: usize = policy.params().iter().map(|(_, p)| p.numel()).sum();
-        let mut shapes = vec![0.0; 2 * size];
-        shapes[2 * rank] = policy.params().len() as f64;
-        shapes[2 * rank + 1] = numel as f64;
-        let shapes = dist.agree(None, shapes)?;
-        if shapes.chunks(2).any(|s| s != &shapes[..2]) {
-            let each: Vec<String> = shapes
-                .chunks(2)
-                .enumerate()
-                .map(|(r, s)| format!("rank {r}: {} tensors, {} values", s[0], s[1]))
-                .collect();
-            return Err(Error::invalid(format!(
-                "the policy differs across ranks ({}): load the same model on every rank",
-                each.join("; ")
-            )));
-        }
         let mut tensors: Vec<Tensor> = policy
             .params()
             .iter()
@@ -346,6 +329,24 @@ impl Trainer {
         scalars.extend((0..capacity).map(|i| window.get(i).copied().unwrap_or(0.0)));
         let scalars_t = Tensor::from_slice(&scalars).to_device(policy.device());
         tensors.push(scalars_t.shallow_clone());
+        // The same state everywhere (model and anchor mode), or the buckets would not line up.
+        let numel: usize = tensors.iter().map(|t| t.numel()).sum();
+        let mut shapes = vec![0.0; 2 * size];
+        shapes[2 * rank] = tensors.len() as f64;
+        shapes[2 * rank + 1] = numel as f64;
+        let shapes = dist.agree(None, shapes)?;
+        if shapes.chunks(2).any(|s| s != &shapes[..2]) {
+            let each: Vec<String> = shapes
+                .chunks(2)
+                .enumerate()
+                .map(|(r, s)| format!("rank {r}: {} tensors, {} values", s[0], s[1]))
+                .collect();
+            return Err(Error::invalid(format!(
+                "the trainer state differs across ranks ({}): load the same model with the same \
+                 anchor mode on every rank",
+                each.join("; ")
+            )));
+        }
         catch_torch(|| dist.broadcast(&tensors))?;
         let scalars = Vec::<f64>::try_from(scalars_t.to_device(Device::Cpu))?;
         self.optimizer.set_steps(scalars[0] as u64);

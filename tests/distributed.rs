@@ -283,3 +283,38 @@ fn a_failure_on_one_rank_is_every_ranks_error() {
         assert_eq!(before, after, "no weight changed");
     }
 }
+
+#[test]
+fn ranks_with_different_state_are_refused_on_every_rank() {
+    // An EMA anchor keeps a copy of the policy: its state would not line up with a rank that
+    // has none. Both ranks must refuse, with the same message, instead of mixing buffers.
+    let comms = communicators(2);
+    let errors: Vec<adpo::Error> = std::thread::scope(|s| {
+        let handles: Vec<_> = comms
+            .into_iter()
+            .enumerate()
+            .map(|(rank, comm)| {
+                s.spawn(move || {
+                    let cfg = if rank == 0 {
+                        r#"{"anchor": {"mode": "on_policy"}}"#
+                    } else {
+                        r#"{"anchor": {"mode": "ema", "alpha": 0.9}}"#
+                    };
+                    let mut t = Trainer::new(model(), None, cfg).unwrap();
+                    let err = t.use_communicator(Box::new(comm)).unwrap_err();
+                    assert_eq!(t.world(), (0, 1), "left training alone");
+                    err
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(errors[0], errors[1]);
+    assert!(
+        errors[0]
+            .message
+            .contains("the trainer state differs across ranks"),
+        "{}",
+        errors[0].message
+    );
+}

@@ -31,7 +31,9 @@ pub type adpo_userdata_free_fn = Option<unsafe extern "C" fn(userdata: *mut c_vo
 /// MPI_COMM_WORLD), which adpo duplicates for its own traffic. Collective: every rank of the
 /// communicator calls it; MPI is initialised if the host has not done it. Rank 0's weights,
 /// optimizer and anchor state are copied to every rank, so replicas that start different end
-/// identical. A build without MPI (no mpicc at build time) returns ADPO_STATUS_UNSUPPORTED; see
+/// identical; the policy and the anchor mode must be the same on every rank. On error the
+/// trainer is left training alone (its previous communicator, if any, is released). A build
+/// without MPI (no mpicc at build time) returns ADPO_STATUS_UNSUPPORTED; see
 /// adpo_has_mpi(). Trainer config {"distributed": {"backend": "mpi"}} does the same with
 /// MPI_COMM_WORLD at adpo_trainer_new.
 #[no_mangle]
@@ -51,7 +53,7 @@ pub extern "C" fn adpo_trainer_use_mpi(
 /// adpo owns `userdata` from this call on, whatever its outcome: `free_userdata` (may be NULL)
 /// is called exactly once, when the trainer is freed or another communicator replaces this
 /// one, or before returning an error. Collective, like adpo_trainer_use_mpi (rank 0's state is
-/// copied to every rank).
+/// copied to every rank; on error the trainer is left training alone).
 #[no_mangle]
 pub extern "C" fn adpo_trainer_use_allreduce(
     trainer: *mut adpo_trainer,
