@@ -20,8 +20,17 @@ fn fixture(name: &str) -> PathBuf {
     p
 }
 
+/// ADPO_TEST_DEVICE=cuda:0 (scripts/gpu-check) runs these on the GPU: the buckets and the
+/// small collectives then live on the device.
+fn device() -> Device {
+    match std::env::var("ADPO_TEST_DEVICE").as_deref() {
+        Ok("cuda") | Ok("cuda:0") => Device::Cuda(0),
+        _ => Device::Cpu,
+    }
+}
+
 fn model() -> SharedModel {
-    let m = Model::load(&fixture("tiny_transformer_f64.pt"), Device::Cpu).unwrap();
+    let m = Model::load(&fixture("tiny_transformer_f64.pt"), device()).unwrap();
     Arc::new(Mutex::new(m))
 }
 
@@ -49,7 +58,7 @@ impl Communicator for ThreadComm {
         "threads"
     }
     fn all_reduce_sum(&mut self, buf: &mut Tensor) -> Result<()> {
-        let mine = Vec::<f64>::try_from(buf.to_kind(Kind::Double)).unwrap();
+        let mine = Vec::<f64>::try_from(buf.to_device(Device::Cpu).to_kind(Kind::Double)).unwrap();
         self.shared.posts.lock()[self.rank] = mine;
         self.shared.barrier.wait();
         let sum: Vec<f64> = {
