@@ -3,31 +3,15 @@
 //! shares of the groups make the same update as one process holding all of them, for every
 //! loss and its normaliser; failures are agreed; metrics are global.
 
+mod common;
+
 use adpo::distributed::Communicator;
 use adpo::trainer::{SharedModel, Trainer};
 use adpo::{Batch, Model, Result, Status};
+use common::{device, fixture};
 use parking_lot::Mutex;
-use std::path::PathBuf;
 use std::sync::{Arc, Barrier};
 use tch::{Device, Kind, Tensor};
-
-fn fixture(name: &str) -> PathBuf {
-    let dir = std::env::var("ADPO_FIXTURES").unwrap_or_else(|_| {
-        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/generated").to_string()
-    });
-    let p = PathBuf::from(dir).join(name);
-    assert!(p.is_file(), "{} missing: run `make fixtures`", p.display());
-    p
-}
-
-/// ADPO_TEST_DEVICE=cuda:0 (scripts/gpu-check) runs these on the GPU: the buckets and the
-/// small collectives then live on the device.
-fn device() -> Device {
-    match std::env::var("ADPO_TEST_DEVICE").as_deref() {
-        Ok("cuda") | Ok("cuda:0") => Device::Cuda(0),
-        _ => Device::Cpu,
-    }
-}
 
 fn model() -> SharedModel {
     let m = Model::load(&fixture("tiny_transformer_f64.pt"), device()).unwrap();

@@ -1,28 +1,14 @@
 //! The trainer through the Rust API on the tiny TorchScript fixtures (make fixtures):
 //! two-pass = one-pass, anchors, determinism, learning, checkpoints, errors.
 
+mod common;
+
 use adpo::trainer::{SharedModel, Trainer};
 use adpo::{Batch, Model, Status};
+use common::{device, fixture};
 use parking_lot::Mutex;
-use std::path::PathBuf;
 use std::sync::Arc;
 use tch::{Device, Kind, Tensor};
-
-fn fixture(name: &str) -> PathBuf {
-    let dir = std::env::var("ADPO_FIXTURES").unwrap_or_else(|_| {
-        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/generated").to_string()
-    });
-    let p = PathBuf::from(dir).join(name);
-    assert!(p.is_file(), "{} missing: run `make fixtures`", p.display());
-    p
-}
-
-fn device() -> Device {
-    match std::env::var("ADPO_TEST_DEVICE").as_deref() {
-        Ok("cuda") | Ok("cuda:0") => Device::Cuda(0),
-        _ => Device::Cpu,
-    }
-}
 
 fn model(name: &str) -> SharedModel {
     Arc::new(Mutex::new(Model::load(&fixture(name), device()).unwrap()))
