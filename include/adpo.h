@@ -617,7 +617,8 @@ adpo_status adpo_trainer_metrics_json(const struct adpo_trainer *trainer,
                                       struct adpo_error **err);
 
 /**
- * Samples k candidates for each of n_prompts prompts from the policy. `prompt_tokens` holds
+ * Samples k candidates for each of n_prompts prompts from the policy, in eval mode (no
+ * dropout; the training forward runs in train mode). `prompt_tokens` holds
  * the prompts back to back; `prompt_lengths[i]` is the length of prompt i. `sampling_json`
  * (NULL = defaults): temperature 1, top_k 0 (off), top_p 1, max_new_tokens 16, eos_id null,
  * pad_id 0, seed null (continue the trainer's generator). `*out_batch` receives a new batch
@@ -634,7 +635,8 @@ adpo_status adpo_trainer_sample(struct adpo_trainer *trainer,
                                 struct adpo_error **err);
 
 /**
- * Sequence log-probs (seq_logp reduction) of the batch's n rows under the current policy.
+ * Sequence log-probs (seq_logp reduction) of the batch's n rows under the current policy, in
+ * eval mode (no dropout).
  */
 adpo_status adpo_trainer_sequence_logp(const struct adpo_trainer *trainer,
                                        const struct adpo_batch *batch,

@@ -14,6 +14,8 @@ pub struct Model {
     vocab: i64,
     /// The module's parameters under its own names (shared storage with the module).
     params: Vec<(String, Tensor)>,
+    /// Train mode (the policy) or eval mode (loaded models, references, anchor copies).
+    training: bool,
 }
 
 fn model_error(message: String) -> Error {
@@ -80,6 +82,7 @@ impl Model {
             takes_mask: true,
             vocab: 0,
             params,
+            training: false,
         };
         model.probe()?;
         Ok(model)
@@ -181,6 +184,7 @@ impl Model {
 
     /// Train mode with gradients on every parameter (the policy), or eval mode (the reference).
     pub fn set_trainable(&mut self, trainable: bool) {
+        self.training = trainable;
         if trainable {
             self.module.set_train();
         } else {
@@ -189,6 +193,25 @@ impl Model {
         for (_, p) in &mut self.params {
             *p = p.set_requires_grad(trainable);
         }
+    }
+
+    /// Whether the module is in train mode (dropout and the like active).
+    pub fn training(&self) -> bool {
+        self.training
+    }
+
+    /// Runs `f` with the module in eval mode (no dropout), then restores its mode: sampling
+    /// and measuring log-probs use the policy as it will be deployed.
+    pub fn in_eval_mode<T>(&mut self, f: impl FnOnce(&Model) -> T) -> T {
+        let was_training = self.training;
+        if was_training {
+            self.module.set_eval();
+        }
+        let out = f(self);
+        if was_training {
+            self.module.set_train();
+        }
+        out
     }
 
     /// Another instance of the same module (a fresh load), frozen, holding a copy of this

@@ -703,23 +703,24 @@ impl Trainer {
         })
     }
 
-    /// K samples per prompt from the policy (see sample.rs). A seed in `cfg` restarts the
-    /// generator; otherwise it continues from the trainer's.
+    /// K samples per prompt from the policy in eval mode (no dropout; see sample.rs). A seed in
+    /// `cfg` restarts the generator; otherwise it continues from the trainer's.
     pub fn sample(&mut self, prompts: &[&[i64]], k: usize, cfg: &SamplingConfig) -> Result<Batch> {
         catch_torch(|| {
             if let Some(seed) = cfg.seed {
                 self.sample_rng = seed;
             }
-            let policy = self.policy.lock();
-            sample::sample(&policy, prompts, k, cfg, &mut self.sample_rng)
+            let mut policy = self.policy.lock();
+            let rng = &mut self.sample_rng;
+            policy.in_eval_mode(|p| sample::sample(p, prompts, k, cfg, rng))
         })
     }
 
-    /// Sequence log-probs [N] of the batch under the current policy (no grad).
+    /// Sequence log-probs [N] of the batch under the current policy (eval mode, no grad).
     pub fn sequence_logp(&self, batch: &Batch) -> Result<Vec<f64>> {
         catch_torch(|| {
-            let policy = self.policy.lock();
-            let tok = self.tokens_no_grad(&policy, batch)?;
+            let mut policy = self.policy.lock();
+            let tok = policy.in_eval_mode(|p| self.tokens_no_grad(p, batch))?;
             let seq = self.reduce(&tok, batch, policy.device());
             Ok(Vec::<f64>::try_from(
                 seq.to_kind(Kind::Double).to_device(Device::Cpu),

@@ -385,3 +385,62 @@ fn bad_batches_are_refused() {
     assert!(b.set_targets(&[0.5, 0.6]).is_err());
     assert!(b.set_old_logp(&[0.0; 5]).is_err());
 }
+
+#[test]
+fn sampling_and_sequence_logp_run_the_policy_without_dropout() {
+    use adpo::batch::SuppliedLogp;
+    use adpo::sample::SamplingConfig;
+    let policy = model("tiny_dropout.pt");
+    let mut t = Trainer::new(
+        policy.clone(),
+        None,
+        r#"{"optimizer": {"name": "sgd", "lr": 0.1}}"#,
+    )
+    .unwrap();
+    // The test can fail: in train mode this model's dropout changes every forward.
+    {
+        let p = policy.lock();
+        assert!(p.training());
+        let ids = Tensor::from_slice(&[1i64, 2, 3, 4])
+            .view([1, 4])
+            .to_device(device());
+        let mask = ids.ones_like();
+        let (a, b) = (
+            p.logits(&ids, &mask).unwrap(),
+            p.logits(&ids, &mask).unwrap(),
+        );
+        assert!(
+            (a - b).abs().max().double_value(&[]) > 1e-3,
+            "dropout is active"
+        );
+    }
+    let cfg = SamplingConfig {
+        max_new_tokens: 5,
+        seed: Some(11),
+        ..SamplingConfig::default()
+    };
+    let (a, b) = (
+        t.sample(&[&[1, 2], &[3]], 4, &cfg).unwrap(),
+        t.sample(&[&[1, 2], &[3]], 4, &cfg).unwrap(),
+    );
+    assert!(
+        policy.lock().training(),
+        "train mode is restored after sampling"
+    );
+    let ids = |x: &Batch| Vec::<i64>::try_from(x.ids.reshape([-1])).unwrap();
+    assert_eq!(ids(&a), ids(&b), "same seed, same samples");
+    let old = |x: &Batch| match x.old_logp.as_ref().unwrap() {
+        SuppliedLogp::Tokens(t) => {
+            Vec::<f64>::try_from(t.reshape([-1]).to_kind(Kind::Double)).unwrap()
+        }
+        SuppliedLogp::Sequence(t) => Vec::<f64>::try_from(t.to_kind(Kind::Double)).unwrap(),
+    };
+    assert_eq!(
+        old(&a),
+        old(&b),
+        "sampling-time log-probs without dropout noise"
+    );
+    let (la, lb) = (t.sequence_logp(&a).unwrap(), t.sequence_logp(&a).unwrap());
+    assert_eq!(la, lb);
+    assert!(policy.lock().training());
+}
