@@ -7,17 +7,15 @@ import "C"
 
 import (
 	"runtime"
-	"sync"
 )
 
 // Batch is a validated batch of n candidates x t token positions (adpo_batch).
 type Batch struct {
-	mu  sync.RWMutex
-	ptr *C.adpo_batch
+	h handle[*C.adpo_batch]
 }
 
 func newBatch(p *C.adpo_batch) *Batch {
-	b := &Batch{ptr: p}
+	b := &Batch{h: handle[*C.adpo_batch]{ptr: p}}
 	runtime.SetFinalizer(b, (*Batch).Close)
 	return b
 }
@@ -63,11 +61,7 @@ func (b *Batch) Close() error {
 	if b == nil {
 		return nil
 	}
-	b.mu.Lock()
-	p := b.ptr
-	b.ptr = nil
-	b.mu.Unlock()
-	if p != nil {
+	if p := b.h.take(); p != nil {
 		C.adpo_batch_free(p)
 		runtime.SetFinalizer(b, nil)
 	}
@@ -78,16 +72,11 @@ func (b *Batch) acquire() (*C.adpo_batch, error) {
 	if b == nil {
 		return nil, closedErr("Batch (nil)")
 	}
-	b.mu.RLock()
-	if b.ptr == nil {
-		b.mu.RUnlock()
-		return nil, closedErr("Batch")
-	}
-	return b.ptr, nil
+	return b.h.acquire("Batch")
 }
 
 func (b *Batch) release() {
-	b.mu.RUnlock()
+	b.h.release()
 	runtime.KeepAlive(b)
 }
 

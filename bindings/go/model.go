@@ -8,14 +8,12 @@ import "C"
 
 import (
 	"runtime"
-	"sync"
 )
 
 // Model is a TorchScript causal LM (adpo_model). A Trainer keeps its own reference to the
 // models it was created with, so a Model may be closed right after NewTrainer.
 type Model struct {
-	mu  sync.RWMutex
-	ptr *C.adpo_model
+	h handle[*C.adpo_model]
 }
 
 // LoadModel loads a TorchScript causal LM (torch.jit.script(model).save(path)) whose forward is
@@ -35,7 +33,7 @@ func LoadModel(path, device string) (*Model, error) {
 	if err := check(C.adpo_model_load(cpath, cdev, &out, &cerr), cerr); err != nil {
 		return nil, err
 	}
-	m := &Model{ptr: out}
+	m := &Model{h: handle[*C.adpo_model]{ptr: out}}
 	runtime.SetFinalizer(m, (*Model).Close)
 	return m, nil
 }
@@ -45,11 +43,7 @@ func (m *Model) Close() error {
 	if m == nil {
 		return nil
 	}
-	m.mu.Lock()
-	p := m.ptr
-	m.ptr = nil
-	m.mu.Unlock()
-	if p != nil {
+	if p := m.h.take(); p != nil {
 		C.adpo_model_free(p)
 		runtime.SetFinalizer(m, nil)
 	}
@@ -60,16 +54,11 @@ func (m *Model) acquire() (*C.adpo_model, error) {
 	if m == nil {
 		return nil, closedErr("Model (nil)")
 	}
-	m.mu.RLock()
-	if m.ptr == nil {
-		m.mu.RUnlock()
-		return nil, closedErr("Model")
-	}
-	return m.ptr, nil
+	return m.h.acquire("Model")
 }
 
 func (m *Model) release() {
-	m.mu.RUnlock()
+	m.h.release()
 	runtime.KeepAlive(m)
 }
 

@@ -7,14 +7,12 @@ import "C"
 
 import (
 	"runtime"
-	"sync"
 )
 
 // Objective is a configured ADPO objective (adpo_objective): the model-free loss and its
 // gradient with respect to the candidates' sequence log-probs.
 type Objective struct {
-	mu  sync.RWMutex
-	ptr *C.adpo_objective
+	h handle[*C.adpo_objective]
 }
 
 // NewObjective creates an objective from a JSON configuration ("" = all defaults; unknown keys
@@ -30,7 +28,7 @@ func NewObjective(configJSON string) (*Objective, error) {
 	if err := check(C.adpo_objective_new(cfg, &out, &cerr), cerr); err != nil {
 		return nil, err
 	}
-	o := &Objective{ptr: out}
+	o := &Objective{h: handle[*C.adpo_objective]{ptr: out}}
 	runtime.SetFinalizer(o, (*Objective).Close)
 	return o, nil
 }
@@ -40,11 +38,7 @@ func (o *Objective) Close() error {
 	if o == nil {
 		return nil
 	}
-	o.mu.Lock()
-	p := o.ptr
-	o.ptr = nil
-	o.mu.Unlock()
-	if p != nil {
+	if p := o.h.take(); p != nil {
 		C.adpo_objective_free(p)
 		runtime.SetFinalizer(o, nil)
 	}
@@ -56,16 +50,11 @@ func (o *Objective) acquire() (*C.adpo_objective, error) {
 	if o == nil {
 		return nil, closedErr("Objective (nil)")
 	}
-	o.mu.RLock()
-	if o.ptr == nil {
-		o.mu.RUnlock()
-		return nil, closedErr("Objective")
-	}
-	return o.ptr, nil
+	return o.h.acquire("Objective")
 }
 
 func (o *Objective) release() {
-	o.mu.RUnlock()
+	o.h.release()
 	runtime.KeepAlive(o)
 }
 

@@ -14,8 +14,7 @@ import (
 
 // Trainer applies ADPO steps to a policy model (adpo_trainer).
 type Trainer struct {
-	mu  sync.RWMutex
-	ptr *C.adpo_trainer
+	h handle[*C.adpo_trainer]
 
 	commMu sync.Mutex
 	comm   *allreduceState // the callback of UseAllreduce, to report its errors
@@ -50,7 +49,7 @@ func NewTrainer(policy, reference *Model, configJSON string) (*Trainer, error) {
 	if err := check(C.adpo_trainer_new(pp, rp, cfg, &out, &cerr), cerr); err != nil {
 		return nil, err
 	}
-	t := &Trainer{ptr: out}
+	t := &Trainer{h: handle[*C.adpo_trainer]{ptr: out}}
 	runtime.SetFinalizer(t, (*Trainer).Close)
 	return t, nil
 }
@@ -60,11 +59,7 @@ func (t *Trainer) Close() error {
 	if t == nil {
 		return nil
 	}
-	t.mu.Lock()
-	p := t.ptr
-	t.ptr = nil
-	t.mu.Unlock()
-	if p != nil {
+	if p := t.h.take(); p != nil {
 		C.adpo_trainer_free(p)
 		runtime.SetFinalizer(t, nil)
 	}
@@ -75,16 +70,11 @@ func (t *Trainer) acquire() (*C.adpo_trainer, error) {
 	if t == nil {
 		return nil, closedErr("Trainer (nil)")
 	}
-	t.mu.RLock()
-	if t.ptr == nil {
-		t.mu.RUnlock()
-		return nil, closedErr("Trainer")
-	}
-	return t.ptr, nil
+	return t.h.acquire("Trainer")
 }
 
 func (t *Trainer) release() {
-	t.mu.RUnlock()
+	t.h.release()
 	runtime.KeepAlive(t)
 }
 
