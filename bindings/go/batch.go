@@ -145,8 +145,9 @@ func shapeOf(p *C.adpo_batch) (int, int, error) {
 	return int(cn), int(ct), nil
 }
 
-// IDs returns a copy of the n * t token ids (row-major).
-func (b *Batch) IDs() ([]int64, error) {
+// batchArray copies one of the batch's arrays out: size(n, t) elements, read by get.
+func batchArray[T any](b *Batch, size func(n, t int) int,
+	get func(p *C.adpo_batch, out []T, cerr **C.adpo_error) C.adpo_status) ([]T, error) {
 	p, err := b.acquire()
 	if err != nil {
 		return nil, err
@@ -156,48 +157,34 @@ func (b *Batch) IDs() ([]int64, error) {
 	if err != nil {
 		return nil, err
 	}
-	out := make([]int64, n*t)
+	out := make([]T, size(n, t))
 	var cerr *C.adpo_error
-	if err := check(C.adpo_batch_get_ids(p, i64Ptr(out), C.size_t(len(out)), &cerr), cerr); err != nil {
+	if err := check(get(p, out, &cerr), cerr); err != nil {
 		return nil, err
 	}
 	return out, nil
+}
+
+func perToken(n, t int) int { return n * t }
+func perRow(n, _ int) int   { return n }
+
+// IDs returns a copy of the n * t token ids (row-major).
+func (b *Batch) IDs() ([]int64, error) {
+	return batchArray(b, perToken, func(p *C.adpo_batch, out []int64, cerr **C.adpo_error) C.adpo_status {
+		return C.adpo_batch_get_ids(p, i64Ptr(out), C.size_t(len(out)), cerr)
+	})
 }
 
 // LossMask returns a copy of the n * t loss mask (1 = generated/scored token, row-major).
 func (b *Batch) LossMask() ([]uint8, error) {
-	p, err := b.acquire()
-	if err != nil {
-		return nil, err
-	}
-	defer b.release()
-	n, t, err := shapeOf(p)
-	if err != nil {
-		return nil, err
-	}
-	out := make([]uint8, n*t)
-	var cerr *C.adpo_error
-	if err := check(C.adpo_batch_get_loss_mask(p, u8Ptr(out), C.size_t(len(out)), &cerr), cerr); err != nil {
-		return nil, err
-	}
-	return out, nil
+	return batchArray(b, perToken, func(p *C.adpo_batch, out []uint8, cerr **C.adpo_error) C.adpo_status {
+		return C.adpo_batch_get_loss_mask(p, u8Ptr(out), C.size_t(len(out)), cerr)
+	})
 }
 
 // GroupIDs returns a copy of the n group ids.
 func (b *Batch) GroupIDs() ([]int64, error) {
-	p, err := b.acquire()
-	if err != nil {
-		return nil, err
-	}
-	defer b.release()
-	n, _, err := shapeOf(p)
-	if err != nil {
-		return nil, err
-	}
-	out := make([]int64, n)
-	var cerr *C.adpo_error
-	if err := check(C.adpo_batch_get_group_ids(p, i64Ptr(out), C.size_t(len(out)), &cerr), cerr); err != nil {
-		return nil, err
-	}
-	return out, nil
+	return batchArray(b, perRow, func(p *C.adpo_batch, out []int64, cerr **C.adpo_error) C.adpo_status {
+		return C.adpo_batch_get_group_ids(p, i64Ptr(out), C.size_t(len(out)), cerr)
+	})
 }

@@ -234,21 +234,24 @@ func (t *Trainer) SequenceLogp(batch *Batch) ([]float64, error) {
 // .trainer.safetensors (optimizer, step, anchor state). In data-parallel training every rank
 // calls it, only rank 0 writes, and every rank returns rank 0's outcome.
 func (t *Trainer) Save(path string) error {
-	tp, err := t.acquire()
-	if err != nil {
-		return err
-	}
-	defer t.release()
-	cpath := C.CString(path)
-	defer freeCString(cpath)
-	var cerr *C.adpo_error
-	return t.callbackErr(check(C.adpo_trainer_save(tp, cpath, &cerr), cerr))
+	return t.withPath(path, func(tp *C.adpo_trainer, cpath *C.char, cerr **C.adpo_error) C.adpo_status {
+		return C.adpo_trainer_save(tp, cpath, cerr)
+	})
 }
 
 // Load restores a checkpoint written by Save. A missing, corrupt, truncated or mismatched
 // checkpoint is a StatusCheckpoint error and leaves the trainer as it was. In data-parallel
 // training every rank calls it: rank 0 reads the file and sends the state to the others.
 func (t *Trainer) Load(path string) error {
+	return t.withPath(path, func(tp *C.adpo_trainer, cpath *C.char, cerr **C.adpo_error) C.adpo_status {
+		return C.adpo_trainer_load(tp, cpath, cerr)
+	})
+}
+
+// withPath runs a checkpoint call (save or load) on path; like Step, it can run the
+// all-reduce callback, whose error it reports.
+func (t *Trainer) withPath(path string,
+	call func(tp *C.adpo_trainer, cpath *C.char, cerr **C.adpo_error) C.adpo_status) error {
 	tp, err := t.acquire()
 	if err != nil {
 		return err
@@ -257,5 +260,5 @@ func (t *Trainer) Load(path string) error {
 	cpath := C.CString(path)
 	defer freeCString(cpath)
 	var cerr *C.adpo_error
-	return t.callbackErr(check(C.adpo_trainer_load(tp, cpath, &cerr), cerr))
+	return t.callbackErr(check(call(tp, cpath, &cerr), cerr))
 }
