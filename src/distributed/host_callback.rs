@@ -3,7 +3,7 @@
 
 use super::Communicator;
 use crate::error::{Error, Result, Status};
-use crate::ffi::dlpack::{DLDataType, DLDevice};
+use crate::ffi::dlpack::{dl_device, dl_dtype, DLDataType, DLDevice};
 use std::ffi::c_void;
 use tch::{Device, Tensor};
 
@@ -59,19 +59,6 @@ impl Drop for HostCallback {
     }
 }
 
-pub fn dl_device(device: Device) -> DLDevice {
-    match device {
-        Device::Cuda(i) => DLDevice {
-            device_type: 2, // kDLCUDA
-            device_id: i as i32,
-        },
-        _ => DLDevice {
-            device_type: 1, // kDLCPU
-            device_id: 0,
-        },
-    }
-}
-
 impl Communicator for HostCallback {
     fn rank(&self) -> usize {
         self.rank
@@ -84,28 +71,16 @@ impl Communicator for HostCallback {
     }
 
     fn all_reduce_sum(&mut self, buf: &mut Tensor) -> Result<()> {
-        let bits = super::float_bits(buf.kind())?;
+        super::float_bits(buf.kind())?; // the callback's contract: float32 or float64
         assert!(buf.is_contiguous(), "collective buffers are flat copies");
-        let device = buf.device();
-        if let Device::Cuda(i) = device {
+        let (dtype, device) = (dl_dtype(buf.kind())?, dl_device(buf.device())?);
+        if let Device::Cuda(i) = buf.device() {
             // The callback may use any stream: the buffer must be complete before it runs.
             tch::Cuda::synchronize(i as i64);
         }
-        let dtype = DLDataType {
-            code: 2, // kDLFloat
-            bits,
-            lanes: 1,
-        };
         // SAFETY: the buffer is a live contiguous tensor of numel elements of that dtype.
-        let rc = unsafe {
-            (self.reduce)(
-                self.userdata,
-                buf.data_ptr(),
-                buf.numel(),
-                dtype,
-                dl_device(device),
-            )
-        };
+        let rc =
+            unsafe { (self.reduce)(self.userdata, buf.data_ptr(), buf.numel(), dtype, device) };
         if rc != 0 {
             return Err(Error::new(
                 Status::Communication,

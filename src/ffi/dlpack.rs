@@ -192,10 +192,9 @@ unsafe extern "C" fn delete_exported(m: *mut DLManagedTensorVersioned) {
     })
 }
 
-/// Hands a tensor to the caller as DLPack; the caller calls the deleter.
-pub fn export(t: Tensor) -> Result<*mut DLManagedTensorVersioned> {
-    let t = t.f_contiguous()?;
-    let (code, bits) = match t.kind() {
+/// The DLPack dtype of a libtorch dtype adpo hands out.
+pub fn dl_dtype(kind: Kind) -> Result<DLDataType> {
+    let (code, bits) = match kind {
         Kind::Double => (DL_FLOAT, 64),
         Kind::Float => (DL_FLOAT, 32),
         Kind::Half => (DL_FLOAT, 16),
@@ -207,21 +206,35 @@ pub fn export(t: Tensor) -> Result<*mut DLManagedTensorVersioned> {
             )))
         }
     };
-    let device = match t.device() {
-        Device::Cpu => DLDevice {
+    Ok(DLDataType {
+        code,
+        bits,
+        lanes: 1,
+    })
+}
+
+/// The DLPack device of a libtorch device (CPU or CUDA).
+pub fn dl_device(device: Device) -> Result<DLDevice> {
+    match device {
+        Device::Cpu => Ok(DLDevice {
             device_type: DL_CPU,
             device_id: 0,
-        },
-        Device::Cuda(i) => DLDevice {
+        }),
+        Device::Cuda(i) => Ok(DLDevice {
             device_type: DL_CUDA,
             device_id: i as i32,
-        },
-        d => {
-            return Err(Error::unsupported(format!(
-                "cannot export a tensor on {d:?} as DLPack"
-            )))
-        }
-    };
+        }),
+        d => Err(Error::unsupported(format!(
+            "cannot export a tensor on {d:?} as DLPack"
+        ))),
+    }
+}
+
+/// Hands a tensor to the caller as DLPack; the caller calls the deleter.
+pub fn export(t: Tensor) -> Result<*mut DLManagedTensorVersioned> {
+    let t = t.f_contiguous()?;
+    let dtype = dl_dtype(t.kind())?;
+    let device = dl_device(t.device())?;
     let mut shape = t.size();
     let mut strides = t.stride();
     let data = t.data_ptr();
@@ -229,11 +242,7 @@ pub fn export(t: Tensor) -> Result<*mut DLManagedTensorVersioned> {
         data,
         device,
         ndim: shape.len() as i32,
-        dtype: DLDataType {
-            code,
-            bits,
-            lanes: 1,
-        },
+        dtype,
         shape: shape.as_mut_ptr(),
         strides: strides.as_mut_ptr(),
         byte_offset: 0,
