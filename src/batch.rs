@@ -198,12 +198,11 @@ impl Batch {
         let per_row = Vec::<f64>::try_from(self.loss_mask.sum_dim_intlist(1, false, Kind::Double))
             .unwrap_or_default();
         let (mut rows, mut tokens) = (0.0, 0.0);
+        // Groups lists only the counted groups.
         for g in 0..self.groups.count() {
             let members = self.groups.group_rows(g);
-            if members.len() >= 2 {
-                rows += members.len() as f64;
-                tokens += members.iter().map(|r| per_row[r]).sum::<f64>();
-            }
+            rows += members.len() as f64;
+            tokens += members.iter().map(|r| per_row[r]).sum::<f64>();
         }
         (rows, tokens)
     }

@@ -74,9 +74,11 @@ pub fn normalised_entropy(
 ) -> Result<Tensor> {
     let logits = model.logits(ids, attention_mask)?.to_kind(Kind::Float);
     let t = ids.size()[1];
-    let predicting = logits.narrow(1, 0, t - 1);
-    let log_p = predicting.log_softmax(2, Kind::Float);
+    // Entropy at every position, then drop the last ([B, T], small): as in token_logp, slicing
+    // the logits first would copy all of them.
+    let log_p = logits.log_softmax(2, Kind::Float);
     let h = -(log_p.exp() * &log_p).sum_dim_intlist(2, false, Kind::Float);
+    let h = h.narrow(1, 0, t - 1);
     let mask = loss_mask.narrow(1, 1, t - 1).to_kind(Kind::Float);
     let mean = (h * &mask).sum_dim_intlist(1, false, Kind::Float)
         / mask.sum_dim_intlist(1, false, Kind::Float).clamp_min(1.0);
