@@ -146,6 +146,7 @@ class TrainerMetrics(ctypes.Structure):
         ("tokens", ctypes.c_double),
         ("anchor_drift", ctypes.c_double),
         ("step_time_ms", ctypes.c_double),
+        ("reduce_time_ms", ctypes.c_double),
     ]
 
 
