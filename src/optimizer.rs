@@ -204,61 +204,6 @@ impl Optimizer {
         ));
         out
     }
-
-    /// Checks that `state` fits these parameters; nothing is changed on error.
-    pub fn check_state(
-        &self,
-        params: &[(String, Tensor)],
-        state: &[(String, Tensor)],
-    ) -> Result<()> {
-        let find = |key: &str| state.iter().find(|(k, _)| k == key).map(|(_, t)| t);
-        for (name, p) in params {
-            for which in ["first", "second"] {
-                let key = format!("optimizer.{which}.{name}");
-                let t = find(&key).ok_or_else(|| {
-                    Error::new(
-                        crate::Status::Checkpoint,
-                        format!("trainer state lacks {key}"),
-                    )
-                })?;
-                if t.size() != p.size() {
-                    return Err(Error::new(
-                        crate::Status::Checkpoint,
-                        format!(
-                            "trainer state {key} has shape {:?}, parameter has {:?}",
-                            t.size(),
-                            p.size()
-                        ),
-                    ));
-                }
-            }
-        }
-        match find("optimizer.steps") {
-            Some(t) if t.numel() == 1 && t.kind() == Kind::Int64 => Ok(()),
-            _ => Err(Error::new(
-                crate::Status::Checkpoint,
-                "trainer state lacks optimizer.steps",
-            )),
-        }
-    }
-
-    /// Loads state checked by `check_state`.
-    pub fn load_state(&mut self, params: &[(String, Tensor)], state: &[(String, Tensor)]) {
-        let find = |key: String| {
-            state
-                .iter()
-                .find(|(k, _)| *k == key)
-                .map(|(_, t)| t.shallow_clone())
-                .unwrap()
-        };
-        tch::no_grad(|| {
-            for (i, (name, _)) in params.iter().enumerate() {
-                self.first[i].copy_(&find(format!("optimizer.first.{name}")));
-                self.second[i].copy_(&find(format!("optimizer.second.{name}")));
-            }
-        });
-        self.steps = find("optimizer.steps".into()).int64_value(&[0]) as u64;
-    }
 }
 
 /// Scales all gradients so their global L2 norm is at most `max_norm`; returns the norm

@@ -6,7 +6,8 @@
 mod common;
 
 use adpo::distributed::Communicator;
-use adpo::trainer::{SharedModel, Trainer};
+use adpo::model::SharedModel;
+use adpo::trainer::Trainer;
 use adpo::{Batch, Model, Result, Status};
 use common::{device, fixture};
 use parking_lot::Mutex;

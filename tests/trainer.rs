@@ -3,7 +3,8 @@
 
 mod common;
 
-use adpo::trainer::{SharedModel, Trainer};
+use adpo::model::SharedModel;
+use adpo::trainer::Trainer;
 use adpo::{Batch, Model, Status};
 use common::{device, fixture};
 use parking_lot::Mutex;

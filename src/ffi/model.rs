@@ -4,8 +4,7 @@ use super::boundary::{call, call_on, infallible, require_out, write_out, Handle}
 use super::error::adpo_error;
 use super::objective::c_str;
 use crate::error::{catch_torch, Error, Status};
-use crate::model::{parse_device, Model};
-use crate::trainer::SharedModel;
+use crate::model::{parse_device, Model, SharedModel};
 use parking_lot::Mutex;
 use std::ffi::c_char;
 use std::path::Path;

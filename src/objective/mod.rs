@@ -8,6 +8,7 @@ pub mod host;
 pub mod listwise;
 pub mod metrics;
 pub mod plackett_luce;
+pub mod plan;
 pub mod scores;
 pub mod targets;
 pub mod temperature;
@@ -17,6 +18,7 @@ use crate::error::{catch_torch, Error, Result};
 pub use groups::Groups;
 use groups::Layout;
 pub use metrics::Metrics;
+pub use plan::{Level, LossPlan};
 use parking_lot::Mutex;
 use std::sync::Arc;
 use targets::TargetRule;
@@ -79,6 +81,7 @@ pub struct EvalOutput {
 /// metrics and the tie-breaking generator); different objectives run in parallel.
 pub struct Objective {
     cfg: ObjectiveConfig,
+    plan: LossPlan,
     state: Mutex<State>,
 }
 
@@ -169,6 +172,7 @@ impl Objective {
         cfg.validate()?;
         let rng = cfg.seed ^ 0x5EED_AD90;
         Ok(Objective {
+            plan: LossPlan::of(&cfg),
             cfg,
             state: Mutex::new(State {
                 rng,
@@ -186,6 +190,16 @@ impl Objective {
 
     pub fn config(&self) -> &ObjectiveConfig {
         &self.cfg
+    }
+
+    /// What the configured loss needs (level, pairs, target rule, host kernel).
+    pub fn plan(&self) -> &LossPlan {
+        &self.plan
+    }
+
+    /// Sequence scores or per-token log-probs.
+    pub fn level(&self) -> Level {
+        self.plan.level
     }
 
     /// Metrics of the last successful evaluation.
@@ -211,7 +225,7 @@ impl Objective {
 
     fn eval_inner(&self, inputs: &EvalInputs, allow_host: bool) -> Result<EvalOutput> {
         let cfg = &self.cfg;
-        check_sequence_loss(cfg, inputs.groups)?;
+        check_sequence_loss(&self.plan, inputs.groups)?;
         let groups = inputs.groups;
         let n = groups.rows() as i64;
         let device = inputs.logp.device();
@@ -245,15 +259,8 @@ impl Objective {
             });
         }
 
-        let rule = match cfg.loss {
-            LossKind::Top1 => TargetRule::Top1 {
-                smoothing: cfg.top1_smoothing,
-            },
-            LossKind::Dpo => TargetRule::Top1 { smoothing: 0.0 },
-            _ => TargetRule::from_config(cfg),
-        };
-        if allow_host && device == Device::Cpu && kind == Kind::Double && host::supports(cfg, rule)
-        {
+        let rule = self.plan.rule;
+        if allow_host && device == Device::Cpu && kind == Kind::Double && self.plan.host_kernel {
             return self.eval_host(
                 rule,
                 &logp,
@@ -361,7 +368,7 @@ impl Objective {
 
     fn eval_tokens_inner(&self, inputs: &TokenInputs) -> Result<EvalOutput> {
         let cfg = &self.cfg;
-        if cfg.loss != LossKind::Grpo {
+        if self.plan.level != Level::Tokens {
             return Err(Error::invalid(format!(
                 "the token entry point evaluates loss \"grpo\"; this objective is configured with {:?}",
                 cfg.loss
@@ -493,7 +500,7 @@ impl Objective {
         let cfg = &self.cfg;
         let groups = inputs.groups;
         let n = groups.rows();
-        check_sequence_loss(cfg, groups)?;
+        check_sequence_loss(&self.plan, groups)?;
         let (signal_name, signal, explicit) = match inputs.signal {
             HostSignal::Rewards(r) => ("rewards", r, false),
             HostSignal::Targets(t) => ("targets", t, true),
@@ -526,8 +533,8 @@ impl Objective {
         if explicit {
             check_targets_host(signal, groups, 1e-6)?;
         }
-        let rule = target_rule(cfg);
-        if groups.count() == 0 || !host::supports(cfg, rule) {
+        let rule = self.plan.rule;
+        if groups.count() == 0 || !self.plan.host_kernel {
             // The tensor path (it handles every loss, and the no-group case).
             let t = |v: &[f64]| Tensor::from_slice(v);
             let (logp, anchor, sig) = (t(inputs.logp), t(inputs.anchor_logp), t(signal));
@@ -604,18 +611,19 @@ impl EvalInputs<'_> {
 }
 
 /// The loss is sequence level, and pairwise losses have groups of exactly two.
-fn check_sequence_loss(cfg: &ObjectiveConfig, groups: &Groups) -> Result<()> {
-    if cfg.loss == LossKind::Grpo {
-        return Err(Error::invalid(
-            "loss \"grpo\" is token-level: use the token entry point (adpo_objective_eval_tokens)",
-        ));
+fn check_sequence_loss(plan: &LossPlan, groups: &Groups) -> Result<()> {
+    if plan.level == Level::Tokens {
+        return Err(Error::invalid(format!(
+            "loss \"{}\" is token-level: use the token entry point (adpo_objective_eval_tokens)",
+            plan.name
+        )));
     }
-    if matches!(cfg.loss, LossKind::Pairwise | LossKind::Dpo)
+    if plan.pairs
         && (groups.count() * 2 != groups.rows() || groups.sizes().iter().any(|&k| k != 2))
     {
         return Err(Error::shape(format!(
             "loss \"{}\" needs every group to have exactly 2 candidates; got {} rows in {} groups of size >= 2 (sizes {:?}{})",
-            if cfg.loss == LossKind::Dpo { "dpo" } else { "pairwise" },
+            plan.name,
             groups.rows(),
             groups.count(),
             &groups.sizes()[..groups.count().min(8)],
@@ -623,17 +631,6 @@ fn check_sequence_loss(cfg: &ObjectiveConfig, groups: &Groups) -> Result<()> {
         )));
     }
     Ok(())
-}
-
-/// The target rule a loss uses: top1 and dpo force one-hot targets.
-fn target_rule(cfg: &ObjectiveConfig) -> TargetRule {
-    match cfg.loss {
-        LossKind::Top1 => TargetRule::Top1 {
-            smoothing: cfg.top1_smoothing,
-        },
-        LossKind::Dpo => TargetRule::Top1 { smoothing: 0.0 },
-        _ => TargetRule::from_config(cfg),
-    }
 }
 
 fn check_result_host(loss: f64, grad: &[f64]) -> Result<()> {

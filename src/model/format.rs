@@ -1,0 +1,105 @@
+//! What a model path holds, told from its first bytes before libtorch sees it: a TorchScript
+//! archive loads; a safetensors file, a `torch.save` pickle or anything else is named as such
+//! (libtorch would only say "PytorchStreamReader failed locating file constants.pkl").
+
+use super::torchscript::TorchScriptLm;
+use super::CausalLm;
+use crate::error::{Error, Result, Status};
+use std::path::Path;
+use tch::Device;
+
+fn model_error(message: String) -> Error {
+    Error::new(Status::Model, message)
+}
+
+/// What the bytes of a file are.
+#[derive(Debug, PartialEq)]
+enum FileKind {
+    TorchScript,
+    /// A zip archive without TorchScript code (`torch.save` writes these).
+    TorchPickleZip,
+    /// A pre-1.6 `torch.save` file (a bare pickle stream).
+    Pickle,
+    Safetensors,
+    Unknown,
+}
+
+fn sniff(bytes: &[u8]) -> FileKind {
+    if bytes.starts_with(b"PK\x03\x04") {
+        // torch.jit.save archives hold the code's constants; torch.save archives do not.
+        let has = |name: &[u8]| bytes.windows(name.len()).any(|w| w == name);
+        return if has(b"constants.pkl") {
+            FileKind::TorchScript
+        } else {
+            FileKind::TorchPickleZip
+        };
+    }
+    if bytes.first() == Some(&0x80) {
+        return FileKind::Pickle;
+    }
+    // safetensors: an 8-byte little-endian header length, then a JSON object.
+    if bytes.len() > 9 && bytes[8] == b'{' {
+        let n = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
+        if n >= 2 && n <= bytes.len() as u64 - 8 {
+            return FileKind::Safetensors;
+        }
+    }
+    FileKind::Unknown
+}
+
+const SUPPORTED: &str =
+    "adpo loads TorchScript files (torch.jit.script(model).save(path)); Hugging Face checkpoint \
+     directories (config.json + safetensors) are the recommended format";
+
+/// Opens the causal LM at `path`.
+pub fn open(path: &Path, device: Device) -> Result<Box<dyn CausalLm>> {
+    if path.is_dir() {
+        return Err(model_error(format!(
+            "{} is a directory: checkpoint directories are not supported yet; {SUPPORTED}",
+            path.display()
+        )));
+    }
+    if !path.is_file() {
+        return Err(model_error(format!(
+            "model file not found: {}",
+            path.display()
+        )));
+    }
+    let bytes = std::fs::read(path).map_err(|e| {
+        Error::new(
+            Status::Io,
+            format!("cannot read model file {}: {e}", path.display()),
+        )
+    })?;
+    let what = match sniff(&bytes) {
+        FileKind::TorchScript => {
+            return Ok(Box::new(TorchScriptLm::from_bytes(path, bytes, device)?))
+        }
+        FileKind::TorchPickleZip | FileKind::Pickle => {
+            "a torch.save pickle (weights or a whole module, not TorchScript)"
+        }
+        FileKind::Safetensors => {
+            "a safetensors weights file; pass the checkpoint directory that holds it with its \
+             config.json"
+        }
+        FileKind::Unknown => "neither a TorchScript archive nor a checkpoint",
+    };
+    Err(model_error(format!("{} is {what}: {SUPPORTED}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sniff_tells_the_formats_apart() {
+        assert_eq!(sniff(b"PK\x03\x04....archive/constants.pkl...."), FileKind::TorchScript);
+        assert_eq!(sniff(b"PK\x03\x04....archive/data.pkl...."), FileKind::TorchPickleZip);
+        assert_eq!(sniff(b"\x80\x02}q\x00."), FileKind::Pickle);
+        let mut st = 2u64.to_le_bytes().to_vec();
+        st.extend_from_slice(b"{}");
+        assert_eq!(sniff(&st), FileKind::Safetensors);
+        assert_eq!(sniff(b"hello world, not a model"), FileKind::Unknown);
+        assert_eq!(sniff(b""), FileKind::Unknown);
+    }
+}

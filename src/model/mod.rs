@@ -1,0 +1,269 @@
+//! Causal LMs behind one trait. Everything above the model (log-probs, anchors, sampling, the
+//! trainer) talks to [`Model`], which holds a [`CausalLm`] implementation and does what is the
+//! same for every kind of model: the parameter list (each tensor once, even when tied), train
+//! and eval mode, gradients on or off, frozen copies for anchors, EMA and hard copies.
+//!
+//! Implementations: `torchscript.rs` (a TorchScript module returning logits). A native
+//! architecture is one more file beside it that implements [`CausalLm`] (returning final hidden
+//! states plus an output head, so log-probs can be computed a chunk of positions at a time, and
+//! optionally a key/value-cached forward for sampling).
+
+mod device;
+mod format;
+mod torchscript;
+
+use crate::error::{Error, Result, Status};
+pub use device::parse_device;
+use parking_lot::Mutex;
+use std::path::Path;
+use std::sync::Arc;
+use tch::{Device, Kind, Tensor};
+pub use torchscript::TorchScriptLm;
+
+/// A model shared between its C handle and the trainers that use it.
+pub type SharedModel = Arc<Mutex<Model>>;
+
+/// What a forward pass gives.
+pub enum Forward {
+    /// Logits [B, T, V].
+    Logits(Tensor),
+    /// Final hidden states [B, T, H]; [`CausalLm::head`] turns any slice of them into logits.
+    Hidden(Tensor),
+}
+
+/// Per-layer key/value buffers of an incremental forward, preallocated for `capacity`
+/// positions. `len` positions are filled; the model that made it knows the layout.
+pub struct KvCache {
+    pub keys: Vec<Tensor>,
+    pub values: Vec<Tensor>,
+    pub len: i64,
+    pub capacity: i64,
+}
+
+/// One kind of causal LM: `forward(input_ids int64 [B, T], attention_mask int64 [B, T])`.
+pub trait CausalLm: Send {
+    /// What the model is, for messages (its file or directory).
+    fn describe(&self) -> String;
+    fn vocab(&self) -> i64;
+    fn device(&self) -> Device;
+    /// Every parameter under its checkpoint name, sharing storage with the model. A tensor
+    /// that appears under several names (a tied output head) may be listed more than once:
+    /// [`Model`] keeps the first name.
+    fn named_parameters(&self) -> Vec<(String, Tensor)>;
+    /// Train mode (dropout and the like active) or eval mode.
+    fn set_train_mode(&mut self, train: bool);
+    /// Logits, or final hidden states, for ids [B, T] (in range: [`Model`] checks).
+    fn forward(&self, ids: &Tensor, attention_mask: &Tensor) -> Result<Forward>;
+    /// Logits [.., V] from final hidden states [.., H] (models whose forward gives `Hidden`).
+    fn head(&self, hidden: &Tensor) -> Result<Tensor> {
+        let _ = hidden;
+        Err(Error::unsupported(format!(
+            "{} returns logits, not hidden states",
+            self.describe()
+        )))
+    }
+    /// An independent instance with its own copy of the weights (for anchors), made from
+    /// memory: the file the model came from is not read again.
+    fn duplicate(&self) -> Result<Box<dyn CausalLm>>;
+    /// A key/value cache for `rows` sequences of up to `capacity` positions; None when the
+    /// model has no incremental forward (then sampling re-runs the prefix).
+    fn new_cache(&self, rows: i64, capacity: i64) -> Option<KvCache> {
+        let _ = (rows, capacity);
+        None
+    }
+    /// Logits [B, t, V] of `ids` [B, t], the next t positions after the `cache.len` cached
+    /// ones; `attention_mask` [B, cache.len + t] covers both. Appends to the cache.
+    fn forward_cached(
+        &self,
+        ids: &Tensor,
+        attention_mask: &Tensor,
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
+        let _ = (ids, attention_mask, cache);
+        Err(Error::unsupported(format!(
+            "{} has no key/value-cached forward",
+            self.describe()
+        )))
+    }
+}
+
+/// A loaded causal LM: the policy (trained in place) or a frozen reference or anchor copy.
+pub struct Model {
+    lm: Box<dyn CausalLm>,
+    /// Each distinct parameter tensor once, under its first name (shared storage with `lm`).
+    params: Vec<(String, Tensor)>,
+    /// Train mode with gradients (the policy), or eval mode without (everything else).
+    training: bool,
+}
+
+fn model_error(message: String) -> Error {
+    Error::new(Status::Model, message)
+}
+
+/// The parameters with tied tensors (same storage, shape and strides) listed once: an
+/// optimizer that saw both names would step the shared tensor twice.
+fn distinct(params: Vec<(String, Tensor)>) -> Vec<(String, Tensor)> {
+    let mut seen: Vec<(usize, Vec<i64>, Vec<i64>)> = Vec::new();
+    params
+        .into_iter()
+        .filter(|(_, t)| {
+            let key = (t.data_ptr() as usize, t.size(), t.stride());
+            let new = !seen.contains(&key);
+            if new {
+                seen.push(key);
+            }
+            new
+        })
+        .collect()
+}
+
+impl Model {
+    /// Loads a TorchScript file (see `torchscript.rs`); other formats are named as such.
+    pub fn load(path: &Path, device: Device) -> Result<Model> {
+        let lm = format::open(path, device)?;
+        Model::from_lm(lm)
+    }
+
+    /// Wraps an implementation: eval mode, no gradients.
+    pub fn from_lm(lm: Box<dyn CausalLm>) -> Result<Model> {
+        let params = distinct(lm.named_parameters());
+        if params.is_empty() {
+            return Err(model_error(format!("{} has no parameters", lm.describe())));
+        }
+        let mut model = Model {
+            lm,
+            params,
+            training: false,
+        };
+        model.set_trainable(false);
+        Ok(model)
+    }
+
+    /// Logits [B, T, V] for ids [B, T] (int64, on the model's device).
+    pub fn logits(&self, ids: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
+        match self.forward(ids, attention_mask)? {
+            Forward::Logits(logits) => Ok(logits),
+            Forward::Hidden(hidden) => self.lm.head(&hidden),
+        }
+    }
+
+    /// Logits or final hidden states (then [`Model::head`] gives logits a slice at a time).
+    pub fn forward(&self, ids: &Tensor, attention_mask: &Tensor) -> Result<Forward> {
+        self.check_ids(ids)?;
+        self.lm.forward(ids, attention_mask)
+    }
+
+    pub fn head(&self, hidden: &Tensor) -> Result<Tensor> {
+        self.lm.head(hidden)
+    }
+
+    /// An id outside the vocabulary would surface as an opaque libtorch index error.
+    pub fn check_ids(&self, ids: &Tensor) -> Result<()> {
+        if ids.numel() == 0 {
+            return Ok(());
+        }
+        let (low, top) = (ids.min().int64_value(&[]), ids.max().int64_value(&[]));
+        let bad = if top >= self.vocab() { top } else { low };
+        if low < 0 || top >= self.vocab() {
+            return Err(Error::invalid(format!(
+                "token id {bad} is outside the vocabulary [0, {}) of {}",
+                self.vocab(),
+                self.lm.describe()
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn lm(&self) -> &dyn CausalLm {
+        self.lm.as_ref()
+    }
+    pub fn device(&self) -> Device {
+        self.lm.device()
+    }
+    pub fn vocab(&self) -> i64 {
+        self.lm.vocab()
+    }
+    pub fn describe(&self) -> String {
+        self.lm.describe()
+    }
+    pub fn params(&self) -> &[(String, Tensor)] {
+        &self.params
+    }
+
+    /// The dtype of the weights (of the first parameter).
+    pub fn kind(&self) -> Kind {
+        self.params[0].1.kind()
+    }
+
+    /// Number of parameter values, all tensors together (a tied tensor once).
+    pub fn num_params(&self) -> usize {
+        self.params.iter().map(|(_, p)| p.numel()).sum()
+    }
+
+    /// Every parameter flattened, in the model's parameter order, as f64 on the host.
+    pub fn flat_params(&self) -> Result<Vec<f64>> {
+        let flat: Vec<Tensor> = self
+            .params
+            .iter()
+            .map(|(_, p)| p.detach().reshape([-1]).to_kind(Kind::Double))
+            .collect();
+        Ok(Vec::<f64>::try_from(
+            Tensor::cat(&flat, 0).to_device(Device::Cpu),
+        )?)
+    }
+
+    /// Train mode with gradients on every parameter (the policy), or eval mode (the reference).
+    pub fn set_trainable(&mut self, trainable: bool) {
+        self.training = trainable;
+        self.lm.set_train_mode(trainable);
+        for (_, p) in &mut self.params {
+            *p = p.set_requires_grad(trainable);
+        }
+    }
+
+    /// Whether the model is in train mode (dropout and the like active).
+    pub fn training(&self) -> bool {
+        self.training
+    }
+
+    /// Runs `f` with the model in eval mode (no dropout), then restores its mode: sampling
+    /// and measuring log-probs use the policy as it will be deployed.
+    pub fn in_eval_mode<T>(&mut self, f: impl FnOnce(&Model) -> T) -> T {
+        let was_training = self.training;
+        if was_training {
+            self.lm.set_train_mode(false);
+        }
+        let out = f(self);
+        if was_training {
+            self.lm.set_train_mode(true);
+        }
+        out
+    }
+
+    /// A frozen instance holding a copy of this model's current weights (the EMA and
+    /// KL-triggered anchors), made from memory.
+    pub fn frozen_copy(&self) -> Result<Model> {
+        let mut copy = Model::from_lm(self.lm.duplicate()?)?;
+        copy.copy_weights_from(self);
+        Ok(copy)
+    }
+
+    /// theta <- other's theta.
+    pub fn copy_weights_from(&mut self, other: &Model) {
+        tch::no_grad(|| {
+            for ((_, mine), (_, theirs)) in self.params.iter_mut().zip(&other.params) {
+                mine.copy_(theirs);
+            }
+        });
+    }
+
+    /// theta <- alpha theta + (1 - alpha) other's theta.
+    pub fn ema_towards(&mut self, other: &Model, alpha: f64) {
+        tch::no_grad(|| {
+            for ((_, mine), (_, theirs)) in self.params.iter_mut().zip(&other.params) {
+                let _ = mine.g_mul_scalar_(alpha);
+                let _ = mine.g_add_(&(theirs * (1.0 - alpha)));
+            }
+        });
+    }
+}

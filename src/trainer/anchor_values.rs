@@ -1,0 +1,185 @@
+//! The anchor side of a step, computed once per batch and held across its epochs: the anchor
+//! log-probs (from the reference, the EMA / KL copy, the batch, or the sampling policy), or
+//! GRPO's old and reference token log-probs; then the objective evaluated against them.
+
+use super::Trainer;
+use crate::anchor::AnchorConfig;
+use crate::batch::{Batch, SuppliedLogp};
+use crate::config::AdaptiveTau;
+use crate::error::{Error, Result};
+use crate::logprob;
+use crate::model::Model;
+use crate::objective::{EvalInputs, Level, Metrics, Signal, TokenInputs};
+use tch::{Device, Kind, Tensor};
+
+/// Anchor-side values of one step, held across its epochs.
+pub(super) enum Held {
+    /// Sequence level: anchor log-probs [N] (and the policy entropy for smooth_hybrid).
+    Sequence {
+        anchor: Tensor,
+        entropy: Option<Tensor>,
+    },
+    /// Token level (GRPO): old and reference token log-probs [N, T].
+    Tokens {
+        old: Tensor,
+        reference: Option<Tensor>,
+    },
+}
+
+impl Held {
+    /// The dtype the step computes in.
+    pub(super) fn kind(&self) -> Kind {
+        match self {
+            Held::Sequence { anchor, .. } => anchor.kind(),
+            Held::Tokens { old, .. } => old.kind(),
+        }
+    }
+}
+
+impl Trainer {
+    /// The float dtype of the step: float64 models compute in float64, others in float32.
+    fn compute_kind(policy: &Model) -> Kind {
+        match policy.kind() {
+            Kind::Double => Kind::Double,
+            _ => Kind::Float,
+        }
+    }
+
+    /// The anchor (or GRPO old/reference) values of this step.
+    pub(super) fn anchor_values(&self, policy: &Model, batch: &Batch) -> Result<Held> {
+        let kind = Self::compute_kind(policy);
+        if self.objective.level() == Level::Tokens {
+            return self.token_values(policy, batch, kind);
+        }
+        let device = policy.device();
+        let reference = self.reference.as_ref().map(|r| r.lock());
+        let anchor = match (&batch.anchor_logp, &self.cfg.anchor) {
+            (Some(s), _) => self.supplied_seq(s, batch, device, kind),
+            (None, AnchorConfig::Fixed) => match &reference {
+                Some(r) => self
+                    .reduce(&self.tokens_no_grad(r, batch)?, batch, device)
+                    .to_kind(kind),
+                None => {
+                    return Err(Error::invalid(
+                        "anchor mode fixed needs a reference model or the batch's anchor_logp",
+                    ))
+                }
+            },
+            (None, AnchorConfig::OnPolicy) => match &batch.old_logp {
+                Some(s) => self.supplied_seq(s, batch, device, kind),
+                None => self.reduce(&self.tokens_no_grad(policy, batch)?, batch, device),
+            },
+            (None, AnchorConfig::Ema { .. } | AnchorConfig::KlTriggered { .. }) => {
+                let copy = self.anchor.copy.as_ref().expect("ema/kl anchors keep a copy");
+                self.reduce(&self.tokens_no_grad(copy, batch)?, batch, device)
+                    .to_kind(kind)
+            }
+        };
+        let entropy = match self.objective.config().adaptive_tau {
+            Some(AdaptiveTau::SmoothHybrid { .. }) => {
+                Some(self.entropy_no_grad(policy, batch)?.to_kind(kind))
+            }
+            _ => None,
+        };
+        Ok(Held::Sequence { anchor, entropy })
+    }
+
+    /// GRPO: the old token log-probs (supplied, or the policy's now) and the reference's.
+    fn token_values(&self, policy: &Model, batch: &Batch, kind: Kind) -> Result<Held> {
+        let device = policy.device();
+        let old = match &batch.old_logp {
+            Some(SuppliedLogp::Tokens(t)) => t.to_device(device).to_kind(kind),
+            Some(SuppliedLogp::Sequence(_)) => {
+                return Err(Error::invalid(format!(
+                    "loss {} needs per-token old_logp (n * t values), not per sequence",
+                    self.objective.plan().name
+                )))
+            }
+            None => self.tokens_no_grad(policy, batch)?,
+        };
+        let reference = match (&self.reference, self.objective.config().beta_kl > 0.0) {
+            (Some(r), true) => Some(self.tokens_no_grad(&r.lock(), batch)?.to_kind(kind)),
+            _ => None,
+        };
+        Ok(Held::Tokens {
+            old: old * batch.loss_mask.to_device(device).to_kind(kind),
+            reference,
+        })
+    }
+
+    /// Per-candidate normalised policy entropy (the smooth_hybrid temperature rule).
+    fn entropy_no_grad(&self, policy: &Model, batch: &Batch) -> Result<Tensor> {
+        tch::no_grad(|| {
+            let parts = self
+                .chunks(batch.n)
+                .into_iter()
+                .map(|(s, l)| {
+                    let (ids, attn, mask) = batch.rows(s, l, policy.device());
+                    logprob::normalised_entropy(policy, &ids, &attn, &mask)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Ok(Tensor::cat(&parts, 0))
+        })
+    }
+
+    fn supplied_seq(&self, s: &SuppliedLogp, batch: &Batch, device: Device, kind: Kind) -> Tensor {
+        match s {
+            SuppliedLogp::Sequence(t) => t.to_device(device).to_kind(kind),
+            SuppliedLogp::Tokens(t) => {
+                let mask = batch.loss_mask.to_device(device).to_kind(kind);
+                self.reduce(&(t.to_device(device).to_kind(kind) * &mask), batch, device)
+            }
+        }
+    }
+
+    /// Evaluates the objective on detached policy values (sequence [N] or tokens [N, T]) and
+    /// returns dL/d(values), the metrics and the anchor drift.
+    pub(super) fn evaluate(
+        &self,
+        values: &Tensor,
+        held: &Held,
+        batch: &Batch,
+        device: Device,
+    ) -> Result<(Tensor, Metrics, f64)> {
+        let kind = values.kind();
+        let signal = batch
+            .rewards
+            .as_ref()
+            .or(batch.targets.as_ref())
+            .expect("checked before")
+            .to_device(device)
+            .to_kind(kind);
+        match held {
+            Held::Sequence { anchor, entropy } => {
+                let sig = if batch.rewards.is_some() {
+                    Signal::Rewards(&signal)
+                } else {
+                    Signal::Targets(&signal)
+                };
+                let out = self.objective.eval(&EvalInputs {
+                    logp: values,
+                    anchor_logp: anchor,
+                    signal: sig,
+                    groups: &batch.groups,
+                    policy_entropy: entropy.as_ref(),
+                })?;
+                let drift = (values - anchor).abs().mean(Kind::Double).double_value(&[]);
+                Ok((out.grad_logp, out.metrics, drift))
+            }
+            Held::Tokens { old, reference } => {
+                let mask = batch.loss_mask.to_device(device).to_kind(kind);
+                let out = self.objective.eval_tokens(&TokenInputs {
+                    logp: values,
+                    old_logp: old,
+                    ref_logp: reference.as_ref(),
+                    mask: &mask,
+                    rewards: &signal,
+                    groups: &batch.groups,
+                })?;
+                let drift = ((values - old).abs() * &mask).sum(Kind::Double)
+                    / mask.sum(Kind::Double).clamp_min(1.0);
+                Ok((out.grad_logp, out.metrics, drift.double_value(&[])))
+            }
+        }
+    }
+}

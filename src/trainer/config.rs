@@ -1,0 +1,106 @@
+//! The trainer's configuration: its own keys, split from the objective's in one JSON object,
+//! each validated once.
+
+use crate::anchor::AnchorConfig;
+use crate::config::ObjectiveConfig;
+use crate::distributed::DistributedConfig;
+use crate::error::{Error, Result};
+use crate::logprob::SeqReduce;
+use crate::optimizer::OptimizerConfig;
+use crate::schedule::Schedule;
+use serde::Deserialize;
+
+/// Trainer keys; every other key of the config belongs to the objective.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainerConfig {
+    pub seq_logp: SeqReduce,
+    /// Rows per forward pass; None = the whole batch in one pass.
+    pub micro_batch_rows: Option<usize>,
+    pub epochs_per_batch: u32,
+    pub seed: u64,
+    pub anchor: AnchorConfig,
+    pub optimizer: OptimizerConfig,
+    /// Maximum global gradient norm; None = no clipping.
+    pub grad_clip: Option<f64>,
+    pub schedule: Schedule,
+    /// Data-parallel training (src/distributed): backend and gradient bucket size.
+    pub distributed: DistributedConfig,
+}
+
+impl Default for TrainerConfig {
+    fn default() -> Self {
+        TrainerConfig {
+            seq_logp: SeqReduce::Mean,
+            micro_batch_rows: None,
+            epochs_per_batch: 1,
+            seed: 0,
+            anchor: AnchorConfig::default(),
+            optimizer: OptimizerConfig::default(),
+            grad_clip: None,
+            schedule: Schedule::default(),
+            distributed: DistributedConfig::default(),
+        }
+    }
+}
+
+const TRAINER_KEYS: [&str; 9] = [
+    "seq_logp",
+    "micro_batch_rows",
+    "epochs_per_batch",
+    "seed",
+    "anchor",
+    "optimizer",
+    "grad_clip",
+    "schedule",
+    "distributed",
+];
+
+/// Splits one JSON config into the trainer's part and the objective's part (which also gets
+/// the seed, for Plackett-Luce tie breaking).
+pub fn parse_config(json: &str) -> Result<(TrainerConfig, ObjectiveConfig)> {
+    let json = if json.trim().is_empty() { "{}" } else { json };
+    let value: serde_json::Value =
+        serde_json::from_str(json).map_err(|e| Error::config(format!("trainer config: {e}")))?;
+    let serde_json::Value::Object(mut all) = value else {
+        return Err(Error::config("trainer config must be a JSON object"));
+    };
+    let mut own = serde_json::Map::new();
+    for key in TRAINER_KEYS {
+        if let Some(v) = all.remove(key) {
+            own.insert(key.to_string(), v);
+        }
+    }
+    let trainer: TrainerConfig = serde_json::from_value(serde_json::Value::Object(own.clone()))
+        .map_err(|e| Error::config(format!("trainer config: {e}")))?;
+    if let Some(seed) = own.get("seed") {
+        all.insert("seed".into(), seed.clone());
+    }
+    let objective: ObjectiveConfig = serde_json::from_value(serde_json::Value::Object(all))
+        .map_err(|e| {
+            Error::config(format!(
+                "trainer config: {e} (trainer keys: {})",
+                TRAINER_KEYS.join(", ")
+            ))
+        })?;
+    objective.validate()?;
+    trainer.optimizer.validate()?;
+    trainer.schedule.validate()?;
+    trainer.anchor.validate()?;
+    trainer.distributed.validate()?;
+    if trainer.micro_batch_rows == Some(0) {
+        return Err(Error::config(
+            "micro_batch_rows must be >= 1 (or null for one pass)",
+        ));
+    }
+    if trainer.epochs_per_batch == 0 {
+        return Err(Error::config("epochs_per_batch must be >= 1"));
+    }
+    if let Some(c) = trainer.grad_clip {
+        if c.is_nan() || c <= 0.0 {
+            return Err(Error::config(format!("grad_clip must be > 0, got {c}")));
+        }
+    }
+    Ok((trainer, objective))
+}
+

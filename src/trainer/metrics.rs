@@ -1,0 +1,38 @@
+//! What one trainer step measured.
+
+use crate::objective::metrics::finite_or_null;
+use crate::objective::Metrics;
+use serde::Serialize;
+
+/// What one step measured. The JSON form is derived: the objective's fields, then these.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct StepMetrics {
+    /// The objective's metrics at the last epoch's evaluation.
+    #[serde(flatten)]
+    pub objective: Metrics,
+    /// Global gradient norm before clipping (last epoch).
+    #[serde(serialize_with = "finite_or_null")]
+    pub grad_norm: f64,
+    /// Learning rate of the last optimizer step.
+    #[serde(serialize_with = "finite_or_null")]
+    pub lr: f64,
+    /// Loss-masked tokens in the batch.
+    #[serde(serialize_with = "finite_or_null")]
+    pub tokens: f64,
+    /// Mean |l - l_anchor| at the last evaluation.
+    #[serde(serialize_with = "finite_or_null")]
+    pub anchor_drift: f64,
+    #[serde(serialize_with = "finite_or_null")]
+    pub step_time_ms: f64,
+    /// Of which spent in collectives (data-parallel training; 0 in one process).
+    #[serde(serialize_with = "finite_or_null")]
+    pub reduce_time_ms: f64,
+    /// Optimizer steps taken so far.
+    pub step: u64,
+}
+
+impl StepMetrics {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("metrics serialise")
+    }
+}

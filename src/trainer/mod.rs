@@ -1,0 +1,242 @@
+//! The ADPO step on a policy model. Read `step_inner` top to bottom for one step:
+//! anchor values (once per batch) -> per epoch: log-probs -> anchored scores -> objective ->
+//! backward (`passes.rs`) -> all-reduce (data-parallel) -> optimizer -> anchor update.
+//!
+//! Around it: the configuration (`config.rs`), the anchor-side values of a step
+//! (`anchor_values.rs`), the exact two-pass micro-batched backward (`passes.rs`), the state
+//! that save, load and the rank-0 broadcast share (`state.rs`), checkpoints
+//! (`checkpoint.rs`), joining other ranks (`distributed.rs`) and metrics (`metrics.rs`).
+
+mod anchor_values;
+mod checkpoint;
+mod config;
+mod distributed;
+mod metrics;
+mod passes;
+pub mod state;
+
+pub use config::{parse_config, TrainerConfig};
+pub use metrics::StepMetrics;
+pub use state::TrainerState;
+
+use crate::anchor::Anchor;
+use crate::batch::Batch;
+use crate::distributed::{Backend, Distributed, GlobalStep, LocalStep};
+use crate::error::{catch_torch, Error, Result};
+use crate::model::{Model, SharedModel};
+use crate::objective::{Level, LossPlan, Objective};
+use crate::optimizer::{clip_grad_norm, Optimizer};
+use crate::sample::{self, SamplingConfig};
+use std::sync::Arc;
+use std::time::Instant;
+use tch::{Device, Kind};
+
+pub struct Trainer {
+    cfg: TrainerConfig,
+    objective: Objective,
+    policy: SharedModel,
+    reference: Option<SharedModel>,
+    anchor: Anchor,
+    optimizer: Optimizer,
+    last: Option<StepMetrics>,
+    /// The other ranks, in data-parallel training.
+    dist: Option<Distributed>,
+    /// Generator of the sampler (seeded from `seed`).
+    pub(crate) sample_rng: u64,
+}
+
+impl Trainer {
+    pub fn new(policy: SharedModel, reference: Option<SharedModel>, json: &str) -> Result<Trainer> {
+        let (cfg, objective_cfg) = parse_config(json)?;
+        if let Some(r) = &reference {
+            check_reference(&policy, r)?;
+        }
+        let objective = Objective::new(objective_cfg)?;
+        if objective.level() == Level::Tokens
+            && objective.config().beta_kl > 0.0
+            && reference.is_none()
+        {
+            return Err(Error::invalid(format!(
+                "loss {} with beta_kl > 0 needs a reference model",
+                objective.plan().name
+            )));
+        }
+        let (anchor, optimizer) = {
+            let mut p = policy.lock();
+            p.set_trainable(true);
+            (
+                Anchor::new(cfg.anchor.clone(), &p)?,
+                Optimizer::new(cfg.optimizer.clone(), p.params()),
+            )
+        };
+        if let Some(r) = &reference {
+            r.lock().set_trainable(false);
+        }
+        let sample_rng = cfg.seed ^ 0xA0D0_5A4D_1E5E_ED00;
+        let backend = cfg.distributed.backend;
+        let mut trainer = Trainer {
+            cfg,
+            objective,
+            policy,
+            reference,
+            anchor,
+            optimizer,
+            last: None,
+            dist: None,
+            sample_rng,
+        };
+        if backend == Backend::Mpi {
+            // SAFETY: NULL selects MPI_COMM_WORLD.
+            unsafe { trainer.use_mpi(std::ptr::null()) }?;
+        }
+        Ok(trainer)
+    }
+
+    pub fn config(&self) -> &TrainerConfig {
+        &self.cfg
+    }
+    pub fn policy(&self) -> &SharedModel {
+        &self.policy
+    }
+    pub fn last_metrics(&self) -> Option<StepMetrics> {
+        self.last
+    }
+    pub fn steps(&self) -> u64 {
+        self.optimizer.steps()
+    }
+    pub fn anchor(&self) -> &Anchor {
+        &self.anchor
+    }
+
+    pub fn step(&mut self, batch: &Batch) -> Result<StepMetrics> {
+        self.step_checked(Ok(batch))
+    }
+
+    /// A step whose batch may already have failed on this rank (the C ABI passes a NULL batch
+    /// here). In data-parallel training every failure, this one or one found while validating
+    /// or computing, is agreed with the other ranks before any gradient is exchanged: every
+    /// rank returns the same error, none waits forever, and no rank's weights change.
+    pub fn step_checked(&mut self, batch: Result<&Batch>) -> Result<StepMetrics> {
+        catch_torch(|| self.step_inner(batch))
+    }
+
+    fn step_inner(&mut self, batch: Result<&Batch>) -> Result<StepMetrics> {
+        self.check_communicator()?;
+        let start = Instant::now();
+        let policy_arc = self.policy.clone();
+        let policy = policy_arc.lock();
+        // The anchor's log-probs (reference, copy, or the sampling policy's), once per batch.
+        let prepared = batch.and_then(|b| {
+            catch_torch(|| {
+                check_batch(self.objective.plan(), b)?;
+                Ok((b, self.anchor_values(&policy, b)?))
+            })
+        });
+        let mut last = None;
+        for _ in 0..self.cfg.epochs_per_batch {
+            // Log-probs -> anchored scores -> objective -> backward, on this rank's groups.
+            let local = match &prepared {
+                Ok((b, held)) => catch_torch(|| self.backward(&policy, b, held)),
+                Err(e) => Err(e.clone()),
+            };
+            // Every rank agrees on the outcome, then the gradients are summed.
+            let global = self.all_reduce(&policy, local)?;
+            let (grad_norm, lr) = self.optimizer_step(&policy);
+            self.anchor.after_optimizer_step(&policy);
+            last = Some((global, grad_norm, lr));
+        }
+        let (global, grad_norm, lr) = last.expect("epochs_per_batch >= 1");
+        self.anchor.observe_drift(&policy, global.drift);
+        let m = StepMetrics {
+            objective: global.metrics,
+            grad_norm,
+            lr,
+            tokens: global.batch_tokens,
+            anchor_drift: global.drift,
+            step_time_ms: start.elapsed().as_secs_f64() * 1e3,
+            reduce_time_ms: self.take_reduce_time_ms(),
+            step: self.optimizer.steps(),
+        };
+        self.last = Some(m);
+        Ok(m)
+    }
+
+    /// One process: the local step is global. Data-parallel: agreed, gradients summed.
+    fn all_reduce(&mut self, policy: &Model, local: Result<LocalStep>) -> Result<GlobalStep> {
+        match self.dist.as_mut() {
+            None => Ok(GlobalStep::from(local?)),
+            Some(d) => {
+                let global = d.agree_step(local)?;
+                catch_torch(|| d.reduce_grads(policy.params(), global.grad_scale))?;
+                Ok(global)
+            }
+        }
+    }
+
+    /// Clips, schedules and applies the update; returns (gradient norm, learning rate).
+    fn optimizer_step(&mut self, policy: &Model) -> (f64, f64) {
+        let grad_norm = clip_grad_norm(policy.params(), self.cfg.grad_clip);
+        let lr = self
+            .cfg
+            .schedule
+            .lr(self.cfg.optimizer.lr(), self.optimizer.steps() + 1);
+        self.optimizer.step(policy.params(), lr);
+        (grad_norm, lr)
+    }
+
+    /// K samples per prompt from the policy in eval mode (no dropout; see sample.rs). A seed in
+    /// `cfg` restarts the generator; otherwise it continues from the trainer's.
+    pub fn sample(&mut self, prompts: &[&[i64]], k: usize, cfg: &SamplingConfig) -> Result<Batch> {
+        catch_torch(|| {
+            if let Some(seed) = cfg.seed {
+                self.sample_rng = seed;
+            }
+            let mut policy = self.policy.lock();
+            let rng = &mut self.sample_rng;
+            policy.in_eval_mode(|p| sample::sample(p, prompts, k, cfg, rng))
+        })
+    }
+
+    /// Sequence log-probs [N] of the batch under the current policy (eval mode, no grad).
+    pub fn sequence_logp(&self, batch: &Batch) -> Result<Vec<f64>> {
+        catch_torch(|| {
+            let mut policy = self.policy.lock();
+            let tok = policy.in_eval_mode(|p| self.tokens_no_grad(p, batch))?;
+            let seq = self.reduce(&tok, batch, policy.device());
+            Ok(Vec::<f64>::try_from(
+                seq.to_kind(Kind::Double).to_device(Device::Cpu),
+            )?)
+        })
+    }
+}
+
+/// The reference is another handle, on the policy's device.
+fn check_reference(policy: &SharedModel, reference: &SharedModel) -> Result<()> {
+    if Arc::ptr_eq(reference, policy) {
+        return Err(Error::invalid(
+            "the reference must be a different model handle from the policy",
+        ));
+    }
+    let (p, r) = (policy.lock(), reference.lock());
+    if p.device() != r.device() {
+        return Err(Error::invalid(format!(
+            "policy is on {:?}, reference on {:?}: load both on one device",
+            p.device(),
+            r.device()
+        )));
+    }
+    Ok(())
+}
+
+fn check_batch(plan: &LossPlan, batch: &Batch) -> Result<()> {
+    if batch.rewards.is_none() && batch.targets.is_none() {
+        return Err(Error::invalid("the batch has neither rewards nor targets: call adpo_batch_set_rewards or _set_targets"));
+    }
+    if plan.level == Level::Tokens && batch.rewards.is_none() {
+        return Err(Error::invalid(format!(
+            "loss {} needs rewards, not targets",
+            plan.name
+        )));
+    }
+    Ok(())
+}
