@@ -107,7 +107,8 @@ test-go: lib fixtures
 test-julia: lib fixtures
 	ADPO_LIB=$(LIB) ADPO_FIXTURES=$(FIXTURES) bindings/julia/run-tests
 
-# Issue 6 evidence: the contextual-bandit benchmark (docs/RESULTS.md). Quick mode in make test.
+# Issue 6 evidence: the contextual-bandit benchmark (studies/bandit, cargo example `bandit`;
+# docs/RESULTS.md). Quick mode in make test.
 test-bandit: setup
 	$(CARGO) run --release --example bandit -- --quick --out target/bandit-quick
 
@@ -115,7 +116,8 @@ bench-bandit: setup
 	$(CARGO) run --release --example bandit -- --out target/bandit
 	$(PY) scripts/plot_bandit.py target/bandit
 
-# Issue 6 evidence: SFT then online RL, listwise ADPO vs GRPO (docs/RESULTS.md). Quick mode in
+# Issue 6 evidence: SFT then online RL, listwise ADPO vs GRPO (studies/rl, cargo example `rl`, run
+# by scripts/bench-rl; docs/RESULTS.md). Quick mode in
 # make test (SFT ~50 s the first time, then ~30 s); the full study takes ~10 min on 2 cores.
 test-rl: setup
 	scripts/bench-rl --quick

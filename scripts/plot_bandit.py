@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""PNG plots of the contextual-bandit benchmark (examples/bandit).
+"""PNG plots of the contextual-bandit benchmark (studies/bandit).
 
     .venv/bin/python scripts/plot_bandit.py DIR
 

@@ -25,7 +25,7 @@ METHODS = ["adpo", "grpo"]
 LABELS = {"adpo": "ADPO listwise (on-policy anchor, adaptive τ)", "grpo": "GRPO (ε 0.2, β_KL 0)"}
 COLORS = {"adpo": "#d62728", "grpo": "#1f77b4"}
 WINDOW = 25
-# Two-sided 95 % Student t quantiles, df = 1..30 (as examples/bandit/stats.rs).
+# Two-sided 95 % Student t quantiles, df = 1..30 (as studies/bandit/stats.rs).
 T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
         2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
         2.052, 2.048, 2.045, 2.042]

@@ -29,8 +29,8 @@ mod report;
 mod stats;
 mod task;
 
+use adpo::model::SharedModel;
 use adpo::sample::SamplingConfig;
-use adpo::trainer::SharedModel;
 use adpo::{Model, Trainer};
 use parking_lot::Mutex;
 use std::collections::VecDeque;
