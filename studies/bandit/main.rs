@@ -1,6 +1,6 @@
-//! Contextual-bandit benchmark (issue 6 item 1; spec ADPO-MATH.md sections 11.1, 11.2, 11.6, 12).
+//! Contextual-bandit benchmark (issue 6 item 1; docs/MATH.md §11.1, §11.2, §11.6, §12).
 //!
-//! Rebuilds the paper's synthetic contextual bandit as in spec 12.3 and trains an MLP policy with
+//! Rebuilds the paper's synthetic contextual bandit as in docs/MATH.md §12.3 and trains an MLP policy with
 //! DPO (hard / soft) and ADPO (pairwise, listwise raw, listwise KDE) through the library's
 //! objective (`adpo::Objective`), each with a fixed anchor (the reference) and a dynamic (EMA)
 //! anchor. Metric: WinMass = mean over held-out clean contexts of pi(i* | x).

@@ -28,7 +28,7 @@ pub fn params_text(p: &Params) -> String {
         ("training", format!("{} steps, batches of {} contexts (epochs of a seeded permutation, the same batches for every method)", p.steps, p.batch)),
         ("tau", format!("{} for every method (DPO beta = 1/tau = {})", p.tau, 1.0 / p.tau)),
         ("beta_r", format!("{} (soft pair targets and listwise-raw targets)", p.beta_r)),
-        ("KDE target", "library defaults: Gaussian kernel, Silverman bandwidth per context, clip 1e-4, temperature 1 (spec 4.6)".into()),
+        ("KDE target", "library defaults: Gaussian kernel, Silverman bandwidth per context, clip 1e-4, temperature 1 (docs/MATH.md §4.6)".into()),
         ("anchors", format!("fixed = the reference; dynamic = EMA of the policy, alpha = {}, updated after every optimizer step, starting at the reference", p.ema_alpha)),
         ("metric", format!("WinMass = mean over {} held-out contexts of pi(i* given x), after the last step", p.n_test)),
         ("seeds", format!("{}; the seed fixes W, e_k, the data, the noise, the initial weights, the reference and the batch order; 95 % CI = t(0.975, n-1) * sd / sqrt(n)", p.seeds)),
@@ -450,7 +450,7 @@ fn markdown(p: &Params, recs: &[Record], secs: f64) -> String {
     s
 }
 
-/// The paper's claims (spec 11.1, 11.2, 11.6) next to this run's numbers.
+/// The paper's claims (docs/MATH.md §11.1, §11.2, §11.6) next to this run's numbers.
 pub fn claims(p: &Params, recs: &[Record]) -> String {
     let h = p.main_width;
     let noisy: Vec<&Scenario> = p
@@ -464,7 +464,7 @@ pub fn claims(p: &Params, recs: &[Record]) -> String {
         "## Numbers for the paper's claims (h = {h}, {} noisy scenarios)\n",
         noisy.len()
     );
-    let _ = writeln!(s, "| claim (spec section) | this run |");
+    let _ = writeln!(s, "| claim (docs/MATH.md section) | this run |");
     let _ = writeln!(s, "|---|---|");
     let range = |f: &dyn Fn(&str) -> f64| -> (f64, f64) {
         let v: Vec<f64> = noisy.iter().map(|x| f(&x.name())).collect();

@@ -1,4 +1,4 @@
-//! The synthetic contextual bandit of spec 12.3: contexts, item utilities, noise models.
+//! The synthetic contextual bandit of docs/MATH.md §12.3: contexts, item utilities, noise models.
 //! All randomness comes from SplitMix64 streams keyed by (seed, purpose), so results do not
 //! depend on thread scheduling or on libtorch's global generator.
 

@@ -1,5 +1,5 @@
-//! Reasoning-style online RL, listwise ADPO against GRPO (issue 6 item 2; spec ADPO-MATH.md
-//! sections 6, 8, 11.7).
+//! Reasoning-style online RL, listwise ADPO against GRPO (issue 6 item 2; docs/MATH.md
+//! §6, §8, §11.7).
 //!
 //! A tiny causal transformer, first trained by SFT on 3-digit addition to a low accuracy
 //! (scripts/rl_sft.py writes DIR/policy.pt and DIR/task.json), is trained online with the
@@ -82,7 +82,7 @@ impl Method {
             Method::Grpo => "GRPO",
         }
     }
-    /// The method's own keys of the trainer config (spec section 0 / 9 / 11.7).
+    /// The method's own keys of the trainer config (docs/MATH.md §0, §9, §11.7).
     pub fn objective_json(self) -> &'static str {
         match self {
             Method::Adpo => {

@@ -351,7 +351,7 @@ pub fn checks(p: &Params, task: &Task, runs: &[Run], repeats: &[Run]) -> Vec<Str
                         .fold(0.0, f64::max);
                     check(
                         max_s < 1e-3,
-                        format!("{name}: on-policy anchor, one update per batch: mean |s| stays ~0 (max {max_s:.2e}; spec 3.6)"),
+                        format!("{name}: on-policy anchor, one update per batch: mean |s| stays ~0 (max {max_s:.2e}; docs/MATH.md §3.6)"),
                     );
                 }
             }
