@@ -73,11 +73,13 @@ test-rust: setup fixtures
 	ADPO_FIXTURES=$(FIXTURES) $(CARGO) test --release
 
 # The committed header must be what cbindgen generates (the Rust test `header` checks drift);
-# here: it compiles alone as C11 and C++17, and declares exactly the library's exports.
+# here: it compiles alone as C11 and C++17, declares exactly the library's exports, and the
+# Python and Go mirrors of its metrics structs match it field for field.
 test-header: lib
 	$(CC) -std=c11 -Wall -Wextra -Werror -pedantic -fsyntax-only -Iinclude -x c include/adpo.h
 	$(CXX) -std=c++17 -Wall -Wextra -Werror -pedantic -fsyntax-only -Iinclude -x c++ include/adpo.h
 	$(PY) tests/check_exports.py $(LIB) include/adpo.h
+	$(PY) tests/check_metrics_mirrors.py include/adpo.h
 
 test-c: $(C_TESTS) $(C_EXAMPLES) fixtures
 	@set -e; for t in $(C_TESTS); do echo "== $$t"; env -u LD_LIBRARY_PATH $$t; done
