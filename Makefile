@@ -7,10 +7,9 @@ SHELL := bash
 VENV ?= $(CURDIR)/.venv
 export VIRTUAL_ENV := $(VENV)
 export PATH := $(VENV)/bin:$(HOME)/.cargo/bin:$(PATH)
-# libtorch: the PyPI torch==2.11.0 of the venv, unless the user points LIBTORCH at their own.
-ifeq ($(LIBTORCH),)
-export LIBTORCH_USE_PYTORCH := 1
-endif
+# libtorch: the PyPI torch==2.11.0 of the venv (scripts/setup links it at .venv/libtorch, and
+# .cargo/config.toml points cargo there), unless the user points LIBTORCH at their own.
+TORCH_LIB := $(if $(LIBTORCH),$(LIBTORCH),$(CURDIR)/.venv/libtorch)/lib
 PY := $(VENV)/bin/python
 CARGO ?= cargo
 PREFIX ?= /usr/local
@@ -95,11 +94,11 @@ test-python: lib
 	ADPO_LIB=$(LIB) $(PY) -m pytest -q tests/python
 
 test-install: lib
-	ADPO_LIBTORCH_LIB="$$($(PY) -c 'import torch,os;print(os.path.join(os.path.dirname(torch.__file__),"lib"))')" tests/install/run
+	ADPO_LIBTORCH_LIB=$(TORCH_LIB) tests/install/run
 
 # C++: the RAII header with GoogleTest, built with CMake against an installed copy.
 test-cpp: lib fixtures
-	ADPO_LIBTORCH_LIB="$$($(PY) -c 'import torch,os;print(os.path.join(os.path.dirname(torch.__file__),"lib"))')" tests/cpp/run
+	ADPO_LIBTORCH_LIB=$(TORCH_LIB) tests/cpp/run
 
 test-go: lib fixtures
 	ADPO_FIXTURES=$(FIXTURES) bindings/go/run-tests
@@ -140,7 +139,7 @@ header: setup
 	ADPO_WRITE_HEADER=1 $(CARGO) test --release --test header
 
 install: lib
-	ADPO_LIBTORCH_LIB="$$($(PY) -c 'import torch,os;print(os.path.join(os.path.dirname(torch.__file__),"lib"))')" scripts/install "$(PREFIX)"
+	ADPO_LIBTORCH_LIB=$(TORCH_LIB) scripts/install "$(PREFIX)"
 
 bench: setup
 	$(CARGO) bench --bench objective

@@ -9,6 +9,7 @@ pub mod batch;
 pub mod checkpoint;
 pub mod config;
 pub mod distributed;
+pub mod dlpack;
 pub mod error;
 pub mod ffi;
 pub mod logprob;

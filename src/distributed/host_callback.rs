@@ -3,7 +3,7 @@
 
 use super::Communicator;
 use crate::error::{Error, Result, Status};
-use crate::ffi::dlpack::{dl_device, dl_dtype, DLDataType, DLDevice};
+use crate::dlpack::{dl_device, dl_dtype, DLDataType, DLDevice};
 use std::ffi::c_void;
 use tch::{Device, Tensor};
 

@@ -1,7 +1,7 @@
 //! C ABI of data-parallel training (src/distributed): which communicator a trainer uses.
 
 use super::boundary::{call, call_on, infallible, with_handle, write_out};
-use super::dlpack::{DLDataType, DLDevice};
+use crate::dlpack::{DLDataType, DLDevice};
 use super::error::adpo_error;
 use super::trainer::adpo_trainer;
 use crate::distributed::host_callback::HostCallback;
