@@ -1,6 +1,8 @@
-//! Every function exported to C runs its body inside the panic boundary (src/ffi/boundary.rs):
-//! the first statement of each `extern "C" fn` in src/ffi is a call to `call`, `call_on` or
-//! `infallible`. A new export without it fails here.
+//! Every function C can call runs its body inside the panic boundary (src/ffi/boundary.rs):
+//! the first statement of each `extern "C" fn` in src/ is a call to `call`, `call_on`,
+//! `infallible`, `free` (ffi/handle.rs, which runs inside `infallible`) or `catch_unwind`.
+//! A new export without it fails here. And ffi is the outer layer: nothing outside src/ffi
+//! imports from it.
 
 use std::path::Path;
 
@@ -27,6 +29,8 @@ fn exports_without_boundary(source: &str) -> (usize, Vec<String>) {
             "call_on(",
             "infallible(",
             "super::boundary::infallible(",
+            "free(",
+            "let _ = std::panic::catch_unwind(",
         ]
         .iter()
         .any(|p| body.starts_with(p));
@@ -38,18 +42,32 @@ fn exports_without_boundary(source: &str) -> (usize, Vec<String>) {
     (count, missing)
 }
 
+/// Every .rs file under `dir`, recursively.
+fn rust_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(rust_files(&path));
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+    out
+}
+
+fn src() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
+}
+
 #[test]
 fn every_export_is_inside_the_panic_boundary() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/ffi");
     let mut total = 0;
     let mut missing = Vec::new();
-    for entry in std::fs::read_dir(&dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().is_some_and(|e| e == "rs") {
-            let (n, m) = exports_without_boundary(&std::fs::read_to_string(&path).unwrap());
-            total += n;
-            missing.extend(m.into_iter().map(|f| format!("{}: {f}", path.display())));
-        }
+    for path in rust_files(&src()) {
+        let (n, m) = exports_without_boundary(&std::fs::read_to_string(&path).unwrap());
+        total += n;
+        missing.extend(m.into_iter().map(|f| format!("{}: {f}", path.display())));
     }
     assert!(
         total >= 10,
@@ -79,4 +97,41 @@ fn a_panic_becomes_a_status_not_an_unwind() {
     let msg = unsafe { std::ffi::CStr::from_ptr(adpo::ffi::error::adpo_error_message(err)) };
     assert!(msg.to_str().unwrap().contains("adpo_test_panic was called"));
     adpo::ffi::error::adpo_error_free(err);
+}
+
+/// Names of files outside src/ffi that refer to the ffi module.
+fn files_naming_ffi(root: &Path) -> Vec<String> {
+    let ffi = root.join("ffi");
+    rust_files(root)
+        .into_iter()
+        .filter(|p| !p.starts_with(&ffi))
+        .filter(|p| {
+            let text = std::fs::read_to_string(p).unwrap();
+            text.contains("crate::ffi") || text.contains("adpo::ffi")
+        })
+        .map(|p| p.display().to_string())
+        .collect()
+}
+
+#[test]
+fn nothing_outside_ffi_imports_from_it() {
+    let offenders = files_naming_ffi(&src());
+    assert!(
+        offenders.is_empty(),
+        "ffi is the outer layer, but these files outside src/ffi name it: {offenders:?}"
+    );
+}
+
+#[test]
+fn the_ffi_import_check_catches_an_import() {
+    let dir = std::env::temp_dir().join(format!("adpo-ffi-check-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("ffi")).unwrap();
+    std::fs::write(dir.join("ffi/mod.rs"), "use crate::ffi::x;").unwrap();
+    std::fs::write(dir.join("core.rs"), "use crate::model::Model;").unwrap();
+    assert!(files_naming_ffi(&dir).is_empty());
+    std::fs::write(dir.join("bad.rs"), "use crate::ffi::dlpack::DLDevice;").unwrap();
+    let found = files_naming_ffi(&dir);
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(found.len(), 1);
+    assert!(found[0].ends_with("bad.rs"));
 }

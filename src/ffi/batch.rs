@@ -1,32 +1,21 @@
 //! C ABI of training batches (src/batch.rs).
 
-use super::boundary::{call, call_on, infallible, require_out, write_out, Handle};
+use super::args::{require_out, slice, write_out};
+use super::boundary::{call, call_on};
 use super::error::adpo_error;
-use super::objective::slice;
+use super::handle::{free, handle, Guarded, Handle};
 use crate::batch::Batch;
 use crate::error::{Error, Result, Status};
 use parking_lot::Mutex;
-use std::sync::atomic::AtomicBool;
 use tch::Tensor;
 
 /// A validated batch of n candidates x t token positions.
-pub struct adpo_batch {
-    pub(crate) inner: Mutex<Batch>,
-    poisoned: AtomicBool,
-}
-
-impl Handle for adpo_batch {
-    fn poison_flag(&self) -> &AtomicBool {
-        &self.poisoned
-    }
-}
+pub struct adpo_batch(Guarded<Mutex<Batch>>);
+handle!(adpo_batch, Mutex<Batch>);
 
 impl adpo_batch {
     pub(crate) fn boxed(batch: Batch) -> *mut adpo_batch {
-        Box::into_raw(Box::new(adpo_batch {
-            inner: Mutex::new(batch),
-            poisoned: AtomicBool::new(false),
-        }))
+        adpo_batch::into_raw(Mutex::new(batch))
     }
 }
 
@@ -213,10 +202,5 @@ pub extern "C" fn adpo_batch_get_group_ids(
 /// Frees a batch. NULL is a no-op.
 #[no_mangle]
 pub extern "C" fn adpo_batch_free(batch: *mut adpo_batch) {
-    infallible((), || {
-        if !batch.is_null() {
-            // SAFETY: batch came from adpo and is freed once (caller contract).
-            drop(unsafe { Box::from_raw(batch) });
-        }
-    })
+    free(batch)
 }

@@ -4,7 +4,8 @@
 use super::error::{adpo_error, report};
 use crate::error::{Error, Result, Status};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering};
+use super::handle::Handle;
+use std::sync::atomic::Ordering;
 
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {
@@ -36,11 +37,6 @@ pub fn call(err: *mut *mut adpo_error, body: impl FnOnce() -> Result<()>) -> Sta
             Status::Panic
         }
     }
-}
-
-/// A handle that a panic poisons.
-pub trait Handle {
-    fn poison_flag(&self) -> &AtomicBool;
 }
 
 /// Runs a body on a handle: NULL and poisoned handles are errors, a panic poisons it.
@@ -81,23 +77,4 @@ pub fn with_handle<H: Handle>(
 /// For functions that cannot fail: a panic yields `fallback`.
 pub fn infallible<T>(fallback: T, body: impl FnOnce() -> T) -> T {
     catch_unwind(AssertUnwindSafe(body)).unwrap_or(fallback)
-}
-
-/// Writes `value` through an output pointer that must not be NULL.
-pub fn write_out<T>(ptr: *mut T, name: &str, value: T) -> Result<()> {
-    if ptr.is_null() {
-        return Err(Error::null(name));
-    }
-    // SAFETY: non-NULL and writable (caller contract).
-    unsafe { ptr.write(value) };
-    Ok(())
-}
-
-/// Checks an output pointer before any work is done, so outputs are written only on success.
-pub fn require_out<T>(ptr: *mut T, name: &str) -> Result<()> {
-    if ptr.is_null() {
-        Err(Error::null(name))
-    } else {
-        Ok(())
-    }
 }

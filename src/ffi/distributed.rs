@@ -1,6 +1,7 @@
 //! C ABI of data-parallel training (src/distributed): which communicator a trainer uses.
 
-use super::boundary::{call, call_on, infallible, with_handle, write_out};
+use super::args::write_out;
+use super::boundary::{call, call_on, infallible, with_handle};
 use crate::dlpack::{DLDataType, DLDevice};
 use super::error::adpo_error;
 use super::trainer::adpo_trainer;

@@ -6,7 +6,8 @@
 //! once before returning, on success and on every error. The returned tensor belongs to the
 //! caller, who releases it by calling its deleter.
 
-use super::boundary::{call, require_out, with_handle, write_out};
+use super::args::{require_out, write_out};
+use super::boundary::{call, with_handle};
 use super::error::adpo_error;
 use super::objective::adpo_objective;
 use crate::dlpack::{export, DLManagedTensorVersioned, Owned};

@@ -5,11 +5,13 @@
 // C callers hand raw pointers by design; each function's contract is documented in the header.
 #![allow(clippy::not_unsafe_ptr_arg_deref)]
 
+pub mod args;
 pub mod batch;
 pub mod boundary;
 pub mod distributed;
 pub mod dlpack;
 pub mod error;
+pub mod handle;
 pub mod model;
 pub mod objective;
 pub mod trainer;

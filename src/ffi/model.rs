@@ -1,28 +1,20 @@
 //! C ABI of TorchScript causal LMs (src/model.rs).
 
-use super::boundary::{call, call_on, infallible, require_out, write_out, Handle};
+use super::args::{c_str, require_out, write_out};
+use super::boundary::{call, call_on};
 use super::error::adpo_error;
-use super::objective::c_str;
+use super::handle::{free, handle, Guarded, Handle};
 use crate::error::{catch_torch, Error, Status};
 use crate::model::{parse_device, Model, SharedModel};
 use parking_lot::Mutex;
 use std::ffi::c_char;
 use std::path::Path;
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 /// A TorchScript causal LM. A trainer keeps its own reference to the models it was created
 /// with: freeing the handle after adpo_trainer_new is fine.
-pub struct adpo_model {
-    pub(crate) inner: SharedModel,
-    poisoned: AtomicBool,
-}
-
-impl Handle for adpo_model {
-    fn poison_flag(&self) -> &AtomicBool {
-        &self.poisoned
-    }
-}
+pub struct adpo_model(Guarded<SharedModel>);
+handle!(adpo_model, SharedModel);
 
 /// Loads a TorchScript causal LM (`torch.jit.script(model).save(path)`) whose forward is
 /// `forward(input_ids int64 [B, T], attention_mask int64 [B, T]) -> logits [B, T, V]` or
@@ -45,11 +37,7 @@ pub extern "C" fn adpo_model_load(
             parse_device(c_str(device, "device")?)?
         };
         let model = Model::load(Path::new(path), device)?;
-        let handle = adpo_model {
-            inner: Arc::new(Mutex::new(model)),
-            poisoned: AtomicBool::new(false),
-        };
-        write_out(out, "out", Box::into_raw(Box::new(handle)))
+        write_out(out, "out", adpo_model::into_raw(Arc::new(Mutex::new(model))))
     })
 }
 
@@ -110,10 +98,5 @@ pub extern "C" fn adpo_model_get_params(
 /// Frees a model handle. NULL is a no-op.
 #[no_mangle]
 pub extern "C" fn adpo_model_free(model: *mut adpo_model) {
-    infallible((), || {
-        if !model.is_null() {
-            // SAFETY: model came from adpo_model_load and is freed once (caller contract).
-            drop(unsafe { Box::from_raw(model) });
-        }
-    })
+    free(model)
 }

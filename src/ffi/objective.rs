@@ -1,25 +1,17 @@
 //! C ABI of the model-free objective (src/objective): host buffers in, host buffers out.
 
-use super::boundary::{call, call_on, infallible, require_out, write_out, Handle};
+use super::args::{c_str, owned_c_string, require_out, slice, write_out, write_versioned};
+use super::boundary::{call, call_on};
 use super::error::adpo_error;
-use super::version::owned_c_string;
+use super::handle::{free, handle, Guarded, Handle};
 use crate::error::{Error, Result, Status};
 use crate::objective::{EvalOutput, HostInputs, HostSignal, Metrics, Objective, TokenInputs};
-use std::ffi::{c_char, CStr};
-use std::sync::atomic::AtomicBool;
+use std::ffi::c_char;
 use tch::{Device, Kind, Tensor};
 
 /// A configured ADPO objective. Thread-safe: calls on one handle are serialised.
-pub struct adpo_objective {
-    pub(crate) inner: Objective,
-    poisoned: AtomicBool,
-}
-
-impl Handle for adpo_objective {
-    fn poison_flag(&self) -> &AtomicBool {
-        &self.poisoned
-    }
-}
+pub struct adpo_objective(Guarded<Objective>);
+handle!(adpo_objective, Objective);
 
 /// Metrics of the last evaluation. Set struct_size = sizeof(adpo_objective_metrics) before the
 /// call; adpo writes at most that many bytes and sets struct_size to what it wrote (new fields
@@ -51,29 +43,7 @@ pub struct adpo_objective_metrics {
     pub groups: u64,
 }
 
-/// Reads a NUL-terminated UTF-8 string argument.
-pub(crate) fn c_str<'a>(ptr: *const c_char, name: &str) -> Result<&'a str> {
-    if ptr.is_null() {
-        return Err(Error::null(name));
-    }
-    // SAFETY: non-NULL, NUL-terminated (caller contract).
-    unsafe { CStr::from_ptr(ptr) }
-        .to_str()
-        .map_err(|_| Error::invalid(format!("{name} is not valid UTF-8")))
-}
 
-/// A host slice argument of `len` elements. NULL is an error unless len is 0 (an empty array
-/// may have no address, as an empty Go slice), so the real problem gets reported.
-pub(crate) fn slice<'a, T>(ptr: *const T, len: usize, name: &str) -> Result<&'a [T]> {
-    if len == 0 {
-        return Ok(&[]);
-    }
-    if ptr.is_null() {
-        return Err(Error::null(name));
-    }
-    // SAFETY: non-NULL and valid for len reads (caller contract).
-    Ok(unsafe { std::slice::from_raw_parts(ptr, len) })
-}
 
 /// A zero-copy CPU float64 tensor over a host buffer; it must not outlive the call.
 fn host_tensor(ptr: *const f64, shape: &[i64], name: &str) -> Result<Tensor> {
@@ -122,23 +92,14 @@ pub extern "C" fn adpo_objective_new(
             c_str(config_json, "config_json")?
         };
         let inner = Objective::from_json(json)?;
-        let handle = Box::new(adpo_objective {
-            inner,
-            poisoned: AtomicBool::new(false),
-        });
-        write_out(out, "out", Box::into_raw(handle))
+        write_out(out, "out", adpo_objective::into_raw(inner))
     })
 }
 
 /// Frees an objective. NULL is a no-op.
 #[no_mangle]
 pub extern "C" fn adpo_objective_free(obj: *mut adpo_objective) {
-    infallible((), || {
-        if !obj.is_null() {
-            // SAFETY: obj came from adpo_objective_new and is freed once (caller contract).
-            drop(unsafe { Box::from_raw(obj) });
-        }
-    })
+    free(obj)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -364,33 +325,7 @@ pub extern "C" fn adpo_objective_get_metrics(
     })
 }
 
-/// Checks, before any work, that a caller's versioned struct (starting with `uint32_t
-/// struct_size`) announces a usable size.
-pub(crate) fn check_versioned<T>(out: *mut T) -> Result<()> {
-    // SAFETY: out is non-NULL (checked by the caller) and starts with a u32 struct_size.
-    let caller_size = unsafe { *(out as *const u32) } as usize;
-    if caller_size < std::mem::size_of::<u32>() {
-        return Err(Error::invalid(
-            "out->struct_size must be set to sizeof(the struct) before the call",
-        ));
-    }
-    Ok(())
-}
 
-/// Copies a struct that starts with `uint32_t struct_size` into a caller's possibly older
-/// (smaller) version of it, and sets struct_size to the bytes written.
-pub(crate) fn write_versioned<T: Copy>(out: *mut T, full: &T) -> Result<()> {
-    check_versioned(out)?;
-    // SAFETY: out is non-NULL and starts with a u32 struct_size (checked above).
-    let caller_size = unsafe { *(out as *const u32) } as usize;
-    let n = caller_size.min(std::mem::size_of::<T>());
-    // SAFETY: both regions are valid for n bytes; the caller promised caller_size bytes.
-    unsafe {
-        std::ptr::copy_nonoverlapping(full as *const T as *const u8, out as *mut u8, n);
-        *(out as *mut u32) = n as u32;
-    }
-    Ok(())
-}
 
 /// Metrics of the last successful evaluation as a JSON object (NaN as null). Free the string
 /// with adpo_string_free(). Before any evaluation: ADPO_STATUS_INVALID_ARGUMENT.

@@ -1,30 +1,21 @@
 //! C ABI of the trainer (src/trainer.rs, src/sample.rs, src/checkpoint.rs).
 
+use super::args::{c_str, check_versioned, owned_c_string, require_out, slice, write_out, write_versioned};
 use super::batch::adpo_batch;
-use super::boundary::{call_on, infallible, require_out, write_out, Handle};
+use super::boundary::call_on;
 use super::error::adpo_error;
+use super::handle::{free, handle, Guarded, Handle};
 use super::model::adpo_model;
-use super::objective::{c_str, check_versioned, slice, write_versioned};
-use super::version::owned_c_string;
 use crate::error::{Error, Result, Status};
 use crate::sample::SamplingConfig;
 use crate::trainer::{StepMetrics, Trainer};
 use parking_lot::Mutex;
 use std::ffi::c_char;
 use std::path::Path;
-use std::sync::atomic::AtomicBool;
 
 /// Applies ADPO steps to a policy model.
-pub struct adpo_trainer {
-    pub(crate) inner: Mutex<Trainer>,
-    poisoned: AtomicBool,
-}
-
-impl Handle for adpo_trainer {
-    fn poison_flag(&self) -> &AtomicBool {
-        &self.poisoned
-    }
-}
+pub struct adpo_trainer(Guarded<Mutex<Trainer>>);
+handle!(adpo_trainer, Mutex<Trainer>);
 
 /// Metrics of a step. Set struct_size = sizeof(adpo_trainer_metrics) before the call; adpo
 /// writes at most that many bytes and sets struct_size to what it wrote (fields are only ever
@@ -117,11 +108,7 @@ pub extern "C" fn adpo_trainer_new(
             c_str(config_json, "config_json")?
         };
         let trainer = Trainer::new(p.inner.clone(), reference, json)?;
-        let handle = adpo_trainer {
-            inner: Mutex::new(trainer),
-            poisoned: AtomicBool::new(false),
-        };
-        write_out(out, "out", Box::into_raw(Box::new(handle)))
+        write_out(out, "out", adpo_trainer::into_raw(Mutex::new(trainer)))
     })
 }
 
@@ -287,10 +274,5 @@ pub extern "C" fn adpo_trainer_load(
 /// Frees a trainer (the models it used stay valid while their handles live). NULL is a no-op.
 #[no_mangle]
 pub extern "C" fn adpo_trainer_free(trainer: *mut adpo_trainer) {
-    infallible((), || {
-        if !trainer.is_null() {
-            // SAFETY: trainer came from adpo_trainer_new and is freed once (caller contract).
-            drop(unsafe { Box::from_raw(trainer) });
-        }
-    })
+    free(trainer)
 }

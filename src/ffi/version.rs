@@ -57,9 +57,3 @@ pub extern "C" fn adpo_test_panic(err: *mut *mut adpo_error) -> Status {
     })
 }
 
-/// Hands a Rust string to C as an owned, NUL-terminated string (freed with adpo_string_free).
-pub(crate) fn owned_c_string(s: String) -> *mut c_char {
-    CString::new(s.replace('\0', " "))
-        .unwrap_or_default()
-        .into_raw()
-}
