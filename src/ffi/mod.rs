@@ -5,14 +5,18 @@
 // C callers hand raw pointers by design; each function's contract is documented in the header.
 #![allow(clippy::not_unsafe_ptr_arg_deref)]
 
-pub mod args;
-pub mod batch;
-pub mod boundary;
-pub mod distributed;
-pub mod dlpack;
+// Declared in the order a user reads the header (cbindgen emits functions in this order).
 pub mod error;
-pub mod handle;
-pub mod model;
-pub mod objective;
-pub mod trainer;
 pub mod version;
+pub mod objective;
+pub mod dlpack;
+pub mod model;
+pub mod batch;
+pub mod trainer;
+pub mod sample;
+pub mod checkpoint;
+pub mod distributed;
+// Helpers without exports.
+pub mod args;
+pub mod boundary;
+pub mod handle;

@@ -1,17 +1,15 @@
 //! C ABI of the trainer (src/trainer.rs, src/sample.rs, src/checkpoint.rs).
 
-use super::args::{c_str, check_versioned, owned_c_string, require_out, slice, write_out, write_versioned};
+use super::args::{c_str, check_versioned, owned_c_string, require_out, write_out, write_versioned};
 use super::batch::adpo_batch;
 use super::boundary::call_on;
 use super::error::adpo_error;
 use super::handle::{free, handle, Guarded, Handle};
 use super::model::adpo_model;
 use crate::error::{Error, Result, Status};
-use crate::sample::SamplingConfig;
 use crate::trainer::{StepMetrics, Trainer};
 use parking_lot::Mutex;
 use std::ffi::c_char;
-use std::path::Path;
 
 /// Applies ADPO steps to a policy model.
 pub struct adpo_trainer(Guarded<Mutex<Trainer>>);
@@ -112,7 +110,7 @@ pub extern "C" fn adpo_trainer_new(
     })
 }
 
-fn with_batch<T>(
+pub(crate) fn with_batch<T>(
     batch: *const adpo_batch,
     body: impl FnOnce(&crate::batch::Batch) -> Result<T>,
 ) -> Result<T> {
@@ -168,52 +166,6 @@ pub extern "C" fn adpo_trainer_metrics_json(
     })
 }
 
-/// Samples k candidates for each of n_prompts prompts from the policy, in eval mode (no
-/// dropout; the training forward runs in train mode). `prompt_tokens` holds
-/// the prompts back to back; `prompt_lengths[i]` is the length of prompt i. `sampling_json`
-/// (NULL = defaults): temperature 1, top_k 0 (off), top_p 1, max_new_tokens 16, eos_id null,
-/// pad_id 0, seed null (continue the trainer's generator). `*out_batch` receives a new batch
-/// (n_prompts * k rows, group id = prompt index, loss mask on the generated tokens up to and
-/// including EOS, per-token old_logp set); set its rewards and pass it to adpo_trainer_step.
-#[no_mangle]
-pub extern "C" fn adpo_trainer_sample(
-    trainer: *mut adpo_trainer,
-    prompt_tokens: *const i64,
-    prompt_lengths: *const usize,
-    n_prompts: usize,
-    k: usize,
-    sampling_json: *const c_char,
-    out_batch: *mut *mut adpo_batch,
-    err: *mut *mut adpo_error,
-) -> Status {
-    call_on(err, trainer as *const adpo_trainer, "trainer", |t| {
-        require_out(out_batch, "out_batch")?;
-        if n_prompts == 0 {
-            return Err(Error::invalid("n_prompts must be > 0"));
-        }
-        let lengths = slice(prompt_lengths, n_prompts, "prompt_lengths")?;
-        let total = lengths
-            .iter()
-            .try_fold(0usize, |a, &l| a.checked_add(l))
-            .ok_or_else(|| Error::invalid("prompt lengths overflow"))?;
-        let tokens = slice(prompt_tokens, total, "prompt_tokens")?;
-        let mut prompts = Vec::with_capacity(n_prompts);
-        let mut start = 0;
-        for &l in lengths {
-            prompts.push(&tokens[start..start + l]);
-            start += l;
-        }
-        let json = if sampling_json.is_null() {
-            ""
-        } else {
-            c_str(sampling_json, "sampling_json")?
-        };
-        let cfg = SamplingConfig::from_json(json)?;
-        let batch = t.inner.lock().sample(&prompts, k, &cfg)?;
-        write_out(out_batch, "out_batch", adpo_batch::boxed(batch))
-    })
-}
-
 /// Sequence log-probs (seq_logp reduction) of the batch's n rows under the current policy, in
 /// eval mode (no dropout).
 #[no_mangle]
@@ -236,38 +188,6 @@ pub extern "C" fn adpo_trainer_sequence_logp(
         // SAFETY: non-NULL and valid for len writes (caller contract).
         unsafe { std::slice::from_raw_parts_mut(out, len) }.copy_from_slice(&values);
         Ok(())
-    })
-}
-
-/// Writes a checkpoint: `path` (policy weights, safetensors, keys = the module's parameter
-/// names) and `path` with extension .trainer.safetensors (optimizer, step, anchor state). Each
-/// file is written to a temporary name and renamed. In data-parallel training every rank calls
-/// it, only rank 0 writes, and every rank returns rank 0's outcome.
-#[no_mangle]
-pub extern "C" fn adpo_trainer_save(
-    trainer: *const adpo_trainer,
-    path: *const c_char,
-    err: *mut *mut adpo_error,
-) -> Status {
-    call_on(err, trainer, "trainer", |t| {
-        let path = c_str(path, "path")?;
-        t.inner.lock().save(Path::new(path))
-    })
-}
-
-/// Restores a checkpoint written by adpo_trainer_save. A missing, corrupt, truncated or
-/// mismatched checkpoint is an ADPO_STATUS_CHECKPOINT error and leaves the trainer as it was.
-/// In data-parallel training every rank calls it: rank 0 reads the file and sends the state to
-/// the others (which need not see the file), and every rank returns the same outcome.
-#[no_mangle]
-pub extern "C" fn adpo_trainer_load(
-    trainer: *mut adpo_trainer,
-    path: *const c_char,
-    err: *mut *mut adpo_error,
-) -> Status {
-    call_on(err, trainer as *const adpo_trainer, "trainer", |t| {
-        let path = c_str(path, "path")?;
-        t.inner.lock().load(Path::new(path))
     })
 }
 

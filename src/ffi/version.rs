@@ -48,8 +48,9 @@ pub extern "C" fn adpo_string_free(s: *mut c_char) {
     })
 }
 
-/// Deliberately panics inside the boundary: returns ADPO_STATUS_PANIC and never unwinds into
-/// the caller. For testing a binding's error handling.
+/// Test hook, not for applications: deliberately panics inside the boundary, returns
+/// ADPO_STATUS_PANIC and never unwinds into the caller. The bindings' tests use it to check
+/// their handling of ADPO_STATUS_PANIC.
 #[no_mangle]
 pub extern "C" fn adpo_test_panic(err: *mut *mut adpo_error) -> Status {
     call(err, || -> Result<(), Error> {
