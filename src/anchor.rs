@@ -1,4 +1,4 @@
-//! Anchor strategies (spec 0 and 5): which policy defines the origin of the anchored scores,
+//! Anchor strategies (docs/MATH.md §0, §5): which policy defines the origin of the anchored scores,
 //! and how it moves.
 
 use crate::error::Result;

@@ -1,5 +1,5 @@
 //! Configuration of the objective, parsed from JSON (unknown keys are an error) and validated
-//! once. Defaults are those of spec/ADPO-MATH.md section 0.
+//! once. Defaults are those of docs/MATH.md §0.
 
 use crate::error::{Error, Result};
 use serde::Deserialize;
@@ -7,17 +7,17 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LossKind {
-    /// Listwise anchored cross-entropy (spec 3.1).
+    /// Listwise anchored cross-entropy (docs/MATH.md §3.1).
     Listwise,
-    /// Pairwise anchored soft-DPO (spec 4.2): groups of exactly 2.
+    /// Pairwise anchored soft-DPO (docs/MATH.md §4.2): groups of exactly 2.
     Pairwise,
-    /// Plackett-Luce over the reward ranking (spec 4.4): per-group loss = sum of its stages.
+    /// Plackett-Luce over the reward ranking (docs/MATH.md §4.4): per-group loss = sum of its stages.
     PlackettLuce,
-    /// Top-1-vs-rest (spec 4.5): listwise CE with a one-hot target on the best candidate.
+    /// Top-1-vs-rest (docs/MATH.md §4.5): listwise CE with a one-hot target on the best candidate.
     Top1,
-    /// DPO baseline (spec 4.3): -log sigma(beta * Delta), beta = 1/tau, hard labels, pairs.
+    /// DPO baseline (docs/MATH.md §4.3): -log sigma(beta * Delta), beta = 1/tau, hard labels, pairs.
     Dpo,
-    /// GRPO baseline (spec 8): token-level, through the token entry point only.
+    /// GRPO baseline (docs/MATH.md §8): token-level, through the token entry point only.
     Grpo,
 }
 
@@ -37,7 +37,7 @@ pub enum RewardTransform {
 pub enum TargetKind {
     /// q = softmax(t(r) / beta_reward).
     Softmax,
-    /// KDE-CDF-logit target (spec 4.6), robust to heavy-tailed rewards.
+    /// KDE-CDF-logit target (docs/MATH.md §4.6), robust to heavy-tailed rewards.
     Kde,
     /// One-hot on the best reward; ties share the mass.
     Top1,
@@ -73,7 +73,7 @@ pub enum RatioLevel {
     Sequence,
 }
 
-/// Adaptive temperature (spec 6). tau is never back-propagated.
+/// Adaptive temperature (docs/MATH.md §6). tau is never back-propagated.
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
 #[serde(tag = "rule", rename_all = "snake_case", deny_unknown_fields)]
 pub enum AdaptiveTau {
@@ -131,7 +131,7 @@ pub struct ObjectiveConfig {
     pub clip_log_ratio: Option<f64>,
     /// Clamp of the anchored score s (clamped rows get zero gradient). Off if None.
     pub clip_score: Option<f64>,
-    /// Weight of the k3 anchor penalty exp(la - l) - (la - l) - 1 (spec 5), mean over rows.
+    /// Weight of the k3 anchor penalty exp(la - l) - (la - l) - 1 (docs/MATH.md §5), mean over rows.
     pub beta_anchor_kl: f64,
     /// Plackett-Luce: keep only the first pl_top_k stages; None = all K-1.
     pub pl_top_k: Option<u32>,

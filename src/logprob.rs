@@ -10,7 +10,7 @@ use crate::model::Model;
 use serde::Deserialize;
 use tch::{Kind, Tensor};
 
-/// How token log-probs become one sequence score (spec section 0).
+/// How token log-probs become one sequence score (docs/MATH.md §0).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SeqReduce {

@@ -1,4 +1,4 @@
-//! The model-free objective through the Rust API: spec/ADPO-MATH.md section 10 vectors, closed-form
+//! The model-free objective through the Rust API: docs/MATH.md §10 vectors, closed-form
 //! gradients against finite differences, invariances, edge cases, and every available device.
 
 use adpo::{EvalInputs, Groups, Objective, Signal, TokenInputs};

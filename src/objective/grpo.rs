@@ -1,4 +1,4 @@
-//! GRPO baseline (spec 8): clipped token (or sequence, GSPO) ratios with group advantages,
+//! GRPO baseline (docs/MATH.md §8): clipped token (or sequence, GSPO) ratios with group advantages,
 //! optional k3 KL to a reference, and the four aggregations. Closed-form gradient per token.
 
 use super::groups::Layout;

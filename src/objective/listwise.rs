@@ -1,4 +1,4 @@
-//! Listwise anchored cross-entropy (spec 3.1) and its closed-form gradient (spec 3.2).
+//! Listwise anchored cross-entropy (docs/MATH.md §3.1) and its closed-form gradient (docs/MATH.md §3.2).
 //! Pairwise soft-DPO, DPO and top-1-vs-rest are this loss on groups of two or one-hot targets.
 
 use tch::Tensor;

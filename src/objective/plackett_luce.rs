@@ -1,4 +1,4 @@
-//! Plackett-Luce over the ranking of each group (spec 4.4), with the closed-form gradient.
+//! Plackett-Luce over the ranking of each group (docs/MATH.md §4.4), with the closed-form gradient.
 //! Per-group loss = sum of the kept stages k = 0 .. min(K-1, top_k)-1 of
 //!   L_k = (1 - eps_ls) (LSE(suffix_k) - s_(k)) + eps_ls (LSE(suffix_k) - mean(suffix_k)),
 //!   then L_k + eps_poly (1 - exp(-min(L_k, 20))).

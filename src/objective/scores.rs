@@ -1,4 +1,4 @@
-//! Anchored scores s = (l - l_anchor) / tau (spec 2), with the optional clamps.
+//! Anchored scores s = (l - l_anchor) / tau (docs/MATH.md §2), with the optional clamps.
 
 use tch::Tensor;
 
@@ -9,7 +9,7 @@ pub struct Scores {
     pub ds_dl: Tensor,
 }
 
-/// `tau`: per-row temperature [N]. Clamps (spec 2, verl): the log-ratio before dividing by tau,
+/// `tau`: per-row temperature [N]. Clamps (docs/MATH.md §2, verl): the log-ratio before dividing by tau,
 /// then the score; clamped entries get zero gradient.
 pub fn anchored(
     logp: &Tensor,

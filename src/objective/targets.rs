@@ -1,4 +1,4 @@
-//! Target distributions q over each group (spec 0, 4.1, 4.5, 4.6), on the padded [G, K] layout.
+//! Target distributions q over each group (docs/MATH.md §0, §4.1, §4.5, §4.6), on the padded [G, K] layout.
 //! q never depends on the policy: it carries no gradient. Padding entries of q are 0.
 
 use super::groups::Layout;
@@ -48,7 +48,7 @@ pub fn masked_softmax(x: &Tensor, layout: &Layout) -> Tensor {
         .softmax(1, x.kind())
 }
 
-/// The reward transform t(r) of spec 0 (also the GRPO advantage with `zscore`).
+/// The reward transform t(r) of docs/MATH.md §0 (also the GRPO advantage with `zscore`).
 pub fn transform_rewards(transform: RewardTransform, r: &Tensor, layout: &Layout) -> Tensor {
     let zero_pad = |x: Tensor| x.masked_fill(&layout.mask.logical_not(), 0.0);
     match transform {
@@ -120,7 +120,7 @@ fn percentile(sorted: &Tensor, sizes: &Tensor, p: f64) -> Tensor {
     &v_lo + frac * (v_hi - &v_lo)
 }
 
-/// KDE-CDF-logit target (spec 4.6, inferred construction; kernel Gaussian, Silverman bandwidth
+/// KDE-CDF-logit target (docs/MATH.md §4.6, inferred construction; kernel Gaussian, Silverman bandwidth
 /// unless `kde_bandwidth` is set). All-equal rewards give a uniform q.
 fn kde(cfg: &ObjectiveConfig, r: &Tensor, layout: &Layout) -> Tensor {
     let kind = r.kind();

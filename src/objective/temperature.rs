@@ -1,4 +1,4 @@
-//! Adaptive temperature (spec 6): one tau per group, never back-propagated.
+//! Adaptive temperature (docs/MATH.md §6): one tau per group, never back-propagated.
 
 use super::groups::Layout;
 use super::targets::group_mean;

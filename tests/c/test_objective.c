@@ -1,9 +1,9 @@
-/* C ABI tests of the objective: the numeric vectors of spec/ADPO-MATH.md section 10, metrics,
+/* C ABI tests of the objective: the numeric vectors of docs/MATH.md §10, metrics,
  * group handling, every error path, and the panic boundary.
  *
  * Where an expected value is quoted from section 10 (6 significant digits) it is compared with a
  * relative tolerance of 1e-5 (SPEC). Values with 10 digits were computed with numpy in float64
- * from the formulas of spec sections 0-8 (the script is described next to each block) and are
+ * from the formulas of docs/MATH.md §0-8 (the script is described next to each block) and are
  * compared with 1e-8 (NUMPY). Values derived in this file from the formulas use 1e-10 (EXACT). */
 #include "check.h"
 
@@ -19,7 +19,7 @@
 #define EXACT 1e-10
 #define SENTINEL (-12345.678)
 
-/* Shared inputs of spec section 10: s = (logp - anchor)/0.8 = [0.625, -0.625, 0.75, -0.625]. */
+/* Shared inputs of docs/MATH.md §10: s = (logp - anchor)/0.8 = [0.625, -0.625, 0.75, -0.625]. */
 static const double LOGP[4] = {-12.0, -15.5, -9.8, -20.1};
 static const double ANCHOR[4] = {-12.5, -15.0, -10.4, -19.6};
 static const double R1[4] = {1.0, 0.0, 0.5, -0.1};
@@ -43,7 +43,7 @@ static double lse(const double *s, int n) {
     return m + log(sum);
 }
 
-/* Listwise CE of spec 3.1 on one group: loss and dL/dlogp = (softmax(s) - q)/tau. */
+/* Listwise CE of docs/MATH.md §3.1 on one group: loss and dL/dlogp = (softmax(s) - q)/tau. */
 static double listwise(const double *s, const double *q, int n, double tau, double *grad) {
     double z = lse(s, n), qs = 0.0;
     for (int i = 0; i < n; i++) {
@@ -405,7 +405,7 @@ static void test_targets(void) {
         expect_eval("V11 KD", "{\"tau\": 2.0}", 3, student, zero, NULL, q, ids, 1.04216, g11, SPEC);
     }
 
-    /* Clamps (spec 2): |l - a| = [0.5, 0.5, 0.6, 0.5]; clip_log_ratio 0.55 clamps row 2 to 0.55
+    /* Clamps (docs/MATH.md §2): |l - a| = [0.5, 0.5, 0.6, 0.5]; clip_log_ratio 0.55 clamps row 2 to 0.55
      * (s = 0.6875) and gives it zero gradient. clip_score 0.7 clamps the score 0.75 to 0.7. */
     {
         const double q[4] = {0.25, 0.25, 0.25, 0.25}, uni[4] = {0.25, 0.25, 0.25, 0.25};
@@ -419,7 +419,7 @@ static void test_targets(void) {
         expect_eval("clip_score", "{\"clip_score\": 0.7}", 4, LOGP, ANCHOR, NULL, uni, G1, l, gg, EXACT);
     }
 
-    /* beta_anchor_kl (spec 5): + b * mean_rows k3(a - l), d/dl_i = b (1 - exp(a_i - l_i)) / n. */
+    /* beta_anchor_kl (docs/MATH.md §5): + b * mean_rows k3(a - l), d/dl_i = b (1 - exp(a_i - l_i)) / n. */
     {
         const double q[4] = {0.25, 0.25, 0.25, 0.25};
         double gg[4], l = listwise(S1, q, 4, 0.8, gg);

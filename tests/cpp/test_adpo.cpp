@@ -33,7 +33,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// Spec vector V1 (spec/ADPO-MATH.md section 10): one group of four candidates.
+// Spec vector V1 (docs/MATH.md §10): one group of four candidates.
 const std::vector<double> kLogp = {-12.0, -15.5, -9.8, -20.1};
 const std::vector<double> kAnchor = {-12.5, -15.0, -10.4, -19.6};
 const std::vector<double> kRewards = {1.0, 0.0, 0.5, -0.1};

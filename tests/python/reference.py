@@ -1,6 +1,6 @@
 """Independent eager-PyTorch (autograd, float64) reference of every adpo objective.
 
-Written from spec/ADPO-MATH.md and the config description, not from the Rust sources: a plain
+Written from docs/MATH.md and the config description, not from the Rust sources: a plain
 Python loop over groups, per-group formulas as written in the spec, gradients by autograd.
 
 Config keys (defaults as in the library): see DEFAULTS.
@@ -142,7 +142,7 @@ def group_target(cfg: dict, rewards: torch.Tensor | None, targets: torch.Tensor 
 # ----------------------------------------------------------------------------- temperature
 def group_taus(cfg: dict, qs: list[torch.Tensor], rewards_g: list[torch.Tensor] | None,
                entropy_g: list[torch.Tensor] | None) -> list[float]:
-    """Per counted group tau (spec 6); never differentiated."""
+    """Per counted group tau (docs/MATH.md §6); never differentiated."""
     tau = cfg["tau"]
     rule = cfg["adaptive_tau"]
     if rule is None:
@@ -303,7 +303,7 @@ def reference_metrics(cfg: dict, logp, anchor, group_ids, rewards=None, targets=
                 anchor_kl=anchor_kl, groups=len(info["groups"]))
 
 
-# ----------------------------------------------------------------------------- GRPO (spec 8)
+# ----------------------------------------------------------------------------- GRPO (docs/MATH.md §8)
 def grpo_loss(cfg: dict, logp: torch.Tensor, old: torch.Tensor, ref: torch.Tensor | None,
               mask: torch.Tensor, rewards: torch.Tensor, group_ids):
     """(loss, advantages) for [n, t] token inputs; loss differentiable with respect to logp."""

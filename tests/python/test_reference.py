@@ -1,6 +1,6 @@
 """adpo (through the C ABI) against the independent eager-PyTorch autograd reference (reference.py),
 float64, random group structures (singletons, arbitrary ids in any order), every loss variant,
-target rule, adaptive tau, clamp, anchor penalty, and the GRPO baseline; plus spec section 10
+target rule, adaptive tau, clamp, anchor penalty, and the GRPO baseline; plus docs/MATH.md §10
 vectors."""
 
 from __future__ import annotations
@@ -401,7 +401,7 @@ def test_grpo_ref_optional_without_kl():
         assert e.value.status == A.NULL_ARGUMENT
 
 
-# ----------------------------------------------------------------------------- spec section 10
+# ----------------------------------------------------------------------------- docs/MATH.md §10
 ELL = np.array([-12.0, -15.5, -9.8, -20.1])
 ELL_REF = np.array([-12.5, -15.0, -10.4, -19.6])
 G4 = np.zeros(4, dtype=np.int64)

@@ -1,6 +1,6 @@
 """Plain-PyTorch reference of one adpo trainer step (adpo_trainer_step), for parity tests.
 
-Written from the trainer's contract (include/adpo.h, spec/ADPO-MATH.md), not from the Rust code:
+Written from the trainer's contract (include/adpo.h, docs/MATH.md), not from the Rust code:
 
 * token log-prob at position t (loss_mask 1, never t = 0) = log_softmax(logit[t-1])[id[t]];
 * sequence score l = sum over the loss mask ("sum") or that sum / max(1, count) ("mean");
