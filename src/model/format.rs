@@ -84,7 +84,10 @@ pub fn open(path: &Path, device: Device) -> Result<Box<dyn CausalLm>> {
         }
         FileKind::Unknown => "neither a TorchScript archive nor a checkpoint",
     };
-    Err(model_error(format!("{} is {what}: {SUPPORTED}", path.display())))
+    Err(model_error(format!(
+        "cannot load {}: it is {what}; {SUPPORTED}",
+        path.display()
+    )))
 }
 
 #[cfg(test)]

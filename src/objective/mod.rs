@@ -614,7 +614,7 @@ impl EvalInputs<'_> {
 fn check_sequence_loss(plan: &LossPlan, groups: &Groups) -> Result<()> {
     if plan.level == Level::Tokens {
         return Err(Error::invalid(format!(
-            "loss \"{}\" is token-level: use the token entry point (adpo_objective_eval_tokens)",
+            "loss \"{}\" is token-level: evaluate it with per-token log-probs (the token-level entry point)",
             plan.name
         )));
     }

@@ -34,7 +34,7 @@ pub fn group_tau(
             let entropy = entropy.ok_or_else(|| {
                 Error::invalid(
                     "adaptive_tau rule smooth_hybrid needs policy_entropy (per-candidate mean token \
-                     entropy / log V): use adpo_objective_eval_entropy or the trainer",
+                     entropy / log V): use the evaluation that takes it, or the trainer",
                 )
             })?;
             let rewards = rewards.ok_or_else(|| {

@@ -52,8 +52,8 @@ impl Trainer {
     pub(super) fn check_communicator(&self) -> Result<()> {
         if self.cfg.distributed.backend == Backend::Host && self.dist.is_none() {
             return Err(Error::invalid(
-                "distributed backend \"host\": register the all-reduce callback \
-                 (adpo_trainer_use_allreduce) before the first step",
+                "distributed backend \"host\": register the host's all-reduce callback \
+                 before the first step",
             ));
         }
         Ok(())

@@ -230,7 +230,7 @@ fn check_reference(policy: &SharedModel, reference: &SharedModel) -> Result<()> 
 
 fn check_batch(plan: &LossPlan, batch: &Batch) -> Result<()> {
     if batch.rewards.is_none() && batch.targets.is_none() {
-        return Err(Error::invalid("the batch has neither rewards nor targets: call adpo_batch_set_rewards or _set_targets"));
+        return Err(Error::invalid("the batch has neither rewards nor targets: set one of them before the step"));
     }
     if plan.level == Level::Tokens && batch.rewards.is_none() {
         return Err(Error::invalid(format!(

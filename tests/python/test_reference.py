@@ -316,6 +316,7 @@ def test_metrics_match_definitions(cfg):
         assert m[k] == pytest.approx(v, rel=1e-9, abs=1e-12), k
         assert mj[k] == pytest.approx(v, rel=1e-9, abs=1e-12), k
     assert math.isnan(m["clip_fraction"]) and mj["clip_fraction"] is None
+    assert set(mj) == {f for f, _ in A.Metrics._fields_} - {"struct_size"}
 
 
 # ----------------------------------------------------------------------------- errors

@@ -298,6 +298,9 @@ def test_metrics_json_matches_struct(models):
     assert j["step"] == m["step"] == 1
     for key in ("loss", "grad_norm", "lr", "tokens", "anchor_drift"):
         assert j[key] == pytest.approx(m[key], rel=1e-12, abs=1e-15), key
+    # The JSON form is derived from the same definition as the struct: the same fields.
+    fields = {f for f, _ in A.TrainerMetrics._fields_} - {"struct_size"}
+    assert set(j) == fields
 
 
 # ----------------------------------------------------------------------------- sequence log-probs
