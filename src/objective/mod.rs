@@ -259,10 +259,9 @@ impl Objective {
             });
         }
 
-        let rule = self.plan.rule;
         if allow_host && device == Device::Cpu && kind == Kind::Double && self.plan.host_kernel {
             return self.eval_host(
-                rule,
+                self.plan.rule,
                 &logp,
                 &anchor,
                 &signal,
@@ -271,6 +270,20 @@ impl Objective {
             );
         }
 
+        self.eval_tensors(inputs, &logp, &anchor, &signal, kind)
+    }
+
+    /// The tensor path on the padded [G, K_max] layout (any device and dtype).
+    fn eval_tensors(
+        &self,
+        inputs: &EvalInputs,
+        logp: &Tensor,
+        anchor: &Tensor,
+        signal: &Tensor,
+        kind: Kind,
+    ) -> Result<EvalOutput> {
+        let (cfg, rule, groups) = (&self.cfg, self.plan.rule, inputs.groups);
+        let device = logp.device();
         // Target q on the padded layout.
         let layout = groups.layout(device);
         let keys = layout.gather(&signal, 0.0);
@@ -286,7 +299,7 @@ impl Objective {
         let tau_g =
             temperature::group_tau(cfg, &q, &layout, rewards_pad.as_ref(), entropy_pad.as_ref())?;
         let tau_row = layout.broadcast(&tau_g, cfg.tau);
-        let sc = scores::anchored(&logp, &anchor, &tau_row, cfg.clip_log_ratio, cfg.clip_score);
+        let sc = scores::anchored(logp, anchor, &tau_row, cfg.clip_log_ratio, cfg.clip_score);
 
         let s0 = layout.gather(&sc.s, 0.0);
         let s_inf = s0.masked_fill(&layout.mask.logical_not(), f64::NEG_INFINITY);
@@ -307,17 +320,13 @@ impl Objective {
         let mut loss = group.loss.sum(kind) / g;
         let mut grad = layout.scatter(&(&group.grad / g)) * &sc.ds_dl;
 
-        // The k3 anchor penalty (and its metric) only when it is switched on.
-        let anchor_kl = if cfg.beta_anchor_kl > 0.0 {
-            let counted = layout.broadcast(&Tensor::ones([layout.g], (kind, device)), 0.0);
-            let n_counted = counted.sum(kind);
-            let d = (&anchor - &logp) * &counted;
-            let anchor_kl = ((d.exp() - &d - 1.0) * &counted).sum(kind) / &n_counted;
-            loss += &anchor_kl * cfg.beta_anchor_kl;
-            grad += (1f64 - d.exp()) * &counted * (cfg.beta_anchor_kl / &n_counted);
-            anchor_kl
-        } else {
-            Tensor::full([], f64::NAN, (kind, device))
+        let anchor_kl = match anchor_penalty(cfg, &layout, logp, anchor) {
+            Some((kl, loss_add, grad_add)) => {
+                loss += loss_add;
+                grad += grad_add;
+                kl
+            }
+            None => Tensor::full([], f64::NAN, (kind, device)),
         };
 
         // All scalar metrics in one host transfer.
@@ -608,6 +617,27 @@ impl EvalInputs<'_> {
             _ => 1e-6,
         }
     }
+}
+
+/// The k3 anchor penalty beta * mean_rows k3(anchor - logp) over counted rows, when it is on:
+/// (the k3 metric, the loss term, the gradient term).
+fn anchor_penalty(
+    cfg: &ObjectiveConfig,
+    layout: &Layout,
+    logp: &Tensor,
+    anchor: &Tensor,
+) -> Option<(Tensor, Tensor, Tensor)> {
+    if cfg.beta_anchor_kl <= 0.0 {
+        return None;
+    }
+    let kind = logp.kind();
+    let counted = layout.broadcast(&Tensor::ones([layout.g], (kind, logp.device())), 0.0);
+    let n_counted = counted.sum(kind);
+    let d = (anchor - logp) * &counted;
+    let anchor_kl = ((d.exp() - &d - 1.0) * &counted).sum(kind) / &n_counted;
+    let loss = &anchor_kl * cfg.beta_anchor_kl;
+    let grad = (1f64 - d.exp()) * &counted * (cfg.beta_anchor_kl / &n_counted);
+    Some((anchor_kl, loss, grad))
 }
 
 /// The loss is sequence level, and pairwise losses have groups of exactly two.
