@@ -37,14 +37,15 @@ FIXTURES = R.REPO / "tests" / "fixtures" / "generated"
 F64 = "tiny_transformer_f64.pt"
 F32 = "tiny_transformer.pt"
 GRU = "tiny_gru.pt"
+TIED = "tiny_tied_f64.pt"  # the output head shares the embedding matrix
 VOCAB = 16
 N, T = 12, 6
 GIDS = np.array([7, 3, 7, 9, 3, 9, 9, 7, 3, 3, 7, 9])  # 3 groups of 4, interleaved
 
 # (weights rtol, weights atol, update rtol: |w_adpo - w_torch| / |w_torch - w_0| over all params)
-TOL = {F64: (1e-9, 1e-12, 1e-8), F32: (1e-5, 1e-6, 2e-3), GRU: (1e-5, 1e-6, 2e-3)}
+TOL = {F64: (1e-9, 1e-12, 1e-8), F32: (1e-5, 1e-6, 2e-3), GRU: (1e-5, 1e-6, 2e-3), TIED: (1e-9, 1e-12, 1e-8)}
 # (loss / grad-norm rtol)
-MTOL = {F64: 1e-9, F32: 1e-5, GRU: 1e-5}
+MTOL = {F64: 1e-9, F32: 1e-5, GRU: 1e-5, TIED: 1e-9}
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -61,7 +62,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     """Paths of the fixture models, plus perturbed copies to serve as reference models."""
-    names = [F64, F32, GRU, "bad_signature.pt", "bad_output.pt"]
+    names = [F64, F32, GRU, TIED, "bad_signature.pt", "bad_output.pt"]
     if not all((FIXTURES / n).is_file() for n in names):
         subprocess.run([sys.executable, str(R.MAKE_MODELS), str(FIXTURES)], check=True)
     d = tmp_path_factory.mktemp("models")
@@ -180,6 +181,16 @@ def test_parity_sgd_two_steps(models, tmp_path, name, loss, seq_logp, anchor):
         cfg["beta_kl"] = 0.05
     with_ref = anchor == "fixed"
     check_parity(models, name, cfg, [make_batch(1), make_batch(2)], tmp_path, with_ref=with_ref)
+
+
+def test_tied_weights_are_updated_once(models, tmp_path):
+    """The tied head and embedding are one tensor: one SGD update per step, as PyTorch's,
+    which sees the tensor once. Enumerated under both names, it was stepped twice."""
+    scripted = torch.jit.load(str(models[TIED]))
+    assert scripted.head.weight.data_ptr() == scripted.embed.weight.data_ptr()
+    for opt in (dict(name="sgd", lr=0.5), dict(name="sgd", lr=0.3, momentum=0.9)):
+        ours, _ = check_parity(models, TIED, dict(optimizer=opt), [make_batch(1), make_batch(2)], tmp_path)
+        assert "head.weight" not in ours[0][1] and "embed.weight" in ours[0][1]
 
 
 EXTRA = {

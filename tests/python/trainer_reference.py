@@ -54,8 +54,9 @@ def eager_module(path) -> nn.Module:
     state = {k: v.detach().clone() for k, v in scripted.state_dict().items()}
     mm = make_models_module()
     if "pos" in state:
+        tied = scripted.head.weight.data_ptr() == scripted.embed.weight.data_ptr()
         module = mm.TinyTransformer(vocab=state["head.weight"].shape[0], dim=state["embed.weight"].shape[1],
-                                    max_len=state["pos"].shape[0])
+                                    max_len=state["pos"].shape[0], tied=tied)
     elif "rnn.weight_ih_l0" in state:
         module = mm.TinyGRU(vocab=state["head.weight"].shape[0], dim=state["embed.weight"].shape[1])
     else:
