@@ -59,23 +59,22 @@ pub fn load(path: &Path) -> Result<(Named, Named)> {
     Ok((read(path)?, read(&state_path(path))?))
 }
 
-/// Checks that `stored` has exactly the names, shapes and dtypes of `expected`.
+/// Checks that `stored` has exactly the names, shapes and dtypes of `expected`, whose
+/// entries are called `what` in messages ("parameter", "trainer state tensor").
 pub fn check_matches(
     path: &Path,
+    what: &str,
     expected: &[(String, Tensor)],
     stored: &[(String, Tensor)],
 ) -> Result<()> {
     for (name, p) in expected {
-        let t = stored
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, t)| t)
-            .ok_or_else(|| ckpt_error(path, format!("parameter {name} is missing")))?;
+        let t = find(stored, name)
+            .ok_or_else(|| ckpt_error(path, format!("{what} {name} is missing")))?;
         if t.size() != p.size() || t.kind() != p.kind() {
             return Err(ckpt_error(
                 path,
                 format!(
-                    "parameter {name} is {:?} {:?}, the model has {:?} {:?}",
+                    "{what} {name} is {:?} {:?}, the trainer has {:?} {:?}",
                     t.kind(),
                     t.size(),
                     p.kind(),
@@ -84,13 +83,10 @@ pub fn check_matches(
             ));
         }
     }
-    if let Some((extra, _)) = stored
-        .iter()
-        .find(|(k, _)| !expected.iter().any(|(n, _)| n == k))
-    {
+    if let Some((extra, _)) = stored.iter().find(|(k, _)| find(expected, k).is_none()) {
         return Err(ckpt_error(
             path,
-            format!("has parameter {extra}, which the model does not have"),
+            format!("has {what} {extra}, which the trainer does not have"),
         ));
     }
     Ok(())

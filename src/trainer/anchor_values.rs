@@ -109,17 +109,7 @@ impl Trainer {
 
     /// Per-candidate normalised policy entropy (the smooth_hybrid temperature rule).
     fn entropy_no_grad(&self, policy: &Model, batch: &Batch) -> Result<Tensor> {
-        tch::no_grad(|| {
-            let parts = self
-                .chunks(batch.n)
-                .into_iter()
-                .map(|(s, l)| {
-                    let (ids, attn, mask) = batch.rows(s, l, policy.device());
-                    logprob::normalised_entropy(policy, &ids, &attn, &mask)
-                })
-                .collect::<Result<Vec<_>>>()?;
-            Ok(Tensor::cat(&parts, 0))
-        })
+        self.by_chunks_no_grad(policy, batch, logprob::normalised_entropy)
     }
 
     fn supplied_seq(&self, s: &SuppliedLogp, batch: &Batch, device: Device, kind: Kind) -> Tensor {

@@ -25,19 +25,30 @@ impl Trainer {
             .collect()
     }
 
-    /// Token log-probs [N, T] of the whole batch under `model`, without grad.
-    pub(super) fn tokens_no_grad(&self, model: &Model, batch: &Batch) -> Result<Tensor> {
+    /// `per_rows(model, ids, attention_mask, loss_mask)` over the micro-batches, without grad,
+    /// concatenated along the rows.
+    pub(super) fn by_chunks_no_grad(
+        &self,
+        model: &Model,
+        batch: &Batch,
+        per_rows: impl Fn(&Model, &Tensor, &Tensor, &Tensor) -> Result<Tensor>,
+    ) -> Result<Tensor> {
         tch::no_grad(|| {
             let parts = self
                 .chunks(batch.n)
                 .into_iter()
                 .map(|(s, l)| {
                     let (ids, attn, mask) = batch.rows(s, l, model.device());
-                    logprob::token_logp(model, &ids, &attn, &mask)
+                    per_rows(model, &ids, &attn, &mask)
                 })
                 .collect::<Result<Vec<_>>>()?;
             Ok(Tensor::cat(&parts, 0))
         })
+    }
+
+    /// Token log-probs [N, T] of the whole batch under `model`, without grad.
+    pub(super) fn tokens_no_grad(&self, model: &Model, batch: &Batch) -> Result<Tensor> {
+        self.by_chunks_no_grad(model, batch, logprob::token_logp)
     }
 
     /// Sequence scores [N] from token log-probs, by the configured reduction.

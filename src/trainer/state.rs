@@ -90,7 +90,7 @@ impl TrainerState {
     /// Reads the files of a checkpoint as a state shaped like `self` (the live one): every
     /// name, shape and dtype must match, and nothing else may be there. Nothing is applied.
     pub fn from_files(&self, path: &Path, weights: Named, state: Named) -> Result<TrainerState> {
-        checkpoint::check_matches(path, &self.weights, &weights)?;
+        checkpoint::check_matches(path, "parameter", &self.weights, &weights)?;
         let scalars = ["optimizer.steps", "anchor.window", "anchor.hard_copies"];
         let (scalar, mut tensors): (Named, Named) = state
             .into_iter()
@@ -99,7 +99,7 @@ impl TrainerState {
         if !self.tensors.iter().any(|(k, _)| k.starts_with("anchor.")) {
             tensors.retain(|(k, _)| !k.starts_with("anchor."));
         }
-        check_state(path, &self.tensors, &tensors)?;
+        checkpoint::check_matches(path, "trainer state tensor", &self.tensors, &tensors)?;
         let find = |name: &str| {
             checkpoint::find(&scalar, name)
                 .ok_or_else(|| ckpt_error(path, format!("trainer state lacks {name}")))
@@ -172,34 +172,4 @@ impl TrainerState {
         anchor.hard_copies = self.hard_copies;
         anchor.set_window(&self.window);
     }
-}
-
-/// Optimizer moments and anchor copy: exactly the live names, shapes and dtypes.
-fn check_state(path: &Path, expected: &Named, stored: &Named) -> Result<()> {
-    for (name, t) in expected {
-        let s = checkpoint::find(stored, name)
-            .ok_or_else(|| ckpt_error(path, format!("trainer state lacks {name}")))?;
-        if s.size() != t.size() || s.kind() != t.kind() {
-            return Err(ckpt_error(
-                path,
-                format!(
-                    "trainer state {name} is {:?} {:?}, the trainer has {:?} {:?}",
-                    s.kind(),
-                    s.size(),
-                    t.kind(),
-                    t.size()
-                ),
-            ));
-        }
-    }
-    if let Some((extra, _)) = stored
-        .iter()
-        .find(|(k, _)| checkpoint::find(expected, k).is_none())
-    {
-        return Err(ckpt_error(
-            path,
-            format!("trainer state has {extra}, which this trainer does not have"),
-        ));
-    }
-    Ok(())
 }
