@@ -32,7 +32,8 @@ pub enum Forward {
 }
 
 /// Per-layer key/value buffers of an incremental forward, preallocated for `capacity`
-/// positions. `len` positions are filled; the model that made it knows the layout.
+/// positions. `len` positions are filled; the model that made it knows the layout, except
+/// that dimension 0 of every buffer is the row (so rows can be selected or dropped).
 pub struct KvCache {
     pub keys: Vec<Tensor>,
     pub values: Vec<Tensor>,
@@ -62,6 +63,15 @@ pub trait CausalLm: Send {
             self.describe()
         )))
     }
+    /// The EOS ids the model was trained with (a checkpoint's generation_config.json), used
+    /// when sampling options name none.
+    fn eos_ids(&self) -> Vec<i64> {
+        Vec::new()
+    }
+    /// The most positions a sequence may have (max_position_embeddings), if the model says.
+    fn max_positions(&self) -> Option<i64> {
+        None
+    }
     /// An independent instance with its own copy of the weights (for anchors), made from
     /// memory: the file the model came from is not read again.
     fn duplicate(&self) -> Result<Box<dyn CausalLm>>;
@@ -71,14 +81,15 @@ pub trait CausalLm: Send {
         let _ = (rows, capacity);
         None
     }
-    /// Logits [B, t, V] of `ids` [B, t], the next t positions after the `cache.len` cached
-    /// ones; `attention_mask` [B, cache.len + t] covers both. Appends to the cache.
+    /// Logits or final hidden states [B, t, ..] of `ids` [B, t], the next t positions after
+    /// the `cache.len` cached ones; `attention_mask` [B, cache.len + t] covers both. Appends
+    /// to the cache.
     fn forward_cached(
         &self,
         ids: &Tensor,
         attention_mask: &Tensor,
         cache: &mut KvCache,
-    ) -> Result<Tensor> {
+    ) -> Result<Forward> {
         let _ = (ids, attention_mask, cache);
         Err(Error::unsupported(format!(
             "{} has no key/value-cached forward",
