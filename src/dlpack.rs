@@ -261,4 +261,3 @@ pub fn export(t: Tensor) -> Result<*mut DLManagedTensorVersioned> {
     });
     Ok(Box::into_raw(managed))
 }
-

@@ -2,8 +2,8 @@
 //! an in-place sum of a buffer over all ranks.
 
 use super::Communicator;
-use crate::error::{Error, Result, Status};
 use crate::dlpack::{dl_device, dl_dtype, DLDataType, DLDevice};
+use crate::error::{Error, Result, Status};
 use std::ffi::c_void;
 use tch::{Device, Tensor};
 

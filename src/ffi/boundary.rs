@@ -2,9 +2,9 @@
 //! never unwinds into C. A panic inside a handle's call poisons that handle.
 
 use super::error::{adpo_error, report};
+use super::handle::Handle;
 use crate::error::{Error, Result, Status};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use super::handle::Handle;
 use std::sync::atomic::Ordering;
 
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {

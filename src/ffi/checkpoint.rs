@@ -39,4 +39,3 @@ pub extern "C" fn adpo_trainer_load(
         t.inner.lock().load(Path::new(path))
     })
 }
-

@@ -2,10 +2,10 @@
 
 use super::args::write_out;
 use super::boundary::{call, call_on, infallible, with_handle};
-use crate::dlpack::{DLDataType, DLDevice};
 use super::error::adpo_error;
 use super::trainer::adpo_trainer;
 use crate::distributed::host_callback::HostCallback;
+use crate::dlpack::{DLDataType, DLDevice};
 use crate::error::{Error, Status};
 use std::ffi::c_void;
 

@@ -37,7 +37,11 @@ pub extern "C" fn adpo_model_load(
             parse_device(c_str(device, "device")?)?
         };
         let model = Model::load(Path::new(path), device)?;
-        write_out(out, "out", adpo_model::into_raw(Arc::new(Mutex::new(model))))
+        write_out(
+            out,
+            "out",
+            adpo_model::into_raw(Arc::new(Mutex::new(model))),
+        )
     })
 }
 

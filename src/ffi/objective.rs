@@ -43,8 +43,6 @@ pub struct adpo_objective_metrics {
     pub groups: u64,
 }
 
-
-
 /// A zero-copy CPU float64 tensor over a host buffer; it must not outlive the call.
 fn host_tensor(ptr: *const f64, shape: &[i64], name: &str) -> Result<Tensor> {
     if ptr.is_null() {
@@ -324,8 +322,6 @@ pub extern "C" fn adpo_objective_get_metrics(
         write_versioned(out, &full)
     })
 }
-
-
 
 /// Metrics of the last successful evaluation as a JSON object (NaN as null). Free the string
 /// with adpo_string_free(). Before any evaluation: ADPO_STATUS_INVALID_ARGUMENT.

@@ -54,4 +54,3 @@ pub extern "C" fn adpo_trainer_sample(
         write_out(out_batch, "out_batch", adpo_batch::boxed(batch))
     })
 }
-

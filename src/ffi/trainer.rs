@@ -1,6 +1,8 @@
 //! C ABI of the trainer (src/trainer.rs, src/sample.rs, src/checkpoint.rs).
 
-use super::args::{c_str, check_versioned, owned_c_string, require_out, write_out, write_versioned};
+use super::args::{
+    c_str, check_versioned, owned_c_string, require_out, write_out, write_versioned,
+};
 use super::batch::adpo_batch;
 use super::boundary::call_on;
 use super::error::adpo_error;

@@ -57,4 +57,3 @@ pub extern "C" fn adpo_test_panic(err: *mut *mut adpo_error) -> Status {
         panic!("adpo_test_panic was called")
     })
 }
-

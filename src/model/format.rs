@@ -96,8 +96,14 @@ mod tests {
 
     #[test]
     fn sniff_tells_the_formats_apart() {
-        assert_eq!(sniff(b"PK\x03\x04....archive/constants.pkl...."), FileKind::TorchScript);
-        assert_eq!(sniff(b"PK\x03\x04....archive/data.pkl...."), FileKind::TorchPickleZip);
+        assert_eq!(
+            sniff(b"PK\x03\x04....archive/constants.pkl...."),
+            FileKind::TorchScript
+        );
+        assert_eq!(
+            sniff(b"PK\x03\x04....archive/data.pkl...."),
+            FileKind::TorchPickleZip
+        );
         assert_eq!(sniff(b"\x80\x02}q\x00."), FileKind::Pickle);
         let mut st = 2u64.to_le_bytes().to_vec();
         st.extend_from_slice(b"{}");

@@ -18,8 +18,8 @@ use crate::error::{catch_torch, Error, Result};
 pub use groups::Groups;
 use groups::Layout;
 pub use metrics::Metrics;
-pub use plan::{Level, LossPlan};
 use parking_lot::Mutex;
+pub use plan::{Level, LossPlan};
 use std::sync::Arc;
 use targets::TargetRule;
 use tch::{Device, Kind, Tensor};
@@ -648,8 +648,7 @@ fn check_sequence_loss(plan: &LossPlan, groups: &Groups) -> Result<()> {
             plan.name
         )));
     }
-    if plan.pairs
-        && (groups.count() * 2 != groups.rows() || groups.sizes().iter().any(|&k| k != 2))
+    if plan.pairs && (groups.count() * 2 != groups.rows() || groups.sizes().iter().any(|&k| k != 2))
     {
         return Err(Error::shape(format!(
             "loss \"{}\" needs every group to have exactly 2 candidates; got {} rows in {} groups of size >= 2 (sizes {:?}{})",

@@ -39,7 +39,11 @@ impl Stops {
 
     /// The longest stop sequence.
     fn longest(&self) -> i64 {
-        self.sequences.iter().map(|s| s.size()[0]).max().unwrap_or(0)
+        self.sequences
+            .iter()
+            .map(|s| s.size()[0])
+            .max()
+            .unwrap_or(0)
     }
 
     /// Which rows end now: their token is an EOS id, or their last generated tokens
@@ -47,7 +51,10 @@ impl Stops {
     fn ended(&self, token: &Tensor, tail: Option<&Tensor>) -> Tensor {
         let mut ended = token.zeros_like().to_kind(Kind::Bool);
         if let Some(eos) = &self.eos {
-            let is_eos = token.unsqueeze(1).eq_tensor(&eos.unsqueeze(0)).any_dim(1, false);
+            let is_eos = token
+                .unsqueeze(1)
+                .eq_tensor(&eos.unsqueeze(0))
+                .any_dim(1, false);
             ended = ended.logical_or(&is_eos);
         }
         let Some(tail) = tail else { return ended };
@@ -92,11 +99,19 @@ pub fn generate(
         let _ = logps.index_put_(&[Some(&live), Some(&col)], &logp, false);
         let tail = (!stops.sequences.is_empty()).then(|| {
             let from = (step as i64 + 1 - stops.longest()).max(0);
-            tokens.narrow(1, from, step as i64 + 1 - from).index_select(0, &live)
+            tokens
+                .narrow(1, from, step as i64 + 1 - from)
+                .index_select(0, &live)
         });
-        let now = stops.ended(&token, tail.as_ref()).logical_and(&ended.logical_not());
+        let now = stops
+            .ended(&token, tail.as_ref())
+            .logical_and(&ended.logical_not());
         let ended_at = col.full_like(step as i64 + 1);
-        let _ = lengths.index_put_(&[Some(&live.masked_select(&now))], &ended_at.masked_select(&now), false);
+        let _ = lengths.index_put_(
+            &[Some(&live.masked_select(&now))],
+            &ended_at.masked_select(&now),
+            false,
+        );
         ended = ended.logical_or(&now);
         if step + 1 == steps {
             break;
@@ -125,7 +140,10 @@ fn to_host(tokens: &Tensor, logps: &Tensor, lengths: &Tensor) -> Result<Generate
     let width = tokens.size()[1] as usize;
     let flat_tokens = Vec::<i64>::try_from(tokens.to_device(Device::Cpu).reshape([-1]))?;
     let flat_logp = Vec::<f64>::try_from(
-        logps.to_kind(Kind::Double).to_device(Device::Cpu).reshape([-1]),
+        logps
+            .to_kind(Kind::Double)
+            .to_device(Device::Cpu)
+            .reshape([-1]),
     )?;
     let lengths = Vec::<i64>::try_from(lengths.to_device(Device::Cpu))?;
     let (mut out_tokens, mut out_logp) = (Vec::new(), Vec::new());

@@ -44,10 +44,12 @@ pub fn sample(
     };
     let longest = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
     let capacity = (longest + cfg.max_new_tokens) as i64;
-    let generated = tch::no_grad(|| match model.lm().new_cache(prompts.len() as i64, capacity) {
-        Some(cache) => generate_cached(model, cache, prompts, k, cfg, &eos, seed),
-        None => generate_uncached(model, prompts, k, cfg, &eos, seed),
-    })?;
+    let generated = tch::no_grad(
+        || match model.lm().new_cache(prompts.len() as i64, capacity) {
+            Some(cache) => generate_cached(model, cache, prompts, k, cfg, &eos, seed),
+            None => generate_uncached(model, prompts, k, cfg, &eos, seed),
+        },
+    )?;
     assemble(prompts, k, cfg, &generated)
 }
 
@@ -110,8 +112,16 @@ fn generate_cached(
     let (mut ids, mut mask) = (Vec::new(), Vec::new());
     for p in prompts {
         let pad = longest - p.len();
-        ids.extend(std::iter::repeat(cfg.pad_id).take(pad).chain(p.iter().copied()));
-        mask.extend(std::iter::repeat(0i64).take(pad).chain(std::iter::repeat(1).take(p.len())));
+        ids.extend(
+            std::iter::repeat(cfg.pad_id)
+                .take(pad)
+                .chain(p.iter().copied()),
+        );
+        mask.extend(
+            std::iter::repeat(0i64)
+                .take(pad)
+                .chain(std::iter::repeat(1).take(p.len())),
+        );
     }
     let shape = [prompts.len() as i64, longest as i64];
     let prompt_of_row: Vec<i64> = (0..prompts.len() * k).map(|r| (r / k) as i64).collect();
@@ -123,7 +133,14 @@ fn generate_cached(
         cache: Some(cache),
         mask: Tensor::new(),
     };
-    let u = streams::uniforms(seed, prompts, k, cfg.max_new_tokens, logp_kind(model), device);
+    let u = streams::uniforms(
+        seed,
+        prompts,
+        k,
+        cfg.max_new_tokens,
+        logp_kind(model),
+        device,
+    );
     generate(&mut stepper, cfg, eos, &u)
 }
 
@@ -137,7 +154,14 @@ fn generate_uncached(
     seed: u64,
 ) -> Result<Generated> {
     let device = model.device();
-    let all_u = streams::uniforms(seed, prompts, k, cfg.max_new_tokens, logp_kind(model), device);
+    let all_u = streams::uniforms(
+        seed,
+        prompts,
+        k,
+        cfg.max_new_tokens,
+        logp_kind(model),
+        device,
+    );
     let rows = prompts.len() * k;
     let mut out = Generated {
         tokens: vec![Vec::new(); rows],
@@ -147,7 +171,9 @@ fn generate_uncached(
     lengths.sort_unstable();
     lengths.dedup();
     for len in lengths {
-        let members: Vec<usize> = (0..prompts.len()).filter(|&i| prompts[i].len() == len).collect();
+        let members: Vec<usize> = (0..prompts.len())
+            .filter(|&i| prompts[i].len() == len)
+            .collect();
         let row_ids: Vec<i64> = members
             .iter()
             .flat_map(|&i| (i * k..(i + 1) * k).map(|r| r as i64))
@@ -196,7 +222,11 @@ fn assemble(
         let row = r * t;
         ids[row..row + prompt.len()].copy_from_slice(prompt);
         attn[row..row + prompt.len()].fill(1);
-        for (j, (&tok, &lp)) in generated.tokens[r].iter().zip(&generated.logp[r]).enumerate() {
+        for (j, (&tok, &lp)) in generated.tokens[r]
+            .iter()
+            .zip(&generated.logp[r])
+            .enumerate()
+        {
             let at = row + prompt.len() + j;
             ids[at] = tok;
             attn[at] = 1;

@@ -70,7 +70,11 @@ impl Trainer {
                 None => self.reduce(&self.tokens_no_grad(policy, batch)?, batch, device),
             },
             (None, AnchorConfig::Ema { .. } | AnchorConfig::KlTriggered { .. }) => {
-                let copy = self.anchor.copy.as_ref().expect("ema/kl anchors keep a copy");
+                let copy = self
+                    .anchor
+                    .copy
+                    .as_ref()
+                    .expect("ema/kl anchors keep a copy");
                 self.reduce(&self.tokens_no_grad(copy, batch)?, batch, device)
                     .to_kind(kind)
             }

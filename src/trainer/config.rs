@@ -103,4 +103,3 @@ pub fn parse_config(json: &str) -> Result<(TrainerConfig, ObjectiveConfig)> {
     }
     Ok((trainer, objective))
 }
-

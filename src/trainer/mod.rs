@@ -230,7 +230,9 @@ fn check_reference(policy: &SharedModel, reference: &SharedModel) -> Result<()> 
 
 fn check_batch(plan: &LossPlan, batch: &Batch) -> Result<()> {
     if batch.rewards.is_none() && batch.targets.is_none() {
-        return Err(Error::invalid("the batch has neither rewards nor targets: set one of them before the step"));
+        return Err(Error::invalid(
+            "the batch has neither rewards nor targets: set one of them before the step",
+        ));
     }
     if plan.level == Level::Tokens && batch.rewards.is_none() {
         return Err(Error::invalid(format!(
