@@ -3,17 +3,21 @@
 //! same for every kind of model: the parameter list (each tensor once, even when tied), train
 //! and eval mode, gradients on or off, frozen copies for anchors, EMA and hard copies.
 //!
-//! Implementations: `torchscript.rs` (a TorchScript module returning logits). A native
-//! architecture is one more file beside it that implements [`CausalLm`] (returning final hidden
+//! Implementations: `torchscript.rs` (a TorchScript module returning logits) and `native/`
+//! (Hugging Face checkpoint directories: Llama, Mistral, Qwen2, Qwen3, returning final hidden
 //! states plus an output head, so log-probs can be computed a chunk of positions at a time, and
-//! optionally a key/value-cached forward for sampling).
+//! a key/value-cached forward for sampling). `options.rs`: device and dtype at load.
 
 mod device;
 mod format;
+pub mod native;
+mod options;
 mod torchscript;
 
 use crate::error::{Error, Result, Status};
 pub use device::parse_device;
+pub use native::NativeLm;
+pub use options::{Dtype, LoadOptions};
 use parking_lot::Mutex;
 use std::path::Path;
 use std::sync::Arc;
@@ -118,9 +122,15 @@ fn distinct(params: Vec<(String, Tensor)>) -> Vec<(String, Tensor)> {
 }
 
 impl Model {
-    /// Loads a TorchScript file (see `torchscript.rs`); other formats are named as such.
+    /// Loads a Hugging Face checkpoint directory (native/, dtype "auto") or a TorchScript file
+    /// (see `torchscript.rs`); other formats are named as such.
     pub fn load(path: &Path, device: Device) -> Result<Model> {
-        let lm = format::open(path, device)?;
+        Model::load_with(path, &LoadOptions::on(device))
+    }
+
+    /// [`Model::load`] with a dtype (checkpoint directories only) and a device.
+    pub fn load_with(path: &Path, options: &LoadOptions) -> Result<Model> {
+        let lm = format::open(path, options)?;
         Model::from_lm(lm)
     }
 
