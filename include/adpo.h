@@ -130,8 +130,9 @@ typedef struct adpo_batch adpo_batch;
 typedef struct adpo_error adpo_error;
 
 /**
- * A TorchScript causal LM. A trainer keeps its own reference to the models it was created
- * with: freeing the handle after adpo_trainer_new is fine.
+ * A causal LM (a Hugging Face checkpoint or a TorchScript module). A trainer keeps its own
+ * reference to the models it was created with: freeing the handle after adpo_trainer_new is
+ * fine.
  */
 typedef struct adpo_model adpo_model;
 
@@ -456,16 +457,35 @@ adpo_status adpo_error_status(const struct adpo_error *err);
 void adpo_error_free(struct adpo_error *err);
 
 /**
- * Loads a TorchScript causal LM (`torch.jit.script(model).save(path)`) whose forward is
- * `forward(input_ids int64 [B, T], attention_mask int64 [B, T]) -> logits [B, T, V]` or
- * `forward(input_ids)`. `device`: "cpu" (NULL), "cuda" or "cuda:N". The forward is tried on a
- * 1 x 2 input at load: a missing file, another signature or output shape is an
- * ADPO_STATUS_MODEL error.
+ * Loads a causal LM. `path` is either a Hugging Face checkpoint directory (config.json plus
+ * model.safetensors, or model.safetensors.index.json and its shards; model_type llama,
+ * mistral, qwen2 or qwen3), loaded in config.json's dtype, or a TorchScript file
+ * (`torch.jit.script(model).save(path)`) whose forward is `forward(input_ids int64 [B, T],
+ * attention_mask int64 [B, T]) -> logits [B, T, V]` or `forward(input_ids)`. `device`: "cpu"
+ * (NULL), "cuda" or "cuda:N". A missing path, a config.json adpo cannot honour (unknown
+ * model_type, an activation other than silu, a sliding window shorter than
+ * max_position_embeddings, ...) or a TorchScript forward with another signature or output
+ * shape (tried on a 1 x 2 input) is an ADPO_STATUS_MODEL error; weights that do not match the
+ * config (a missing, unexpected or misshapen tensor, a missing or truncated shard) are
+ * ADPO_STATUS_CHECKPOINT errors. The message names the field, tensor or file.
  */
 adpo_status adpo_model_load(const char *path,
                             const char *device,
                             struct adpo_model **out,
                             struct adpo_error **err);
+
+/**
+ * adpo_model_load with options, a JSON object (NULL or "" = defaults; unknown keys are an
+ * ADPO_STATUS_INVALID_CONFIG error): `{"device": "cpu" | "cuda" | "cuda:N", "dtype": "auto" |
+ * "float32" | "bfloat16" | "float16" | "float64"}`. `dtype` (default "auto": config.json's
+ * `dtype`/`torch_dtype`, else the stored weights' dtype) converts a checkpoint directory's
+ * weights at load; a TorchScript file keeps its own dtype (anything but "auto" is
+ * ADPO_STATUS_UNSUPPORTED).
+ */
+adpo_status adpo_model_load_options(const char *path,
+                                    const char *options_json,
+                                    struct adpo_model **out,
+                                    struct adpo_error **err);
 
 /**
  * Vocabulary size V of the model's logits.

@@ -743,3 +743,66 @@ fn load_options_reach_the_model_and_torchscript_keeps_its_dtype() {
         Kind::Float
     );
 }
+
+#[test]
+fn the_c_function_loads_with_options_and_reports_errors() {
+    use adpo::ffi::error::{adpo_error, adpo_error_free, adpo_error_message, adpo_error_status};
+    use adpo::ffi::model::{
+        adpo_model, adpo_model_free, adpo_model_load_options, adpo_model_vocab_size,
+    };
+    use std::ffi::{CStr, CString};
+    let dir = CString::new(fixture("llama_gqa2_untied_v97").to_str().unwrap()).unwrap();
+    let load = |options: Option<&str>| -> Result<*mut adpo_model, (Status, String)> {
+        let options = options.map(|o| CString::new(o).unwrap());
+        let (mut out, mut err): (*mut adpo_model, *mut adpo_error) =
+            (std::ptr::null_mut(), std::ptr::null_mut());
+        let ptr = options.as_ref().map_or(std::ptr::null(), |o| o.as_ptr());
+        let st = adpo_model_load_options(dir.as_ptr(), ptr, &mut out, &mut err);
+        if st == Status::Ok {
+            assert!(err.is_null() && !out.is_null());
+            return Ok(out);
+        }
+        assert!(out.is_null(), "out written on failure");
+        let message = unsafe { CStr::from_ptr(adpo_error_message(err)) }
+            .to_string_lossy()
+            .into_owned();
+        assert_eq!(adpo_error_status(err), st);
+        adpo_error_free(err);
+        Err((st, message))
+    };
+    for options in [
+        None,
+        Some(""),
+        Some(r#"{"dtype": "bfloat16", "device": "cpu"}"#),
+    ] {
+        let m = load(options).unwrap();
+        let mut vocab = 0i64;
+        assert_eq!(
+            adpo_model_vocab_size(m, &mut vocab, std::ptr::null_mut()),
+            Status::Ok
+        );
+        assert_eq!(vocab, 97);
+        adpo_model_free(m);
+    }
+    let (st, message) = load(Some(r#"{"dtype": "float32", "precision": 1}"#)).unwrap_err();
+    assert_eq!(st, Status::InvalidConfig);
+    assert!(message.contains("precision"), "{message}");
+    let (st, message) = load(Some(r#"{"dtype": "fp8"}"#)).unwrap_err();
+    assert_eq!(st, Status::InvalidConfig);
+    assert!(message.contains("fp8"), "{message}");
+    let mut out: *mut adpo_model = std::ptr::null_mut();
+    let st = adpo_model_load_options(
+        std::ptr::null(),
+        std::ptr::null(),
+        &mut out,
+        std::ptr::null_mut(),
+    );
+    assert_eq!(st, Status::NullArgument);
+    let st = adpo_model_load_options(
+        dir.as_ptr(),
+        std::ptr::null(),
+        std::ptr::null_mut(),
+        std::ptr::null_mut(),
+    );
+    assert_eq!(st, Status::NullArgument);
+}
