@@ -399,3 +399,155 @@ impl RawRope {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Llama-3.2-1B's config.json (hub style: rope_scaling with rope_type, top-level theta).
+    const LLAMA_3_2: &str = r#"{"architectures": ["LlamaForCausalLM"], "attention_bias": false,
+        "attention_dropout": 0.0, "bos_token_id": 128000, "eos_token_id": 128001, "head_dim": 64,
+        "hidden_act": "silu", "hidden_size": 2048, "initializer_range": 0.02,
+        "intermediate_size": 8192, "max_position_embeddings": 131072, "mlp_bias": false,
+        "model_type": "llama", "num_attention_heads": 32, "num_hidden_layers": 16,
+        "num_key_value_heads": 8, "pretraining_tp": 1, "rms_norm_eps": 1e-05,
+        "rope_scaling": {"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+        "original_max_position_embeddings": 8192, "rope_type": "llama3"},
+        "rope_theta": 500000.0, "tie_word_embeddings": true, "torch_dtype": "bfloat16",
+        "transformers_version": "4.45.0.dev0", "use_cache": true, "vocab_size": 128256}"#;
+
+    /// Qwen2.5-0.5B's: sliding_window set but use_sliding_window false.
+    const QWEN2_5: &str = r#"{"architectures": ["Qwen2ForCausalLM"], "attention_dropout": 0.0,
+        "bos_token_id": 151643, "eos_token_id": 151643, "hidden_act": "silu", "hidden_size": 896,
+        "initializer_range": 0.02, "intermediate_size": 4864, "max_position_embeddings": 32768,
+        "max_window_layers": 21, "model_type": "qwen2", "num_attention_heads": 14,
+        "num_hidden_layers": 24, "num_key_value_heads": 2, "rms_norm_eps": 1e-06,
+        "rope_theta": 1000000.0, "sliding_window": 131072, "tie_word_embeddings": true,
+        "torch_dtype": "bfloat16", "use_cache": true, "use_sliding_window": false,
+        "vocab_size": 151936}"#;
+
+    /// Qwen3-0.6B's: head_dim 128 with hidden 1024 and 16 heads; integer rope_theta.
+    const QWEN3: &str = r#"{"architectures": ["Qwen3ForCausalLM"], "attention_bias": false,
+        "attention_dropout": 0.0, "head_dim": 128, "hidden_act": "silu", "hidden_size": 1024,
+        "intermediate_size": 3072, "max_position_embeddings": 40960, "max_window_layers": 28,
+        "model_type": "qwen3", "num_attention_heads": 16, "num_hidden_layers": 28,
+        "num_key_value_heads": 8, "rms_norm_eps": 1e-06, "rope_scaling": null,
+        "rope_theta": 1000000, "sliding_window": null, "tie_word_embeddings": true,
+        "torch_dtype": "bfloat16", "use_sliding_window": false, "vocab_size": 151936}"#;
+
+    /// Mistral-7B-v0.1's window (4096 of 32768 positions) binds.
+    const MISTRAL_V01: &str = r#"{"model_type": "mistral", "hidden_size": 4096,
+        "intermediate_size": 14336, "num_attention_heads": 32, "num_hidden_layers": 32,
+        "num_key_value_heads": 8, "max_position_embeddings": 32768, "rms_norm_eps": 1e-05,
+        "rope_theta": 10000.0, "sliding_window": 4096, "vocab_size": 32000,
+        "torch_dtype": "bfloat16"}"#;
+
+    #[test]
+    fn hub_configs_parse_to_what_transformers_builds() {
+        let c = Config::parse(LLAMA_3_2).unwrap();
+        assert_eq!((c.num_heads, c.num_kv_heads, c.head_dim), (32, 8, 64));
+        assert!(c.tie_word_embeddings && !c.qkv_bias && !c.mlp_bias);
+        assert_eq!(c.dtype, Some(Kind::BFloat16));
+        assert_eq!(c.rope.theta, 500000.0);
+        assert_eq!(
+            c.rope.scaling,
+            RopeScaling::Llama3 {
+                factor: 32.0,
+                low_freq_factor: 1.0,
+                high_freq_factor: 4.0,
+                original_max_position_embeddings: 8192
+            }
+        );
+        let c = Config::parse(QWEN2_5).unwrap();
+        assert_eq!((c.head_dim, c.num_kv_heads), (64, 2));
+        assert!(c.qkv_bias && !c.o_bias && !c.arch.qk_norm);
+        let c = Config::parse(QWEN3).unwrap();
+        assert_eq!((c.head_dim, c.num_heads, c.hidden_size), (128, 16, 1024));
+        assert!(c.arch.qk_norm && !c.qkv_bias);
+        assert_eq!(
+            c.rope,
+            Rope {
+                theta: 1e6,
+                scaling: RopeScaling::None
+            }
+        );
+        let e = Config::parse(MISTRAL_V01).unwrap_err();
+        assert_eq!(e.status, Status::Model);
+        assert!(e.message.contains("sliding_window = 4096"), "{e}");
+        let v03 = MISTRAL_V01.replace("\"sliding_window\": 4096", "\"sliding_window\": null");
+        assert_eq!(Config::parse(&v03).unwrap().head_dim, 128);
+    }
+
+    #[test]
+    fn transformers_defaults_apply_when_keys_are_absent() {
+        let base = r#"{"model_type": "MT", "hidden_size": 64, "intermediate_size": 128,
+            "num_attention_heads": 4, "num_hidden_layers": 2, "max_position_embeddings": 64,
+            "vocab_size": 100}"#;
+        let parse = |mt: &str| Config::parse(&base.replace("MT", mt));
+        let llama = parse("llama").unwrap();
+        assert_eq!((llama.num_kv_heads, llama.head_dim), (4, 16));
+        assert_eq!(
+            llama.rope,
+            Rope {
+                theta: 10000.0,
+                scaling: RopeScaling::None
+            }
+        );
+        assert_eq!(
+            (llama.rms_norm_eps, llama.tie_word_embeddings),
+            (1e-6, false)
+        );
+        assert_eq!(llama.dtype, None);
+        // Qwen3's head_dim defaults to 128 and both Qwens' num_key_value_heads to 32: 4 heads
+        // are then not a multiple, as in transformers.
+        let e = parse("qwen3").unwrap_err();
+        assert!(e.message.contains("num_key_value_heads = 32"), "{e}");
+        let e = parse("gpt_neox").unwrap_err();
+        assert!(
+            e.message.contains("gpt_neox") && e.message.contains("qwen3"),
+            "{e}"
+        );
+        let odd = base
+            .replace("MT", "llama")
+            .replace("\"hidden_size\": 64", "\"hidden_size\": 60");
+        assert!(Config::parse(&odd)
+            .unwrap_err()
+            .message
+            .contains("head_dim"));
+    }
+
+    #[test]
+    fn rope_variants_and_keys_outside_the_supported_set_are_refused() {
+        let with_rope = |rope: &str| {
+            format!(
+                r#"{{"model_type": "llama", "hidden_size": 64, "intermediate_size": 128,
+                "num_attention_heads": 4, "num_hidden_layers": 2, "max_position_embeddings": 64,
+                "vocab_size": 100, "rope_scaling": {rope}}}"#
+            )
+        };
+        let linear = Config::parse(&with_rope(r#"{"type": "linear", "factor": 4}"#)).unwrap();
+        assert_eq!(linear.rope.scaling, RopeScaling::Linear { factor: 4.0 });
+        let default = Config::parse(&with_rope(r#"{"rope_type": "default"}"#)).unwrap();
+        assert_eq!(default.rope.scaling, RopeScaling::None);
+        for (rope, needle) in [
+            (r#"{"rope_type": "dynamic", "factor": 2.0}"#, "\"dynamic\""),
+            (r#"{"rope_type": "linear"}"#, "factor"),
+            (
+                r#"{"rope_type": "linear", "factor": 2.0, "beta_fast": 32}"#,
+                "beta_fast",
+            ),
+            (
+                r#"{"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 4.0, "high_freq_factor": 1.0}"#,
+                "high_freq_factor",
+            ),
+            (
+                r#"{"rope_type": "default", "partial_rotary_factor": 0.5}"#,
+                "partial_rotary_factor",
+            ),
+        ] {
+            let e = Config::parse(&with_rope(rope)).unwrap_err();
+            assert_eq!(e.status, Status::Model);
+            assert!(e.message.contains(needle), "{needle}: {e}");
+        }
+    }
+}
