@@ -488,6 +488,20 @@ adpo_status adpo_model_load_options(const char *path,
                                     struct adpo_error **err);
 
 /**
+ * Writes the model, with its current weights (a policy's as trained so far), as a Hugging Face
+ * checkpoint directory that `transformers.AutoModelForCausalLM.from_pretrained(dir)` and
+ * adpo_model_load read: config.json (the loaded one, its dtype set to the weights' dtype),
+ * model.safetensors (every parameter under its checkpoint name, a tied head once) and the
+ * source directory's tokenizer*, special_tokens_map.json and generation_config.json files.
+ * The directory is written under a temporary name and renamed into place (an existing `dir`
+ * is replaced). Only models loaded from a checkpoint directory can be saved
+ * (ADPO_STATUS_UNSUPPORTED otherwise); a write failure is ADPO_STATUS_IO.
+ */
+adpo_status adpo_model_save(const struct adpo_model *model,
+                            const char *dir,
+                            struct adpo_error **err);
+
+/**
  * Vocabulary size V of the model's logits.
  */
 adpo_status adpo_model_vocab_size(const struct adpo_model *model,

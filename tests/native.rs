@@ -806,3 +806,94 @@ fn the_c_function_loads_with_options_and_reports_errors() {
     );
     assert_eq!(st, Status::NullArgument);
 }
+
+#[test]
+fn a_saved_checkpoint_loads_back_with_the_trained_weights() {
+    let src = fixture("qwen3_gqa2_headdim16_tied");
+    let policy = shared(load(&src, Dtype::Auto));
+    let mut t = Trainer::new(
+        policy.clone(),
+        None,
+        r#"{"optimizer": {"name": "sgd", "lr": 0.1}}"#,
+    )
+    .unwrap();
+    t.step(&batch()).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("trained");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("stale.txt"), "replaced").unwrap();
+    policy.lock().save_pretrained(&dir).unwrap();
+    let mut files: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| name(&e.unwrap().path()))
+        .collect();
+    files.sort();
+    assert_eq!(
+        files,
+        [
+            "config.json",
+            "generation_config.json",
+            "model.safetensors",
+            "tokenizer.json",
+            "tokenizer_config.json"
+        ]
+    );
+    let siblings: Vec<_> = std::fs::read_dir(out.path()).unwrap().collect();
+    assert_eq!(siblings.len(), 1, "temporary directories left behind");
+    for f in [
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+    ] {
+        assert_eq!(
+            std::fs::read(dir.join(f)).unwrap(),
+            std::fs::read(src.join(f)).unwrap(),
+            "{f}"
+        );
+    }
+    let reloaded = load(&dir, Dtype::Auto);
+    let trained = policy.lock();
+    assert_eq!(reloaded.params().len(), trained.params().len());
+    for ((n, a), (m, b)) in reloaded.params().iter().zip(trained.params()) {
+        assert_eq!(n, m);
+        assert!(a.equal(&b.detach()), "{n} differs after the round trip");
+    }
+    let r = reference(&src);
+    let (ids, mask) = (&r["left_input_ids"], &r["left_attention_mask"]);
+    assert!(reloaded
+        .logits(ids, mask)
+        .unwrap()
+        .equal(&trained.logits(ids, mask).unwrap().detach()));
+    let before = masked_max_diff(
+        &trained.logits(ids, mask).unwrap().detach(),
+        &r["left_logits"],
+        mask,
+    );
+    assert!(
+        before > 1e-4,
+        "the step did not change the logits ({before})"
+    );
+
+    // bf16 weights are saved as bf16, and config.json says so.
+    let bf16_dir = out.path().join("bf16");
+    load(&src, Dtype::Bfloat16)
+        .save_pretrained(&bf16_dir)
+        .unwrap();
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(bf16_dir.join("config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["dtype"], "bfloat16");
+    assert_eq!(load(&bf16_dir, Dtype::Auto).kind(), Kind::BFloat16);
+
+    let script = Model::load(&common::fixture("tiny_transformer.pt"), device()).unwrap();
+    let e = script
+        .save_pretrained(&out.path().join("script"))
+        .unwrap_err();
+    assert_eq!(e.status, Status::Unsupported, "{e}");
+    let file = out.path().join("a_file");
+    std::fs::write(&file, "x").unwrap();
+    assert_eq!(
+        reloaded.save_pretrained(&file).unwrap_err().status,
+        Status::InvalidArgument
+    );
+}

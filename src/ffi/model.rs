@@ -90,6 +90,26 @@ pub extern "C" fn adpo_model_load_options(
     })
 }
 
+/// Writes the model, with its current weights (a policy's as trained so far), as a Hugging Face
+/// checkpoint directory that `transformers.AutoModelForCausalLM.from_pretrained(dir)` and
+/// adpo_model_load read: config.json (the loaded one, its dtype set to the weights' dtype),
+/// model.safetensors (every parameter under its checkpoint name, a tied head once) and the
+/// source directory's tokenizer*, special_tokens_map.json and generation_config.json files.
+/// The directory is written under a temporary name and renamed into place (an existing `dir`
+/// is replaced). Only models loaded from a checkpoint directory can be saved
+/// (ADPO_STATUS_UNSUPPORTED otherwise); a write failure is ADPO_STATUS_IO.
+#[no_mangle]
+pub extern "C" fn adpo_model_save(
+    model: *const adpo_model,
+    dir: *const c_char,
+    err: *mut *mut adpo_error,
+) -> Status {
+    call_on(err, model, "model", |m| {
+        let dir = c_str(dir, "dir")?;
+        m.inner.lock().save_pretrained(Path::new(dir))
+    })
+}
+
 /// Vocabulary size V of the model's logits.
 #[no_mangle]
 pub extern "C" fn adpo_model_vocab_size(

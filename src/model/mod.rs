@@ -69,6 +69,16 @@ pub trait CausalLm: Send {
     /// An independent instance with its own copy of the weights (for anchors), made from
     /// memory: the file the model came from is not read again.
     fn duplicate(&self) -> Result<Box<dyn CausalLm>>;
+    /// Writes the model, with its current weights, as a Hugging Face checkpoint directory
+    /// (config.json + model.safetensors, plus the source's tokenizer and generation files).
+    fn save_pretrained(&self, dir: &Path) -> Result<()> {
+        let _ = dir;
+        Err(Error::unsupported(format!(
+            "{} cannot be saved as a Hugging Face checkpoint directory (only models loaded from \
+             one can)",
+            self.describe()
+        )))
+    }
     /// A key/value cache for `rows` sequences of up to `capacity` positions; None when the
     /// model has no incremental forward (then sampling re-runs the prefix).
     fn new_cache(&self, rows: i64, capacity: i64) -> Option<KvCache> {
@@ -165,6 +175,11 @@ impl Model {
 
     pub fn head(&self, hidden: &Tensor) -> Result<Tensor> {
         self.lm.head(hidden)
+    }
+
+    /// Writes a Hugging Face checkpoint directory (models loaded from one; see native/save.rs).
+    pub fn save_pretrained(&self, dir: &Path) -> Result<()> {
+        self.lm.save_pretrained(dir)
     }
 
     /// An id outside the vocabulary would surface as an opaque libtorch index error.

@@ -140,8 +140,8 @@ pub fn parse_dtype(text: &str, key: &str) -> Result<Kind> {
 }
 
 impl Config {
-    /// Reads and validates `dir/config.json`.
-    pub fn read(dir: &Path) -> Result<Config> {
+    /// Reads and validates `dir/config.json`; the config and the file's text.
+    pub fn read(dir: &Path) -> Result<(Config, String)> {
         let path = dir.join("config.json");
         let text = std::fs::read_to_string(&path).map_err(|e| {
             refuse(format!(
@@ -150,8 +150,9 @@ impl Config {
                 path.display()
             ))
         })?;
-        Config::parse(&text)
-            .map_err(|e| Error::new(e.status, format!("{}: {}", path.display(), e.message)))
+        let config = Config::parse(&text)
+            .map_err(|e| Error::new(e.status, format!("{}: {}", path.display(), e.message)))?;
+        Ok((config, text))
     }
 
     /// Validates the text of a config.json.

@@ -6,7 +6,8 @@
 //!
 //! Files: arch.rs (what distinguishes architectures) and one file per architecture;
 //! config.rs (config.json, validated); layout.rs (parameter names and shapes); weights.rs
-//! (safetensors reading); rope.rs, mask.rs, attention.rs, decoder.rs (the network).
+//! (safetensors reading); rope.rs, mask.rs, attention.rs, decoder.rs (the network); save.rs
+//! (writing a checkpoint directory back).
 
 mod arch;
 mod attention;
@@ -19,6 +20,7 @@ mod mistral;
 mod qwen2;
 mod qwen3;
 mod rope;
+mod save;
 mod weights;
 
 use super::{CausalLm, Forward, KvCache};
@@ -33,6 +35,8 @@ use tch::{Device, Kind, Tensor};
 pub struct NativeLm {
     dir: PathBuf,
     config: Config,
+    /// config.json as loaded (written back, dtype updated, by `save_pretrained`).
+    config_json: String,
     decoder: Decoder,
     device: Device,
 }
@@ -43,7 +47,7 @@ impl NativeLm {
     /// match it (missing, unexpected, misshapen tensors; missing or truncated shards) are
     /// ADPO_STATUS_CHECKPOINT errors.
     pub fn load(dir: &Path, kind: Option<Kind>, device: Device) -> Result<NativeLm> {
-        let config = Config::read(dir)?;
+        let (config, config_json) = Config::read(dir)?;
         let shapes = layout::parameters(&config);
         let tolerated = |name: &str| layout::tolerated(&config, name);
         let expected = weights::Expected {
@@ -56,6 +60,7 @@ impl NativeLm {
         Ok(NativeLm {
             dir: dir.to_path_buf(),
             config,
+            config_json,
             decoder,
             device,
         })
@@ -128,9 +133,16 @@ impl CausalLm for NativeLm {
         Ok(Box::new(NativeLm {
             dir: self.dir.clone(),
             config: self.config.clone(),
+            config_json: self.config_json.clone(),
             decoder: Decoder::new(&self.config, tensors)?,
             device: self.device,
         }))
+    }
+
+    fn save_pretrained(&self, dir: &Path) -> Result<()> {
+        let kind = self.decoder.embedding().kind();
+        let config = save::config_json(&self.config_json, kind)?;
+        save::save(dir, &config, self.decoder.params(), &self.dir)
     }
 
     /// Per layer, keys and values [rows, num_key_value_heads, capacity, head_dim] (the KV
