@@ -38,10 +38,12 @@ $(SETUP_STAMP): scripts/setup
 	scripts/setup
 	touch $@
 
-# Tiny TorchScript LMs for the tests and examples, made by PyTorch (never committed).
+# Tiny TorchScript LMs for the tests and examples, made by PyTorch, and tiny Hugging Face
+# checkpoints with transformers' reference outputs (hf/), made by transformers (never committed).
 fixtures: $(FIXTURE_STAMP)
-$(FIXTURE_STAMP): tests/fixtures/make_models.py $(SETUP_STAMP)
+$(FIXTURE_STAMP): tests/fixtures/make_models.py tests/fixtures/make_hf_models.py $(SETUP_STAMP)
 	$(PY) tests/fixtures/make_models.py $(FIXTURES)
+	$(PY) tests/fixtures/make_hf_models.py $(FIXTURES)/hf
 	touch $@
 
 # One cargo profile (release) for the library, tests and benches, so torch-sys builds once.

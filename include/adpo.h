@@ -43,6 +43,12 @@
 #include "dlpack.h"
 
 /**
+ * The most new tokens one call generates (a model's own limit, its maximum positions, may be
+ * lower): a runaway request fails instead of never returning.
+ */
+#define MAX_NEW_TOKENS (1 << 16)
+
+/**
  * Major version of adpo (the version constants must equal the Cargo version; a test checks it).
  */
 #define ADPO_VERSION_MAJOR 0
@@ -147,8 +153,9 @@ typedef struct adpo_batch adpo_batch;
 typedef struct adpo_error adpo_error;
 
 /**
- * A TorchScript causal LM. A trainer keeps its own reference to the models it was created
- * with: freeing the handle after adpo_trainer_new is fine.
+ * A causal LM (a Hugging Face checkpoint or a TorchScript module). A trainer keeps its own
+ * reference to the models it was created with: freeing the handle after adpo_trainer_new is
+ * fine.
  */
 typedef struct adpo_model adpo_model;
 
@@ -161,6 +168,25 @@ typedef struct adpo_objective adpo_objective;
  * Applies ADPO steps to a policy model.
  */
 typedef struct adpo_trainer adpo_trainer;
+
+/**
+ * The host's all-reduce: sum `count` elements of `buffer` over all ranks, in place, and return
+ * 0 when the result is in `buffer` (any other value is an error). `dtype` is float32 or
+ * float64; `device` is where `buffer` lives (kDLCPU, or kDLCUDA after adpo synchronised its
+ * stream: e.g. ncclAllReduce on your stream, then wait for it). Called for each gradient
+ * bucket, for the small metric and status reductions, and to copy rank 0's state to the other
+ * ranks; always from the thread that called the trainer.
+ */
+typedef int32_t (*adpo_allreduce_fn)(void *userdata,
+                                     void *buffer,
+                                     size_t count,
+                                     DLDataType dtype,
+                                     DLDevice device);
+
+/**
+ * Frees the userdata of an all-reduce callback.
+ */
+typedef void (*adpo_userdata_free_fn)(void *userdata);
 
 /**
  * Metrics of the last evaluation. Set struct_size = sizeof(adpo_objective_metrics) before the
@@ -283,247 +309,9 @@ typedef struct adpo_trainer_metrics {
   double reduce_time_ms;
 } adpo_trainer_metrics;
 
-/**
- * The host's all-reduce: sum `count` elements of `buffer` over all ranks, in place, and return
- * 0 when the result is in `buffer` (any other value is an error). `dtype` is float32 or
- * float64; `device` is where `buffer` lives (kDLCPU, or kDLCUDA after adpo synchronised its
- * stream: e.g. ncclAllReduce on your stream, then wait for it). Called for each gradient
- * bucket, for the small metric and status reductions, and to copy rank 0's state to the other
- * ranks; always from the thread that called the trainer.
- */
-typedef int32_t (*adpo_allreduce_fn)(void *userdata,
-                                     void *buffer,
-                                     size_t count,
-                                     DLDataType dtype,
-                                     DLDevice device);
-
-/**
- * Frees the userdata of an all-reduce callback.
- */
-typedef void (*adpo_userdata_free_fn)(void *userdata);
-
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
-
-/* Errors ==============================================================================
- *
- * A failed call returns its status and, when `err` is not NULL, an adpo_error that
- * carries the status and a message naming the argument at fault. Free it with adpo_error_free.
- */
-
-/**
- * The error's message, valid until adpo_error_free(err). NULL err gives "".
- */
-const char *adpo_error_message(const struct adpo_error *err);
-
-/**
- * The error's status code. NULL err gives ADPO_STATUS_NULL_ARGUMENT.
- */
-adpo_status adpo_error_status(const struct adpo_error *err);
-
-/**
- * Frees an error. NULL is a no-op.
- */
-void adpo_error_free(struct adpo_error *err);
-
-/* Version and utilities ===============================================================
- *
- * Run-time versions (check adpo_abi_version() against ADPO_ABI_VERSION), the CUDA device
- * count, and the free function for strings adpo hands out.
- */
-
-/**
- * "adpo X.Y.Z (tch A.B.C, libtorch V)". Static storage: do not free.
- */
-const char *adpo_version(void);
-
-/**
- * The ABI version of the loaded library; equals ADPO_ABI_VERSION of a matching header.
- */
-uint32_t adpo_abi_version(void);
-
-/**
- * Number of CUDA devices libtorch can use (0 on a machine without CUDA).
- */
-int32_t adpo_cuda_device_count(void);
-
-/**
- * Frees a string that adpo returned with ownership (e.g. adpo_objective_metrics_json). NULL is
- * a no-op.
- */
-void adpo_string_free(char *s);
-
-/**
- * Test hook, not for applications: deliberately panics inside the boundary, returns
- * ADPO_STATUS_PANIC and never unwinds into the caller. The bindings' tests use it to check
- * their handling of ADPO_STATUS_PANIC.
- */
-adpo_status adpo_test_panic(struct adpo_error **err);
-
-/* The objective, on host buffers ======================================================
- *
- * The model-free ADPO objective: per-candidate log-probs of your policy and anchor, rewards
- * or targets, and group ids in; the loss and d loss / d logp out, for your own backward pass.
- */
-
-/**
- * Creates an objective from a JSON config (NULL or "" = all defaults; unknown keys are an
- * error). Keys and defaults: see README "Objective configuration".
- */
-adpo_status adpo_objective_new(const char *config_json,
-                               struct adpo_objective **out,
-                               struct adpo_error **err);
-
-/**
- * Frees an objective. NULL is a no-op.
- */
-void adpo_objective_free(struct adpo_objective *obj);
-
-/**
- * Evaluates the objective on n candidates (host float64 buffers of length n).
- * Exactly one of `rewards` and `targets` is non-NULL. `group_ids`: any int64 ids, any order;
- * groups of one candidate contribute nothing. Writes the loss (mean over groups of size >= 2),
- * and optionally d loss/d logp and the anchored scores (NULL to skip). Outputs are written only
- * on success.
- */
-adpo_status adpo_objective_eval(const struct adpo_objective *obj,
-                                size_t n,
-                                const double *logp,
-                                const double *anchor_logp,
-                                const double *rewards,
-                                const double *targets,
-                                const int64_t *group_ids,
-                                double *out_loss,
-                                double *out_grad_logp,
-                                double *out_scores,
-                                struct adpo_error **err);
-
-/**
- * As adpo_objective_eval, plus `policy_entropy` (n values: each candidate's mean token entropy
- * under the policy divided by log(vocabulary size)), needed by the adaptive tau rule
- * "smooth_hybrid". NULL policy_entropy behaves like adpo_objective_eval.
- */
-adpo_status adpo_objective_eval_entropy(const struct adpo_objective *obj,
-                                        size_t n,
-                                        const double *logp,
-                                        const double *anchor_logp,
-                                        const double *rewards,
-                                        const double *targets,
-                                        const int64_t *group_ids,
-                                        const double *policy_entropy,
-                                        double *out_loss,
-                                        double *out_grad_logp,
-                                        double *out_scores,
-                                        struct adpo_error **err);
-
-/**
- * GRPO baseline at token level (the objective's loss must be "grpo"). Row-major n x t buffers:
- * `logp` (current policy), `old_logp` (sampling policy), `ref_logp` (reference; may be NULL
- * when beta_kl = 0), `mask` (1 = token counts, 0 = ignored); `rewards` and `group_ids` have n
- * entries. Writes the loss, optionally d loss/d logp (n x t) and the advantages (n).
- */
-adpo_status adpo_objective_eval_tokens(const struct adpo_objective *obj,
-                                       size_t n,
-                                       size_t t,
-                                       const double *logp,
-                                       const double *old_logp,
-                                       const double *ref_logp,
-                                       const double *mask,
-                                       const double *rewards,
-                                       const int64_t *group_ids,
-                                       double *out_loss,
-                                       double *out_grad_logp,
-                                       double *out_advantages,
-                                       struct adpo_error **err);
-
-/**
- * Metrics of the last successful evaluation (see adpo_objective_metrics). Before any
- * evaluation: ADPO_STATUS_INVALID_ARGUMENT.
- */
-adpo_status adpo_objective_get_metrics(const struct adpo_objective *obj,
-                                       struct adpo_objective_metrics *out,
-                                       struct adpo_error **err);
-
-/**
- * Metrics of the last successful evaluation as a JSON object (NaN as null). Free the string
- * with adpo_string_free(). Before any evaluation: ADPO_STATUS_INVALID_ARGUMENT.
- */
-adpo_status adpo_objective_metrics_json(const struct adpo_objective *obj,
-                                        char **out_json,
-                                        struct adpo_error **err);
-
-/* The objective, on DLPack tensors ====================================================
- *
- * The same objective on tensors of any producer (PyTorch, JAX, CuPy), on CPU or CUDA,
- * without copies: ownership of every input passes to adpo at the call.
- */
-
-/**
- * adpo_objective_eval on DLPack tensors (CPU or CUDA; float64, float32, float16 or bfloat16;
- * any strides and byte offset). `logp`, `anchor_logp`, `group_ids` (int64, any device) are
- * required; exactly one of `rewards`, `targets` is non-NULL. adpo takes ownership of every
- * non-NULL input and calls its deleter exactly once before returning, whatever the outcome.
- * On success `*out_grad_logp` receives d loss/d logp as a new DLPack tensor on logp's device,
- * in logp's dtype (computed in float32, or float64 for float64 inputs); the caller owns it and
- * releases it with its deleter. CUDA inputs must be ready on libtorch's current stream.
- */
-adpo_status adpo_objective_eval_dlpack(const struct adpo_objective *obj,
-                                       DLManagedTensorVersioned *logp,
-                                       DLManagedTensorVersioned *anchor_logp,
-                                       DLManagedTensorVersioned *rewards,
-                                       DLManagedTensorVersioned *targets,
-                                       DLManagedTensorVersioned *group_ids,
-                                       double *out_loss,
-                                       DLManagedTensorVersioned **out_grad_logp,
-                                       struct adpo_error **err);
-
-/* Models ==============================================================================
- *
- * Causal LMs as opaque handles: the trainable policy, or a frozen reference. Loading a
- * TorchScript file runs its code: load only files you trust.
- */
-
-/**
- * Loads a TorchScript causal LM (`torch.jit.script(model).save(path)`) whose forward is
- * `forward(input_ids int64 [B, T], attention_mask int64 [B, T]) -> logits [B, T, V]` or
- * `forward(input_ids)`. `device`: "cpu" (NULL), "cuda" or "cuda:N". The forward is tried on a
- * 1 x 2 input at load: a missing file, another signature or output shape is an
- * ADPO_STATUS_MODEL error.
- */
-adpo_status adpo_model_load(const char *path,
-                            const char *device,
-                            struct adpo_model **out,
-                            struct adpo_error **err);
-
-/**
- * Vocabulary size V of the model's logits.
- */
-adpo_status adpo_model_vocab_size(const struct adpo_model *model,
-                                  int64_t *out,
-                                  struct adpo_error **err);
-
-/**
- * Number of parameter values of the model, all tensors together.
- */
-adpo_status adpo_model_num_params(const struct adpo_model *model,
-                                  size_t *out,
-                                  struct adpo_error **err);
-
-/**
- * Copies the model's current parameters (a policy's as trained so far) into out[0 .. n), as
- * doubles, every tensor flattened in the module's parameter order; n must equal
- * adpo_model_num_params(). For checks such as "every replica holds the same weights".
- */
-adpo_status adpo_model_get_params(const struct adpo_model *model,
-                                  double *out,
-                                  size_t n,
-                                  struct adpo_error **err);
-
-/**
- * Frees a model handle. NULL is a no-op.
- */
-void adpo_model_free(struct adpo_model *model);
 
 /* Batches =============================================================================
  *
@@ -618,84 +406,6 @@ adpo_status adpo_batch_get_group_ids(const struct adpo_batch *batch,
  */
 void adpo_batch_free(struct adpo_batch *batch);
 
-/* Trainer =============================================================================
- *
- * ADPO steps on a policy: log-probs, anchored scores, the objective, backward, optimizer and
- * the anchor's update, micro-batched and exact.
- */
-
-/**
- * Creates a trainer for `policy` (trained in place) with an optional frozen `reference`
- * (NULL: none; needed by anchor mode "fixed" unless batches carry anchor_logp, and by grpo
- * with beta_kl > 0). `config_json`: trainer keys (seq_logp, micro_batch_rows,
- * epochs_per_batch, seed, anchor, optimizer, grad_clip, schedule) plus every objective key;
- * see README "Trainer configuration". Defaults: anchor on_policy, optimizer adamw with lr 1e-5,
- * seq_logp mean, one pass, one epoch, no clipping, constant schedule.
- */
-adpo_status adpo_trainer_new(struct adpo_model *policy,
-                             const struct adpo_model *reference,
-                             const char *config_json,
-                             struct adpo_trainer **out,
-                             struct adpo_error **err);
-
-/**
- * One ADPO step on `batch` (epochs_per_batch optimizer updates). `out_metrics` may be NULL.
- * In data-parallel training (adpo_trainer_use_mpi / _use_allreduce) every rank calls this with
- * its own groups; the update is that of all ranks' groups together, the metrics are over all
- * ranks, and a failure on any rank (a NULL or invalid batch included) is returned by every rank
- * with the same status and message, before any weight changes.
- */
-adpo_status adpo_trainer_step(struct adpo_trainer *trainer,
-                              const struct adpo_batch *batch,
-                              struct adpo_trainer_metrics *out_metrics,
-                              struct adpo_error **err);
-
-/**
- * Metrics of the last step as JSON (NaN as null). Free with adpo_string_free(). Before any
- * step: ADPO_STATUS_INVALID_ARGUMENT.
- */
-adpo_status adpo_trainer_metrics_json(const struct adpo_trainer *trainer,
-                                      char **out_json,
-                                      struct adpo_error **err);
-
-/**
- * Sequence log-probs (seq_logp reduction) of the batch's n rows under the current policy, in
- * eval mode (no dropout).
- */
-adpo_status adpo_trainer_sequence_logp(const struct adpo_trainer *trainer,
-                                       const struct adpo_batch *batch,
-                                       double *out,
-                                       size_t len,
-                                       struct adpo_error **err);
-
-/**
- * Frees a trainer (the models it used stay valid while their handles live). NULL is a no-op.
- */
-void adpo_trainer_free(struct adpo_trainer *trainer);
-
-/* Sampling ============================================================================
- *
- * K candidates per prompt from the trainer's policy, returned as a batch ready to score.
- */
-
-/**
- * Samples k candidates for each of n_prompts prompts from the policy, in eval mode (no
- * dropout; the training forward runs in train mode). `prompt_tokens` holds
- * the prompts back to back; `prompt_lengths[i]` is the length of prompt i. `sampling_json`
- * (NULL = defaults): temperature 1, top_k 0 (off), top_p 1, max_new_tokens 16, eos_id null,
- * pad_id 0, seed null (continue the trainer's generator). `*out_batch` receives a new batch
- * (n_prompts * k rows, group id = prompt index, loss mask on the generated tokens up to and
- * including EOS, per-token old_logp set); set its rewards and pass it to adpo_trainer_step.
- */
-adpo_status adpo_trainer_sample(struct adpo_trainer *trainer,
-                                const int64_t *prompt_tokens,
-                                const size_t *prompt_lengths,
-                                size_t n_prompts,
-                                size_t k,
-                                const char *sampling_json,
-                                struct adpo_batch **out_batch,
-                                struct adpo_error **err);
-
 /* Checkpoints =========================================================================
  *
  * The policy's weights and the trainer's state (optimizer, steps, anchor), written
@@ -772,6 +482,336 @@ adpo_status adpo_trainer_world(const struct adpo_trainer *trainer,
  * True when this build of adpo can train over MPI (it found mpicc when it was built).
  */
 bool adpo_has_mpi(void);
+
+/* The objective, on DLPack tensors ====================================================
+ *
+ * The same objective on tensors of any producer (PyTorch, JAX, CuPy), on CPU or CUDA,
+ * without copies: ownership of every input passes to adpo at the call.
+ */
+
+/**
+ * adpo_objective_eval on DLPack tensors (CPU or CUDA; float64, float32, float16 or bfloat16;
+ * any strides and byte offset). `logp`, `anchor_logp`, `group_ids` (int64, any device) are
+ * required; exactly one of `rewards`, `targets` is non-NULL. adpo takes ownership of every
+ * non-NULL input and calls its deleter exactly once before returning, whatever the outcome.
+ * On success `*out_grad_logp` receives d loss/d logp as a new DLPack tensor on logp's device,
+ * in logp's dtype (computed in float32, or float64 for float64 inputs); the caller owns it and
+ * releases it with its deleter. CUDA inputs must be ready on libtorch's current stream.
+ */
+adpo_status adpo_objective_eval_dlpack(const struct adpo_objective *obj,
+                                       DLManagedTensorVersioned *logp,
+                                       DLManagedTensorVersioned *anchor_logp,
+                                       DLManagedTensorVersioned *rewards,
+                                       DLManagedTensorVersioned *targets,
+                                       DLManagedTensorVersioned *group_ids,
+                                       double *out_loss,
+                                       DLManagedTensorVersioned **out_grad_logp,
+                                       struct adpo_error **err);
+
+/* Errors ==============================================================================
+ *
+ * A failed call returns its status and, when `err` is not NULL, an adpo_error that
+ * carries the status and a message naming the argument at fault. Free it with adpo_error_free.
+ */
+
+/**
+ * The error's message, valid until adpo_error_free(err). NULL err gives "".
+ */
+const char *adpo_error_message(const struct adpo_error *err);
+
+/**
+ * The error's status code. NULL err gives ADPO_STATUS_NULL_ARGUMENT.
+ */
+adpo_status adpo_error_status(const struct adpo_error *err);
+
+/**
+ * Frees an error. NULL is a no-op.
+ */
+void adpo_error_free(struct adpo_error *err);
+
+/* Models ==============================================================================
+ *
+ * Causal LMs as opaque handles: the trainable policy, or a frozen reference. Loading a
+ * TorchScript file runs its code: load only files you trust.
+ */
+
+/**
+ * Loads a causal LM. `path` is either a Hugging Face checkpoint directory (config.json plus
+ * model.safetensors, or model.safetensors.index.json and its shards; model_type llama,
+ * mistral, qwen2 or qwen3), loaded in config.json's dtype, or a TorchScript file
+ * (`torch.jit.script(model).save(path)`) whose forward is `forward(input_ids int64 [B, T],
+ * attention_mask int64 [B, T]) -> logits [B, T, V]` or `forward(input_ids)`. `device`: "cpu"
+ * (NULL), "cuda" or "cuda:N". A missing path, a config.json adpo cannot honour (unknown
+ * model_type, an activation other than silu, a sliding window shorter than
+ * max_position_embeddings, ...) or a TorchScript forward with another signature or output
+ * shape (tried on a 1 x 2 input) is an ADPO_STATUS_MODEL error; weights that do not match the
+ * config (a missing, unexpected or misshapen tensor, a missing or truncated shard) are
+ * ADPO_STATUS_CHECKPOINT errors. The message names the field, tensor or file.
+ */
+adpo_status adpo_model_load(const char *path,
+                            const char *device,
+                            struct adpo_model **out,
+                            struct adpo_error **err);
+
+/**
+ * adpo_model_load with options, a JSON object (NULL or "" = defaults; unknown keys are an
+ * ADPO_STATUS_INVALID_CONFIG error): `{"device": "cpu" | "cuda" | "cuda:N", "dtype": "auto" |
+ * "float32" | "bfloat16" | "float16" | "float64"}`. `dtype` (default "auto": config.json's
+ * `dtype`/`torch_dtype`, else the stored weights' dtype) converts a checkpoint directory's
+ * weights at load; a TorchScript file keeps its own dtype (anything but "auto" is
+ * ADPO_STATUS_UNSUPPORTED).
+ */
+adpo_status adpo_model_load_options(const char *path,
+                                    const char *options_json,
+                                    struct adpo_model **out,
+                                    struct adpo_error **err);
+
+/**
+ * Writes the model, with its current weights (a policy's as trained so far), as a Hugging Face
+ * checkpoint directory that `transformers.AutoModelForCausalLM.from_pretrained(dir)` and
+ * adpo_model_load read: config.json (the loaded one, its dtype set to the weights' dtype),
+ * model.safetensors (every parameter under its checkpoint name, a tied head once) and the
+ * source directory's tokenizer*, special_tokens_map.json and generation_config.json files.
+ * The directory is written under a temporary name and renamed into place (an existing `dir`
+ * is replaced). Only models loaded from a checkpoint directory can be saved
+ * (ADPO_STATUS_UNSUPPORTED otherwise); a write failure is ADPO_STATUS_IO.
+ */
+adpo_status adpo_model_save(const struct adpo_model *model,
+                            const char *dir,
+                            struct adpo_error **err);
+
+/**
+ * Vocabulary size V of the model's logits.
+ */
+adpo_status adpo_model_vocab_size(const struct adpo_model *model,
+                                  int64_t *out,
+                                  struct adpo_error **err);
+
+/**
+ * Number of parameter values of the model, all tensors together.
+ */
+adpo_status adpo_model_num_params(const struct adpo_model *model,
+                                  size_t *out,
+                                  struct adpo_error **err);
+
+/**
+ * Copies the model's current parameters (a policy's as trained so far) into out[0 .. n), as
+ * doubles, every tensor flattened in the module's parameter order; n must equal
+ * adpo_model_num_params(). For checks such as "every replica holds the same weights".
+ */
+adpo_status adpo_model_get_params(const struct adpo_model *model,
+                                  double *out,
+                                  size_t n,
+                                  struct adpo_error **err);
+
+/**
+ * Frees a model handle. NULL is a no-op.
+ */
+void adpo_model_free(struct adpo_model *model);
+
+/* The objective, on host buffers ======================================================
+ *
+ * The model-free ADPO objective: per-candidate log-probs of your policy and anchor, rewards
+ * or targets, and group ids in; the loss and d loss / d logp out, for your own backward pass.
+ */
+
+/**
+ * Creates an objective from a JSON config (NULL or "" = all defaults; unknown keys are an
+ * error). Keys and defaults: see README "Objective configuration".
+ */
+adpo_status adpo_objective_new(const char *config_json,
+                               struct adpo_objective **out,
+                               struct adpo_error **err);
+
+/**
+ * Frees an objective. NULL is a no-op.
+ */
+void adpo_objective_free(struct adpo_objective *obj);
+
+/**
+ * Evaluates the objective on n candidates (host float64 buffers of length n).
+ * Exactly one of `rewards` and `targets` is non-NULL. `group_ids`: any int64 ids, any order;
+ * groups of one candidate contribute nothing. Writes the loss (mean over groups of size >= 2),
+ * and optionally d loss/d logp and the anchored scores (NULL to skip). Outputs are written only
+ * on success.
+ */
+adpo_status adpo_objective_eval(const struct adpo_objective *obj,
+                                size_t n,
+                                const double *logp,
+                                const double *anchor_logp,
+                                const double *rewards,
+                                const double *targets,
+                                const int64_t *group_ids,
+                                double *out_loss,
+                                double *out_grad_logp,
+                                double *out_scores,
+                                struct adpo_error **err);
+
+/**
+ * As adpo_objective_eval, plus `policy_entropy` (n values: each candidate's mean token entropy
+ * under the policy divided by log(vocabulary size)), needed by the adaptive tau rule
+ * "smooth_hybrid". NULL policy_entropy behaves like adpo_objective_eval.
+ */
+adpo_status adpo_objective_eval_entropy(const struct adpo_objective *obj,
+                                        size_t n,
+                                        const double *logp,
+                                        const double *anchor_logp,
+                                        const double *rewards,
+                                        const double *targets,
+                                        const int64_t *group_ids,
+                                        const double *policy_entropy,
+                                        double *out_loss,
+                                        double *out_grad_logp,
+                                        double *out_scores,
+                                        struct adpo_error **err);
+
+/**
+ * GRPO baseline at token level (the objective's loss must be "grpo"). Row-major n x t buffers:
+ * `logp` (current policy), `old_logp` (sampling policy), `ref_logp` (reference; may be NULL
+ * when beta_kl = 0), `mask` (1 = token counts, 0 = ignored); `rewards` and `group_ids` have n
+ * entries. Writes the loss, optionally d loss/d logp (n x t) and the advantages (n).
+ */
+adpo_status adpo_objective_eval_tokens(const struct adpo_objective *obj,
+                                       size_t n,
+                                       size_t t,
+                                       const double *logp,
+                                       const double *old_logp,
+                                       const double *ref_logp,
+                                       const double *mask,
+                                       const double *rewards,
+                                       const int64_t *group_ids,
+                                       double *out_loss,
+                                       double *out_grad_logp,
+                                       double *out_advantages,
+                                       struct adpo_error **err);
+
+/**
+ * Metrics of the last successful evaluation (see adpo_objective_metrics). Before any
+ * evaluation: ADPO_STATUS_INVALID_ARGUMENT.
+ */
+adpo_status adpo_objective_get_metrics(const struct adpo_objective *obj,
+                                       struct adpo_objective_metrics *out,
+                                       struct adpo_error **err);
+
+/**
+ * Metrics of the last successful evaluation as a JSON object (NaN as null). Free the string
+ * with adpo_string_free(). Before any evaluation: ADPO_STATUS_INVALID_ARGUMENT.
+ */
+adpo_status adpo_objective_metrics_json(const struct adpo_objective *obj,
+                                        char **out_json,
+                                        struct adpo_error **err);
+
+/* Sampling ============================================================================
+ *
+ * K candidates per prompt from the trainer's policy, returned as a batch ready to score.
+ */
+
+/**
+ * Samples k candidates for each of n_prompts prompts from the policy, in eval mode (no
+ * dropout; the training forward runs in train mode). `prompt_tokens` holds
+ * the prompts back to back; `prompt_lengths[i]` is the length of prompt i. `sampling_json`
+ * (NULL = defaults): temperature 1, top_k 0 (off), top_p 1, max_new_tokens 16, eos_id null,
+ * pad_id 0, seed null (continue the trainer's generator). `*out_batch` receives a new batch
+ * (n_prompts * k rows, group id = prompt index, loss mask on the generated tokens up to and
+ * including EOS, per-token old_logp set); set its rewards and pass it to adpo_trainer_step.
+ */
+adpo_status adpo_trainer_sample(struct adpo_trainer *trainer,
+                                const int64_t *prompt_tokens,
+                                const size_t *prompt_lengths,
+                                size_t n_prompts,
+                                size_t k,
+                                const char *sampling_json,
+                                struct adpo_batch **out_batch,
+                                struct adpo_error **err);
+
+/* Trainer =============================================================================
+ *
+ * ADPO steps on a policy: log-probs, anchored scores, the objective, backward, optimizer and
+ * the anchor's update, micro-batched and exact.
+ */
+
+/**
+ * Creates a trainer for `policy` (trained in place) with an optional frozen `reference`
+ * (NULL: none; needed by anchor mode "fixed" unless batches carry anchor_logp, and by grpo
+ * with beta_kl > 0). `config_json`: trainer keys (seq_logp, micro_batch_rows,
+ * epochs_per_batch, seed, anchor, optimizer, grad_clip, schedule) plus every objective key;
+ * see README "Trainer configuration". Defaults: anchor on_policy, optimizer adamw with lr 1e-5,
+ * seq_logp mean, one pass, one epoch, no clipping, constant schedule.
+ */
+adpo_status adpo_trainer_new(struct adpo_model *policy,
+                             const struct adpo_model *reference,
+                             const char *config_json,
+                             struct adpo_trainer **out,
+                             struct adpo_error **err);
+
+/**
+ * One ADPO step on `batch` (epochs_per_batch optimizer updates). `out_metrics` may be NULL.
+ * In data-parallel training (adpo_trainer_use_mpi / _use_allreduce) every rank calls this with
+ * its own groups; the update is that of all ranks' groups together, the metrics are over all
+ * ranks, and a failure on any rank (a NULL or invalid batch included) is returned by every rank
+ * with the same status and message, before any weight changes.
+ */
+adpo_status adpo_trainer_step(struct adpo_trainer *trainer,
+                              const struct adpo_batch *batch,
+                              struct adpo_trainer_metrics *out_metrics,
+                              struct adpo_error **err);
+
+/**
+ * Metrics of the last step as JSON (NaN as null). Free with adpo_string_free(). Before any
+ * step: ADPO_STATUS_INVALID_ARGUMENT.
+ */
+adpo_status adpo_trainer_metrics_json(const struct adpo_trainer *trainer,
+                                      char **out_json,
+                                      struct adpo_error **err);
+
+/**
+ * Sequence log-probs (seq_logp reduction) of the batch's n rows under the current policy, in
+ * eval mode (no dropout).
+ */
+adpo_status adpo_trainer_sequence_logp(const struct adpo_trainer *trainer,
+                                       const struct adpo_batch *batch,
+                                       double *out,
+                                       size_t len,
+                                       struct adpo_error **err);
+
+/**
+ * Frees a trainer (the models it used stay valid while their handles live). NULL is a no-op.
+ */
+void adpo_trainer_free(struct adpo_trainer *trainer);
+
+/* Version and utilities ===============================================================
+ *
+ * Run-time versions (check adpo_abi_version() against ADPO_ABI_VERSION), the CUDA device
+ * count, and the free function for strings adpo hands out.
+ */
+
+/**
+ * "adpo X.Y.Z (tch A.B.C, libtorch V)". Static storage: do not free.
+ */
+const char *adpo_version(void);
+
+/**
+ * The ABI version of the loaded library; equals ADPO_ABI_VERSION of a matching header.
+ */
+uint32_t adpo_abi_version(void);
+
+/**
+ * Number of CUDA devices libtorch can use (0 on a machine without CUDA).
+ */
+int32_t adpo_cuda_device_count(void);
+
+/**
+ * Frees a string that adpo returned with ownership (e.g. adpo_objective_metrics_json). NULL is
+ * a no-op.
+ */
+void adpo_string_free(char *s);
+
+/**
+ * Test hook, not for applications: deliberately panics inside the boundary, returns
+ * ADPO_STATUS_PANIC and never unwinds into the caller. The bindings' tests use it to check
+ * their handling of ADPO_STATUS_PANIC.
+ */
+adpo_status adpo_test_panic(struct adpo_error **err);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -26,7 +26,9 @@ fn with_sections(generated: &str) -> String {
             + out[start..]
                 .find(&format!("{first}("))
                 .unwrap_or_else(|| panic!("section {title}: {first} is not in the header"));
-        let doc = out[..decl].rfind("/**").expect("every function has a doc comment");
+        let doc = out[..decl]
+            .rfind("/**")
+            .expect("every function has a doc comment");
         let rule = "=".repeat(88 - title.len().min(80) - 4);
         let banner = format!("/* {title} {rule}\n *\n * {paragraph}\n */\n\n");
         out.insert_str(doc, &banner);

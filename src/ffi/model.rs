@@ -1,26 +1,33 @@
-//! C ABI of TorchScript causal LMs (src/model.rs).
+//! C ABI of causal LMs (src/model/): Hugging Face checkpoint directories and TorchScript files.
 
 use super::args::{c_str, require_out, write_out};
 use super::boundary::{call, call_on};
 use super::error::adpo_error;
 use super::handle::{free, handle, Guarded, Handle};
 use crate::error::{catch_torch, Error, Status};
-use crate::model::{parse_device, Model, SharedModel};
+use crate::model::{parse_device, LoadOptions, Model, SharedModel};
 use parking_lot::Mutex;
 use std::ffi::c_char;
 use std::path::Path;
 use std::sync::Arc;
 
-/// A TorchScript causal LM. A trainer keeps its own reference to the models it was created
-/// with: freeing the handle after adpo_trainer_new is fine.
+/// A causal LM (a Hugging Face checkpoint or a TorchScript module). A trainer keeps its own
+/// reference to the models it was created with: freeing the handle after adpo_trainer_new is
+/// fine.
 pub struct adpo_model(Guarded<SharedModel>);
 handle!(adpo_model, SharedModel);
 
-/// Loads a TorchScript causal LM (`torch.jit.script(model).save(path)`) whose forward is
-/// `forward(input_ids int64 [B, T], attention_mask int64 [B, T]) -> logits [B, T, V]` or
-/// `forward(input_ids)`. `device`: "cpu" (NULL), "cuda" or "cuda:N". The forward is tried on a
-/// 1 x 2 input at load: a missing file, another signature or output shape is an
-/// ADPO_STATUS_MODEL error.
+/// Loads a causal LM. `path` is either a Hugging Face checkpoint directory (config.json plus
+/// model.safetensors, or model.safetensors.index.json and its shards; model_type llama,
+/// mistral, qwen2 or qwen3), loaded in config.json's dtype, or a TorchScript file
+/// (`torch.jit.script(model).save(path)`) whose forward is `forward(input_ids int64 [B, T],
+/// attention_mask int64 [B, T]) -> logits [B, T, V]` or `forward(input_ids)`. `device`: "cpu"
+/// (NULL), "cuda" or "cuda:N". A missing path, a config.json adpo cannot honour (unknown
+/// model_type, an activation other than silu, a sliding window shorter than
+/// max_position_embeddings, ...) or a TorchScript forward with another signature or output
+/// shape (tried on a 1 x 2 input) is an ADPO_STATUS_MODEL error; weights that do not match the
+/// config (a missing, unexpected or misshapen tensor, a missing or truncated shard) are
+/// ADPO_STATUS_CHECKPOINT errors. The message names the field, tensor or file.
 #[no_mangle]
 pub extern "C" fn adpo_model_load(
     path: *const c_char,
@@ -42,6 +49,56 @@ pub extern "C" fn adpo_model_load(
             "out",
             adpo_model::into_raw(Arc::new(Mutex::new(model))),
         )
+    })
+}
+
+/// adpo_model_load with options, a JSON object (NULL or "" = defaults; unknown keys are an
+/// ADPO_STATUS_INVALID_CONFIG error): `{"device": "cpu" | "cuda" | "cuda:N", "dtype": "auto" |
+/// "float32" | "bfloat16" | "float16" | "float64"}`. `dtype` (default "auto": config.json's
+/// `dtype`/`torch_dtype`, else the stored weights' dtype) converts a checkpoint directory's
+/// weights at load; a TorchScript file keeps its own dtype (anything but "auto" is
+/// ADPO_STATUS_UNSUPPORTED).
+#[no_mangle]
+pub extern "C" fn adpo_model_load_options(
+    path: *const c_char,
+    options_json: *const c_char,
+    out: *mut *mut adpo_model,
+    err: *mut *mut adpo_error,
+) -> Status {
+    call(err, || {
+        require_out(out, "out")?;
+        let path = c_str(path, "path")?;
+        let options = if options_json.is_null() {
+            LoadOptions::default()
+        } else {
+            LoadOptions::from_json(c_str(options_json, "options_json")?)?
+        };
+        let model = Model::load_with(Path::new(path), &options)?;
+        write_out(
+            out,
+            "out",
+            adpo_model::into_raw(Arc::new(Mutex::new(model))),
+        )
+    })
+}
+
+/// Writes the model, with its current weights (a policy's as trained so far), as a Hugging Face
+/// checkpoint directory that `transformers.AutoModelForCausalLM.from_pretrained(dir)` and
+/// adpo_model_load read: config.json (the loaded one, its dtype set to the weights' dtype),
+/// model.safetensors (every parameter under its checkpoint name, a tied head once) and the
+/// source directory's tokenizer*, special_tokens_map.json and generation_config.json files.
+/// The directory is written under a temporary name and renamed into place (an existing `dir`
+/// is replaced). Only models loaded from a checkpoint directory can be saved
+/// (ADPO_STATUS_UNSUPPORTED otherwise); a write failure is ADPO_STATUS_IO.
+#[no_mangle]
+pub extern "C" fn adpo_model_save(
+    model: *const adpo_model,
+    dir: *const c_char,
+    err: *mut *mut adpo_error,
+) -> Status {
+    call_on(err, model, "model", |m| {
+        let dir = c_str(dir, "dir")?;
+        m.inner.lock().save_pretrained(Path::new(dir))
     })
 }
 

@@ -1,12 +1,14 @@
-//! What a model path holds, told from its first bytes before libtorch sees it: a TorchScript
-//! archive loads; a safetensors file, a `torch.save` pickle or anything else is named as such
-//! (libtorch would only say "PytorchStreamReader failed locating file constants.pkl").
+//! What a model path holds: a directory is a Hugging Face checkpoint (native/); a file is told
+//! from its first bytes before libtorch sees it: a TorchScript archive loads; a safetensors
+//! file, a `torch.save` pickle or anything else is named as such (libtorch would only say
+//! "PytorchStreamReader failed locating file constants.pkl").
 
+use super::native::NativeLm;
+use super::options::{Dtype, LoadOptions};
 use super::torchscript::TorchScriptLm;
 use super::CausalLm;
 use crate::error::{Error, Result, Status};
 use std::path::Path;
-use tch::Device;
 
 fn model_error(message: String) -> Error {
     Error::new(Status::Model, message)
@@ -48,16 +50,17 @@ fn sniff(bytes: &[u8]) -> FileKind {
 }
 
 const SUPPORTED: &str =
-    "adpo loads TorchScript files (torch.jit.script(model).save(path)); Hugging Face checkpoint \
-     directories (config.json + safetensors) are the recommended format";
+    "adpo loads Hugging Face checkpoint directories (config.json + safetensors: llama, \
+     mistral, qwen2, qwen3) and TorchScript files (torch.jit.script(model).save(path))";
 
 /// Opens the causal LM at `path`.
-pub fn open(path: &Path, device: Device) -> Result<Box<dyn CausalLm>> {
+pub fn open(path: &Path, options: &LoadOptions) -> Result<Box<dyn CausalLm>> {
     if path.is_dir() {
-        return Err(model_error(format!(
-            "{} is a directory: checkpoint directories are not supported yet; {SUPPORTED}",
-            path.display()
-        )));
+        return Ok(Box::new(NativeLm::load(
+            path,
+            options.dtype.kind(),
+            options.device,
+        )?));
     }
     if !path.is_file() {
         return Err(model_error(format!(
@@ -72,8 +75,20 @@ pub fn open(path: &Path, device: Device) -> Result<Box<dyn CausalLm>> {
         )
     })?;
     let what = match sniff(&bytes) {
+        FileKind::TorchScript if options.dtype != Dtype::Auto => {
+            return Err(Error::unsupported(format!(
+                "{}: a TorchScript module loads in its own dtype; dtype {:?} is for checkpoint \
+                 directories (use \"auto\")",
+                path.display(),
+                options.dtype
+            )))
+        }
         FileKind::TorchScript => {
-            return Ok(Box::new(TorchScriptLm::from_bytes(path, bytes, device)?))
+            return Ok(Box::new(TorchScriptLm::from_bytes(
+                path,
+                bytes,
+                options.device,
+            )?))
         }
         FileKind::TorchPickleZip | FileKind::Pickle => {
             "a torch.save pickle (weights or a whole module, not TorchScript)"

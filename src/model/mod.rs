@@ -3,17 +3,21 @@
 //! same for every kind of model: the parameter list (each tensor once, even when tied), train
 //! and eval mode, gradients on or off, frozen copies for anchors, EMA and hard copies.
 //!
-//! Implementations: `torchscript.rs` (a TorchScript module returning logits). A native
-//! architecture is one more file beside it that implements [`CausalLm`] (returning final hidden
+//! Implementations: `torchscript.rs` (a TorchScript module returning logits) and `native/`
+//! (Hugging Face checkpoint directories: Llama, Mistral, Qwen2, Qwen3, returning final hidden
 //! states plus an output head, so log-probs can be computed a chunk of positions at a time, and
-//! optionally a key/value-cached forward for sampling).
+//! a key/value-cached forward for sampling). `options.rs`: device and dtype at load.
 
 mod device;
 mod format;
+pub mod native;
+mod options;
 mod torchscript;
 
 use crate::error::{Error, Result, Status};
 pub use device::parse_device;
+pub use native::NativeLm;
+pub use options::{Dtype, LoadOptions};
 use parking_lot::Mutex;
 use std::path::Path;
 use std::sync::Arc;
@@ -24,6 +28,7 @@ pub use torchscript::TorchScriptLm;
 pub type SharedModel = Arc<Mutex<Model>>;
 
 /// What a forward pass gives.
+#[derive(Debug)]
 pub enum Forward {
     /// Logits [B, T, V].
     Logits(Tensor),
@@ -75,6 +80,16 @@ pub trait CausalLm: Send {
     /// An independent instance with its own copy of the weights (for anchors), made from
     /// memory: the file the model came from is not read again.
     fn duplicate(&self) -> Result<Box<dyn CausalLm>>;
+    /// Writes the model, with its current weights, as a Hugging Face checkpoint directory
+    /// (config.json + model.safetensors, plus the source's tokenizer and generation files).
+    fn save_pretrained(&self, dir: &Path) -> Result<()> {
+        let _ = dir;
+        Err(Error::unsupported(format!(
+            "{} cannot be saved as a Hugging Face checkpoint directory (only models loaded from \
+             one can)",
+            self.describe()
+        )))
+    }
     /// A key/value cache for `rows` sequences of up to `capacity` positions; None when the
     /// model has no incremental forward (then sampling re-runs the prefix).
     fn new_cache(&self, rows: i64, capacity: i64) -> Option<KvCache> {
@@ -129,9 +144,15 @@ fn distinct(params: Vec<(String, Tensor)>) -> Vec<(String, Tensor)> {
 }
 
 impl Model {
-    /// Loads a TorchScript file (see `torchscript.rs`); other formats are named as such.
+    /// Loads a Hugging Face checkpoint directory (native/, dtype "auto") or a TorchScript file
+    /// (see `torchscript.rs`); other formats are named as such.
     pub fn load(path: &Path, device: Device) -> Result<Model> {
-        let lm = format::open(path, device)?;
+        Model::load_with(path, &LoadOptions::on(device))
+    }
+
+    /// [`Model::load`] with a dtype (checkpoint directories only) and a device.
+    pub fn load_with(path: &Path, options: &LoadOptions) -> Result<Model> {
+        let lm = format::open(path, options)?;
         Model::from_lm(lm)
     }
 
@@ -166,6 +187,11 @@ impl Model {
 
     pub fn head(&self, hidden: &Tensor) -> Result<Tensor> {
         self.lm.head(hidden)
+    }
+
+    /// Writes a Hugging Face checkpoint directory (models loaded from one; see native/save.rs).
+    pub fn save_pretrained(&self, dir: &Path) -> Result<()> {
+        self.lm.save_pretrained(dir)
     }
 
     /// An id outside the vocabulary would surface as an opaque libtorch index error.

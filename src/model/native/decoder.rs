@@ -1,0 +1,217 @@
+//! The decoder shared by every architecture (the differences are values: arch.rs, config.rs):
+//! token embedding; per layer x += attention(RMSNorm(x)), x += MLP(RMSNorm(x)) with the SwiGLU
+//! MLP down(silu(gate(h)) * up(h)); a final RMSNorm; the output head (`lm_head.weight`, or the
+//! embedding matrix when tied). No dropout anywhere.
+
+use super::attention::{Attention, LayerCache};
+use super::config::Config;
+use super::layout;
+use super::mask;
+use super::rope;
+use crate::error::{Error, Result, Status};
+use crate::model::KvCache;
+use std::collections::HashMap;
+use tch::{Kind, Tensor};
+
+/// A projection y = x W^T + b.
+pub struct Linear {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+}
+
+impl Linear {
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(x.f_linear(&self.weight, self.bias.as_ref())?)
+    }
+}
+
+/// RMSNorm over the last axis, computed in float32 for 16-bit activations (as transformers
+/// does) and in the activations' own dtype for float32 and float64, then scaled by `weight`.
+pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    let kind = x.kind();
+    let compute = if kind == Kind::Double {
+        kind
+    } else {
+        Kind::Float
+    };
+    let h = x.to_kind(compute);
+    let variance = h.square().f_mean_dim([-1i64].as_slice(), true, compute)?;
+    let normed = (h * (variance + eps).rsqrt()).to_kind(kind);
+    Ok(weight.f_mul(&normed)?)
+}
+
+struct Mlp {
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+struct Layer {
+    input_norm: Tensor,
+    attention: Attention,
+    post_norm: Tensor,
+    mlp: Mlp,
+}
+
+pub struct Decoder {
+    embed: Tensor,
+    layers: Vec<Layer>,
+    norm: Tensor,
+    /// None: tied to `embed`.
+    lm_head: Option<Tensor>,
+    /// RoPE inverse frequencies [head_dim / 2], float32, on the model's device.
+    inv_freq: Tensor,
+    eps: f64,
+    /// Every parameter under its checkpoint name, in layout order (shared storage).
+    params: Vec<(String, Tensor)>,
+}
+
+/// Takes tensors out of the loaded map by name.
+struct Tensors(HashMap<String, Tensor>);
+
+impl Tensors {
+    fn get(&self, name: &str) -> Result<Tensor> {
+        self.0
+            .get(name)
+            .map(|t| t.shallow_clone())
+            .ok_or_else(|| Error::new(Status::Checkpoint, format!("tensor {name} is missing")))
+    }
+
+    fn linear(&self, name: &str, bias: bool) -> Result<Linear> {
+        Ok(Linear {
+            weight: self.get(&format!("{name}.weight"))?,
+            bias: if bias {
+                Some(self.get(&format!("{name}.bias"))?)
+            } else {
+                None
+            },
+        })
+    }
+
+    fn attention(&self, c: &Config, i: i64) -> Result<Attention> {
+        let p = format!("model.layers.{i}.self_attn");
+        let norm = |which: &str| -> Result<Option<Tensor>> {
+            match c.arch.qk_norm {
+                true => Ok(Some(self.get(&format!("{p}.{which}.weight"))?)),
+                false => Ok(None),
+            }
+        };
+        Ok(Attention {
+            q: self.linear(&format!("{p}.q_proj"), c.qkv_bias)?,
+            k: self.linear(&format!("{p}.k_proj"), c.qkv_bias)?,
+            v: self.linear(&format!("{p}.v_proj"), c.qkv_bias)?,
+            o: self.linear(&format!("{p}.o_proj"), c.o_bias)?,
+            q_norm: norm("q_norm")?,
+            k_norm: norm("k_norm")?,
+            heads: c.num_heads,
+            kv_heads: c.num_kv_heads,
+            head_dim: c.head_dim,
+            eps: c.rms_norm_eps,
+        })
+    }
+
+    fn layer(&self, c: &Config, i: i64) -> Result<Layer> {
+        let p = format!("model.layers.{i}");
+        Ok(Layer {
+            input_norm: self.get(&format!("{p}.input_layernorm.weight"))?,
+            attention: self.attention(c, i)?,
+            post_norm: self.get(&format!("{p}.post_attention_layernorm.weight"))?,
+            mlp: Mlp {
+                gate: self.linear(&format!("{p}.mlp.gate_proj"), c.mlp_bias)?,
+                up: self.linear(&format!("{p}.mlp.up_proj"), c.mlp_bias)?,
+                down: self.linear(&format!("{p}.mlp.down_proj"), c.mlp_bias)?,
+            },
+        })
+    }
+}
+
+impl Layer {
+    fn forward(
+        &self,
+        x: &Tensor,
+        rope: &(Tensor, Tensor),
+        mask: &Tensor,
+        cache: Option<LayerCache>,
+        eps: f64,
+    ) -> Result<Tensor> {
+        let h = rms_norm(x, &self.input_norm, eps)?;
+        let x = x.f_add(&self.attention.forward(&h, &rope.0, &rope.1, mask, cache)?)?;
+        let h = rms_norm(&x, &self.post_norm, eps)?;
+        let gated = self
+            .mlp
+            .gate
+            .forward(&h)?
+            .silu()
+            .f_mul(&self.mlp.up.forward(&h)?)?;
+        Ok(x.f_add(&self.mlp.down.forward(&gated)?)?)
+    }
+}
+
+impl Decoder {
+    /// Builds the decoder from checkpoint tensors (checked against layout.rs by weights.rs).
+    pub fn new(c: &Config, tensors: HashMap<String, Tensor>) -> Result<Decoder> {
+        let t = Tensors(tensors);
+        let params = layout::parameters(c)
+            .into_iter()
+            .map(|(name, _)| Ok((name.clone(), t.get(&name)?)))
+            .collect::<Result<Vec<_>>>()?;
+        let embed = t.get("model.embed_tokens.weight")?;
+        let layers = (0..c.num_layers)
+            .map(|i| t.layer(c, i))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Decoder {
+            inv_freq: c.rope.inverse_frequencies(c.head_dim, embed.device()),
+            lm_head: match c.tie_word_embeddings {
+                true => None,
+                false => Some(t.get("lm_head.weight")?),
+            },
+            norm: t.get("model.norm.weight")?,
+            embed,
+            layers,
+            eps: c.rms_norm_eps,
+            params,
+        })
+    }
+
+    pub fn params(&self) -> &[(String, Tensor)] {
+        &self.params
+    }
+
+    pub fn embedding(&self) -> &Tensor {
+        &self.embed
+    }
+
+    /// Final hidden states [B, t, hidden] (after the final norm) of ids [B, t], the columns
+    /// after the `cache.len` cached ones; `mask` [B, cache.len + t]. Appends to the cache.
+    pub fn hidden(
+        &self,
+        ids: &Tensor,
+        mask: &Tensor,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        let mut cache = cache;
+        let past = cache.as_ref().map_or(0, |c| c.len);
+        let positions = mask::positions(mask, past)?;
+        let attention_mask = mask::attention(mask, past)?;
+        let rope = rope::cos_sin(&self.inv_freq, &positions, self.embed.kind())?;
+        let mut x = Tensor::f_embedding(&self.embed, ids, -1, false, false)?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let layer_cache = cache.as_deref_mut().map(|c| LayerCache {
+                keys: &mut c.keys[i],
+                values: &mut c.values[i],
+                len: past,
+            });
+            x = layer.forward(&x, &rope, &attention_mask, layer_cache, self.eps)?;
+        }
+        if let Some(c) = cache {
+            c.len += ids.size()[1];
+        }
+        rms_norm(&x, &self.norm, self.eps)
+    }
+
+    /// Logits [.., V] of hidden states [.., hidden].
+    pub fn head(&self, hidden: &Tensor) -> Result<Tensor> {
+        let weight = self.lm_head.as_ref().unwrap_or(&self.embed);
+        Ok(hidden.f_linear(weight, None::<&Tensor>)?)
+    }
+}

@@ -1,0 +1,208 @@
+//! Hugging Face causal LMs built natively on libtorch (no Python at run time): a checkpoint
+//! directory (config.json + model.safetensors, or model.safetensors.index.json + shards) of
+//! model_type llama, mistral, qwen2 or qwen3. `forward` gives the final hidden states and `head`
+//! the logits (so log-probs can be computed a chunk of positions at a time); a key/value cache
+//! gives the incremental forward for sampling. Parameter names are the checkpoint's.
+//!
+//! Files: arch.rs (what distinguishes architectures) and one file per architecture;
+//! config.rs (config.json, validated); layout.rs (parameter names and shapes); weights.rs
+//! (safetensors reading); rope.rs, mask.rs, attention.rs, decoder.rs (the network); save.rs
+//! (writing a checkpoint directory back).
+
+mod arch;
+mod attention;
+mod config;
+mod decoder;
+mod eos;
+mod layout;
+mod llama;
+mod mask;
+mod mistral;
+mod qwen2;
+mod qwen3;
+mod rope;
+mod save;
+mod weights;
+
+use super::{CausalLm, Forward, KvCache};
+use crate::error::{Error, Result};
+pub use config::{parse_dtype, Config};
+use decoder::Decoder;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use tch::{Device, Kind, Tensor};
+
+/// A Llama, Mistral, Qwen2 or Qwen3 causal LM loaded from a checkpoint directory.
+pub struct NativeLm {
+    dir: PathBuf,
+    config: Config,
+    /// config.json as loaded (written back, dtype updated, by `save_pretrained`).
+    config_json: String,
+    decoder: Decoder,
+    device: Device,
+    /// generation_config.json's (or config.json's) eos_token_id.
+    eos: Vec<i64>,
+}
+
+impl NativeLm {
+    /// Loads `dir` as `kind` (None: config.json's dtype, else the checkpoint's stored dtype) on
+    /// `device`. A config adpo cannot honour is an ADPO_STATUS_MODEL error; weights that do not
+    /// match it (missing, unexpected, misshapen tensors; missing or truncated shards) are
+    /// ADPO_STATUS_CHECKPOINT errors.
+    pub fn load(dir: &Path, kind: Option<Kind>, device: Device) -> Result<NativeLm> {
+        let (config, config_json) = Config::read(dir)?;
+        let shapes = layout::parameters(&config);
+        let tolerated = |name: &str| layout::tolerated(&config, name);
+        let expected = weights::Expected {
+            shapes: &shapes,
+            tolerated: &tolerated,
+        };
+        let (tensors, _) =
+            tch::no_grad(|| weights::read(dir, &expected, kind.or(config.dtype), device))?;
+        let decoder = Decoder::new(&config, tensors)?;
+        Ok(NativeLm {
+            dir: dir.to_path_buf(),
+            config,
+            config_json,
+            decoder,
+            device,
+            eos: eos::eos_ids(dir),
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The checkpoint directory the model was loaded from.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn check_inputs(&self, ids: &Tensor, mask: &Tensor, past: i64) -> Result<()> {
+        let (is, ms) = (ids.size(), mask.size());
+        if is.len() != 2 || ms.len() != 2 || is[0] != ms[0] || ms[1] != past + is[1] {
+            return Err(Error::shape(format!(
+                "{}: input_ids {is:?} and attention_mask {ms:?} do not agree (the mask must be \
+                 [B, {past} + T] for ids [B, T] after {past} cached positions)",
+                self.describe()
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl CausalLm for NativeLm {
+    fn describe(&self) -> String {
+        format!("{} ({})", self.dir.display(), self.config.arch.model_type)
+    }
+
+    fn vocab(&self) -> i64 {
+        self.config.vocab_size
+    }
+
+    fn device(&self) -> Device {
+        self.device
+    }
+
+    fn named_parameters(&self) -> Vec<(String, Tensor)> {
+        let params = self.decoder.params().iter();
+        params
+            .map(|(n, t)| (n.clone(), t.shallow_clone()))
+            .collect()
+    }
+
+    /// These architectures have no dropout (a config with attention_dropout > 0 is refused at
+    /// load) and no other train-time behaviour: train and eval mode compute the same function.
+    fn set_train_mode(&mut self, _train: bool) {}
+
+    fn forward(&self, ids: &Tensor, attention_mask: &Tensor) -> Result<Forward> {
+        self.check_inputs(ids, attention_mask, 0)?;
+        let mask = attention_mask.to_device(self.device);
+        Ok(Forward::Hidden(self.decoder.hidden(ids, &mask, None)?))
+    }
+
+    fn head(&self, hidden: &Tensor) -> Result<Tensor> {
+        self.decoder.head(hidden)
+    }
+
+    /// A copy of every parameter tensor in memory (tying kept), the same config.
+    fn duplicate(&self) -> Result<Box<dyn CausalLm>> {
+        let tensors: HashMap<String, Tensor> = tch::no_grad(|| {
+            let params = self.decoder.params().iter();
+            params
+                .map(|(n, t)| (n.clone(), t.detach().copy()))
+                .collect()
+        });
+        Ok(Box::new(NativeLm {
+            dir: self.dir.clone(),
+            config: self.config.clone(),
+            config_json: self.config_json.clone(),
+            decoder: Decoder::new(&self.config, tensors)?,
+            device: self.device,
+            eos: self.eos.clone(),
+        }))
+    }
+
+    fn save_pretrained(&self, dir: &Path) -> Result<()> {
+        let kind = self.decoder.embedding().kind();
+        let config = save::config_json(&self.config_json, kind)?;
+        save::save(dir, &config, self.decoder.params(), &self.dir)
+    }
+
+    /// Per layer, keys and values [rows, num_key_value_heads, capacity, head_dim] (the KV
+    /// heads, not the expanded query heads) in the weights' dtype.
+    fn new_cache(&self, rows: i64, capacity: i64) -> Option<KvCache> {
+        let c = &self.config;
+        let shape = [rows, c.num_kv_heads, capacity, c.head_dim];
+        let options = (self.decoder.embedding().kind(), self.device);
+        let buffers = || {
+            (0..c.num_layers)
+                .map(|_| Tensor::zeros(shape, options))
+                .collect()
+        };
+        Some(KvCache {
+            keys: buffers(),
+            values: buffers(),
+            len: 0,
+            capacity,
+        })
+    }
+
+    /// Runs without gradients (for sampling).
+    fn forward_cached(
+        &self,
+        ids: &Tensor,
+        attention_mask: &Tensor,
+        cache: &mut KvCache,
+    ) -> Result<Forward> {
+        self.check_inputs(ids, attention_mask, cache.len)?;
+        let (rows, t) = (ids.size()[0], ids.size()[1]);
+        let layers = self.config.num_layers as usize;
+        let cache_rows = cache.keys.first().map(|k| k.size()[0]);
+        if cache.keys.len() != layers || cache.values.len() != layers || cache_rows != Some(rows) {
+            return Err(Error::shape(format!(
+                "{}: the cache was not made by this model for {rows} rows",
+                self.describe()
+            )));
+        }
+        if cache.len + t > cache.capacity {
+            return Err(Error::invalid(format!(
+                "{}: {} cached + {t} new positions exceed the cache capacity {}",
+                self.describe(),
+                cache.len,
+                cache.capacity
+            )));
+        }
+        let mask = attention_mask.to_device(self.device);
+        tch::no_grad(|| Ok(Forward::Hidden(self.decoder.hidden(ids, &mask, Some(cache))?)))
+    }
+
+    fn eos_ids(&self) -> Vec<i64> {
+        self.eos.clone()
+    }
+
+    fn max_positions(&self) -> Option<i64> {
+        Some(self.config.max_position_embeddings)
+    }
+}

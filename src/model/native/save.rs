@@ -1,0 +1,162 @@
+//! Writes a native model back as a Hugging Face checkpoint directory that transformers'
+//! `from_pretrained` (and adpo) loads: config.json (the one loaded, with its dtype set to the
+//! weights' dtype), model.safetensors (every parameter under its checkpoint name, a tied head
+//! once, metadata {"format": "pt"}), and the tokenizer and generation files of the source
+//! directory. The directory is written under a temporary name beside `dir` and renamed into
+//! place, so `dir` never holds a partial checkpoint; an existing `dir` is replaced.
+
+use super::weights::SINGLE;
+use crate::error::{torch_message, Error, Result, Status};
+use safetensors::tensor::{Dtype, View};
+use serde_json::{Map, Value};
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use tch::{Device, Kind, Tensor};
+
+/// Files of a checkpoint directory that are not weights or config and travel with it.
+fn travels(file: &str) -> bool {
+    file.starts_with("tokenizer")
+        || [
+            "generation_config.json",
+            "special_tokens_map.json",
+            "added_tokens.json",
+            "vocab.json",
+            "merges.txt",
+            "chat_template.jinja",
+            "chat_template.json",
+        ]
+        .contains(&file)
+}
+
+fn io_error(what: &str, path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::new(Status::Io, format!("cannot {what} {}: {e}", path.display()))
+}
+
+/// A tensor's bytes on the host, as safetensors serialises them.
+struct HostTensor {
+    dtype: Dtype,
+    shape: Vec<usize>,
+    data: Vec<u8>,
+}
+
+impl View for &HostTensor {
+    fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> Cow<'_, [u8]> {
+        Cow::Borrowed(&self.data)
+    }
+    fn data_len(&self) -> usize {
+        self.data.len()
+    }
+}
+
+fn host_tensor(name: &str, t: &Tensor) -> Result<HostTensor> {
+    let dtype = match t.kind() {
+        Kind::Float => Dtype::F32,
+        Kind::BFloat16 => Dtype::BF16,
+        Kind::Half => Dtype::F16,
+        Kind::Double => Dtype::F64,
+        other => return Err(Error::unsupported(format!("{name}: cannot save {other:?}"))),
+    };
+    let cpu = tch::no_grad(|| t.detach().to_device(Device::Cpu).contiguous());
+    let mut data = vec![0u8; cpu.numel() * cpu.kind().elt_size_in_bytes()];
+    cpu.f_copy_data_u8(&mut data, cpu.numel())
+        .map_err(|e| Error::new(Status::Torch, format!("{name}: {}", torch_message(&e))))?;
+    let shape = cpu.size().iter().map(|&d| d as usize).collect();
+    Ok(HostTensor { dtype, shape, data })
+}
+
+/// The config.json text that was loaded, with `dtype` (and `torch_dtype` where present)
+/// naming the weights' dtype now.
+pub fn config_json(loaded: &str, kind: Kind) -> Result<String> {
+    let mut json: Map<String, Value> = serde_json::from_str(loaded)
+        .map_err(|e| Error::new(Status::Model, format!("config.json: {e}")))?;
+    let name = match kind {
+        Kind::BFloat16 => "bfloat16",
+        Kind::Half => "float16",
+        Kind::Double => "float64",
+        _ => "float32",
+    };
+    if json.contains_key("torch_dtype") {
+        json.insert("torch_dtype".into(), name.into());
+    }
+    if json.contains_key("dtype") || !json.contains_key("torch_dtype") {
+        json.insert("dtype".into(), name.into());
+    }
+    serde_json::to_string_pretty(&Value::Object(json))
+        .map_err(|e| Error::new(Status::Model, format!("config.json: {e}")))
+}
+
+fn write_contents(
+    tmp: &Path,
+    config: &str,
+    params: &[(String, Tensor)],
+    source: &Path,
+) -> Result<()> {
+    std::fs::create_dir(tmp).map_err(|e| io_error("create", tmp, e))?;
+    let config_path = tmp.join("config.json");
+    std::fs::write(&config_path, config).map_err(|e| io_error("write", &config_path, e))?;
+    let host = params
+        .iter()
+        .map(|(n, t)| Ok((n.clone(), host_tensor(n, t)?)))
+        .collect::<Result<Vec<_>>>()?;
+    let views = host.iter().map(|(n, t)| (n.as_str(), t));
+    let metadata = Some(HashMap::from([("format".to_string(), "pt".to_string())]));
+    let weights = tmp.join(SINGLE);
+    safetensors::tensor::serialize_to_file(views, &metadata, &weights)
+        .map_err(|e| io_error("write", &weights, e))?;
+    if let Ok(entries) = std::fs::read_dir(source) {
+        for entry in entries.flatten() {
+            let file = entry.file_name().to_string_lossy().into_owned();
+            if travels(&file) && entry.path().is_file() {
+                std::fs::copy(entry.path(), tmp.join(&file))
+                    .map_err(|e| io_error("copy", &entry.path(), e))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `dir` with its last component as `.NAME.adpo-TAG-PID`.
+fn sibling(dir: &Path, tag: &str) -> Result<PathBuf> {
+    let name = dir
+        .file_name()
+        .ok_or_else(|| Error::invalid(format!("{} is not a directory name", dir.display())))?;
+    let name = name.to_string_lossy();
+    Ok(dir.with_file_name(format!(".{name}.adpo-{tag}-{}", std::process::id())))
+}
+
+/// Writes the checkpoint into `dir` (see the module doc).
+pub fn save(dir: &Path, config: &str, params: &[(String, Tensor)], source: &Path) -> Result<()> {
+    if dir.exists() && !dir.is_dir() {
+        return Err(Error::invalid(format!(
+            "{} exists and is not a directory",
+            dir.display()
+        )));
+    }
+    let tmp = sibling(dir, "tmp")?;
+    let _ = std::fs::remove_dir_all(&tmp);
+    if let Err(e) = write_contents(&tmp, config, params, source) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    let old = sibling(dir, "old")?;
+    if dir.exists() {
+        let _ = std::fs::remove_dir_all(&old);
+        std::fs::rename(dir, &old).map_err(|e| io_error("replace", dir, e))?;
+    }
+    if let Err(e) = std::fs::rename(&tmp, dir) {
+        if old.exists() {
+            let _ = std::fs::rename(&old, dir);
+        }
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(io_error("rename into", dir, e));
+    }
+    let _ = std::fs::remove_dir_all(&old);
+    Ok(())
+}

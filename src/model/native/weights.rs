@@ -1,0 +1,194 @@
+//! The weights of a checkpoint directory: `model.safetensors`, or `model.safetensors.index.json`
+//! and the shards its `weight_map` names. One shard is in memory at a time; each tensor is
+//! checked against the expected layout (name and shape) before it is converted to the requested
+//! dtype and device. A missing, unexpected or misshapen tensor, a missing, truncated or corrupt
+//! shard is an ADPO_STATUS_CHECKPOINT error that names the tensor or the file.
+
+use crate::error::{torch_message, Error, Result, Status};
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use serde::Deserialize;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use tch::{Device, Kind, Tensor};
+
+pub const SINGLE: &str = "model.safetensors";
+pub const INDEX: &str = "model.safetensors.index.json";
+
+fn ckpt_error(message: String) -> Error {
+    Error::new(Status::Checkpoint, message)
+}
+
+#[derive(Deserialize)]
+struct Index {
+    weight_map: BTreeMap<String, String>,
+}
+
+/// The safetensors files of a checkpoint, and for a sharded one the file each tensor is in.
+struct Files {
+    shards: Vec<PathBuf>,
+    index: Option<BTreeMap<String, String>>,
+}
+
+fn files(dir: &Path) -> Result<Files> {
+    let index_path = dir.join(INDEX);
+    if index_path.is_file() {
+        let text = std::fs::read_to_string(&index_path)
+            .map_err(|e| ckpt_error(format!("cannot read {}: {e}", index_path.display())))?;
+        let index: Index = serde_json::from_str(&text).map_err(|e| {
+            ckpt_error(format!(
+                "{} is not a shard index: {e}",
+                index_path.display()
+            ))
+        })?;
+        let names: BTreeSet<&String> = index.weight_map.values().collect();
+        let shards = names.into_iter().map(|n| dir.join(n)).collect();
+        return Ok(Files {
+            shards,
+            index: Some(index.weight_map),
+        });
+    }
+    let single = dir.join(SINGLE);
+    if single.is_file() {
+        return Ok(Files {
+            shards: vec![single],
+            index: None,
+        });
+    }
+    Err(ckpt_error(format!(
+        "{} has neither {SINGLE} nor {INDEX}",
+        dir.display()
+    )))
+}
+
+/// What the model expects: each tensor's shape by checkpoint name, and which other names a
+/// checkpoint may carry without them being used (a tied `lm_head.weight`, RoPE buffers).
+pub struct Expected<'a> {
+    pub shapes: &'a [(String, Vec<i64>)],
+    pub tolerated: &'a dyn Fn(&str) -> bool,
+}
+
+/// The tensors of the checkpoint in `dir`, by name, converted to `kind` (None: the stored dtype
+/// of the first tensor read) on `device`; and the kind used.
+pub fn read(
+    dir: &Path,
+    expected: &Expected,
+    kind: Option<Kind>,
+    device: Device,
+) -> Result<(HashMap<String, Tensor>, Kind)> {
+    let files = files(dir)?;
+    let shapes: HashMap<&str, &Vec<i64>> = expected
+        .shapes
+        .iter()
+        .map(|(n, s)| (n.as_str(), s))
+        .collect();
+    let mut out = HashMap::new();
+    let mut kind = kind;
+    for shard in &files.shards {
+        let bytes = read_shard(shard, files.index.is_some())?;
+        let st = SafeTensors::deserialize(&bytes).map_err(|e| {
+            ckpt_error(format!(
+                "{} is truncated or not a safetensors file ({e})",
+                shard.display()
+            ))
+        })?;
+        if let Some(index) = &files.index {
+            check_index(index, shard, &st)?;
+        }
+        for (name, view) in st.tensors() {
+            let Some(shape) = shapes.get(name.as_str()) else {
+                if (expected.tolerated)(&name) {
+                    continue;
+                }
+                return Err(ckpt_error(format!(
+                    "{}: unexpected tensor {name} (not a parameter of this model's config.json)",
+                    shard.display()
+                )));
+            };
+            if out.contains_key(&name) {
+                return Err(ckpt_error(format!(
+                    "{}: tensor {name} appears in more than one shard",
+                    shard.display()
+                )));
+            }
+            let tensor = convert(&name, shard, &view, shape, &mut kind, device)?;
+            out.insert(name, tensor);
+        }
+    }
+    if let Some((name, _)) = expected.shapes.iter().find(|(n, _)| !out.contains_key(n)) {
+        let missing = expected.shapes.len() - out.len();
+        return Err(ckpt_error(format!(
+            "{}: tensor {name} is missing ({missing} expected tensor(s) missing)",
+            dir.display()
+        )));
+    }
+    Ok((out, kind.unwrap_or(Kind::Float)))
+}
+
+fn read_shard(shard: &Path, sharded: bool) -> Result<Vec<u8>> {
+    std::fs::read(shard).map_err(|e| {
+        let what = if sharded {
+            format!("shard {} (listed in {INDEX})", shard.display())
+        } else {
+            shard.display().to_string()
+        };
+        ckpt_error(format!("cannot read {what}: {e}"))
+    })
+}
+
+/// Every tensor the index places in this shard must be in it.
+fn check_index(index: &BTreeMap<String, String>, shard: &Path, st: &SafeTensors) -> Result<()> {
+    let file = shard.file_name().and_then(|f| f.to_str()).unwrap_or("");
+    let names: BTreeSet<&String> = st.names().into_iter().collect();
+    for (name, _) in index.iter().filter(|(_, f)| f.as_str() == file) {
+        if !names.contains(name) {
+            return Err(ckpt_error(format!(
+                "{INDEX} places tensor {name} in {}, which does not hold it",
+                shard.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn stored_kind(name: &str, shard: &Path, dtype: Dtype) -> Result<Kind> {
+    match dtype {
+        Dtype::F32 => Ok(Kind::Float),
+        Dtype::BF16 => Ok(Kind::BFloat16),
+        Dtype::F16 => Ok(Kind::Half),
+        Dtype::F64 => Ok(Kind::Double),
+        other => Err(ckpt_error(format!(
+            "{}: tensor {name} is {other:?}; supported: F32, BF16, F16, F64",
+            shard.display()
+        ))),
+    }
+}
+
+/// One stored tensor, shape-checked, as `kind` on `device`.
+fn convert(
+    name: &str,
+    shard: &Path,
+    view: &TensorView,
+    shape: &[i64],
+    kind: &mut Option<Kind>,
+    device: Device,
+) -> Result<Tensor> {
+    let stored: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+    if stored != shape {
+        return Err(ckpt_error(format!(
+            "{}: tensor {name} has shape {stored:?}; this model's config.json needs {shape:?}",
+            shard.display()
+        )));
+    }
+    let from = stored_kind(name, shard, view.dtype())?;
+    let to = *kind.get_or_insert(from);
+    let torch_error = |e: tch::TchError| {
+        ckpt_error(format!(
+            "{}: tensor {name}: {}",
+            shard.display(),
+            torch_message(&e)
+        ))
+    };
+    let cpu = Tensor::f_from_data_size(view.data(), shape, from).map_err(torch_error)?;
+    cpu.f_to_device_(device, to, false, false)
+        .map_err(torch_error)
+}
