@@ -897,3 +897,33 @@ fn a_saved_checkpoint_loads_back_with_the_trained_weights() {
         Status::InvalidArgument
     );
 }
+
+#[test]
+fn eos_ids_come_from_generation_config_then_config() {
+    let lm = |dir: &Path| adpo::model::NativeLm::load(dir, None, Device::Cpu).unwrap();
+    assert!(lm(&fixture("llama_gqa2_untied_v97")).eos_ids().is_empty());
+    assert_eq!(lm(&fixture("llama_gqa2_untied_v97")).max_positions(), 128);
+    let tmp = broken_copy("llama_gqa2_untied_v97");
+    edit_config(tmp.path(), |c| {
+        c.insert("eos_token_id".into(), 2.into());
+    });
+    assert_eq!(lm(tmp.path()).eos_ids(), [2]);
+    std::fs::write(
+        tmp.path().join("generation_config.json"),
+        r#"{"eos_token_id": [5, 7]}"#,
+    )
+    .unwrap();
+    assert_eq!(lm(tmp.path()).eos_ids(), [5, 7]);
+    std::fs::write(
+        tmp.path().join("generation_config.json"),
+        r#"{"eos_token_id": "x"}"#,
+    )
+    .unwrap();
+    let e = adpo::model::NativeLm::load(tmp.path(), None, Device::Cpu)
+        .err()
+        .unwrap();
+    assert!(
+        e.message.contains("generation_config.json") && e.message.contains("eos_token_id"),
+        "{e}"
+    );
+}

@@ -7,12 +7,13 @@
 //! Files: arch.rs (what distinguishes architectures) and one file per architecture;
 //! config.rs (config.json, validated); layout.rs (parameter names and shapes); weights.rs
 //! (safetensors reading); rope.rs, mask.rs, attention.rs, decoder.rs (the network); save.rs
-//! (writing a checkpoint directory back).
+//! (writing a checkpoint directory back); generation.rs (EOS ids).
 
 mod arch;
 mod attention;
 mod config;
 mod decoder;
+mod generation;
 mod layout;
 mod llama;
 mod mask;
@@ -37,6 +38,7 @@ pub struct NativeLm {
     config: Config,
     /// config.json as loaded (written back, dtype updated, by `save_pretrained`).
     config_json: String,
+    eos_ids: Vec<i64>,
     decoder: Decoder,
     device: Device,
 }
@@ -59,6 +61,7 @@ impl NativeLm {
         let decoder = Decoder::new(&config, tensors)?;
         Ok(NativeLm {
             dir: dir.to_path_buf(),
+            eos_ids: generation::eos_ids(dir, &config_json)?,
             config,
             config_json,
             decoder,
@@ -68,6 +71,16 @@ impl NativeLm {
 
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// The EOS ids the checkpoint generates with (generation_config.json, else config.json).
+    pub fn eos_ids(&self) -> &[i64] {
+        &self.eos_ids
+    }
+
+    /// max_position_embeddings of config.json.
+    pub fn max_positions(&self) -> i64 {
+        self.config.max_position_embeddings
     }
 
     /// The checkpoint directory the model was loaded from.
@@ -134,6 +147,7 @@ impl CausalLm for NativeLm {
             dir: self.dir.clone(),
             config: self.config.clone(),
             config_json: self.config_json.clone(),
+            eos_ids: self.eos_ids.clone(),
             decoder: Decoder::new(&self.config, tensors)?,
             device: self.device,
         }))
