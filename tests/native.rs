@@ -492,6 +492,9 @@ fn assert_refused(dir: &Path, status: Status, words: &[&str]) {
     }
 }
 
+/// An edit of config.json.
+type ConfigEdit = Box<dyn FnOnce(&mut serde_json::Map<String, serde_json::Value>)>;
+
 #[test]
 fn config_values_adpo_cannot_honour_are_refused_naming_the_field() {
     let set = |key: &'static str, value: serde_json::Value| {
@@ -499,11 +502,7 @@ fn config_values_adpo_cannot_honour_are_refused_naming_the_field() {
             c.insert(key.to_string(), value);
         }
     };
-    let cases: Vec<(
-        &str,
-        Box<dyn FnOnce(&mut serde_json::Map<String, serde_json::Value>)>,
-        Vec<&str>,
-    )> = vec![
+    let cases: Vec<(&str, ConfigEdit, Vec<&str>)> = vec![
         (
             "llama_gqa2_untied_v97",
             Box::new(set("model_type", "gpt2".into())),
