@@ -127,8 +127,8 @@ impl CausalLm for NativeLm {
 
     fn forward(&self, ids: &Tensor, attention_mask: &Tensor) -> Result<Forward> {
         self.check_inputs(ids, attention_mask, 0)?;
-        let mask = attention_mask.to_device(self.device);
-        Ok(Forward::Hidden(self.decoder.hidden(ids, &mask, None)?))
+        let (ids, mask) = (ids.to_device(self.device), attention_mask.to_device(self.device));
+        Ok(Forward::Hidden(self.decoder.hidden(&ids, &mask, None)?))
     }
 
     fn head(&self, hidden: &Tensor) -> Result<Tensor> {
@@ -203,9 +203,9 @@ impl CausalLm for NativeLm {
                 cache.capacity
             )));
         }
-        let mask = attention_mask.to_device(self.device);
+        let (ids, mask) = (ids.to_device(self.device), attention_mask.to_device(self.device));
         tch::no_grad(|| {
-            let hidden = self.decoder.hidden(ids, &mask, Some(cache))?;
+            let hidden = self.decoder.hidden(&ids, &mask, Some(cache))?;
             self.decoder.head(&hidden)
         })
     }
