@@ -496,6 +496,9 @@ fn assert_refused(dir: &Path, status: Status, words: &[&str]) {
     }
 }
 
+/// An edit of config.json.
+type ConfigEdit = Box<dyn FnOnce(&mut serde_json::Map<String, serde_json::Value>)>;
+
 #[test]
 fn config_values_adpo_cannot_honour_are_refused_naming_the_field() {
     let set = |key: &'static str, value: serde_json::Value| {
@@ -503,11 +506,7 @@ fn config_values_adpo_cannot_honour_are_refused_naming_the_field() {
             c.insert(key.to_string(), value);
         }
     };
-    let cases: Vec<(
-        &str,
-        Box<dyn FnOnce(&mut serde_json::Map<String, serde_json::Value>)>,
-        Vec<&str>,
-    )> = vec![
+    let cases: Vec<(&str, ConfigEdit, Vec<&str>)> = vec![
         (
             "llama_gqa2_untied_v97",
             Box::new(set("model_type", "gpt2".into())),
@@ -899,5 +898,35 @@ fn a_saved_checkpoint_loads_back_with_the_trained_weights() {
     assert_eq!(
         reloaded.save_pretrained(&file).unwrap_err().status,
         Status::InvalidArgument
+    );
+}
+
+#[test]
+fn eos_ids_come_from_generation_config_then_config() {
+    let lm = |dir: &Path| adpo::model::NativeLm::load(dir, None, Device::Cpu).unwrap();
+    assert!(lm(&fixture("llama_gqa2_untied_v97")).eos_ids().is_empty());
+    assert_eq!(lm(&fixture("llama_gqa2_untied_v97")).max_positions(), 128);
+    let tmp = broken_copy("llama_gqa2_untied_v97");
+    edit_config(tmp.path(), |c| {
+        c.insert("eos_token_id".into(), 2.into());
+    });
+    assert_eq!(lm(tmp.path()).eos_ids(), [2]);
+    std::fs::write(
+        tmp.path().join("generation_config.json"),
+        r#"{"eos_token_id": [5, 7]}"#,
+    )
+    .unwrap();
+    assert_eq!(lm(tmp.path()).eos_ids(), [5, 7]);
+    std::fs::write(
+        tmp.path().join("generation_config.json"),
+        r#"{"eos_token_id": "x"}"#,
+    )
+    .unwrap();
+    let e = adpo::model::NativeLm::load(tmp.path(), None, Device::Cpu)
+        .err()
+        .unwrap();
+    assert!(
+        e.message.contains("generation_config.json") && e.message.contains("eos_token_id"),
+        "{e}"
     );
 }

@@ -198,6 +198,8 @@ def _declare(lib: ctypes.CDLL) -> None:
         "adpo_test_panic": (st, [_err_pp]),
         # models, batches, trainers
         "adpo_model_load": (st, [ctypes.c_char_p, ctypes.c_char_p, ctypes.POINTER(vp), _err_pp]),
+        "adpo_model_load_options": (st, [ctypes.c_char_p, ctypes.c_char_p, ctypes.POINTER(vp), _err_pp]),
+        "adpo_model_save": (st, [vp, ctypes.c_char_p, _err_pp]),
         "adpo_model_vocab_size": (st, [vp, _i64_p, _err_pp]),
         "adpo_model_free": (None, [vp]),
         "adpo_batch_new": (
@@ -550,17 +552,31 @@ class _Handle:
 
 
 class Model(_Handle):
-    """An adpo_model: a TorchScript causal LM loaded by adpo_model_load (`device` None = cpu)."""
+    """An adpo_model: a TorchScript file or a Hugging Face checkpoint directory, loaded by
+    adpo_model_load (`device` None = cpu), or by adpo_model_load_options when `options` (dict or
+    JSON string: device, dtype) is given."""
 
     _free = "adpo_model_free"
 
-    def __init__(self, path, device: str | None = None):
+    def __init__(self, path, device: str | None = None, options=None):
         super().__init__()
         err = ctypes.c_void_p()
-        st = self._lib.adpo_model_load(str(path).encode(), None if device is None else device.encode(),
-                                       ctypes.byref(self._h), ctypes.byref(err))
-        check(st, err, "adpo_model_load")
-        assert self._h.value, "adpo_model_load returned OK but no handle"
+        if options is not None:
+            fn = "adpo_model_load_options"
+            st = self._lib.adpo_model_load_options(str(path).encode(), _json_arg(options), ctypes.byref(self._h),
+                                                   ctypes.byref(err))
+        else:
+            fn = "adpo_model_load"
+            st = self._lib.adpo_model_load(str(path).encode(), None if device is None else device.encode(),
+                                           ctypes.byref(self._h), ctypes.byref(err))
+        check(st, err, fn)
+        assert self._h.value, f"{fn} returned OK but no handle"
+
+    def save(self, directory) -> None:
+        """adpo_model_save: the model as a Hugging Face checkpoint directory."""
+        err = ctypes.c_void_p()
+        st = self._lib.adpo_model_save(self._h, str(directory).encode(), ctypes.byref(err))
+        check(st, err, "adpo_model_save")
 
     def vocab_size(self) -> int:
         out = ctypes.c_int64(-1)

@@ -7,13 +7,13 @@
 //! Files: arch.rs (what distinguishes architectures) and one file per architecture;
 //! config.rs (config.json, validated); layout.rs (parameter names and shapes); weights.rs
 //! (safetensors reading); rope.rs, mask.rs, attention.rs, decoder.rs (the network); save.rs
-//! (writing a checkpoint directory back).
+//! (writing a checkpoint directory back); generation.rs (EOS ids).
 
 mod arch;
 mod attention;
 mod config;
 mod decoder;
-mod eos;
+mod generation;
 mod layout;
 mod llama;
 mod mask;
@@ -38,10 +38,9 @@ pub struct NativeLm {
     config: Config,
     /// config.json as loaded (written back, dtype updated, by `save_pretrained`).
     config_json: String,
+    eos_ids: Vec<i64>,
     decoder: Decoder,
     device: Device,
-    /// generation_config.json's (or config.json's) eos_token_id.
-    eos: Vec<i64>,
 }
 
 impl NativeLm {
@@ -62,16 +61,26 @@ impl NativeLm {
         let decoder = Decoder::new(&config, tensors)?;
         Ok(NativeLm {
             dir: dir.to_path_buf(),
+            eos_ids: generation::eos_ids(dir, &config_json)?,
             config,
             config_json,
             decoder,
             device,
-            eos: eos::eos_ids(dir),
         })
     }
 
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// The EOS ids the checkpoint generates with (generation_config.json, else config.json).
+    pub fn eos_ids(&self) -> &[i64] {
+        &self.eos_ids
+    }
+
+    /// max_position_embeddings of config.json.
+    pub fn max_positions(&self) -> i64 {
+        self.config.max_position_embeddings
     }
 
     /// The checkpoint directory the model was loaded from.
@@ -118,8 +127,8 @@ impl CausalLm for NativeLm {
 
     fn forward(&self, ids: &Tensor, attention_mask: &Tensor) -> Result<Forward> {
         self.check_inputs(ids, attention_mask, 0)?;
-        let mask = attention_mask.to_device(self.device);
-        Ok(Forward::Hidden(self.decoder.hidden(ids, &mask, None)?))
+        let (ids, mask) = (ids.to_device(self.device), attention_mask.to_device(self.device));
+        Ok(Forward::Hidden(self.decoder.hidden(&ids, &mask, None)?))
     }
 
     fn head(&self, hidden: &Tensor) -> Result<Tensor> {
@@ -138,9 +147,9 @@ impl CausalLm for NativeLm {
             dir: self.dir.clone(),
             config: self.config.clone(),
             config_json: self.config_json.clone(),
+            eos_ids: self.eos_ids.clone(),
             decoder: Decoder::new(&self.config, tensors)?,
             device: self.device,
-            eos: self.eos.clone(),
         }))
     }
 
@@ -194,12 +203,12 @@ impl CausalLm for NativeLm {
                 cache.capacity
             )));
         }
-        let mask = attention_mask.to_device(self.device);
-        tch::no_grad(|| Ok(Forward::Hidden(self.decoder.hidden(ids, &mask, Some(cache))?)))
+        let (ids, mask) = (ids.to_device(self.device), attention_mask.to_device(self.device));
+        tch::no_grad(|| Ok(Forward::Hidden(self.decoder.hidden(&ids, &mask, Some(cache))?)))
     }
 
     fn eos_ids(&self) -> Vec<i64> {
-        self.eos.clone()
+        self.eos_ids.clone()
     }
 
     fn max_positions(&self) -> Option<i64> {

@@ -1,0 +1,205 @@
+"""Native Hugging Face models (src/model/native/) through the C ABI, against transformers itself
+(tests/native.rs checks the forward, cache and refusals in Rust):
+
+* adpo_model_save writes a directory that transformers' from_pretrained loads to the same logits
+  as the checkpoint it came from; after training, to the trained policy's sequence log-probs;
+* one and two SGD steps of listwise ADPO on a native policy equal the same steps in eager PyTorch
+  on the transformers model (trainer_reference.py: autograd + torch.optim), with the on-policy
+  and the fixed anchor (a perturbed reference checkpoint), with padding, tied and untied heads,
+  in float32 and float64 (there with transformers' RMSNorm computed in float64, as adpo's).
+
+Run: ADPO_LIB=target/release/libadpo.so .venv/bin/python -m pytest -q tests/python/test_native.py
+Fixtures: $ADPO_FIXTURES/hf (default tests/fixtures/generated/hf; made by
+tests/fixtures/make_hf_models.py if missing).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+from transformers import AutoModelForCausalLM
+
+import adpo_ctypes as A
+import trainer_reference as R
+
+HF = Path(os.environ.get("ADPO_FIXTURES", R.REPO / "tests" / "fixtures" / "generated")) / "hf"
+MAKE_HF = R.REPO / "tests" / "fixtures" / "make_hf_models.py"
+TIED = "qwen3_gqa2_headdim16_tied"
+UNTIED = "llama_mha_linear_bias"
+GQA = "mistral_gqa2_untied"
+N, T = 6, 8
+GIDS = np.array([4, 1, 4, 1, 4, 1])  # 2 groups of 3, interleaved
+# (weights rtol, weights atol, update rtol: |w_adpo - w_torch| / |w_torch - w_0|)
+TOL = {torch.float32: (1e-5, 1e-6, 2e-3), torch.float64: (1e-9, 1e-12, 1e-8)}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def setup():
+    torch.set_num_threads(1)
+    if not (HF / TIED / "reference.safetensors").is_file():
+        subprocess.run([sys.executable, str(MAKE_HF), str(HF)], check=True)
+
+
+class HFLogits(nn.Module):
+    """forward(input_ids, attention_mask) -> logits of a transformers causal LM, with positions
+    from the mask (cumsum - 1, as adpo and generate() do)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask):
+        positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions).logits
+
+
+def rms_norm_in_own_dtype(self, hidden_states):
+    """transformers' RMSNorm, computed in the activations' dtype when that is float64."""
+    h = hidden_states.to(torch.promote_types(hidden_states.dtype, torch.float32))
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
+    return self.weight * h.to(hidden_states.dtype)
+
+
+def hf_model(path, dtype=torch.float32) -> HFLogits:
+    """The transformers model. In float64 its RMSNorms compute in float64: transformers rounds
+    them through float32 even then, adpo does not (it keeps float32 only for 16-bit dtypes)."""
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype).eval()
+    if dtype == torch.float64:
+        for module in model.modules():
+            if type(module).__name__.endswith("RMSNorm"):
+                module.forward = types.MethodType(rms_norm_in_own_dtype, module)
+    return HFLogits(model)
+
+
+def hf_state(model: HFLogits) -> dict[str, torch.Tensor]:
+    """Parameters under the checkpoint names (the wrapper's "model." prefix dropped)."""
+    return {k.removeprefix("model."): v.detach().clone() for k, v in model.named_parameters()}
+
+
+def make_batch(seed: int, vocab: int, pad: bool = False) -> R.RefBatch:
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(1, vocab, (N, T))
+    lm = np.zeros((N, T), np.uint8)
+    attn = np.ones((N, T), np.uint8) if pad else None
+    for r in range(N):
+        end = T - (r % 3 if pad else 0)
+        if pad:
+            attn[r, end:] = 0
+            ids[r, end:] = 0
+        lm[r, 3 + r % 2:end] = 1
+    return R.RefBatch(ids=ids, loss_mask=lm, group_ids=GIDS, attention_mask=attn, rewards=rng.normal(size=N))
+
+
+def to_adpo(b: R.RefBatch) -> A.Batch:
+    return A.Batch(b.ids, b.loss_mask, b.group_ids, attention_mask=b.attention_mask, rewards=b.rewards)
+
+
+def vocab_of(name: str) -> int:
+    return AutoModelForCausalLM.from_pretrained(str(HF / name)).config.vocab_size
+
+
+def perturbed_copy(name: str, out: Path) -> Path:
+    """The checkpoint with every parameter moved by N(0, 0.05^2): a reference that differs."""
+    model = AutoModelForCausalLM.from_pretrained(str(HF / name))
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.05)
+    model.save_pretrained(str(out), safe_serialization=True)
+    return out
+
+
+# ----------------------------------------------------------------------------- save
+@pytest.mark.parametrize("name", [TIED, UNTIED, "llama_sharded"])
+def test_saved_directory_loads_in_transformers_to_the_same_logits(tmp_path, name):
+    A.Model(HF / name).save(tmp_path / "out")
+    ref = load_file(str(HF / name / "reference.safetensors"))
+    model = hf_model(tmp_path / "out")
+    for side in ("right", "left"):
+        ids, mask = ref[f"{side}_input_ids"], ref[f"{side}_attention_mask"]
+        with torch.no_grad():
+            got = model(ids, mask)
+        keep = mask.bool()
+        assert torch.equal(got[keep], ref[f"{side}_logits"][keep]), side
+    names = sorted(load_file(str(tmp_path / "out" / "model.safetensors")))
+    assert names == sorted(hf_state(hf_model(HF / name)))
+
+
+def test_saved_directory_holds_the_trained_weights(tmp_path):
+    vocab = vocab_of(TIED)
+    policy = A.Model(HF / TIED)
+    tr = A.Trainer(policy, None, dict(optimizer=dict(name="sgd", lr=0.5)))
+    tr.step(to_adpo(make_batch(1, vocab)))
+    policy.save(tmp_path / "trained")
+    trained = hf_model(tmp_path / "trained")
+    probe = make_batch(2, vocab, pad=True)
+    got = tr.sequence_logp(to_adpo(probe))
+    want = R.sequence_logp(trained, probe, "mean").double().numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    before = R.sequence_logp(hf_model(HF / TIED), probe, "mean").double().numpy()
+    assert np.abs(before - want).max() > 1e-3, "the step did not change the saved weights"
+    assert (tmp_path / "trained" / "tokenizer.json").read_bytes() == (HF / TIED / "tokenizer.json").read_bytes()
+
+
+def test_torchscript_models_cannot_be_saved_as_directories(tmp_path):
+    fixtures = Path(os.environ.get("ADPO_FIXTURES", R.REPO / "tests" / "fixtures" / "generated"))
+    if not (fixtures / "tiny_transformer.pt").is_file():
+        subprocess.run([sys.executable, str(R.MAKE_MODELS), str(fixtures)], check=True)
+    with pytest.raises(A.AdpoError) as e:
+        A.Model(fixtures / "tiny_transformer.pt").save(tmp_path / "x")
+    assert e.value.status == A.UNSUPPORTED and "Hugging Face" in e.value.message
+
+
+# ----------------------------------------------------------------------------- SGD parity
+def run_adpo(name, cfg, batches, tmp_path, dtype, reference=None):
+    options = dict(dtype="float64" if dtype == torch.float64 else "float32")
+    ref = None if reference is None else A.Model(reference, options=options)
+    tr = A.Trainer(A.Model(HF / name, options=options), ref, cfg)
+    out = []
+    for i, b in enumerate(batches):
+        m = tr.step(to_adpo(b))
+        tr.save(tmp_path / f"w{i}.safetensors")
+        out.append((m, load_file(str(tmp_path / f"w{i}.safetensors"))))
+    return out
+
+
+def run_torch(name, cfg, batches, dtype, reference=None):
+    ref = None if reference is None else hf_model(reference, dtype)
+    tr = R.ReferenceTrainer(hf_model(HF / name, dtype), ref, cfg)
+    return [(tr.step(b), hf_state(tr.policy)) for b in batches]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("anchor", ["on_policy", "fixed"])
+@pytest.mark.parametrize("name", [TIED, UNTIED, GQA])
+def test_listwise_sgd_steps_equal_pytorch_on_the_transformers_model(tmp_path, name, anchor, dtype):
+    vocab = vocab_of(name)
+    cfg = dict(loss="listwise", anchor=dict(mode=anchor), optimizer=dict(name="sgd", lr=0.5))
+    reference = perturbed_copy(name, tmp_path / "reference") if anchor == "fixed" else None
+    batches = [make_batch(11, vocab), make_batch(12, vocab, pad=True)]
+    ours = run_adpo(name, cfg, batches, tmp_path, dtype, reference)
+    theirs = run_torch(name, cfg, batches, dtype, reference)
+    w0 = hf_state(hf_model(HF / name, dtype))
+    rtol, atol, utol = TOL[dtype]
+    for i, ((m, w), (rm, rw)) in enumerate(zip(ours, theirs)):
+        assert m["loss"] == pytest.approx(rm["loss"], rel=rtol * 10, abs=atol), f"step {i + 1}"
+        assert m["grad_norm"] == pytest.approx(rm["grad_norm"], rel=rtol * 100), f"step {i + 1}"
+        assert sorted(w) == sorted(rw)
+        num = den = 0.0
+        for k in rw:
+            assert w[k].dtype == rw[k].dtype, k
+            torch.testing.assert_close(w[k], rw[k], rtol=rtol, atol=atol, msg=lambda s: f"step {i + 1} {k}: {s}")
+            num += float(((w[k].double() - rw[k].double()) ** 2).sum())
+            den += float(((rw[k].double() - w0[k].double()) ** 2).sum())
+        assert den > 0, "the reference did not move the weights"
+        assert math.sqrt(num) <= utol * math.sqrt(den), f"step {i + 1}: update off by {math.sqrt(num / den):.2e}"
