@@ -17,6 +17,9 @@ pub struct TrainerConfig {
     pub seq_logp: SeqReduce,
     /// Rows per forward pass; None = the whole batch in one pass.
     pub micro_batch_rows: Option<usize>,
+    /// Scored positions per chunk of the output head (models that give hidden states: native
+    /// checkpoints); None = sized for the vocabulary (2^26 logits, 441 positions at V = 151,936).
+    pub logprob_chunk_rows: Option<usize>,
     pub epochs_per_batch: u32,
     pub seed: u64,
     pub anchor: AnchorConfig,
@@ -33,6 +36,7 @@ impl Default for TrainerConfig {
         TrainerConfig {
             seq_logp: SeqReduce::Mean,
             micro_batch_rows: None,
+            logprob_chunk_rows: None,
             epochs_per_batch: 1,
             seed: 0,
             anchor: AnchorConfig::default(),
@@ -44,9 +48,10 @@ impl Default for TrainerConfig {
     }
 }
 
-const TRAINER_KEYS: [&str; 9] = [
+const TRAINER_KEYS: [&str; 10] = [
     "seq_logp",
     "micro_batch_rows",
+    "logprob_chunk_rows",
     "epochs_per_batch",
     "seed",
     "anchor",
@@ -88,6 +93,11 @@ pub fn parse_config(json: &str) -> Result<(TrainerConfig, ObjectiveConfig)> {
     trainer.schedule.validate()?;
     trainer.anchor.validate()?;
     trainer.distributed.validate()?;
+    if trainer.logprob_chunk_rows == Some(0) {
+        return Err(Error::config(
+            "logprob_chunk_rows must be >= 1 (or null: sized for the vocabulary)",
+        ));
+    }
     if trainer.micro_batch_rows == Some(0) {
         return Err(Error::config(
             "micro_batch_rows must be >= 1 (or null for one pass)",

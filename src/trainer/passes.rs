@@ -10,9 +10,10 @@ use super::Trainer;
 use crate::batch::Batch;
 use crate::config::Aggregation;
 use crate::distributed::{LocalStep, StepWeights};
-use crate::error::{Error, Result};
-use crate::logprob;
-use crate::model::Model;
+use crate::error::Result;
+use crate::logprob::{self, chunked};
+use crate::model::{Forward, Model};
+use crate::objective::Metrics;
 use tch::{Device, Tensor};
 
 impl Trainer {
@@ -48,7 +49,10 @@ impl Trainer {
 
     /// Token log-probs [N, T] of the whole batch under `model`, without grad.
     pub(super) fn tokens_no_grad(&self, model: &Model, batch: &Batch) -> Result<Tensor> {
-        self.by_chunks_no_grad(model, batch, logprob::token_logp)
+        let chunk = self.cfg.logprob_chunk_rows;
+        self.by_chunks_no_grad(model, batch, |m, ids, attn, mask| {
+            logprob::token_logp_chunked(m, ids, attn, mask, chunk)
+        })
     }
 
     /// Sequence scores [N] from token log-probs, by the configured reduction.
@@ -60,56 +64,39 @@ impl Trainer {
         )
     }
 
-    /// Policy values of rows [start, start + len), with grad when grad mode is on.
-    fn policy_values(
-        &self,
-        policy: &Model,
-        batch: &Batch,
-        start: i64,
-        len: i64,
-        tokens: bool,
-    ) -> Result<Tensor> {
-        let (ids, attn, mask) = batch.rows(start, len, policy.device());
-        let tok = logprob::token_logp(policy, &ids, &attn, &mask)?;
-        Ok(if tokens {
+    /// Policy values from token log-probs of rows with loss mask `mask`: the tokens themselves
+    /// (token-level losses) or their sequence reduction.
+    fn values(&self, tok: Tensor, mask: &Tensor, tokens: bool) -> Tensor {
+        if tokens {
             tok
         } else {
-            logprob::reduce(&tok, &mask, self.cfg.seq_logp)
-        })
+            logprob::reduce(&tok, mask, self.cfg.seq_logp)
+        }
+    }
+
+    /// dL/d(token log-prob) [rows, T] from dL/d(value) of those rows.
+    fn token_weights(&self, dl: &Tensor, mask: &Tensor, tokens: bool) -> Tensor {
+        if tokens {
+            dl * mask.to_kind(dl.kind())
+        } else {
+            logprob::sequence_weights(dl, mask, self.cfg.seq_logp)
+        }
     }
 
     /// Zeroes the gradients and accumulates this rank's: the gradient of the mean loss over
     /// its own groups.
     pub(super) fn backward(&self, policy: &Model, batch: &Batch, held: &Held) -> Result<LocalStep> {
-        let device = policy.device();
         let tokens = matches!(held, Held::Tokens { .. });
-        let kind = held.kind();
         for (_, p) in policy.params() {
             let mut g = p.grad();
             if g.defined() {
                 let _ = g.zero_();
             }
         }
-        let chunks = self.chunks(batch.n);
-        let (metrics, drift) = if chunks.len() == 1 {
-            let values = self.policy_values(policy, batch, 0, batch.n as i64, tokens)?;
-            let (dl, m, d) = self.evaluate(&values.detach(), held, batch, device)?;
-            (values * dl).sum(kind).backward();
-            (m, d)
+        let (metrics, drift) = if self.chunks(batch.n).len() == 1 {
+            self.backward_one_pass(policy, batch, held, tokens)?
         } else {
-            let values = tch::no_grad(|| {
-                let parts = chunks
-                    .iter()
-                    .map(|&(s, l)| self.policy_values(policy, batch, s, l, tokens))
-                    .collect::<Result<Vec<_>>>()?;
-                Ok::<_, Error>(Tensor::cat(&parts, 0))
-            })?;
-            let (dl, m, d) = self.evaluate(&values, held, batch, device)?;
-            for &(s, l) in &chunks {
-                let v = self.policy_values(policy, batch, s, l, tokens)?;
-                (v * dl.narrow(0, s, l)).sum(kind).backward();
-            }
-            (m, d)
+            self.backward_two_pass(policy, batch, held, tokens)?
         };
         Ok(LocalStep {
             metrics,
@@ -117,6 +104,68 @@ impl Trainer {
             batch_tokens: batch.tokens(),
             weights: self.step_weights(batch, tokens, metrics.groups as f64),
         })
+    }
+
+    /// The whole batch in one forward with grad. Logits models back-propagate through their
+    /// logits; hidden-state models take their values from the head a chunk at a time without
+    /// grad, then back-propagate each chunk with the known dL/dvalue.
+    fn backward_one_pass(
+        &self,
+        policy: &Model,
+        batch: &Batch,
+        held: &Held,
+        tokens: bool,
+    ) -> Result<(Metrics, f64)> {
+        let device = policy.device();
+        let (ids, attn, mask) = batch.rows(0, batch.n as i64, device);
+        match policy.forward(&ids, &attn)? {
+            Forward::Logits(logits) => {
+                let values = self.values(logprob::from_logits(&logits, &ids, &mask), &mask, tokens);
+                let (dl, m, d) = self.evaluate(&values.detach(), held, batch, device)?;
+                (values * dl).sum(held.kind()).backward();
+                Ok((m, d))
+            }
+            Forward::Hidden(hidden) => {
+                let rows = chunked::chunk_rows(self.cfg.logprob_chunk_rows, policy.vocab());
+                let tok = tch::no_grad(|| {
+                    chunked::token_logp(policy, &hidden.detach(), &ids, &mask, rows)
+                })?;
+                let values = self.values(tok, &mask, tokens);
+                let (dl, m, d) = self.evaluate(&values, held, batch, device)?;
+                let weights = self.token_weights(&dl, &mask, tokens);
+                chunked::backward(policy, &hidden, &ids, &mask, &weights, rows)?;
+                Ok((m, d))
+            }
+        }
+    }
+
+    /// Micro-batches: every value without grad first, then each micro-batch again with grad,
+    /// back-propagating the known dL/dvalue. Peak memory is one micro-batch.
+    fn backward_two_pass(
+        &self,
+        policy: &Model,
+        batch: &Batch,
+        held: &Held,
+        tokens: bool,
+    ) -> Result<(Metrics, f64)> {
+        let device = policy.device();
+        let tok = self.tokens_no_grad(policy, batch)?;
+        let mask_all = batch.loss_mask.to_device(device);
+        let values = self.values(tok, &mask_all, tokens);
+        let (dl, m, d) = self.evaluate(&values, held, batch, device)?;
+        for (s, l) in self.chunks(batch.n) {
+            let (ids, attn, mask) = batch.rows(s, l, device);
+            let weights = self.token_weights(&dl.narrow(0, s, l), &mask, tokens);
+            logprob::backward_weighted(
+                policy,
+                &ids,
+                &attn,
+                &mask,
+                &weights,
+                self.cfg.logprob_chunk_rows,
+            )?;
+        }
+        Ok((m, d))
     }
 
     /// What this rank's averages are over (data-parallel training weights each rank by these).

@@ -127,7 +127,10 @@ impl CausalLm for NativeLm {
 
     fn forward(&self, ids: &Tensor, attention_mask: &Tensor) -> Result<Forward> {
         self.check_inputs(ids, attention_mask, 0)?;
-        let (ids, mask) = (ids.to_device(self.device), attention_mask.to_device(self.device));
+        let (ids, mask) = (
+            ids.to_device(self.device),
+            attention_mask.to_device(self.device),
+        );
         Ok(Forward::Hidden(self.decoder.hidden(&ids, &mask, None)?))
     }
 
@@ -203,8 +206,17 @@ impl CausalLm for NativeLm {
                 cache.capacity
             )));
         }
-        let (ids, mask) = (ids.to_device(self.device), attention_mask.to_device(self.device));
-        tch::no_grad(|| Ok(Forward::Hidden(self.decoder.hidden(&ids, &mask, Some(cache))?)))
+        let (ids, mask) = (
+            ids.to_device(self.device),
+            attention_mask.to_device(self.device),
+        );
+        tch::no_grad(|| {
+            Ok(Forward::Hidden(self.decoder.hidden(
+                &ids,
+                &mask,
+                Some(cache),
+            )?))
+        })
     }
 
     fn eos_ids(&self) -> Vec<i64> {

@@ -5,8 +5,10 @@
 //! against 3.1x for log_softmax, whose backward is fused.) Memory is bounded by the trainer's
 //! micro_batch_rows, not here.
 
+pub mod chunked;
+
 use crate::error::Result;
-use crate::model::Model;
+use crate::model::{Forward, Model};
 use serde::Deserialize;
 use tch::{Kind, Tensor};
 
@@ -20,20 +22,71 @@ pub enum SeqReduce {
     Sum,
 }
 
-/// Per-token log-probs [B, T] (float32 or float64 as the logits; bf16/f16 logits give float32):
-/// position 0 and masked positions are 0.
+/// Per-token log-probs [B, T] (float32 or float64 as the model; bf16/f16 models give float32):
+/// position 0 and masked positions are 0. Models that give hidden states go through the head
+/// `chunk_rows` scored positions at a time (None: sized for the vocabulary; see chunked.rs).
+pub fn token_logp_chunked(
+    model: &Model,
+    ids: &Tensor,
+    attention_mask: &Tensor,
+    loss_mask: &Tensor,
+    chunk_rows: Option<usize>,
+) -> Result<Tensor> {
+    match model.forward(ids, attention_mask)? {
+        Forward::Logits(logits) => Ok(from_logits(&logits, ids, loss_mask)),
+        Forward::Hidden(hidden) => {
+            let rows = chunked::chunk_rows(chunk_rows, model.vocab());
+            chunked::token_logp(model, &hidden, ids, loss_mask, rows)
+        }
+    }
+}
+
+/// [`token_logp_chunked`] with the chunk sized for the vocabulary.
 pub fn token_logp(
     model: &Model,
     ids: &Tensor,
     attention_mask: &Tensor,
     loss_mask: &Tensor,
 ) -> Result<Tensor> {
-    let logits = model.logits(ids, attention_mask)?;
-    let logits = match logits.kind() {
-        Kind::Double | Kind::Float => logits,
-        _ => logits.to_kind(Kind::Float),
-    };
-    let kind = logits.kind();
+    token_logp_chunked(model, ids, attention_mask, loss_mask, None)
+}
+
+/// Back-propagates sum(weights * token log-probs) into the model; `weights` [B, T] is the
+/// known dL/d(token log-prob). Hidden-state models never hold more than one chunk of logits.
+pub fn backward_weighted(
+    model: &Model,
+    ids: &Tensor,
+    attention_mask: &Tensor,
+    loss_mask: &Tensor,
+    weights: &Tensor,
+    chunk_rows: Option<usize>,
+) -> Result<()> {
+    match model.forward(ids, attention_mask)? {
+        Forward::Logits(logits) => {
+            let tok = from_logits(&logits, ids, loss_mask);
+            (tok * weights.to_kind(logits_kind(&logits)))
+                .sum(Kind::Double)
+                .backward();
+        }
+        Forward::Hidden(hidden) => {
+            let rows = chunked::chunk_rows(chunk_rows, model.vocab());
+            chunked::backward(model, &hidden, ids, loss_mask, weights, rows)?;
+        }
+    }
+    Ok(())
+}
+
+fn logits_kind(logits: &Tensor) -> Kind {
+    match logits.kind() {
+        Kind::Double => Kind::Double,
+        _ => Kind::Float,
+    }
+}
+
+/// Token log-probs from full logits [B, T, V].
+pub fn from_logits(logits: &Tensor, ids: &Tensor, loss_mask: &Tensor) -> Tensor {
+    let kind = logits_kind(logits);
+    let logits = logits.to_kind(kind);
     let (b, t) = (ids.size()[0], ids.size()[1]);
     // log_softmax over every position, the last included (its row is ignored): slicing off the
     // last position first would copy all B x T x V logits (log_softmax needs them contiguous),
@@ -46,7 +99,19 @@ pub fn token_logp(
         .squeeze_dim(2);
     // Position t scores token t + 1: shift right by one, position 0 gets 0.
     let first = Tensor::zeros([b, 1], (kind, ids.device()));
-    Ok(Tensor::cat(&[first, scored.narrow(1, 0, t - 1)], 1) * loss_mask.to_kind(kind))
+    Tensor::cat(&[first, scored.narrow(1, 0, t - 1)], 1) * loss_mask.to_kind(kind)
+}
+
+/// d(sequence score)/d(token log-prob) [B, T] times the upstream gradient per sequence `dl`
+/// [B]: the loss mask (sum) or the mask over its count (mean).
+pub fn sequence_weights(dl: &Tensor, loss_mask: &Tensor, how: SeqReduce) -> Tensor {
+    let kind = dl.kind();
+    let mask = loss_mask.to_kind(kind);
+    let per_row = match how {
+        SeqReduce::Sum => dl.shallow_clone(),
+        SeqReduce::Mean => dl / mask.sum_dim_intlist(1, false, kind).clamp_min(1.0),
+    };
+    mask * per_row.unsqueeze(1)
 }
 
 /// Sequence scores [B] from token log-probs [B, T] and the loss mask.
