@@ -1,4 +1,5 @@
 //! What the integration tests on the fixture models share.
+#![allow(dead_code)] // each test binary uses a part of it
 
 use std::path::PathBuf;
 use tch::Device;
