@@ -644,6 +644,24 @@ public:
     /// Same as the loading constructor.
     static Model load(const std::string &path, const std::string &device = "cpu") { return Model(path, device); }
 
+    /// Loads `path` (a Hugging Face checkpoint directory or a TorchScript file) with options as
+    /// JSON: {"device": "cpu" | "cuda:N", "dtype": "auto" | "float32" | "bfloat16" | ...}.
+    static Model load_options(const std::string &path, const std::string &options_json) {
+        check_abi();
+        adpo_model *raw = nullptr;
+        const char *p = detail::c_str(path, "path");
+        const char *o = detail::c_str(options_json, "options_json");
+        detail::call([&](adpo_error **err) { return adpo_model_load_options(p, o, &raw, err); });
+        return Model(raw);
+    }
+
+    /// Writes the model with its current weights as a Hugging Face checkpoint directory `dir`
+    /// (checkpoint directories only; a TorchScript model throws ADPO_STATUS_UNSUPPORTED).
+    void save(const std::string &dir) const {
+        const char *d = detail::c_str(dir, "dir");
+        detail::call([&](adpo_error **err) { return adpo_model_save(get(), d, err); });
+    }
+
     /// Vocabulary size V of the model's logits.
     std::int64_t vocab_size() const {
         std::int64_t v = 0;

@@ -931,3 +931,45 @@ func TestABIMismatchIsReportedByConstructors(t *testing.T) {
 		t.Fatal("Version/ABIVersion must keep working")
 	}
 }
+
+func TestCheckpointDirectoryLoadsWithOptionsAndSavesBack(t *testing.T) {
+	dir := fixture(t, filepath.Join("hf", "qwen3_gqa2_headdim16_tied"))
+	m, err := LoadModelOptions(dir, `{"dtype": "float64"}`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	before, err := m.Params()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(t.TempDir(), "saved")
+	if err := m.Save(out); err != nil {
+		t.Fatal(err)
+	}
+	back, err := LoadModelOptions(out, `{"dtype": "float64"}`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer back.Close()
+	after, err := back.Params()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(after) != len(before) || len(before) == 0 {
+		t.Fatalf("saved model has %d values, the model %d", len(after), len(before))
+	}
+	for i := range before {
+		if after[i] != before[i] {
+			t.Fatalf("value %d: saved %v, model %v", i, after[i], before[i])
+		}
+	}
+	_, err = LoadModelOptions(dir, `{"dtype": "int8"}`)
+	wantStatus(t, err, StatusInvalidConfig)
+	script, err := LoadModel(fixture(t, "tiny_transformer.pt"), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer script.Close()
+	wantStatus(t, script.Save(out+"2"), StatusUnsupported)
+}

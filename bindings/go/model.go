@@ -38,6 +38,41 @@ func LoadModel(path, device string) (*Model, error) {
 	return m, nil
 }
 
+// LoadModelOptions loads a Hugging Face checkpoint directory (config.json + safetensors:
+// llama, mistral, qwen2, qwen3) or a TorchScript file, with options as JSON, e.g.
+// `{"device": "cuda:0", "dtype": "bfloat16"}` ("" = defaults: cpu, the checkpoint's dtype).
+func LoadModelOptions(path, optionsJSON string) (*Model, error) {
+	if abiErr != nil {
+		return nil, abiErr
+	}
+	cpath := C.CString(path)
+	defer freeCString(cpath)
+	copts := cString(optionsJSON, true)
+	defer freeCString(copts)
+	var out *C.adpo_model
+	var cerr *C.adpo_error
+	if err := check(C.adpo_model_load_options(cpath, copts, &out, &cerr), cerr); err != nil {
+		return nil, err
+	}
+	m := &Model{h: handle[*C.adpo_model]{ptr: out}}
+	runtime.SetFinalizer(m, (*Model).Close)
+	return m, nil
+}
+
+// Save writes the model with its current weights as a Hugging Face checkpoint directory that
+// transformers' from_pretrained and LoadModel read (checkpoint-directory models only).
+func (m *Model) Save(dir string) error {
+	p, err := m.acquire()
+	if err != nil {
+		return err
+	}
+	defer m.release()
+	cdir := C.CString(dir)
+	defer freeCString(cdir)
+	var cerr *C.adpo_error
+	return check(C.adpo_model_save(p, cdir, &cerr), cerr)
+}
+
 // Close frees the model handle. It is safe to call more than once and from any goroutine.
 func (m *Model) Close() error {
 	if m == nil {

@@ -684,6 +684,26 @@ TEST(Model, LoadErrorsAreModelErrors) {
     EXPECT_TRUE(Throws([&] { adpo::Model m(missing); }, ADPO_STATUS_MODEL, "does_not_exist.pt"));
 }
 
+TEST(Model, HuggingFaceCheckpointLoadsWithOptionsAndSavesBack) {
+    FIXTURE(dir, "hf/qwen3_gqa2_headdim16_tied");
+    const adpo::Model m = adpo::Model::load_options(dir, R"({"dtype": "float64"})");
+    const adpo::Model f32(dir);
+    EXPECT_EQ(m.vocab_size(), f32.vocab_size());
+    EXPECT_EQ(m.num_params(), f32.num_params());
+    const std::vector<double> before = m.params();
+    TempDir tmp;
+    const std::string out = (tmp.path / "saved").string();
+    m.save(out);
+    EXPECT_TRUE(fs::exists(tmp.path / "saved" / "config.json"));
+    const adpo::Model back = adpo::Model::load_options(out, R"({"dtype": "float64"})");
+    EXPECT_EQ(back.params(), before);
+    EXPECT_TRUE(Throws([&] { (void)adpo::Model::load_options(dir, R"({"dtype": "int8"})"); },
+                       ADPO_STATUS_INVALID_CONFIG));
+    FIXTURE(ts, "tiny_transformer.pt");
+    const adpo::Model script(ts);
+    EXPECT_TRUE(Throws([&] { script.save(out + "2"); }, ADPO_STATUS_UNSUPPORTED));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Trainer
 // ---------------------------------------------------------------------------------------------
