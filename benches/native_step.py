@@ -136,6 +136,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=16)
     ap.add_argument("--tokens", type=int, default=512)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--sides", default="torch,chunked,unchunked", help="which sides to run")
     ap.add_argument("--side")
     ap.add_argument("--ckpt")
     args = ap.parse_args()
@@ -151,7 +152,7 @@ def main() -> None:
         print(f"one ADPO step: {args.rows} rows x {args.tokens} tokens, Qwen3-shaped (V = 151,936, "
               f"hidden 1024, 2 layers), float32, CPU, {args.threads} threads")
         out = {}
-        for side in ("torch", "chunked", "unchunked"):
+        for side in args.sides.split(","):
             res = subprocess.run([sys.executable, __file__, "--side", side, "--ckpt", str(ckpt),
                                   "--rows", str(args.rows), "--tokens", str(args.tokens),
                                   "--threads", str(args.threads)], capture_output=True, text=True)
