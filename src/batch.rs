@@ -207,6 +207,26 @@ impl Batch {
         (rows, tokens)
     }
 
+    /// The loss-masked tokens of `row`, in order: a sampled row's completion (its ending token
+    /// included).
+    pub fn completion(&self, row: usize) -> Result<Vec<i64>> {
+        if row >= self.n {
+            return Err(Error::invalid(format!(
+                "row {row} is outside the batch's {} rows",
+                self.n
+            )));
+        }
+        let r = row as i64;
+        let ids = Vec::<i64>::try_from(self.ids.get(r))?;
+        let mask = Vec::<f64>::try_from(self.loss_mask.get(r).to_kind(Kind::Double))?;
+        Ok(ids
+            .into_iter()
+            .zip(mask)
+            .filter(|(_, m)| *m != 0.0)
+            .map(|(id, _)| id)
+            .collect())
+    }
+
     /// Rows `start .. start + len` of ids, attention mask and loss mask on `device`.
     pub fn rows(&self, start: i64, len: i64, device: Device) -> (Tensor, Tensor, Tensor) {
         (
