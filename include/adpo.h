@@ -141,6 +141,12 @@ typedef struct adpo_model adpo_model;
 typedef struct adpo_objective adpo_objective;
 
 /**
+ * A tokenizer with its chat templates, loaded from a Hugging Face checkpoint. Read-only after
+ * load: calls on one tokenizer may run in parallel from any threads.
+ */
+typedef struct adpo_tokenizer adpo_tokenizer;
+
+/**
  * Applies ADPO steps to a policy model.
  */
 typedef struct adpo_trainer adpo_trainer;
@@ -581,6 +587,160 @@ adpo_status adpo_objective_get_metrics(const struct adpo_objective *obj,
 adpo_status adpo_objective_metrics_json(const struct adpo_objective *obj,
                                         char **out_json,
                                         struct adpo_error **err);
+
+/**
+ * Loads a tokenizer: `path` is a tokenizer.json or a checkpoint directory holding one. Beside
+ * it, tokenizer_config.json gives the chat template(s) and the special token strings,
+ * chat_template.jinja (if present) the default template, generation_config.json (else
+ * config.json) the EOS ids. A missing path or tokenizer.json: ADPO_STATUS_IO; a file that
+ * cannot be parsed: ADPO_STATUS_MODEL; the message names the file.
+ */
+adpo_status adpo_tokenizer_load(const char *path,
+                                struct adpo_tokenizer **out,
+                                struct adpo_error **err);
+
+/**
+ * Frees a tokenizer. NULL is a no-op.
+ */
+void adpo_tokenizer_free(struct adpo_tokenizer *tok);
+
+/**
+ * Encodes UTF-8 `text` into token ids. `add_special_tokens`: add what tokenizer.json's
+ * post-processor adds (e.g. BOS); pass false for text from a chat template, which writes its
+ * own. Special-token strings inside the text become their tokens, as in Python.
+ *
+ * Sizes first: `*out_len` is always set to the number of ids (out_len must not be NULL). With
+ * `cap` = 0 and `out_ids` NULL the call only reports it (ADPO_STATUS_OK); otherwise `out_ids`
+ * must hold `cap` ids, and when cap < *out_len the call returns ADPO_STATUS_SHAPE_MISMATCH,
+ * writes no ids, but still sets *out_len: the one exception to "outputs are written only on
+ * success", so that a caller can grow its buffer and call again. Text that is not UTF-8:
+ * ADPO_STATUS_INVALID_ARGUMENT (then *out_len is not set).
+ */
+adpo_status adpo_tokenizer_encode(const struct adpo_tokenizer *tok,
+                                  const char *text,
+                                  bool add_special_tokens,
+                                  int64_t *out_ids,
+                                  size_t cap,
+                                  size_t *out_len,
+                                  struct adpo_error **err);
+
+/**
+ * Encodes `n` UTF-8 texts (`texts[0 .. n)`, in parallel) into one flat buffer of ids: text i
+ * has ids out_ids[out_offsets[i] .. out_offsets[i + 1]).
+ *
+ * Sizes first, as adpo_tokenizer_encode: `*out_total` (must not be NULL) is always set to the
+ * number of ids of all texts; `cap` = 0 with `out_ids` NULL only reports sizes; a `cap` below
+ * *out_total is ADPO_STATUS_SHAPE_MISMATCH with *out_total still set. `out_offsets` (NULL, or
+ * room for n + 1 entries; out_offsets[0] = 0) is written whenever the call succeeds, also when
+ * it only reports sizes, so a caller knows each text's length before allocating. A NULL or
+ * non-UTF-8 texts[i]: ADPO_STATUS_NULL_ARGUMENT / ADPO_STATUS_INVALID_ARGUMENT naming i.
+ */
+adpo_status adpo_tokenizer_encode_batch(const struct adpo_tokenizer *tok,
+                                        const char *const *texts,
+                                        size_t n,
+                                        bool add_special_tokens,
+                                        int64_t *out_ids,
+                                        size_t cap,
+                                        size_t *out_offsets,
+                                        size_t *out_total,
+                                        struct adpo_error **err);
+
+/**
+ * Decodes `ids[0 .. n)` into a new UTF-8 string (free it with adpo_string_free).
+ * `skip_special_tokens` leaves special tokens out. An id outside the vocabulary is
+ * ADPO_STATUS_INVALID_ARGUMENT naming it and its position (Python skips such ids silently).
+ * A U+0000 in the decoded text, which a C string cannot hold, comes back as a space.
+ */
+adpo_status adpo_tokenizer_decode(const struct adpo_tokenizer *tok,
+                                  const int64_t *ids,
+                                  size_t n,
+                                  bool skip_special_tokens,
+                                  char **out_text,
+                                  struct adpo_error **err);
+
+/**
+ * Decodes `n` sequences laid out as adpo_tokenizer_encode_batch writes them: sequence i is
+ * ids[offsets[i] .. offsets[i + 1]) (`offsets` has n + 1 non-decreasing entries). Writes n new
+ * strings to out_texts[0 .. n), each freed with adpo_string_free, only when all succeed.
+ */
+adpo_status adpo_tokenizer_decode_batch(const struct adpo_tokenizer *tok,
+                                        const int64_t *ids,
+                                        const size_t *offsets,
+                                        size_t n,
+                                        bool skip_special_tokens,
+                                        char **out_texts,
+                                        struct adpo_error **err);
+
+/**
+ * Renders the tokenizer's default chat template for `messages_json`, a JSON list of message
+ * objects: each has a string "role" and a "content" that is a string (or a list of content
+ * objects; null or absent only with "tool_calls"); other keys pass through to the template.
+ * The template sees what transformers' apply_chat_template(tokenize=False) gives it: the
+ * special tokens (bos_token, eos_token, ...), messages, tools and documents (none), and
+ * add_generation_prompt. Writes a new string (free with adpo_string_free). Encode it with
+ * add_special_tokens = false. Malformed messages, a template that does not render, and the
+ * template's own raise_exception(msg) (the message carries msg): ADPO_STATUS_INVALID_ARGUMENT.
+ */
+adpo_status adpo_tokenizer_apply_chat_template(const struct adpo_tokenizer *tok,
+                                               const char *messages_json,
+                                               bool add_generation_prompt,
+                                               char **out_text,
+                                               struct adpo_error **err);
+
+/**
+ * As adpo_tokenizer_apply_chat_template, with options as JSON (NULL or "" = defaults; unknown
+ * keys and wrong types are ADPO_STATUS_INVALID_CONFIG):
+ * `{"template": NAME or SOURCE, "add_generation_prompt": false, "tools": [...],
+ * "documents": [...], "variables": {"enable_thinking": false, ...}}`.
+ * "template" names one of the tokenizer's templates (the list form of chat_template) or is a
+ * template's source; by default the "tool_use" template is used when tools are given and the
+ * tokenizer has one, else the default template. "variables" are further template variables
+ * (they may override the special-token ones).
+ */
+adpo_status adpo_tokenizer_apply_chat_template_options(const struct adpo_tokenizer *tok,
+                                                       const char *messages_json,
+                                                       const char *options_json,
+                                                       char **out_text,
+                                                       struct adpo_error **err);
+
+/**
+ * The ids that end generation: generation_config.json's eos_token_id (an int or a list), else
+ * config.json's, else the id of tokenizer_config.json's eos_token; none when there is no such
+ * file or token. Sizes first, as adpo_tokenizer_encode (*out_len always set).
+ */
+adpo_status adpo_tokenizer_eos_ids(const struct adpo_tokenizer *tok,
+                                   int64_t *out_ids,
+                                   size_t cap,
+                                   size_t *out_len,
+                                   struct adpo_error **err);
+
+/**
+ * Number of tokens, added tokens included (Python's len(tokenizer)). A model's vocabulary
+ * (adpo_model_vocab_size) may be larger: checkpoints often pad it.
+ */
+adpo_status adpo_tokenizer_vocab_size(const struct adpo_tokenizer *tok,
+                                      int64_t *out,
+                                      struct adpo_error **err);
+
+/**
+ * The id of a token string (such as "<|im_end|>"), for pad and stop ids. A string that is not
+ * one token of the vocabulary: ADPO_STATUS_INVALID_ARGUMENT.
+ */
+adpo_status adpo_tokenizer_token_to_id(const struct adpo_tokenizer *tok,
+                                       const char *token,
+                                       int64_t *out_id,
+                                       struct adpo_error **err);
+
+/**
+ * A named special token's string from tokenizer_config.json: `name` is one of "bos_token",
+ * "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token". Writes a new
+ * string (free with adpo_string_free), or NULL when the tokenizer does not set that token.
+ * Another name: ADPO_STATUS_INVALID_ARGUMENT.
+ */
+adpo_status adpo_tokenizer_special_token(const struct adpo_tokenizer *tok,
+                                         const char *name,
+                                         char **out_text,
+                                         struct adpo_error **err);
 
 /**
  * Creates a trainer for `policy` (trained in place) with an optional frozen `reference`

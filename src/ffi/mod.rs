@@ -12,5 +12,6 @@ pub mod dlpack;
 pub mod error;
 pub mod model;
 pub mod objective;
+pub mod tokenizer;
 pub mod trainer;
 pub mod version;
