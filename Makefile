@@ -41,8 +41,9 @@ $(SETUP_STAMP): scripts/setup
 
 # Tiny TorchScript LMs for the tests and examples, made by PyTorch (never committed).
 fixtures: $(FIXTURE_STAMP)
-$(FIXTURE_STAMP): tests/fixtures/make_models.py $(SETUP_STAMP)
+$(FIXTURE_STAMP): tests/fixtures/make_models.py tests/fixtures/make_tokenizers.py $(SETUP_STAMP)
 	$(PY) tests/fixtures/make_models.py $(FIXTURES)
+	$(PY) tests/fixtures/make_tokenizers.py $(FIXTURES)/tokenizers
 	touch $@
 
 # One cargo profile (release) for the library, tests and benches, so torch-sys builds once.
