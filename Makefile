@@ -81,9 +81,9 @@ test-header: lib
 	$(PY) tests/check_exports.py $(LIB) include/adpo.h
 
 test-c: $(C_TESTS) $(C_EXAMPLES) fixtures
-	@set -e; for t in $(C_TESTS); do echo "== $$t"; env -u LD_LIBRARY_PATH $$t; done
+	@set -e; for t in $(C_TESTS); do echo "== $$t"; env -u LD_LIBRARY_PATH ADPO_FIXTURES=$(FIXTURES) $$t; done
 	@set -e; for t in $(C_TESTS); do echo "== valgrind $$t"; \
-	  valgrind -q --error-exitcode=9 --leak-check=no --suppressions=tests/c/valgrind.supp $$t >/dev/null; done
+	  ADPO_FIXTURES=$(FIXTURES) valgrind -q --error-exitcode=9 --leak-check=no --suppressions=tests/c/valgrind.supp $$t >/dev/null; done
 	@echo "C tests under valgrind: clean"
 	$(CBUILD)/examples/objective_host >/dev/null
 	$(CBUILD)/examples/objective_dlpack >/dev/null
