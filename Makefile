@@ -41,9 +41,11 @@ $(SETUP_STAMP): scripts/setup
 # Tiny TorchScript LMs for the tests and examples, made by PyTorch, and tiny Hugging Face
 # checkpoints with transformers' reference outputs (hf/), made by transformers (never committed).
 fixtures: $(FIXTURE_STAMP)
-$(FIXTURE_STAMP): tests/fixtures/make_models.py tests/fixtures/make_hf_models.py $(SETUP_STAMP)
+$(FIXTURE_STAMP): tests/fixtures/make_models.py tests/fixtures/make_hf_models.py tests/fixtures/make_tokenizers.py tests/fixtures/make_text_model.py $(SETUP_STAMP)
 	$(PY) tests/fixtures/make_models.py $(FIXTURES)
 	$(PY) tests/fixtures/make_hf_models.py $(FIXTURES)/hf
+	$(PY) tests/fixtures/make_tokenizers.py $(FIXTURES)/tokenizers
+	$(PY) tests/fixtures/make_text_model.py $(FIXTURES)
 	touch $@
 
 # One cargo profile (release) for the library, tests and benches, so torch-sys builds once.
@@ -83,9 +85,9 @@ test-header: lib
 	$(PY) tests/check_metrics_mirrors.py include/adpo.h
 
 test-c: $(C_TESTS) $(C_EXAMPLES) fixtures
-	@set -e; for t in $(C_TESTS); do echo "== $$t"; env -u LD_LIBRARY_PATH $$t; done
+	@set -e; for t in $(C_TESTS); do echo "== $$t"; env -u LD_LIBRARY_PATH ADPO_FIXTURES=$(FIXTURES) $$t; done
 	@set -e; for t in $(C_TESTS); do echo "== valgrind $$t"; \
-	  valgrind -q --error-exitcode=9 --leak-check=no --suppressions=tests/c/valgrind.supp $$t >/dev/null; done
+	  ADPO_FIXTURES=$(FIXTURES) valgrind -q --error-exitcode=9 --leak-check=no --suppressions=tests/c/valgrind.supp $$t >/dev/null; done
 	@echo "C tests under valgrind: clean"
 	$(CBUILD)/examples/objective_host >/dev/null
 	$(CBUILD)/examples/objective_dlpack >/dev/null

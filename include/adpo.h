@@ -28,8 +28,9 @@
  * adpo_objective_eval (host buffers) or adpo_objective_eval_dlpack (tensors on any device)
  * gives the loss and d loss / d logp for your backward pass.
  *
- * The sections below follow that order: errors, version, objective, DLPack, models, batches,
- * trainer, sampling, checkpoints, data-parallel training.
+ * Types come first (cbindgen puts them there); the functions follow in sections, in that
+ * order: errors, version, objective, DLPack, models, tokenizers, batches, trainer, sampling,
+ * checkpoints, data-parallel training.
  */
 
 #ifndef ADPO_H
@@ -165,28 +166,15 @@ typedef struct adpo_model adpo_model;
 typedef struct adpo_objective adpo_objective;
 
 /**
+ * A tokenizer with its chat templates, loaded from a Hugging Face checkpoint. Read-only after
+ * load: calls on one tokenizer may run in parallel from any threads.
+ */
+typedef struct adpo_tokenizer adpo_tokenizer;
+
+/**
  * Applies ADPO steps to a policy model.
  */
 typedef struct adpo_trainer adpo_trainer;
-
-/**
- * The host's all-reduce: sum `count` elements of `buffer` over all ranks, in place, and return
- * 0 when the result is in `buffer` (any other value is an error). `dtype` is float32 or
- * float64; `device` is where `buffer` lives (kDLCPU, or kDLCUDA after adpo synchronised its
- * stream: e.g. ncclAllReduce on your stream, then wait for it). Called for each gradient
- * bucket, for the small metric and status reductions, and to copy rank 0's state to the other
- * ranks; always from the thread that called the trainer.
- */
-typedef int32_t (*adpo_allreduce_fn)(void *userdata,
-                                     void *buffer,
-                                     size_t count,
-                                     DLDataType dtype,
-                                     DLDevice device);
-
-/**
- * Frees the userdata of an all-reduce callback.
- */
-typedef void (*adpo_userdata_free_fn)(void *userdata);
 
 /**
  * Metrics of the last evaluation. Set struct_size = sizeof(adpo_objective_metrics) before the
@@ -309,204 +297,28 @@ typedef struct adpo_trainer_metrics {
   double reduce_time_ms;
 } adpo_trainer_metrics;
 
+/**
+ * The host's all-reduce: sum `count` elements of `buffer` over all ranks, in place, and return
+ * 0 when the result is in `buffer` (any other value is an error). `dtype` is float32 or
+ * float64; `device` is where `buffer` lives (kDLCPU, or kDLCUDA after adpo synchronised its
+ * stream: e.g. ncclAllReduce on your stream, then wait for it). Called for each gradient
+ * bucket, for the small metric and status reductions, and to copy rank 0's state to the other
+ * ranks; always from the thread that called the trainer.
+ */
+typedef int32_t (*adpo_allreduce_fn)(void *userdata,
+                                     void *buffer,
+                                     size_t count,
+                                     DLDataType dtype,
+                                     DLDevice device);
+
+/**
+ * Frees the userdata of an all-reduce callback.
+ */
+typedef void (*adpo_userdata_free_fn)(void *userdata);
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
-
-/* Batches =============================================================================
- *
- * Token ids, masks, group ids and rewards (or targets) of n candidates x t positions, checked
- * once; a sampled batch also carries the sampling-time log-probs.
- */
-
-/**
- * Creates a batch. Row-major n x t arrays: `ids` (token ids >= 0), `attention_mask` (NULL =
- * all ones), `loss_mask` (1 at t: the token at t counts, scored from the logits at t - 1, so
- * column 0 must be 0). `group_ids`: n int64 ids (candidates of one prompt share an id). Set
- * rewards or targets before adpo_trainer_step.
- */
-adpo_status adpo_batch_new(size_t n,
-                           size_t t,
-                           const int64_t *ids,
-                           const uint8_t *attention_mask,
-                           const uint8_t *loss_mask,
-                           const int64_t *group_ids,
-                           struct adpo_batch **out,
-                           struct adpo_error **err);
-
-/**
- * Rewards of the n candidates (finite). Replaces targets if they were set.
- */
-adpo_status adpo_batch_set_rewards(struct adpo_batch *batch,
-                                   const double *rewards,
-                                   size_t len,
-                                   struct adpo_error **err);
-
-/**
- * Explicit target distribution: n values >= 0 summing to 1 over each group. Replaces rewards.
- */
-adpo_status adpo_batch_set_targets(struct adpo_batch *batch,
-                                   const double *targets,
-                                   size_t len,
-                                   struct adpo_error **err);
-
-/**
- * Sampling-time log-probs: len = n (per sequence, already reduced like seq_logp) or n * t
- * (per token, aligned with ids; values at loss_mask 0 are ignored). The on-policy anchor uses
- * them; loss grpo needs them per token.
- */
-adpo_status adpo_batch_set_old_logp(struct adpo_batch *batch,
-                                    const double *old_logp,
-                                    size_t len,
-                                    struct adpo_error **err);
-
-/**
- * Precomputed anchor log-probs (len n or n * t, as for old_logp): with them no reference
- * forward runs.
- */
-adpo_status adpo_batch_set_anchor_logp(struct adpo_batch *batch,
-                                       const double *anchor_logp,
-                                       size_t len,
-                                       struct adpo_error **err);
-
-/**
- * The batch's n (candidates) and t (positions).
- */
-adpo_status adpo_batch_shape(const struct adpo_batch *batch,
-                             size_t *out_n,
-                             size_t *out_t,
-                             struct adpo_error **err);
-
-/**
- * Copies the n * t token ids into `out` (len must be n * t).
- */
-adpo_status adpo_batch_get_ids(const struct adpo_batch *batch,
-                               int64_t *out,
-                               size_t len,
-                               struct adpo_error **err);
-
-/**
- * Copies the n * t loss mask (1 = generated/scored token) into `out` (len must be n * t).
- */
-adpo_status adpo_batch_get_loss_mask(const struct adpo_batch *batch,
-                                     uint8_t *out,
-                                     size_t len,
-                                     struct adpo_error **err);
-
-/**
- * Copies the n group ids into `out` (len must be n).
- */
-adpo_status adpo_batch_get_group_ids(const struct adpo_batch *batch,
-                                     int64_t *out,
-                                     size_t len,
-                                     struct adpo_error **err);
-
-/**
- * Frees a batch. NULL is a no-op.
- */
-void adpo_batch_free(struct adpo_batch *batch);
-
-/* Checkpoints =========================================================================
- *
- * The policy's weights and the trainer's state (optimizer, steps, anchor), written
- * atomically and checked when read back.
- */
-
-/**
- * Writes a checkpoint: `path` (policy weights, safetensors, keys = the module's parameter
- * names) and `path` with extension .trainer.safetensors (optimizer, step, anchor state). Each
- * file is written to a temporary name and renamed. In data-parallel training every rank calls
- * it, only rank 0 writes, and every rank returns rank 0's outcome.
- */
-adpo_status adpo_trainer_save(const struct adpo_trainer *trainer,
-                              const char *path,
-                              struct adpo_error **err);
-
-/**
- * Restores a checkpoint written by adpo_trainer_save. A missing, corrupt, truncated or
- * mismatched checkpoint is an ADPO_STATUS_CHECKPOINT error and leaves the trainer as it was.
- * In data-parallel training every rank calls it: rank 0 reads the file and sends the state to
- * the others (which need not see the file), and every rank returns the same outcome.
- */
-adpo_status adpo_trainer_load(struct adpo_trainer *trainer,
-                              const char *path,
-                              struct adpo_error **err);
-
-/* Data-parallel training ==============================================================
- *
- * Many processes, each with its own groups, over MPI or the host's own all-reduce: the
- * update equals that of one process holding every group.
- */
-
-/**
- * Data-parallel training over MPI: `mpi_comm` is the address of an `MPI_Comm` (NULL:
- * MPI_COMM_WORLD), which adpo duplicates for its own traffic. Collective: every rank of the
- * communicator calls it; MPI is initialised if the host has not done it. Rank 0's weights,
- * optimizer and anchor state are copied to every rank, so replicas that start different end
- * identical; the policy and the anchor mode must be the same on every rank. On error the
- * trainer is left training alone (its previous communicator, if any, is released). A build
- * without MPI (no mpicc at build time) returns ADPO_STATUS_UNSUPPORTED; see
- * adpo_has_mpi(). Trainer config {"distributed": {"backend": "mpi"}} does the same with
- * MPI_COMM_WORLD at adpo_trainer_new.
- */
-adpo_status adpo_trainer_use_mpi(struct adpo_trainer *trainer,
-                                 const void *mpi_comm,
-                                 struct adpo_error **err);
-
-/**
- * Data-parallel training over the host's own communicator (NCCL, Gloo, torch.distributed,
- * MPI, ...): this process is `rank` of `world_size`, and `allreduce` sums buffers over them.
- * adpo owns `userdata` from this call on, whatever its outcome: `free_userdata` (may be NULL)
- * is called exactly once, when the trainer is freed or another communicator replaces this
- * one, or before returning an error. Collective, like adpo_trainer_use_mpi (rank 0's state is
- * copied to every rank; on error the trainer is left training alone).
- */
-adpo_status adpo_trainer_use_allreduce(struct adpo_trainer *trainer,
-                                       int32_t rank,
-                                       int32_t world_size,
-                                       adpo_allreduce_fn allreduce,
-                                       void *userdata,
-                                       adpo_userdata_free_fn free_userdata,
-                                       struct adpo_error **err);
-
-/**
- * This trainer's rank and number of ranks (0 and 1 when it trains alone). Either output may be
- * NULL.
- */
-adpo_status adpo_trainer_world(const struct adpo_trainer *trainer,
-                               int32_t *out_rank,
-                               int32_t *out_world_size,
-                               struct adpo_error **err);
-
-/**
- * True when this build of adpo can train over MPI (it found mpicc when it was built).
- */
-bool adpo_has_mpi(void);
-
-/* The objective, on DLPack tensors ====================================================
- *
- * The same objective on tensors of any producer (PyTorch, JAX, CuPy), on CPU or CUDA,
- * without copies: ownership of every input passes to adpo at the call.
- */
-
-/**
- * adpo_objective_eval on DLPack tensors (CPU or CUDA; float64, float32, float16 or bfloat16;
- * any strides and byte offset). `logp`, `anchor_logp`, `group_ids` (int64, any device) are
- * required; exactly one of `rewards`, `targets` is non-NULL. adpo takes ownership of every
- * non-NULL input and calls its deleter exactly once before returning, whatever the outcome.
- * On success `*out_grad_logp` receives d loss/d logp as a new DLPack tensor on logp's device,
- * in logp's dtype (computed in float32, or float64 for float64 inputs); the caller owns it and
- * releases it with its deleter. CUDA inputs must be ready on libtorch's current stream.
- */
-adpo_status adpo_objective_eval_dlpack(const struct adpo_objective *obj,
-                                       DLManagedTensorVersioned *logp,
-                                       DLManagedTensorVersioned *anchor_logp,
-                                       DLManagedTensorVersioned *rewards,
-                                       DLManagedTensorVersioned *targets,
-                                       DLManagedTensorVersioned *group_ids,
-                                       double *out_loss,
-                                       DLManagedTensorVersioned **out_grad_logp,
-                                       struct adpo_error **err);
 
 /* Errors ==============================================================================
  *
@@ -529,85 +341,39 @@ adpo_status adpo_error_status(const struct adpo_error *err);
  */
 void adpo_error_free(struct adpo_error *err);
 
-/* Models ==============================================================================
+/* Version and utilities ===============================================================
  *
- * Causal LMs as opaque handles: the trainable policy, or a frozen reference. Loading a
- * TorchScript file runs its code: load only files you trust.
+ * Run-time versions (check adpo_abi_version() against ADPO_ABI_VERSION), the CUDA device
+ * count, and the free function for strings adpo hands out.
  */
 
 /**
- * Loads a causal LM. `path` is either a Hugging Face checkpoint directory (config.json plus
- * model.safetensors, or model.safetensors.index.json and its shards; model_type llama,
- * mistral, qwen2 or qwen3), loaded in config.json's dtype, or a TorchScript file
- * (`torch.jit.script(model).save(path)`) whose forward is `forward(input_ids int64 [B, T],
- * attention_mask int64 [B, T]) -> logits [B, T, V]` or `forward(input_ids)`. `device`: "cpu"
- * (NULL), "cuda" or "cuda:N". A missing path, a config.json adpo cannot honour (unknown
- * model_type, an activation other than silu, a sliding window shorter than
- * max_position_embeddings, ...) or a TorchScript forward with another signature or output
- * shape (tried on a 1 x 2 input) is an ADPO_STATUS_MODEL error; weights that do not match the
- * config (a missing, unexpected or misshapen tensor, a missing or truncated shard) are
- * ADPO_STATUS_CHECKPOINT errors. The message names the field, tensor or file.
+ * "adpo X.Y.Z (tch A.B.C, libtorch V)". Static storage: do not free.
  */
-adpo_status adpo_model_load(const char *path,
-                            const char *device,
-                            struct adpo_model **out,
-                            struct adpo_error **err);
+const char *adpo_version(void);
 
 /**
- * adpo_model_load with options, a JSON object (NULL or "" = defaults; unknown keys are an
- * ADPO_STATUS_INVALID_CONFIG error): `{"device": "cpu" | "cuda" | "cuda:N", "dtype": "auto" |
- * "float32" | "bfloat16" | "float16" | "float64"}`. `dtype` (default "auto": config.json's
- * `dtype`/`torch_dtype`, else the stored weights' dtype) converts a checkpoint directory's
- * weights at load; a TorchScript file keeps its own dtype (anything but "auto" is
- * ADPO_STATUS_UNSUPPORTED).
+ * The ABI version of the loaded library; equals ADPO_ABI_VERSION of a matching header.
  */
-adpo_status adpo_model_load_options(const char *path,
-                                    const char *options_json,
-                                    struct adpo_model **out,
-                                    struct adpo_error **err);
+uint32_t adpo_abi_version(void);
 
 /**
- * Writes the model, with its current weights (a policy's as trained so far), as a Hugging Face
- * checkpoint directory that `transformers.AutoModelForCausalLM.from_pretrained(dir)` and
- * adpo_model_load read: config.json (the loaded one, its dtype set to the weights' dtype),
- * model.safetensors (every parameter under its checkpoint name, a tied head once) and the
- * source directory's tokenizer*, special_tokens_map.json and generation_config.json files.
- * The directory is written under a temporary name and renamed into place (an existing `dir`
- * is replaced). Only models loaded from a checkpoint directory can be saved
- * (ADPO_STATUS_UNSUPPORTED otherwise); a write failure is ADPO_STATUS_IO.
+ * Number of CUDA devices libtorch can use (0 on a machine without CUDA).
  */
-adpo_status adpo_model_save(const struct adpo_model *model,
-                            const char *dir,
-                            struct adpo_error **err);
+int32_t adpo_cuda_device_count(void);
 
 /**
- * Vocabulary size V of the model's logits.
+ * Frees a string that adpo returned with ownership (e.g. adpo_objective_metrics_json). NULL is
+ * a no-op.
  */
-adpo_status adpo_model_vocab_size(const struct adpo_model *model,
-                                  int64_t *out,
-                                  struct adpo_error **err);
+void adpo_string_free(char *s);
 
 /**
- * Number of parameter values of the model, all tensors together.
+ * Test hook, not for applications: deliberately panics inside the boundary, returns
+ * ADPO_STATUS_PANIC and never unwinds into the caller. The bindings' tests use it to check
+ * their handling of ADPO_STATUS_PANIC.
  */
-adpo_status adpo_model_num_params(const struct adpo_model *model,
-                                  size_t *out,
-                                  struct adpo_error **err);
-
-/**
- * Copies the model's current parameters (a policy's as trained so far) into out[0 .. n), as
- * doubles, every tensor flattened in the module's parameter order; n must equal
- * adpo_model_num_params(). For checks such as "every replica holds the same weights".
- */
-adpo_status adpo_model_get_params(const struct adpo_model *model,
-                                  double *out,
-                                  size_t n,
-                                  struct adpo_error **err);
-
-/**
- * Frees a model handle. NULL is a no-op.
- */
-void adpo_model_free(struct adpo_model *model);
+adpo_status adpo_test_panic(struct adpo_error **err);
 
 /* The objective, on host buffers ======================================================
  *
@@ -701,28 +467,377 @@ adpo_status adpo_objective_metrics_json(const struct adpo_objective *obj,
                                         char **out_json,
                                         struct adpo_error **err);
 
-/* Sampling ============================================================================
+/* The objective, on DLPack tensors ====================================================
  *
- * K candidates per prompt from the trainer's policy, returned as a batch ready to score.
+ * The same objective on tensors of any producer (PyTorch, JAX, CuPy), on CPU or CUDA,
+ * without copies: ownership of every input passes to adpo at the call.
  */
 
 /**
- * Samples k candidates for each of n_prompts prompts from the policy, in eval mode (no
- * dropout; the training forward runs in train mode). `prompt_tokens` holds
- * the prompts back to back; `prompt_lengths[i]` is the length of prompt i. `sampling_json`
- * (NULL = defaults): temperature 1, top_k 0 (off), top_p 1, max_new_tokens 16, eos_id null,
- * pad_id 0, seed null (continue the trainer's generator). `*out_batch` receives a new batch
- * (n_prompts * k rows, group id = prompt index, loss mask on the generated tokens up to and
- * including EOS, per-token old_logp set); set its rewards and pass it to adpo_trainer_step.
+ * adpo_objective_eval on DLPack tensors (CPU or CUDA; float64, float32, float16 or bfloat16;
+ * any strides and byte offset). `logp`, `anchor_logp`, `group_ids` (int64, any device) are
+ * required; exactly one of `rewards`, `targets` is non-NULL. adpo takes ownership of every
+ * non-NULL input and calls its deleter exactly once before returning, whatever the outcome.
+ * On success `*out_grad_logp` receives d loss/d logp as a new DLPack tensor on logp's device,
+ * in logp's dtype (computed in float32, or float64 for float64 inputs); the caller owns it and
+ * releases it with its deleter. CUDA inputs must be ready on libtorch's current stream.
  */
-adpo_status adpo_trainer_sample(struct adpo_trainer *trainer,
-                                const int64_t *prompt_tokens,
-                                const size_t *prompt_lengths,
-                                size_t n_prompts,
-                                size_t k,
-                                const char *sampling_json,
-                                struct adpo_batch **out_batch,
+adpo_status adpo_objective_eval_dlpack(const struct adpo_objective *obj,
+                                       DLManagedTensorVersioned *logp,
+                                       DLManagedTensorVersioned *anchor_logp,
+                                       DLManagedTensorVersioned *rewards,
+                                       DLManagedTensorVersioned *targets,
+                                       DLManagedTensorVersioned *group_ids,
+                                       double *out_loss,
+                                       DLManagedTensorVersioned **out_grad_logp,
+                                       struct adpo_error **err);
+
+/* Models ==============================================================================
+ *
+ * Causal LMs as opaque handles: the trainable policy, or a frozen reference. Loading a
+ * TorchScript file runs its code: load only files you trust.
+ */
+
+/**
+ * Loads a causal LM. `path` is either a Hugging Face checkpoint directory (config.json plus
+ * model.safetensors, or model.safetensors.index.json and its shards; model_type llama,
+ * mistral, qwen2 or qwen3), loaded in config.json's dtype, or a TorchScript file
+ * (`torch.jit.script(model).save(path)`) whose forward is `forward(input_ids int64 [B, T],
+ * attention_mask int64 [B, T]) -> logits [B, T, V]` or `forward(input_ids)`. `device`: "cpu"
+ * (NULL), "cuda" or "cuda:N". A missing path, a config.json adpo cannot honour (unknown
+ * model_type, an activation other than silu, a sliding window shorter than
+ * max_position_embeddings, ...) or a TorchScript forward with another signature or output
+ * shape (tried on a 1 x 2 input) is an ADPO_STATUS_MODEL error; weights that do not match the
+ * config (a missing, unexpected or misshapen tensor, a missing or truncated shard) are
+ * ADPO_STATUS_CHECKPOINT errors. The message names the field, tensor or file.
+ */
+adpo_status adpo_model_load(const char *path,
+                            const char *device,
+                            struct adpo_model **out,
+                            struct adpo_error **err);
+
+/**
+ * adpo_model_load with options, a JSON object (NULL or "" = defaults; unknown keys are an
+ * ADPO_STATUS_INVALID_CONFIG error): `{"device": "cpu" | "cuda" | "cuda:N", "dtype": "auto" |
+ * "float32" | "bfloat16" | "float16" | "float64"}`. `dtype` (default "auto": config.json's
+ * `dtype`/`torch_dtype`, else the stored weights' dtype) converts a checkpoint directory's
+ * weights at load; a TorchScript file keeps its own dtype (anything but "auto" is
+ * ADPO_STATUS_UNSUPPORTED).
+ */
+adpo_status adpo_model_load_options(const char *path,
+                                    const char *options_json,
+                                    struct adpo_model **out,
+                                    struct adpo_error **err);
+
+/**
+ * Writes the model, with its current weights (a policy's as trained so far), as a Hugging Face
+ * checkpoint directory that `transformers.AutoModelForCausalLM.from_pretrained(dir)` and
+ * adpo_model_load read: config.json (the loaded one, its dtype set to the weights' dtype),
+ * model.safetensors (every parameter under its checkpoint name, a tied head once) and the
+ * source directory's tokenizer*, special_tokens_map.json and generation_config.json files.
+ * The directory is written under a temporary name and renamed into place (an existing `dir`
+ * is replaced). Only models loaded from a checkpoint directory can be saved
+ * (ADPO_STATUS_UNSUPPORTED otherwise); a write failure is ADPO_STATUS_IO.
+ */
+adpo_status adpo_model_save(const struct adpo_model *model,
+                            const char *dir,
+                            struct adpo_error **err);
+
+/**
+ * Vocabulary size V of the model's logits.
+ */
+adpo_status adpo_model_vocab_size(const struct adpo_model *model,
+                                  int64_t *out,
+                                  struct adpo_error **err);
+
+/**
+ * Number of parameter values of the model, all tensors together.
+ */
+adpo_status adpo_model_num_params(const struct adpo_model *model,
+                                  size_t *out,
+                                  struct adpo_error **err);
+
+/**
+ * Copies the model's current parameters (a policy's as trained so far) into out[0 .. n), as
+ * doubles, every tensor flattened in the module's parameter order; n must equal
+ * adpo_model_num_params(). For checks such as "every replica holds the same weights".
+ */
+adpo_status adpo_model_get_params(const struct adpo_model *model,
+                                  double *out,
+                                  size_t n,
+                                  struct adpo_error **err);
+
+/**
+ * Frees a model handle. NULL is a no-op.
+ */
+void adpo_model_free(struct adpo_model *model);
+
+/* Tokenizers and chat templates =======================================================
+ *
+ * Text in, text out: a checkpoint's tokenizer.json (Hugging Face `tokenizers`) and the chat
+ * template of its tokenizer_config.json (rendered as transformers renders it).
+ */
+
+/**
+ * Loads a tokenizer: `path` is a tokenizer.json or a checkpoint directory holding one. Beside
+ * it, tokenizer_config.json gives the chat template(s) and the special token strings,
+ * chat_template.jinja (if present) the default template, generation_config.json (else
+ * config.json) the EOS ids. A missing path or tokenizer.json: ADPO_STATUS_IO; a file that
+ * cannot be parsed: ADPO_STATUS_MODEL; the message names the file.
+ */
+adpo_status adpo_tokenizer_load(const char *path,
+                                struct adpo_tokenizer **out,
                                 struct adpo_error **err);
+
+/**
+ * Frees a tokenizer. NULL is a no-op.
+ */
+void adpo_tokenizer_free(struct adpo_tokenizer *tok);
+
+/**
+ * Encodes UTF-8 `text` into token ids. `add_special_tokens`: add what tokenizer.json's
+ * post-processor adds (e.g. BOS); pass false for text from a chat template, which writes its
+ * own. Special-token strings inside the text become their tokens, as in Python.
+ *
+ * Sizes first: `*out_len` is always set to the number of ids (out_len must not be NULL). With
+ * `cap` = 0 and `out_ids` NULL the call only reports it (ADPO_STATUS_OK); otherwise `out_ids`
+ * must hold `cap` ids, and when cap < *out_len the call returns ADPO_STATUS_SHAPE_MISMATCH,
+ * writes no ids, but still sets *out_len: the one exception to "outputs are written only on
+ * success", so that a caller can grow its buffer and call again. Text that is not UTF-8:
+ * ADPO_STATUS_INVALID_ARGUMENT (then *out_len is not set).
+ */
+adpo_status adpo_tokenizer_encode(const struct adpo_tokenizer *tok,
+                                  const char *text,
+                                  bool add_special_tokens,
+                                  int64_t *out_ids,
+                                  size_t cap,
+                                  size_t *out_len,
+                                  struct adpo_error **err);
+
+/**
+ * Encodes `n` UTF-8 texts (`texts[0 .. n)`, in parallel) into one flat buffer of ids: text i
+ * has ids out_ids[out_offsets[i] .. out_offsets[i + 1]).
+ *
+ * Sizes first, as adpo_tokenizer_encode: `*out_total` (must not be NULL) is always set to the
+ * number of ids of all texts; `cap` = 0 with `out_ids` NULL only reports sizes; a `cap` below
+ * *out_total is ADPO_STATUS_SHAPE_MISMATCH with *out_total still set. `out_offsets` (NULL, or
+ * room for n + 1 entries; out_offsets[0] = 0) is written whenever the call succeeds, also when
+ * it only reports sizes, so a caller knows each text's length before allocating. A NULL or
+ * non-UTF-8 texts[i]: ADPO_STATUS_NULL_ARGUMENT / ADPO_STATUS_INVALID_ARGUMENT naming i.
+ */
+adpo_status adpo_tokenizer_encode_batch(const struct adpo_tokenizer *tok,
+                                        const char *const *texts,
+                                        size_t n,
+                                        bool add_special_tokens,
+                                        int64_t *out_ids,
+                                        size_t cap,
+                                        size_t *out_offsets,
+                                        size_t *out_total,
+                                        struct adpo_error **err);
+
+/**
+ * Decodes `ids[0 .. n)` into a new UTF-8 string (free it with adpo_string_free).
+ * `skip_special_tokens` leaves special tokens out. An id outside the vocabulary is
+ * ADPO_STATUS_INVALID_ARGUMENT naming it and its position (Python skips such ids silently).
+ * A U+0000 in the decoded text, which a C string cannot hold, comes back as a space.
+ */
+adpo_status adpo_tokenizer_decode(const struct adpo_tokenizer *tok,
+                                  const int64_t *ids,
+                                  size_t n,
+                                  bool skip_special_tokens,
+                                  char **out_text,
+                                  struct adpo_error **err);
+
+/**
+ * Decodes `n` sequences laid out as adpo_tokenizer_encode_batch writes them: sequence i is
+ * ids[offsets[i] .. offsets[i + 1]) (`offsets` has n + 1 non-decreasing entries). Writes n new
+ * strings to out_texts[0 .. n), each freed with adpo_string_free, only when all succeed.
+ */
+adpo_status adpo_tokenizer_decode_batch(const struct adpo_tokenizer *tok,
+                                        const int64_t *ids,
+                                        const size_t *offsets,
+                                        size_t n,
+                                        bool skip_special_tokens,
+                                        char **out_texts,
+                                        struct adpo_error **err);
+
+/**
+ * Renders the tokenizer's default chat template for `messages_json`, a JSON list of message
+ * objects: each has a string "role" and a "content" that is a string (or a list of content
+ * objects; null or absent only with "tool_calls"); other keys pass through to the template.
+ * The template sees what transformers' apply_chat_template(tokenize=False) gives it: the
+ * special tokens (bos_token, eos_token, ...), messages, tools and documents (none), and
+ * add_generation_prompt. Writes a new string (free with adpo_string_free). Encode it with
+ * add_special_tokens = false. Malformed messages, a template that does not render, and the
+ * template's own raise_exception(msg) (the message carries msg): ADPO_STATUS_INVALID_ARGUMENT.
+ */
+adpo_status adpo_tokenizer_apply_chat_template(const struct adpo_tokenizer *tok,
+                                               const char *messages_json,
+                                               bool add_generation_prompt,
+                                               char **out_text,
+                                               struct adpo_error **err);
+
+/**
+ * As adpo_tokenizer_apply_chat_template, with options as JSON (NULL or "" = defaults; unknown
+ * keys and wrong types are ADPO_STATUS_INVALID_CONFIG):
+ * `{"template": NAME or SOURCE, "add_generation_prompt": false, "tools": [...],
+ * "documents": [...], "variables": {"enable_thinking": false, ...}}`.
+ * "template" names one of the tokenizer's templates (the list form of chat_template) or is a
+ * template's source; by default the "tool_use" template is used when tools are given and the
+ * tokenizer has one, else the default template. "variables" are further template variables
+ * (they may override the special-token ones).
+ */
+adpo_status adpo_tokenizer_apply_chat_template_options(const struct adpo_tokenizer *tok,
+                                                       const char *messages_json,
+                                                       const char *options_json,
+                                                       char **out_text,
+                                                       struct adpo_error **err);
+
+/**
+ * The ids that end generation: generation_config.json's eos_token_id (an int or a list), else
+ * config.json's, else the id of tokenizer_config.json's eos_token; none when there is no such
+ * file or token. Sizes first, as adpo_tokenizer_encode (*out_len always set).
+ */
+adpo_status adpo_tokenizer_eos_ids(const struct adpo_tokenizer *tok,
+                                   int64_t *out_ids,
+                                   size_t cap,
+                                   size_t *out_len,
+                                   struct adpo_error **err);
+
+/**
+ * Number of tokens, added tokens included (Python's len(tokenizer)). A model's vocabulary
+ * (adpo_model_vocab_size) may be larger: checkpoints often pad it.
+ */
+adpo_status adpo_tokenizer_vocab_size(const struct adpo_tokenizer *tok,
+                                      int64_t *out,
+                                      struct adpo_error **err);
+
+/**
+ * The id of a token string (such as "<|im_end|>"), for pad and stop ids. A string that is not
+ * one token of the vocabulary: ADPO_STATUS_INVALID_ARGUMENT.
+ */
+adpo_status adpo_tokenizer_token_to_id(const struct adpo_tokenizer *tok,
+                                       const char *token,
+                                       int64_t *out_id,
+                                       struct adpo_error **err);
+
+/**
+ * A named special token's string from tokenizer_config.json: `name` is one of "bos_token",
+ * "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token". Writes a new
+ * string (free with adpo_string_free), or NULL when the tokenizer does not set that token.
+ * Another name: ADPO_STATUS_INVALID_ARGUMENT.
+ */
+adpo_status adpo_tokenizer_special_token(const struct adpo_tokenizer *tok,
+                                         const char *name,
+                                         char **out_text,
+                                         struct adpo_error **err);
+
+/* Batches =============================================================================
+ *
+ * Token ids, masks, group ids and rewards (or targets) of n candidates x t positions, checked
+ * once; a sampled batch also carries the sampling-time log-probs.
+ */
+
+/**
+ * Creates a batch. Row-major n x t arrays: `ids` (token ids >= 0), `attention_mask` (NULL =
+ * all ones), `loss_mask` (1 at t: the token at t counts, scored from the logits at t - 1, so
+ * column 0 must be 0). `group_ids`: n int64 ids (candidates of one prompt share an id). Set
+ * rewards or targets before adpo_trainer_step.
+ */
+adpo_status adpo_batch_new(size_t n,
+                           size_t t,
+                           const int64_t *ids,
+                           const uint8_t *attention_mask,
+                           const uint8_t *loss_mask,
+                           const int64_t *group_ids,
+                           struct adpo_batch **out,
+                           struct adpo_error **err);
+
+/**
+ * Rewards of the n candidates (finite). Replaces targets if they were set.
+ */
+adpo_status adpo_batch_set_rewards(struct adpo_batch *batch,
+                                   const double *rewards,
+                                   size_t len,
+                                   struct adpo_error **err);
+
+/**
+ * Explicit target distribution: n values >= 0 summing to 1 over each group. Replaces rewards.
+ */
+adpo_status adpo_batch_set_targets(struct adpo_batch *batch,
+                                   const double *targets,
+                                   size_t len,
+                                   struct adpo_error **err);
+
+/**
+ * Sampling-time log-probs: len = n (per sequence, already reduced like seq_logp) or n * t
+ * (per token, aligned with ids; values at loss_mask 0 are ignored). The on-policy anchor uses
+ * them; loss grpo needs them per token.
+ */
+adpo_status adpo_batch_set_old_logp(struct adpo_batch *batch,
+                                    const double *old_logp,
+                                    size_t len,
+                                    struct adpo_error **err);
+
+/**
+ * Precomputed anchor log-probs (len n or n * t, as for old_logp): with them no reference
+ * forward runs.
+ */
+adpo_status adpo_batch_set_anchor_logp(struct adpo_batch *batch,
+                                       const double *anchor_logp,
+                                       size_t len,
+                                       struct adpo_error **err);
+
+/**
+ * The batch's n (candidates) and t (positions).
+ */
+adpo_status adpo_batch_shape(const struct adpo_batch *batch,
+                             size_t *out_n,
+                             size_t *out_t,
+                             struct adpo_error **err);
+
+/**
+ * Copies the n * t token ids into `out` (len must be n * t).
+ */
+adpo_status adpo_batch_get_ids(const struct adpo_batch *batch,
+                               int64_t *out,
+                               size_t len,
+                               struct adpo_error **err);
+
+/**
+ * The generated tokens of `row` of a sampled batch (its loss-masked tokens in order, the
+ * ending EOS or stop sequence included), to decode and score. Sizes first, as
+ * adpo_tokenizer_encode: `*out_len` is always set; `cap` 0 with `out_ids` NULL only reports
+ * it; a `cap` below it is ADPO_STATUS_SHAPE_MISMATCH (with *out_len still set). A row outside
+ * the batch: ADPO_STATUS_INVALID_ARGUMENT.
+ */
+adpo_status adpo_batch_get_completion(const struct adpo_batch *batch,
+                                      size_t row,
+                                      int64_t *out_ids,
+                                      size_t cap,
+                                      size_t *out_len,
+                                      struct adpo_error **err);
+
+/**
+ * Copies the n * t loss mask (1 = generated/scored token) into `out` (len must be n * t).
+ */
+adpo_status adpo_batch_get_loss_mask(const struct adpo_batch *batch,
+                                     uint8_t *out,
+                                     size_t len,
+                                     struct adpo_error **err);
+
+/**
+ * Copies the n group ids into `out` (len must be n).
+ */
+adpo_status adpo_batch_get_group_ids(const struct adpo_batch *batch,
+                                     int64_t *out,
+                                     size_t len,
+                                     struct adpo_error **err);
+
+/**
+ * Frees a batch. NULL is a no-op.
+ */
+void adpo_batch_free(struct adpo_batch *batch);
 
 /* Trainer =============================================================================
  *
@@ -779,39 +894,105 @@ adpo_status adpo_trainer_sequence_logp(const struct adpo_trainer *trainer,
  */
 void adpo_trainer_free(struct adpo_trainer *trainer);
 
-/* Version and utilities ===============================================================
+/* Sampling ============================================================================
  *
- * Run-time versions (check adpo_abi_version() against ADPO_ABI_VERSION), the CUDA device
- * count, and the free function for strings adpo hands out.
+ * K candidates per prompt from the trainer's policy, returned as a batch ready to score.
  */
 
 /**
- * "adpo X.Y.Z (tch A.B.C, libtorch V)". Static storage: do not free.
+ * Samples k candidates for each of n_prompts prompts from the policy, in eval mode (no
+ * dropout; the training forward runs in train mode). `prompt_tokens` holds
+ * the prompts back to back; `prompt_lengths[i]` is the length of prompt i. `sampling_json`
+ * (NULL = defaults): temperature 1, top_k 0 (off), top_p 1, max_new_tokens 16, eos_id null,
+ * pad_id 0, seed null (continue the trainer's generator). `*out_batch` receives a new batch
+ * (n_prompts * k rows, group id = prompt index, loss mask on the generated tokens up to and
+ * including EOS, per-token old_logp set); set its rewards and pass it to adpo_trainer_step.
  */
-const char *adpo_version(void);
+adpo_status adpo_trainer_sample(struct adpo_trainer *trainer,
+                                const int64_t *prompt_tokens,
+                                const size_t *prompt_lengths,
+                                size_t n_prompts,
+                                size_t k,
+                                const char *sampling_json,
+                                struct adpo_batch **out_batch,
+                                struct adpo_error **err);
+
+/* Checkpoints =========================================================================
+ *
+ * The policy's weights and the trainer's state (optimizer, steps, anchor), written
+ * atomically and checked when read back.
+ */
 
 /**
- * The ABI version of the loaded library; equals ADPO_ABI_VERSION of a matching header.
+ * Writes a checkpoint: `path` (policy weights, safetensors, keys = the module's parameter
+ * names) and `path` with extension .trainer.safetensors (optimizer, step, anchor state). Each
+ * file is written to a temporary name and renamed. In data-parallel training every rank calls
+ * it, only rank 0 writes, and every rank returns rank 0's outcome.
  */
-uint32_t adpo_abi_version(void);
+adpo_status adpo_trainer_save(const struct adpo_trainer *trainer,
+                              const char *path,
+                              struct adpo_error **err);
 
 /**
- * Number of CUDA devices libtorch can use (0 on a machine without CUDA).
+ * Restores a checkpoint written by adpo_trainer_save. A missing, corrupt, truncated or
+ * mismatched checkpoint is an ADPO_STATUS_CHECKPOINT error and leaves the trainer as it was.
+ * In data-parallel training every rank calls it: rank 0 reads the file and sends the state to
+ * the others (which need not see the file), and every rank returns the same outcome.
  */
-int32_t adpo_cuda_device_count(void);
+adpo_status adpo_trainer_load(struct adpo_trainer *trainer,
+                              const char *path,
+                              struct adpo_error **err);
+
+/* Data-parallel training ==============================================================
+ *
+ * Many processes, each with its own groups, over MPI or the host's own all-reduce: the
+ * update equals that of one process holding every group.
+ */
 
 /**
- * Frees a string that adpo returned with ownership (e.g. adpo_objective_metrics_json). NULL is
- * a no-op.
+ * Data-parallel training over MPI: `mpi_comm` is the address of an `MPI_Comm` (NULL:
+ * MPI_COMM_WORLD), which adpo duplicates for its own traffic. Collective: every rank of the
+ * communicator calls it; MPI is initialised if the host has not done it. Rank 0's weights,
+ * optimizer and anchor state are copied to every rank, so replicas that start different end
+ * identical; the policy and the anchor mode must be the same on every rank. On error the
+ * trainer is left training alone (its previous communicator, if any, is released). A build
+ * without MPI (no mpicc at build time) returns ADPO_STATUS_UNSUPPORTED; see
+ * adpo_has_mpi(). Trainer config {"distributed": {"backend": "mpi"}} does the same with
+ * MPI_COMM_WORLD at adpo_trainer_new.
  */
-void adpo_string_free(char *s);
+adpo_status adpo_trainer_use_mpi(struct adpo_trainer *trainer,
+                                 const void *mpi_comm,
+                                 struct adpo_error **err);
 
 /**
- * Test hook, not for applications: deliberately panics inside the boundary, returns
- * ADPO_STATUS_PANIC and never unwinds into the caller. The bindings' tests use it to check
- * their handling of ADPO_STATUS_PANIC.
+ * Data-parallel training over the host's own communicator (NCCL, Gloo, torch.distributed,
+ * MPI, ...): this process is `rank` of `world_size`, and `allreduce` sums buffers over them.
+ * adpo owns `userdata` from this call on, whatever its outcome: `free_userdata` (may be NULL)
+ * is called exactly once, when the trainer is freed or another communicator replaces this
+ * one, or before returning an error. Collective, like adpo_trainer_use_mpi (rank 0's state is
+ * copied to every rank; on error the trainer is left training alone).
  */
-adpo_status adpo_test_panic(struct adpo_error **err);
+adpo_status adpo_trainer_use_allreduce(struct adpo_trainer *trainer,
+                                       int32_t rank,
+                                       int32_t world_size,
+                                       adpo_allreduce_fn allreduce,
+                                       void *userdata,
+                                       adpo_userdata_free_fn free_userdata,
+                                       struct adpo_error **err);
+
+/**
+ * This trainer's rank and number of ranks (0 and 1 when it trains alone). Either output may be
+ * NULL.
+ */
+adpo_status adpo_trainer_world(const struct adpo_trainer *trainer,
+                               int32_t *out_rank,
+                               int32_t *out_world_size,
+                               struct adpo_error **err);
+
+/**
+ * True when this build of adpo can train over MPI (it found mpicc when it was built).
+ */
+bool adpo_has_mpi(void);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -28,10 +28,10 @@
  *   code (status()) and the library's message (message()). The wrapper checks buffer lengths
  *   itself before calling into C (the C API cannot see them) and throws
  *   ADPO_STATUS_SHAPE_MISMATCH when they disagree.
- * - Handles: Objective, Model, Batch and Trainer are move-only owners of one C handle. A
- *   default-constructed or moved-from object is empty (get() == nullptr, operator bool false);
- *   calling a method on it throws adpo::Error with ADPO_STATUS_NULL_ARGUMENT (the C library
- *   reports it). get() gives the raw handle for direct C calls; release() gives up ownership,
+ * - Handles: Objective, Model, Batch, Trainer and Tokenizer are move-only owners of one C
+ *   handle. A default-constructed or moved-from object is empty (get() == nullptr, operator
+ *   bool false); calling a method on it throws adpo::Error with ADPO_STATUS_NULL_ARGUMENT (the C
+ *   library reports it). get() gives the raw handle for direct C calls; release() gives up ownership,
  *   and the explicit constructor from a raw pointer adopts one.
  * - Buffers: inputs are adpo::View<const T> (pointer + size, no copy), which converts
  *   implicitly from std::vector, std::array, C arrays and braced lists ({1.0, 2.0}; valid for the
@@ -961,6 +961,187 @@ private:
         adpo_trainer *raw = nullptr;
         detail::call([&](adpo_error **err) { return adpo_trainer_new(policy, reference, json, &raw, err); });
         reset(raw);
+    }
+};
+
+// ----------------------------------------------------------------------------------------------
+// Tokenizer
+// ----------------------------------------------------------------------------------------------
+
+namespace detail {
+struct TokenizerTraits {
+    static void free(adpo_tokenizer *p) noexcept { adpo_tokenizer_free(p); }
+};
+
+/// One sized-first C call that writes ids (encode, encode_batch, eos_ids): tries a first guess
+/// of the length, and on ADPO_STATUS_SHAPE_MISMATCH (the C call still reports the length)
+/// grows the buffer and calls once more.
+template <class F>
+inline std::vector<std::int64_t> sized_ids(std::size_t guess, F &&f) {
+    std::vector<std::int64_t> ids(guess);
+    std::size_t n = 0;
+    adpo_error *err = nullptr;
+    adpo_status status = f(ids.data(), ids.size(), &n, &err);
+    if (status == ADPO_STATUS_SHAPE_MISMATCH && n > ids.size()) {
+        adpo_error_free(err);
+        ids.resize(n);
+        call([&](adpo_error **e) { return f(ids.data(), ids.size(), &n, e); });
+    } else {
+        check(status, err);
+    }
+    ids.resize(n);
+    return ids;
+}
+} // namespace detail
+
+/// A Hugging Face tokenizer with its chat templates (tokenizer.json plus tokenizer_config.json,
+/// chat_template.jinja, generation_config.json / config.json beside it). Read-only once loaded:
+/// one Tokenizer may be used from many threads at once.
+///
+///   adpo::Tokenizer tok("/models/Qwen2.5-0.5B-Instruct");
+///   std::string prompt = tok.apply_chat_template(R"([{"role": "user", "content": "Hi"}])", true);
+///   std::vector<std::int64_t> ids = tok.encode(prompt, false);  // the template wrote the specials
+class Tokenizer : public detail::Handle<adpo_tokenizer, detail::TokenizerTraits> {
+public:
+    /// An empty tokenizer.
+    Tokenizer() noexcept = default;
+
+    /// Loads `path`: a tokenizer.json or a checkpoint directory holding one. A missing file
+    /// throws ADPO_STATUS_IO, a malformed one ADPO_STATUS_MODEL.
+    explicit Tokenizer(const std::string &path) {
+        check_abi();
+        adpo_tokenizer *raw = nullptr;
+        const char *p = detail::c_str(path, "path");
+        detail::call([&](adpo_error **err) { return adpo_tokenizer_load(p, &raw, err); });
+        reset(raw);
+    }
+
+    /// Takes ownership of a handle from adpo_tokenizer_load (nullptr: empty).
+    explicit Tokenizer(adpo_tokenizer *raw) noexcept : Handle(raw) {}
+
+    Tokenizer(Tokenizer &&) noexcept = default;
+    Tokenizer &operator=(Tokenizer &&) noexcept = default;
+
+    /// Same as the loading constructor.
+    static Tokenizer load(const std::string &path) { return Tokenizer(path); }
+
+    /// Token ids of UTF-8 `text`. `add_special_tokens` adds what the tokenizer's post-processor
+    /// adds (e.g. BOS); pass false for text from apply_chat_template. Text that is not UTF-8
+    /// throws ADPO_STATUS_INVALID_ARGUMENT.
+    std::vector<std::int64_t> encode(const std::string &text, bool add_special_tokens = true) const {
+        const char *t = detail::c_str(text, "text");
+        return detail::sized_ids(text.size() + 8, [&](std::int64_t *out, std::size_t cap, std::size_t *n,
+                                                      adpo_error **err) {
+            return adpo_tokenizer_encode(get(), t, add_special_tokens, out, cap, n, err);
+        });
+    }
+
+    /// encode() of each text (in parallel inside adpo).
+    std::vector<std::vector<std::int64_t>> encode_batch(const std::vector<std::string> &texts,
+                                                        bool add_special_tokens = true) const {
+        std::vector<const char *> ptrs;
+        ptrs.reserve(texts.size());
+        std::size_t guess = 0;
+        for (std::size_t i = 0; i < texts.size(); ++i) {
+            ptrs.push_back(detail::c_str(texts[i], ("texts[" + std::to_string(i) + "]").c_str()));
+            guess += texts[i].size() + 8;
+        }
+        std::vector<std::size_t> offsets(texts.size() + 1);
+        const std::vector<std::int64_t> flat = detail::sized_ids(
+            guess, [&](std::int64_t *out, std::size_t cap, std::size_t *n, adpo_error **err) {
+                return adpo_tokenizer_encode_batch(get(), ptrs.data(), ptrs.size(), add_special_tokens, out, cap,
+                                                   offsets.data(), n, err);
+            });
+        std::vector<std::vector<std::int64_t>> out(texts.size());
+        for (std::size_t i = 0; i < texts.size(); ++i)
+            out[i].assign(flat.begin() + static_cast<std::ptrdiff_t>(offsets[i]),
+                          flat.begin() + static_cast<std::ptrdiff_t>(offsets[i + 1]));
+        return out;
+    }
+
+    /// The text of `ids`; an id outside the vocabulary throws ADPO_STATUS_INVALID_ARGUMENT.
+    std::string decode(View<const std::int64_t> ids, bool skip_special_tokens = false) const {
+        return detail::owned_string([&](char **out, adpo_error **err) {
+            return adpo_tokenizer_decode(get(), ids.data(), ids.size(), skip_special_tokens, out, err);
+        });
+    }
+
+    /// decode() of each sequence.
+    std::vector<std::string> decode_batch(const std::vector<std::vector<std::int64_t>> &seqs,
+                                          bool skip_special_tokens = false) const {
+        std::vector<std::int64_t> flat;
+        std::vector<std::size_t> offsets{0};
+        for (const auto &s : seqs) {
+            flat.insert(flat.end(), s.begin(), s.end());
+            offsets.push_back(flat.size());
+        }
+        std::vector<char *> raw(seqs.size(), nullptr);
+        detail::call([&](adpo_error **err) {
+            return adpo_tokenizer_decode_batch(get(), flat.data(), offsets.data(), seqs.size(), skip_special_tokens,
+                                               raw.data(), err);
+        });
+        std::vector<std::unique_ptr<char, detail::StringDeleter>> guards;
+        guards.reserve(raw.size());
+        for (char *p : raw) guards.emplace_back(p);
+        std::vector<std::string> out;
+        out.reserve(raw.size());
+        for (char *p : raw) out.emplace_back(p ? p : "");
+        return out;
+    }
+
+    /// Renders the default chat template for `messages_json` (a JSON list of {"role",
+    /// "content"} objects) as transformers' apply_chat_template(tokenize=False). Malformed
+    /// messages and template errors, the template's own raise_exception included, throw
+    /// ADPO_STATUS_INVALID_ARGUMENT with the template's message.
+    std::string apply_chat_template(const std::string &messages_json, bool add_generation_prompt = false) const {
+        const char *m = detail::c_str(messages_json, "messages_json");
+        return detail::owned_string([&](char **out, adpo_error **err) {
+            return adpo_tokenizer_apply_chat_template(get(), m, add_generation_prompt, out, err);
+        });
+    }
+
+    /// With options JSON: {"template": NAME or SOURCE, "add_generation_prompt": bool, "tools":
+    /// [...], "documents": [...], "variables": {...}} ("" = defaults; unknown keys throw
+    /// ADPO_STATUS_INVALID_CONFIG).
+    std::string apply_chat_template_options(const std::string &messages_json, const std::string &options_json) const {
+        const char *m = detail::c_str(messages_json, "messages_json");
+        const char *o = detail::c_str(options_json, "options_json");
+        return detail::owned_string([&](char **out, adpo_error **err) {
+            return adpo_tokenizer_apply_chat_template_options(get(), m, o, out, err);
+        });
+    }
+
+    /// The ids that end generation (generation_config.json, else config.json, else the EOS token).
+    std::vector<std::int64_t> eos_ids() const {
+        return detail::sized_ids(4, [&](std::int64_t *out, std::size_t cap, std::size_t *n, adpo_error **err) {
+            return adpo_tokenizer_eos_ids(get(), out, cap, n, err);
+        });
+    }
+
+    /// Number of tokens, added tokens included (Python's len(tokenizer)).
+    std::int64_t vocab_size() const {
+        std::int64_t v = 0;
+        detail::call([&](adpo_error **err) { return adpo_tokenizer_vocab_size(get(), &v, err); });
+        return v;
+    }
+
+    /// The id of a token string; one that is not a token throws ADPO_STATUS_INVALID_ARGUMENT.
+    std::int64_t token_to_id(const std::string &token) const {
+        const char *t = detail::c_str(token, "token");
+        std::int64_t id = 0;
+        detail::call([&](adpo_error **err) { return adpo_tokenizer_token_to_id(get(), t, &id, err); });
+        return id;
+    }
+
+    /// A named special token ("bos_token", "eos_token", "pad_token", ...); `found` tells whether
+    /// the tokenizer sets it ("" is returned when it does not).
+    std::string special_token(const std::string &name, bool *found = nullptr) const {
+        const char *n = detail::c_str(name, "name");
+        char *raw = nullptr;
+        detail::call([&](adpo_error **err) { return adpo_tokenizer_special_token(get(), n, &raw, err); });
+        std::unique_ptr<char, detail::StringDeleter> guard(raw);
+        if (found) *found = raw != nullptr;
+        return raw ? std::string(raw) : std::string();
     }
 };
 

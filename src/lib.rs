@@ -2,7 +2,8 @@
 //!
 //! Crate map: [`objective`] (the model-free loss), [`model`] (TorchScript causal LMs),
 //! [`batch`], [`logprob`], [`anchor`], [`optimizer`], [`schedule`], [`trainer`], [`sample`],
-//! [`checkpoint`], [`config`], [`distributed`] (data-parallel training), [`error`], [`version`], and `ffi` (the C ABI, include/adpo.h).
+//! [`checkpoint`], [`config`], [`distributed`] (data-parallel training), [`tokenizer`] (text and
+//! chat templates), [`error`], [`version`], and `ffi` (the C ABI, include/adpo.h).
 
 pub mod anchor;
 pub mod batch;
@@ -19,6 +20,7 @@ pub mod optimizer;
 mod rng;
 pub mod sample;
 pub mod schedule;
+pub mod tokenizer;
 pub mod trainer;
 pub mod version;
 
@@ -27,4 +29,5 @@ pub use config::ObjectiveConfig;
 pub use error::{Error, Result, Status};
 pub use model::Model;
 pub use objective::{EvalInputs, EvalOutput, Groups, Metrics, Objective, Signal, TokenInputs};
+pub use tokenizer::Tokenizer;
 pub use trainer::{StepMetrics, Trainer};

@@ -9,6 +9,7 @@ const SECTIONS: &[(&str, &str, &str)] = &[
     ("adpo_objective_new", "The objective, on host buffers", "The model-free ADPO objective: per-candidate log-probs of your policy and anchor, rewards\n * or targets, and group ids in; the loss and d loss / d logp out, for your own backward pass."),
     ("adpo_objective_eval_dlpack", "The objective, on DLPack tensors", "The same objective on tensors of any producer (PyTorch, JAX, CuPy), on CPU or CUDA,\n * without copies: ownership of every input passes to adpo at the call."),
     ("adpo_model_load", "Models", "Causal LMs as opaque handles: the trainable policy, or a frozen reference. Loading a\n * TorchScript file runs its code: load only files you trust."),
+    ("adpo_tokenizer_load", "Tokenizers and chat templates", "Text in, text out: a checkpoint's tokenizer.json (Hugging Face `tokenizers`) and the chat\n * template of its tokenizer_config.json (rendered as transformers renders it)."),
     ("adpo_batch_new", "Batches", "Token ids, masks, group ids and rewards (or targets) of n candidates x t positions, checked\n * once; a sampled batch also carries the sampling-time log-probs."),
     ("adpo_trainer_new", "Trainer", "ADPO steps on a policy: log-probs, anchored scores, the objective, backward, optimizer and\n * the anchor's update, micro-batched and exact."),
     ("adpo_trainer_sample", "Sampling", "K candidates per prompt from the trainer's policy, returned as a batch ready to score."),

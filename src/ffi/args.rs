@@ -81,3 +81,27 @@ pub fn write_versioned<T: Copy>(out: *mut T, full: &T) -> Result<()> {
     }
     Ok(())
 }
+
+/// Sizes first: reports `ids.len()` through `out_len`, and copies the ids when `cap` holds them.
+/// `cap` 0 with a NULL buffer only reports; a buffer too small is ADPO_STATUS_SHAPE_MISMATCH
+/// with the length still reported (so that a caller can grow its buffer and call again).
+pub fn write_sized(ids: &[i64], out_ids: *mut i64, cap: usize, out_len: *mut usize) -> Result<()> {
+    write_out(out_len, "out_len", ids.len())?;
+    if out_ids.is_null() && cap == 0 {
+        return Ok(());
+    }
+    if cap < ids.len() {
+        return Err(Error::shape(format!(
+            "cap = {cap}, but there are {} ids (*out_len says so: call again with a buffer that large)",
+            ids.len()
+        )));
+    }
+    if !ids.is_empty() {
+        if out_ids.is_null() {
+            return Err(Error::null("out_ids"));
+        }
+        // SAFETY: non-NULL and valid for cap >= ids.len() writes (caller contract).
+        unsafe { std::ptr::copy_nonoverlapping(ids.as_ptr(), out_ids, ids.len()) };
+    }
+    Ok(())
+}

@@ -1,6 +1,6 @@
 //! C ABI of training batches (src/batch.rs).
 
-use super::args::{require_out, slice, write_out};
+use super::args::{require_out, slice, write_out, write_sized};
 use super::boundary::{call, call_on};
 use super::error::adpo_error;
 use super::handle::{free, handle, Guarded, Handle};
@@ -162,6 +162,27 @@ pub extern "C" fn adpo_batch_get_ids(
     call_on(err, batch, "batch", |b| {
         let b = b.inner.lock();
         copy_tensor(&b.ids.reshape([-1]), out, len, b.n * b.t, "out")
+    })
+}
+
+/// The generated tokens of `row` of a sampled batch (its loss-masked tokens in order, the
+/// ending EOS or stop sequence included), to decode and score. Sizes first, as
+/// adpo_tokenizer_encode: `*out_len` is always set; `cap` 0 with `out_ids` NULL only reports
+/// it; a `cap` below it is ADPO_STATUS_SHAPE_MISMATCH (with *out_len still set). A row outside
+/// the batch: ADPO_STATUS_INVALID_ARGUMENT.
+#[no_mangle]
+pub extern "C" fn adpo_batch_get_completion(
+    batch: *const adpo_batch,
+    row: usize,
+    out_ids: *mut i64,
+    cap: usize,
+    out_len: *mut usize,
+    err: *mut *mut adpo_error,
+) -> Status {
+    call_on(err, batch, "batch", |b| {
+        require_out(out_len, "out_len")?;
+        let ids = b.inner.lock().completion(row)?;
+        write_sized(&ids, out_ids, cap, out_len)
     })
 }
 

@@ -5,17 +5,19 @@
 // C callers hand raw pointers by design; each function's contract is documented in the header.
 #![allow(clippy::not_unsafe_ptr_arg_deref)]
 
-// Declared in the order a user reads the header (cbindgen emits functions in this order).
+// Declared in the order a user reads the header (cbindgen emits functions in this order;
+// rustfmt.toml keeps rustfmt from sorting them).
+pub mod error;
+pub mod version;
+pub mod objective;
+pub mod dlpack;
+pub mod model;
+pub mod tokenizer;
 pub mod batch;
+pub mod trainer;
+pub mod sample;
 pub mod checkpoint;
 pub mod distributed;
-pub mod dlpack;
-pub mod error;
-pub mod model;
-pub mod objective;
-pub mod sample;
-pub mod trainer;
-pub mod version;
 // Helpers without exports.
 pub mod args;
 pub mod boundary;

@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <limits>
 #include <memory>
 #include <numeric>
@@ -1065,4 +1066,99 @@ TEST(Distributed, UseMpiAloneOrUnsupported) {
         EXPECT_EQ(trainer.step(batch).loss, alone.step(batch).loss);
     }
     EXPECT_EQ(policy.params(), alone_policy.params());
+}
+
+// ---- Tokenizer (fixtures of tests/fixtures/make_tokenizers.py: special tokens first in each
+// vocabulary, qwen: <|endoftext|> 0, <|im_start|> 1, <|im_end|> 2; llama3: <|begin_of_text|> 0;
+// tests/tokenizer.rs compares every id and rendering with Python).
+
+TEST(Tokenizer, EncodesAndDecodesRoundTrip) {
+    FIXTURE(dir, "tokenizers/qwen");
+    const adpo::Tokenizer tok(dir);
+    const std::string text = "Hello world! Café 東京 🚀 <|im_end|>";
+    const std::vector<std::int64_t> ids = tok.encode(text, false);
+    ASSERT_GT(ids.size(), 5u);
+    EXPECT_EQ(ids.back(), 2);
+    EXPECT_EQ(tok.decode(ids), text);
+    EXPECT_EQ(tok.decode(ids, true), "Hello world! Café 東京 🚀 ");
+    EXPECT_TRUE(tok.encode("").empty());
+    std::string emoji;
+    for (int i = 0; i < 50; ++i) emoji += "🦀";
+    const std::vector<std::int64_t> many = tok.encode(emoji);
+    EXPECT_GT(many.size(), emoji.size() / 4);
+    EXPECT_EQ(tok.decode(many), emoji);
+    EXPECT_EQ(tok.vocab_size(), 700);
+    EXPECT_EQ(tok.eos_ids(), (std::vector<std::int64_t>{2, 0}));
+    EXPECT_EQ(tok.token_to_id("<|im_start|>"), 1);
+    bool found = true;
+    EXPECT_EQ(tok.special_token("bos_token", &found), "");
+    EXPECT_FALSE(found);
+    EXPECT_EQ(tok.special_token("eos_token", &found), "<|im_end|>");
+    EXPECT_TRUE(found);
+}
+
+TEST(Tokenizer, MoreIdsThanTheFirstGuessAreFetchedAgain) {
+    // The wrapper guesses 4 EOS ids; six take the SHAPE_MISMATCH-then-retry path.
+    FIXTURE(dir, "tokenizers/qwen");
+    TempDir tmp;
+    fs::copy_file(fs::path(dir) / "tokenizer.json", tmp.path / "tokenizer.json");
+    {
+        std::ofstream(tmp.path / "generation_config.json") << R"({"eos_token_id": [5, 4, 3, 2, 1, 0]})";
+    }
+    const adpo::Tokenizer tok(tmp.path.string());
+    EXPECT_EQ(tok.eos_ids(), (std::vector<std::int64_t>{5, 4, 3, 2, 1, 0}));
+}
+
+TEST(Tokenizer, BatchFormsMatchOneByOne) {
+    FIXTURE(dir, "tokenizers/llama3/tokenizer.json");
+    const adpo::Tokenizer tok(dir);
+    const std::vector<std::string> texts = {"Hello", "", "東京は日本の首都です。", std::string(300, 'x')};
+    const auto seqs = tok.encode_batch(texts);
+    ASSERT_EQ(seqs.size(), texts.size());
+    for (std::size_t i = 0; i < texts.size(); ++i) {
+        EXPECT_EQ(seqs[i], tok.encode(texts[i]));
+        EXPECT_EQ(seqs[i].front(), 0); // <|begin_of_text|>
+    }
+    EXPECT_EQ(tok.decode_batch(seqs, true), texts);
+    EXPECT_TRUE(tok.encode_batch({}).empty());
+    EXPECT_TRUE(tok.decode_batch({}).empty());
+}
+
+TEST(Tokenizer, ChatTemplates) {
+    FIXTURE(qwen_dir, "tokenizers/qwen");
+    FIXTURE(mistral_dir, "tokenizers/mistral");
+    const adpo::Tokenizer qwen(qwen_dir), mistral(mistral_dir);
+    const std::string user = R"([{"role": "user", "content": "What is 2 + 2?"}])";
+    const std::string head = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+                             "<|im_start|>user\nWhat is 2 + 2?<|im_end|>\n";
+    EXPECT_EQ(qwen.apply_chat_template(user), head);
+    EXPECT_EQ(qwen.apply_chat_template(user, true), head + "<|im_start|>assistant\n");
+    EXPECT_EQ(qwen.apply_chat_template_options(
+                  user, R"({"add_generation_prompt": true, "variables": {"enable_thinking": false}})"),
+              head + "<|im_start|>assistant\n<think>\n\n</think>\n\n");
+    EXPECT_EQ(qwen.apply_chat_template_options(user, ""), head);
+    EXPECT_EQ(mistral.apply_chat_template(
+                  R"([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}])"),
+              "<s> [INST] Be brief.\n\nHi [/INST]");
+    EXPECT_TRUE(Throws([&] { mistral.apply_chat_template(R"([{"role": "user", "content": "a"},
+                                                              {"role": "user", "content": "b"}])"); },
+                       ADPO_STATUS_INVALID_ARGUMENT, "conversation roles must alternate"));
+    EXPECT_TRUE(Throws([&] { qwen.apply_chat_template("[{\"content\": 1}]"); }, ADPO_STATUS_INVALID_ARGUMENT,
+                       "messages[0]"));
+    EXPECT_TRUE(Throws([&] { qwen.apply_chat_template_options(user, R"({"tempalte": ""})"); },
+                       ADPO_STATUS_INVALID_CONFIG, "tempalte"));
+}
+
+TEST(Tokenizer, Errors) {
+    FIXTURE(dir, "tokenizers/qwen");
+    const adpo::Tokenizer tok(dir);
+    EXPECT_TRUE(Throws([&] { adpo::Tokenizer(dir + "/no-such-dir"); }, ADPO_STATUS_IO, "no-such-dir"));
+    EXPECT_TRUE(Throws([&] { tok.decode({1, 700}); }, ADPO_STATUS_INVALID_ARGUMENT, "ids[1] = 700"));
+    EXPECT_TRUE(Throws([&] { tok.encode("caf\xe9"); }, ADPO_STATUS_INVALID_ARGUMENT, "UTF-8"));
+    EXPECT_TRUE(Throws([&] { tok.encode(std::string("a\0b", 3)); }, ADPO_STATUS_INVALID_ARGUMENT, "NUL"));
+    EXPECT_TRUE(Throws([&] { tok.encode_batch({"a", "\xff"}); }, ADPO_STATUS_INVALID_ARGUMENT, "texts[1]"));
+    EXPECT_TRUE(Throws([&] { tok.token_to_id("<|nope|>"); }, ADPO_STATUS_INVALID_ARGUMENT, "not a token"));
+    EXPECT_TRUE(Throws([&] { tok.special_token("bos"); }, ADPO_STATUS_INVALID_ARGUMENT, "bos_token"));
+    const adpo::Tokenizer empty;
+    EXPECT_TRUE(Throws([&] { empty.encode("x"); }, ADPO_STATUS_NULL_ARGUMENT, "tok"));
 }

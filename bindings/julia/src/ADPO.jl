@@ -8,7 +8,8 @@ The shared library is `ENV["ADPO_LIB"]` when set, otherwise `target/release/liba
 repository this package lives in (`bindings/julia/../../target/release/libadpo.so`). It is
 loaded, and its ABI version checked, when the package is loaded (`__init__`).
 
-Objects: [`Objective`](@ref), [`Model`](@ref), [`Batch`](@ref), [`Trainer`](@ref). Each owns an
+Objects: [`Objective`](@ref), [`Model`](@ref), [`Batch`](@ref), [`Trainer`](@ref),
+[`Tokenizer`](@ref) (text and chat templates, `src/tokenizer.jl`). Each owns an
 adpo handle, freed by a finalizer or earlier by `close`. Failing calls throw [`ADPOError`](@ref).
 
 Data-parallel training: every rank joins with [`use_mpi!`](@ref) or [`use_allreduce!`](@ref)
@@ -31,7 +32,9 @@ export ADPOError, Objective, Model, Batch, Trainer, ObjectiveMetrics, TrainerMet
        evaluate, evaluate_tokens, evaluate_dlpack, dlpack_release, metrics, metrics_json,
        vocab_size, set_rewards!, set_targets!, set_old_logp!, set_anchor_logp!,
        token_ids, loss_mask, group_ids, step!, sequence_logp, save_checkpoint, load_checkpoint!,
-       num_params, use_mpi!, use_allreduce!, world, has_mpi
+       num_params, use_mpi!, use_allreduce!, world, has_mpi,
+       Tokenizer, encode, encode_batch, decode, decode_batch, apply_chat_template, eos_ids,
+       token_to_id, special_token
 
 # ----------------------------------------------------------------------------- constants
 # From include/adpo.h.
@@ -1109,5 +1112,7 @@ function _use_allreduce!(tr::Trainer, rank::Integer, world_size::Integer, allred
     tr.allreduce = keep
     return nothing
 end
+
+include("tokenizer.jl")
 
 end # module ADPO

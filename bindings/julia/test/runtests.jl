@@ -371,5 +371,78 @@ end
         @test_skip false
     end
 
+    tokdir = joinpath(get(ENV, "ADPO_FIXTURES", ""), "tokenizers")
+    if isfile(joinpath(tokdir, "qwen", "tokenizer.json"))
+        @testset "tokenizer and chat templates" begin
+            # Values fixed by tests/fixtures/make_tokenizers.py: special tokens first in each
+            # vocabulary (qwen: <|endoftext|> 0, <|im_start|> 1, <|im_end|> 2; llama3:
+            # <|begin_of_text|> 0), vocabulary 700, and the templates' text.
+            qwen = Tokenizer(joinpath(tokdir, "qwen"))
+            llama = Tokenizer(joinpath(tokdir, "llama3", "tokenizer.json"))
+            mistral = Tokenizer(joinpath(tokdir, "mistral"))
+            text = "Hello world! Café 東京 🚀 <|im_end|>"
+            ids = encode(qwen, text; add_special_tokens=false)
+            @test ids[end] == 2
+            @test decode(qwen, ids) == text
+            @test decode(qwen, ids; skip_special_tokens=true) == "Hello world! Café 東京 🚀 "
+            @test encode(llama, "Hello") == [0; encode(llama, "Hello"; add_special_tokens=false)]
+            @test encode(qwen, "") == Int64[]
+            texts = ["Hello", "", "東京は日本の首都です。"]
+            seqs = encode_batch(llama, texts)
+            @test seqs == [encode(llama, t) for t in texts]
+            @test decode_batch(llama, seqs; skip_special_tokens=true) == texts
+            @test decode_batch(llama, Vector{Int64}[]) == String[]
+            @test vocab_size(qwen) == 700
+            @test eos_ids(qwen) == [2, 0]
+            @test eos_ids(mistral) == [2]
+            @test token_to_id(qwen, "<|im_start|>") == 1
+            @test special_token(qwen, "eos_token") == "<|im_end|>"
+            @test special_token(qwen, "bos_token") === nothing
+            @test special_token(mistral, "bos_token") == "<s>"
+
+            user = [(role = "user", content = "What is 2 + 2?")]
+            sys_user = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n" *
+                       "<|im_start|>user\nWhat is 2 + 2?<|im_end|>\n"
+            @test apply_chat_template(qwen, user) == sys_user
+            @test apply_chat_template(qwen, user; add_generation_prompt=true) == sys_user * "<|im_start|>assistant\n"
+            @test apply_chat_template(qwen, user; add_generation_prompt=true,
+                                      options=(variables = (enable_thinking = false,),)) ==
+                  sys_user * "<|im_start|>assistant\n<think>\n\n</think>\n\n"
+            @test apply_chat_template(qwen, "[{\"role\": \"user\", \"content\": \"hi\"}]";
+                                      options="{\"template\": \"{{ messages[0].content.upper() }}\"}") == "HI"
+            @test apply_chat_template(mistral, [(role = "system", content = "Be brief."), (role = "user", content = "Hi")]) ==
+                  "<s> [INST] Be brief.\n\nHi [/INST]"
+
+            # errors
+            e = thrown(() -> apply_chat_template(mistral, [(role = "user", content = "a"), (role = "user", content = "b")]))
+            @test e isa ADPOError && e.status == ADPO.ADPO_STATUS_INVALID_ARGUMENT
+            @test e.func === :adpo_tokenizer_apply_chat_template
+            @test occursin("conversation roles must alternate", e.message)
+            e = thrown(() -> apply_chat_template(qwen, "[{\"content\": \"hi\"}]"))
+            @test e isa ADPOError && occursin("has no \"role\"", e.message)
+            e = thrown(() -> apply_chat_template(qwen, user; options=(tempalte = "x",)))
+            @test e isa ADPOError && e.status == ADPO.ADPO_STATUS_INVALID_CONFIG
+            e = thrown(() -> decode(qwen, [1, 700]))
+            @test e isa ADPOError && e.status == ADPO.ADPO_STATUS_INVALID_ARGUMENT
+            @test occursin("ids[1] = 700", e.message)
+            e = thrown(() -> encode(qwen, "caf\xe9"))
+            @test e isa ADPOError && e.status == ADPO.ADPO_STATUS_INVALID_ARGUMENT
+            @test thrown(() -> encode(qwen, "a\0b")) isa ArgumentError
+            e = thrown(() -> token_to_id(qwen, "<|nope|>"))
+            @test e isa ADPOError && e.status == ADPO.ADPO_STATUS_INVALID_ARGUMENT
+            e = thrown(() -> Tokenizer(joinpath(tokdir, "no-such-tokenizer")))
+            @test e isa ADPOError && e.status == ADPO.ADPO_STATUS_IO
+
+            close(qwen)
+            @test !isopen(qwen)
+            @test thrown(() -> encode(qwen, "x")) isa ArgumentError
+            close(llama)
+            close(mistral)
+        end
+    else
+        @warn "ADPO_FIXTURES/tokenizers not found: tokenizer tests skipped" tokdir
+        @test_skip false
+    end
+
     GC.gc()  # run the finalizers of what is left
 end
