@@ -62,12 +62,17 @@ $(CBUILD)/examples/%: examples/c/%.c include/adpo.h lib
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ADPO) -o $@ $< $(LDFLAGS_ADPO)
 
+# The README's relative spellings (make target/c/examples/demo) name the same files.
+target/c/%: $(CBUILD)/% ;
+
 $(CBUILD)/examples/train_mpi: examples/c/train_mpi.c include/adpo.h lib
 	@mkdir -p $(dir $@)
 	$(MPICC) $(CFLAGS_ADPO) -o $@ $< $(LDFLAGS_ADPO)
 
-demo: $(CBUILD)/examples/demo fixtures
-	$(CBUILD)/examples/demo $(FIXTURES)/tiny_transformer.pt
+# The main job: online ADPO on text from C, on a Hugging Face checkpoint directory and its
+# tokenizer (examples/c/text_rl.c); the token-level toy demo is examples/c/demo.c.
+demo: $(CBUILD)/examples/text_rl fixtures
+	$(CBUILD)/examples/text_rl $(FIXTURES)/colours
 
 test: test-rust test-header test-c test-python test-install test-cpp test-go test-julia test-bandit test-rl test-mpi
 	@echo "make test: all suites passed"
@@ -92,7 +97,8 @@ test-c: $(C_TESTS) $(C_EXAMPLES) fixtures
 	$(CBUILD)/examples/objective_host >/dev/null
 	$(CBUILD)/examples/objective_dlpack >/dev/null
 	$(CBUILD)/examples/demo $(FIXTURES)/tiny_transformer.pt 40 | tail -1
-	@echo "C examples: 3 passed, 0 failed"
+	$(CBUILD)/examples/text_rl $(FIXTURES)/colours 40 | tail -1
+	@echo "C examples: 4 passed, 0 failed"
 
 test-python: lib
 	ADPO_LIB=$(LIB) $(PY) -m pytest -q tests/python

@@ -644,7 +644,7 @@ fn anchor_penalty(
 fn check_sequence_loss(plan: &LossPlan, groups: &Groups) -> Result<()> {
     if plan.level == Level::Tokens {
         return Err(Error::invalid(format!(
-            "loss \"{}\" is token-level: evaluate it with per-token log-probs (the token-level entry point)",
+            "loss \"{}\" is token-level: evaluate it with per-token log-probs (eval_tokens)",
             plan.name
         )));
     }
