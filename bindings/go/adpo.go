@@ -24,13 +24,14 @@
 //
 // When the package initialises it compares adpo_abi_version() of the loaded library with the
 // ADPO_ABI_VERSION of the header it was compiled against. It does not panic on a mismatch:
-// every constructor (NewObjective, LoadModel, NewBatch, NewTrainer) then returns an *Error with
-// Status StatusUnsupported that matches ErrABIMismatch under errors.Is, and CheckABI reports the
-// same error. Version, ABIVersion and CUDADeviceCount keep working, to help diagnose it.
+// every constructor (NewObjective, LoadModel, NewBatch, NewTrainer, LoadTokenizer) then returns
+// an *Error with Status StatusUnsupported that matches ErrABIMismatch under errors.Is, and
+// CheckABI reports the same error. Version, ABIVersion and CUDADeviceCount keep working, to
+// help diagnose it.
 //
 // # Handles, errors, threads
 //
-// Objective, Model, Batch and Trainer wrap adpo handles. Close frees the handle; it is
+// Objective, Model, Batch, Trainer and Tokenizer wrap adpo handles. Close frees the handle; it is
 // idempotent, safe from any goroutine, and waits for calls in flight on that handle to return.
 // A finalizer frees a handle that was never closed, as a safety net only: close handles
 // explicitly (a Trainer holds a whole model and optimizer state).
