@@ -32,7 +32,7 @@ export ADPOError, Objective, Model, Batch, Trainer, ObjectiveMetrics, TrainerMet
        evaluate, evaluate_tokens, evaluate_dlpack, dlpack_release, metrics, metrics_json,
        vocab_size, set_rewards!, set_targets!, set_old_logp!, set_anchor_logp!,
        token_ids, loss_mask, group_ids, step!, sequence_logp, save_checkpoint, load_checkpoint!,
-       num_params, use_mpi!, use_allreduce!, world, has_mpi,
+       num_params, use_mpi!, use_allreduce!, world, has_mpi, load_model, save_model, completion,
        Tokenizer, encode, encode_batch, decode, decode_batch, apply_chat_template, eos_ids,
        token_to_id, special_token
 
@@ -459,6 +459,36 @@ function Model(path::AbstractString; device::Union{Nothing,AbstractString}=nothi
     return Model(_Own(), out[])
 end
 
+"""
+    load_model(path, options_json) -> Model
+
+Loads a Hugging Face checkpoint directory (or a TorchScript file) with options as JSON, e.g.
+`"{\"dtype\": \"bfloat16\", \"device\": \"cuda:0\"}"` (`adpo_model_load_options`).
+"""
+function load_model(path::AbstractString, options_json::AbstractString)
+    out = Ref{Ptr{Cvoid}}(C_NULL)
+    err = _err()
+    st = ccall((:adpo_model_load_options, libadpo()), Int32,
+               (Cstring, Cstring, Ref{Ptr{Cvoid}}, Ref{Ptr{Cvoid}}),
+               String(path), _nul_free(options_json, "options_json"), out, err)
+    _check(st, err, :adpo_model_load_options)
+    return Model(_Own(), out[])
+end
+
+"""
+    save_model(model, dir)
+
+Writes the model with its current weights as a Hugging Face checkpoint directory that
+transformers' `from_pretrained` reads (checkpoint-directory models only).
+"""
+function save_model(m::Model, dir::AbstractString)
+    err = _err()
+    st = ccall((:adpo_model_save, libadpo()), Int32, (Ptr{Cvoid}, Cstring, Ref{Ptr{Cvoid}}),
+               m, _nul_free(dir, "dir"), err)
+    _check(st, err, :adpo_model_save)
+    return nothing
+end
+
 function _free!(m::Model)
     p = m.ptr
     if p != C_NULL
@@ -631,6 +661,30 @@ function token_ids(b::Batch)
                (Ptr{Cvoid}, Ptr{Int64}, Csize_t, Ref{Ptr{Cvoid}}), b, buf, length(buf), err)
     _check(st, err, :adpo_batch_get_ids)
     return _from_rowmajor(buf, n, t)
+end
+
+# One adpo_batch_get_completion call; `buf` may be C_NULL with cap 0 (the size query).
+function _completion_call(b::Batch, row::Integer, buf, cap::Integer, n::Base.RefValue{Csize_t})
+    err = _err()
+    st = ccall((:adpo_batch_get_completion, libadpo()), Int32,
+               (Ptr{Cvoid}, Csize_t, Ptr{Int64}, Csize_t, Ref{Csize_t}, Ref{Ptr{Cvoid}}),
+               b, row, buf, cap, n, err)
+    _check(st, err, :adpo_batch_get_completion)
+    return nothing
+end
+
+"""
+    completion(batch, row) -> Vector{Int64}
+
+The generated tokens of `row` (1-based) of a sampled batch: its loss-masked tokens, the ending
+EOS included, to decode and score.
+"""
+function completion(b::Batch, row::Integer)
+    n = Ref{Csize_t}(0)
+    _completion_call(b, row - 1, C_NULL, 0, n)
+    ids = Vector{Int64}(undef, n[])
+    isempty(ids) || _completion_call(b, row - 1, ids, length(ids), n)
+    return ids
 end
 
 "The n x t loss mask (`Matrix{Bool}`, true = generated/scored token)."

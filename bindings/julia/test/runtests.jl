@@ -444,5 +444,28 @@ end
         @test_skip false
     end
 
+    colours = joinpath(get(ENV, "ADPO_FIXTURES", ""), "colours")
+    if isdir(colours)
+        @testset "checkpoint directory: options, save, completions" begin
+            m = load_model(colours, "{\"dtype\": \"float64\"}")
+            before = ADPO.params(m)
+            out = joinpath(mktempdir(), "saved")
+            save_model(m, out)
+            @test isfile(joinpath(out, "config.json"))
+            @test ADPO.params(load_model(out, "{\"dtype\": \"float64\"}")) == before
+            @test_throws ADPOError load_model(colours, "{\"dtype\": \"int8\"}")
+            tr = Trainer(m, nothing, (optimizer = (name = "sgd", lr = 0.1),))
+            tok = Tokenizer(colours)
+            prompt = encode(tok, apply_chat_template(tok, "[{\"role\": \"user\", \"content\": \"Name a colour.\"}]";
+                                                     add_generation_prompt=true); add_special_tokens=false)
+            b = ADPO.sample(tr, [prompt], 4; sampling=(max_new_tokens = 6, seed = 1))
+            ids, lm = token_ids(b), loss_mask(b)
+            for r in 1:4
+                @test completion(b, r) == ids[r, lm[r, :]]
+            end
+            @test_throws ADPOError completion(b, 5)
+        end
+    end
+
     GC.gc()  # run the finalizers of what is left
 end
