@@ -188,3 +188,19 @@ func (b *Batch) GroupIDs() ([]int64, error) {
 		return C.adpo_batch_get_group_ids(p, i64Ptr(out), C.size_t(len(out)), cerr)
 	})
 }
+
+// Completion returns the generated tokens of row r of a sampled batch: its loss-masked tokens
+// in order, the ending EOS included, to decode and score.
+func (b *Batch) Completion(row int) ([]int64, error) {
+	if row < 0 {
+		return nil, &Error{Status: StatusInvalidArgument, Message: "row must be >= 0"}
+	}
+	p, err := b.acquire()
+	if err != nil {
+		return nil, err
+	}
+	defer b.release()
+	return sizedIDs(func(out *C.int64_t, capacity C.size_t, n *C.size_t, cerr **C.adpo_error) C.adpo_status {
+		return C.adpo_batch_get_completion(p, C.size_t(row), out, capacity, n, cerr)
+	})
+}
