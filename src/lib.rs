@@ -1,9 +1,12 @@
 //! adpo: Anchored Direct Preference Optimization on libtorch, with a stable C ABI.
 //!
-//! Crate map: [`objective`] (the model-free loss), [`model`] (TorchScript causal LMs),
-//! [`batch`], [`logprob`], [`anchor`], [`optimizer`], [`schedule`], [`trainer`], [`sample`],
-//! [`checkpoint`], [`config`], [`distributed`] (data-parallel training), [`tokenizer`] (text and
-//! chat templates), [`error`], [`version`], and `ffi` (the C ABI, include/adpo.h).
+//! Crate map: [`objective`] (the model-free loss), [`model`] (the causal-LM trait: Hugging Face
+//! checkpoint directories built natively, and TorchScript modules), [`batch`], [`logprob`]
+//! (token log-probs, by chunks of the output head for native models), [`anchor`],
+//! [`optimizer`], [`schedule`], [`trainer`] (the step), [`sample`] (batched, KV-cached
+//! generation), [`checkpoint`], [`config`], [`distributed`] (data-parallel training),
+//! [`tokenizer`] (text and chat templates), [`dlpack`], [`error`], [`version`], and `ffi` (the
+//! C ABI, include/adpo.h: the outer layer, which nothing else imports).
 
 pub mod anchor;
 pub mod batch;

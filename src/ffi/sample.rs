@@ -1,4 +1,4 @@
-//! C ABI of sampling candidates from a trainer's policy (src/sample.rs).
+//! C ABI of sampling candidates from a trainer's policy (src/sample/).
 
 use super::args::{c_str, require_out, slice, write_out};
 use super::batch::adpo_batch;

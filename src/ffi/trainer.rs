@@ -1,4 +1,4 @@
-//! C ABI of the trainer (src/trainer.rs, src/sample.rs, src/checkpoint.rs).
+//! C ABI of the trainer (src/trainer/): creation, steps, metrics, sequence log-probs.
 
 use super::args::{
     c_str, check_versioned, owned_c_string, require_out, write_out, write_versioned,
