@@ -37,17 +37,22 @@ pub fn draw(logits: &Tensor, cfg: &SamplingConfig, u: &Tensor) -> (Tensor, Tenso
     };
     let logits = logits.to_kind(kind);
     let v = logits.size()[1];
-    let cdf = sampling_probs(&logits, cfg).cumsum(1, kind);
+    let log_p = logits.log_softmax(1, kind);
+    // Untempered, untruncated sampling draws from the policy itself: reuse its log-softmax.
+    let plain = cfg.temperature == 1.0 && cfg.top_k == 0 && cfg.top_p >= 1.0;
+    let probs = if plain {
+        log_p.exp()
+    } else {
+        sampling_probs(&logits, cfg)
+    };
+    let cdf = probs.cumsum(1, kind);
     // Scale the draw by the CDF's total so rounding (a total slightly below 1) can never push
-    // it past the last token with mass.
+    // it past the last token with mass; the token is the number of CDF entries below it.
     let target = u.to_kind(kind).unsqueeze(1) * cdf.narrow(1, v - 1, 1);
-    let token = cdf
-        .lt_tensor(&target)
-        .sum_dim_intlist(1, false, Kind::Int64)
+    let token = target
+        .searchsorted(&cdf, false, false, "left", None::<Tensor>)
+        .squeeze_dim(1)
         .clamp_max(v - 1);
-    let logp = logits
-        .log_softmax(1, kind)
-        .gather(1, &token.unsqueeze(1), false)
-        .squeeze_dim(1);
+    let logp = log_p.gather(1, &token.unsqueeze(1), false).squeeze_dim(1);
     (token, logp)
 }
