@@ -93,6 +93,10 @@ impl OptimizerConfig {
     }
 }
 
+/// Most optimizer steps a trainer takes: AdamW's bias correction raises the betas to the step
+/// count as an i32. A checkpoint with more is refused as corrupt.
+pub const MAX_STEPS: u64 = i32::MAX as u64;
+
 /// Optimizer state for a list of parameters (in the policy's parameter order).
 pub struct Optimizer {
     cfg: OptimizerConfig,
@@ -122,7 +126,7 @@ impl Optimizer {
     /// One update with learning rate `lr`, using each parameter's .grad (missing = zero).
     pub fn step(&mut self, params: &[(String, Tensor)], lr: f64) {
         self.steps += 1;
-        let t = self.steps as i32;
+        let t = i32::try_from(self.steps).unwrap_or(i32::MAX);
         tch::no_grad(|| {
             for (i, (_, p)) in params.iter().enumerate() {
                 let g = p.grad();

@@ -5,7 +5,7 @@
 //! Around it: the configuration (`config.rs`), the anchor-side values of a step
 //! (`anchor_values.rs`), the exact two-pass micro-batched backward (`passes.rs`), the state
 //! that save, load and the rank-0 broadcast share (`state.rs`), checkpoints
-//! (`checkpoint.rs`), joining other ranks (`distributed.rs`) and metrics (`metrics.rs`).
+//! (`checkpoint.rs`, with what a loaded state must satisfy in `validate.rs`), joining other ranks (`distributed.rs`) and metrics (`metrics.rs`).
 
 mod anchor_values;
 mod checkpoint;
@@ -14,6 +14,7 @@ mod distributed;
 mod metrics;
 mod passes;
 pub mod state;
+mod validate;
 
 pub use config::{parse_config, TrainerConfig};
 pub use metrics::StepMetrics;
