@@ -43,6 +43,12 @@
 #include "dlpack.h"
 
 /**
+ * Largest learning rate accepted: anything above is a typo (1e300 made the first step write
+ * Inf weights).
+ */
+#define MAX_LR 1e3
+
+/**
  * Most optimizer steps a trainer takes: AdamW's bias correction raises the betas to the step
  * count as an i32. A checkpoint with more is refused as corrupt.
  */
@@ -649,7 +655,9 @@ adpo_status adpo_trainer_new(struct adpo_model *policy,
  * In data-parallel training (adpo_trainer_use_mpi / _use_allreduce) every rank calls this with
  * its own groups; the update is that of all ranks' groups together, the metrics are over all
  * ranks, and a failure on any rank (a NULL or invalid batch included) is returned by every rank
- * with the same status and message, before any weight changes.
+ * with the same status and message, before any weight changes. A NaN or Inf gradient, or an
+ * update that would make a weight or optimizer moment NaN or Inf, is ADPO_STATUS_NON_FINITE
+ * and that update is not applied (with epochs_per_batch > 1, the batch's earlier updates stay).
  */
 adpo_status adpo_trainer_step(struct adpo_trainer *trainer,
                               const struct adpo_batch *batch,

@@ -27,7 +27,7 @@ impl Schedule {
             min_lr,
         } = *self
         {
-            if total_steps == 0 || warmup_steps > total_steps || min_lr < 0.0 {
+            if total_steps == 0 || warmup_steps > total_steps || !(min_lr >= 0.0) {
                 return Err(Error::config(
                     "schedule cosine needs total_steps > 0, warmup_steps <= total_steps, min_lr >= 0",
                 ));

@@ -97,8 +97,18 @@ pub fn parse_config(json: &str) -> Result<(TrainerConfig, ObjectiveConfig)> {
         return Err(Error::config("epochs_per_batch must be >= 1"));
     }
     if let Some(c) = trainer.grad_clip {
-        if c.is_nan() || c <= 0.0 {
-            return Err(Error::config(format!("grad_clip must be > 0, got {c}")));
+        if !(c.is_finite() && c > 0.0) {
+            return Err(Error::config(format!(
+                "grad_clip must be a finite number > 0 (or null for none), got {c}"
+            )));
+        }
+    }
+    if let Schedule::Cosine { min_lr, .. } = trainer.schedule {
+        if min_lr > trainer.optimizer.lr() {
+            return Err(Error::config(format!(
+                "schedule.min_lr ({min_lr}) must be <= optimizer.lr ({})",
+                trainer.optimizer.lr()
+            )));
         }
     }
     Ok((trainer, objective))

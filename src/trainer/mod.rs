@@ -142,7 +142,7 @@ impl Trainer {
             };
             // Every rank agrees on the outcome, then the gradients are summed.
             let global = self.all_reduce(&policy, local)?;
-            let (grad_norm, lr) = self.optimizer_step(&policy);
+            let (grad_norm, lr) = self.optimizer_step(&policy)?;
             self.anchor.after_optimizer_step(&policy);
             last = Some((global, grad_norm, lr));
         }
@@ -174,15 +174,17 @@ impl Trainer {
         }
     }
 
-    /// Clips, schedules and applies the update; returns (gradient norm, learning rate).
-    fn optimizer_step(&mut self, policy: &Model) -> (f64, f64) {
-        let grad_norm = clip_grad_norm(policy.params(), self.cfg.grad_clip);
+    /// Clips, schedules and applies the update; returns (gradient norm, learning rate). A NaN
+    /// or Inf gradient, or an update that would make a weight or moment NaN or Inf, is
+    /// refused (`Status::NonFinite`) with weights and optimizer state unchanged.
+    fn optimizer_step(&mut self, policy: &Model) -> Result<(f64, f64)> {
+        let grad_norm = clip_grad_norm(policy.params(), self.cfg.grad_clip)?;
         let lr = self
             .cfg
             .schedule
             .lr(self.cfg.optimizer.lr(), self.optimizer.steps() + 1);
-        self.optimizer.step(policy.params(), lr);
-        (grad_norm, lr)
+        self.optimizer.step(policy.params(), lr)?;
+        Ok((grad_norm, lr))
     }
 
     /// K samples per prompt from the policy in eval mode (no dropout; see sample.rs). A seed in
