@@ -127,6 +127,8 @@ pub(crate) fn with_batch<T>(
 /// with the same status and message, before any weight changes. A NaN or Inf gradient, or an
 /// update that would make a weight or optimizer moment NaN or Inf, is ADPO_STATUS_NON_FINITE
 /// and that update is not applied (with epochs_per_batch > 1, the batch's earlier updates stay).
+/// A batch with no group of two or more candidates, or no scored token in those groups (over
+/// all ranks), is ADPO_STATUS_INVALID_ARGUMENT and changes nothing.
 #[no_mangle]
 pub extern "C" fn adpo_trainer_step(
     trainer: *mut adpo_trainer,

@@ -142,6 +142,7 @@ impl Trainer {
             };
             // Every rank agrees on the outcome, then the gradients are summed.
             let global = self.all_reduce(&policy, local)?;
+            check_learnable(&global)?;
             let (grad_norm, lr) = self.optimizer_step(&policy)?;
             self.anchor.after_optimizer_step(&policy);
             last = Some((global, grad_norm, lr));
@@ -227,6 +228,24 @@ fn check_reference(policy: &SharedModel, reference: &SharedModel) -> Result<()> 
             p.device(),
             r.device()
         )));
+    }
+    Ok(())
+}
+
+/// A step with no counted group, or no scored token in them (over all ranks), would be a loss
+/// of 0 and an update by weight decay alone: refused, with nothing changed.
+fn check_learnable(global: &GlobalStep) -> Result<()> {
+    if global.metrics.groups == 0 {
+        return Err(Error::invalid(
+            "no group of the batch has two or more candidates (group ids are all distinct): \
+             there is nothing to compare, so the step is refused",
+        ));
+    }
+    if global.counted_tokens == 0.0 {
+        return Err(Error::invalid(
+            "no candidate in a group of two or more has a scored token (its loss mask is 0 \
+             everywhere): the step is refused",
+        ));
     }
     Ok(())
 }
