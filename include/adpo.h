@@ -44,6 +44,18 @@
 #include "dlpack.h"
 
 /**
+ * Largest learning rate accepted: anything above is a typo (1e300 made the first step write
+ * Inf weights).
+ */
+#define MAX_LR 1e3
+
+/**
+ * Most optimizer steps a trainer takes: AdamW's bias correction raises the betas to the step
+ * count as an i32. A checkpoint with more is refused as corrupt.
+ */
+#define MAX_STEPS (uint64_t)INT32_MAX
+
+/**
  * The most new tokens one call generates (a model's own limit, its maximum positions, may be
  * lower): a runaway request fails instead of never returning.
  */
@@ -864,7 +876,11 @@ adpo_status adpo_trainer_new(struct adpo_model *policy,
  * In data-parallel training (adpo_trainer_use_mpi / _use_allreduce) every rank calls this with
  * its own groups; the update is that of all ranks' groups together, the metrics are over all
  * ranks, and a failure on any rank (a NULL or invalid batch included) is returned by every rank
- * with the same status and message, before any weight changes.
+ * with the same status and message, before any weight changes. A NaN or Inf gradient, or an
+ * update that would make a weight or optimizer moment NaN or Inf, is ADPO_STATUS_NON_FINITE
+ * and that update is not applied (with epochs_per_batch > 1, the batch's earlier updates stay).
+ * A batch with no group of two or more candidates, or no scored token in those groups (over
+ * all ranks), is ADPO_STATUS_INVALID_ARGUMENT and changes nothing.
  */
 adpo_status adpo_trainer_step(struct adpo_trainer *trainer,
                               const struct adpo_batch *batch,
@@ -924,18 +940,25 @@ adpo_status adpo_trainer_sample(struct adpo_trainer *trainer,
  */
 
 /**
- * Writes a checkpoint: `path` (policy weights, safetensors, keys = the module's parameter
- * names) and `path` with extension .trainer.safetensors (optimizer, step, anchor state). Each
- * file is written to a temporary name and renamed. In data-parallel training every rank calls
- * it, only rank 0 writes, and every rank returns rank 0's outcome.
+ * Writes a checkpoint: ONE safetensors file at `path` holding the policy's weights (keys = the
+ * module's parameter names) and the trainer's state (optimizer, step, anchor, sampler) under
+ * keys starting with "__adpo__.", with a CRC-32 of every tensor in the header's metadata. It
+ * is written to a fresh temporary file beside `path` (created exclusively), flushed to disk
+ * and renamed over `path`: a crash or a concurrent save leaves a whole checkpoint, never a
+ * mixture. Python reads the weights with safetensors.torch.load_file(path), keeping the keys
+ * that do not start with "__adpo__.". In data-parallel training every rank calls it, only
+ * rank 0 writes, and every rank returns rank 0's outcome.
  */
 adpo_status adpo_trainer_save(const struct adpo_trainer *trainer,
                               const char *path,
                               struct adpo_error **err);
 
 /**
- * Restores a checkpoint written by adpo_trainer_save. A missing, corrupt, truncated or
- * mismatched checkpoint is an ADPO_STATUS_CHECKPOINT error and leaves the trainer as it was.
+ * Restores a checkpoint written by adpo_trainer_save. A missing, corrupt (a tensor fails its
+ * checksum), truncated or mismatched checkpoint, or one whose values no trainer can hold (a
+ * step counter outside 0 ..= 2^31 - 1, a NaN or Inf weight or moment, a negative second
+ * moment), is an ADPO_STATUS_CHECKPOINT error naming the entry, and leaves the trainer as it
+ * was.
  * In data-parallel training every rank calls it: rank 0 reads the file and sends the state to
  * the others (which need not see the file), and every rank returns the same outcome.
  */

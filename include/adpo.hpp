@@ -905,8 +905,8 @@ public:
         });
     }
 
-    /// Writes a checkpoint: `path` (policy weights, safetensors) and `path` with extension
-    /// .trainer.safetensors (optimizer, step, anchor state).
+    /// Writes a checkpoint: one safetensors file at `path` (policy weights under their names,
+    /// trainer state under "__adpo__." keys), published atomically.
     void save(const std::string &path) const {
         const char *p = detail::c_str(path, "path");
         detail::call([&](adpo_error **err) { return adpo_trainer_save(get(), p, err); });

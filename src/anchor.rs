@@ -6,16 +6,17 @@ use crate::model::Model;
 use serde::Deserialize;
 use std::collections::VecDeque;
 
-#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+/// Variants without parameters are empty struct variants, not unit variants: serde ignores
+/// every other key next to the tag of a unit variant (`{"mode": "fixed", "alpha": 0.5}`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(tag = "mode", rename_all = "snake_case", deny_unknown_fields)]
 pub enum AnchorConfig {
     /// The frozen reference model, or anchor log-probs supplied with each batch (then no
     /// reference forward runs).
-    Fixed,
+    Fixed {},
     /// The sampling policy (the default): the batch's old_logp, else the policy's own detached log-probs at
     /// the start of the step.
-    #[default]
-    OnPolicy,
+    OnPolicy {},
     /// theta_anchor <- alpha theta_anchor + (1 - alpha) theta after every optimizer step.
     Ema {
         #[serde(default = "default_alpha")]
@@ -29,6 +30,12 @@ pub enum AnchorConfig {
         #[serde(default = "default_threshold")]
         threshold: f64,
     },
+}
+
+impl Default for AnchorConfig {
+    fn default() -> Self {
+        AnchorConfig::OnPolicy {}
+    }
 }
 
 fn default_alpha() -> f64 {

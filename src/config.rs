@@ -3,6 +3,7 @@
 
 use crate::error::{Error, Result};
 use serde::Deserialize;
+use serde_json::{Map, Value};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -177,10 +178,72 @@ impl Default for ObjectiveConfig {
     }
 }
 
-/// Parses a JSON value of a config object into `T`, naming the config in the error.
-pub(crate) fn parse_json<T: for<'de> Deserialize<'de>>(what: &str, json: &str) -> Result<T> {
+/// Keys whose value is an array of numbers (`optimizer.betas`, sampling's `eos_id`), or of
+/// arrays of numbers (sampling's `stop_sequences`). Nowhere else: serde would read a struct or a
+/// tagged variant from an array of its fields in order (`["pairwise", 2.0]`,
+/// `{"anchor": ["ema", 0.5]}`), which is never what a caller meant.
+const ARRAY_KEYS: [&str; 2] = ["betas", "eos_id"];
+const NESTED_ARRAY_KEYS: [&str; 1] = ["stop_sequences"];
+
+fn numbers(items: &[Value]) -> bool {
+    items.iter().all(|x| !x.is_array() && !x.is_object())
+}
+
+/// Parses a config (empty = `{}`): a JSON object, objects all the way down.
+pub(crate) fn parse_object(what: &str, json: &str) -> Result<Map<String, Value>> {
     let json = if json.trim().is_empty() { "{}" } else { json };
-    serde_json::from_str(json).map_err(|e| Error::config(format!("{what} config: {e}")))
+    let value: Value =
+        serde_json::from_str(json).map_err(|e| Error::config(format!("{what} config: {e}")))?;
+    let Value::Object(map) = value else {
+        return Err(Error::config(format!("{what} config must be a JSON object")));
+    };
+    for (key, v) in &map {
+        objects_only(what, key, v)?;
+    }
+    Ok(map)
+}
+
+fn objects_only(what: &str, key: &str, value: &Value) -> Result<()> {
+    match value {
+        Value::Array(items) if ARRAY_KEYS.contains(&key) => {
+            if !numbers(items) {
+                return Err(Error::config(format!(
+                    "{what} config: `{key}` must be an array of numbers"
+                )));
+            }
+            Ok(())
+        }
+        Value::Array(items) if NESTED_ARRAY_KEYS.contains(&key) => {
+            let ok = items
+                .iter()
+                .all(|x| matches!(x, Value::Array(inner) if numbers(inner)));
+            if !ok {
+                return Err(Error::config(format!(
+                    "{what} config: `{key}` must be an array of arrays of token ids"
+                )));
+            }
+            Ok(())
+        }
+        Value::Array(_) => Err(Error::config(format!(
+            "{what} config: `{key}` must be a JSON object or a single value, not an array"
+        ))),
+        Value::Object(map) => map.iter().try_for_each(|(k, v)| objects_only(what, k, v)),
+        _ => Ok(()),
+    }
+}
+
+/// Parses a config object into `T`, naming the config in the error.
+pub(crate) fn parse_json<T: for<'de> Deserialize<'de>>(what: &str, json: &str) -> Result<T> {
+    from_object(what, parse_object(what, json)?)
+}
+
+/// `T` from a checked config object.
+pub(crate) fn from_object<T: for<'de> Deserialize<'de>>(
+    what: &str,
+    map: Map<String, Value>,
+) -> Result<T> {
+    serde_json::from_value(Value::Object(map))
+        .map_err(|e| Error::config(format!("{what} config: {e}")))
 }
 
 fn positive(name: &str, v: f64) -> Result<()> {

@@ -1,7 +1,7 @@
 //! Optimizers over the policy's own parameters, with PyTorch's update rules (torch.optim.SGD
 //! and torch.optim.AdamW), so a step here equals a step there; and global-norm clipping.
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Status};
 use serde::Deserialize;
 use tch::{Kind, Tensor};
 
@@ -58,22 +58,28 @@ impl OptimizerConfig {
         }
     }
 
+    /// Bounds (README "Trainer configuration"): lr in (0, MAX_LR]; momentum and betas in
+    /// [0, 1); eps in (0, 1]; weight_decay >= 0 with lr * weight_decay <= 1 (a decay step
+    /// never overshoots zero); every value finite.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::config(m));
-        if !(self.lr().is_finite() && self.lr() > 0.0) {
-            return bad(format!("optimizer.lr must be > 0, got {}", self.lr()));
+        let lr = self.lr();
+        if !(lr.is_finite() && lr > 0.0 && lr <= MAX_LR) {
+            return bad(format!("optimizer.lr must be in (0, {MAX_LR:e}], got {lr}"));
         }
-        match *self {
+        let unit = |x: f64| (0.0..1.0).contains(&x);
+        let weight_decay = match *self {
             OptimizerConfig::Sgd {
                 momentum,
                 weight_decay,
                 ..
             } => {
-                if !(0.0..1.0).contains(&momentum) || weight_decay < 0.0 {
-                    return bad(
-                        "optimizer: sgd needs momentum in [0, 1) and weight_decay >= 0".into(),
-                    );
+                if !unit(momentum) {
+                    return bad(format!(
+                        "optimizer.momentum must be in [0, 1), got {momentum}"
+                    ));
                 }
+                weight_decay
             }
             OptimizerConfig::Adamw {
                 betas,
@@ -81,17 +87,45 @@ impl OptimizerConfig {
                 weight_decay,
                 ..
             } => {
-                if !betas.iter().all(|b| (0.0..1.0).contains(b)) || eps <= 0.0 || weight_decay < 0.0
-                {
-                    return bad(
-                        "optimizer: adamw needs betas in [0, 1), eps > 0, weight_decay >= 0".into(),
-                    );
+                if !betas.iter().all(|&b| unit(b)) {
+                    return bad(format!("optimizer.betas must be in [0, 1), got {betas:?}"));
                 }
+                if !(eps > 0.0 && eps <= 1.0) {
+                    return bad(format!("optimizer.eps must be in (0, 1], got {eps}"));
+                }
+                weight_decay
             }
+        };
+        if !(weight_decay >= 0.0 && lr * weight_decay <= 1.0) {
+            return bad(format!(
+                "optimizer.weight_decay must be >= 0 with lr * weight_decay <= 1, got \
+                 weight_decay {weight_decay} at lr {lr}"
+            ));
         }
         Ok(())
     }
 }
+
+/// Largest learning rate accepted: anything above is a typo (1e300 made the first step write
+/// Inf weights).
+pub const MAX_LR: f64 = 1e3;
+
+/// A parameter's new value and moments, before they are written.
+struct Updated {
+    param: Tensor,
+    first: Tensor,
+    second: Option<Tensor>,
+}
+
+impl Updated {
+    fn all(&self) -> impl Iterator<Item = &Tensor> {
+        [&self.param, &self.first].into_iter().chain(&self.second)
+    }
+}
+
+/// Most optimizer steps a trainer takes: AdamW's bias correction raises the betas to the step
+/// count as an i32. A checkpoint with more is refused as corrupt.
+pub const MAX_STEPS: u64 = i32::MAX as u64;
 
 /// Optimizer state for a list of parameters (in the policy's parameter order).
 pub struct Optimizer {
@@ -120,59 +154,94 @@ impl Optimizer {
     }
 
     /// One update with learning rate `lr`, using each parameter's .grad (missing = zero).
-    pub fn step(&mut self, params: &[(String, Tensor)], lr: f64) {
-        self.steps += 1;
-        let t = self.steps as i32;
+    /// An update that would leave a weight or a moment NaN or Inf is refused with
+    /// `Status::NonFinite` and changes nothing: the new values are computed out of place and
+    /// checked with one reduction first, then computed again and written (the optimizer's
+    /// element-wise work twice, its memory for one parameter at a time).
+    pub fn step(&mut self, params: &[(String, Tensor)], lr: f64) -> Result<()> {
+        let t = i32::try_from(self.steps + 1).unwrap_or(i32::MAX);
         tch::no_grad(|| {
+            let mut flags = Vec::new();
             for (i, (_, p)) in params.iter().enumerate() {
-                let g = p.grad();
-                if !g.defined() {
-                    continue;
+                if let Some(new) = self.update(i, p, lr, t) {
+                    flags.extend(new.all().map(|x| x.isfinite().all()));
                 }
-                let mut p = p.shallow_clone();
-                match self.cfg {
-                    OptimizerConfig::Sgd {
-                        momentum,
-                        weight_decay,
-                        ..
-                    } => {
-                        let mut d = if weight_decay > 0.0 {
-                            &g + &p * weight_decay
-                        } else {
-                            g.shallow_clone()
-                        };
-                        if momentum > 0.0 {
-                            let buf = &mut self.first[i];
-                            if t == 1 {
-                                buf.copy_(&d);
-                            } else {
-                                let _ = buf.g_mul_scalar_(momentum);
-                                let _ = buf.g_add_(&d);
-                            }
-                            d = buf.shallow_clone();
-                        }
-                        let _ = p.g_sub_(&(d * lr));
-                    }
-                    OptimizerConfig::Adamw {
-                        betas: [b1, b2],
-                        eps,
-                        weight_decay,
-                        ..
-                    } => {
-                        let _ = p.g_mul_scalar_(1.0 - lr * weight_decay);
-                        let (m, v) = (&mut self.first[i], &mut self.second[i]);
-                        let _ = m.g_mul_scalar_(b1);
-                        let _ = m.g_add_(&(&g * (1.0 - b1)));
-                        let _ = v.g_mul_scalar_(b2);
-                        let _ = v.g_add_(&(&g * &g * (1.0 - b2)));
-                        let bc1 = 1.0 - b1.powi(t);
-                        let bc2 = 1.0 - b2.powi(t);
-                        let denom = v.sqrt() / bc2.sqrt() + eps;
-                        let _ = p.g_sub_(&(&*m / denom * (lr / bc1)));
+            }
+            let finite = flags.is_empty() || Tensor::stack(&flags, 0).all().int64_value(&[]) != 0;
+            if !finite {
+                return Err(Error::new(
+                    Status::NonFinite,
+                    format!(
+                        "optimizer step {}: the update would make weights or optimizer moments \
+                         NaN or Inf (learning rate {lr}); it was not applied, nothing changed",
+                        self.steps + 1
+                    ),
+                ));
+            }
+            for (i, (_, p)) in params.iter().enumerate() {
+                if let Some(new) = self.update(i, p, lr, t) {
+                    p.shallow_clone().copy_(&new.param);
+                    self.first[i].copy_(&new.first);
+                    if let Some(v) = &new.second {
+                        self.second[i].copy_(v);
                     }
                 }
             }
-        });
+            self.steps += 1;
+            Ok(())
+        })
+    }
+
+    /// Parameter `i`'s values after update number `t`, out of place (PyTorch's rules, the same
+    /// operations in the same order); None when it has no gradient.
+    fn update(&self, i: usize, p: &Tensor, lr: f64, t: i32) -> Option<Updated> {
+        let g = p.grad();
+        if !g.defined() {
+            return None;
+        }
+        let (m, v) = (&self.first[i], &self.second[i]);
+        Some(match self.cfg {
+            OptimizerConfig::Sgd {
+                momentum,
+                weight_decay,
+                ..
+            } => {
+                let d = if weight_decay > 0.0 {
+                    &g + p * weight_decay
+                } else {
+                    g.shallow_clone()
+                };
+                let first = match (momentum > 0.0, t) {
+                    (false, _) => m.shallow_clone(),
+                    (true, 1) => d.shallow_clone(),
+                    (true, _) => m * momentum + &d,
+                };
+                let d = if momentum > 0.0 { &first } else { &d };
+                Updated {
+                    param: p - d * lr,
+                    first,
+                    second: None,
+                }
+            }
+            OptimizerConfig::Adamw {
+                betas: [b1, b2],
+                eps,
+                weight_decay,
+                ..
+            } => {
+                let decayed = p * (1.0 - lr * weight_decay);
+                let first = m * b1 + &g * (1.0 - b1);
+                let second = v * b2 + &g * &g * (1.0 - b2);
+                let bc1 = 1.0 - b1.powi(t);
+                let bc2 = 1.0 - b2.powi(t);
+                let denom = second.sqrt() / bc2.sqrt() + eps;
+                Updated {
+                    param: decayed - &first / denom * (lr / bc1),
+                    first,
+                    second: Some(second),
+                }
+            }
+        })
     }
 
     pub fn steps(&self) -> u64 {
@@ -207,15 +276,15 @@ impl Optimizer {
 }
 
 /// Scales all gradients so their global L2 norm is at most `max_norm`; returns the norm
-/// before clipping.
-pub fn clip_grad_norm(params: &[(String, Tensor)], max_norm: Option<f64>) -> f64 {
+/// before clipping. A NaN or Inf gradient is `Status::NonFinite`, with nothing scaled.
+pub fn clip_grad_norm(params: &[(String, Tensor)], max_norm: Option<f64>) -> Result<f64> {
     let grads: Vec<Tensor> = params
         .iter()
         .map(|(_, p)| p.grad())
         .filter(|g| g.defined())
         .collect();
     if grads.is_empty() {
-        return 0.0;
+        return Ok(0.0);
     }
     let norm = Tensor::stack(
         &grads
@@ -227,6 +296,12 @@ pub fn clip_grad_norm(params: &[(String, Tensor)], max_norm: Option<f64>) -> f64
     .sum(Kind::Double)
     .sqrt()
     .double_value(&[]);
+    if !norm.is_finite() {
+        return Err(Error::new(
+            Status::NonFinite,
+            format!("the gradient is NaN or Inf (global norm {norm}): no update was applied"),
+        ));
+    }
     if let Some(max) = max_norm {
         let scale = max / (norm + 1e-6);
         if scale < 1.0 {
@@ -237,5 +312,5 @@ pub fn clip_grad_norm(params: &[(String, Tensor)], max_norm: Option<f64>) -> f64
             });
         }
     }
-    norm
+    Ok(norm)
 }

@@ -3,11 +3,12 @@
 use crate::error::{Error, Result};
 use serde::Deserialize;
 
-#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+/// `Constant {}` is an empty struct variant so that unknown keys beside its tag are refused
+/// (serde ignores them next to a unit variant's tag).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(tag = "name", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Schedule {
-    #[default]
-    Constant,
+    Constant {},
     /// lr * step / warmup_steps for the first warmup_steps steps, then cosine from lr to min_lr
     /// at total_steps (and min_lr after).
     Cosine {
@@ -19,6 +20,12 @@ pub enum Schedule {
     },
 }
 
+impl Default for Schedule {
+    fn default() -> Self {
+        Schedule::Constant {}
+    }
+}
+
 impl Schedule {
     pub fn validate(&self) -> Result<()> {
         if let Schedule::Cosine {
@@ -27,7 +34,7 @@ impl Schedule {
             min_lr,
         } = *self
         {
-            if total_steps == 0 || warmup_steps > total_steps || min_lr < 0.0 {
+            if total_steps == 0 || warmup_steps > total_steps || !(min_lr >= 0.0) {
                 return Err(Error::config(
                     "schedule cosine needs total_steps > 0, warmup_steps <= total_steps, min_lr >= 0",
                 ));
@@ -39,7 +46,7 @@ impl Schedule {
     /// The learning rate of optimizer step `step` (1-based).
     pub fn lr(&self, base: f64, step: u64) -> f64 {
         match *self {
-            Schedule::Constant => base,
+            Schedule::Constant {} => base,
             Schedule::Cosine {
                 warmup_steps,
                 total_steps,
@@ -73,6 +80,6 @@ mod tests {
         assert_eq!(lrs[1], 1.0);
         assert!((lrs[3] - 0.5).abs() < 1e-12, "{lrs:?}");
         assert!(lrs[5].abs() < 1e-12 && lrs[6].abs() < 1e-12);
-        assert_eq!(Schedule::Constant.lr(0.3, 100), 0.3);
+        assert_eq!(Schedule::Constant {}.lr(0.3, 100), 0.3);
     }
 }

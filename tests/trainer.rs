@@ -3,46 +3,10 @@
 
 mod common;
 
-use adpo::model::SharedModel;
 use adpo::trainer::Trainer;
 use adpo::{Batch, Model, Status};
-use common::{device, fixture};
-use parking_lot::Mutex;
-use std::sync::Arc;
+use common::{batch, device, fixture, model, weights};
 use tch::{Device, Kind, Tensor};
-
-fn model(name: &str) -> SharedModel {
-    Arc::new(Mutex::new(Model::load(&fixture(name), device()).unwrap()))
-}
-
-/// 3 groups x 4 candidates, T = 6, varying loss masks, ids in [0, 16), groups interleaved.
-fn batch(seed: i64) -> Batch {
-    let (n, t) = (12usize, 6usize);
-    let ids: Vec<i64> = (0..n * t)
-        .map(|i| ((i as i64 * 7 + seed * 13) * 31 % 16).abs())
-        .collect();
-    let mut loss = vec![0u8; n * t];
-    for r in 0..n {
-        for j in (2 + r % 2)..t {
-            loss[r * t + j] = 1;
-        }
-    }
-    let groups: Vec<i64> = (0..n).map(|r| [5, 9, 2][r % 3]).collect();
-    let mut b = Batch::new(n, t, &ids, None, &loss, &groups).unwrap();
-    let rewards: Vec<f64> = (0..n)
-        .map(|r| ((r as f64 + seed as f64) * 0.37).sin())
-        .collect();
-    b.set_rewards(&rewards).unwrap();
-    b
-}
-
-fn weights(m: &SharedModel) -> Vec<Tensor> {
-    m.lock()
-        .params()
-        .iter()
-        .map(|(_, p)| p.detach().to_device(Device::Cpu).copy())
-        .collect()
-}
 
 fn max_rel_diff(a: &[Tensor], b: &[Tensor]) -> f64 {
     a.iter()
@@ -366,6 +330,27 @@ fn token_ids_outside_the_vocabulary_are_a_clear_error() {
         "{}",
         e.message
     );
+}
+
+#[test]
+fn a_batch_with_nothing_to_learn_is_refused_and_changes_nothing() {
+    let policy = model("tiny_transformer.pt");
+    let mut t = Trainer::new(policy.clone(), None, r#"{"optimizer": {"name": "sgd", "lr": 0.5, "weight_decay": 0.1}}"#).unwrap();
+    let before = weights(&policy);
+    let (n, len) = (4usize, 5usize);
+    let ids = vec![1i64; n * len];
+    let scored: Vec<u8> = (0..n * len).map(|i| (i % len >= 2) as u8).collect();
+    // Every candidate alone in its group; then groups of two without a scored token.
+    let mut singletons = Batch::new(n, len, &ids, None, &scored, &[0, 1, 2, 3]).unwrap();
+    let mut unscored = Batch::new(n, len, &ids, None, &vec![0; n * len], &[0, 0, 1, 1]).unwrap();
+    for (b, needle) in [(&mut singletons, "two or more candidates"), (&mut unscored, "scored token")] {
+        b.set_rewards(&[0.0, 1.0, 2.0, 3.0]).unwrap();
+        let e = t.step(b).unwrap_err();
+        assert_eq!(e.status, Status::InvalidArgument, "{}", e.message);
+        assert!(e.message.contains(needle), "{}", e.message);
+    }
+    assert_eq!(t.steps(), 0);
+    assert_eq!(max_rel_diff(&weights(&policy), &before), 0.0);
 }
 
 #[test]

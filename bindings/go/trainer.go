@@ -230,9 +230,9 @@ func (t *Trainer) SequenceLogp(batch *Batch) ([]float64, error) {
 	return out, nil
 }
 
-// Save writes a checkpoint: path (policy weights, safetensors) and path with extension
-// .trainer.safetensors (optimizer, step, anchor state). In data-parallel training every rank
-// calls it, only rank 0 writes, and every rank returns rank 0's outcome.
+// Save writes a checkpoint: one safetensors file at path (policy weights under their names,
+// trainer state under "__adpo__." keys), published atomically. In data-parallel training every
+// rank calls it, only rank 0 writes, and every rank returns rank 0's outcome.
 func (t *Trainer) Save(path string) error {
 	return t.withPath(path, func(tp *C.adpo_trainer, cpath *C.char, cerr **C.adpo_error) C.adpo_status {
 		return C.adpo_trainer_save(tp, cpath, cerr)

@@ -44,6 +44,8 @@ pub struct GlobalStep {
     pub metrics: Metrics,
     pub drift: f64,
     pub batch_tokens: f64,
+    /// Loss-masked tokens in counted groups, over all ranks.
+    pub counted_tokens: f64,
     /// This rank's loss weight over the total: its mean-normalised gradient times this is its
     /// share of the gradient of the global mean.
     pub grad_scale: f64,
@@ -56,6 +58,7 @@ impl From<LocalStep> for GlobalStep {
             metrics: l.metrics,
             drift: l.drift,
             batch_tokens: l.batch_tokens,
+            counted_tokens: l.weights.tokens,
             grad_scale: 1.0,
         }
     }
@@ -202,6 +205,7 @@ impl Distributed {
             metrics,
             drift: mean(s[15], s[5]),
             batch_tokens: s[6],
+            counted_tokens: s[3],
             grad_scale: if s[0] > 0.0 {
                 l.weights.loss / s[0]
             } else {

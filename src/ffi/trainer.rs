@@ -126,7 +126,11 @@ pub(crate) fn with_batch<T>(
 /// In data-parallel training (adpo_trainer_use_mpi / _use_allreduce) every rank calls this with
 /// its own groups; the update is that of all ranks' groups together, the metrics are over all
 /// ranks, and a failure on any rank (a NULL or invalid batch included) is returned by every rank
-/// with the same status and message, before any weight changes.
+/// with the same status and message, before any weight changes. A NaN or Inf gradient, or an
+/// update that would make a weight or optimizer moment NaN or Inf, is ADPO_STATUS_NON_FINITE
+/// and that update is not applied (with epochs_per_batch > 1, the batch's earlier updates stay).
+/// A batch with no group of two or more candidates, or no scored token in those groups (over
+/// all ranks), is ADPO_STATUS_INVALID_ARGUMENT and changes nothing.
 #[no_mangle]
 pub extern "C" fn adpo_trainer_step(
     trainer: *mut adpo_trainer,

@@ -55,17 +55,19 @@ impl Trainer {
         let reference = self.reference.as_ref().map(|r| r.lock());
         let anchor = match (&batch.anchor_logp, &self.cfg.anchor) {
             (Some(s), _) => self.supplied_seq(s, batch, device, kind),
-            (None, AnchorConfig::Fixed) => match &reference {
+            (None, AnchorConfig::Fixed {}) => match &reference {
                 Some(r) => self
                     .reduce(&self.tokens_no_grad(r, batch)?, batch, device)
                     .to_kind(kind),
                 None => {
                     return Err(Error::invalid(
-                        "anchor mode fixed needs a reference model or the batch's anchor_logp",
+                        "anchor mode fixed needs a reference model or the batch's anchor_logp: \
+                         this trainer was created without a reference, so every batch must carry \
+                         anchor_logp (adpo_batch_set_anchor_logp), and this one does not",
                     ))
                 }
             },
-            (None, AnchorConfig::OnPolicy) => match &batch.old_logp {
+            (None, AnchorConfig::OnPolicy {}) => match &batch.old_logp {
                 Some(s) => self.supplied_seq(s, batch, device, kind),
                 None => self.reduce(&self.tokens_no_grad(policy, batch)?, batch, device),
             },

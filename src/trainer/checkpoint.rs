@@ -1,5 +1,5 @@
-//! Trainer checkpoints: the state of `state.rs` written with `crate::checkpoint` (weights file
-//! + trainer-state file), and read back with everything checked before anything changes.
+//! Trainer checkpoints: the state of `state.rs` written with `crate::checkpoint` (one file:
+//! weights and trainer state), and read back with everything checked before anything changes.
 
 use super::{Trainer, TrainerState};
 use crate::checkpoint;
@@ -25,9 +25,8 @@ impl Trainer {
     fn write_checkpoint(&self, path: &Path) -> Result<()> {
         catch_torch(|| {
             let policy = self.policy.lock();
-            let (weights, state) =
-                TrainerState::of(&policy, &self.optimizer, &self.anchor).to_files();
-            checkpoint::save(path, &weights, &state)
+            let state = TrainerState::of(&policy, &self.optimizer, &self.anchor, self.sample_rng);
+            checkpoint::save(path, &state.to_named()?)
         })
     }
 
@@ -51,14 +50,14 @@ impl Trainer {
 
     fn read_checkpoint(&mut self, path: &Path) -> Result<()> {
         catch_torch(|| {
-            let (weights, state) = checkpoint::load(path)?;
+            let named = checkpoint::load(path)?;
             let policy_arc = self.policy.clone();
             let policy = policy_arc.lock();
-            let live = TrainerState::of(&policy, &self.optimizer, &self.anchor);
-            let loaded = live.from_files(path, weights, state)?;
+            let live = TrainerState::of(&policy, &self.optimizer, &self.anchor, self.sample_rng);
+            let loaded = live.from_named(path, named)?;
             // All checked: apply.
             live.copy_from(&loaded);
-            loaded.apply_scalars(&mut self.optimizer, &mut self.anchor);
+            loaded.apply_scalars(&mut self.optimizer, &mut self.anchor, &mut self.sample_rng);
             Ok(())
         })
     }

@@ -2,7 +2,7 @@
 //! each validated once.
 
 use crate::anchor::AnchorConfig;
-use crate::config::ObjectiveConfig;
+use crate::config::{from_object, parse_object, ObjectiveConfig};
 use crate::distributed::DistributedConfig;
 use crate::error::{Error, Result};
 use crate::logprob::SeqReduce;
@@ -64,30 +64,24 @@ const TRAINER_KEYS: [&str; 10] = [
 /// Splits one JSON config into the trainer's part and the objective's part (which also gets
 /// the seed, for Plackett-Luce tie breaking).
 pub fn parse_config(json: &str) -> Result<(TrainerConfig, ObjectiveConfig)> {
-    let json = if json.trim().is_empty() { "{}" } else { json };
-    let value: serde_json::Value =
-        serde_json::from_str(json).map_err(|e| Error::config(format!("trainer config: {e}")))?;
-    let serde_json::Value::Object(mut all) = value else {
-        return Err(Error::config("trainer config must be a JSON object"));
-    };
+    let mut all = parse_object("trainer", json)?;
     let mut own = serde_json::Map::new();
     for key in TRAINER_KEYS {
         if let Some(v) = all.remove(key) {
             own.insert(key.to_string(), v);
         }
     }
-    let trainer: TrainerConfig = serde_json::from_value(serde_json::Value::Object(own.clone()))
-        .map_err(|e| Error::config(format!("trainer config: {e}")))?;
     if let Some(seed) = own.get("seed") {
         all.insert("seed".into(), seed.clone());
     }
-    let objective: ObjectiveConfig = serde_json::from_value(serde_json::Value::Object(all))
-        .map_err(|e| {
-            Error::config(format!(
-                "trainer config: {e} (trainer keys: {})",
-                TRAINER_KEYS.join(", ")
-            ))
-        })?;
+    let trainer: TrainerConfig = from_object("trainer", own)?;
+    let objective: ObjectiveConfig = from_object("trainer", all).map_err(|e| {
+        Error::config(format!(
+            "{} (trainer keys: {})",
+            e.message,
+            TRAINER_KEYS.join(", ")
+        ))
+    })?;
     objective.validate()?;
     trainer.optimizer.validate()?;
     trainer.schedule.validate()?;
@@ -107,8 +101,18 @@ pub fn parse_config(json: &str) -> Result<(TrainerConfig, ObjectiveConfig)> {
         return Err(Error::config("epochs_per_batch must be >= 1"));
     }
     if let Some(c) = trainer.grad_clip {
-        if c.is_nan() || c <= 0.0 {
-            return Err(Error::config(format!("grad_clip must be > 0, got {c}")));
+        if !(c.is_finite() && c > 0.0) {
+            return Err(Error::config(format!(
+                "grad_clip must be a finite number > 0 (or null for none), got {c}"
+            )));
+        }
+    }
+    if let Schedule::Cosine { min_lr, .. } = trainer.schedule {
+        if min_lr > trainer.optimizer.lr() {
+            return Err(Error::config(format!(
+                "schedule.min_lr ({min_lr}) must be <= optimizer.lr ({})",
+                trainer.optimizer.lr()
+            )));
         }
     }
     Ok((trainer, objective))

@@ -2,7 +2,6 @@
 //! every rank takes rank 0's whole trainer state (`state.rs`).
 
 use super::{Trainer, TrainerState};
-use crate::anchor::AnchorConfig;
 use crate::distributed::{Backend, Communicator, Distributed};
 use crate::error::{catch_torch, Error, Result};
 use tch::{Device, Tensor};
@@ -70,20 +69,16 @@ impl Trainer {
     pub(super) fn sync_from_root(&mut self) -> Result<()> {
         let policy_arc = self.policy.clone();
         let policy = policy_arc.lock();
-        let mut state = TrainerState::of(&policy, &self.optimizer, &self.anchor);
-        let capacity = match self.cfg.anchor {
-            AnchorConfig::KlTriggered { window, .. } => window,
-            _ => 0,
-        };
-        let scalars = Tensor::from_slice(&state.scalars(capacity)).to_device(policy.device());
+        let mut state = TrainerState::of(&policy, &self.optimizer, &self.anchor, self.sample_rng);
+        let scalars = Tensor::from_slice(&state.scalars()).to_device(policy.device());
         let mut tensors = state.all_tensors();
         tensors.push(scalars.shallow_clone());
         let dist = self.dist.as_mut().expect("called with a communicator");
         check_same_shape_everywhere(dist, &tensors)?;
         catch_torch(|| dist.broadcast(&tensors))?;
         let scalars = Vec::<f64>::try_from(scalars.to_device(Device::Cpu))?;
-        state.set_scalars(&scalars, capacity);
-        state.apply_scalars(&mut self.optimizer, &mut self.anchor);
+        state.set_scalars(&scalars);
+        state.apply_scalars(&mut self.optimizer, &mut self.anchor, &mut self.sample_rng);
         Ok(())
     }
 }

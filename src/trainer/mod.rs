@@ -5,7 +5,7 @@
 //! Around it: the configuration (`config.rs`), the anchor-side values of a step
 //! (`anchor_values.rs`), the exact two-pass micro-batched backward (`passes.rs`), the state
 //! that save, load and the rank-0 broadcast share (`state.rs`), checkpoints
-//! (`checkpoint.rs`), joining other ranks (`distributed.rs`) and metrics (`metrics.rs`).
+//! (`checkpoint.rs`, with what a loaded state must satisfy in `validate.rs`), joining other ranks (`distributed.rs`) and metrics (`metrics.rs`).
 
 mod anchor_values;
 mod checkpoint;
@@ -14,6 +14,7 @@ mod distributed;
 mod metrics;
 mod passes;
 pub mod state;
+mod validate;
 
 pub use config::{parse_config, TrainerConfig};
 pub use metrics::StepMetrics;
@@ -141,7 +142,8 @@ impl Trainer {
             };
             // Every rank agrees on the outcome, then the gradients are summed.
             let global = self.all_reduce(&policy, local)?;
-            let (grad_norm, lr) = self.optimizer_step(&policy);
+            check_learnable(&global)?;
+            let (grad_norm, lr) = self.optimizer_step(&policy)?;
             self.anchor.after_optimizer_step(&policy);
             last = Some((global, grad_norm, lr));
         }
@@ -173,15 +175,17 @@ impl Trainer {
         }
     }
 
-    /// Clips, schedules and applies the update; returns (gradient norm, learning rate).
-    fn optimizer_step(&mut self, policy: &Model) -> (f64, f64) {
-        let grad_norm = clip_grad_norm(policy.params(), self.cfg.grad_clip);
+    /// Clips, schedules and applies the update; returns (gradient norm, learning rate). A NaN
+    /// or Inf gradient, or an update that would make a weight or moment NaN or Inf, is
+    /// refused (`Status::NonFinite`) with weights and optimizer state unchanged.
+    fn optimizer_step(&mut self, policy: &Model) -> Result<(f64, f64)> {
+        let grad_norm = clip_grad_norm(policy.params(), self.cfg.grad_clip)?;
         let lr = self
             .cfg
             .schedule
             .lr(self.cfg.optimizer.lr(), self.optimizer.steps() + 1);
-        self.optimizer.step(policy.params(), lr);
-        (grad_norm, lr)
+        self.optimizer.step(policy.params(), lr)?;
+        Ok((grad_norm, lr))
     }
 
     /// K samples per prompt from the policy in eval mode (no dropout; see sample.rs). A seed in
@@ -224,6 +228,24 @@ fn check_reference(policy: &SharedModel, reference: &SharedModel) -> Result<()> 
             p.device(),
             r.device()
         )));
+    }
+    Ok(())
+}
+
+/// A step with no counted group, or no scored token in them (over all ranks), would be a loss
+/// of 0 and an update by weight decay alone: refused, with nothing changed.
+fn check_learnable(global: &GlobalStep) -> Result<()> {
+    if global.metrics.groups == 0 {
+        return Err(Error::invalid(
+            "no group of the batch has two or more candidates (group ids are all distinct): \
+             there is nothing to compare, so the step is refused",
+        ));
+    }
+    if global.counted_tokens == 0.0 {
+        return Err(Error::invalid(
+            "no candidate in a group of two or more has a scored token (its loss mask is 0 \
+             everywhere): the step is refused",
+        ));
     }
     Ok(())
 }

@@ -1,8 +1,12 @@
-//! What the integration tests on the fixture models share.
-#![allow(dead_code)] // each test binary uses a part of it
+//! What the integration tests on the fixture models share. Each test crate uses a part of it.
+#![allow(dead_code)]
 
+use adpo::model::SharedModel;
+use adpo::{Batch, Model};
+use parking_lot::Mutex;
 use std::path::PathBuf;
-use tch::Device;
+use std::sync::Arc;
+use tch::{Device, Tensor};
 
 /// A model made by tests/fixtures/make_models.py (`make fixtures`; ADPO_FIXTURES overrides the
 /// directory).
@@ -21,4 +25,39 @@ pub fn device() -> Device {
         Ok("cuda") | Ok("cuda:0") => Device::Cuda(0),
         _ => Device::Cpu,
     }
+}
+
+/// A fixture model on the test device, as a trainer takes it.
+pub fn model(name: &str) -> SharedModel {
+    Arc::new(Mutex::new(Model::load(&fixture(name), device()).unwrap()))
+}
+
+/// 3 groups x 4 candidates, T = 6, varying loss masks, ids in [0, 16), groups interleaved.
+pub fn batch(seed: i64) -> Batch {
+    let (n, t) = (12usize, 6usize);
+    let ids: Vec<i64> = (0..n * t)
+        .map(|i| ((i as i64 * 7 + seed * 13) * 31 % 16).abs())
+        .collect();
+    let mut loss = vec![0u8; n * t];
+    for r in 0..n {
+        for j in (2 + r % 2)..t {
+            loss[r * t + j] = 1;
+        }
+    }
+    let groups: Vec<i64> = (0..n).map(|r| [5, 9, 2][r % 3]).collect();
+    let mut b = Batch::new(n, t, &ids, None, &loss, &groups).unwrap();
+    let rewards: Vec<f64> = (0..n)
+        .map(|r| ((r as f64 + seed as f64) * 0.37).sin())
+        .collect();
+    b.set_rewards(&rewards).unwrap();
+    b
+}
+
+/// Host copies of the model's parameters.
+pub fn weights(m: &SharedModel) -> Vec<Tensor> {
+    m.lock()
+        .params()
+        .iter()
+        .map(|(_, p)| p.detach().to_device(Device::Cpu).copy())
+        .collect()
 }

@@ -26,6 +26,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 import adpo_ctypes as A
@@ -98,9 +99,20 @@ def to_adpo(b: R.RefBatch) -> A.Batch:
                    targets=b.targets, old_logp=b.old_logp, anchor_logp=b.anchor_logp)
 
 
+STATE_PREFIX = "__adpo__."
+
+
+def read_checkpoint(path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(weights, trainer state without the prefix) of one checkpoint file."""
+    everything = load_file(str(path))
+    weights = {k: v for k, v in everything.items() if not k.startswith(STATE_PREFIX)}
+    state = {k[len(STATE_PREFIX):]: v for k, v in everything.items() if k.startswith(STATE_PREFIX)}
+    return weights, state
+
+
 def read_weights(trainer: A.Trainer, path) -> dict[str, torch.Tensor]:
     trainer.save(path)
-    return load_file(str(path))
+    return read_checkpoint(path)[0]
 
 
 def initial_weights(path) -> dict[str, torch.Tensor]:
@@ -348,9 +360,8 @@ def test_checkpoint_keys_and_state_dict(models, tmp_path, name):
     tr.step(to_adpo(make_batch(1)))
     path = tmp_path / "policy.safetensors"
     tr.save(path)
-    assert path.is_file()
-    assert (tmp_path / "policy.trainer.safetensors").is_file()
-    weights = load_file(str(path))
+    assert [p.name for p in tmp_path.iterdir()] == ["policy.safetensors"]  # one file
+    weights, state = read_checkpoint(path)
     scripted = dict(torch.jit.load(str(models[name])).named_parameters())
     assert sorted(weights) == sorted(scripted)
     for k, v in scripted.items():
@@ -362,14 +373,17 @@ def test_checkpoint_keys_and_state_dict(models, tmp_path, name):
     tol = 1e-12 if name == F64 else 1e-5
     np.testing.assert_allclose(tr.sequence_logp(to_adpo(b)), R.sequence_logp(module, b, "mean").numpy(), rtol=tol,
                                atol=tol)
-    state = load_file(str(tmp_path / "policy.trainer.safetensors"))
     assert int(state["optimizer.steps"].reshape(-1)[0]) == 1
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    assert meta["format"] == "adpo.checkpoint" and meta["format_version"] == "1"
+    assert sorted(k for k in meta if k.startswith("crc32.")) == sorted("crc32." + k for k in load_file(str(path)))
 
 
 def test_checkpoint_other_extension(models, tmp_path):
     tr = A.Trainer(A.Model(models[F64]), None, None)
     tr.save(tmp_path / "ckpt.bin")
-    assert (tmp_path / "ckpt.bin").is_file() and (tmp_path / "ckpt.trainer.safetensors").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.bin"]
     tr.load(tmp_path / "ckpt.bin")
 
 
@@ -391,29 +405,36 @@ def test_checkpoint_round_trip_resumes_exactly(models, tmp_path):
         assert torch.equal(wa[k], wb[k]), k
 
 
+def flip_data_byte(b: bytes, fraction: float) -> bytes:
+    """One bit flipped at `fraction` of the way through the tensor data."""
+    start = 8 + int.from_bytes(b[:8], "little")
+    at = start + int((len(b) - start) * fraction)
+    return b[:at] + bytes([b[at] ^ 0x04]) + b[at + 1:]
+
+
 def corrupt_variants(path):
     """(description, file, transform bytes -> bytes)."""
-    state = path.with_name(path.stem + ".trainer.safetensors")
     return [
-        ("truncated weights", path, lambda b: b[: len(b) // 2]),
-        ("weights cut inside the header", path, lambda b: b[:20]),
-        ("empty weights", path, lambda b: b""),
+        ("truncated", path, lambda b: b[: len(b) // 2]),
+        ("cut inside the header", path, lambda b: b[:20]),
+        ("empty", path, lambda b: b""),
         ("flipped header length", path, lambda b: bytes([b[0] ^ 0xFF, b[1] ^ 0xFF]) + b[2:]),
         ("flipped header json", path, lambda b: b[:8] + bytes(x ^ 0x5A for x in b[8:40]) + b[40:]),
-        ("truncated trainer state", state, lambda b: b[: len(b) - 7]),
-        ("flipped trainer-state header", state, lambda b: b[:8] + bytes(x ^ 0x5A for x in b[8:40]) + b[40:]),
-        ("missing trainer state", state, None),
+        ("last 7 bytes cut", path, lambda b: b[: len(b) - 7]),
+        ("a bit flipped in the weights' data", path, lambda b: flip_data_byte(b, 0.1)),
+        ("a bit flipped in the trainer state's data", path, lambda b: flip_data_byte(b, 0.9)),
+        ("missing", path, None),
     ]
 
 
-@pytest.mark.parametrize("variant", range(8))
+@pytest.mark.parametrize("variant", range(9))
 def test_corrupt_checkpoint_rejected_and_trainer_intact(models, tmp_path, variant):
     cfg = dict(optimizer=dict(name="sgd", lr=0.5))
     good = tmp_path / "good.safetensors"
     tr = A.Trainer(A.Model(models[F64]), None, cfg)
     tr.step(to_adpo(make_batch(1)))
     tr.save(good)
-    before = load_file(str(good))
+    before = read_checkpoint(good)[0]
     # another trainer's checkpoint (different weights), then corrupted
     other = A.Trainer(A.Model(models[F64]), None, cfg)
     for s in range(3):
@@ -432,7 +453,7 @@ def test_corrupt_checkpoint_rejected_and_trainer_intact(models, tmp_path, varian
     after = read_weights(tr, tmp_path / "after.safetensors")
     for k in before:
         assert torch.equal(before[k], after[k]), (what, k)
-    assert load_file(str(tmp_path / "after.trainer.safetensors"))["optimizer.steps"].item() == 1, what
+    assert read_checkpoint(tmp_path / "after.safetensors")[1]["optimizer.steps"].item() == 1, what
     m = tr.step(to_adpo(make_batch(2)))
     assert m["step"] == 2 and math.isfinite(m["loss"]), what
 

@@ -952,9 +952,9 @@ end
 """
     save_checkpoint(trainer, path)
 
-Writes `path` (policy weights, safetensors) and `path` with extension `.trainer.safetensors`
-(optimizer, step, anchor state). In data-parallel training every rank calls it, only rank 0
-writes, and every rank returns rank 0's outcome.
+Writes one safetensors file at `path` (policy weights under their names, trainer state under
+`__adpo__.` keys), published atomically. In data-parallel training every rank calls it, only
+rank 0 writes, and every rank returns rank 0's outcome.
 """
 function save_checkpoint(tr::Trainer, path::AbstractString)
     err = _err()
