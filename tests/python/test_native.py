@@ -169,7 +169,10 @@ def run_adpo(name, cfg, batches, tmp_path, dtype, reference=None):
     for i, b in enumerate(batches):
         m = tr.step(to_adpo(b))
         tr.save(tmp_path / f"w{i}.safetensors")
-        out.append((m, load_file(str(tmp_path / f"w{i}.safetensors"))))
+        # The checkpoint file holds the weights under their names and the trainer state under
+        # the __adpo__. prefix.
+        everything = load_file(str(tmp_path / f"w{i}.safetensors"))
+        out.append((m, {k: v for k, v in everything.items() if not k.startswith("__adpo__.")}))
     return out
 
 
