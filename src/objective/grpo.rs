@@ -1,7 +1,7 @@
 //! GRPO baseline (docs/MATH.md §8): clipped token (or sequence, GSPO) ratios with group advantages,
 //! optional k3 KL to a reference, and the four aggregations. Closed-form gradient per token.
 
-use super::groups::Layout;
+use super::layout::Blocks;
 use super::metrics::Metrics;
 use super::targets::transform_rewards;
 use crate::config::{Aggregation, ObjectiveConfig, RatioLevel};
@@ -24,12 +24,16 @@ pub fn grpo(
     ref_logp: Option<&Tensor>,
     mask: &Tensor,
     rewards: &Tensor,
-    layout: &Layout,
+    blocks: &Blocks,
 ) -> TokenResult {
     let kind = logp.kind();
-    let adv_pad = transform_rewards(cfg.reward_transform, &layout.gather(rewards, 0.0), layout);
-    let advantages = layout.scatter(&adv_pad);
-    let counted_rows = layout.broadcast(&Tensor::ones([layout.g], (kind, logp.device())), 0.0);
+    let adv_pad: Vec<Tensor> = blocks
+        .blocks
+        .iter()
+        .map(|l| transform_rewards(cfg.reward_transform, &l.gather(rewards, 0.0), l))
+        .collect();
+    let advantages = blocks.scatter(&adv_pad);
+    let counted_rows = blocks.counted_rows(kind, logp.device());
     // Tokens that count: masked in, and in a group of size >= 2.
     let m = mask * counted_rows.unsqueeze(1);
     let on = m.gt(0.0);
@@ -90,7 +94,7 @@ pub fn grpo(
         (unclipped_wins.logical_not().to_kind(kind) * &m).sum(kind) / m.sum(kind).clamp_min(1.0);
     let mut metrics = Metrics::empty();
     metrics.loss = loss_t.double_value(&[]);
-    metrics.groups = layout.g as u64;
+    metrics.groups = blocks.g as u64;
     metrics.clip_fraction = clip_frac.double_value(&[]);
     metrics.anchor_kl = anchor_kl;
     TokenResult {

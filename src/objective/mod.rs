@@ -3,6 +3,7 @@
 
 mod fast_exp;
 pub mod groups;
+pub mod layout;
 pub mod grpo;
 pub mod host;
 pub mod listwise;
@@ -11,12 +12,13 @@ pub mod plackett_luce;
 pub mod plan;
 pub mod scores;
 pub mod targets;
+mod tensor_path;
 pub mod temperature;
 
-use crate::config::{LossKind, ObjectiveConfig, PlTies};
+use crate::config::ObjectiveConfig;
 use crate::error::{catch_torch, Error, Result};
 pub use groups::Groups;
-use groups::Layout;
+use layout::Blocks;
 pub use metrics::Metrics;
 use parking_lot::Mutex;
 pub use plan::{Level, LossPlan};
@@ -273,108 +275,6 @@ impl Objective {
         self.eval_tensors(inputs, &logp, &anchor, &signal, kind)
     }
 
-    /// The tensor path on the padded [G, K_max] layout (any device and dtype).
-    fn eval_tensors(
-        &self,
-        inputs: &EvalInputs,
-        logp: &Tensor,
-        anchor: &Tensor,
-        signal: &Tensor,
-        kind: Kind,
-    ) -> Result<EvalOutput> {
-        let (cfg, rule, groups) = (&self.cfg, self.plan.rule, inputs.groups);
-        let device = logp.device();
-        // Target q on the padded layout.
-        let layout = groups.layout(device);
-        let keys = layout.gather(&signal, 0.0);
-        let q = match (inputs.signal.is_rewards(), rule) {
-            (true, rule) => targets::from_keys(rule, cfg, &keys, &layout),
-            (false, TargetRule::Top1 { .. }) => targets::from_keys(rule, cfg, &keys, &layout),
-            (false, _) => keys.shallow_clone(),
-        };
-        let rewards_pad = inputs.signal.is_rewards().then(|| keys.shallow_clone());
-        let entropy_pad = inputs
-            .policy_entropy
-            .map(|e| layout.gather(&e.to_kind(kind), 0.0));
-        let tau_g =
-            temperature::group_tau(cfg, &q, &layout, rewards_pad.as_ref(), entropy_pad.as_ref())?;
-        let tau_row = layout.broadcast(&tau_g, cfg.tau);
-        let sc = scores::anchored(logp, anchor, &tau_row, cfg.clip_log_ratio, cfg.clip_score);
-
-        let s0 = layout.gather(&sc.s, 0.0);
-        let s_inf = s0.masked_fill(&layout.mask.logical_not(), f64::NEG_INFINITY);
-        let (group, p) = {
-            let (listwise, p) = listwise::listwise(&s_inf, &s0, &q);
-            if cfg.loss == LossKind::PlackettLuce {
-                let tie_keys = match cfg.pl_ties {
-                    PlTies::Stable => None,
-                    PlTies::Random => Some(self.tie_keys(&layout, device)),
-                };
-                let order = plackett_luce::ranking(&keys, &layout, tie_keys.as_ref());
-                (plackett_luce::plackett_luce(cfg, &s0, &order, &layout), p)
-            } else {
-                (listwise, p)
-            }
-        };
-        let g = layout.g as f64;
-        let mut loss = group.loss.sum(kind) / g;
-        let mut grad = layout.scatter(&(&group.grad / g)) * &sc.ds_dl;
-
-        let anchor_kl = match anchor_penalty(cfg, &layout, logp, anchor) {
-            Some((kl, loss_add, grad_add)) => {
-                loss += loss_add;
-                grad += grad_add;
-                kl
-            }
-            None => Tensor::full([], f64::NAN, (kind, device)),
-        };
-
-        // All scalar metrics in one host transfer.
-        let real = layout.mask.to_kind(kind);
-        let abs_s = s0.abs() * &real;
-        let lse = s_inf.logsumexp(1, true);
-        let entropy = -p.xlogy(&p).sum_dim_intlist(1, false, kind);
-        let kl = (q.xlogy(&q) - &q * (&s0 - &lse) * &real).sum_dim_intlist(1, false, kind);
-        let win =
-            (&p * targets::best_mask(&keys, &layout).to_kind(kind)).sum_dim_intlist(1, false, kind);
-        let scalars = Tensor::stack(
-            &[
-                loss.shallow_clone(),
-                entropy.mean(kind),
-                kl.mean(kind),
-                win.mean(kind),
-                abs_s.sum(kind) / real.sum(kind),
-                abs_s.max(),
-                tau_g.mean(kind),
-                anchor_kl,
-            ],
-            0,
-        )
-        .to_kind(Kind::Double)
-        .to_device(Device::Cpu);
-        let v = Vec::<f64>::try_from(&scalars).map_err(Error::from)?;
-        let metrics = Metrics {
-            loss: v[0],
-            entropy: v[1],
-            kl_target: v[2],
-            win_mass: v[3],
-            mean_abs_score: v[4],
-            max_abs_score: v[5],
-            tau: v[6],
-            groups: layout.g as u64,
-            clip_fraction: f64::NAN,
-            anchor_kl: v[7],
-        };
-        check_result(metrics.loss, &grad)?;
-        self.state.lock().last = Some(metrics);
-        Ok(EvalOutput {
-            loss: metrics.loss,
-            grad_logp: grad,
-            scores: sc.s,
-            metrics,
-        })
-    }
-
     fn eval_tokens_inner(&self, inputs: &TokenInputs) -> Result<EvalOutput> {
         let cfg = &self.cfg;
         if self.plan.level != Level::Tokens {
@@ -412,8 +312,8 @@ impl Objective {
             return Err(Error::invalid("mask must hold only 0 and 1"));
         }
         check_input("rewards", inputs.rewards, &[n], device)?;
-        let layout = groups.layout(device);
-        if layout.g == 0 {
+        let blocks = Blocks::of(groups, device);
+        if blocks.g == 0 {
             let metrics = Metrics {
                 groups: 0,
                 ..Metrics::empty()
@@ -435,7 +335,7 @@ impl Objective {
             ref_logp.as_ref(),
             &mask,
             &inputs.rewards.to_kind(kind),
-            &layout,
+            &blocks,
         );
         check_result(r.loss, &r.grad)?;
         self.state.lock().last = Some(r.metrics);
@@ -591,16 +491,6 @@ impl Objective {
         st.last = Some(metrics);
         Ok((loss, metrics))
     }
-
-    fn tie_keys(&self, layout: &Layout, device: Device) -> Tensor {
-        let mut state = self.state.lock();
-        let keys: Vec<f64> = (0..layout.g * layout.k)
-            .map(|_| crate::rng::next_uniform(&mut state.rng))
-            .collect();
-        Tensor::from_slice(&keys)
-            .view([layout.g, layout.k])
-            .to_device(device)
-    }
 }
 
 impl Signal<'_> {
@@ -617,27 +507,6 @@ impl EvalInputs<'_> {
             _ => 1e-6,
         }
     }
-}
-
-/// The k3 anchor penalty beta * mean_rows k3(anchor - logp) over counted rows, when it is on:
-/// (the k3 metric, the loss term, the gradient term).
-fn anchor_penalty(
-    cfg: &ObjectiveConfig,
-    layout: &Layout,
-    logp: &Tensor,
-    anchor: &Tensor,
-) -> Option<(Tensor, Tensor, Tensor)> {
-    if cfg.beta_anchor_kl <= 0.0 {
-        return None;
-    }
-    let kind = logp.kind();
-    let counted = layout.broadcast(&Tensor::ones([layout.g], (kind, logp.device())), 0.0);
-    let n_counted = counted.sum(kind);
-    let d = (anchor - logp) * &counted;
-    let anchor_kl = ((d.exp() - &d - 1.0) * &counted).sum(kind) / &n_counted;
-    let loss = &anchor_kl * cfg.beta_anchor_kl;
-    let grad = (1f64 - d.exp()) * &counted * (cfg.beta_anchor_kl / &n_counted);
-    Some((anchor_kl, loss, grad))
 }
 
 /// The loss is sequence level, and pairwise losses have groups of exactly two.

@@ -3,7 +3,7 @@
 //!   L_k = (1 - eps_ls) (LSE(suffix_k) - s_(k)) + eps_ls (LSE(suffix_k) - mean(suffix_k)),
 //!   then L_k + eps_poly (1 - exp(-min(L_k, 20))).
 
-use super::groups::Layout;
+use super::layout::Layout;
 use super::listwise::GroupLoss;
 use crate::config::ObjectiveConfig;
 use tch::{Kind, Tensor};

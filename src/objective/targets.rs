@@ -1,7 +1,8 @@
-//! Target distributions q over each group (docs/MATH.md §0, §4.1, §4.5, §4.6), on the padded [G, K] layout.
+//! Target distributions q over each group (docs/MATH.md §0, §4.1, §4.5, §4.6), on a padded
+//! [G, K] block of the layout (`layout.rs`).
 //! q never depends on the policy: it carries no gradient. Padding entries of q are 0.
 
-use super::groups::Layout;
+use super::layout::Layout;
 use crate::config::{ObjectiveConfig, RewardTransform, TargetKind};
 use tch::{Kind, Tensor};
 
@@ -120,6 +121,9 @@ fn percentile(sorted: &Tensor, sizes: &Tensor, p: f64) -> Tensor {
     &v_lo + frac * (v_hi - &v_lo)
 }
 
+/// Entries of the KDE's pairwise table computed at once (32 MiB of float64 per temporary).
+const KDE_PAIRS: i64 = 1 << 22;
+
 /// KDE-CDF-logit target (docs/MATH.md §4.6, inferred construction; kernel Gaussian, Silverman bandwidth
 /// unless `kde_bandwidth` is set). All-equal rewards give a uniform q.
 fn kde(cfg: &ObjectiveConfig, r: &Tensor, layout: &Layout) -> Tensor {
@@ -143,9 +147,20 @@ fn kde(cfg: &ObjectiveConfig, r: &Tensor, layout: &Layout) -> Tensor {
         .where_self(&positive, &h.ones_like())
         .unsqueeze(1)
         .unsqueeze(2);
-    let diff = (r.unsqueeze(2) - r.unsqueeze(1)) / h_safe;
+    // The CDF at each candidate sums a kernel over its group: a [G, K, K] table, built a slice
+    // of rows at a time so memory stays bounded however large a group is.
     let col_mask = layout.mask.unsqueeze(1).to_kind(kind);
-    let cdf = (phi(&diff) * col_mask).sum_dim_intlist(2, false, kind) / sizes.unsqueeze(1);
+    let (g, k) = (layout.g, layout.k);
+    let chunk = (KDE_PAIRS / (g * k).max(1)).clamp(1, k.max(1));
+    let sums: Vec<Tensor> = (0..k)
+        .step_by(chunk as usize)
+        .map(|start| {
+            let rows = r.narrow(1, start, chunk.min(k - start));
+            let diff = (rows.unsqueeze(2) - r.unsqueeze(1)) / &h_safe;
+            (phi(&diff) * &col_mask).sum_dim_intlist(2, false, kind)
+        })
+        .collect();
+    let cdf = Tensor::cat(&sums, 1) / sizes.unsqueeze(1);
     let cdf = cdf.where_self(&positive.unsqueeze(1), &cdf.full_like(0.5));
     let cdf = cdf.clamp(cfg.kde_clip, 1.0 - cfg.kde_clip);
     let logit = (&cdf / (1f64 - &cdf)).log();
