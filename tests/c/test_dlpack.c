@@ -568,7 +568,7 @@ static void test_errors(adpo_objective *obj) {
         adpo_objective *grpo = NULL;
         CHECK_STATUS(adpo_objective_new("{\"loss\": \"grpo\"}", &grpo, &err), ADPO_STATUS_OK, "");
         default_inputs(&c);
-        expect_fail("grpo", grpo, &c, 0, 0, 0, ADPO_STATUS_INVALID_ARGUMENT, "token-level entry point");
+        expect_fail("grpo", grpo, &c, 0, 0, 0, ADPO_STATUS_INVALID_ARGUMENT, "eval_tokens");
         adpo_objective_free(grpo);
     }
 

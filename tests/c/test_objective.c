@@ -965,7 +965,7 @@ static void test_errors(void) {
     /* GRPO is token-level only. */
     {
         adpo_objective *grpo = make("{\"loss\": \"grpo\"}");
-        EXPECT_ERROR(grpo, 4, LOGP, ANCHOR, R1, NULL, G1, ADPO_STATUS_INVALID_ARGUMENT, "token-level entry point");
+        EXPECT_ERROR(grpo, 4, LOGP, ANCHOR, R1, NULL, G1, ADPO_STATUS_INVALID_ARGUMENT, "eval_tokens");
         adpo_objective_free(grpo);
     }
 
