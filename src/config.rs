@@ -195,7 +195,9 @@ pub(crate) fn parse_object(what: &str, json: &str) -> Result<Map<String, Value>>
     let value: Value =
         serde_json::from_str(json).map_err(|e| Error::config(format!("{what} config: {e}")))?;
     let Value::Object(map) = value else {
-        return Err(Error::config(format!("{what} config must be a JSON object")));
+        return Err(Error::config(format!(
+            "{what} config must be a JSON object"
+        )));
     };
     for (key, v) in &map {
         objects_only(what, key, v)?;

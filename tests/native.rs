@@ -19,26 +19,17 @@ use tch::{Device, Kind, Tensor};
 const FIXTURES: usize = 11;
 
 fn hf_root() -> PathBuf {
-    let dir = std::env::var("ADPO_FIXTURES").unwrap_or_else(|_| {
-        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/generated").to_string()
-    });
-    PathBuf::from(dir).join("hf")
+    common::fixtures_dir().join("hf")
 }
 
 /// Every checkpoint the fixture script made (all of them, or the test fails).
 fn fixtures() -> Vec<PathBuf> {
-    let root = hf_root();
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
-        .unwrap_or_else(|e| panic!("{}: {e}; run `make fixtures`", root.display()))
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.join("config.json").is_file())
-        .collect();
-    dirs.sort();
+    let dirs = common::hf_dirs();
     assert_eq!(
         dirs.len(),
         FIXTURES,
         "{}: expected {FIXTURES} checkpoints",
-        root.display()
+        hf_root().display()
     );
     dirs
 }

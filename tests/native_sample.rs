@@ -18,20 +18,10 @@ use std::sync::Arc;
 use tch::{Kind, Tensor};
 
 fn hf_dirs() -> Vec<PathBuf> {
-    let root = PathBuf::from(std::env::var("ADPO_FIXTURES").unwrap_or_else(|_| {
-        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/generated").to_string()
-    }))
-    .join("hf");
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
-        .unwrap_or_else(|e| panic!("{}: {e}; run `make fixtures`", root.display()))
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.join("config.json").is_file())
-        .collect();
-    dirs.sort();
+    let dirs = common::hf_dirs();
     assert!(
         dirs.len() >= 8,
-        "expected the native fixtures in {}",
-        root.display()
+        "expected the native fixtures (make fixtures)"
     );
     dirs
 }

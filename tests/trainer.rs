@@ -335,7 +335,12 @@ fn token_ids_outside_the_vocabulary_are_a_clear_error() {
 #[test]
 fn a_batch_with_nothing_to_learn_is_refused_and_changes_nothing() {
     let policy = model("tiny_transformer.pt");
-    let mut t = Trainer::new(policy.clone(), None, r#"{"optimizer": {"name": "sgd", "lr": 0.5, "weight_decay": 0.1}}"#).unwrap();
+    let mut t = Trainer::new(
+        policy.clone(),
+        None,
+        r#"{"optimizer": {"name": "sgd", "lr": 0.5, "weight_decay": 0.1}}"#,
+    )
+    .unwrap();
     let before = weights(&policy);
     let (n, len) = (4usize, 5usize);
     let ids = vec![1i64; n * len];
@@ -343,7 +348,10 @@ fn a_batch_with_nothing_to_learn_is_refused_and_changes_nothing() {
     // Every candidate alone in its group; then groups of two without a scored token.
     let mut singletons = Batch::new(n, len, &ids, None, &scored, &[0, 1, 2, 3]).unwrap();
     let mut unscored = Batch::new(n, len, &ids, None, &vec![0; n * len], &[0, 0, 1, 1]).unwrap();
-    for (b, needle) in [(&mut singletons, "two or more candidates"), (&mut unscored, "scored token")] {
+    for (b, needle) in [
+        (&mut singletons, "two or more candidates"),
+        (&mut unscored, "scored token"),
+    ] {
         b.set_rewards(&[0.0, 1.0, 2.0, 3.0]).unwrap();
         let e = t.step(b).unwrap_err();
         assert_eq!(e.status, Status::InvalidArgument, "{}", e.message);

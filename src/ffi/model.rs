@@ -4,7 +4,7 @@ use super::args::{c_str, require_out, write_out};
 use super::boundary::{call, call_on};
 use super::error::adpo_error;
 use super::handle::{free, handle, Guarded, Handle};
-use crate::error::{catch_torch, Error, Status};
+use crate::error::{catch_torch, Error, Result, Status};
 use crate::model::{parse_device, LoadOptions, Model, SharedModel};
 use parking_lot::Mutex;
 use std::ffi::c_char;
@@ -43,13 +43,18 @@ pub extern "C" fn adpo_model_load(
         } else {
             parse_device(c_str(device, "device")?)?
         };
-        let model = Model::load(Path::new(path), device)?;
-        write_out(
-            out,
-            "out",
-            adpo_model::into_raw(Arc::new(Mutex::new(model))),
-        )
+        load_into(out, path, &LoadOptions::on(device))
     })
+}
+
+/// Loads `path` and hands the new handle to the caller.
+fn load_into(out: *mut *mut adpo_model, path: &str, options: &LoadOptions) -> Result<()> {
+    let model = Model::load_with(Path::new(path), options)?;
+    write_out(
+        out,
+        "out",
+        adpo_model::into_raw(Arc::new(Mutex::new(model))),
+    )
 }
 
 /// adpo_model_load with options, a JSON object (NULL or "" = defaults; unknown keys are an
@@ -73,12 +78,7 @@ pub extern "C" fn adpo_model_load_options(
         } else {
             LoadOptions::from_json(c_str(options_json, "options_json")?)?
         };
-        let model = Model::load_with(Path::new(path), &options)?;
-        write_out(
-            out,
-            "out",
-            adpo_model::into_raw(Arc::new(Mutex::new(model))),
-        )
+        load_into(out, path, &options)
     })
 }
 

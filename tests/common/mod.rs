@@ -61,3 +61,22 @@ pub fn weights(m: &SharedModel) -> Vec<Tensor> {
         .map(|(_, p)| p.detach().to_device(Device::Cpu).copy())
         .collect()
 }
+
+/// The fixtures directory (`make fixtures`; ADPO_FIXTURES overrides it).
+pub fn fixtures_dir() -> PathBuf {
+    PathBuf::from(std::env::var("ADPO_FIXTURES").unwrap_or_else(|_| {
+        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/generated").to_string()
+    }))
+}
+
+/// Every Hugging Face checkpoint tests/fixtures/make_hf_models.py made, sorted.
+pub fn hf_dirs() -> Vec<PathBuf> {
+    let root = fixtures_dir().join("hf");
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
+        .unwrap_or_else(|e| panic!("{}: {e}; run `make fixtures`", root.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("config.json").is_file())
+        .collect();
+    dirs.sort();
+    dirs
+}
