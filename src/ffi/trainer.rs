@@ -145,7 +145,14 @@ pub extern "C" fn adpo_trainer_step(
         // SAFETY: a non-NULL batch was created by adpo and not yet freed (caller contract).
         let guard = unsafe { batch.as_ref() }.map(|b| b.inner.lock());
         let batch = guard.as_deref().ok_or_else(|| Error::null("batch"));
-        let m = t.inner.lock().step_checked(batch)?;
+        let mut trainer = t.inner.lock();
+        if trainer.awaits_communicator() {
+            return Err(Error::invalid(
+                "distributed backend \"host\": register the all-reduce callback with \
+                 adpo_trainer_use_allreduce before the first step",
+            ));
+        }
+        let m = trainer.step_checked(batch)?;
         if !out_metrics.is_null() {
             write_versioned(out_metrics, &adpo_trainer_metrics::from(m))?;
         }

@@ -47,9 +47,14 @@ impl Trainer {
         self.dist.as_ref().map_or((0, 1), |d| (d.rank(), d.size()))
     }
 
+    /// Backend "host" configured, but no communicator registered yet.
+    pub fn awaits_communicator(&self) -> bool {
+        self.cfg.distributed.backend == Backend::Host && self.dist.is_none()
+    }
+
     /// The host backend needs its callback before the first step.
     pub(super) fn check_communicator(&self) -> Result<()> {
-        if self.cfg.distributed.backend == Backend::Host && self.dist.is_none() {
+        if self.awaits_communicator() {
             return Err(Error::invalid(
                 "distributed backend \"host\": register the host's all-reduce callback \
                  before the first step",
