@@ -15,12 +15,26 @@ pub fn c_str<'a>(ptr: *const c_char, name: &str) -> Result<&'a str> {
         .map_err(|_| Error::invalid(format!("{name} is not valid UTF-8")))
 }
 
+/// Bytes of `len` elements of T, if a buffer can have that many (at most isize::MAX bytes):
+/// a larger count describes no real buffer, and `len * size` could wrap to a small number.
+pub fn byte_len<T>(len: usize, name: &str) -> Result<usize> {
+    let size = std::mem::size_of::<T>();
+    len.checked_mul(size)
+        .filter(|&bytes| bytes <= isize::MAX as usize)
+        .ok_or_else(|| {
+            Error::invalid(format!(
+                "{name}: {len} elements of {size} bytes is too large for any buffer"
+            ))
+        })
+}
+
 /// A host slice argument of `len` elements. NULL is an error unless len is 0 (an empty array
 /// may have no address, as an empty Go slice), so the real problem gets reported.
 pub fn slice<'a, T>(ptr: *const T, len: usize, name: &str) -> Result<&'a [T]> {
     if len == 0 {
         return Ok(&[]);
     }
+    byte_len::<T>(len, name)?;
     if ptr.is_null() {
         return Err(Error::null(name));
     }

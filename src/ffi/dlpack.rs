@@ -15,8 +15,9 @@ use crate::error::{Error, Result, Status};
 use crate::objective::{EvalInputs, Signal};
 use tch::{Device, Kind, Tensor};
 
-/// Reads int64 group ids from any device into host memory.
-fn read_group_ids(t: &Tensor) -> Result<Vec<i64>> {
+/// Reads `n` int64 group ids from any device into host memory; the shape is checked first, so
+/// a tensor claiming more elements than logp has is refused before any is read.
+fn read_group_ids(t: &Tensor, n: i64) -> Result<Vec<i64>> {
     if t.kind() != Kind::Int64 {
         return Err(Error::unsupported(format!(
             "group_ids must be int64, got {:?}",
@@ -27,6 +28,12 @@ fn read_group_ids(t: &Tensor) -> Result<Vec<i64>> {
         return Err(Error::shape(format!(
             "group_ids must be 1-D, got shape {:?}",
             t.size()
+        )));
+    }
+    if t.size()[0] != n {
+        return Err(Error::shape(format!(
+            "group_ids has {} entries, logp has {n}",
+            t.size()[0]
         )));
     }
     Ok(Vec::<i64>::try_from(
@@ -89,14 +96,7 @@ pub extern "C" fn adpo_objective_eval_dlpack(
                     logp.size()
                 )));
             }
-            let ids = read_group_ids(&ids)?;
-            if ids.len() as i64 != logp.size()[0] {
-                return Err(Error::shape(format!(
-                    "group_ids has {} entries, logp has {}",
-                    ids.len(),
-                    logp.size()[0]
-                )));
-            }
+            let ids = read_group_ids(&ids, logp.size()[0])?;
             let groups = obj.inner.groups_of(&ids)?;
             let inputs = EvalInputs {
                 logp: &logp,

@@ -1,6 +1,8 @@
 //! C ABI of the model-free objective (src/objective): host buffers in, host buffers out.
 
-use super::args::{c_str, owned_c_string, require_out, slice, write_out, write_versioned};
+use super::args::{
+    byte_len, c_str, owned_c_string, require_out, slice, write_out, write_versioned,
+};
 use super::boundary::{call, call_on};
 use super::error::adpo_error;
 use super::handle::{free, handle, Guarded, Handle};
@@ -67,10 +69,12 @@ fn copy_out(t: &Tensor, out: *mut f64, len: usize) -> Result<()> {
     Ok(())
 }
 
+/// n is the length of every float64 buffer of the call: checked before any is read.
 fn check_n(n: usize) -> Result<i64> {
     if n == 0 {
         return Err(Error::invalid("n must be > 0"));
     }
+    byte_len::<f64>(n, "n")?;
     i64::try_from(n).map_err(|_| Error::invalid("n is too large"))
 }
 
@@ -264,6 +268,7 @@ pub extern "C" fn adpo_objective_eval_tokens(
         let len = n
             .checked_mul(t)
             .ok_or_else(|| Error::invalid("n * t overflows"))?;
+        byte_len::<f64>(len, "n * t")?;
         require_out(out_loss, "out_loss")?;
         let shape = [rows, cols];
         let logp = host_tensor(logp, &shape, "logp")?;

@@ -8,6 +8,10 @@
  *                                    returned status, that err carries the same status and a
  *                                    message containing `sub` on failure (err stays NULL on
  *                                    success), and frees err.
+ *   CHECK_IN_CHILD(fn, arg, what)    runs fn(arg) in a forked child and passes when it returns 0:
+ *                                    a crash is reported as this check's failure instead of
+ *                                    ending the suite. Call it before anything in the process
+ *                                    starts a thread pool (fork copies only the calling thread).
  *   check_summary("suite")           prints "suite: N passed, M failed" as the last line and
  *                                    returns nonzero if M > 0 (use it as main's return value).
  *
@@ -19,6 +23,8 @@
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 static int check_passed_ = 0;
 static int check_failed_ = 0;
@@ -66,6 +72,29 @@ static inline int check_status_(adpo_status got, const adpo_error *err, adpo_sta
         check_status_(check_st_, err, (status), (sub), #expr, __FILE__, __LINE__);        \
         adpo_error_free(err);                                                             \
     } while (0)
+
+static inline int check_in_child_(int (*fn)(const void *), const void *arg, const char *what, const char *file,
+                                  int line) {
+    fflush(stdout);
+    fflush(stderr);
+    pid_t pid = fork();
+    if (pid == 0) {
+        if (!freopen("/dev/null", "w", stderr)) _exit(4); /* a crash's trace */
+        _exit(fn(arg));
+    }
+    int status = 0;
+    int waited = pid > 0 && waitpid(pid, &status, 0) == pid;
+    int ok = waited && WIFEXITED(status) && WEXITSTATUS(status) == 0;
+    if (!check_record_(ok, file, line, what)) {
+        if (waited && WIFSIGNALED(status))
+            fprintf(stderr, "     ^ the child was killed by signal %d\n", WTERMSIG(status));
+        else
+            fprintf(stderr, "     ^ child exit status %d\n", waited && WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+    }
+    return ok;
+}
+
+#define CHECK_IN_CHILD(fn, arg, what) check_in_child_((fn), (arg), (what), __FILE__, __LINE__)
 
 static inline int check_summary(const char *suite) {
     fflush(stdout);

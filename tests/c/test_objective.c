@@ -987,7 +987,48 @@ static void test_panic(void) {
     adpo_objective_free(obj);
 }
 
+/* Sizes whose byte counts do not fit in memory: refused before any buffer is read. Without the
+ * check, n = 2^61 made n * 8 wrap to 0 and the call read far past the buffers (a crash), so
+ * each case runs in a child. */
+static int huge_n_child(const void *arg) {
+    const size_t n = *(const size_t *)arg;
+    adpo_objective *obj = NULL;
+    if (adpo_objective_new(NULL, &obj, NULL) != ADPO_STATUS_OK) return 2;
+    double loss = SENTINEL, grad[4] = {SENTINEL, SENTINEL, SENTINEL, SENTINEL};
+    adpo_error *e = NULL;
+    adpo_status st = adpo_objective_eval(obj, n, LOGP, ANCHOR, R1, NULL, G1, &loss, grad, NULL, &e);
+    int ok = st == ADPO_STATUS_INVALID_ARGUMENT && e && strstr(adpo_error_message(e), "too large") &&
+             loss == SENTINEL && grad[0] == SENTINEL;
+    adpo_error_free(e);
+    adpo_objective_free(obj);
+    return ok ? 0 : 1;
+}
+
+/* n * t fits a size_t, n * t * 8 does not. */
+static int huge_tokens_child(const void *unused) {
+    (void)unused;
+    adpo_objective *obj = NULL;
+    if (adpo_objective_new("{\"loss\": \"grpo\"}", &obj, NULL) != ADPO_STATUS_OK) return 2;
+    const size_t n = (size_t)1 << 30, t = (size_t)1 << 31;
+    double buf[4] = {0, 0, 0, 0}, loss = SENTINEL;
+    adpo_error *e = NULL;
+    adpo_status st = adpo_objective_eval_tokens(obj, n, t, buf, buf, NULL, buf, R1, G1, &loss, NULL, NULL, &e);
+    int ok = st == ADPO_STATUS_INVALID_ARGUMENT && e && strstr(adpo_error_message(e), "too large") &&
+             loss == SENTINEL;
+    adpo_error_free(e);
+    adpo_objective_free(obj);
+    return ok ? 0 : 1;
+}
+
+static void test_huge_sizes(void) {
+    static const size_t n61 = (size_t)1 << 61, n60 = (size_t)1 << 60;
+    CHECK_IN_CHILD(huge_n_child, &n61, "adpo_objective_eval with n = 2^61 (n * 8 wraps to 0)");
+    CHECK_IN_CHILD(huge_n_child, &n60, "adpo_objective_eval with n = 2^60 (n * 8 > PTRDIFF_MAX)");
+    CHECK_IN_CHILD(huge_tokens_child, NULL, "adpo_objective_eval_tokens with n * t * 8 past 2^64");
+}
+
 int main(void) {
+    test_huge_sizes(); /* first: its children fork before any thread pool starts */
     test_version_and_error_basics();
     test_config();
     test_v1();
