@@ -202,6 +202,14 @@ inline std::uint32_t abi_version() noexcept { return adpo_abi_version(); }
 /// Number of CUDA devices libtorch can use (0 without CUDA).
 inline std::int32_t cuda_device_count() noexcept { return adpo_cuda_device_count(); }
 
+/// libtorch's CPU thread count for the whole process (adpo_set_num_threads; 1 .. 4096).
+inline void set_num_threads(std::int32_t n) {
+    detail::call([&](adpo_error **err) { return adpo_set_num_threads(n, err); });
+}
+
+/// libtorch's CPU thread count.
+inline std::int32_t num_threads() noexcept { return adpo_num_threads(); }
+
 /// True when the loaded library can train over MPI (it found mpicc when it was built); without
 /// it Trainer::use_mpi() throws ADPO_STATUS_UNSUPPORTED. Trainer::use_allreduce() works in every
 /// build.

@@ -5,7 +5,7 @@
 //! (token log-probs, by chunks of the output head for native models), [`anchor`],
 //! [`optimizer`], [`schedule`], [`trainer`] (the step), [`sample`] (batched, KV-cached
 //! generation), [`checkpoint`], [`config`], [`distributed`] (data-parallel training),
-//! [`tokenizer`] (text and chat templates), [`dlpack`], [`error`], [`version`], and `ffi` (the
+//! [`tokenizer`] (text and chat templates), [`dlpack`], [`runtime`] (thread count), [`error`], [`version`], and `ffi` (the
 //! C ABI, include/adpo.h: the outer layer, which nothing else imports).
 
 pub mod anchor;
@@ -21,6 +21,7 @@ pub mod model;
 pub mod objective;
 pub mod optimizer;
 mod rng;
+pub mod runtime;
 pub mod sample;
 pub mod schedule;
 pub mod tokenizer;

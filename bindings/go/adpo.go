@@ -194,6 +194,16 @@ func ABIVersion() uint32 { return uint32(C.adpo_abi_version()) }
 // CUDADeviceCount returns the number of CUDA devices libtorch can use (0 without CUDA).
 func CUDADeviceCount() int { return int(C.adpo_cuda_device_count()) }
 
+// SetNumThreads sets libtorch's CPU thread count for the whole process (1 .. 4096); on a small
+// or busy machine fewer threads are often faster.
+func SetNumThreads(n int) error {
+	var cerr *C.adpo_error
+	return check(C.adpo_set_num_threads(C.int32_t(n), &cerr), cerr)
+}
+
+// NumThreads returns libtorch's CPU thread count.
+func NumThreads() int { return int(C.adpo_num_threads()) }
+
 // check turns a status and an optional adpo_error into a Go error, freeing the adpo_error.
 func check(st C.adpo_status, cerr *C.adpo_error) error {
 	if st == C.ADPO_STATUS_OK && cerr == nil {

@@ -974,3 +974,18 @@ func TestCheckpointDirectoryLoadsWithOptionsAndSavesBack(t *testing.T) {
 	defer script.Close()
 	wantStatus(t, script.Save(out+"2"), StatusUnsupported)
 }
+
+func TestNumThreads(t *testing.T) {
+	before := NumThreads()
+	if before < 1 {
+		t.Fatalf("NumThreads() = %d", before)
+	}
+	defer SetNumThreads(before)
+	if err := SetNumThreads(1); err != nil || NumThreads() != 1 {
+		t.Fatalf("SetNumThreads(1): %v, now %d", err, NumThreads())
+	}
+	wantStatus(t, SetNumThreads(0), StatusInvalidArgument)
+	if NumThreads() != 1 {
+		t.Fatalf("a refused count changed the setting to %d", NumThreads())
+	}
+}

@@ -36,6 +36,21 @@ pub extern "C" fn adpo_cuda_device_count() -> i32 {
     })
 }
 
+/// Sets the number of threads libtorch's CPU kernels use, for the whole process (every model
+/// and trainer; default: one per core). On a small or busy machine fewer threads are often
+/// faster. `n` must be in [1, 4096]: anything else is ADPO_STATUS_INVALID_ARGUMENT. The
+/// objective's fused CPU kernel uses its own pool, sized by RAYON_NUM_THREADS at first use.
+#[no_mangle]
+pub extern "C" fn adpo_set_num_threads(n: i32, err: *mut *mut adpo_error) -> Status {
+    call(err, || crate::runtime::set_num_threads(n))
+}
+
+/// The number of threads libtorch's CPU kernels use (see adpo_set_num_threads).
+#[no_mangle]
+pub extern "C" fn adpo_num_threads() -> i32 {
+    infallible(0, crate::runtime::num_threads)
+}
+
 /// Frees a string that adpo returned with ownership (e.g. adpo_objective_metrics_json). NULL is
 /// a no-op.
 #[no_mangle]

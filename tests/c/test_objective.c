@@ -72,6 +72,16 @@ static void test_version_and_error_basics(void) {
     CHECK(adpo_abi_version() == ADPO_ABI_VERSION);
     CHECK(strncmp(adpo_version(), "adpo ", 5) == 0);
     CHECK(adpo_cuda_device_count() >= 0);
+    /* The thread count: set, read back, refused out of range (unchanged), restored. */
+    const int32_t threads = adpo_num_threads();
+    CHECK(threads >= 1);
+    CHECK_STATUS(adpo_set_num_threads(1, &err), ADPO_STATUS_OK, "");
+    CHECK(adpo_num_threads() == 1);
+    CHECK_STATUS(adpo_set_num_threads(0, &err), ADPO_STATUS_INVALID_ARGUMENT, "thread count");
+    CHECK_STATUS(adpo_set_num_threads(5000, &err), ADPO_STATUS_INVALID_ARGUMENT, "4096");
+    CHECK(adpo_num_threads() == 1);
+    CHECK_STATUS(adpo_set_num_threads(threads, NULL), ADPO_STATUS_OK, "");
+    CHECK(adpo_num_threads() == threads);
     CHECK(strcmp(adpo_error_message(NULL), "") == 0);
     CHECK(adpo_error_status(NULL) == ADPO_STATUS_NULL_ARGUMENT);
     adpo_error_free(NULL);

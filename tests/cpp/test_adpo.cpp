@@ -685,6 +685,16 @@ TEST(Model, LoadErrorsAreModelErrors) {
     EXPECT_TRUE(Throws([&] { adpo::Model m(missing); }, ADPO_STATUS_MODEL, "does_not_exist.pt"));
 }
 
+TEST(Runtime, ThreadCountIsSetReadAndChecked) {
+    const std::int32_t before = adpo::num_threads();
+    ASSERT_GE(before, 1);
+    adpo::set_num_threads(1);
+    EXPECT_EQ(adpo::num_threads(), 1);
+    EXPECT_TRUE(Throws([] { adpo::set_num_threads(0); }, ADPO_STATUS_INVALID_ARGUMENT, "thread count"));
+    EXPECT_EQ(adpo::num_threads(), 1);
+    adpo::set_num_threads(before);
+}
+
 TEST(Model, HuggingFaceCheckpointLoadsWithOptionsAndSavesBack) {
     FIXTURE(dir, "hf/qwen3_gqa2_headdim16_tied");
     const adpo::Model m = adpo::Model::load_options(dir, R"({"dtype": "float64"})");

@@ -33,6 +33,7 @@ export ADPOError, Objective, Model, Batch, Trainer, ObjectiveMetrics, TrainerMet
        vocab_size, set_rewards!, set_targets!, set_old_logp!, set_anchor_logp!,
        token_ids, loss_mask, group_ids, step!, sequence_logp, save_checkpoint, load_checkpoint!,
        num_params, use_mpi!, use_allreduce!, world, has_mpi, load_model, save_model, completion,
+       set_num_threads!, num_threads,
        Tokenizer, encode, encode_batch, decode, decode_batch, apply_chat_template, eos_ids,
        token_to_id, special_token
 
@@ -141,6 +142,17 @@ abi_version() = ccall((:adpo_abi_version, libadpo()), UInt32, ())
 
 "Number of CUDA devices libtorch can use (0 without CUDA)."
 cuda_device_count() = Int(ccall((:adpo_cuda_device_count, libadpo()), Int32, ()))
+
+"libtorch's CPU thread count for the whole process (1 .. 4096)."
+function set_num_threads!(n::Integer)
+    err = _err()
+    st = ccall((:adpo_set_num_threads, libadpo()), Int32, (Int32, Ref{Ptr{Cvoid}}), n, err)
+    _check(st, err, :adpo_set_num_threads)
+    return nothing
+end
+
+"libtorch's CPU thread count."
+num_threads() = Int(ccall((:adpo_num_threads, libadpo()), Int32, ()))
 
 """
     has_mpi() -> Bool
