@@ -1,6 +1,7 @@
 //! The anchor side of a step, computed once per batch and held across its epochs: the anchor
-//! log-probs (from the reference, the EMA / KL copy, the batch, or the sampling policy), or
-//! GRPO's old and reference token log-probs; then the objective evaluated against them.
+//! log-probs (from the reference, a LoRA policy's base, the EMA / KL copy, the batch, or the
+//! sampling policy), or GRPO's old and reference token log-probs; then the objective evaluated
+//! against them.
 
 use super::Trainer;
 use crate::anchor::AnchorConfig;
@@ -59,9 +60,14 @@ impl Trainer {
                 Some(r) => self
                     .reduce(&self.tokens_no_grad(r, batch)?, batch, device)
                     .to_kind(kind),
+                // A LoRA policy's base is the reference: the same weights, adapters off.
+                None if policy.has_adapters() => policy
+                    .with_adapters_off(|base| self.tokens_no_grad(base, batch))
+                    .map(|tok| self.reduce(&tok, batch, device).to_kind(kind))?,
                 None => {
                     return Err(Error::invalid(
-                        "anchor mode fixed needs a reference model or the batch's anchor_logp",
+                        "anchor mode fixed needs a reference model or the batch's anchor_logp \
+                         (or a policy with LoRA adapters, whose base is the reference)",
                     ))
                 }
             },
