@@ -544,10 +544,24 @@ adpo_status adpo_model_load(const char *path,
 /**
  * adpo_model_load with options, a JSON object (NULL or "" = defaults; unknown keys are an
  * ADPO_STATUS_INVALID_CONFIG error): `{"device": "cpu" | "cuda" | "cuda:N", "dtype": "auto" |
- * "float32" | "bfloat16" | "float16" | "float64"}`. `dtype` (default "auto": config.json's
- * `dtype`/`torch_dtype`, else the stored weights' dtype) converts a checkpoint directory's
- * weights at load; a TorchScript file keeps its own dtype (anything but "auto" is
- * ADPO_STATUS_UNSUPPORTED).
+ * "float32" | "bfloat16" | "float16" | "float64", "lora": {...}, "adapter": "DIR"}`. `dtype`
+ * (default "auto": config.json's `dtype`/`torch_dtype`, else the stored weights' dtype)
+ * converts a checkpoint directory's weights at load; a TorchScript file keeps its own dtype
+ * (anything but "auto" is ADPO_STATUS_UNSUPPORTED).
+ *
+ * LoRA (checkpoint directories only), with PEFT's semantics: `"lora": {"r": 8, "alpha": 8,
+ * "dropout": 0.0, "target_modules": ["q_proj", "v_proj"], "init": "default" | "gaussian",
+ * "seed": 0}` (the defaults) puts y = W x + (alpha / r) B A x on every projection whose module
+ * name equals an entry or ends with "." + entry (q_proj, k_proj, v_proj, o_proj, gate_proj,
+ * up_proj, down_proj); B starts at 0 and A as PEFT's init (default: uniform(-1/sqrt(in),
+ * 1/sqrt(in))) from adpo's generator seeded by `seed` and the module name. `"adapter": DIR`
+ * loads a PEFT adapter directory instead (adapter_config.json + adapter_model.safetensors) to
+ * continue training it. The base weights are frozen: only the adapters train (float32, or
+ * float64 on a float64 base), and a trainer with anchor "fixed" and no reference uses the base
+ * (the adapters switched off) as the reference. An entry that matches no module or a module
+ * other than those projections, r < 1, dropout > 0 (not implemented), or both "lora" and
+ * "adapter" are refused (INVALID_CONFIG / UNSUPPORTED); an adapter tensor of another shape
+ * or for a module the base lacks is ADPO_STATUS_CHECKPOINT, naming the tensor.
  */
 adpo_status adpo_model_load_options(const char *path,
                                     const char *options_json,
@@ -561,12 +575,25 @@ adpo_status adpo_model_load_options(const char *path,
  * model.safetensors (every parameter under its checkpoint name, a tied head once) and the
  * source directory's tokenizer*, special_tokens_map.json and generation_config.json files.
  * The directory is written under a temporary name and renamed into place (an existing `dir`
- * is replaced). Only models loaded from a checkpoint directory can be saved
+ * is replaced). A model with LoRA adapters is written merged (W + (alpha / r) B A): a plain
+ * checkpoint of the adapted model. Only models loaded from a checkpoint directory can be saved
  * (ADPO_STATUS_UNSUPPORTED otherwise); a write failure is ADPO_STATUS_IO.
  */
 adpo_status adpo_model_save(const struct adpo_model *model,
                             const char *dir,
                             struct adpo_error **err);
+
+/**
+ * Writes the model's LoRA adapters, with their current weights, as a PEFT adapter directory:
+ * adapter_config.json and adapter_model.safetensors (tensors
+ * `base_model.model.MODULE.lora_A.weight` / `lora_B.weight`), which
+ * `peft.PeftModel.from_pretrained(base, dir)` and the load option `"adapter": dir` read. Written
+ * under a temporary name and renamed into place (an existing `dir` is replaced). A model
+ * without adapters is ADPO_STATUS_UNSUPPORTED; a write failure is ADPO_STATUS_IO.
+ */
+adpo_status adpo_model_save_adapter(const struct adpo_model *model,
+                                    const char *dir,
+                                    struct adpo_error **err);
 
 /**
  * Vocabulary size V of the model's logits.
@@ -576,15 +603,17 @@ adpo_status adpo_model_vocab_size(const struct adpo_model *model,
                                   struct adpo_error **err);
 
 /**
- * Number of parameter values of the model, all tensors together.
+ * Number of trainable parameter values of the model, all tensors together (under LoRA
+ * adapters: the adapters' only).
  */
 adpo_status adpo_model_num_params(const struct adpo_model *model,
                                   size_t *out,
                                   struct adpo_error **err);
 
 /**
- * Copies the model's current parameters (a policy's as trained so far) into out[0 .. n), as
- * doubles, every tensor flattened in the module's parameter order; n must equal
+ * Copies the model's current trainable parameters (a policy's as trained so far; under LoRA
+ * the adapters) into out[0 .. n), as doubles, every tensor flattened in the module's
+ * parameter order; n must equal
  * adpo_model_num_params(). For checks such as "every replica holds the same weights".
  */
 adpo_status adpo_model_get_params(const struct adpo_model *model,

@@ -60,6 +60,7 @@ fn load(dir: &Path, dtype: Dtype) -> Model {
     let options = LoadOptions {
         device: device(),
         dtype,
+        ..LoadOptions::default()
     };
     Model::load_with(dir, &options).unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
 }
@@ -709,6 +710,7 @@ fn load_options_reach_the_model_and_torchscript_keeps_its_dtype() {
     let options = LoadOptions {
         device: device(),
         dtype: Dtype::Float64,
+        ..LoadOptions::default()
     };
     let f64_model = Model::load_with(&dir, &options).unwrap();
     assert_eq!(f64_model.kind(), Kind::Double);
@@ -731,6 +733,7 @@ fn load_options_reach_the_model_and_torchscript_keeps_its_dtype() {
     let auto = LoadOptions {
         device: device(),
         dtype: Dtype::Auto,
+        ..LoadOptions::default()
     };
     assert_eq!(
         Model::load_with(&script, &auto).unwrap().kind(),

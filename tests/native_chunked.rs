@@ -27,6 +27,7 @@ fn load(name: &str, dtype: Dtype) -> Model {
     let options = LoadOptions {
         device: device(),
         dtype,
+        ..LoadOptions::default()
     };
     Model::load_with(&fixture(name), &options).unwrap()
 }

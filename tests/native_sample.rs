@@ -30,6 +30,7 @@ fn trainer(dir: &Path) -> (Trainer, SharedModel) {
     let options = LoadOptions {
         device: device(),
         dtype: Dtype::Float32,
+        ..LoadOptions::default()
     };
     let m: SharedModel = Arc::new(Mutex::new(Model::load_with(dir, &options).unwrap()));
     (Trainer::new(m.clone(), None, "{}").unwrap(), m)

@@ -56,11 +56,7 @@ const SUPPORTED: &str =
 /// Opens the causal LM at `path`.
 pub fn open(path: &Path, options: &LoadOptions) -> Result<Box<dyn CausalLm>> {
     if path.is_dir() {
-        return Ok(Box::new(NativeLm::load(
-            path,
-            options.dtype.kind(),
-            options.device,
-        )?));
+        return Ok(Box::new(NativeLm::open(path, options)?));
     }
     if !path.is_file() {
         return Err(model_error(format!(
@@ -75,6 +71,13 @@ pub fn open(path: &Path, options: &LoadOptions) -> Result<Box<dyn CausalLm>> {
         )
     })?;
     let what = match sniff(&bytes) {
+        FileKind::TorchScript if options.has_adapters() => {
+            return Err(Error::unsupported(format!(
+                "{}: LoRA adapters (\"lora\", \"adapter\") go on checkpoint directories, not \
+                 TorchScript modules",
+                path.display()
+            )))
+        }
         FileKind::TorchScript if options.dtype != Dtype::Auto => {
             return Err(Error::unsupported(format!(
                 "{}: a TorchScript module loads in its own dtype; dtype {:?} is for checkpoint \

@@ -6,7 +6,13 @@
 //! Implementations: `torchscript.rs` (a TorchScript module returning logits) and `native/`
 //! (Hugging Face checkpoint directories: Llama, Mistral, Qwen2, Qwen3, returning final hidden
 //! states plus an output head, so log-probs can be computed a chunk of positions at a time, and
-//! a key/value-cached forward for sampling). `options.rs`: device and dtype at load.
+//! a key/value-cached forward for sampling, and optional LoRA adapters). `options.rs`: device,
+//! dtype and adapters at load.
+//!
+//! Trainable and frozen: [`Model::params`] lists what trains (every parameter, or only the
+//! LoRA adapters of a model that has them); the optimizer, clipping, checkpoints, anchor
+//! copies and the data-parallel reduction see only that list. The frozen rest (the base under
+//! adapters) never requires grad.
 
 mod device;
 mod format;
@@ -17,7 +23,7 @@ mod torchscript;
 use crate::error::{Error, Result, Status};
 pub use device::parse_device;
 pub use native::NativeLm;
-pub use options::{Dtype, LoadOptions};
+pub use options::{Dtype, LoadOptions, LoraInit, LoraOptions};
 use parking_lot::Mutex;
 use std::path::Path;
 use std::sync::Arc;
@@ -56,6 +62,31 @@ pub trait CausalLm: Send {
     /// that appears under several names (a tied output head) may be listed more than once:
     /// [`Model`] keeps the first name.
     fn named_parameters(&self) -> Vec<(String, Tensor)>;
+    /// Whether the parameter `name` of `named_parameters` is frozen: never trained, and absent
+    /// from the optimizer, checkpoints and reductions (the base model under LoRA adapters).
+    fn frozen(&self, name: &str) -> bool {
+        let _ = name;
+        false
+    }
+    /// Whether LoRA adapters sit on the model.
+    fn has_adapters(&self) -> bool {
+        false
+    }
+    /// Switches the adapters off (the forward then computes the base model) or back on. A
+    /// shared borrow: the trainer's anchor pass holds the policy as `&Model`.
+    fn set_adapters_enabled(&self, enabled: bool) {
+        let _ = enabled;
+    }
+    /// Writes the adapters as a PEFT adapter directory (adapter_config.json +
+    /// adapter_model.safetensors).
+    fn save_adapter(&self, dir: &Path) -> Result<()> {
+        let _ = dir;
+        Err(Error::unsupported(format!(
+            "{} has no LoRA adapters to save (only checkpoint directories loaded with the \
+             \"lora\" or \"adapter\" option have them)",
+            self.describe()
+        )))
+    }
     /// Train mode (dropout and the like active) or eval mode.
     fn set_train_mode(&mut self, train: bool);
     /// Logits, or final hidden states, for ids [B, T] (in range: [`Model`] checks).
@@ -116,8 +147,13 @@ pub trait CausalLm: Send {
 /// A loaded causal LM: the policy (trained in place) or a frozen reference or anchor copy.
 pub struct Model {
     lm: Box<dyn CausalLm>,
-    /// Each distinct parameter tensor once, under its first name (shared storage with `lm`).
+    /// Each distinct trainable parameter tensor once, under its first name (shared storage
+    /// with `lm`).
     params: Vec<(String, Tensor)>,
+    /// The frozen ones (the base under LoRA adapters), likewise.
+    frozen: Vec<(String, Tensor)>,
+    /// The dtype the network computes in (its first parameter's: the embedding).
+    kind: Kind,
     /// Train mode with gradients (the policy), or eval mode without (everything else).
     training: bool,
 }
@@ -158,13 +194,20 @@ impl Model {
 
     /// Wraps an implementation: eval mode, no gradients.
     pub fn from_lm(lm: Box<dyn CausalLm>) -> Result<Model> {
-        let params = distinct(lm.named_parameters());
-        if params.is_empty() {
+        let all = distinct(lm.named_parameters());
+        let Some(kind) = all.first().map(|(_, t)| t.kind()) else {
             return Err(model_error(format!("{} has no parameters", lm.describe())));
-        }
+        };
+        let (frozen, params): (Vec<_>, Vec<_>) = all.into_iter().partition(|(n, _)| lm.frozen(n));
+        let frozen = frozen
+            .into_iter()
+            .map(|(n, t)| (n, t.set_requires_grad(false)))
+            .collect();
         let mut model = Model {
             lm,
             params,
+            frozen,
+            kind,
             training: false,
         };
         model.set_trainable(false);
@@ -189,9 +232,39 @@ impl Model {
         self.lm.head(hidden)
     }
 
-    /// Writes a Hugging Face checkpoint directory (models loaded from one; see native/save.rs).
+    /// Writes a Hugging Face checkpoint directory (models loaded from one; see native/save.rs);
+    /// a model with LoRA adapters is written merged.
     pub fn save_pretrained(&self, dir: &Path) -> Result<()> {
         self.lm.save_pretrained(dir)
+    }
+
+    /// Writes the LoRA adapters as a PEFT adapter directory.
+    pub fn save_adapter(&self, dir: &Path) -> Result<()> {
+        self.lm.save_adapter(dir)
+    }
+
+    pub fn has_adapters(&self) -> bool {
+        self.lm.has_adapters()
+    }
+
+    /// Runs `f` on the base model, the LoRA adapters off for its duration (on again however it
+    /// ends): the fixed anchor of a LoRA policy, with no second copy of the weights.
+    pub fn with_adapters_off<T>(&self, f: impl FnOnce(&Model) -> Result<T>) -> Result<T> {
+        if !self.lm.has_adapters() {
+            return Err(Error::invalid(format!(
+                "{} has no LoRA adapters to switch off",
+                self.describe()
+            )));
+        }
+        struct BackOn<'a>(&'a dyn CausalLm);
+        impl Drop for BackOn<'_> {
+            fn drop(&mut self) {
+                self.0.set_adapters_enabled(true);
+            }
+        }
+        self.lm.set_adapters_enabled(false);
+        let _back_on = BackOn(self.lm.as_ref());
+        f(self)
     }
 
     /// An id outside the vocabulary would surface as an opaque libtorch index error.
@@ -223,21 +296,28 @@ impl Model {
     pub fn describe(&self) -> String {
         self.lm.describe()
     }
+    /// The trainable parameters (under LoRA: the adapters).
     pub fn params(&self) -> &[(String, Tensor)] {
         &self.params
     }
 
-    /// The dtype of the weights (of the first parameter).
-    pub fn kind(&self) -> Kind {
-        self.params[0].1.kind()
+    /// The frozen parameters (under LoRA: the base model; otherwise none).
+    pub fn frozen_params(&self) -> &[(String, Tensor)] {
+        &self.frozen
     }
 
-    /// Number of parameter values, all tensors together (a tied tensor once).
+    /// The dtype the network computes in (of its first parameter, the embedding; LoRA adapters
+    /// on a 16-bit base are float32).
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    /// Number of trainable parameter values, all tensors together (a tied tensor once).
     pub fn num_params(&self) -> usize {
         self.params.iter().map(|(_, p)| p.numel()).sum()
     }
 
-    /// Every parameter flattened, in the model's parameter order, as f64 on the host.
+    /// Every trainable parameter flattened, in the model's parameter order, as f64 on the host.
     pub fn flat_params(&self) -> Result<Vec<f64>> {
         let flat: Vec<Tensor> = self
             .params
@@ -249,7 +329,8 @@ impl Model {
         )?)
     }
 
-    /// Train mode with gradients on every parameter (the policy), or eval mode (the reference).
+    /// Train mode with gradients on every trainable parameter (the policy), or eval mode (the
+    /// reference).
     pub fn set_trainable(&mut self, trainable: bool) {
         self.training = trainable;
         self.lm.set_train_mode(trainable);
@@ -278,14 +359,15 @@ impl Model {
     }
 
     /// A frozen instance holding a copy of this model's current weights (the EMA and
-    /// KL-triggered anchors), made from memory.
+    /// KL-triggered anchors), made from memory. Under LoRA only the adapters are copied (the
+    /// frozen base is shared): the anchor moves with the adapters alone.
     pub fn frozen_copy(&self) -> Result<Model> {
         let mut copy = Model::from_lm(self.lm.duplicate()?)?;
         copy.copy_weights_from(self);
         Ok(copy)
     }
 
-    /// theta <- other's theta.
+    /// theta <- other's theta (the trainable parameters).
     pub fn copy_weights_from(&mut self, other: &Model) {
         tch::no_grad(|| {
             for ((_, mine), (_, theirs)) in self.params.iter_mut().zip(&other.params) {
@@ -294,7 +376,7 @@ impl Model {
         });
     }
 
-    /// theta <- alpha theta + (1 - alpha) other's theta.
+    /// theta <- alpha theta + (1 - alpha) other's theta (the trainable parameters).
     pub fn ema_towards(&mut self, other: &Model, alpha: f64) {
         tch::no_grad(|| {
             for ((_, mine), (_, theirs)) in self.params.iter_mut().zip(&other.params) {

@@ -200,6 +200,7 @@ def _declare(lib: ctypes.CDLL) -> None:
         "adpo_model_load": (st, [ctypes.c_char_p, ctypes.c_char_p, ctypes.POINTER(vp), _err_pp]),
         "adpo_model_load_options": (st, [ctypes.c_char_p, ctypes.c_char_p, ctypes.POINTER(vp), _err_pp]),
         "adpo_model_save": (st, [vp, ctypes.c_char_p, _err_pp]),
+        "adpo_model_save_adapter": (st, [vp, ctypes.c_char_p, _err_pp]),
         "adpo_model_vocab_size": (st, [vp, _i64_p, _err_pp]),
         "adpo_model_free": (None, [vp]),
         "adpo_batch_new": (
@@ -554,7 +555,7 @@ class _Handle:
 class Model(_Handle):
     """An adpo_model: a TorchScript file or a Hugging Face checkpoint directory, loaded by
     adpo_model_load (`device` None = cpu), or by adpo_model_load_options when `options` (dict or
-    JSON string: device, dtype) is given."""
+    JSON string: device, dtype, lora, adapter) is given."""
 
     _free = "adpo_model_free"
 
@@ -577,6 +578,12 @@ class Model(_Handle):
         err = ctypes.c_void_p()
         st = self._lib.adpo_model_save(self._h, str(directory).encode(), ctypes.byref(err))
         check(st, err, "adpo_model_save")
+
+    def save_adapter(self, directory) -> None:
+        """adpo_model_save_adapter: the LoRA adapters as a PEFT adapter directory."""
+        err = ctypes.c_void_p()
+        st = self._lib.adpo_model_save_adapter(self._h, str(directory).encode(), ctypes.byref(err))
+        check(st, err, "adpo_model_save_adapter")
 
     def vocab_size(self) -> int:
         out = ctypes.c_int64(-1)

@@ -32,7 +32,7 @@ export ADPOError, Objective, Model, Batch, Trainer, ObjectiveMetrics, TrainerMet
        evaluate, evaluate_tokens, evaluate_dlpack, dlpack_release, metrics, metrics_json,
        vocab_size, set_rewards!, set_targets!, set_old_logp!, set_anchor_logp!,
        token_ids, loss_mask, group_ids, step!, sequence_logp, save_checkpoint, load_checkpoint!,
-       num_params, use_mpi!, use_allreduce!, world, has_mpi, load_model, save_model, completion,
+       num_params, use_mpi!, use_allreduce!, world, has_mpi, load_model, save_model, save_adapter, completion,
        set_num_threads!, num_threads,
        Tokenizer, encode, encode_batch, decode, decode_batch, apply_chat_template, eos_ids,
        token_to_id, special_token
@@ -498,6 +498,20 @@ function save_model(m::Model, dir::AbstractString)
     st = ccall((:adpo_model_save, libadpo()), Int32, (Ptr{Cvoid}, Cstring, Ref{Ptr{Cvoid}}),
                m, _nul_free(dir, "dir"), err)
     _check(st, err, :adpo_model_save)
+    return nothing
+end
+
+"""
+    save_adapter(model, dir)
+
+Writes a LoRA policy's adapters as a PEFT adapter directory (adapter_config.json,
+adapter_model.safetensors) that `peft.PeftModel.from_pretrained(base, dir)` loads.
+"""
+function save_adapter(m::Model, dir::AbstractString)
+    err = _err()
+    st = ccall((:adpo_model_save_adapter, libadpo()), Int32, (Ptr{Cvoid}, Cstring, Ref{Ptr{Cvoid}}),
+               m, _nul_free(dir, "dir"), err)
+    _check(st, err, :adpo_model_save_adapter)
     return nothing
 end
 

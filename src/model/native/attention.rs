@@ -44,19 +44,21 @@ impl LayerCache<'_> {
 }
 
 impl Attention {
-    /// x [B, T, hidden]; cos, sin [B, 1, T, D]; mask [B, 1, T, K] (K = cached + T).
+    /// x [B, T, hidden]; rope (cos, sin) [B, 1, T, D]; mask [B, 1, T, K] (K = cached + T);
+    /// `adapters` false skips the projections' LoRA adapters.
     pub fn forward(
         &self,
         x: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
+        (cos, sin): &(Tensor, Tensor),
         mask: &Tensor,
         cache: Option<LayerCache>,
+        adapters: bool,
     ) -> Result<Tensor> {
         let (b, t) = (x.size()[0], x.size()[1]);
-        let q = self.split_heads(&self.q, x, self.heads, self.q_norm.as_ref())?;
-        let k = self.split_heads(&self.k, x, self.kv_heads, self.k_norm.as_ref())?;
-        let v = self.split_heads(&self.v, x, self.kv_heads, None)?;
+        let heads = |proj, n, norm| self.split_heads(proj, x, n, norm, adapters);
+        let q = heads(&self.q, self.heads, self.q_norm.as_ref())?;
+        let k = heads(&self.k, self.kv_heads, self.k_norm.as_ref())?;
+        let v = heads(&self.v, self.kv_heads, None)?;
         let q = rope::apply(&q, cos, sin)?;
         let k = rope::apply(&k, cos, sin)?;
         let (k, v) = match cache {
@@ -76,7 +78,7 @@ impl Attention {
         let out = out
             .f_transpose(1, 2)?
             .f_reshape([b, t, self.heads * self.head_dim])?;
-        self.o.forward(&out)
+        self.o.forward(&out, adapters)
     }
 
     /// [B, n, T, D] from a projection of x [B, T, hidden], per-head normed if asked.
@@ -86,9 +88,12 @@ impl Attention {
         x: &Tensor,
         n: i64,
         norm: Option<&Tensor>,
+        adapters: bool,
     ) -> Result<Tensor> {
         let (b, t) = (x.size()[0], x.size()[1]);
-        let h = proj.forward(x)?.f_view([b, t, n, self.head_dim])?;
+        let h = proj
+            .forward(x, adapters)?
+            .f_view([b, t, n, self.head_dim])?;
         let h = match norm {
             Some(weight) => rms_norm(&h, weight, self.eps)?,
             None => h,

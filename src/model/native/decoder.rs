@@ -1,11 +1,13 @@
 //! The decoder shared by every architecture (the differences are values: arch.rs, config.rs):
 //! token embedding; per layer x += attention(RMSNorm(x)), x += MLP(RMSNorm(x)) with the SwiGLU
 //! MLP down(silu(gate(h)) * up(h)); a final RMSNorm; the output head (`lm_head.weight`, or the
-//! embedding matrix when tied). No dropout anywhere.
+//! embedding matrix when tied). No dropout anywhere. LoRA adapters (lora.rs) may sit on the
+//! seven projections of each layer; `hidden` runs with them or, for the base model, without.
 
 use super::attention::{Attention, LayerCache};
 use super::config::Config;
 use super::layout;
+use super::lora::Adapter;
 use super::mask;
 use super::rope;
 use crate::error::{Error, Result, Status};
@@ -13,15 +15,21 @@ use crate::model::KvCache;
 use std::collections::HashMap;
 use tch::{Kind, Tensor};
 
-/// A projection y = x W^T + b.
+/// A projection y = x W^T + b, with a LoRA adapter or without.
 pub struct Linear {
     pub weight: Tensor,
     pub bias: Option<Tensor>,
+    pub lora: Option<Adapter>,
 }
 
 impl Linear {
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(x.f_linear(&self.weight, self.bias.as_ref())?)
+    /// `adapters` false: the base projection even where an adapter sits.
+    pub fn forward(&self, x: &Tensor, adapters: bool) -> Result<Tensor> {
+        let y = x.f_linear(&self.weight, self.bias.as_ref())?;
+        match (&self.lora, adapters) {
+            (Some(lora), true) => lora.add_to(x, y),
+            _ => Ok(y),
+        }
     }
 }
 
@@ -85,6 +93,7 @@ impl Tensors {
             } else {
                 None
             },
+            lora: None,
         })
     }
 
@@ -133,17 +142,50 @@ impl Layer {
         mask: &Tensor,
         cache: Option<LayerCache>,
         eps: f64,
+        adapters: bool,
     ) -> Result<Tensor> {
         let h = rms_norm(x, &self.input_norm, eps)?;
-        let x = x.f_add(&self.attention.forward(&h, &rope.0, &rope.1, mask, cache)?)?;
+        let attention = self.attention.forward(&h, rope, mask, cache, adapters)?;
+        let x = x.f_add(&attention)?;
         let h = rms_norm(&x, &self.post_norm, eps)?;
         let gated = self
             .mlp
             .gate
-            .forward(&h)?
+            .forward(&h, adapters)?
             .silu()
-            .f_mul(&self.mlp.up.forward(&h)?)?;
-        Ok(x.f_add(&self.mlp.down.forward(&gated)?)?)
+            .f_mul(&self.mlp.up.forward(&h, adapters)?)?;
+        Ok(x.f_add(&self.mlp.down.forward(&gated, adapters)?)?)
+    }
+
+    /// The seven projections under their module names (`model.layers.{i}.self_attn.q_proj`, ...).
+    fn projections_mut(&mut self, i: usize) -> [(String, &mut Linear); 7] {
+        let (a, m) = (&mut self.attention, &mut self.mlp);
+        let attn = |p: &str| format!("model.layers.{i}.self_attn.{p}");
+        let mlp = |p: &str| format!("model.layers.{i}.mlp.{p}");
+        [
+            (attn("q_proj"), &mut a.q),
+            (attn("k_proj"), &mut a.k),
+            (attn("v_proj"), &mut a.v),
+            (attn("o_proj"), &mut a.o),
+            (mlp("gate_proj"), &mut m.gate),
+            (mlp("up_proj"), &mut m.up),
+            (mlp("down_proj"), &mut m.down),
+        ]
+    }
+
+    fn projections(&self, i: usize) -> [(String, &Linear); 7] {
+        let (a, m) = (&self.attention, &self.mlp);
+        let attn = |p: &str| format!("model.layers.{i}.self_attn.{p}");
+        let mlp = |p: &str| format!("model.layers.{i}.mlp.{p}");
+        [
+            (attn("q_proj"), &a.q),
+            (attn("k_proj"), &a.k),
+            (attn("v_proj"), &a.v),
+            (attn("o_proj"), &a.o),
+            (mlp("gate_proj"), &m.gate),
+            (mlp("up_proj"), &m.up),
+            (mlp("down_proj"), &m.down),
+        ]
     }
 }
 
@@ -181,13 +223,57 @@ impl Decoder {
         &self.embed
     }
 
+    /// Every linear projection under its module name, in module order.
+    pub fn projections(&self) -> Vec<(String, &Linear)> {
+        let layers = self.layers.iter().enumerate();
+        layers.flat_map(|(i, l)| l.projections(i)).collect()
+    }
+
+    pub fn projections_mut(&mut self) -> Vec<(String, &mut Linear)> {
+        let layers = self.layers.iter_mut().enumerate();
+        layers.flat_map(|(i, l)| l.projections_mut(i)).collect()
+    }
+
+    /// The adapters' A and B under `MODULE.lora_A.weight`, `MODULE.lora_B.weight`, in module
+    /// order (PEFT's, less its `base_model.model.` prefix); shared storage.
+    pub fn adapter_params(&self) -> Vec<(String, Tensor)> {
+        let mut out = Vec::new();
+        for (module, linear) in self.projections() {
+            if let Some(lora) = &linear.lora {
+                out.push((format!("{module}.lora_A.weight"), lora.a.shallow_clone()));
+                out.push((format!("{module}.lora_B.weight"), lora.b.shallow_clone()));
+            }
+        }
+        out
+    }
+
+    /// The checkpoint parameters with every adapted projection's weight merged (W + s B A).
+    pub fn merged_params(&self) -> Result<Vec<(String, Tensor)>> {
+        let merged = self
+            .projections()
+            .into_iter()
+            .filter_map(|(module, l)| l.lora.as_ref().map(|a| (module, a, &l.weight)))
+            .map(|(module, a, w)| Ok((format!("{module}.weight"), tch::no_grad(|| a.merged(w))?)))
+            .collect::<Result<HashMap<String, Tensor>>>()?;
+        Ok(self
+            .params
+            .iter()
+            .map(|(n, t)| match merged.get(n) {
+                Some(m) => (n.clone(), m.shallow_clone()),
+                None => (n.clone(), t.shallow_clone()),
+            })
+            .collect())
+    }
+
     /// Final hidden states [B, t, hidden] (after the final norm) of ids [B, t], the columns
     /// after the `cache.len` cached ones; `mask` [B, cache.len + t]. Appends to the cache.
+    /// `adapters` false runs the base model (LoRA adapters skipped).
     pub fn hidden(
         &self,
         ids: &Tensor,
         mask: &Tensor,
         cache: Option<&mut KvCache>,
+        adapters: bool,
     ) -> Result<Tensor> {
         let mut cache = cache;
         let past = cache.as_ref().map_or(0, |c| c.len);
@@ -201,7 +287,7 @@ impl Decoder {
                 values: &mut c.values[i],
                 len: past,
             });
-            x = layer.forward(&x, &rope, &attention_mask, layer_cache, self.eps)?;
+            x = layer.forward(&x, &rope, &attention_mask, layer_cache, self.eps, adapters)?;
         }
         if let Some(c) = cache {
             c.len += ids.size()[1];

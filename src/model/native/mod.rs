@@ -7,8 +7,13 @@
 //! Files: arch.rs (what distinguishes architectures) and one file per architecture;
 //! config.rs (config.json, validated); layout.rs (parameter names and shapes); weights.rs
 //! (safetensors reading); rope.rs, mask.rs, attention.rs, decoder.rs (the network); save.rs
-//! (writing a checkpoint directory back); generation.rs (EOS ids).
+//! (writing a checkpoint directory back); generation.rs (EOS ids). LoRA: lora.rs (one
+//! adapter), lora_targets.rs (PEFT's target_modules matching), adapters.rs (attaching and
+//! copying them), peft.rs (PEFT adapter directories).
+//!
+//! With adapters, the base tensors are frozen (`CausalLm::frozen`): only the adapters train.
 
+mod adapters;
 mod arch;
 mod attention;
 mod config;
@@ -16,20 +21,25 @@ mod decoder;
 mod generation;
 mod layout;
 mod llama;
+mod lora;
+mod lora_targets;
 mod mask;
 mod mistral;
+mod peft;
 mod qwen2;
 mod qwen3;
 mod rope;
 mod save;
 mod weights;
 
+use super::options::{LoadOptions, LoraOptions};
 use super::{CausalLm, Forward, KvCache};
 use crate::error::{Error, Result};
 pub use config::{parse_dtype, Config};
 use decoder::Decoder;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use tch::{Device, Kind, Tensor};
 
 /// A Llama, Mistral, Qwen2 or Qwen3 causal LM loaded from a checkpoint directory.
@@ -41,6 +51,10 @@ pub struct NativeLm {
     eos_ids: Vec<i64>,
     decoder: Decoder,
     device: Device,
+    /// The LoRA adapters' options (r, alpha, targets), when the model has adapters.
+    lora: Option<LoraOptions>,
+    /// Off while the base model runs (the fixed anchor of a LoRA policy).
+    adapters_on: AtomicBool,
 }
 
 impl NativeLm {
@@ -55,6 +69,7 @@ impl NativeLm {
         let expected = weights::Expected {
             shapes: &shapes,
             tolerated: &tolerated,
+            source: "this model's config.json",
         };
         let (tensors, _) =
             tch::no_grad(|| weights::read(dir, &expected, kind.or(config.dtype), device))?;
@@ -66,7 +81,26 @@ impl NativeLm {
             config_json,
             decoder,
             device,
+            lora: None,
+            adapters_on: AtomicBool::new(true),
         })
+    }
+
+    /// [`NativeLm::load`] with the options' dtype and device, then the LoRA adapters they ask
+    /// for (fresh, or a PEFT adapter directory's).
+    pub fn open(dir: &Path, options: &LoadOptions) -> Result<NativeLm> {
+        let mut lm = NativeLm::load(dir, options.dtype.kind(), options.device)?;
+        lm.lora = adapters::attach(&mut lm.decoder, &lm.config, options)?;
+        Ok(lm)
+    }
+
+    /// The LoRA options of the model's adapters (None: no adapters).
+    pub fn lora(&self) -> Option<&LoraOptions> {
+        self.lora.as_ref()
+    }
+
+    fn adapters_on(&self) -> bool {
+        self.adapters_on.load(Ordering::Relaxed)
     }
 
     pub fn config(&self) -> &Config {
@@ -114,11 +148,28 @@ impl CausalLm for NativeLm {
         self.device
     }
 
+    /// The checkpoint's parameters, then the adapters' (`MODULE.lora_A.weight`, ...).
     fn named_parameters(&self) -> Vec<(String, Tensor)> {
         let params = self.decoder.params().iter();
-        params
+        let mut all: Vec<(String, Tensor)> = params
             .map(|(n, t)| (n.clone(), t.shallow_clone()))
-            .collect()
+            .collect();
+        all.extend(self.decoder.adapter_params());
+        all
+    }
+
+    /// Under adapters, everything but the adapters.
+    fn frozen(&self, name: &str) -> bool {
+        self.lora.is_some()
+            && !(name.ends_with(".lora_A.weight") || name.ends_with(".lora_B.weight"))
+    }
+
+    fn has_adapters(&self) -> bool {
+        self.lora.is_some()
+    }
+
+    fn set_adapters_enabled(&self, enabled: bool) {
+        self.adapters_on.store(enabled, Ordering::Relaxed);
     }
 
     /// These architectures have no dropout (a config with attention_dropout > 0 is refused at
@@ -131,35 +182,62 @@ impl CausalLm for NativeLm {
             ids.to_device(self.device),
             attention_mask.to_device(self.device),
         );
-        Ok(Forward::Hidden(self.decoder.hidden(&ids, &mask, None)?))
+        let adapters = self.adapters_on();
+        Ok(Forward::Hidden(
+            self.decoder.hidden(&ids, &mask, None, adapters)?,
+        ))
     }
 
     fn head(&self, hidden: &Tensor) -> Result<Tensor> {
         self.decoder.head(hidden)
     }
 
-    /// A copy of every parameter tensor in memory (tying kept), the same config.
+    /// A copy of every parameter tensor in memory (tying kept), the same config. Under
+    /// adapters, only the adapters are copied: the frozen base is shared by storage.
     fn duplicate(&self) -> Result<Box<dyn CausalLm>> {
-        let tensors: HashMap<String, Tensor> = tch::no_grad(|| {
-            let params = self.decoder.params().iter();
-            params
-                .map(|(n, t)| (n.clone(), t.detach().copy()))
-                .collect()
-        });
+        let decoder = match self.lora {
+            Some(_) => adapters::share_base(&self.decoder, &self.config)?,
+            None => {
+                let tensors: HashMap<String, Tensor> = tch::no_grad(|| {
+                    let params = self.decoder.params().iter();
+                    params
+                        .map(|(n, t)| (n.clone(), t.detach().copy()))
+                        .collect()
+                });
+                Decoder::new(&self.config, tensors)?
+            }
+        };
         Ok(Box::new(NativeLm {
             dir: self.dir.clone(),
             config: self.config.clone(),
             config_json: self.config_json.clone(),
             eos_ids: self.eos_ids.clone(),
-            decoder: Decoder::new(&self.config, tensors)?,
+            decoder,
             device: self.device,
+            lora: self.lora.clone(),
+            adapters_on: AtomicBool::new(true),
         }))
     }
 
+    /// Under adapters, the merged model (W + scaling B A on every adapted projection).
     fn save_pretrained(&self, dir: &Path) -> Result<()> {
         let kind = self.decoder.embedding().kind();
         let config = save::config_json(&self.config_json, kind)?;
-        save::save(dir, &config, self.decoder.params(), &self.dir)
+        match self.lora {
+            Some(_) => save::save(dir, &config, &self.decoder.merged_params()?, &self.dir),
+            None => save::save(dir, &config, self.decoder.params(), &self.dir),
+        }
+    }
+
+    fn save_adapter(&self, dir: &Path) -> Result<()> {
+        match &self.lora {
+            Some(lora) => peft::write(dir, lora, &self.dir, &self.decoder.adapter_params()),
+            None => Err(Error::unsupported(format!(
+                "{} has no LoRA adapters to save (load it with the \"lora\" or \"adapter\" \
+                 option)",
+                self.describe()
+            ))),
+        }
     }
 
     /// Per layer, keys and values [rows, num_key_value_heads, capacity, head_dim] (the KV
@@ -210,11 +288,13 @@ impl CausalLm for NativeLm {
             ids.to_device(self.device),
             attention_mask.to_device(self.device),
         );
+        let adapters = self.adapters_on();
         tch::no_grad(|| {
             Ok(Forward::Hidden(self.decoder.hidden(
                 &ids,
                 &mask,
                 Some(cache),
+                adapters,
             )?))
         })
     }

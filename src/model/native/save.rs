@@ -29,7 +29,7 @@ fn travels(file: &str) -> bool {
         .contains(&file)
 }
 
-fn io_error(what: &str, path: &Path, e: impl std::fmt::Display) -> Error {
+pub(super) fn io_error(what: &str, path: &Path, e: impl std::fmt::Display) -> Error {
     Error::new(Status::Io, format!("cannot {what} {}: {e}", path.display()))
 }
 
@@ -92,24 +92,28 @@ pub fn config_json(loaded: &str, kind: Kind) -> Result<String> {
         .map_err(|e| Error::new(Status::Model, format!("config.json: {e}")))
 }
 
-fn write_contents(
-    tmp: &Path,
-    config: &str,
-    params: &[(String, Tensor)],
-    source: &Path,
-) -> Result<()> {
-    std::fs::create_dir(tmp).map_err(|e| io_error("create", tmp, e))?;
-    let config_path = tmp.join("config.json");
-    std::fs::write(&config_path, config).map_err(|e| io_error("write", &config_path, e))?;
+/// A safetensors file of `params` under their names, metadata {"format": "pt"} (what
+/// transformers and PEFT write).
+pub fn write_safetensors(file: &Path, params: &[(String, Tensor)]) -> Result<()> {
     let host = params
         .iter()
         .map(|(n, t)| Ok((n.clone(), host_tensor(n, t)?)))
         .collect::<Result<Vec<_>>>()?;
     let views = host.iter().map(|(n, t)| (n.as_str(), t));
     let metadata = Some(HashMap::from([("format".to_string(), "pt".to_string())]));
-    let weights = tmp.join(SINGLE);
-    safetensors::tensor::serialize_to_file(views, &metadata, &weights)
-        .map_err(|e| io_error("write", &weights, e))?;
+    safetensors::tensor::serialize_to_file(views, &metadata, file)
+        .map_err(|e| io_error("write", file, e))
+}
+
+fn write_contents(
+    tmp: &Path,
+    config: &str,
+    params: &[(String, Tensor)],
+    source: &Path,
+) -> Result<()> {
+    let config_path = tmp.join("config.json");
+    std::fs::write(&config_path, config).map_err(|e| io_error("write", &config_path, e))?;
+    write_safetensors(&tmp.join(SINGLE), params)?;
     if let Ok(entries) = std::fs::read_dir(source) {
         for entry in entries.flatten() {
             let file = entry.file_name().to_string_lossy().into_owned();
@@ -133,6 +137,12 @@ fn sibling(dir: &Path, tag: &str) -> Result<PathBuf> {
 
 /// Writes the checkpoint into `dir` (see the module doc).
 pub fn save(dir: &Path, config: &str, params: &[(String, Tensor)], source: &Path) -> Result<()> {
+    replace_dir(dir, |tmp| write_contents(tmp, config, params, source))
+}
+
+/// Makes `dir` what `write` puts into an empty temporary sibling directory, renamed into
+/// place only when `write` succeeded (an existing `dir` is replaced).
+pub fn replace_dir(dir: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     if dir.exists() && !dir.is_dir() {
         return Err(Error::invalid(format!(
             "{} exists and is not a directory",
@@ -141,7 +151,10 @@ pub fn save(dir: &Path, config: &str, params: &[(String, Tensor)], source: &Path
     }
     let tmp = sibling(dir, "tmp")?;
     let _ = std::fs::remove_dir_all(&tmp);
-    if let Err(e) = write_contents(&tmp, config, params, source) {
+    let written = std::fs::create_dir(&tmp)
+        .map_err(|e| io_error("create", &tmp, e))
+        .and_then(|_| write(&tmp));
+    if let Err(e) = written {
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(e);
     }

@@ -60,11 +60,13 @@ fn files(dir: &Path) -> Result<Files> {
     )))
 }
 
-/// What the model expects: each tensor's shape by checkpoint name, and which other names a
-/// checkpoint may carry without them being used (a tied `lm_head.weight`, RoPE buffers).
+/// What the model expects: each tensor's shape by checkpoint name, which other names a
+/// checkpoint may carry without them being used (a tied `lm_head.weight`, RoPE buffers), and
+/// what the shapes come from, for messages ("this model's config.json").
 pub struct Expected<'a> {
     pub shapes: &'a [(String, Vec<i64>)],
     pub tolerated: &'a dyn Fn(&str) -> bool,
+    pub source: &'a str,
 }
 
 /// The tensors of the checkpoint in `dir`, by name, converted to `kind` (None: the stored dtype
@@ -75,7 +77,30 @@ pub fn read(
     kind: Option<Kind>,
     device: Device,
 ) -> Result<(HashMap<String, Tensor>, Kind)> {
-    let files = files(dir)?;
+    read_files(dir, files(dir)?, expected, kind, device)
+}
+
+/// [`read`] of one safetensors file (a PEFT adapter's).
+pub fn read_file(
+    file: &Path,
+    expected: &Expected,
+    kind: Option<Kind>,
+    device: Device,
+) -> Result<(HashMap<String, Tensor>, Kind)> {
+    let files = Files {
+        shards: vec![file.to_path_buf()],
+        index: None,
+    };
+    read_files(file, files, expected, kind, device)
+}
+
+fn read_files(
+    dir: &Path,
+    files: Files,
+    expected: &Expected,
+    kind: Option<Kind>,
+    device: Device,
+) -> Result<(HashMap<String, Tensor>, Kind)> {
     let shapes: HashMap<&str, &Vec<i64>> = expected
         .shapes
         .iter()
@@ -100,8 +125,9 @@ pub fn read(
                     continue;
                 }
                 return Err(ckpt_error(format!(
-                    "{}: unexpected tensor {name} (not a parameter of this model's config.json)",
-                    shard.display()
+                    "{}: unexpected tensor {name} (not a parameter of {})",
+                    shard.display(),
+                    expected.source
                 )));
             };
             if out.contains_key(&name) {
@@ -110,7 +136,15 @@ pub fn read(
                     shard.display()
                 )));
             }
-            let tensor = convert(&name, shard, &view, shape, &mut kind, device)?;
+            let tensor = convert(
+                &name,
+                shard,
+                &view,
+                shape,
+                expected.source,
+                &mut kind,
+                device,
+            )?;
             out.insert(name, tensor);
         }
     }
@@ -169,13 +203,14 @@ fn convert(
     shard: &Path,
     view: &TensorView,
     shape: &[i64],
+    source: &str,
     kind: &mut Option<Kind>,
     device: Device,
 ) -> Result<Tensor> {
     let stored: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
     if stored != shape {
         return Err(ckpt_error(format!(
-            "{}: tensor {name} has shape {stored:?}; this model's config.json needs {shape:?}",
+            "{}: tensor {name} has shape {stored:?}; {source} needs {shape:?}",
             shard.display()
         )));
     }
