@@ -663,6 +663,13 @@ public:
         return Model(raw);
     }
 
+    /// Writes a LoRA policy's adapters as a PEFT adapter directory `dir` (adapter_config.json,
+    /// adapter_model.safetensors) that peft.PeftModel.from_pretrained(base, dir) loads.
+    void save_adapter(const std::string &dir) const {
+        const char *d = detail::c_str(dir, "dir");
+        detail::call([&](adpo_error **err) { return adpo_model_save_adapter(get(), d, err); });
+    }
+
     /// Writes the model with its current weights as a Hugging Face checkpoint directory `dir`
     /// (checkpoint directories only; a TorchScript model throws ADPO_STATUS_UNSUPPORTED).
     void save(const std::string &dir) const {

@@ -178,11 +178,11 @@ impl Default for ObjectiveConfig {
     }
 }
 
-/// Keys whose value is an array of numbers (`optimizer.betas`, sampling's `eos_id`), or of
-/// arrays of numbers (sampling's `stop_sequences`). Nowhere else: serde would read a struct or a
+/// Keys whose value is an array of scalars (`optimizer.betas`, sampling's `eos_id`, LoRA's
+/// `target_modules`), or of arrays of numbers (sampling's `stop_sequences`). Nowhere else: serde would read a struct or a
 /// tagged variant from an array of its fields in order (`["pairwise", 2.0]`,
 /// `{"anchor": ["ema", 0.5]}`), which is never what a caller meant.
-const ARRAY_KEYS: [&str; 2] = ["betas", "eos_id"];
+const ARRAY_KEYS: [&str; 3] = ["betas", "eos_id", "target_modules"];
 const NESTED_ARRAY_KEYS: [&str; 1] = ["stop_sequences"];
 
 fn numbers(items: &[Value]) -> bool {
@@ -210,7 +210,7 @@ fn objects_only(what: &str, key: &str, value: &Value) -> Result<()> {
         Value::Array(items) if ARRAY_KEYS.contains(&key) => {
             if !numbers(items) {
                 return Err(Error::config(format!(
-                    "{what} config: `{key}` must be an array of numbers"
+                    "{what} config: `{key}` must be an array of numbers or strings"
                 )));
             }
             Ok(())

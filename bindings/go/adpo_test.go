@@ -989,3 +989,25 @@ func TestNumThreads(t *testing.T) {
 		t.Fatalf("a refused count changed the setting to %d", NumThreads())
 	}
 }
+
+func TestLoRAAdapterSaves(t *testing.T) {
+	dir := fixture(t, filepath.Join("hf", "qwen3_gqa2_headdim16_tied"))
+	m, err := LoadModelOptions(dir, `{"lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]}}`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	out := filepath.Join(t.TempDir(), "adapter")
+	if err := m.SaveAdapter(out); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(out, "adapter_config.json")); err != nil {
+		t.Fatal(err)
+	}
+	full, err := LoadModelOptions(dir, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer full.Close()
+	wantStatus(t, full.SaveAdapter(out+"2"), StatusUnsupported)
+}

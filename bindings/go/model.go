@@ -73,6 +73,20 @@ func (m *Model) Save(dir string) error {
 	return check(C.adpo_model_save(p, cdir, &cerr), cerr)
 }
 
+// SaveAdapter writes a LoRA policy's adapters as a PEFT adapter directory that
+// peft.PeftModel.from_pretrained(base, dir) loads.
+func (m *Model) SaveAdapter(dir string) error {
+	p, err := m.acquire()
+	if err != nil {
+		return err
+	}
+	defer m.release()
+	cdir := C.CString(dir)
+	defer freeCString(cdir)
+	var cerr *C.adpo_error
+	return check(C.adpo_model_save_adapter(p, cdir, &cerr), cerr)
+}
+
 // Close frees the model handle. It is safe to call more than once and from any goroutine.
 func (m *Model) Close() error {
 	if m == nil {

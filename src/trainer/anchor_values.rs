@@ -54,39 +54,38 @@ impl Trainer {
         }
         let device = policy.device();
         let reference = self.reference.as_ref().map(|r| r.lock());
-        let anchor = match (&batch.anchor_logp, &self.cfg.anchor) {
-            (Some(s), _) => self.supplied_seq(s, batch, device, kind),
-            (None, AnchorConfig::Fixed {}) => match &reference {
-                Some(r) => self
-                    .reduce(&self.tokens_no_grad(r, batch)?, batch, device)
-                    .to_kind(kind),
-                // A LoRA policy's base is the reference: the same weights, adapters off.
-                None if policy.has_adapters() => policy
-                    .with_adapters_off(|base| self.tokens_no_grad(base, batch))
-                    .map(|tok| self.reduce(&tok, batch, device).to_kind(kind))?,
-                None => {
-                    return Err(Error::invalid(
+        let anchor =
+            match (&batch.anchor_logp, &self.cfg.anchor) {
+                (Some(s), _) => self.supplied_seq(s, batch, device, kind),
+                (None, AnchorConfig::Fixed {}) => match &reference {
+                    Some(r) => self
+                        .reduce(&self.tokens_no_grad(r, batch)?, batch, device)
+                        .to_kind(kind),
+                    // A LoRA policy's base is the reference: the same weights, adapters off.
+                    None if policy.has_adapters() => policy
+                        .with_adapters_off(|base| self.tokens_no_grad(base, batch))
+                        .map(|tok| self.reduce(&tok, batch, device).to_kind(kind))?,
+                    None => return Err(Error::invalid(
                         "anchor mode fixed needs a reference model or the batch's anchor_logp: \
                          this trainer was created without a reference (and the policy has no \
                          LoRA adapters, whose base would be the reference), so every batch must \
                          carry anchor_logp (adpo_batch_set_anchor_logp), and this one does not",
-                    ))
+                    )),
+                },
+                (None, AnchorConfig::OnPolicy {}) => match &batch.old_logp {
+                    Some(s) => self.supplied_seq(s, batch, device, kind),
+                    None => self.reduce(&self.tokens_no_grad(policy, batch)?, batch, device),
+                },
+                (None, AnchorConfig::Ema { .. } | AnchorConfig::KlTriggered { .. }) => {
+                    let copy = self
+                        .anchor
+                        .copy
+                        .as_ref()
+                        .expect("ema/kl anchors keep a copy");
+                    self.reduce(&self.tokens_no_grad(copy, batch)?, batch, device)
+                        .to_kind(kind)
                 }
-            },
-            (None, AnchorConfig::OnPolicy {}) => match &batch.old_logp {
-                Some(s) => self.supplied_seq(s, batch, device, kind),
-                None => self.reduce(&self.tokens_no_grad(policy, batch)?, batch, device),
-            },
-            (None, AnchorConfig::Ema { .. } | AnchorConfig::KlTriggered { .. }) => {
-                let copy = self
-                    .anchor
-                    .copy
-                    .as_ref()
-                    .expect("ema/kl anchors keep a copy");
-                self.reduce(&self.tokens_no_grad(copy, batch)?, batch, device)
-                    .to_kind(kind)
-            }
-        };
+            };
         let entropy = match self.objective.config().adaptive_tau {
             Some(AdaptiveTau::SmoothHybrid { .. }) => {
                 Some(self.entropy_no_grad(policy, batch)?.to_kind(kind))

@@ -685,6 +685,17 @@ TEST(Model, LoadErrorsAreModelErrors) {
     EXPECT_TRUE(Throws([&] { adpo::Model m(missing); }, ADPO_STATUS_MODEL, "does_not_exist.pt"));
 }
 
+TEST(Model, LoraAdapterSaves) {
+    FIXTURE(dir, "hf/qwen3_gqa2_headdim16_tied");
+    const adpo::Model lora =
+        adpo::Model::load_options(dir, R"({"lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]}})");
+    TempDir tmp;
+    lora.save_adapter((tmp.path / "adapter").string());
+    EXPECT_TRUE(fs::exists(tmp.path / "adapter" / "adapter_config.json"));
+    const adpo::Model full(dir);
+    EXPECT_TRUE(Throws([&] { full.save_adapter((tmp.path / "x").string()); }, ADPO_STATUS_UNSUPPORTED));
+}
+
 TEST(Runtime, ThreadCountIsSetReadAndChecked) {
     const std::int32_t before = adpo::num_threads();
     ASSERT_GE(before, 1);
