@@ -192,7 +192,9 @@ def test_listwise_sgd_steps_with_the_base_as_anchor_equal_pytorch_peft(tmp_path,
     for i, b in enumerate(batches):
         m = tr.step(to_adpo(b))
         tr.save(tmp_path / f"w{i}.safetensors")
-        ours.append((m, load_file(str(tmp_path / f"w{i}.safetensors"))))
+        # One checkpoint file: the weights under their names, the trainer state under __adpo__.
+        everything = load_file(str(tmp_path / f"w{i}.safetensors"))
+        ours.append((m, {k: v for k, v in everything.items() if not k.startswith("__adpo__.")}))
     model = peft_model(name, adapter, dtype, trainable=True).train()
     ref = R.ReferenceTrainer(LoraPolicy(model), BaseOf(model), cfg)
     w0 = {peft_name(k): v.detach().clone() for k, v in ref.policy.named_parameters()}
