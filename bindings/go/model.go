@@ -21,16 +21,23 @@ type Model struct {
 // (or ""), "cuda" or "cuda:N". A missing file or a model that breaks the contract is a
 // StatusModel error.
 func LoadModel(path, device string) (*Model, error) {
+	return loadWith(path, device, func(p, arg *C.char, out **C.adpo_model, cerr **C.adpo_error) C.adpo_status {
+		return C.adpo_model_load(p, arg, out, cerr)
+	})
+}
+
+// loadWith calls one of the two C loaders with the path and its second string ("" = NULL).
+func loadWith(path, arg string, call func(p, arg *C.char, out **C.adpo_model, cerr **C.adpo_error) C.adpo_status) (*Model, error) {
 	if abiErr != nil {
 		return nil, abiErr
 	}
 	cpath := C.CString(path)
 	defer freeCString(cpath)
-	cdev := cString(device, true)
-	defer freeCString(cdev)
+	carg := cString(arg, true)
+	defer freeCString(carg)
 	var out *C.adpo_model
 	var cerr *C.adpo_error
-	if err := check(C.adpo_model_load(cpath, cdev, &out, &cerr), cerr); err != nil {
+	if err := check(call(cpath, carg, &out, &cerr), cerr); err != nil {
 		return nil, err
 	}
 	m := &Model{h: handle[*C.adpo_model]{ptr: out}}
@@ -42,40 +49,29 @@ func LoadModel(path, device string) (*Model, error) {
 // llama, mistral, qwen2, qwen3) or a TorchScript file, with options as JSON, e.g.
 // `{"device": "cuda:0", "dtype": "bfloat16"}` ("" = defaults: cpu, the checkpoint's dtype).
 func LoadModelOptions(path, optionsJSON string) (*Model, error) {
-	if abiErr != nil {
-		return nil, abiErr
-	}
-	cpath := C.CString(path)
-	defer freeCString(cpath)
-	copts := cString(optionsJSON, true)
-	defer freeCString(copts)
-	var out *C.adpo_model
-	var cerr *C.adpo_error
-	if err := check(C.adpo_model_load_options(cpath, copts, &out, &cerr), cerr); err != nil {
-		return nil, err
-	}
-	m := &Model{h: handle[*C.adpo_model]{ptr: out}}
-	runtime.SetFinalizer(m, (*Model).Close)
-	return m, nil
+	return loadWith(path, optionsJSON, func(p, arg *C.char, out **C.adpo_model, cerr **C.adpo_error) C.adpo_status {
+		return C.adpo_model_load_options(p, arg, out, cerr)
+	})
 }
 
 // Save writes the model with its current weights as a Hugging Face checkpoint directory that
 // transformers' from_pretrained and LoadModel read (checkpoint-directory models only).
 func (m *Model) Save(dir string) error {
-	p, err := m.acquire()
-	if err != nil {
-		return err
-	}
-	defer m.release()
-	cdir := C.CString(dir)
-	defer freeCString(cdir)
-	var cerr *C.adpo_error
-	return check(C.adpo_model_save(p, cdir, &cerr), cerr)
+	return m.withDir(dir, func(p *C.adpo_model, cdir *C.char, cerr **C.adpo_error) C.adpo_status {
+		return C.adpo_model_save(p, cdir, cerr)
+	})
 }
 
 // SaveAdapter writes a LoRA policy's adapters as a PEFT adapter directory that
 // peft.PeftModel.from_pretrained(base, dir) loads.
 func (m *Model) SaveAdapter(dir string) error {
+	return m.withDir(dir, func(p *C.adpo_model, cdir *C.char, cerr **C.adpo_error) C.adpo_status {
+		return C.adpo_model_save_adapter(p, cdir, cerr)
+	})
+}
+
+// withDir runs a C call that takes the model and a directory path.
+func (m *Model) withDir(dir string, call func(p *C.adpo_model, cdir *C.char, cerr **C.adpo_error) C.adpo_status) error {
 	p, err := m.acquire()
 	if err != nil {
 		return err
@@ -84,7 +80,7 @@ func (m *Model) SaveAdapter(dir string) error {
 	cdir := C.CString(dir)
 	defer freeCString(cdir)
 	var cerr *C.adpo_error
-	return check(C.adpo_model_save_adapter(p, cdir, &cerr), cerr)
+	return check(call(p, cdir, &cerr), cerr)
 }
 
 // Close frees the model handle. It is safe to call more than once and from any goroutine.
