@@ -24,7 +24,7 @@ use crate::error::{Error, Result, Status};
 pub use device::parse_device;
 pub use native::NativeLm;
 pub use options::{Dtype, LoadOptions, LoraInit, LoraOptions};
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard};
 use std::path::Path;
 use std::sync::Arc;
 use tch::{Device, Kind, Tensor};
@@ -32,6 +32,27 @@ pub use torchscript::TorchScriptLm;
 
 /// A model shared between its C handle and the trainers that use it.
 pub type SharedModel = Arc<Mutex<Model>>;
+
+/// Locks a policy and its reference (if any) in one global order, by address: two trainers
+/// whose models are each other's reference (policy A with reference B, policy B with
+/// reference A) stepping in two threads would otherwise each hold one lock and wait for the
+/// other forever.
+pub fn lock_in_order<'a>(
+    policy: &'a SharedModel,
+    reference: Option<&'a SharedModel>,
+) -> (MutexGuard<'a, Model>, Option<MutexGuard<'a, Model>>) {
+    match reference {
+        Some(r) if (Arc::as_ptr(r) as usize) < (Arc::as_ptr(policy) as usize) => {
+            let r = r.lock();
+            (policy.lock(), Some(r))
+        }
+        Some(r) => {
+            let p = policy.lock();
+            (p, Some(r.lock()))
+        }
+        None => (policy.lock(), None),
+    }
+}
 
 /// What a forward pass gives.
 #[derive(Debug)]

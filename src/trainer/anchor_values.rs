@@ -46,20 +46,25 @@ impl Trainer {
         }
     }
 
-    /// The anchor (or GRPO old/reference) values of this step.
-    pub(super) fn anchor_values(&self, policy: &Model, batch: &Batch) -> Result<Held> {
+    /// The anchor (or GRPO old/reference) values of this step. `reference` is the locked
+    /// reference handle, if the trainer has one.
+    pub(super) fn anchor_values(
+        &self,
+        policy: &Model,
+        reference: Option<&mut Model>,
+        batch: &Batch,
+    ) -> Result<Held> {
         let kind = Self::compute_kind(policy);
         if self.objective.level() == Level::Tokens {
-            return self.token_values(policy, batch, kind);
+            return self.token_values(policy, reference, batch, kind);
         }
         let device = policy.device();
-        let reference = self.reference.as_ref().map(|r| r.lock());
         let anchor =
             match (&batch.anchor_logp, &self.cfg.anchor) {
                 (Some(s), _) => self.supplied_seq(s, batch, device, kind),
-                (None, AnchorConfig::Fixed {}) => match &reference {
+                (None, AnchorConfig::Fixed {}) => match reference {
                     Some(r) => self
-                        .reduce(&self.tokens_no_grad(r, batch)?, batch, device)
+                        .reduce(&self.reference_tokens(r, batch)?, batch, device)
                         .to_kind(kind),
                     // A LoRA policy's base is the reference: the same weights, adapters off.
                     None if policy.has_adapters() => policy
@@ -95,8 +100,21 @@ impl Trainer {
         Ok(Held::Sequence { anchor, entropy })
     }
 
+    /// Token log-probs under the reference, in eval mode (no dropout) whatever mode it is in:
+    /// a reference handle may be another trainer's policy, which keeps training (it is never
+    /// frozen by being a reference).
+    fn reference_tokens(&self, reference: &mut Model, batch: &Batch) -> Result<Tensor> {
+        reference.in_eval_mode(|r| self.tokens_no_grad(r, batch))
+    }
+
     /// GRPO: the old token log-probs (supplied, or the policy's now) and the reference's.
-    fn token_values(&self, policy: &Model, batch: &Batch, kind: Kind) -> Result<Held> {
+    fn token_values(
+        &self,
+        policy: &Model,
+        reference: Option<&mut Model>,
+        batch: &Batch,
+        kind: Kind,
+    ) -> Result<Held> {
         let device = policy.device();
         let old = match &batch.old_logp {
             Some(SuppliedLogp::Tokens(t)) => t.to_device(device).to_kind(kind),
@@ -108,8 +126,8 @@ impl Trainer {
             }
             None => self.tokens_no_grad(policy, batch)?,
         };
-        let reference = match (&self.reference, self.objective.config().beta_kl > 0.0) {
-            (Some(r), true) => Some(self.tokens_no_grad(&r.lock(), batch)?.to_kind(kind)),
+        let reference = match (reference, self.objective.config().beta_kl > 0.0) {
+            (Some(r), true) => Some(self.reference_tokens(r, batch)?.to_kind(kind)),
             _ => None,
         };
         Ok(Held::Tokens {

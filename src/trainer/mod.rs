@@ -24,7 +24,7 @@ use crate::anchor::Anchor;
 use crate::batch::Batch;
 use crate::distributed::{Backend, Distributed, GlobalStep, LocalStep};
 use crate::error::{catch_torch, Error, Result};
-use crate::model::{Model, SharedModel};
+use crate::model::{lock_in_order, Model, SharedModel};
 use crate::objective::{Level, LossPlan, Objective};
 use crate::optimizer::{clip_grad_norm, Optimizer};
 use crate::sample::{self, SamplingConfig};
@@ -70,9 +70,6 @@ impl Trainer {
                 Optimizer::new(cfg.optimizer.clone(), p.params()),
             )
         };
-        if let Some(r) = &reference {
-            r.lock().set_trainable(false);
-        }
         let sample_rng = cfg.seed ^ 0xA0D0_5A4D_1E5E_ED00;
         let backend = cfg.distributed.backend;
         let mut trainer = Trainer {
@@ -124,15 +121,16 @@ impl Trainer {
     fn step_inner(&mut self, batch: Result<&Batch>) -> Result<StepMetrics> {
         self.check_communicator()?;
         let start = Instant::now();
-        let policy_arc = self.policy.clone();
-        let policy = policy_arc.lock();
+        let (policy_arc, reference_arc) = (self.policy.clone(), self.reference.clone());
+        let (policy, mut reference) = lock_in_order(&policy_arc, reference_arc.as_ref());
         // The anchor's log-probs (reference, copy, or the sampling policy's), once per batch.
         let prepared = batch.and_then(|b| {
             catch_torch(|| {
                 check_batch(self.objective.plan(), b)?;
-                Ok((b, self.anchor_values(&policy, b)?))
+                Ok((b, self.anchor_values(&policy, reference.as_deref_mut(), b)?))
             })
         });
+        drop(reference);
         let mut last = None;
         for _ in 0..self.cfg.epochs_per_batch {
             // Log-probs -> anchored scores -> objective -> backward, on this rank's groups.
@@ -221,7 +219,8 @@ fn check_reference(policy: &SharedModel, reference: &SharedModel) -> Result<()> 
             "the reference must be a different model handle from the policy",
         ));
     }
-    let (p, r) = (policy.lock(), reference.lock());
+    let (p, r) = lock_in_order(policy, Some(reference));
+    let r = r.expect("a reference was given");
     if p.device() != r.device() {
         return Err(Error::invalid(format!(
             "policy is on {:?}, reference on {:?}: load both on one device",
