@@ -116,6 +116,14 @@ impl Anchor {
         }
     }
 
+    /// Mixed precision: the copy's parameters <- its float32 masters (after a load or a
+    /// broadcast wrote the masters).
+    pub fn store_masters(&self) {
+        if let Some(copy) = &self.copy {
+            copy.store_masters();
+        }
+    }
+
     pub fn window(&self) -> Vec<f64> {
         self.window.iter().copied().collect()
     }

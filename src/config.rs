@@ -179,10 +179,10 @@ impl Default for ObjectiveConfig {
 }
 
 /// Keys whose value is an array of scalars (`optimizer.betas`, sampling's `eos_id`, LoRA's
-/// `target_modules`), or of arrays of numbers (sampling's `stop_sequences`). Nowhere else: serde would read a struct or a
+/// `target_modules`, the trainer's `trainable`), or of arrays of numbers (sampling's `stop_sequences`). Nowhere else: serde would read a struct or a
 /// tagged variant from an array of its fields in order (`["pairwise", 2.0]`,
 /// `{"anchor": ["ema", 0.5]}`), which is never what a caller meant.
-const ARRAY_KEYS: [&str; 3] = ["betas", "eos_id", "target_modules"];
+const ARRAY_KEYS: [&str; 4] = ["betas", "eos_id", "target_modules", "trainable"];
 const NESTED_ARRAY_KEYS: [&str; 1] = ["stop_sequences"];
 
 fn numbers(items: &[Value]) -> bool {

@@ -24,7 +24,10 @@ fn crosswise_trainers_step_in_two_threads_without_deadlock() {
     let one = Trainer::new(a.clone(), Some(b.clone()), SGD).unwrap();
     let two = Trainer::new(b, Some(a), SGD).unwrap();
     let (done, finished) = mpsc::channel();
-    for (name, mut trainer) in [("policy A, reference B", one), ("policy B, reference A", two)] {
+    for (name, mut trainer) in [
+        ("policy A, reference B", one),
+        ("policy B, reference A", two),
+    ] {
         let done = done.clone();
         std::thread::spawn(move || {
             for i in 0..1000 {
@@ -74,5 +77,8 @@ fn a_reference_in_train_mode_elsewhere_is_read_without_dropout() {
         (first - second).abs() < 1e-7,
         "the reference's dropout changed the anchor: loss {first} then {second}"
     );
-    assert!(a.lock().training(), "A is still trainer one's policy, in train mode");
+    assert!(
+        a.lock().training(),
+        "A is still trainer one's policy, in train mode"
+    );
 }

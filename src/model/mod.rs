@@ -16,12 +16,15 @@
 
 mod device;
 mod format;
+mod masters;
 pub mod native;
 mod options;
 mod torchscript;
+mod trainable;
 
 use crate::error::{Error, Result, Status};
 pub use device::parse_device;
+use masters::Masters;
 pub use native::NativeLm;
 pub use options::{Dtype, LoadOptions, LoraInit, LoraOptions};
 use parking_lot::{Mutex, MutexGuard};
@@ -177,6 +180,8 @@ pub struct Model {
     kind: Kind,
     /// Train mode with gradients (the policy), or eval mode without (everything else).
     training: bool,
+    /// Float32 masters of the 16-bit trainable parameters (bf16-mixed training), if held.
+    masters: Option<Masters>,
 }
 
 fn model_error(message: String) -> Error {
@@ -215,23 +220,18 @@ impl Model {
 
     /// Wraps an implementation: eval mode, no gradients.
     pub fn from_lm(lm: Box<dyn CausalLm>) -> Result<Model> {
-        let all = distinct(lm.named_parameters());
-        let Some(kind) = all.first().map(|(_, t)| t.kind()) else {
+        let Some(kind) = lm.named_parameters().first().map(|(_, t)| t.kind()) else {
             return Err(model_error(format!("{} has no parameters", lm.describe())));
         };
-        let (frozen, params): (Vec<_>, Vec<_>) = all.into_iter().partition(|(n, _)| lm.frozen(n));
-        let frozen = frozen
-            .into_iter()
-            .map(|(n, t)| (n, t.set_requires_grad(false)))
-            .collect();
         let mut model = Model {
             lm,
-            params,
-            frozen,
+            params: Vec::new(),
+            frozen: Vec::new(),
             kind,
             training: false,
+            masters: None,
         };
-        model.set_trainable(false);
+        model.choose_trainable(None)?;
         Ok(model)
     }
 
@@ -327,6 +327,92 @@ impl Model {
         &self.frozen
     }
 
+    /// The values that train, under the parameters' names: the parameters themselves, or
+    /// under mixed precision their float32 masters. The optimizer, gradient reduction and
+    /// clipping, anchor copies and checkpoints work on these.
+    pub fn values(&self) -> &[(String, Tensor)] {
+        match &self.masters {
+            Some(m) => m.values(),
+            None => &self.params,
+        }
+    }
+
+    /// Whether float32 masters are held (bf16-mixed training).
+    pub fn holds_masters(&self) -> bool {
+        self.masters.is_some()
+    }
+
+    /// From now on, train through float32 masters of the 16-bit trainable parameters (see
+    /// masters.rs). The model must compute in bfloat16.
+    pub fn hold_masters(&mut self) -> Result<()> {
+        // (After choose_trainable: the masters follow the trainable list.)
+        if self.kind != Kind::BFloat16 {
+            return Err(Error::invalid(format!(
+                "precision bf16-mixed trains a model that computes in bfloat16, and {} is {:?}: \
+                 load it with {{\"dtype\": \"bfloat16\"}} (adpo_model_load_options); float32 \
+                 master weights are then kept for it",
+                self.describe(),
+                self.kind
+            )));
+        }
+        if self.masters.is_none() {
+            self.masters = Some(Masters::new(&self.params, true));
+        }
+        Ok(())
+    }
+
+    /// Mixed precision, after the backward: each master's gradient <- its parameter's.
+    pub fn load_master_grads(&self) {
+        if let Some(m) = &self.masters {
+            m.load_grads(&self.params);
+        }
+    }
+
+    /// Mixed precision, after an update or a load: each parameter <- its rounded master.
+    pub fn store_masters(&self) {
+        if let Some(m) = &self.masters {
+            m.store(&self.params);
+        }
+    }
+
+    /// Chooses what trains: every parameter the model does not freeze itself (the base under
+    /// LoRA adapters), or of those only what `patterns` select (trainer key `trainable`, see
+    /// trainable.rs); the rest is frozen: no gradient, no optimizer state, not in checkpoints.
+    /// Drops mixed-precision masters (a trainer makes them after this). Changes nothing on error.
+    pub fn choose_trainable(&mut self, patterns: Option<&[String]>) -> Result<()> {
+        let all = distinct(self.lm.named_parameters());
+        let (frozen, params): (Vec<_>, Vec<_>) =
+            all.into_iter().partition(|(n, _)| self.lm.frozen(n));
+        let trains = match patterns {
+            Some(p) => {
+                let names: Vec<String> = params.iter().map(|(n, _)| n.clone()).collect();
+                trainable::select(&names, p, &self.describe())?
+            }
+            None => vec![true; params.len()],
+        };
+        self.masters = None;
+        self.params = params;
+        self.frozen = frozen
+            .into_iter()
+            .map(|(n, t)| (n, t.set_requires_grad(false)))
+            .collect();
+        self.keep_trainable(|i, _| trains[i]);
+        self.set_trainable(self.training);
+        Ok(())
+    }
+
+    /// Moves the trainable parameters for which `keep(index, name)` is false to the frozen.
+    fn keep_trainable(&mut self, keep: impl Fn(usize, &str) -> bool) {
+        let all = std::mem::take(&mut self.params);
+        for (i, (name, t)) in all.into_iter().enumerate() {
+            if keep(i, &name) {
+                self.params.push((name, t));
+            } else {
+                self.frozen.push((name, t.set_requires_grad(false)));
+            }
+        }
+    }
+
     /// The dtype the network computes in (of its first parameter, the embedding; LoRA adapters
     /// on a 16-bit base are float32).
     pub fn kind(&self) -> Kind {
@@ -338,10 +424,11 @@ impl Model {
         self.params.iter().map(|(_, p)| p.numel()).sum()
     }
 
-    /// Every trainable parameter flattened, in the model's parameter order, as f64 on the host.
+    /// Every trainable value flattened (float32 masters under mixed precision), in the model's
+    /// parameter order, as f64 on the host.
     pub fn flat_params(&self) -> Result<Vec<f64>> {
         let flat: Vec<Tensor> = self
-            .params
+            .values()
             .iter()
             .map(|(_, p)| p.detach().reshape([-1]).to_kind(Kind::Double))
             .collect();
@@ -382,28 +469,39 @@ impl Model {
     /// A frozen instance holding a copy of this model's current weights (the EMA and
     /// KL-triggered anchors), made from memory. Under LoRA only the adapters are copied (the
     /// frozen base is shared): the anchor moves with the adapters alone.
+    /// With the policy's trainable set (key `trainable`) and, under mixed precision, float32
+    /// masters of its own: an EMA in bfloat16 would round most of its small steps away.
     pub fn frozen_copy(&self) -> Result<Model> {
         let mut copy = Model::from_lm(self.lm.duplicate()?)?;
+        let trains: std::collections::HashSet<&str> =
+            self.params.iter().map(|(n, _)| n.as_str()).collect();
+        copy.keep_trainable(|_, name| trains.contains(name));
+        if self.masters.is_some() {
+            copy.masters = Some(Masters::new(&copy.params, false));
+        }
         copy.copy_weights_from(self);
         Ok(copy)
     }
 
-    /// theta <- other's theta (the trainable parameters).
+    /// theta <- other's theta (the trainable values).
     pub fn copy_weights_from(&mut self, other: &Model) {
         tch::no_grad(|| {
-            for ((_, mine), (_, theirs)) in self.params.iter_mut().zip(&other.params) {
-                mine.copy_(theirs);
+            for ((_, mine), (_, theirs)) in self.values().iter().zip(other.values()) {
+                mine.shallow_clone().copy_(theirs);
             }
         });
+        self.store_masters();
     }
 
-    /// theta <- alpha theta + (1 - alpha) other's theta (the trainable parameters).
+    /// theta <- alpha theta + (1 - alpha) other's theta (the trainable values).
     pub fn ema_towards(&mut self, other: &Model, alpha: f64) {
         tch::no_grad(|| {
-            for ((_, mine), (_, theirs)) in self.params.iter_mut().zip(&other.params) {
+            for ((_, mine), (_, theirs)) in self.values().iter().zip(other.values()) {
+                let mut mine = mine.shallow_clone();
                 let _ = mine.g_mul_scalar_(alpha);
                 let _ = mine.g_add_(&(theirs * (1.0 - alpha)));
             }
         });
+        self.store_masters();
     }
 }

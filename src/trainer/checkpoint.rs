@@ -57,6 +57,8 @@ impl Trainer {
             let loaded = live.from_named(path, named)?;
             // All checked: apply.
             live.copy_from(&loaded);
+            policy.store_masters();
+            self.anchor.store_masters();
             loaded.apply_scalars(&mut self.optimizer, &mut self.anchor, &mut self.sample_rng);
             Ok(())
         })

@@ -10,6 +10,23 @@ use crate::optimizer::OptimizerConfig;
 use crate::schedule::Schedule;
 use serde::Deserialize;
 
+/// How the policy's weights are held while it trains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+pub enum Precision {
+    /// Weights, gradients and optimizer state in the dtype the model was loaded in (log-probs
+    /// and the objective in float32 or float64 either way).
+    #[default]
+    #[serde(rename = "as_loaded")]
+    AsLoaded,
+    /// A bfloat16 model for the forward and backward, float32 master weights and optimizer
+    /// state (src/model/masters.rs).
+    #[serde(rename = "bf16-mixed")]
+    Bf16Mixed,
+    /// Refused: float16 needs loss scaling, which adpo does not implement.
+    #[serde(rename = "fp16-mixed")]
+    Fp16Mixed,
+}
+
 /// Trainer keys; every other key of the config belongs to the objective.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -29,6 +46,9 @@ pub struct TrainerConfig {
     pub schedule: Schedule,
     /// Data-parallel training (src/distributed): backend and gradient bucket size.
     pub distributed: DistributedConfig,
+    /// Name patterns of the parameters that train (src/model/trainable.rs); None = all.
+    pub trainable: Option<Vec<String>>,
+    pub precision: Precision,
 }
 
 impl Default for TrainerConfig {
@@ -44,11 +64,13 @@ impl Default for TrainerConfig {
             grad_clip: None,
             schedule: Schedule::default(),
             distributed: DistributedConfig::default(),
+            trainable: None,
+            precision: Precision::AsLoaded,
         }
     }
 }
 
-const TRAINER_KEYS: [&str; 10] = [
+const TRAINER_KEYS: [&str; 12] = [
     "seq_logp",
     "micro_batch_rows",
     "logprob_chunk_rows",
@@ -59,6 +81,8 @@ const TRAINER_KEYS: [&str; 10] = [
     "grad_clip",
     "schedule",
     "distributed",
+    "trainable",
+    "precision",
 ];
 
 /// Splits one JSON config into the trainer's part and the objective's part (which also gets
@@ -87,6 +111,13 @@ pub fn parse_config(json: &str) -> Result<(TrainerConfig, ObjectiveConfig)> {
     trainer.schedule.validate()?;
     trainer.anchor.validate()?;
     trainer.distributed.validate()?;
+    if trainer.precision == Precision::Fp16Mixed {
+        return Err(Error::config(
+            "precision fp16-mixed is not supported: float16 training needs dynamic loss \
+             scaling, which adpo does not implement; use bf16-mixed (bfloat16 has float32's \
+             exponent range and needs none) or as_loaded",
+        ));
+    }
     if trainer.logprob_chunk_rows == Some(0) {
         return Err(Error::config(
             "logprob_chunk_rows must be >= 1 (or null: sized for the vocabulary)",

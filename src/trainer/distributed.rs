@@ -81,6 +81,8 @@ impl Trainer {
         let dist = self.dist.as_mut().expect("called with a communicator");
         check_same_shape_everywhere(dist, &tensors)?;
         catch_torch(|| dist.broadcast(&tensors))?;
+        policy.store_masters();
+        self.anchor.store_masters();
         let scalars = Vec::<f64>::try_from(scalars.to_device(Device::Cpu))?;
         state.set_scalars(&scalars);
         state.apply_scalars(&mut self.optimizer, &mut self.anchor, &mut self.sample_rng);

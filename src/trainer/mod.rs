@@ -16,7 +16,7 @@ mod passes;
 pub mod state;
 mod validate;
 
-pub use config::{parse_config, TrainerConfig};
+pub use config::{parse_config, Precision, TrainerConfig};
 pub use metrics::StepMetrics;
 pub use state::TrainerState;
 
@@ -44,6 +44,26 @@ pub struct Trainer {
     dist: Option<Distributed>,
     /// Generator of the sampler (seeded from `seed`).
     pub(crate) sample_rng: u64,
+    /// What the optimizer state was made for (checked every step).
+    trained: TrainedSet,
+}
+
+/// The trainable parameter names and whether masters are held, when the trainer was made: a
+/// second trainer made on the same policy handle with another `trainable` or `precision`
+/// changes them, and this trainer's optimizer state would then be applied to other tensors.
+#[derive(PartialEq)]
+struct TrainedSet {
+    names: Vec<String>,
+    masters: bool,
+}
+
+impl TrainedSet {
+    fn of(policy: &Model) -> TrainedSet {
+        TrainedSet {
+            names: policy.params().iter().map(|(n, _)| n.clone()).collect(),
+            masters: policy.holds_masters(),
+        }
+    }
 }
 
 impl Trainer {
@@ -62,12 +82,17 @@ impl Trainer {
                 objective.plan().name
             )));
         }
-        let (anchor, optimizer) = {
+        let (anchor, optimizer, trained) = {
             let mut p = policy.lock();
+            p.choose_trainable(cfg.trainable.as_deref())?;
+            if cfg.precision == Precision::Bf16Mixed {
+                p.hold_masters()?;
+            }
             p.set_trainable(true);
             (
                 Anchor::new(cfg.anchor.clone(), &p)?,
-                Optimizer::new(cfg.optimizer.clone(), p.params()),
+                Optimizer::new(cfg.optimizer.clone(), p.values()),
+                TrainedSet::of(&p),
             )
         };
         let sample_rng = cfg.seed ^ 0xA0D0_5A4D_1E5E_ED00;
@@ -82,6 +107,7 @@ impl Trainer {
             last: None,
             dist: None,
             sample_rng,
+            trained,
         };
         if backend == Backend::Mpi {
             // SAFETY: NULL selects MPI_COMM_WORLD.
@@ -123,6 +149,13 @@ impl Trainer {
         let start = Instant::now();
         let (policy_arc, reference_arc) = (self.policy.clone(), self.reference.clone());
         let (policy, mut reference) = lock_in_order(&policy_arc, reference_arc.as_ref());
+        if TrainedSet::of(&policy) != self.trained {
+            return Err(Error::invalid(
+                "another trainer made on this policy handle changed which parameters train (its \
+                 trainable or precision keys differ): this trainer's optimizer state no longer \
+                 matches; free one of the two trainers",
+            ));
+        }
         // The anchor's log-probs (reference, copy, or the sampling policy's), once per batch.
         let prepared = batch.and_then(|b| {
             catch_torch(|| {
@@ -138,6 +171,8 @@ impl Trainer {
                 Ok((b, held)) => catch_torch(|| self.backward(&policy, b, held)),
                 Err(e) => Err(e.clone()),
             };
+            // Mixed precision: the float32 masters take the gradients from here on.
+            policy.load_master_grads();
             // Every rank agrees on the outcome, then the gradients are summed.
             let global = self.all_reduce(&policy, local)?;
             check_learnable(&global)?;
@@ -167,7 +202,7 @@ impl Trainer {
             None => Ok(GlobalStep::from(local?)),
             Some(d) => {
                 let global = d.agree_step(local)?;
-                catch_torch(|| d.reduce_grads(policy.params(), global.grad_scale))?;
+                catch_torch(|| d.reduce_grads(policy.values(), global.grad_scale))?;
                 Ok(global)
             }
         }
@@ -177,12 +212,13 @@ impl Trainer {
     /// or Inf gradient, or an update that would make a weight or moment NaN or Inf, is
     /// refused (`Status::NonFinite`) with weights and optimizer state unchanged.
     fn optimizer_step(&mut self, policy: &Model) -> Result<(f64, f64)> {
-        let grad_norm = clip_grad_norm(policy.params(), self.cfg.grad_clip)?;
+        let grad_norm = clip_grad_norm(policy.values(), self.cfg.grad_clip)?;
         let lr = self
             .cfg
             .schedule
             .lr(self.cfg.optimizer.lr(), self.optimizer.steps() + 1);
-        self.optimizer.step(policy.params(), lr)?;
+        self.optimizer.step(policy.values(), lr)?;
+        policy.store_masters();
         Ok((grad_norm, lr))
     }
 

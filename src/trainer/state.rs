@@ -44,18 +44,18 @@ impl TrainerState {
     /// The live state (shallow clones: shared storage).
     pub fn of(policy: &Model, optimizer: &Optimizer, anchor: &Anchor, sample_rng: u64) -> Self {
         let weights: Named = policy
-            .params()
+            .values()
             .iter()
             .map(|(k, t)| (k.clone(), t.shallow_clone()))
             .collect();
         let mut tensors: Named = optimizer
-            .state(policy.params())
+            .state(policy.values())
             .into_iter()
             .filter(|(k, _)| k != "optimizer.steps")
             .collect();
         if let Some(copy) = &anchor.copy {
             tensors.extend(
-                copy.params()
+                copy.values()
                     .iter()
                     .map(|(k, t)| (format!("anchor.{k}"), t.shallow_clone())),
             );
