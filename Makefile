@@ -103,7 +103,9 @@ test-c: $(C_TESTS) $(C_EXAMPLES) fixtures
 test-python: lib
 	ADPO_LIB=$(LIB) $(PY) -m pytest -q tests/python
 
-test-install: lib
+# Installs into a temporary prefix, builds against it (pkg-config, CMake; shared, static) and
+# runs the programs with the clone hidden (tests/install/run).
+test-install: lib fixtures
 	ADPO_LIBTORCH_LIB=$(TORCH_LIB) tests/install/run
 
 # C++: the RAII header with GoogleTest, built with CMake against an installed copy.
@@ -148,6 +150,8 @@ bench-dp: $(CBUILD)/examples/train_mpi fixtures
 header: setup
 	ADPO_WRITE_HEADER=1 $(CARGO) test --release --test header
 
+# The libtorch is copied under PREFIX/lib/adpo (hard links on the same filesystem), or, with
+# ADPO_INSTALL_LIBTORCH=record and LIBTORCH outside the clone, used in place (scripts/install).
 install: lib
 	ADPO_LIBTORCH_LIB=$(TORCH_LIB) scripts/install "$(PREFIX)"
 
