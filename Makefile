@@ -31,7 +31,7 @@ MPICC ?= mpicc
 # OpenMPI refuses to run as root (containers, CI) unless told; --oversubscribe: more ranks than cores.
 MPIRUN := OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 mpirun --oversubscribe
 
-.PHONY: setup fixtures build lib test test-rust test-header test-c test-python test-install test-cpp test-go test-julia test-bandit bench-bandit test-rl bench-rl test-mpi bench-dp demo header install bench
+.PHONY: setup fixtures build lib test test-rust test-header test-c test-readme test-python test-install test-cpp test-go test-julia test-bandit bench-bandit test-rl bench-rl test-mpi bench-dp demo header install bench
 
 setup: $(SETUP_STAMP)
 $(SETUP_STAMP): scripts/setup
@@ -74,7 +74,7 @@ $(CBUILD)/examples/train_mpi: examples/c/train_mpi.c include/adpo.h lib
 demo: $(CBUILD)/examples/text_rl fixtures
 	$(CBUILD)/examples/text_rl $(FIXTURES)/colours
 
-test: test-rust test-header test-c test-python test-install test-cpp test-go test-julia test-bandit test-rl test-mpi
+test: test-rust test-header test-c test-readme test-python test-install test-cpp test-go test-julia test-bandit test-rl test-mpi
 	@echo "make test: all suites passed"
 
 test-rust: setup fixtures
@@ -99,6 +99,12 @@ test-c: $(C_TESTS) $(C_EXAMPLES) fixtures
 	$(CBUILD)/examples/demo $(FIXTURES)/tiny_transformer.pt 40 | tail -1
 	$(CBUILD)/examples/text_rl $(FIXTURES)/colours 40 | tail -1
 	@echo "C examples: 4 passed, 0 failed"
+
+# Every C/C++ block of README.md compiled and run (tests/readme/check_snippets.py), then the check
+# itself on tests/readme/broken.md: its four broken blocks must fail it.
+test-readme: lib fixtures
+	ADPO_FIXTURES=$(FIXTURES) $(PY) tests/readme/check_snippets.py README.md
+	ADPO_FIXTURES=$(FIXTURES) $(PY) tests/readme/check_snippets.py --expect-fail 4 tests/readme/broken.md
 
 test-python: lib
 	ADPO_LIB=$(LIB) $(PY) -m pytest -q tests/python
