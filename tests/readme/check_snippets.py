@@ -55,7 +55,8 @@ def compile_and_run(lang, args, code, workdir):
     with open(src, "w", encoding="utf-8") as f:
         f.write(code)
     # The README's "Build against the tree" command, with warnings as errors.
-    std = ["cc", "-std=c11"] if lang == "c" else ["c++", "-std=c++17"]
+    std = ([os.environ.get("CC", "cc"), "-std=c11"] if lang == "c"
+           else [os.environ.get("CXX", "c++"), "-std=c++17"])
     cmd = std + ["-Wall", "-Wextra", "-Werror", "-I" + os.path.join(ROOT, "include"), src,
                  "-o", exe, "-L" + RELEASE, "-ladpo", "-Wl,-rpath," + RELEASE, "-lm"]
     built = subprocess.run(cmd, capture_output=True, text=True)
