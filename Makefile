@@ -31,7 +31,7 @@ MPICC ?= mpicc
 # OpenMPI refuses to run as root (containers, CI) unless told; --oversubscribe: more ranks than cores.
 MPIRUN := OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 mpirun --oversubscribe
 
-.PHONY: setup fixtures build lib test test-rust test-header test-c test-python test-install test-cpp test-go test-julia test-bandit bench-bandit test-rl bench-rl test-mpi bench-dp demo header install bench
+.PHONY: setup fixtures build lib test test-rust test-header test-c test-readme test-python test-install test-cpp test-go test-julia test-bandit bench-bandit test-rl bench-rl test-mpi bench-dp demo header install bench
 
 setup: $(SETUP_STAMP)
 $(SETUP_STAMP): scripts/setup
@@ -74,7 +74,7 @@ $(CBUILD)/examples/train_mpi: examples/c/train_mpi.c include/adpo.h lib
 demo: $(CBUILD)/examples/text_rl fixtures
 	$(CBUILD)/examples/text_rl $(FIXTURES)/colours
 
-test: test-rust test-header test-c test-python test-install test-cpp test-go test-julia test-bandit test-rl test-mpi
+test: test-rust test-header test-c test-readme test-python test-install test-cpp test-go test-julia test-bandit test-rl test-mpi
 	@echo "make test: all suites passed"
 
 test-rust: setup fixtures
@@ -100,10 +100,18 @@ test-c: $(C_TESTS) $(C_EXAMPLES) fixtures
 	$(CBUILD)/examples/text_rl $(FIXTURES)/colours 40 | tail -1
 	@echo "C examples: 4 passed, 0 failed"
 
+# Every C/C++ block of README.md compiled and run (tests/readme/check_snippets.py), then the check
+# itself on tests/readme/broken.md: its four broken blocks must fail it.
+test-readme: lib fixtures
+	ADPO_FIXTURES=$(FIXTURES) $(PY) tests/readme/check_snippets.py README.md
+	ADPO_FIXTURES=$(FIXTURES) $(PY) tests/readme/check_snippets.py --expect-fail 4 tests/readme/broken.md
+
 test-python: lib
 	ADPO_LIB=$(LIB) $(PY) -m pytest -q tests/python
 
-test-install: lib
+# Installs into a temporary prefix, builds against it (pkg-config, CMake; shared, static) and
+# runs the programs with the clone hidden (tests/install/run).
+test-install: lib fixtures
 	ADPO_LIBTORCH_LIB=$(TORCH_LIB) tests/install/run
 
 # C++: the RAII header with GoogleTest, built with CMake against an installed copy.
@@ -136,10 +144,12 @@ test-rl: setup
 bench-rl: setup
 	scripts/bench-rl
 
-# Issue 7: data-parallel training. Two and three ranks against one process (examples/c/train_mpi.c).
+# Issue 7: data-parallel training. Two and three ranks against one process (examples/c/train_mpi.c):
+# float64 shows the reduction exact; float32 is the README's command, with float32's tolerance.
 test-mpi: $(CBUILD)/examples/train_mpi fixtures
 	$(MPIRUN) -np 2 -x OMP_NUM_THREADS=1 $< $(FIXTURES)/tiny_transformer_f64.pt
 	$(MPIRUN) -np 3 -x OMP_NUM_THREADS=1 $< $(FIXTURES)/tiny_transformer_f64.pt | tail -1
+	$(MPIRUN) -np 2 -x OMP_NUM_THREADS=1 $< $(FIXTURES)/tiny_transformer.pt | tail -1
 
 # Step time on 1 and 2 processes for the same global batch, and the time in reduction.
 bench-dp: $(CBUILD)/examples/train_mpi fixtures
@@ -148,6 +158,8 @@ bench-dp: $(CBUILD)/examples/train_mpi fixtures
 header: setup
 	ADPO_WRITE_HEADER=1 $(CARGO) test --release --test header
 
+# The libtorch is copied under PREFIX/lib/adpo (hard links on the same filesystem), or, with
+# ADPO_INSTALL_LIBTORCH=record and LIBTORCH outside the clone, used in place (scripts/install).
 install: lib
 	ADPO_LIBTORCH_LIB=$(TORCH_LIB) scripts/install "$(PREFIX)"
 

@@ -2,8 +2,9 @@
  *
  * Check mode (the default, run by make test) asserts, on every rank:
  *  1. MPI backend, even split: each rank holds an equal share of the groups; after 3 listwise AdamW
- *     steps the weights equal (relative 1e-6) those of one process that holds all of them, and
- *     the reduced metrics equal that process's metrics.
+ *     steps the weights equal those of one process that holds all of them (relative 1e-6 on a
+ *     float64 model; 1e-3 on a float32 one, see `tolerance`), and the reduced metrics equal that
+ *     process's metrics.
  *  2. Unequal split (3 groups here, 5 and a singleton there): the same, so ranks are weighted by
  *     their group counts.
  *  3. The host-callback path: a C all-reduce over MPI_Allreduce registered with
@@ -151,6 +152,24 @@ static adpo_trainer *new_trainer(const char *model_path, const char *distributed
     return t;
 }
 
+/* How close "equal" is. A float64 model (make test-mpi, tiny_transformer_f64.pt) shows the
+ * reduction is exact: measured 1e-13. A float32 model sums its gradients in another order on
+ * each rank than one process does, and AdamW divides by sqrt(v), so rounding in a near-zero
+ * gradient moves its weight by up to a step: measured ~1e-4 relative after 3 steps, against an
+ * update of 0.17 (printed), so the float32 bound is 1e-3: a wrongly weighted rank moves the
+ * weights by a share of the whole update. */
+static struct {
+    const char *dtype;
+    double weights, metrics;
+} tolerance = {"float64", 1e-6, 1e-9};
+
+/* A model whose trained weights all survive a round trip through float is a float32 model. */
+static void set_tolerance(const double *trained, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if ((double)(float)trained[i] != trained[i]) return;
+    tolerance.dtype = "float32", tolerance.weights = 1e-3, tolerance.metrics = 1e-5;
+}
+
 /* Runs `steps` steps of a one-process trainer on all groups: the reference result. */
 static double *single_process_params(const char *model_path, const global_batch *g, int steps,
                                      size_t *n, adpo_trainer_metrics *last) {
@@ -178,14 +197,15 @@ static void check_against(const char *label, adpo_trainer *t, adpo_model *policy
     double *p = params_of(policy, &n);
     double rel = relative_diff(p, expected, n);
     char what[256];
-    snprintf(what, sizeof what, "%s: weights within 1e-6 of one process (relative diff %.3g)", label, rel);
-    expect(rel <= 1e-6, what);
+    snprintf(what, sizeof what, "%s: weights within %g of one process (%s, relative diff %.3g)", label,
+             tolerance.weights, tolerance.dtype, rel);
+    expect(rel <= tolerance.weights, what);
     snprintf(what, sizeof what, "%s: every rank holds identical weights", label);
     expect(same_on_all_ranks(p, n), what);
     snprintf(what, sizeof what, "%s: reduced loss %.12f equals one process's %.12f", label, m.loss, expected_m->loss);
-    expect(fabs(m.loss - expected_m->loss) <= 1e-9 * (1 + fabs(expected_m->loss)), what);
+    expect(fabs(m.loss - expected_m->loss) <= tolerance.metrics * (1 + fabs(expected_m->loss)), what);
     snprintf(what, sizeof what, "%s: reduced win mass %.12f equals %.12f", label, m.win_mass, expected_m->win_mass);
-    expect(fabs(m.win_mass - expected_m->win_mass) <= 1e-9, what);
+    expect(fabs(m.win_mass - expected_m->win_mass) <= tolerance.metrics, what);
     snprintf(what, sizeof what, "%s: groups %llu over all ranks", label, (unsigned long long)m.groups);
     expect(m.groups == expected_m->groups, what);
     if (rank == 0)
@@ -230,12 +250,18 @@ static void run_checks(const char *model_path) {
     die_on(adpo_model_load(model_path, "cpu", &probe, &err), &err, "adpo_model_load");
     int64_t vocab = 0;
     die_on(adpo_model_vocab_size(probe, &vocab, &err), &err, "adpo_model_vocab_size");
+    size_t n = 0;
+    double *initial = params_of(probe, &n);
     adpo_model_free(probe);
     make_global(&g, vocab);
     const int steps = 3;
-    size_t n = 0;
     adpo_trainer_metrics ref_m = {.struct_size = sizeof ref_m};
     double *expected = single_process_params(model_path, &g, steps, &n, &ref_m);
+    set_tolerance(expected, n);
+    if (rank == 0)
+        printf("%s model: %d steps move the weights by %.3g (relative); ranks must agree with one process "
+               "within %g\n", tolerance.dtype, steps, relative_diff(initial, expected, n), tolerance.weights);
+    free(initial);
 
     /* 1. MPI backend from the config, equal split. */
     {
