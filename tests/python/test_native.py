@@ -206,3 +206,60 @@ def test_listwise_sgd_steps_equal_pytorch_on_the_transformers_model(tmp_path, na
             den += float(((rw[k].double() - w0[k].double()) ** 2).sum())
         assert den > 0, "the reference did not move the weights"
         assert math.sqrt(num) <= utol * math.sqrt(den), f"step {i + 1}: update off by {math.sqrt(num / den):.2e}"
+
+
+# ------------------------------------------------------------- trainable and bf16-mixed
+def test_frozen_embeddings_through_c_equal_the_full_pytorch_step_elsewhere(tmp_path):
+    """trainable ["!model.embed_tokens.*"]: the checkpoint holds every other parameter, each
+    equal to PyTorch's full SGD step (SGD steps each tensor by its own gradient); the
+    embedding stays as loaded."""
+    name, dtype = UNTIED, torch.float64
+    cfg = dict(loss="listwise", optimizer=dict(name="sgd", lr=0.5))
+    batches = [make_batch(11, vocab_of(name))]
+    ours = run_adpo(name, dict(cfg, trainable=["!model.embed_tokens.*"]), batches, tmp_path, dtype)
+    theirs = run_torch(name, cfg, batches, dtype)
+    (_, w), (_, rw) = ours[0], theirs[0]
+    assert sorted(w) == sorted(k for k in rw if not k.startswith("model.embed_tokens."))
+    for k in w:
+        torch.testing.assert_close(w[k], rw[k], rtol=1e-9, atol=1e-12, msg=lambda s: f"{k}: {s}")
+    w0 = hf_state(hf_model(HF / name, dtype))
+    assert not torch.equal(w0["model.embed_tokens.weight"], rw["model.embed_tokens.weight"])
+
+
+def test_bf16_mixed_through_c_follows_the_float32_pytorch_step(tmp_path):
+    """A bfloat16 policy with precision bf16-mixed: the checkpoint's float32 masters after two
+    SGD steps are within bfloat16's forward noise of PyTorch's float32 steps."""
+    name = TIED
+    cfg = dict(loss="listwise", optimizer=dict(name="sgd", lr=0.05))
+    batches = [make_batch(11, vocab_of(name)), make_batch(12, vocab_of(name), pad=True)]
+    tr = A.Trainer(A.Model(HF / name, options=dict(dtype="bfloat16")), None,
+                   dict(cfg, precision="bf16-mixed"))
+    for b in batches:
+        tr.step(to_adpo(b))
+    tr.save(tmp_path / "mixed.safetensors")
+    ours = {k: v for k, v in load_file(str(tmp_path / "mixed.safetensors")).items()
+            if not k.startswith("__adpo__.")}
+    theirs = run_torch(name, cfg, batches, torch.float32)[-1][1]
+    w0 = hf_state(hf_model(HF / name, torch.float32))
+    den = 0.0
+    for k, v in theirs.items():
+        assert ours[k].dtype == torch.float32, k
+        den += float(((v.double() - w0[k].double()) ** 2).sum())
+    # The masters start from the bfloat16-rounded checkpoint: compare updates, not weights.
+    start = {k: v.to(torch.bfloat16).float() for k, v in w0.items()}
+    upd = sum(float(((ours[k].double() - start[k].double() - (theirs[k].double() - w0[k].double())) ** 2).sum())
+              for k in theirs)
+    assert den > 0
+    assert math.sqrt(upd / den) < 0.1, f"mixed update off by {math.sqrt(upd / den):.3f}"
+
+
+def test_trainable_and_precision_refusals_through_c():
+    model = A.Model(HF / TIED)
+    for cfg, status, words in [
+        (dict(trainable=["*.mpl.*"]), A.INVALID_CONFIG, "matches no parameter"),
+        (dict(precision="fp16-mixed"), A.INVALID_CONFIG, "loss scaling"),
+        (dict(precision="bf16-mixed"), A.INVALID_ARGUMENT, '"dtype": "bfloat16"'),
+    ]:
+        with pytest.raises(A.AdpoError) as e:
+            A.Trainer(model, None, cfg)
+        assert e.value.status == status and words in e.value.message, e.value.message
