@@ -144,12 +144,14 @@ test-rl: setup
 bench-rl: setup
 	scripts/bench-rl
 
-# Issue 7: data-parallel training. Two and three ranks against one process (examples/c/train_mpi.c):
+# Issue 7: data-parallel training. Two and three ranks against one process (examples/c/train_mpi.c),
+# on TorchScript models (float64, float32) and a native checkpoint directory.
 # float64 shows the reduction exact; float32 is the README's command, with float32's tolerance.
 test-mpi: $(CBUILD)/examples/train_mpi fixtures
 	$(MPIRUN) -np 2 -x OMP_NUM_THREADS=1 $< $(FIXTURES)/tiny_transformer_f64.pt
 	$(MPIRUN) -np 3 -x OMP_NUM_THREADS=1 $< $(FIXTURES)/tiny_transformer_f64.pt | tail -1
 	$(MPIRUN) -np 2 -x OMP_NUM_THREADS=1 $< $(FIXTURES)/tiny_transformer.pt | tail -1
+	$(MPIRUN) -np 2 -x OMP_NUM_THREADS=1 $< $(FIXTURES)/hf/qwen3_gqa2_headdim16_tied | tail -1
 
 # Step time on 1 and 2 processes for the same global batch, and the time in reduction.
 bench-dp: $(CBUILD)/examples/train_mpi fixtures

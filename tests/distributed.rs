@@ -6,7 +6,7 @@
 mod common;
 
 use adpo::distributed::Communicator;
-use adpo::model::SharedModel;
+use adpo::model::{LoadOptions, SharedModel};
 use adpo::trainer::Trainer;
 use adpo::{Batch, Model, Result, Status};
 use common::{device, fixture};
@@ -118,6 +118,15 @@ fn run_ranks(
     cfg: &str,
     shares: &[(Vec<usize>, bool)],
 ) -> Vec<Result<(Vec<f64>, adpo::StepMetrics)>> {
+    run_ranks_on(model, cfg, shares)
+}
+
+/// [`run_ranks`] with each rank's policy from `load`.
+fn run_ranks_on(
+    load: fn() -> SharedModel,
+    cfg: &str,
+    shares: &[(Vec<usize>, bool)],
+) -> Vec<Result<(Vec<f64>, adpo::StepMetrics)>> {
     let comms = communicators(shares.len());
     std::thread::scope(|s| {
         let handles: Vec<_> = comms
@@ -125,7 +134,7 @@ fn run_ranks(
             .zip(shares)
             .map(|(comm, (groups, singleton))| {
                 s.spawn(move || {
-                    let policy = model();
+                    let policy = load();
                     let mut t = Trainer::new(policy.clone(), None, cfg).unwrap();
                     t.use_communicator(Box::new(comm)).unwrap();
                     assert_eq!(t.world().1, shares.len());
@@ -142,13 +151,59 @@ fn run_ranks(
 }
 
 fn one_process(cfg: &str) -> (Vec<f64>, adpo::StepMetrics) {
-    let policy = model();
+    one_process_on(model, cfg)
+}
+
+fn one_process_on(load: fn() -> SharedModel, cfg: &str) -> (Vec<f64>, adpo::StepMetrics) {
+    let policy = load();
     let mut t = Trainer::new(policy.clone(), None, cfg).unwrap();
     let mut last = None;
     for seed in 0..2 {
         last = Some(t.step(&batch(&[0, 1, 2, 3, 4], false, seed)).unwrap());
     }
     (weights(&policy), last.unwrap())
+}
+
+/// A native checkpoint (tied Qwen3, float64), plain and with LoRA adapters.
+fn native() -> SharedModel {
+    native_with("{\"dtype\": \"float64\"}")
+}
+
+fn native_lora() -> SharedModel {
+    native_with(
+        r#"{"dtype": "float64", "lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj", "down_proj"], "init": "gaussian"}}"#,
+    )
+}
+
+fn native_with(options: &str) -> SharedModel {
+    let dir = common::fixtures_dir()
+        .join("hf")
+        .join("qwen3_gqa2_headdim16_tied");
+    let mut options = LoadOptions::from_json(options).unwrap();
+    options.device = device();
+    Arc::new(Mutex::new(Model::load_with(&dir, &options).unwrap()))
+}
+
+#[test]
+fn native_models_on_unequal_shares_make_the_single_process_update() {
+    let configs = [
+        r#"{"loss": "listwise", "micro_batch_rows": 3, "optimizer": {"name": "adamw", "lr": 0.01}}"#,
+        r#"{"loss": "listwise", "trainable": ["!*v_proj*"], "optimizer": {"name": "sgd", "lr": 0.5}}"#,
+    ];
+    for (load, what) in [
+        (native as fn() -> SharedModel, "native"),
+        (native_lora, "LoRA"),
+    ] {
+        for cfg in configs {
+            let (expected, _) = one_process_on(load, cfg);
+            let ranks = run_ranks_on(load, cfg, &[(vec![0, 3], false), (vec![1, 2, 4], true)]);
+            for (rank, r) in ranks.into_iter().enumerate() {
+                let (w, _) = r.unwrap();
+                let d = rel_diff(&w, &expected);
+                assert!(d < 1e-10, "{what} {cfg}: rank {rank} weights off by {d}");
+            }
+        }
+    }
 }
 
 #[test]
