@@ -59,9 +59,22 @@ fn on_policy_first_evaluation_has_zero_scores() {
     assert!(m.grad_norm > 0.0);
 }
 
+/// The anchor tests run on a TorchScript model and on a native checkpoint.
+fn f64_models() -> [fn() -> adpo::model::SharedModel; 2] {
+    [
+        || model("tiny_transformer_f64.pt"),
+        || common::native_f64("qwen3_gqa2_headdim16_tied"),
+    ]
+}
+
 #[test]
 fn ema_anchor_follows_the_policy_by_the_formula() {
-    let policy = model("tiny_transformer_f64.pt");
+    for load in f64_models() {
+        ema_anchor_follows_the_policy(load());
+    }
+}
+
+fn ema_anchor_follows_the_policy(policy: adpo::model::SharedModel) {
     let alpha = 0.7;
     let cfg = format!(
         r#"{{"anchor": {{"mode": "ema", "alpha": {alpha}}}, "optimizer": {{"name": "sgd", "lr": 0.5}}}}"#
@@ -97,7 +110,13 @@ fn ema_anchor_follows_the_policy_by_the_formula() {
 
 #[test]
 fn kl_triggered_anchor_copies_when_the_window_mean_exceeds_the_threshold() {
-    let policy = model("tiny_transformer_f64.pt");
+    for load in f64_models() {
+        kl_triggered_anchor_copies(load);
+    }
+}
+
+fn kl_triggered_anchor_copies(load: fn() -> adpo::model::SharedModel) {
+    let policy = load();
     let cfg = r#"{"anchor": {"mode": "kl_triggered", "window": 2, "threshold": 0.0}, "optimizer": {"name": "sgd", "lr": 0.5}}"#;
     let mut t = Trainer::new(policy.clone(), None, cfg).unwrap();
     let start = weights(&policy);
@@ -124,7 +143,7 @@ fn kl_triggered_anchor_copies_when_the_window_mean_exceeds_the_threshold() {
         "hard copy of the policy"
     );
     // A huge threshold never triggers.
-    let policy = model("tiny_transformer_f64.pt");
+    let policy = load();
     let mut t = Trainer::new(
         policy,
         None,

@@ -80,3 +80,14 @@ pub fn hf_dirs() -> Vec<PathBuf> {
     dirs.sort();
     dirs
 }
+
+/// A Hugging Face fixture checkpoint (hf/NAME) loaded in float64 on the test device.
+pub fn native_f64(name: &str) -> SharedModel {
+    let options = adpo::model::LoadOptions {
+        device: device(),
+        dtype: adpo::model::Dtype::Float64,
+        ..adpo::model::LoadOptions::default()
+    };
+    let dir = fixtures_dir().join("hf").join(name);
+    Arc::new(Mutex::new(Model::load_with(&dir, &options).unwrap()))
+}

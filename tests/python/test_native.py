@@ -263,3 +263,37 @@ def test_trainable_and_precision_refusals_through_c():
         with pytest.raises(A.AdpoError) as e:
             A.Trainer(model, None, cfg)
         assert e.value.status == status and words in e.value.message, e.value.message
+
+
+NATIVE_GRID = {
+    # id: (config, reference model?)
+    "pl_fixed_sum": (dict(loss="plackett_luce", pl_ties="stable", seq_logp="sum", anchor=dict(mode="fixed"),
+                          optimizer=dict(name="sgd", lr=0.5)), True),
+    "grpo_fixed_kl": (dict(loss="grpo", beta_kl=0.05, anchor=dict(mode="fixed"), optimizer=dict(name="sgd", lr=0.5)),
+                      True),
+    "grpo_dr_on_policy": (dict(loss="grpo", aggregation="dr_grpo", optimizer=dict(name="sgd", lr=0.5)), False),
+    "adamw_epochs2_micro2": (dict(epochs_per_batch=2, micro_batch_rows=2, anchor=dict(mode="fixed"),
+                                  optimizer=dict(name="adamw", lr=1e-2)), True),
+    "momentum_clip_cosine_chunks": (dict(optimizer=dict(name="sgd", lr=0.3, momentum=0.9, weight_decay=0.01),
+                                         grad_clip=0.5, logprob_chunk_rows=3,
+                                         schedule=dict(name="cosine", warmup_steps=1, total_steps=3, min_lr=0.01)),
+                                    False),
+}
+
+
+@pytest.mark.parametrize("case", list(NATIVE_GRID))
+def test_losses_anchors_and_schedules_on_native_models_equal_pytorch(tmp_path, case):
+    """The trainer's other losses, anchors, epochs, micro-batches, optimizers and schedules on a
+    native checkpoint (float64) against the eager PyTorch trainer on the transformers model."""
+    cfg, with_ref = NATIVE_GRID[case]
+    name, dtype = GQA, torch.float64
+    vocab = vocab_of(name)
+    reference = perturbed_copy(name, tmp_path / "reference") if with_ref else None
+    batches = [make_batch(21, vocab), make_batch(22, vocab, pad=True), make_batch(23, vocab)]
+    ours = run_adpo(name, cfg, batches, tmp_path, dtype, reference)
+    theirs = run_torch(name, {k: v for k, v in cfg.items() if k != "logprob_chunk_rows"}, batches, dtype, reference)
+    rtol, atol, _ = TOL[dtype]
+    for i, ((m, w), (rm, rw)) in enumerate(zip(ours, theirs)):
+        assert m["loss"] == pytest.approx(rm["loss"], rel=rtol * 10, abs=atol), f"step {i + 1}"
+        for k in rw:
+            torch.testing.assert_close(w[k], rw[k], rtol=1e-8, atol=1e-10, msg=lambda s: f"step {i + 1} {k}: {s}")
