@@ -726,6 +726,56 @@ TEST(Model, HuggingFaceCheckpointLoadsWithOptionsAndSavesBack) {
     EXPECT_TRUE(Throws([&] { script.save(out + "2"); }, ADPO_STATUS_UNSUPPORTED));
 }
 
+TEST(Trainer, NativeSamplingStopsAtAStopSequenceOrAnyEosId) {
+    FIXTURE(dir, "hf/qwen3_gqa2_headdim16_tied");
+    adpo::Model policy(dir);
+    adpo::Trainer trainer(policy, kTrainerConfig);
+    const std::vector<std::vector<std::int64_t>> prompts = {{3, 9, 4}};
+    const char *greedy = R"({"max_new_tokens": 8, "top_k": 1, "eos_id": []})";
+    const adpo::Batch free_run = trainer.sample(prompts, 1, greedy);
+    ASSERT_EQ(free_run.t(), 3u + 8u);
+    const auto ids = free_run.ids();
+    const std::int64_t a = ids[3], b = ids[4], c = ids[5];
+    // A stop sequence of the first two generated tokens ends the row after them (kept, scored).
+    const std::string stop = R"({"max_new_tokens": 8, "top_k": 1, "eos_id": [], "stop_sequences": [[)" +
+                             std::to_string(a) + ", " + std::to_string(b) + "]]}";
+    const adpo::Batch stopped = trainer.sample(prompts, 1, stop);
+    EXPECT_EQ(stopped.t(), 3u + 2u);
+    // An EOS list: the row ends at the first of them it generates.
+    std::int64_t other = 159;
+    while (other == a || other == b || other == c) --other;
+    const std::string eos =
+        R"({"max_new_tokens": 8, "top_k": 1, "eos_id": [)" + std::to_string(other) + ", " + std::to_string(c) + "]}";
+    const adpo::Batch ended = trainer.sample(prompts, 1, eos);
+    EXPECT_LE(ended.t(), 3u + 3u);
+    EXPECT_EQ(ended.ids()[ended.t() - 1], c);
+    EXPECT_TRUE(Throws([&] { trainer.sample(prompts, 1, R"({"stop_sequences": [[]]})"); },
+                       ADPO_STATUS_INVALID_CONFIG));
+    EXPECT_TRUE(Throws([&] { trainer.sample(prompts, 1, R"({"stop_sequences": [1, 2]})"); },
+                       ADPO_STATUS_INVALID_CONFIG));
+}
+
+TEST(Trainer, TrainableAndBf16MixedPrecisionOnACheckpoint) {
+    FIXTURE(dir, "hf/qwen3_gqa2_headdim16_tied");
+    adpo::Model policy = adpo::Model::load_options(dir, R"({"dtype": "bfloat16"})");
+    adpo::Trainer trainer(policy, R"({"optimizer": {"name": "sgd", "lr": 0.1}, "precision": "bf16-mixed",
+                                       "trainable": ["*.mlp.*"]})");
+    const std::vector<double> before = policy.params();  // the trainable MLP weights' masters
+    adpo::Batch batch = trainer.sample({{3, 9, 4}, {5, 1}}, 3, R"({"max_new_tokens": 4, "seed": 2})");
+    std::vector<double> rewards(batch.n());
+    for (std::size_t i = 0; i < rewards.size(); ++i) rewards[i] = static_cast<double>(i % 3);
+    batch.set_rewards(rewards);
+    EXPECT_EQ(trainer.step(batch).step, 1u);
+    const std::vector<double> after = policy.params();
+    ASSERT_EQ(after.size(), before.size());
+    EXPECT_NE(after, before);
+    adpo::Model f32(dir);
+    EXPECT_TRUE(Throws([&] { adpo::Trainer t(f32, R"({"precision": "bf16-mixed"})"); },
+                       ADPO_STATUS_INVALID_ARGUMENT, "bfloat16"));
+    EXPECT_TRUE(Throws([&] { adpo::Trainer t(f32, R"({"trainable": ["*.mpl.*"]})"); },
+                       ADPO_STATUS_INVALID_CONFIG, "matches no parameter"));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Trainer
 // ---------------------------------------------------------------------------------------------
