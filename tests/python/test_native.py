@@ -37,6 +37,7 @@ MAKE_HF = R.REPO / "tests" / "fixtures" / "make_hf_models.py"
 TIED = "qwen3_gqa2_headdim16_tied"
 UNTIED = "llama_mha_linear_bias"
 GQA = "mistral_gqa2_untied"
+QWEN2 = "qwen2_gqa2_tied"
 N, T = 6, 8
 GIDS = np.array([4, 1, 4, 1, 4, 1])  # 2 groups of 3, interleaved
 # (weights rtol, weights atol, update rtol: |w_adpo - w_torch| / |w_torch - w_0|)
@@ -120,7 +121,7 @@ def perturbed_copy(name: str, out: Path) -> Path:
 
 
 # ----------------------------------------------------------------------------- save
-@pytest.mark.parametrize("name", [TIED, UNTIED, "llama_sharded"])
+@pytest.mark.parametrize("name", [TIED, UNTIED, GQA, QWEN2, "llama_sharded"])
 def test_saved_directory_loads_in_transformers_to_the_same_logits(tmp_path, name):
     A.Model(HF / name).save(tmp_path / "out")
     ref = load_file(str(HF / name / "reference.safetensors"))
@@ -184,7 +185,7 @@ def run_torch(name, cfg, batches, dtype, reference=None):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("anchor", ["on_policy", "fixed"])
-@pytest.mark.parametrize("name", [TIED, UNTIED, GQA])
+@pytest.mark.parametrize("name", [TIED, UNTIED, GQA, QWEN2])
 def test_listwise_sgd_steps_equal_pytorch_on_the_transformers_model(tmp_path, name, anchor, dtype):
     vocab = vocab_of(name)
     cfg = dict(loss="listwise", anchor=dict(mode=anchor), optimizer=dict(name="sgd", lr=0.5))
@@ -297,3 +298,94 @@ def test_losses_anchors_and_schedules_on_native_models_equal_pytorch(tmp_path, c
         assert m["loss"] == pytest.approx(rm["loss"], rel=rtol * 10, abs=atol), f"step {i + 1}"
         for k in rw:
             torch.testing.assert_close(w[k], rw[k], rtol=1e-8, atol=1e-10, msg=lambda s: f"step {i + 1} {k}: {s}")
+
+
+# ------------------------------------------------------------------- refusals through the C ABI
+def broken(tmp_path, name, config=None, tensors=None, files=None) -> Path:
+    """A copy of fixture `name` with config.json edited by `config(dict)`, model.safetensors
+    by `tensors(dict)`, or the directory by `files(Path)`."""
+    import json
+    import shutil
+
+    from safetensors.torch import save_file
+
+    out = tmp_path / f"broken-{name}"
+    shutil.copytree(HF / name, out)
+    if config:
+        cfg = json.loads((out / "config.json").read_text())
+        config(cfg)
+        (out / "config.json").write_text(json.dumps(cfg))
+    if tensors:
+        t = load_file(str(out / "model.safetensors"))
+        tensors(t)
+        save_file(t, str(out / "model.safetensors"), metadata={"format": "pt"})
+    if files:
+        files(out)
+    return out
+
+
+def _drop(key):
+    return lambda d: d.pop(key)
+
+
+def _set(key, value):
+    return lambda d: d.__setitem__(key, value)
+
+
+def _truncate(path: Path):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _first_shard(d: Path) -> Path:
+    return sorted(d.glob("model-*.safetensors"))[0]
+
+
+REFUSALS = {
+    # id: (fixture, edits, status, words in the message)
+    "model_type": ("qwen2_gqa2_tied", dict(config=_set("model_type", "gpt2")), A.MODEL,
+                   ["model_type", "gpt2", "llama, mistral, qwen2, qwen3"]),
+    "hidden_act": ("qwen2_gqa2_tied", dict(config=_set("hidden_act", "gelu")), A.MODEL, ["hidden_act", "gelu"]),
+    "rope_scaling": ("llama_mha_linear_bias", dict(config=_set("rope_scaling", {"rope_type": "yarn", "factor": 2.0})),
+                     A.MODEL, ["yarn", "linear, llama3"]),
+    "sliding_window": ("mistral_gqa2_untied", dict(config=_set("sliding_window", 16)), A.MODEL,
+                       ["sliding_window = 16"]),
+    "missing_field": ("qwen3_gqa2_headdim16_tied", dict(config=_drop("hidden_size")), A.MODEL, ["hidden_size"]),
+    "missing_tensor": ("llama_mha_linear_bias", dict(tensors=_drop("model.layers.1.mlp.up_proj.weight")),
+                       A.CHECKPOINT, ["model.layers.1.mlp.up_proj.weight", "missing"]),
+    "extra_tensor": ("llama_mha_linear_bias",
+                     dict(tensors=_set("model.layers.0.mlp.extra.weight", torch.zeros(2, 2))),
+                     A.CHECKPOINT, ["model.layers.0.mlp.extra.weight", "unexpected"]),
+    "misshapen_tensor": ("qwen3_gqa2_headdim16_tied",
+                         dict(tensors=_set("model.layers.0.self_attn.k_norm.weight", torch.ones(8))),
+                         A.CHECKPOINT, ["model.layers.0.self_attn.k_norm.weight", "[8]", "[16]"]),
+    "missing_shard": ("llama_sharded", dict(files=lambda d: _first_shard(d).unlink()), A.CHECKPOINT,
+                      ["model-0000"]),
+    "truncated_shard": ("llama_sharded", dict(files=lambda d: _truncate(_first_shard(d))), A.CHECKPOINT,
+                        ["model-0000"]),
+    "truncated_file": ("qwen2_gqa2_tied", dict(files=lambda d: _truncate(d / "model.safetensors")), A.CHECKPOINT,
+                       ["model.safetensors", "truncated"]),
+    "no_config": ("qwen2_gqa2_tied", dict(files=lambda d: (d / "config.json").unlink()), A.MODEL, ["config.json"]),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSALS))
+def test_every_checkpoint_refusal_comes_through_c_naming_the_field_tensor_or_file(tmp_path, case):
+    name, edits, status, words = REFUSALS[case]
+    path = broken(tmp_path, name, **edits)
+    with pytest.raises(A.AdpoError) as e:
+        A.Model(path)
+    assert e.value.status == status, e.value
+    for w in words:
+        assert w in e.value.message, (w, e.value.message)
+
+
+def test_files_that_are_not_models_are_named_through_c(tmp_path):
+    weights = HF / "qwen2_gqa2_tied" / "model.safetensors"
+    pickle = tmp_path / "weights.pt"
+    torch.save({"w": torch.zeros(2)}, pickle)
+    for path, words in [(weights, "a safetensors weights file"), (pickle, "a torch.save pickle")]:
+        with pytest.raises(A.AdpoError) as e:
+            A.Model(path)
+        assert e.value.status == A.MODEL and words in e.value.message, e.value.message
+        assert "PytorchStreamReader" not in e.value.message
