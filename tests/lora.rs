@@ -98,6 +98,35 @@ fn logits(m: &Model, b: &Batch) -> Tensor {
     tch::no_grad(|| m.logits(&ids, &attn).unwrap())
 }
 
+/// GRPO with a KL term, float64: the LoRA policy's base as the KL reference (no reference
+/// handle) equals the base loaded as a reference handle; without the KL term it differs.
+#[test]
+fn grpo_kl_against_the_base_equals_the_base_as_a_reference_handle() {
+    let cfg = |beta: f64| {
+        format!(
+            r#"{{"loss": "grpo", "beta_kl": {beta}, "optimizer": {{"name": "sgd", "lr": 2.0}}}}"#
+        )
+    };
+    let run = |reference: Option<SharedModel>, beta: f64| {
+        let policy = shared(load(&fixture(BASE), &lora_json("float64")).unwrap());
+        let mut t = Trainer::new(policy.clone(), reference, &cfg(beta)).unwrap();
+        for i in 0..3 {
+            t.step(&batch(i)).unwrap();
+        }
+        let p = policy.lock();
+        copies(p.params())
+    };
+    let own = run(None, 0.5);
+    let base = shared(load(&fixture(BASE), r#"{"dtype": "float64"}"#).unwrap());
+    let handle = run(Some(base), 0.5);
+    let d = max_diff(&own, &handle);
+    assert!(d < 1e-10, "adapters differ by {d}");
+    assert!(
+        max_diff(&own, &run(None, 0.0)) > 1e-8,
+        "the KL term against the base changed nothing"
+    );
+}
+
 #[test]
 fn params_are_the_adapters_and_the_base_is_frozen() {
     let m = load(&fixture(BASE), &lora_json("float32")).unwrap();

@@ -128,6 +128,12 @@ impl Trainer {
         };
         let reference = match (reference, self.objective.config().beta_kl > 0.0) {
             (Some(r), true) => Some(self.reference_tokens(r, batch)?.to_kind(kind)),
+            // A LoRA policy's base is the KL reference: adapters off, no second model.
+            (None, true) if policy.has_adapters() => Some(
+                policy
+                    .with_adapters_off(|base| self.tokens_no_grad(base, batch))?
+                    .to_kind(kind),
+            ),
             _ => None,
         };
         Ok(Held::Tokens {

@@ -76,9 +76,11 @@ impl Trainer {
         if objective.level() == Level::Tokens
             && objective.config().beta_kl > 0.0
             && reference.is_none()
+            && !policy.lock().has_adapters()
         {
             return Err(Error::invalid(format!(
-                "loss {} with beta_kl > 0 needs a reference model",
+                "loss {} with beta_kl > 0 needs a reference model (or a policy with LoRA \
+                 adapters, whose base is the reference)",
                 objective.plan().name
             )));
         }
