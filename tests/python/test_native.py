@@ -389,3 +389,35 @@ def test_files_that_are_not_models_are_named_through_c(tmp_path):
             A.Model(path)
         assert e.value.status == A.MODEL and words in e.value.message, e.value.message
         assert "PytorchStreamReader" not in e.value.message
+
+
+def test_bad_sampling_requests_on_a_checkpoint_are_refused_through_c():
+    """Issue 13's bad inputs, through adpo_trainer_sample on a native model: each a clear
+    status, none a crash; the limit on prompt + new tokens is max_position_embeddings."""
+    import json
+
+    name = TIED
+    tr = A.Trainer(A.Model(HF / name), None, dict(optimizer=dict(name="sgd", lr=0.1)))
+    vocab = vocab_of(name)
+    max_pos = json.loads((HF / name / "config.json").read_text())["max_position_embeddings"]
+    ok = dict(max_new_tokens=4, eos_id=[])
+    cases = [
+        ([[]], 2, ok, A.INVALID_ARGUMENT, "empty"),
+        ([[1] * (max_pos - 3)], 2, ok, A.INVALID_ARGUMENT, "max_position_embeddings"),
+        ([[1, vocab]], 2, ok, A.INVALID_ARGUMENT, "outside the vocabulary"),
+        ([[1, -1]], 2, ok, A.INVALID_ARGUMENT, "outside the vocabulary"),
+        ([[1, 2]], 0, ok, A.INVALID_ARGUMENT, "k"),
+        ([[1, 2]], 2, dict(ok, stop_sequences=[[]]), A.INVALID_CONFIG, "stop_sequences"),
+        ([[1, 2]], 2, dict(ok, stop_sequences=[[1, vocab]]), A.INVALID_ARGUMENT, "outside the vocabulary"),
+        ([[1, 2]], 2, dict(ok, stop_sequences=[1, 2]), A.INVALID_CONFIG, "stop_sequences"),
+        ([[1, 2]], 2, dict(ok, eos_id=[vocab]), A.INVALID_ARGUMENT, "outside the vocabulary"),
+        ([[1, 2]], 2, dict(ok, max_new_tokens=2**64 - 1), A.INVALID_CONFIG, "max_new_tokens"),
+        ([[1, 2]], 2, dict(ok, top_p=1.5), A.INVALID_CONFIG, "top_p"),
+    ]
+    for prompts, k, sampling, status, words in cases:
+        with pytest.raises(A.AdpoError) as e:
+            tr.sample(prompts, k, sampling)
+        assert e.value.status == status and words in e.value.message, (prompts, k, sampling, e.value)
+    # Exactly at the limit is fine.
+    b = tr.sample([[1] * (max_pos - 4)], 2, ok)
+    assert b.shape() == (2, max_pos)
