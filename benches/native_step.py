@@ -57,11 +57,12 @@ def make_batch(rows: int, tokens: int, vocab: int = 151936):
     return ids, mask, groups, rewards
 
 
-def run_adpo(ckpt: Path, rows: int, tokens: int, chunk) -> float:
+def run_adpo(ckpt: Path, rows: int, tokens: int, chunk, threads: int) -> float:
     sys.path.insert(0, str(ROOT / "tests" / "python"))
     os.environ.setdefault("ADPO_LIB", str(ROOT / "target" / "release" / "libadpo.so"))
     import adpo_ctypes as A
 
+    A.set_num_threads(threads)  # adpo's side does not import torch (its RSS is adpo's alone)
     policy, reference = A.Model(ckpt), A.Model(ckpt)
     cfg = dict(loss="listwise", anchor=dict(mode="fixed"), optimizer=dict(name="adamw", lr=1e-5),
                logprob_chunk_rows=chunk)
@@ -126,7 +127,7 @@ def child(args) -> None:
         t = run_torch(ckpt, args.rows, args.tokens)
     else:
         chunk = None if args.side == "chunked" else args.rows * args.tokens
-        t = run_adpo(ckpt, args.rows, args.tokens, chunk)
+        t = run_adpo(ckpt, args.rows, args.tokens, chunk, args.threads)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(dict(time=t, rss_mb=rss)))
 
@@ -142,9 +143,10 @@ def main() -> None:
     args = ap.parse_args()
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     if args.side:
-        import torch
+        if args.side == "torch":
+            import torch
 
-        torch.set_num_threads(args.threads)
+            torch.set_num_threads(args.threads)
         return child(args)
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = Path(tmp) / "qwen3_v151936"

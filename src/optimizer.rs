@@ -123,6 +123,34 @@ impl Updated {
     }
 }
 
+/// Aligned views of one piece of a parameter, its gradient and its two moments.
+struct Piece {
+    param: Tensor,
+    grad: Tensor,
+    first: Tensor,
+    second: Tensor,
+}
+
+/// Elements per piece in an update or a norm: 2^21 (8 MiB of float32).
+const PIECE: i64 = 1 << 21;
+
+/// Equal-sized tensors cut into aligned flat views of at most `PIECE` elements each (writing
+/// into a view writes into the tensor); one piece of each when any of them is not contiguous.
+fn pieces<const K: usize>(tensors: [&Tensor; K]) -> Vec<[Tensor; K]> {
+    let n = tensors[0].numel() as i64;
+    if n <= PIECE || !tensors.iter().all(|t| t.is_contiguous()) {
+        return vec![tensors.map(|t| t.shallow_clone())];
+    }
+    let flat = tensors.map(|t| t.view([-1]));
+    (0..n)
+        .step_by(PIECE as usize)
+        .map(|start| {
+            let len = PIECE.min(n - start);
+            std::array::from_fn(|k| flat[k].narrow(0, start, len))
+        })
+        .collect()
+}
+
 /// Most optimizer steps a trainer takes: AdamW's bias correction raises the betas to the step
 /// count as an i32. A checkpoint with more is refused as corrupt.
 pub const MAX_STEPS: u64 = i32::MAX as u64;
@@ -156,17 +184,18 @@ impl Optimizer {
     /// One update with learning rate `lr`, using each parameter's .grad (missing = zero).
     /// An update that would leave a weight or a moment NaN or Inf is refused with
     /// `Status::NonFinite` and changes nothing: the new values are computed out of place and
-    /// checked with one reduction first, then computed again and written (the optimizer's
-    /// element-wise work twice, its memory for one parameter at a time).
+    /// checked first, then computed again and written (the optimizer's element-wise work
+    /// twice). Both passes go a piece of each parameter at a time (`pieces`), so the update's
+    /// temporaries are a few pieces, not several copies of a 155 M-value embedding.
     pub fn step(&mut self, params: &[(String, Tensor)], lr: f64) -> Result<()> {
         let t = i32::try_from(self.steps + 1).unwrap_or(i32::MAX);
         tch::no_grad(|| {
             let mut flags = Vec::new();
-            for (i, (_, p)) in params.iter().enumerate() {
-                if let Some(new) = self.update(i, p, lr, t) {
+            self.for_each_piece(params, |piece| {
+                if let Some(new) = self.update(&piece, lr, t) {
                     flags.extend(new.all().map(|x| x.isfinite().all()));
                 }
-            }
+            });
             let finite = flags.is_empty() || Tensor::stack(&flags, 0).all().int64_value(&[]) != 0;
             if !finite {
                 return Err(Error::new(
@@ -178,28 +207,44 @@ impl Optimizer {
                     ),
                 ));
             }
-            for (i, (_, p)) in params.iter().enumerate() {
-                if let Some(new) = self.update(i, p, lr, t) {
-                    p.shallow_clone().copy_(&new.param);
-                    self.first[i].copy_(&new.first);
+            self.for_each_piece(params, |mut piece| {
+                if let Some(new) = self.update(&piece, lr, t) {
+                    piece.param.copy_(&new.param);
+                    piece.first.copy_(&new.first);
                     if let Some(v) = &new.second {
-                        self.second[i].copy_(v);
+                        piece.second.copy_(v);
                     }
                 }
-            }
+            });
             self.steps += 1;
             Ok(())
         })
     }
 
-    /// Parameter `i`'s values after update number `t`, out of place (PyTorch's rules, the same
-    /// operations in the same order); None when it has no gradient.
-    fn update(&self, i: usize, p: &Tensor, lr: f64, t: i32) -> Option<Updated> {
-        let g = p.grad();
-        if !g.defined() {
-            return None;
+    /// Calls `f` on every piece of every parameter that has a gradient: views of at most
+    /// `PIECE` elements of the parameter, its gradient and its two moments, in place.
+    fn for_each_piece(&self, params: &[(String, Tensor)], mut f: impl FnMut(Piece)) {
+        for (i, (_, p)) in params.iter().enumerate() {
+            let g = p.grad();
+            if !g.defined() {
+                continue;
+            }
+            let all = [p, &g, &self.first[i], &self.second[i]];
+            for [param, grad, first, second] in pieces(all) {
+                f(Piece {
+                    param,
+                    grad,
+                    first,
+                    second,
+                });
+            }
         }
-        let (m, v) = (&self.first[i], &self.second[i]);
+    }
+
+    /// A piece's values after update number `t`, out of place (PyTorch's rules, the same
+    /// operations in the same order).
+    fn update(&self, piece: &Piece, lr: f64, t: i32) -> Option<Updated> {
+        let (p, g, m, v) = (&piece.param, &piece.grad, &piece.first, &piece.second);
         Some(match self.cfg {
             OptimizerConfig::Sgd {
                 momentum,
@@ -207,7 +252,7 @@ impl Optimizer {
                 ..
             } => {
                 let d = if weight_decay > 0.0 {
-                    &g + p * weight_decay
+                    g + p * weight_decay
                 } else {
                     g.shallow_clone()
                 };
@@ -230,8 +275,8 @@ impl Optimizer {
                 ..
             } => {
                 let decayed = p * (1.0 - lr * weight_decay);
-                let first = m * b1 + &g * (1.0 - b1);
-                let second = v * b2 + &g * &g * (1.0 - b2);
+                let first = m * b1 + g * (1.0 - b1);
+                let second = v * b2 + g * g * (1.0 - b2);
                 let bc1 = 1.0 - b1.powi(t);
                 let bc2 = 1.0 - b2.powi(t);
                 let denom = second.sqrt() / bc2.sqrt() + eps;
@@ -286,16 +331,17 @@ pub fn clip_grad_norm(params: &[(String, Tensor)], max_norm: Option<f64>) -> Res
     if grads.is_empty() {
         return Ok(0.0);
     }
-    let norm = Tensor::stack(
-        &grads
-            .iter()
-            .map(|g| g.to_kind(Kind::Double).square().sum(Kind::Double))
-            .collect::<Vec<_>>(),
-        0,
-    )
-    .sum(Kind::Double)
-    .sqrt()
-    .double_value(&[]);
+    // Squares summed in float64 a piece at a time (a float64 copy of a whole embedding's
+    // gradient would be 1.2 GB at V = 151,936).
+    let squares: Vec<Tensor> = grads
+        .iter()
+        .flat_map(|g| pieces([g]))
+        .map(|[piece]| piece.to_kind(Kind::Double).square().sum(Kind::Double))
+        .collect();
+    let norm = Tensor::stack(&squares, 0)
+        .sum(Kind::Double)
+        .sqrt()
+        .double_value(&[]);
     if !norm.is_finite() {
         return Err(Error::new(
             Status::NonFinite,
@@ -313,4 +359,76 @@ pub fn clip_grad_norm(params: &[(String, Tensor)], max_norm: Option<f64>) -> Res
         }
     }
     Ok(norm)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A parameter of three and a bit pieces with a gradient: the piecewise update must equal
+    /// the whole-tensor formulas exactly.
+    fn big_param(seed: i64) -> Tensor {
+        tch::manual_seed(seed);
+        let p = Tensor::randn([3 * PIECE + 5], (Kind::Float, tch::Device::Cpu));
+        let p = p.set_requires_grad(true);
+        let g = Tensor::randn([3 * PIECE + 5], (Kind::Float, tch::Device::Cpu));
+        (&p * &g).sum(Kind::Float).backward(); // p.grad = g
+        p
+    }
+
+    #[test]
+    fn piecewise_adamw_equals_the_whole_tensor_update() {
+        let p = big_param(1);
+        let (p0, g) = (p.detach().copy(), p.grad().copy());
+        let cfg: OptimizerConfig = serde_json::from_str(r#"{"name": "adamw", "lr": 0.1}"#).unwrap();
+        let params = vec![("w".to_string(), p.shallow_clone())];
+        let mut opt = Optimizer::new(cfg, &params);
+        opt.step(&params, 0.1).unwrap();
+        opt.step(&params, 0.1).unwrap();
+        // torch.optim.AdamW, written out: two steps with the same gradient.
+        let (b1, b2, eps, wd, lr) = (0.9f64, 0.999f64, 1e-8, 0.01, 0.1);
+        let (mut w, mut m, mut v) = (p0, g.zeros_like(), g.zeros_like());
+        for t in 1..=2 {
+            w = &w * (1.0 - lr * wd);
+            m = &m * b1 + &g * (1.0 - b1);
+            v = &v * b2 + &g * &g * (1.0 - b2);
+            let denom = v.sqrt() / (1.0 - b2.powi(t)).sqrt() + eps;
+            w = &w - &m / denom * (lr / (1.0 - b1.powi(t)));
+        }
+        assert!(p.detach().equal(&w), "piecewise AdamW differs");
+        assert!(opt.first[0].equal(&m) && opt.second[0].equal(&v));
+    }
+
+    #[test]
+    fn a_non_finite_value_in_the_last_piece_leaves_every_piece_unchanged() {
+        let p = big_param(2);
+        let mut g = p.grad();
+        let _ = g.narrow(0, 3 * PIECE + 4, 1).fill_(f64::INFINITY);
+        let before = p.detach().copy();
+        let cfg: OptimizerConfig = serde_json::from_str(r#"{"name": "sgd", "lr": 0.1}"#).unwrap();
+        let params = vec![("w".to_string(), p.shallow_clone())];
+        let mut opt = Optimizer::new(cfg, &params);
+        let e = opt.step(&params, 0.1).unwrap_err();
+        assert_eq!(e.status, Status::NonFinite);
+        assert!(
+            p.detach().equal(&before),
+            "a piece was written before the check"
+        );
+        assert_eq!(opt.steps(), 0);
+    }
+
+    #[test]
+    fn the_piecewise_norm_is_the_norm() {
+        let p = big_param(3);
+        let whole = p
+            .grad()
+            .to_kind(Kind::Double)
+            .square()
+            .sum(Kind::Double)
+            .sqrt();
+        let params = vec![("w".to_string(), p.shallow_clone())];
+        let norm = clip_grad_norm(&params, None).unwrap();
+        let rel = (norm - whole.double_value(&[])).abs() / norm;
+        assert!(rel < 1e-13, "norm off by {rel}");
+    }
 }

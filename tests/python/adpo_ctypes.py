@@ -194,6 +194,8 @@ def _declare(lib: ctypes.CDLL) -> None:
         "adpo_version": (ctypes.c_char_p, []),
         "adpo_abi_version": (ctypes.c_uint32, []),
         "adpo_cuda_device_count": (ctypes.c_int32, []),
+        "adpo_set_num_threads": (st, [ctypes.c_int32, _err_pp]),
+        "adpo_num_threads": (ctypes.c_int32, []),
         "adpo_string_free": (None, [vp]),
         "adpo_test_panic": (st, [_err_pp]),
         # models, batches, trainers
@@ -253,6 +255,12 @@ def load(path: str | None = None) -> ctypes.CDLL:
 
 def version() -> str:
     return load().adpo_version().decode()
+
+
+def set_num_threads(n: int) -> None:
+    """libtorch's CPU thread count for the process (adpo_set_num_threads)."""
+    err = ctypes.c_void_p()
+    check(load().adpo_set_num_threads(n, ctypes.byref(err)), err, "adpo_set_num_threads")
 
 
 def check(status: int, err: ctypes.c_void_p, call: str) -> None:
