@@ -44,6 +44,16 @@
 #include "dlpack.h"
 
 /**
+ * Characters of one echoed input (a key, a value, a path) kept in a message.
+ */
+#define ECHO_CHARS 200
+
+/**
+ * Characters of a whole message handed to C (a backstop for echoes not capped where made).
+ */
+#define MESSAGE_CHARS 1000
+
+/**
  * Largest learning rate accepted: anything above is a typo (1e300 made the first step write
  * Inf weights).
  */
@@ -162,6 +172,10 @@ typedef struct adpo_batch adpo_batch;
 
 /**
  * An error: a status code and a message. Created by adpo, freed with adpo_error_free().
+ * adpo writes nothing to the host's stderr: the message of an error, a caught panic's
+ * included, comes back only here. Set ADPO_LOG=1 in the environment to also have the panics
+ * adpo catches printed to stderr (by Rust's panic hook, with their location). Inputs echoed in
+ * a message are shortened (see README "Errors and logging"), so a message stays short.
  */
 typedef struct adpo_error adpo_error;
 

@@ -4,6 +4,7 @@ use super::args::{c_str, require_out, write_out};
 use super::boundary::{call, call_on};
 use super::error::adpo_error;
 use super::handle::{free, handle, Guarded, Handle};
+use crate::echo::echo_path;
 use crate::error::{catch_torch, Error, Result, Status};
 use crate::model::{parse_device, LoadOptions, Model, SharedModel};
 use parking_lot::Mutex;
@@ -49,7 +50,7 @@ pub extern "C" fn adpo_model_load(
 
 /// Loads `path` and hands the new handle to the caller.
 fn load_into(out: *mut *mut adpo_model, path: &str, options: &LoadOptions) -> Result<()> {
-    let model = Model::load_with(Path::new(path), options)?;
+    let model = echo_path(path, Model::load_with(Path::new(path), options))?;
     write_out(
         out,
         "out",
@@ -113,7 +114,10 @@ pub extern "C" fn adpo_model_save(
 ) -> Status {
     call_on(err, model, "model", |m| {
         let dir = c_str(dir, "dir")?;
-        catch_torch(|| m.inner.lock().save_pretrained(Path::new(dir)))
+        echo_path(
+            dir,
+            catch_torch(|| m.inner.lock().save_pretrained(Path::new(dir))),
+        )
     })
 }
 
@@ -131,7 +135,10 @@ pub extern "C" fn adpo_model_save_adapter(
 ) -> Status {
     call_on(err, model, "model", |m| {
         let dir = c_str(dir, "dir")?;
-        catch_torch(|| m.inner.lock().save_adapter(Path::new(dir)))
+        echo_path(
+            dir,
+            catch_torch(|| m.inner.lock().save_adapter(Path::new(dir))),
+        )
     })
 }
 

@@ -8,6 +8,7 @@ use super::args::{c_str, owned_c_string, require_out, slice, write_out, write_si
 use super::boundary::{call, call_on};
 use super::error::adpo_error;
 use super::handle::{free, handle, Guarded, Handle};
+use crate::echo::echo_path;
 use crate::error::{Error, Result, Status};
 use crate::tokenizer::{ChatOptions, Tokenizer};
 use std::ffi::c_char;
@@ -31,7 +32,8 @@ pub extern "C" fn adpo_tokenizer_load(
 ) -> Status {
     call(err, || {
         require_out(out, "out")?;
-        let tokenizer = Tokenizer::load(Path::new(c_str(path, "path")?))?;
+        let path = c_str(path, "path")?;
+        let tokenizer = echo_path(path, Tokenizer::load(Path::new(path)))?;
         write_out(out, "out", adpo_tokenizer::into_raw(tokenizer))
     })
 }

@@ -40,7 +40,12 @@ impl ChatOptions {
         if json.trim().is_empty() {
             return Ok(ChatOptions::default());
         }
-        serde_json::from_str(json).map_err(|e| Error::config(format!("options_json: {e}")))
+        serde_json::from_str(json).map_err(|e| {
+            Error::config(format!(
+                "options_json: {}",
+                crate::echo::echo_quoted(&e.to_string())
+            ))
+        })
     }
 }
 
