@@ -44,16 +44,6 @@
 #include "dlpack.h"
 
 /**
- * Characters of one echoed input (a key, a value, a path) kept in a message.
- */
-#define ECHO_CHARS 200
-
-/**
- * Characters of a whole message handed to C (a backstop for echoes not capped where made).
- */
-#define MESSAGE_CHARS 1000
-
-/**
  * Largest learning rate accepted: anything above is a typo (1e300 made the first step write
  * Inf weights).
  */
@@ -549,6 +539,11 @@ adpo_status adpo_objective_eval_dlpack(const struct adpo_objective *obj,
  * shape (tried on a 1 x 2 input) is an ADPO_STATUS_MODEL error; weights that do not match the
  * config (a missing, unexpected or misshapen tensor, a missing or truncated shard) are
  * ADPO_STATUS_CHECKPOINT errors. The message names the field, tensor or file.
+ *
+ * Security: loading a TorchScript file runs the code it holds (its forward, and whatever that
+ * calls), with the host's rights: load only TorchScript files you trust. A checkpoint
+ * directory holds data only (JSON and safetensors, no code): prefer it for files from
+ * elsewhere.
  */
 adpo_status adpo_model_load(const char *path,
                             const char *device,

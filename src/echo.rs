@@ -5,11 +5,12 @@
 use crate::error::{Error, Result};
 use std::borrow::Cow;
 
+// Not `pub`: cbindgen would put them in the C header.
 /// Characters of one echoed input (a key, a value, a path) kept in a message.
-pub const ECHO_CHARS: usize = 200;
+const ECHO_CHARS: usize = 200;
 
 /// Characters of a whole message handed to C (a backstop for echoes not capped where made).
-pub const MESSAGE_CHARS: usize = 1000;
+const MESSAGE_CHARS: usize = 1000;
 
 /// `text` when it has at most `max` characters; else its first and last characters (three
 /// quarters and a quarter of `max`) around "…" and its length in bytes.
@@ -21,6 +22,12 @@ pub fn capped(text: &str, max: usize) -> Cow<'_, str> {
     let head: String = text.chars().take(max * 3 / 4).collect();
     let tail: String = text.chars().skip(chars - max / 4).collect();
     Cow::Owned(format!("{head}…[{} bytes in all]…{tail}", text.len()))
+}
+
+/// A whole message as it is handed to C: [`capped`] to [`MESSAGE_CHARS`], the backstop for
+/// inputs echoed without a cap where the message was made.
+pub fn cap_message(message: &str) -> Cow<'_, str> {
+    capped(message, MESSAGE_CHARS)
 }
 
 /// An input echoed in a message: [`capped`] to [`ECHO_CHARS`].

@@ -1,6 +1,6 @@
 //! The `adpo_error` object handed to C callers through the optional `adpo_error **err`.
 
-use crate::echo::{capped, MESSAGE_CHARS};
+use crate::echo::cap_message;
 use crate::error::{Error, Status};
 use std::ffi::{c_char, CString};
 
@@ -19,8 +19,7 @@ pub(crate) fn report(err: *mut *mut adpo_error, e: &Error) {
     if err.is_null() {
         return;
     }
-    // The backstop for inputs echoed without a cap where the message was made.
-    let message = capped(&e.message, MESSAGE_CHARS).replace('\0', " ");
+    let message = cap_message(&e.message).replace('\0', " ");
     let message = CString::new(message).unwrap_or_default();
     let boxed = Box::new(adpo_error {
         status: e.status,

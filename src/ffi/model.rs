@@ -29,6 +29,11 @@ handle!(adpo_model, SharedModel);
 /// shape (tried on a 1 x 2 input) is an ADPO_STATUS_MODEL error; weights that do not match the
 /// config (a missing, unexpected or misshapen tensor, a missing or truncated shard) are
 /// ADPO_STATUS_CHECKPOINT errors. The message names the field, tensor or file.
+///
+/// Security: loading a TorchScript file runs the code it holds (its forward, and whatever that
+/// calls), with the host's rights: load only TorchScript files you trust. A checkpoint
+/// directory holds data only (JSON and safetensors, no code): prefer it for files from
+/// elsewhere.
 #[no_mangle]
 pub extern "C" fn adpo_model_load(
     path: *const c_char,
