@@ -44,6 +44,12 @@
 #include "dlpack.h"
 
 /**
+ * The most candidates (n_prompts * k) one adpo_trainer_sample call generates: a runaway
+ * request fails instead of aborting the process on an allocation it cannot get.
+ */
+#define MAX_SAMPLE_ROWS (1 << 20)
+
+/**
  * Largest learning rate accepted: anything above is a typo (1e300 made the first step write
  * Inf weights).
  */
@@ -974,6 +980,7 @@ void adpo_trainer_free(struct adpo_trainer *trainer);
  * pad_id 0, seed null (continue the trainer's generator). `*out_batch` receives a new batch
  * (n_prompts * k rows, group id = prompt index, loss mask on the generated tokens up to and
  * including EOS, per-token old_logp set); set its rewards and pass it to adpo_trainer_step.
+ * n_prompts * k above MAX_SAMPLE_ROWS is ADPO_STATUS_INVALID_ARGUMENT.
  */
 adpo_status adpo_trainer_sample(struct adpo_trainer *trainer,
                                 const int64_t *prompt_tokens,

@@ -155,7 +155,10 @@ pub extern "C" fn adpo_tokenizer_decode_batch(
             return Ok(());
         }
         require_out(out_texts, "out_texts")?;
-        let offsets = slice(offsets, n + 1, "offsets")?;
+        let entries = n
+            .checked_add(1)
+            .ok_or_else(|| Error::invalid(format!("n = {n} is too large for any buffer")))?;
+        let offsets = slice(offsets, entries, "offsets")?;
         if let Some(i) = (0..n).find(|&i| offsets[i] > offsets[i + 1]) {
             return Err(Error::invalid(format!(
                 "offsets must not decrease: offsets[{i}] = {} > offsets[{}] = {}",

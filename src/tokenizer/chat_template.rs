@@ -155,6 +155,17 @@ impl ChatTemplates {
                 ctx.insert(name, value);
             }
         }
+        for (name, list) in [("tools", &options.tools), ("documents", &options.documents)] {
+            if let Some(v) = list
+                .as_ref()
+                .filter(|v| !v.is_none() && v.kind() != ValueKind::Seq)
+            {
+                return Err(Error::config(format!(
+                    "options_json: \"{name}\" must be a list, not {}",
+                    v.kind()
+                )));
+            }
+        }
         let or_none = |v: &Option<Value>| v.clone().unwrap_or(Value::from(()));
         ctx.insert(Value::from("messages"), messages);
         ctx.insert(Value::from("tools"), or_none(&options.tools));
