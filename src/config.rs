@@ -260,7 +260,7 @@ fn positive(name: &str, v: f64) -> Result<()> {
         Ok(())
     } else {
         Err(Error::config(format!(
-            "{name} must be a finite number > 0, got {v}"
+            "{name} must be a finite number > 0, got {v:?}"
         )))
     }
 }
@@ -270,7 +270,7 @@ fn non_negative(name: &str, v: f64) -> Result<()> {
         Ok(())
     } else {
         Err(Error::config(format!(
-            "{name} must be a finite number >= 0, got {v}"
+            "{name} must be a finite number >= 0, got {v:?}"
         )))
     }
 }
@@ -279,7 +279,9 @@ fn unit_interval(name: &str, v: f64) -> Result<()> {
     if v.is_finite() && (0.0..1.0).contains(&v) {
         Ok(())
     } else {
-        Err(Error::config(format!("{name} must be in [0, 1), got {v}")))
+        Err(Error::config(format!(
+            "{name} must be in [0, 1), got {v:?}"
+        )))
     }
 }
 

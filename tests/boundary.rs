@@ -314,6 +314,14 @@ mod capped_echoes {
     }
 
     #[test]
+    fn a_huge_number_is_echoed_in_exponent_form() {
+        // f64's Display writes 1e300 as 301 digits.
+        let msg = objective_new(r#"{"tau": -1e300}"#);
+        assert!(msg.contains("got -1e300"), "{msg}");
+        assert!(msg.len() < 100, "{msg}");
+    }
+
+    #[test]
     fn a_huge_string_value_is_capped() {
         let value = "v".repeat(1 << 20);
         let msg = objective_new(&format!("{{\"loss\": \"{value}\"}}"));
