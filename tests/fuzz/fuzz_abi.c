@@ -9,6 +9,7 @@
  *   fuzz_abi [RANDOM_CASES [SEED]]   runs the table and RANDOM_CASES random cases (default 200)
  *   fuzz_abi --list                  prints the fuzzed functions (check_coverage.py compares them
  *                                    with the header's exports)
+ *   FUZZ_VERBOSE=1 fuzz_abi ...      also prints each passing case's status and message
  *
  * Fixtures come from $ADPO_FIXTURES (tests/fixtures/generated). Scratch files go to a fresh
  * directory under $TMPDIR. */
@@ -1669,7 +1670,9 @@ static void child(const fuzz_case *c, const char *errfile) {
         fflush(stdout);
         _exit(1);
     }
+    if (getenv("FUZZ_VERBOSE")) printf("ok %s(%s): %d %s\n", c->fn, c->what, (int)st, err ? adpo_error_message(err) : "");
     adpo_error_free(err);
+    fflush(stdout);
     _exit(0);
 }
 
