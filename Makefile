@@ -31,7 +31,7 @@ MPICC ?= mpicc
 # OpenMPI refuses to run as root (containers, CI) unless told; --oversubscribe: more ranks than cores.
 MPIRUN := OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 mpirun --oversubscribe
 
-.PHONY: setup fixtures build lib test test-rust test-header test-c test-readme test-python test-install test-cpp test-go test-julia test-bandit bench-bandit test-rl bench-rl test-mpi bench-dp demo header install bench
+.PHONY: setup fixtures build lib test test-rust test-header test-c test-readme test-fuzz test-python test-install test-cpp test-go test-julia test-bandit bench-bandit test-rl bench-rl test-mpi bench-dp demo header install bench
 
 setup: $(SETUP_STAMP)
 $(SETUP_STAMP): scripts/setup
@@ -74,7 +74,7 @@ $(CBUILD)/examples/train_mpi: examples/c/train_mpi.c include/adpo.h lib
 demo: $(CBUILD)/examples/text_rl fixtures
 	$(CBUILD)/examples/text_rl $(FIXTURES)/colours
 
-test: test-rust test-header test-c test-readme test-python test-install test-cpp test-go test-julia test-bandit test-rl test-mpi
+test: test-rust test-header test-c test-readme test-fuzz test-python test-install test-cpp test-go test-julia test-bandit test-rl test-mpi
 	@echo "make test: all suites passed"
 
 test-rust: setup fixtures
@@ -105,6 +105,19 @@ test-c: $(C_TESTS) $(C_EXAMPLES) fixtures
 test-readme: lib fixtures
 	ADPO_FIXTURES=$(FIXTURES) $(PY) tests/readme/check_snippets.py README.md
 	ADPO_FIXTURES=$(FIXTURES) $(PY) tests/readme/check_snippets.py --expect-fail 4 tests/readme/broken.md
+
+# The C-ABI fuzz test (tests/fuzz/fuzz_abi.c): the adversarial table for every export of the
+# header (check_coverage.py fails on an export without cases) and seeded random cases, each in a
+# forked child with a time limit; about a minute on 2 cores. FUZZ_CASES and FUZZ_SEED vary it.
+FUZZ_CASES ?= 300
+FUZZ_SEED ?= 20261202
+$(CBUILD)/fuzz/fuzz_abi: tests/fuzz/fuzz_abi.c include/adpo.h include/dlpack.h lib
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ADPO) -o $@ $< $(LDFLAGS_ADPO)
+
+test-fuzz: $(CBUILD)/fuzz/fuzz_abi fixtures
+	$(PY) tests/fuzz/check_coverage.py include/adpo.h $<
+	ADPO_FIXTURES=$(FIXTURES) $< $(FUZZ_CASES) $(FUZZ_SEED)
 
 test-python: lib
 	ADPO_LIB=$(LIB) $(PY) -m pytest -q tests/python

@@ -44,6 +44,12 @@
 #include "dlpack.h"
 
 /**
+ * The most candidates (n_prompts * k) one adpo_trainer_sample call generates: a runaway
+ * request fails instead of aborting the process on an allocation it cannot get.
+ */
+#define MAX_SAMPLE_ROWS (1 << 20)
+
+/**
  * Largest learning rate accepted: anything above is a typo (1e300 made the first step write
  * Inf weights).
  */
@@ -162,6 +168,10 @@ typedef struct adpo_batch adpo_batch;
 
 /**
  * An error: a status code and a message. Created by adpo, freed with adpo_error_free().
+ * adpo writes nothing to the host's stderr: the message of an error, a caught panic's
+ * included, comes back only here. Set ADPO_LOG=1 in the environment to also have the panics
+ * adpo catches printed to stderr (by Rust's panic hook, with their location). Inputs echoed in
+ * a message are shortened (see README "Errors and logging"), so a message stays short.
  */
 typedef struct adpo_error adpo_error;
 
@@ -535,6 +545,11 @@ adpo_status adpo_objective_eval_dlpack(const struct adpo_objective *obj,
  * shape (tried on a 1 x 2 input) is an ADPO_STATUS_MODEL error; weights that do not match the
  * config (a missing, unexpected or misshapen tensor, a missing or truncated shard) are
  * ADPO_STATUS_CHECKPOINT errors. The message names the field, tensor or file.
+ *
+ * Security: loading a TorchScript file runs the code it holds (its forward, and whatever that
+ * calls), with the host's rights: load only TorchScript files you trust. A checkpoint
+ * directory holds data only (JSON and safetensors, no code): prefer it for files from
+ * elsewhere.
  */
 adpo_status adpo_model_load(const char *path,
                             const char *device,
@@ -969,6 +984,7 @@ void adpo_trainer_free(struct adpo_trainer *trainer);
  * pad_id 0, seed null (continue the trainer's generator). `*out_batch` receives a new batch
  * (n_prompts * k rows, group id = prompt index, loss mask on the generated tokens up to and
  * including EOS, per-token old_logp set); set its rewards and pass it to adpo_trainer_step.
+ * n_prompts * k above MAX_SAMPLE_ROWS is ADPO_STATUS_INVALID_ARGUMENT.
  */
 adpo_status adpo_trainer_sample(struct adpo_trainer *trainer,
                                 const int64_t *prompt_tokens,

@@ -1,6 +1,7 @@
 //! Configuration of the objective, parsed from JSON (unknown keys are an error) and validated
 //! once. Defaults are those of docs/MATH.md §0.
 
+use crate::echo::{echo, echo_quoted};
 use crate::error::{Error, Result};
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -192,8 +193,7 @@ fn numbers(items: &[Value]) -> bool {
 /// Parses a config (empty = `{}`): a JSON object, objects all the way down.
 pub(crate) fn parse_object(what: &str, json: &str) -> Result<Map<String, Value>> {
     let json = if json.trim().is_empty() { "{}" } else { json };
-    let value: Value =
-        serde_json::from_str(json).map_err(|e| Error::config(format!("{what} config: {e}")))?;
+    let value: Value = serde_json::from_str(json).map_err(|e| serde_error(what, e))?;
     let Value::Object(map) = value else {
         return Err(Error::config(format!(
             "{what} config must be a JSON object"
@@ -210,7 +210,8 @@ fn objects_only(what: &str, key: &str, value: &Value) -> Result<()> {
         Value::Array(items) if ARRAY_KEYS.contains(&key) => {
             if !numbers(items) {
                 return Err(Error::config(format!(
-                    "{what} config: `{key}` must be an array of numbers or strings"
+                    "{what} config: `{}` must be an array of numbers or strings",
+                    echo(key)
                 )));
             }
             Ok(())
@@ -221,13 +222,15 @@ fn objects_only(what: &str, key: &str, value: &Value) -> Result<()> {
                 .all(|x| matches!(x, Value::Array(inner) if numbers(inner)));
             if !ok {
                 return Err(Error::config(format!(
-                    "{what} config: `{key}` must be an array of arrays of token ids"
+                    "{what} config: `{}` must be an array of arrays of token ids",
+                    echo(key)
                 )));
             }
             Ok(())
         }
         Value::Array(_) => Err(Error::config(format!(
-            "{what} config: `{key}` must be a JSON object or a single value, not an array"
+            "{what} config: `{}` must be a JSON object or a single value, not an array",
+            echo(key)
         ))),
         Value::Object(map) => map.iter().try_for_each(|(k, v)| objects_only(what, k, v)),
         _ => Ok(()),
@@ -244,8 +247,12 @@ pub(crate) fn from_object<T: for<'de> Deserialize<'de>>(
     what: &str,
     map: Map<String, Value>,
 ) -> Result<T> {
-    serde_json::from_value(Value::Object(map))
-        .map_err(|e| Error::config(format!("{what} config: {e}")))
+    serde_json::from_value(Value::Object(map)).map_err(|e| serde_error(what, e))
+}
+
+/// serde_json's message, which quotes the keys and values at fault, with those capped.
+fn serde_error(what: &str, e: serde_json::Error) -> Error {
+    Error::config(format!("{what} config: {}", echo_quoted(&e.to_string())))
 }
 
 fn positive(name: &str, v: f64) -> Result<()> {
@@ -253,7 +260,7 @@ fn positive(name: &str, v: f64) -> Result<()> {
         Ok(())
     } else {
         Err(Error::config(format!(
-            "{name} must be a finite number > 0, got {v}"
+            "{name} must be a finite number > 0, got {v:?}"
         )))
     }
 }
@@ -263,7 +270,7 @@ fn non_negative(name: &str, v: f64) -> Result<()> {
         Ok(())
     } else {
         Err(Error::config(format!(
-            "{name} must be a finite number >= 0, got {v}"
+            "{name} must be a finite number >= 0, got {v:?}"
         )))
     }
 }
@@ -272,7 +279,9 @@ fn unit_interval(name: &str, v: f64) -> Result<()> {
     if v.is_finite() && (0.0..1.0).contains(&v) {
         Ok(())
     } else {
-        Err(Error::config(format!("{name} must be in [0, 1), got {v}")))
+        Err(Error::config(format!(
+            "{name} must be in [0, 1), got {v:?}"
+        )))
     }
 }
 

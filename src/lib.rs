@@ -5,7 +5,7 @@
 //! (token log-probs, by chunks of the output head for native models), [`anchor`],
 //! [`optimizer`], [`schedule`], [`trainer`] (the step), [`sample`] (batched, KV-cached
 //! generation), [`checkpoint`], [`config`], [`distributed`] (data-parallel training),
-//! [`tokenizer`] (text and chat templates), [`dlpack`], [`runtime`] (thread count), [`error`], [`version`], and `ffi` (the
+//! [`tokenizer`] (text and chat templates), [`dlpack`], [`runtime`] (thread count), [`error`], [`echo`] (inputs in messages, capped), [`version`], and `ffi` (the
 //! C ABI, include/adpo.h: the outer layer, which nothing else imports).
 
 pub mod anchor;
@@ -14,6 +14,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod distributed;
 pub mod dlpack;
+pub mod echo;
 pub mod error;
 pub mod ffi;
 pub mod logprob;

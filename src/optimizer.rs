@@ -65,7 +65,10 @@ impl OptimizerConfig {
         let bad = |m: String| Err(Error::config(m));
         let lr = self.lr();
         if !(lr.is_finite() && lr > 0.0 && lr <= MAX_LR) {
-            return bad(format!("optimizer.lr must be in (0, {MAX_LR:e}], got {lr}"));
+            // {lr:?}: 1e300 as "1e300", not 301 digits.
+            return bad(format!(
+                "optimizer.lr must be in (0, {MAX_LR:e}], got {lr:?}"
+            ));
         }
         let unit = |x: f64| (0.0..1.0).contains(&x);
         let weight_decay = match *self {

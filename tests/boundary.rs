@@ -135,3 +135,301 @@ fn the_ffi_import_check_catches_an_import() {
     assert_eq!(found.len(), 1);
     assert!(found[0].ends_with("bad.rs"));
 }
+
+/// Runs this test binary's ignored test `name` alone in a child process, with `env`; its stderr.
+fn child_stderr(name: &str, env: &[(&str, &str)]) -> String {
+    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+    // --nocapture: a panic hook that prints writes to the real stderr, not libtest's capture.
+    cmd.args([
+        "--ignored",
+        "--exact",
+        name,
+        "--nocapture",
+        "--test-threads=1",
+    ]);
+    cmd.env_remove("ADPO_LOG");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "child {name} failed: {out:?}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Child of `caught_panics_are_silent_unless_adpo_log`: a panic caught at the C boundary, then
+/// a panic of the host's own, caught by the host.
+#[test]
+#[ignore = "run as a child process by caught_panics_are_silent_unless_adpo_log"]
+fn child_panics_inside_and_outside_adpo() {
+    let mut err = std::ptr::null_mut();
+    assert_eq!(
+        adpo::ffi::version::adpo_test_panic(&mut err),
+        adpo::Status::Panic
+    );
+    adpo::ffi::error::adpo_error_free(err);
+    let host = std::panic::catch_unwind(|| panic!("the host's own panic"));
+    assert!(host.is_err());
+}
+
+#[test]
+fn caught_panics_are_silent_unless_adpo_log() {
+    let quiet = child_stderr("child_panics_inside_and_outside_adpo", &[]);
+    assert!(
+        !quiet.contains("adpo_test_panic was called"),
+        "adpo printed a caught panic: {quiet}"
+    );
+    assert!(
+        quiet.contains("the host's own panic"),
+        "the host's panic hook no longer runs: {quiet:?}"
+    );
+    let logged = child_stderr("child_panics_inside_and_outside_adpo", &[("ADPO_LOG", "1")]);
+    assert!(
+        logged.contains("adpo_test_panic was called"),
+        "ADPO_LOG=1 did not print: {logged:?}"
+    );
+    assert!(logged.contains("the host's own panic"));
+}
+
+mod torch_errors {
+    use adpo::ffi::error::{adpo_error, adpo_error_free, adpo_error_message};
+    use std::ffi::{CStr, CString};
+
+    fn fixtures() -> std::path::PathBuf {
+        std::path::PathBuf::from(std::env::var("ADPO_FIXTURES").unwrap_or_else(|_| {
+            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/generated").to_string()
+        }))
+    }
+
+    /// The message of `err`, freed.
+    fn take(err: *mut adpo_error) -> String {
+        assert!(!err.is_null());
+        let msg = unsafe { CStr::from_ptr(adpo_error_message(err)) }
+            .to_string_lossy()
+            .into_owned();
+        adpo_error_free(err);
+        msg
+    }
+
+    /// libtorch appends its C++ backtrace ("Exception raised from ...", "frame #0: ...") to its
+    /// messages; none of it may reach the caller.
+    fn assert_clean(msg: &str) {
+        assert!(
+            !msg.contains("Exception raised from"),
+            "backtrace in: {msg}"
+        );
+        assert!(!msg.contains("frame #"), "stack frames in: {msg}");
+        assert!(msg.len() < 1000, "{} bytes: {msg}", msg.len());
+    }
+
+    fn load(path: &std::path::Path) -> (adpo::Status, String) {
+        let p = CString::new(path.to_str().unwrap()).unwrap();
+        let mut model = std::ptr::null_mut();
+        let mut err = std::ptr::null_mut();
+        let st =
+            adpo::ffi::model::adpo_model_load(p.as_ptr(), std::ptr::null(), &mut model, &mut err);
+        assert!(model.is_null());
+        (st, take(err))
+    }
+
+    #[test]
+    fn a_truncated_torchscript_file_gives_libtorchs_message_without_its_backtrace() {
+        let bytes = std::fs::read(fixtures().join("tiny_transformer.pt")).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let cut = dir.path().join("cut.pt");
+        // Past the code's constants (so it is sniffed as TorchScript), before the zip directory.
+        std::fs::write(&cut, &bytes[..bytes.len() - 200]).unwrap();
+        let (st, msg) = load(&cut);
+        println!("{st:?} {msg}");
+        assert_eq!(st, adpo::Status::Model);
+        assert!(msg.contains("cannot load TorchScript module"), "{msg}");
+        assert_clean(&msg);
+    }
+
+    #[test]
+    fn a_torchscript_forward_that_fails_gives_a_short_message() {
+        let (st, msg) = load(&fixtures().join("bad_signature.pt"));
+        println!("{st:?} {msg}");
+        assert_eq!(st, adpo::Status::Model);
+        assert!(msg.contains("neither forward"), "{msg}");
+        assert_clean(&msg);
+    }
+}
+
+/// Inputs echoed in messages are capped (src/echo.rs): a 1 MB key, value or path does not come
+/// back as a 1 MB message.
+mod capped_echoes {
+    use adpo::ffi::error::{adpo_error_free, adpo_error_message, adpo_error_status};
+    use adpo::Status;
+    use std::ffi::{CStr, CString};
+
+    /// Runs `f(&mut err)`, checks its status, returns the message.
+    fn failure(
+        expected: Status,
+        f: impl FnOnce(*mut *mut adpo::ffi::error::adpo_error) -> Status,
+    ) -> String {
+        let mut err = std::ptr::null_mut();
+        let st = f(&mut err);
+        assert_eq!(st, expected);
+        assert_eq!(adpo_error_status(err), expected);
+        let msg = unsafe { CStr::from_ptr(adpo_error_message(err)) }
+            .to_string_lossy()
+            .into_owned();
+        adpo_error_free(err);
+        msg
+    }
+
+    fn assert_capped(msg: &str, total_bytes: usize) {
+        assert!(
+            msg.len() < 800,
+            "{} bytes: {}",
+            msg.len(),
+            &msg[..msg.len().min(2000)]
+        );
+        assert!(
+            msg.contains(&format!("[{total_bytes} bytes in all]")),
+            "{msg}"
+        );
+    }
+
+    fn objective_new(config: &str) -> String {
+        let c = CString::new(config).unwrap();
+        let mut obj = std::ptr::null_mut();
+        let msg = failure(Status::InvalidConfig, |err| {
+            adpo::ffi::objective::adpo_objective_new(c.as_ptr(), &mut obj, err)
+        });
+        assert!(obj.is_null());
+        msg
+    }
+
+    #[test]
+    fn a_huge_unknown_key_is_capped() {
+        let key = "k".repeat(1 << 20);
+        let msg = objective_new(&format!("{{\"{key}\": 1}}"));
+        assert!(msg.contains("unknown field `kkk"), "{msg}");
+        assert!(
+            msg.contains("expected one of"),
+            "the rest of serde's message is kept: {msg}"
+        );
+        assert_capped(&msg, 1 << 20);
+    }
+
+    #[test]
+    fn a_huge_number_is_echoed_in_exponent_form() {
+        // f64's Display writes 1e300 as 301 digits.
+        let msg = objective_new(r#"{"tau": -1e300}"#);
+        assert!(msg.contains("got -1e300"), "{msg}");
+        assert!(msg.len() < 100, "{msg}");
+    }
+
+    #[test]
+    fn a_huge_string_value_is_capped() {
+        let value = "v".repeat(1 << 20);
+        let msg = objective_new(&format!("{{\"loss\": \"{value}\"}}"));
+        assert!(msg.contains("vvv"), "{msg}");
+        assert_capped(&msg, 1 << 20);
+    }
+
+    #[test]
+    fn a_huge_key_under_an_array_check_is_capped() {
+        let key = "a".repeat(100_000);
+        let msg = objective_new(&format!("{{\"{key}\": [1]}}"));
+        assert!(msg.contains("not an array"), "{msg}");
+        assert_capped(&msg, 100_000);
+    }
+
+    /// A path of `len` bytes that does not exist (long, but each component under NAME_MAX).
+    fn long_path(len: usize) -> String {
+        let mut p = String::from("/nonexistent");
+        while p.len() < len - 9 {
+            p.push_str("/abcdefgh");
+        }
+        p.truncate(len - 9);
+        p.push_str("/model.pt");
+        p
+    }
+
+    #[test]
+    fn a_long_model_path_is_capped_in_every_echo() {
+        // Shorter than PATH_MAX, so the loader itself echoes it (the message backstop alone
+        // would keep 1000 characters).
+        for len in [3000, 1 << 20] {
+            let path = CString::new(long_path(len)).unwrap();
+            let mut model = std::ptr::null_mut();
+            let msg = failure(Status::Model, |err| {
+                adpo::ffi::model::adpo_model_load(path.as_ptr(), std::ptr::null(), &mut model, err)
+            });
+            assert!(
+                msg.contains("model file not found: /nonexistent/abc"),
+                "{msg}"
+            );
+            assert!(msg.ends_with("/model.pt"), "{msg}");
+            assert_capped(&msg, len);
+        }
+    }
+
+    #[test]
+    fn a_long_tokenizer_path_is_capped() {
+        let path = CString::new(long_path(5000)).unwrap();
+        let mut tok = std::ptr::null_mut();
+        let msg = failure(Status::Io, |err| {
+            adpo::ffi::tokenizer::adpo_tokenizer_load(path.as_ptr(), &mut tok, err)
+        });
+        assert_capped(&msg, 5000);
+    }
+
+    #[test]
+    fn a_huge_device_string_is_capped() {
+        let path = CString::new("/nonexistent.pt").unwrap();
+        let device = CString::new("d".repeat(1 << 20)).unwrap();
+        let mut model = std::ptr::null_mut();
+        let msg = failure(Status::InvalidArgument, |err| {
+            adpo::ffi::model::adpo_model_load(path.as_ptr(), device.as_ptr(), &mut model, err)
+        });
+        assert_capped(&msg, 1 << 20);
+    }
+
+    #[test]
+    fn huge_chat_messages_are_capped() {
+        // Not a tokenizer handle needed: the messages are checked before the template runs,
+        // but the call needs one, so load the fixture.
+        let dir = std::path::PathBuf::from(std::env::var("ADPO_FIXTURES").unwrap_or_else(|_| {
+            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/generated").to_string()
+        }))
+        .join("tokenizers/qwen");
+        let dir = CString::new(dir.to_str().unwrap()).unwrap();
+        let mut tok = std::ptr::null_mut();
+        let mut err = std::ptr::null_mut();
+        assert_eq!(
+            adpo::ffi::tokenizer::adpo_tokenizer_load(dir.as_ptr(), &mut tok, &mut err),
+            Status::Ok
+        );
+        let big = "x".repeat(1 << 20);
+        // Not JSON (serde echoes nothing), a wrong type (serde echoes the value), an option key.
+        let messages = CString::new(format!(
+            "[{{\"role\": \"user\", \"content\": 1}}, \"{big}\"]"
+        ))
+        .unwrap();
+        let options = CString::new(format!("{{\"{big}\": 1}}")).unwrap();
+        let mut out = std::ptr::null_mut();
+        for (m, o, st) in [
+            (&messages, std::ptr::null(), Status::InvalidArgument),
+            (
+                &CString::new("[]").unwrap(),
+                options.as_ptr(),
+                Status::InvalidConfig,
+            ),
+        ] {
+            let msg = failure(st, |err| {
+                adpo::ffi::tokenizer::adpo_tokenizer_apply_chat_template_options(
+                    tok,
+                    m.as_ptr(),
+                    o,
+                    &mut out,
+                    err,
+                )
+            });
+            assert!(msg.len() <= 1100, "{} bytes", msg.len());
+        }
+        adpo::ffi::tokenizer::adpo_tokenizer_free(tok);
+    }
+}

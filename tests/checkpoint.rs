@@ -75,9 +75,9 @@ fn a_killed_save_leaves_one_whole_checkpoint() {
         (1, weights(trained(1).policy())),
         (2, weights(trained(2).policy())),
     ];
-    // Kill points spread over a few saves after the first: one whole checkpoint must load
-    // every time.
-    for delay_ms in [20, 23, 27, 32, 39, 48, 60, 75] {
+    // 24 kill points, 3 ms apart, spread over a few saves after the first: one whole
+    // checkpoint must load every time.
+    for delay_ms in (20..92).step_by(3) {
         let _ = std::fs::remove_file(&path);
         let mut child = std::process::Command::new(std::env::current_exe().unwrap())
             .args([

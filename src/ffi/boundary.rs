@@ -1,8 +1,10 @@
 //! The panic boundary: every exported function runs its body through one of these, so a panic
-//! never unwinds into C. A panic inside a handle's call poisons that handle.
+//! never unwinds into C. A panic inside a handle's call poisons that handle. Caught panics are
+//! not printed (see quiet_panics.rs).
 
 use super::error::{adpo_error, report};
 use super::handle::Handle;
+use super::quiet_panics::inside_adpo;
 use crate::error::{Error, Result, Status};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
@@ -19,7 +21,7 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 
 /// Runs a fallible body; returns its status and reports the error through `err`.
 pub fn call(err: *mut *mut adpo_error, body: impl FnOnce() -> Result<()>) -> Status {
-    match catch_unwind(AssertUnwindSafe(body)) {
+    match inside_adpo(|| catch_unwind(AssertUnwindSafe(body))) {
         Ok(Ok(())) => Status::Ok,
         Ok(Err(e)) => {
             report(err, &e);
@@ -76,5 +78,5 @@ pub fn with_handle<H: Handle>(
 
 /// For functions that cannot fail: a panic yields `fallback`.
 pub fn infallible<T>(fallback: T, body: impl FnOnce() -> T) -> T {
-    catch_unwind(AssertUnwindSafe(body)).unwrap_or(fallback)
+    inside_adpo(|| catch_unwind(AssertUnwindSafe(body))).unwrap_or(fallback)
 }

@@ -4,6 +4,7 @@ use super::args::c_str;
 use super::boundary::call_on;
 use super::error::adpo_error;
 use super::trainer::adpo_trainer;
+use crate::echo::echo_path;
 use crate::error::Status;
 use std::ffi::c_char;
 use std::path::Path;
@@ -24,7 +25,7 @@ pub extern "C" fn adpo_trainer_save(
 ) -> Status {
     call_on(err, trainer, "trainer", |t| {
         let path = c_str(path, "path")?;
-        t.inner.lock().save(Path::new(path))
+        echo_path(path, t.inner.lock().save(Path::new(path)))
     })
 }
 
@@ -43,6 +44,6 @@ pub extern "C" fn adpo_trainer_load(
 ) -> Status {
     call_on(err, trainer as *const adpo_trainer, "trainer", |t| {
         let path = c_str(path, "path")?;
-        t.inner.lock().load(Path::new(path))
+        echo_path(path, t.inner.lock().load(Path::new(path)))
     })
 }

@@ -1,9 +1,14 @@
 //! The `adpo_error` object handed to C callers through the optional `adpo_error **err`.
 
+use crate::echo::cap_message;
 use crate::error::{Error, Status};
 use std::ffi::{c_char, CString};
 
 /// An error: a status code and a message. Created by adpo, freed with adpo_error_free().
+/// adpo writes nothing to the host's stderr: the message of an error, a caught panic's
+/// included, comes back only here. Set ADPO_LOG=1 in the environment to also have the panics
+/// adpo catches printed to stderr (by Rust's panic hook, with their location). Inputs echoed in
+/// a message are shortened (see README "Errors and logging"), so a message stays short.
 pub struct adpo_error {
     status: Status,
     message: CString,
@@ -14,7 +19,8 @@ pub(crate) fn report(err: *mut *mut adpo_error, e: &Error) {
     if err.is_null() {
         return;
     }
-    let message = CString::new(e.message.replace('\0', " ")).unwrap_or_default();
+    let message = cap_message(&e.message).replace('\0', " ");
+    let message = CString::new(message).unwrap_or_default();
     let boxed = Box::new(adpo_error {
         status: e.status,
         message,

@@ -22,3 +22,4 @@ pub mod distributed;
 pub mod args;
 pub mod boundary;
 pub mod handle;
+pub mod quiet_panics;

@@ -4,6 +4,7 @@ use super::args::{c_str, require_out, write_out};
 use super::boundary::{call, call_on};
 use super::error::adpo_error;
 use super::handle::{free, handle, Guarded, Handle};
+use crate::echo::echo_path;
 use crate::error::{catch_torch, Error, Result, Status};
 use crate::model::{parse_device, LoadOptions, Model, SharedModel};
 use parking_lot::Mutex;
@@ -28,6 +29,11 @@ handle!(adpo_model, SharedModel);
 /// shape (tried on a 1 x 2 input) is an ADPO_STATUS_MODEL error; weights that do not match the
 /// config (a missing, unexpected or misshapen tensor, a missing or truncated shard) are
 /// ADPO_STATUS_CHECKPOINT errors. The message names the field, tensor or file.
+///
+/// Security: loading a TorchScript file runs the code it holds (its forward, and whatever that
+/// calls), with the host's rights: load only TorchScript files you trust. A checkpoint
+/// directory holds data only (JSON and safetensors, no code): prefer it for files from
+/// elsewhere.
 #[no_mangle]
 pub extern "C" fn adpo_model_load(
     path: *const c_char,
@@ -49,7 +55,7 @@ pub extern "C" fn adpo_model_load(
 
 /// Loads `path` and hands the new handle to the caller.
 fn load_into(out: *mut *mut adpo_model, path: &str, options: &LoadOptions) -> Result<()> {
-    let model = Model::load_with(Path::new(path), options)?;
+    let model = echo_path(path, Model::load_with(Path::new(path), options))?;
     write_out(
         out,
         "out",
@@ -113,7 +119,10 @@ pub extern "C" fn adpo_model_save(
 ) -> Status {
     call_on(err, model, "model", |m| {
         let dir = c_str(dir, "dir")?;
-        catch_torch(|| m.inner.lock().save_pretrained(Path::new(dir)))
+        echo_path(
+            dir,
+            catch_torch(|| m.inner.lock().save_pretrained(Path::new(dir))),
+        )
     })
 }
 
@@ -131,7 +140,10 @@ pub extern "C" fn adpo_model_save_adapter(
 ) -> Status {
     call_on(err, model, "model", |m| {
         let dir = c_str(dir, "dir")?;
-        catch_torch(|| m.inner.lock().save_adapter(Path::new(dir)))
+        echo_path(
+            dir,
+            catch_torch(|| m.inner.lock().save_adapter(Path::new(dir))),
+        )
     })
 }
 

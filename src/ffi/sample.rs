@@ -5,7 +5,7 @@ use super::batch::adpo_batch;
 use super::boundary::call_on;
 use super::error::adpo_error;
 use super::trainer::adpo_trainer;
-use crate::error::{Error, Status};
+use crate::error::{Error, Result, Status};
 use crate::sample::SamplingConfig;
 use std::ffi::c_char;
 
@@ -16,6 +16,7 @@ use std::ffi::c_char;
 /// pad_id 0, seed null (continue the trainer's generator). `*out_batch` receives a new batch
 /// (n_prompts * k rows, group id = prompt index, loss mask on the generated tokens up to and
 /// including EOS, per-token old_logp set); set its rewards and pass it to adpo_trainer_step.
+/// n_prompts * k above MAX_SAMPLE_ROWS is ADPO_STATUS_INVALID_ARGUMENT.
 #[no_mangle]
 pub extern "C" fn adpo_trainer_sample(
     trainer: *mut adpo_trainer,
@@ -32,6 +33,7 @@ pub extern "C" fn adpo_trainer_sample(
         if n_prompts == 0 {
             return Err(Error::invalid("n_prompts must be > 0"));
         }
+        check_rows(n_prompts, k)?;
         let lengths = slice(prompt_lengths, n_prompts, "prompt_lengths")?;
         let total = lengths
             .iter()
@@ -53,4 +55,17 @@ pub extern "C" fn adpo_trainer_sample(
         let batch = t.inner.lock().sample(&prompts, k, &cfg)?;
         write_out(out_batch, "out_batch", adpo_batch::boxed(batch))
     })
+}
+
+/// The most candidates (n_prompts * k) one adpo_trainer_sample call generates: a runaway
+/// request fails instead of aborting the process on an allocation it cannot get.
+pub const MAX_SAMPLE_ROWS: usize = 1 << 20;
+
+fn check_rows(n_prompts: usize, k: usize) -> Result<()> {
+    match n_prompts.checked_mul(k) {
+        Some(rows) if rows <= MAX_SAMPLE_ROWS => Ok(()),
+        _ => Err(Error::invalid(format!(
+            "n_prompts * k = {n_prompts} * {k} is more than MAX_SAMPLE_ROWS = {MAX_SAMPLE_ROWS} candidates"
+        ))),
+    }
 }

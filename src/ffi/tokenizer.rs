@@ -8,6 +8,7 @@ use super::args::{c_str, owned_c_string, require_out, slice, write_out, write_si
 use super::boundary::{call, call_on};
 use super::error::adpo_error;
 use super::handle::{free, handle, Guarded, Handle};
+use crate::echo::echo_path;
 use crate::error::{Error, Result, Status};
 use crate::tokenizer::{ChatOptions, Tokenizer};
 use std::ffi::c_char;
@@ -31,7 +32,8 @@ pub extern "C" fn adpo_tokenizer_load(
 ) -> Status {
     call(err, || {
         require_out(out, "out")?;
-        let tokenizer = Tokenizer::load(Path::new(c_str(path, "path")?))?;
+        let path = c_str(path, "path")?;
+        let tokenizer = echo_path(path, Tokenizer::load(Path::new(path)))?;
         write_out(out, "out", adpo_tokenizer::into_raw(tokenizer))
     })
 }
@@ -153,7 +155,10 @@ pub extern "C" fn adpo_tokenizer_decode_batch(
             return Ok(());
         }
         require_out(out_texts, "out_texts")?;
-        let offsets = slice(offsets, n + 1, "offsets")?;
+        let entries = n
+            .checked_add(1)
+            .ok_or_else(|| Error::invalid(format!("n = {n} is too large for any buffer")))?;
+        let offsets = slice(offsets, entries, "offsets")?;
         if let Some(i) = (0..n).find(|&i| offsets[i] > offsets[i + 1]) {
             return Err(Error::invalid(format!(
                 "offsets must not decrease: offsets[{i}] = {} > offsets[{}] = {}",

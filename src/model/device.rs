@@ -16,7 +16,8 @@ pub fn parse_device(text: &str) -> Result<Device> {
             Some(i) => Device::Cuda(i),
             None => {
                 return Err(Error::invalid(format!(
-                    "device \"{text}\" is not \"cpu\", \"cuda\" or \"cuda:N\""
+                    "device \"{}\" is not \"cpu\", \"cuda\" or \"cuda:N\"",
+                    crate::echo::echo(text)
                 )))
             }
         },

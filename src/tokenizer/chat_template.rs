@@ -40,7 +40,12 @@ impl ChatOptions {
         if json.trim().is_empty() {
             return Ok(ChatOptions::default());
         }
-        serde_json::from_str(json).map_err(|e| Error::config(format!("options_json: {e}")))
+        serde_json::from_str(json).map_err(|e| {
+            Error::config(format!(
+                "options_json: {}",
+                crate::echo::echo_quoted(&e.to_string())
+            ))
+        })
     }
 }
 
@@ -148,6 +153,17 @@ impl ChatTemplates {
                 }
                 let value = vars.get_item(&name).map_err(template_error)?;
                 ctx.insert(name, value);
+            }
+        }
+        for (name, list) in [("tools", &options.tools), ("documents", &options.documents)] {
+            if let Some(v) = list
+                .as_ref()
+                .filter(|v| !v.is_none() && v.kind() != ValueKind::Seq)
+            {
+                return Err(Error::config(format!(
+                    "options_json: \"{name}\" must be a list, not {}",
+                    v.kind()
+                )));
             }
         }
         let or_none = |v: &Option<Value>| v.clone().unwrap_or(Value::from(()));

@@ -77,6 +77,15 @@ pub fn read(path: &Path) -> Result<CheckpointText> {
             ));
         }
         (file, path.to_path_buf())
+    } else if !path.is_file() {
+        // A device or a FIFO (/dev/zero) would be read forever.
+        return Err(Error::new(
+            Status::Io,
+            format!(
+                "{} is neither a directory nor a regular file",
+                path.display()
+            ),
+        ));
     } else {
         let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         (path.to_path_buf(), dir)

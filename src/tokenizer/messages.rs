@@ -9,8 +9,10 @@ use minijinja::value::{Value, ValueKind};
 /// "content" that is a string, a list of content-part objects ({"type": "text", ...}), or, for
 /// a message with "tool_calls", null or absent. Other keys pass through to the template.
 pub fn parse(messages_json: &str) -> Result<Value> {
-    let messages: Value = serde_json::from_str(messages_json)
-        .map_err(|e| Error::invalid(format!("messages_json is not valid JSON: {e}")))?;
+    let messages: Value = serde_json::from_str(messages_json).map_err(|e| {
+        let e = crate::echo::echo_quoted(&e.to_string());
+        Error::invalid(format!("messages_json is not valid JSON: {e}"))
+    })?;
     if messages.kind() != ValueKind::Seq {
         return Err(Error::invalid(format!(
             "messages_json must be a JSON list of message objects, not {}",
