@@ -107,6 +107,15 @@ int main(int argc, char **argv) {
             }
         }
         check(adpo_batch_set_rewards(batch, rewards, PROMPTS * K, &err), &err, "adpo_batch_set_rewards");
+        /* Policy entropy, estimated as minus the mean log-prob of the sampled tokens (nats per
+         * token; falls as the policy settles on an answer). On printed steps only: a forward. */
+        double entropy = 0.0;
+        if (step == 1 || step % 5 == 0) {
+            double seq_logp[PROMPTS * K];
+            check(adpo_trainer_sequence_logp(trainer, batch, seq_logp, PROMPTS * K, &err), &err,
+                  "adpo_trainer_sequence_logp");
+            for (size_t r = 0; r < PROMPTS * K; r++) entropy -= seq_logp[r] / (PROMPTS * K);
+        }
         adpo_trainer_metrics m = {.struct_size = sizeof m};
         check(adpo_trainer_step(trainer, batch, &m, &err), &err, "adpo_trainer_step");
         adpo_batch_free(batch);
@@ -115,9 +124,9 @@ int main(int argc, char **argv) {
         if (step == 1 || step % 5 == 0)
             /* (With an on-policy anchor and one update per batch, s = 0 and the loss is log K at
              * every step: the gradient norm shows the signal instead.) */
-            printf("step %3d  share \"blue\" %.3f  groups with signal %d/%zu  grad norm %.3f  "
-                   "%.1f ms/iteration (sampling included)  e.g. \"%s\"\n",
-                   step, mean, with_signal, PROMPTS, m.grad_norm, now_ms() - t0, shown);
+            printf("step %3d  share \"blue\" %.3f  groups with signal %d/%zu  entropy %.2f nats/token  "
+                   "grad norm %.3f  %.1f ms/iteration (sampling included)  e.g. \"%s\"\n",
+                   step, mean, with_signal, PROMPTS, entropy, m.grad_norm, now_ms() - t0, shown);
     }
     printf("share of \"blue\" at start: %.3f (first 5 steps)   at end: %.3f (last 5 steps)\n", first, last);
     adpo_trainer_free(trainer);
