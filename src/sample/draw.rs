@@ -149,7 +149,11 @@ mod tests {
             let want = full_cdf_token(&probs, &u);
             let mass = Vec::<f32>::try_from(probs.gather(1, &token, false).reshape([-1])).unwrap();
             for r in 0..rows as usize {
-                assert!(mass[r] > 0.0, "V = {v}, row {r}: token {} has no mass", got[r]);
+                assert!(
+                    mass[r] > 0.0,
+                    "V = {v}, row {r}: token {} has no mass",
+                    got[r]
+                );
                 // rounding may move a draw that sits on a boundary to its neighbour with mass
                 if r >= 2 {
                     assert_eq!(got[r], want[r], "V = {v}, row {r}");
@@ -175,7 +179,10 @@ mod tests {
                 .log_softmax(1, Kind::Double)
                 .gather(1, &token.unsqueeze(1), false)
                 .squeeze_dim(1);
-            let d = (logp.to_kind(Kind::Double) - want).abs().max().double_value(&[]);
+            let d = (logp.to_kind(Kind::Double) - want)
+                .abs()
+                .max()
+                .double_value(&[]);
             assert!(d < 1e-5, "{cfg:?}: {d}");
         }
     }
