@@ -90,7 +90,7 @@ pub fn generate(
     let mut ended = Tensor::zeros([rows], (Kind::Bool, device));
     let mut logits = stepper.prefill()?;
     for step in 0..steps {
-        let u = uniforms.index_select(0, &live).select(1, step as i64);
+        let u = uniforms.select(1, step as i64).index_select(0, &live);
         let (token, logp) = draw(&logits, cfg, &u);
         let token = token.where_self(&ended.logical_not(), &token.full_like(cfg.pad_id));
         let logp = logp.to_kind(logps.kind()) * ended.logical_not().to_kind(logps.kind());

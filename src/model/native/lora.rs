@@ -34,8 +34,24 @@ impl Adapter {
         let low = x
             .f_to_kind(self.a.kind())?
             .f_linear(&self.a, None::<&Tensor>)?;
-        let up = low.f_linear(&self.b, None::<&Tensor>)?;
-        Ok(base_out.f_add(&(up * self.scaling))?.f_to_kind(kind)?)
+        if kind != self.a.kind() {
+            // A 16-bit base: the sum in the adapter's dtype, cast back (PEFT's order).
+            let up = low.f_linear(&self.b, None::<&Tensor>)?;
+            return Ok(base_out.f_add(&(up * self.scaling))?.f_to_kind(kind)?);
+        }
+        // Same dtype: accumulate s (x A^T) B^T into the base output in place, scaling the
+        // narrow [.., r] side. No [.., out] temporaries: under autograd they are freed
+        // between long-lived saved tensors and fragment the heap (peak RSS far above the
+        // live tensors in a LoRA step).
+        let shape = base_out.size();
+        let out = *shape
+            .last()
+            .expect("a projection's output has a feature axis");
+        let mut flat = base_out.f_reshape([-1, out])?;
+        let r = self.a.size()[0];
+        let low = (low * self.scaling).f_reshape([-1, r])?;
+        let _ = flat.f_addmm_(&low, &self.b.f_transpose(0, 1)?)?;
+        Ok(flat.f_view(shape.as_slice())?)
     }
 
     /// W + scaling * B A, in W's dtype (computed in the adapter's).
@@ -143,6 +159,28 @@ mod tests {
         let values = draw_a(&gaussian, "m", 20000, 64);
         let var = values.iter().map(|v| v * v).sum::<f64>() / values.len() as f64;
         assert!((var.sqrt() - 0.5).abs() < 0.02, "std {}", var.sqrt());
+    }
+
+    #[test]
+    fn the_adapter_term_accumulates_into_the_base_output_without_a_new_tensor() {
+        let ad = Adapter {
+            a: Tensor::randn([2, 3], (Kind::Float, Device::Cpu)),
+            b: Tensor::randn([5, 2], (Kind::Float, Device::Cpu)),
+            scaling: 0.5,
+        };
+        let x = Tensor::randn([2, 4, 3], (Kind::Float, Device::Cpu));
+        let w = Tensor::randn([5, 3], (Kind::Float, Device::Cpu));
+        let base = x.linear(&w, None::<&Tensor>);
+        let at = base.data_ptr();
+        let y = ad.add_to(&x, base).unwrap();
+        assert_eq!(y.data_ptr(), at, "the sum went to a new [.., out] tensor");
+        let want = x.linear(&w, None::<&Tensor>)
+            + x.linear(&ad.a, None::<&Tensor>)
+                .linear(&ad.b, None::<&Tensor>)
+                * 0.5;
+        assert_eq!(y.size(), vec![2, 4, 5]);
+        let d = (y - want).abs().max().double_value(&[]);
+        assert!(d < 1e-5, "{d}");
     }
 
     #[test]
