@@ -1,10 +1,13 @@
 //! The weights of a checkpoint directory: `model.safetensors`, or `model.safetensors.index.json`
-//! and the shards its `weight_map` names. One shard is in memory at a time; each tensor is
+//! and the shards its `weight_map` names. Each shard is memory-mapped and read a tensor at a
+//! time: once a tensor is copied out, its pages are dropped from memory, so a load holds the
+//! weights and one tensor of the file, not the whole file beside the weights. Each tensor is
 //! checked against the expected layout (name and shape) before it is converted to the requested
 //! dtype and device. A missing, unexpected or misshapen tensor, a missing, truncated or corrupt
 //! shard is an ADPO_STATUS_CHECKPOINT error that names the tensor or the file.
 
 use crate::error::{torch_message, Error, Result, Status};
+use memmap2::{Mmap, UncheckedAdvice};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -109,7 +112,7 @@ fn read_files(
     let mut out = HashMap::new();
     let mut kind = kind;
     for shard in &files.shards {
-        let bytes = read_shard(shard, files.index.is_some())?;
+        let bytes = map_shard(shard, files.index.is_some())?;
         let st = SafeTensors::deserialize(&bytes).map_err(|e| {
             ckpt_error(format!(
                 "{} is truncated or not a safetensors file ({e})",
@@ -138,7 +141,7 @@ fn read_files(
             }
             let tensor = convert(
                 &name,
-                shard,
+                (shard, &bytes),
                 &view,
                 shape,
                 expected.source,
@@ -158,15 +161,28 @@ fn read_files(
     Ok((out, kind.unwrap_or(Kind::Float)))
 }
 
-fn read_shard(shard: &Path, sharded: bool) -> Result<Vec<u8>> {
-    std::fs::read(shard).map_err(|e| {
-        let what = if sharded {
+fn map_shard(shard: &Path, sharded: bool) -> Result<Mmap> {
+    let what = || {
+        if sharded {
             format!("shard {} (listed in {INDEX})", shard.display())
         } else {
             shard.display().to_string()
-        };
-        ckpt_error(format!("cannot read {what}: {e}"))
-    })
+        }
+    };
+    let file = std::fs::File::open(shard)
+        .map_err(|e| ckpt_error(format!("cannot read {}: {e}", what())))?;
+    // SAFETY: the mapping is read-only and private; as with every memory-mapped checkpoint
+    // reader (safetensors' own, candle's), the file must not be truncated while it loads.
+    unsafe { Mmap::map(&file) }.map_err(|e| ckpt_error(format!("cannot map {}: {e}", what())))
+}
+
+/// Drops the pages of `data` (a slice of `map`, already copied into a tensor) from memory: the
+/// file stays on disk, and the mapping would read it again if touched.
+fn release(map: &Mmap, data: &[u8]) {
+    let offset = data.as_ptr() as usize - map.as_ptr() as usize;
+    // SAFETY: DontNeed on a read-only private file mapping only discards clean pages, which
+    // read back from the file; no reference into them is used after this.
+    let _ = unsafe { map.unchecked_advise_range(UncheckedAdvice::DontNeed, offset, data.len()) };
 }
 
 /// Every tensor the index places in this shard must be in it.
@@ -197,10 +213,15 @@ fn stored_kind(name: &str, shard: &Path, dtype: Dtype) -> Result<Kind> {
     }
 }
 
-/// One stored tensor, shape-checked, as `kind` on `device`.
+/// Bytes copied out of the mapping between page releases: a 622 MB embedding is not resident
+/// twice (file pages and tensor) at any moment.
+const COPY_BYTES: usize = 64 << 20;
+
+/// One stored tensor, shape-checked, as `kind` on `device`; its pages of the mapped `shard`
+/// are released as they are copied.
 fn convert(
     name: &str,
-    shard: &Path,
+    (shard, map): (&Path, &Mmap),
     view: &TensorView,
     shape: &[i64],
     source: &str,
@@ -223,7 +244,17 @@ fn convert(
             torch_message(&e)
         ))
     };
-    let cpu = Tensor::f_from_data_size(view.data(), shape, from).map_err(torch_error)?;
+    let cpu = Tensor::f_empty(shape, (from, Device::Cpu)).map_err(torch_error)?;
+    let flat = cpu.f_view([-1]).map_err(torch_error)?;
+    let (data, elem) = (view.data(), from.elt_size_in_bytes());
+    for start in (0..data.len()).step_by(COPY_BYTES) {
+        let bytes = &data[start..data.len().min(start + COPY_BYTES)];
+        let count = (bytes.len() / elem) as i64;
+        let piece = Tensor::f_from_data_size(bytes, &[count], from).map_err(torch_error)?;
+        tch::no_grad(|| flat.narrow(0, (start / elem) as i64, count).f_copy_(&piece))
+            .map_err(torch_error)?;
+        release(map, bytes);
+    }
     cpu.f_to_device_(device, to, false, false)
         .map_err(torch_error)
 }
