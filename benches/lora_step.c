@@ -28,6 +28,7 @@
 #include <time.h>
 
 #include "adpo.h"
+#include "bench_util.h"
 
 #define GROUP 8
 
@@ -41,34 +42,6 @@ static void check(adpo_status st, const char *what, adpo_error **err) {
     }
 }
 
-/* Knuth's MMIX LCG (as benches/step_bench.c). */
-static uint64_t lcg_next(uint64_t *s) {
-    *s = *s * 6364136223846793005ULL + 1442695040888963407ULL;
-    return *s >> 33;
-}
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-/* A "VmHWM:" or "VmRSS:" line of /proc/self/status in MB (-1 if missing). */
-static double status_mb(const char *key) {
-    FILE *f = fopen("/proc/self/status", "r");
-    if (!f) return -1.0;
-    char line[256];
-    double mb = -1.0;
-    size_t n = strlen(key);
-    while (fgets(line, sizeof line, f)) {
-        if (strncmp(line, key, n) == 0) {
-            mb = strtod(line + n, NULL) / 1024.0;
-            break;
-        }
-    }
-    fclose(f);
-    return mb;
-}
 
 static long parse_long(const char *s, const char *name, long min) {
     char *end = NULL;

@@ -15,7 +15,7 @@
  *        median_sec_per_step=.. peak_rss_mb=.. ru_maxrss_mb=.. loss=.. first_loss=..
  *
  * tokens = N * T per step (every position goes through the model); sec_per_step is the mean
- * over the timed steps. peak_rss_mb is VmHWM (see vm_hwm_mb); ru_maxrss_mb is
+ * over the timed steps. peak_rss_mb is VmHWM (see status_mb in bench_util.h); ru_maxrss_mb is
  * getrusage(RUSAGE_SELF).ru_maxrss, equal to it when the parent process was small. threads is
  * libtorch's at::get_num_threads() (-1 if the symbol is not visible). loss is the objective at
  * the last step's evaluation (before its update), first_loss at the first warm-up step.
@@ -34,6 +34,7 @@
 #include <time.h>
 
 #include "adpo.h"
+#include "bench_util.h"
 
 #define GROUP 8
 
@@ -55,18 +56,6 @@ static void die_on(adpo_status st, adpo_error *err, const char *what) {
 /* The macro passes &err_ through the call's last argument: */
 #define ERR_OUT (&err_)
 
-/* Knuth's MMIX LCG; step_torch.py implements the same one. */
-static uint64_t lcg_next(uint64_t *s) {
-    *s = *s * 6364136223846793005ULL + 1442695040888963407ULL;
-    return *s >> 33;
-}
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
 /* libtorch's intra-op thread count, when its symbol is visible (libadpo pulls in libtorch_cpu). */
 static int torch_threads(void) {
     void *sym = dlsym(RTLD_DEFAULT, "_ZN2at15get_num_threadsEv");
@@ -74,26 +63,6 @@ static int torch_threads(void) {
     if (!sym) return -1;
     memcpy(&f, &sym, sizeof f); /* POSIX idiom: ISO C has no object -> function pointer cast */
     return f();
-}
-
-/* VmHWM of /proc/self/status in MB (-1 if unavailable): the peak RSS of this process's own
- * address space. ru_maxrss is not used as the headline number because Linux carries the
- * parent's peak RSS into a child across fork + exec (a Python parent that holds torch would
- * set the floor of every child's ru_maxrss); it is printed as ru_maxrss_mb. */
-static double vm_hwm_mb(void) {
-    FILE *f = fopen("/proc/self/status", "r");
-    if (!f) return -1.0;
-    char line[256];
-    double mb = -1.0;
-    while (fgets(line, sizeof line, f)) {
-        long kb;
-        if (sscanf(line, "VmHWM: %ld kB", &kb) == 1) {
-            mb = (double)kb / 1024.0;
-            break;
-        }
-    }
-    fclose(f);
-    return mb;
 }
 
 static int cmp_double(const void *a, const void *b) {
@@ -200,7 +169,7 @@ int main(int argc, char **argv) {
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
     double maxrss_mb = (double)ru.ru_maxrss / 1024.0;
-    double hwm_mb = vm_hwm_mb();
+    double hwm_mb = status_mb("VmHWM:");
     double sec_per_step = elapsed / (double)steps;
     printf("adpo N=%zu T=%zu V=%" PRId64 " micro=%ld warmup=%ld steps=%ld threads=%d sec_per_step=%.6f "
            "tokens_per_s=%.1f median_sec_per_step=%.6f peak_rss_mb=%.1f ru_maxrss_mb=%.1f "
