@@ -184,6 +184,13 @@ fn what_mixed_precision_cannot_do_is_refused() {
         e.message.contains(r#"load it with {"dtype": "bfloat16"}"#),
         "{e}"
     );
+    // A refused trainer changes nothing: a first trainer on the handle keeps stepping.
+    let model = policy(Dtype::Float32);
+    let part = r#"{"optimizer": {"name": "sgd", "lr": 0.001}, "trainable": ["*.mlp.*"]}"#;
+    let mut first = Trainer::new(model.clone(), None, part).unwrap();
+    let mixed_all = r#"{"precision": "bf16-mixed", "trainable": ["*"]}"#;
+    assert!(Trainer::new(model.clone(), None, mixed_all).is_err());
+    first.step(&batch(0)).unwrap();
     let e = Trainer::new(policy(Dtype::Float16), None, &config("fp16-mixed", sgd))
         .err()
         .unwrap();

@@ -345,7 +345,16 @@ impl Model {
     /// From now on, train through float32 masters of the 16-bit trainable parameters (see
     /// masters.rs). The model must compute in bfloat16.
     pub fn hold_masters(&mut self) -> Result<()> {
-        // (After choose_trainable: the masters follow the trainable list.)
+        self.check_bf16()?;
+        if self.masters.is_none() {
+            self.masters = Some(Masters::new(&self.params, true));
+        }
+        Ok(())
+    }
+
+    /// Whether masters can be held (before anything is changed for them): the model computes
+    /// in bfloat16.
+    pub fn check_bf16(&self) -> Result<()> {
         if self.kind != Kind::BFloat16 {
             return Err(Error::invalid(format!(
                 "precision bf16-mixed trains a model that computes in bfloat16, and {} is {:?}: \
@@ -354,9 +363,6 @@ impl Model {
                 self.describe(),
                 self.kind
             )));
-        }
-        if self.masters.is_none() {
-            self.masters = Some(Masters::new(&self.params, true));
         }
         Ok(())
     }

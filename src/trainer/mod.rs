@@ -86,6 +86,9 @@ impl Trainer {
         }
         let (anchor, optimizer, trained) = {
             let mut p = policy.lock();
+            if cfg.precision == Precision::Bf16Mixed {
+                p.check_bf16()?; // before the trainable set changes
+            }
             p.choose_trainable(cfg.trainable.as_deref())?;
             if cfg.precision == Precision::Bf16Mixed {
                 p.hold_masters()?;
