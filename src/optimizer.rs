@@ -184,7 +184,8 @@ impl Optimizer {
         }
     }
 
-    /// One update with learning rate `lr`, using each parameter's .grad (missing = zero).
+    /// One update with learning rate `lr`, using each parameter's .grad (a parameter without
+    /// one is not stepped).
     /// An update that would leave a weight or a moment NaN or Inf is refused with
     /// `Status::NonFinite` and changes nothing: the new values are computed out of place and
     /// checked first, then computed again and written (the optimizer's element-wise work
@@ -195,9 +196,8 @@ impl Optimizer {
         tch::no_grad(|| {
             let mut flags = Vec::new();
             self.for_each_piece(params, |piece| {
-                if let Some(new) = self.update(&piece, lr, t) {
-                    flags.extend(new.all().map(|x| x.isfinite().all()));
-                }
+                let new = self.update(&piece, lr, t);
+                flags.extend(new.all().map(|x| x.isfinite().all()));
             });
             let finite = flags.is_empty() || Tensor::stack(&flags, 0).all().int64_value(&[]) != 0;
             if !finite {
@@ -211,12 +211,11 @@ impl Optimizer {
                 ));
             }
             self.for_each_piece(params, |mut piece| {
-                if let Some(new) = self.update(&piece, lr, t) {
-                    piece.param.copy_(&new.param);
-                    piece.first.copy_(&new.first);
-                    if let Some(v) = &new.second {
-                        piece.second.copy_(v);
-                    }
+                let new = self.update(&piece, lr, t);
+                piece.param.copy_(&new.param);
+                piece.first.copy_(&new.first);
+                if let Some(v) = &new.second {
+                    piece.second.copy_(v);
                 }
             });
             self.steps += 1;
@@ -246,9 +245,9 @@ impl Optimizer {
 
     /// A piece's values after update number `t`, out of place (PyTorch's rules, the same
     /// operations in the same order).
-    fn update(&self, piece: &Piece, lr: f64, t: i32) -> Option<Updated> {
+    fn update(&self, piece: &Piece, lr: f64, t: i32) -> Updated {
         let (p, g, m, v) = (&piece.param, &piece.grad, &piece.first, &piece.second);
-        Some(match self.cfg {
+        match self.cfg {
             OptimizerConfig::Sgd {
                 momentum,
                 weight_decay,
@@ -289,7 +288,7 @@ impl Optimizer {
                     second: Some(second),
                 }
             }
-        })
+        }
     }
 
     pub fn steps(&self) -> u64 {

@@ -67,9 +67,9 @@ impl Trainer {
                         .reduce(&self.reference_tokens(r, batch)?, batch, device)
                         .to_kind(kind),
                     // A LoRA policy's base is the reference: the same weights, adapters off.
-                    None if policy.has_adapters() => policy
-                        .with_adapters_off(|base| self.tokens_no_grad(base, batch))
-                        .map(|tok| self.reduce(&tok, batch, device).to_kind(kind))?,
+                    None if policy.has_adapters() => self
+                        .reduce(&self.base_tokens(policy, batch)?, batch, device)
+                        .to_kind(kind),
                     None => return Err(Error::invalid(
                         "anchor mode fixed needs a reference model or the batch's anchor_logp: \
                          this trainer was created without a reference (and the policy has no \
@@ -107,6 +107,12 @@ impl Trainer {
         reference.in_eval_mode(|r| self.tokens_no_grad(r, batch))
     }
 
+    /// Token log-probs under a LoRA policy's base (adapters off): the reference of a policy
+    /// with adapters and no reference handle, with no second copy of the weights.
+    fn base_tokens(&self, policy: &Model, batch: &Batch) -> Result<Tensor> {
+        policy.with_adapters_off(|base| self.tokens_no_grad(base, batch))
+    }
+
     /// GRPO: the old token log-probs (supplied, or the policy's now) and the reference's.
     fn token_values(
         &self,
@@ -129,11 +135,9 @@ impl Trainer {
         let reference = match (reference, self.objective.config().beta_kl > 0.0) {
             (Some(r), true) => Some(self.reference_tokens(r, batch)?.to_kind(kind)),
             // A LoRA policy's base is the KL reference: adapters off, no second model.
-            (None, true) if policy.has_adapters() => Some(
-                policy
-                    .with_adapters_off(|base| self.tokens_no_grad(base, batch))?
-                    .to_kind(kind),
-            ),
+            (None, true) if policy.has_adapters() => {
+                Some(self.base_tokens(policy, batch)?.to_kind(kind))
+            }
             _ => None,
         };
         Ok(Held::Tokens {
