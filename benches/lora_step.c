@@ -94,13 +94,7 @@ int main(int argc, char **argv) {
     int64_t *group_ids = malloc(n * sizeof *group_ids);
     double *rewards = malloc(n * sizeof *rewards);
     if (!ids || !loss_mask || !group_ids || !rewards) return 1;
-    uint64_t state = 0;
-    for (size_t i = 0; i < n * t; i++) ids[i] = (int64_t)(lcg_next(&state) % (uint64_t)vocab);
-    for (size_t i = 0; i < n; i++) {
-        group_ids[i] = (int64_t)(i / GROUP);
-        rewards[i] = (double)lcg_next(&state) / 2147483648.0;
-        for (size_t j = 0; j < t; j++) loss_mask[i * t + j] = j >= t - t / 2;
-    }
+    lcg_batch(n, t, (uint64_t)vocab, GROUP, 0, ids, loss_mask, group_ids, rewards);
     adpo_batch *batch = NULL;
     check(adpo_batch_new(n, t, ids, NULL, loss_mask, group_ids, &batch, &err), "batch_new", &err);
     check(adpo_batch_set_rewards(batch, rewards, n, &err), "set_rewards", &err);

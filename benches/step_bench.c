@@ -124,13 +124,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "step_bench: out of memory\n");
         return 1;
     }
-    uint64_t state = seed;
-    for (size_t i = 0; i < n * t; i++) ids[i] = (int64_t)(lcg_next(&state) % (uint64_t)vocab);
-    for (size_t i = 0; i < n; i++) {
-        group_ids[i] = (int64_t)(i / GROUP);
-        rewards[i] = (double)lcg_next(&state) / 2147483648.0; /* 31 bits -> [0, 1) */
-        for (size_t j = 0; j < t; j++) loss_mask[i * t + j] = j >= t - t / 2;
-    }
+    lcg_batch(n, t, (uint64_t)vocab, GROUP, seed, ids, loss_mask, group_ids, rewards);
     adpo_batch *batch = NULL;
     CHECK(adpo_batch_new(n, t, ids, NULL, loss_mask, group_ids, &batch, ERR_OUT), "adpo_batch_new");
     CHECK(adpo_batch_set_rewards(batch, rewards, n, ERR_OUT), "adpo_batch_set_rewards");
