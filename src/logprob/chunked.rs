@@ -3,11 +3,12 @@
 //! mask 1) go through the head, `rows` of them at a time, so no [N, T, V] logits tensor exists,
 //! in the forward or in the backward; the largest is one chunk's [rows, V].
 //!
-//! The backward needs no custom autograd function because the gradient with respect to each
-//! token log-prob is known (the two-pass step): the hidden states are detached into a leaf;
-//! each chunk's logits are recomputed with grad, its log-probs weighted by their known
-//! upstream gradients and back-propagated into the head and the leaf, then freed; finally the
-//! hidden states back-propagate once into the model with the leaf's gradient.
+//! The backward needs no autograd through the head: the gradient with respect to each token
+//! log-prob is known (the two-pass step), so each chunk's logits are recomputed and turned in
+//! place into dL/dlogits = w * (onehot - softmax), which gives the head's gradient
+//! (dlogits^T h, added into its .grad) and the hidden states' (dlogits W); one [rows, V]
+//! buffer per chunk, where autograd would hold three or four. Finally the hidden states
+//! back-propagate once into the model.
 
 use crate::error::Result;
 use crate::model::Model;
@@ -43,31 +44,51 @@ fn scored(loss_mask: &Tensor) -> Scored {
     }
 }
 
-/// Log-probs of the scored tokens [M] in float32 (float64 for float64 models), from the hidden
-/// states `flat_hidden` [B * T, H] (with or without grad, as the caller's mode is).
-fn chunk_logp(
-    model: &Model,
+/// The float kind log-probs are computed in: float64 for float64 models, else float32.
+fn logp_kind(model: &Model) -> Kind {
+    match model.kind() {
+        Kind::Double => Kind::Double,
+        _ => Kind::Float,
+    }
+}
+
+/// One chunk: the hidden states that predict its scored tokens [len, H], the tokens [len, 1],
+/// and their logits [len, V] in the log-prob kind (a fresh buffer the caller may overwrite).
+fn chunk_logits(
+    weight: &Tensor,
+    kind: Kind,
     flat_hidden: &Tensor,
     flat_ids: &Tensor,
     s: &Scored,
-    start: i64,
-    len: i64,
-) -> Result<Tensor> {
+    (start, len): (i64, i64),
+) -> Result<(Tensor, Tensor, Tensor)> {
     let h = flat_hidden.index_select(0, &s.hidden_at.narrow(0, start, len));
-    let logits = model.head(&h)?;
-    let kind = match logits.kind() {
-        Kind::Double => Kind::Double,
-        _ => Kind::Float,
-    };
-    let next = flat_ids.index_select(0, &s.token_at.narrow(0, start, len));
-    Ok(logits
-        .to_kind(kind)
-        .log_softmax(1, kind)
-        .gather(1, &next.unsqueeze(1), false)
-        .squeeze_dim(1))
+    let next = flat_ids
+        .index_select(0, &s.token_at.narrow(0, start, len))
+        .unsqueeze(1);
+    let logits = h.f_linear(weight, None::<&Tensor>)?.f_to_kind(kind)?;
+    Ok((h, next, logits))
 }
 
-/// Token log-probs [B, T] (position 0 and unscored positions 0) from hidden states [B, T, H].
+/// Turns logits [len, V] into softmax probabilities in place; returns log sum exp per row [len].
+fn softmax_in_place(logits: &mut Tensor) -> Tensor {
+    let max = logits.amax([1i64].as_slice(), true);
+    *logits -= &max;
+    let _ = logits.exp_();
+    let sum = logits.sum_dim_intlist([1i64].as_slice(), true, logits.kind());
+    *logits /= &sum;
+    (sum.log() + max).squeeze_dim(1)
+}
+
+/// Chunk ranges (start, len) over `m` scored positions.
+fn ranges(m: i64, rows: i64) -> impl Iterator<Item = (i64, i64)> {
+    (0..m)
+        .step_by(rows as usize)
+        .map(move |s| (s, rows.min(m - s)))
+}
+
+/// Token log-probs [B, T] (position 0 and unscored positions 0) from hidden states [B, T, H],
+/// without grad.
 pub fn token_logp(
     model: &Model,
     hidden: &Tensor,
@@ -76,27 +97,33 @@ pub fn token_logp(
     rows: i64,
 ) -> Result<Tensor> {
     let (b, t) = (ids.size()[0], ids.size()[1]);
-    let s = scored(loss_mask);
-    let flat_hidden = hidden.reshape([b * t, -1]);
+    let (s, kind, weight) = (scored(loss_mask), logp_kind(model), model.head_weight()?);
+    let flat_hidden = hidden.detach().reshape([b * t, -1]);
     let flat_ids = ids.reshape([-1]);
-    let m = s.token_at.size()[0];
-    let kind = if model.kind() == Kind::Double {
-        Kind::Double
-    } else {
-        Kind::Float
-    };
-    let mut parts = Vec::new();
-    for start in (0..m).step_by(rows as usize) {
-        let len = rows.min(m - start);
-        parts.push(chunk_logp(model, &flat_hidden, &flat_ids, &s, start, len)?);
+    let mut out = Tensor::zeros([b * t], (kind, ids.device()));
+    tch::no_grad(|| -> Result<()> {
+        for range in ranges(s.token_at.size()[0], rows) {
+            let (_, next, mut logits) =
+                chunk_logits(&weight, kind, &flat_hidden, &flat_ids, &s, range)?;
+            let picked = logits.gather(1, &next, false).squeeze_dim(1);
+            let logp = picked - softmax_in_place(&mut logits);
+            let _ = out.f_index_copy_(0, &s.token_at.narrow(0, range.0, range.1), &logp)?;
+        }
+        Ok(())
+    })?;
+    Ok(out.view([b, t]))
+}
+
+/// The head weight's gradient buffer, created (zeros) on the first step; None when it is frozen.
+fn head_grad(weight: &Tensor) -> Option<Tensor> {
+    if !weight.requires_grad() {
+        return None;
     }
-    let values = if parts.is_empty() {
-        Tensor::zeros([0], (kind, ids.device()))
-    } else {
-        Tensor::cat(&parts, 0)
-    };
-    let out = Tensor::zeros([b * t], (values.kind(), ids.device()));
-    Ok(out.index_add(0, &s.token_at, &values).view([b, t]))
+    if !weight.grad().defined() {
+        // tch cannot assign a .grad: a backward whose gradient is zero everywhere makes it.
+        (weight.narrow(0, 0, 1).sum(weight.kind()) * 0.0).backward();
+    }
+    Some(weight.grad())
 }
 
 /// Back-propagates sum(weights * token log-probs) through the head, a chunk at a time, and then
@@ -111,22 +138,34 @@ pub fn backward(
     rows: i64,
 ) -> Result<()> {
     let (b, t) = (ids.size()[0], ids.size()[1]);
-    let s = scored(loss_mask);
-    let leaf = hidden.detach().reshape([b * t, -1]).set_requires_grad(true);
-    let flat_ids = ids.reshape([-1]);
-    let flat_w = weights.reshape([-1]);
-    let m = s.token_at.size()[0];
-    for start in (0..m).step_by(rows as usize) {
-        let len = rows.min(m - start);
-        let lp = chunk_logp(model, &leaf, &flat_ids, &s, start, len)?;
-        let w = flat_w
-            .index_select(0, &s.token_at.narrow(0, start, len))
-            .to_kind(lp.kind());
-        (lp * w).sum(Kind::Double).backward();
-    }
-    let grad = leaf.grad();
-    if grad.defined() {
-        (hidden.reshape([b * t, -1]) * grad.to_kind(hidden.kind()))
+    let (s, kind, weight) = (scored(loss_mask), logp_kind(model), model.head_weight()?);
+    let flat_hidden = hidden.detach().reshape([b * t, -1]);
+    let (flat_ids, flat_w) = (ids.reshape([-1]), weights.reshape([-1]));
+    let grad_w = head_grad(&weight);
+    let mut grad_h = flat_hidden.zeros_like();
+    tch::no_grad(|| -> Result<()> {
+        for range in ranges(s.token_at.size()[0], rows) {
+            let (h, next, mut dlogits) =
+                chunk_logits(&weight, kind, &flat_hidden, &flat_ids, &s, range)?;
+            let w = flat_w
+                .index_select(0, &s.token_at.narrow(0, range.0, range.1))
+                .to_kind(kind)
+                .unsqueeze(1);
+            // d(w * log softmax(z)[next]) / dz = w * (onehot(next) - softmax(z)).
+            let _ = softmax_in_place(&mut dlogits);
+            dlogits *= -&w;
+            let _ = dlogits.scatter_add_(1, &next, &w);
+            let dlogits = dlogits.to_kind(weight.kind());
+            let at = s.hidden_at.narrow(0, range.0, range.1);
+            let _ = grad_h.f_index_add_(0, &at, &dlogits.f_mm(&weight)?)?;
+            if let Some(g) = &grad_w {
+                let _ = g.shallow_clone().f_addmm_(&dlogits.tr(), &h)?;
+            }
+        }
+        Ok(())
+    })?;
+    if hidden.requires_grad() {
+        (hidden.reshape([b * t, -1]) * grad_h)
             .sum(Kind::Double)
             .backward();
     }

@@ -115,9 +115,9 @@ pub trait CausalLm: Send {
     fn set_train_mode(&mut self, train: bool);
     /// Logits, or final hidden states, for ids [B, T] (in range: [`Model`] checks).
     fn forward(&self, ids: &Tensor, attention_mask: &Tensor) -> Result<Forward>;
-    /// Logits [.., V] from final hidden states [.., H] (models whose forward gives `Hidden`).
-    fn head(&self, hidden: &Tensor) -> Result<Tensor> {
-        let _ = hidden;
+    /// The output head's matrix [V, H] (models whose forward gives `Hidden`): logits are
+    /// `hidden @ W^T`, no bias (the chunked log-probs compute its gradient by hand).
+    fn head_weight(&self) -> Result<Tensor> {
         Err(Error::unsupported(format!(
             "{} returns logits, not hidden states",
             self.describe()
@@ -239,7 +239,7 @@ impl Model {
     pub fn logits(&self, ids: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
         match self.forward(ids, attention_mask)? {
             Forward::Logits(logits) => Ok(logits),
-            Forward::Hidden(hidden) => self.lm.head(&hidden),
+            Forward::Hidden(hidden) => self.head(&hidden),
         }
     }
 
@@ -249,8 +249,14 @@ impl Model {
         self.lm.forward(ids, attention_mask)
     }
 
+    /// Logits [.., V] from final hidden states [.., H].
     pub fn head(&self, hidden: &Tensor) -> Result<Tensor> {
-        self.lm.head(hidden)
+        Ok(hidden.f_linear(&self.lm.head_weight()?, None::<&Tensor>)?)
+    }
+
+    /// The output head's matrix [V, H] (see [`CausalLm::head_weight`]).
+    pub fn head_weight(&self) -> Result<Tensor> {
+        self.lm.head_weight()
     }
 
     /// Writes a Hugging Face checkpoint directory (models loaded from one; see native/save.rs);

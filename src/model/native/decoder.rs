@@ -295,9 +295,9 @@ impl Decoder {
         rms_norm(&x, &self.norm, self.eps)
     }
 
-    /// Logits [.., V] of hidden states [.., hidden].
-    pub fn head(&self, hidden: &Tensor) -> Result<Tensor> {
-        let weight = self.lm_head.as_ref().unwrap_or(&self.embed);
-        Ok(hidden.f_linear(weight, None::<&Tensor>)?)
+    /// The output head [V, hidden] (`lm_head.weight`, or the embedding when tied), sharing
+    /// storage.
+    pub fn head_weight(&self) -> Tensor {
+        self.lm_head.as_ref().unwrap_or(&self.embed).shallow_clone()
     }
 }

@@ -188,8 +188,8 @@ impl CausalLm for NativeLm {
         ))
     }
 
-    fn head(&self, hidden: &Tensor) -> Result<Tensor> {
-        self.decoder.head(hidden)
+    fn head_weight(&self) -> Result<Tensor> {
+        Ok(self.decoder.head_weight())
     }
 
     /// A copy of every parameter tensor in memory (tying kept), the same config. Under
