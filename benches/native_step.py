@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """One ADPO step on a Qwen3-shaped checkpoint with a real-size head (V = 151,936, hidden 1024,
 2 layers, 16 heads x 128, 8 KV heads, tied), float32 on CPU: reference forward, policy forward
-+ backward, listwise loss, AdamW. Three sides, each in its own process (peak RSS per side):
++ backward, listwise loss, AdamW. Four sides, each in its own process (peak RSS per side):
 
   adpo chunked    log-probs through the head a chunk of scored positions at a time
+  adpo checkpointed  chunked, with activation checkpointing (the layers recomputed one at a
+                  time in the backward)
   adpo unchunked  the same with one chunk holding every scored position (full logits)
   PyTorch         the transformers model: reference log-probs under no_grad, policy logits,
                   TRL's selective log-softmax (gather minus a per-row logsumexp, no second
@@ -57,7 +59,7 @@ def make_batch(rows: int, tokens: int, vocab: int = 151936):
     return ids, mask, groups, rewards
 
 
-def run_adpo(ckpt: Path, rows: int, tokens: int, chunk, threads: int) -> float:
+def run_adpo(ckpt: Path, rows: int, tokens: int, chunk, threads: int, recompute: bool) -> float:
     sys.path.insert(0, str(ROOT / "tests" / "python"))
     os.environ.setdefault("ADPO_LIB", str(ROOT / "target" / "release" / "libadpo.so"))
     import adpo_ctypes as A
@@ -65,7 +67,7 @@ def run_adpo(ckpt: Path, rows: int, tokens: int, chunk, threads: int) -> float:
     A.set_num_threads(threads)  # adpo's side does not import torch (its RSS is adpo's alone)
     policy, reference = A.Model(ckpt), A.Model(ckpt)
     cfg = dict(loss="listwise", anchor=dict(mode="fixed"), optimizer=dict(name="adamw", lr=1e-5),
-               logprob_chunk_rows=chunk)
+               logprob_chunk_rows=chunk, activation_checkpointing=recompute)
     trainer = A.Trainer(policy, reference, cfg)
     ids, mask, groups, rewards = make_batch(rows, tokens)
     times = []
@@ -126,8 +128,8 @@ def child(args) -> None:
     if args.side == "torch":
         t = run_torch(ckpt, args.rows, args.tokens)
     else:
-        chunk = None if args.side == "chunked" else args.rows * args.tokens
-        t = run_adpo(ckpt, args.rows, args.tokens, chunk, args.threads)
+        chunk = args.rows * args.tokens if args.side == "unchunked" else None
+        t = run_adpo(ckpt, args.rows, args.tokens, chunk, args.threads, args.side == "checkpointed")
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(dict(time=t, rss_mb=rss)))
 
@@ -137,7 +139,8 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=16)
     ap.add_argument("--tokens", type=int, default=512)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--sides", default="torch,chunked,unchunked", help="which sides to run")
+    ap.add_argument("--sides", default="torch,chunked,checkpointed,unchunked",
+                    help="which sides to run")
     ap.add_argument("--side")
     ap.add_argument("--ckpt")
     args = ap.parse_args()
@@ -164,7 +167,7 @@ def main() -> None:
             out[side] = json.loads(res.stdout.strip().splitlines()[-1])
             print(f"  {side:10s} step {out[side]['time']:7.2f} s   peak RSS {out[side]['rss_mb']:8.0f} MB")
         if "torch" in out:
-            for side in ("chunked", "unchunked"):
+            for side in ("chunked", "checkpointed", "unchunked"):
                 if side in out:
                     print(f"  adpo {side} / PyTorch: time {out[side]['time'] / out['torch']['time']:.2f}x, "
                           f"peak RSS {out[side]['rss_mb'] / out['torch']['rss_mb']:.2f}x")

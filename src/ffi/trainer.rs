@@ -90,10 +90,11 @@ impl From<StepMetrics> for adpo_trainer_metrics {
 /// gradients and is not frozen by being one: it may be another trainer's policy. Locks are
 /// taken in one global order, so trainers sharing models may step in several threads.
 /// `config_json`: trainer keys (seq_logp, micro_batch_rows, logprob_chunk_rows,
-/// epochs_per_batch, seed, anchor, optimizer, grad_clip, schedule, distributed, trainable,
+/// activation_checkpointing, epochs_per_batch, seed, anchor, optimizer, grad_clip, schedule, distributed, trainable,
 /// precision) plus every objective key; see README "Trainer configuration". Defaults: anchor
 /// on_policy, optimizer adamw with lr 1e-5, seq_logp mean, one pass, one epoch, no clipping,
-/// constant schedule, every parameter trains, precision as_loaded.
+/// constant schedule, every parameter trains, precision as_loaded, no activation
+/// checkpointing.
 #[no_mangle]
 pub extern "C" fn adpo_trainer_new(
     policy: *mut adpo_model,

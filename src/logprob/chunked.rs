@@ -137,6 +137,23 @@ pub fn backward(
     weights: &Tensor,
     rows: i64,
 ) -> Result<()> {
+    let grad = head_backward(model, hidden, ids, loss_mask, weights, rows)?;
+    if hidden.requires_grad() {
+        (hidden * grad).sum(Kind::Double).backward();
+    }
+    Ok(())
+}
+
+/// Back-propagates sum(weights * token log-probs) into the head's weight, a chunk at a time,
+/// and returns the gradient with respect to `hidden` [B, T, H].
+pub fn head_backward(
+    model: &Model,
+    hidden: &Tensor,
+    ids: &Tensor,
+    loss_mask: &Tensor,
+    weights: &Tensor,
+    rows: i64,
+) -> Result<Tensor> {
     let (b, t) = (ids.size()[0], ids.size()[1]);
     let (s, kind, weight) = (scored(loss_mask), logp_kind(model), model.head_weight()?);
     let flat_hidden = hidden.detach().reshape([b * t, -1]);
@@ -164,10 +181,5 @@ pub fn backward(
         }
         Ok(())
     })?;
-    if hidden.requires_grad() {
-        (hidden.reshape([b * t, -1]) * grad_h)
-            .sum(Kind::Double)
-            .backward();
-    }
-    Ok(())
+    Ok(grad_h.view([b, t, -1]))
 }

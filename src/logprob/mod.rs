@@ -76,6 +76,23 @@ pub fn backward_weighted(
     Ok(())
 }
 
+/// [`backward_weighted`] by activation checkpointing (hidden-state models): the layers' forward
+/// without grad, the head's gradient a chunk at a time, then the layers recomputed one at a
+/// time (src/model/native/decoder/checkpointing.rs).
+pub fn backward_weighted_checkpointed(
+    model: &Model,
+    ids: &Tensor,
+    attention_mask: &Tensor,
+    loss_mask: &Tensor,
+    weights: &Tensor,
+    chunk_rows: Option<usize>,
+) -> Result<()> {
+    let rows = chunked::chunk_rows(chunk_rows, model.vocab());
+    model.backward_checkpointed(ids, attention_mask, &mut |hidden| {
+        chunked::head_backward(model, hidden, ids, loss_mask, weights, rows)
+    })
+}
+
 fn logits_kind(logits: &Tensor) -> Kind {
     match logits.kind() {
         Kind::Double => Kind::Double,

@@ -123,6 +123,22 @@ pub trait CausalLm: Send {
             self.describe()
         )))
     }
+    /// Activation checkpointing (models whose forward gives `Hidden`): back-propagates into
+    /// the parameters the loss whose gradient with respect to the final hidden states is
+    /// `head(hidden)`, holding one layer's activations at a time.
+    fn backward_checkpointed(
+        &self,
+        ids: &Tensor,
+        attention_mask: &Tensor,
+        head: &mut dyn FnMut(&Tensor) -> Result<Tensor>,
+    ) -> Result<()> {
+        let _ = (ids, attention_mask, head);
+        Err(Error::unsupported(format!(
+            "{} cannot recompute its activations a layer at a time (activation_checkpointing \
+             needs a checkpoint directory)",
+            self.describe()
+        )))
+    }
     /// The EOS ids the model was trained with (a checkpoint's generation_config.json), used
     /// when sampling options name none.
     fn eos_ids(&self) -> Vec<i64> {
@@ -252,6 +268,22 @@ impl Model {
     /// Logits [.., V] from final hidden states [.., H].
     pub fn head(&self, hidden: &Tensor) -> Result<Tensor> {
         Ok(hidden.f_linear(&self.lm.head_weight()?, None::<&Tensor>)?)
+    }
+
+    /// See [`CausalLm::backward_checkpointed`].
+    pub fn backward_checkpointed(
+        &self,
+        ids: &Tensor,
+        attention_mask: &Tensor,
+        head: &mut dyn FnMut(&Tensor) -> Result<Tensor>,
+    ) -> Result<()> {
+        self.check_ids(ids)?;
+        self.lm.backward_checkpointed(ids, attention_mask, head)
+    }
+
+    /// Whether the forward gives hidden states and a head (native models), not logits.
+    pub fn gives_hidden(&self) -> bool {
+        self.lm.head_weight().is_ok()
     }
 
     /// The output head's matrix [V, H] (see [`CausalLm::head_weight`]).

@@ -37,6 +37,9 @@ pub struct TrainerConfig {
     /// Scored positions per chunk of the output head (models that give hidden states: native
     /// checkpoints); None = sized for the vocabulary (2^26 logits, 441 positions at V = 151,936).
     pub logprob_chunk_rows: Option<usize>,
+    /// Recompute the layers' activations in the backward, one layer at a time, instead of
+    /// holding every layer's (native models; one more forward of the layers).
+    pub activation_checkpointing: bool,
     pub epochs_per_batch: u32,
     pub seed: u64,
     pub anchor: AnchorConfig,
@@ -57,6 +60,7 @@ impl Default for TrainerConfig {
             seq_logp: SeqReduce::Mean,
             micro_batch_rows: None,
             logprob_chunk_rows: None,
+            activation_checkpointing: false,
             epochs_per_batch: 1,
             seed: 0,
             anchor: AnchorConfig::default(),
@@ -70,10 +74,11 @@ impl Default for TrainerConfig {
     }
 }
 
-const TRAINER_KEYS: [&str; 12] = [
+const TRAINER_KEYS: [&str; 13] = [
     "seq_logp",
     "micro_batch_rows",
     "logprob_chunk_rows",
+    "activation_checkpointing",
     "epochs_per_batch",
     "seed",
     "anchor",

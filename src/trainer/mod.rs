@@ -86,6 +86,13 @@ impl Trainer {
         }
         let (anchor, optimizer, trained) = {
             let mut p = policy.lock();
+            if cfg.activation_checkpointing && !p.gives_hidden() {
+                return Err(Error::unsupported(format!(
+                    "activation_checkpointing needs a model loaded from a checkpoint \
+                     directory; {} is TorchScript, whose layers adpo cannot run one at a time",
+                    p.describe()
+                )));
+            }
             if cfg.precision == Precision::Bf16Mixed {
                 p.check_bf16()?; // before the trainable set changes
             }

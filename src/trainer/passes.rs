@@ -118,6 +118,9 @@ impl Trainer {
     ) -> Result<(Metrics, f64)> {
         let device = policy.device();
         let (ids, attn, mask) = batch.rows(0, batch.n as i64, device);
+        if self.cfg.activation_checkpointing {
+            return self.one_pass_checkpointed(policy, batch, held, tokens);
+        }
         match policy.forward(&ids, &attn)? {
             Forward::Logits(logits) => {
                 let values = self.values(logprob::from_logits(&logits, &ids, &mask), &mask, tokens);
@@ -139,6 +142,31 @@ impl Trainer {
         }
     }
 
+    /// [`Self::backward_one_pass`] by activation checkpointing: the values come from the
+    /// final hidden states of the layers' no-grad forward, which the recomputed backward
+    /// then reuses.
+    fn one_pass_checkpointed(
+        &self,
+        policy: &Model,
+        batch: &Batch,
+        held: &Held,
+        tokens: bool,
+    ) -> Result<(Metrics, f64)> {
+        let device = policy.device();
+        let (ids, attn, mask) = batch.rows(0, batch.n as i64, device);
+        let rows = chunked::chunk_rows(self.cfg.logprob_chunk_rows, policy.vocab());
+        let mut out = None;
+        policy.backward_checkpointed(&ids, &attn, &mut |hidden| {
+            let tok = chunked::token_logp(policy, hidden, &ids, &mask, rows)?;
+            let values = self.values(tok, &mask, tokens);
+            let (dl, m, d) = self.evaluate(&values, held, batch, device)?;
+            out = Some((m, d));
+            let weights = self.token_weights(&dl, &mask, tokens);
+            chunked::head_backward(policy, hidden, &ids, &mask, &weights, rows)
+        })?;
+        Ok(out.expect("the head ran"))
+    }
+
     /// Micro-batches: every value without grad first, then each micro-batch again with grad,
     /// back-propagating the known dL/dvalue. Peak memory is one micro-batch.
     fn backward_two_pass(
@@ -156,7 +184,11 @@ impl Trainer {
         for (s, l) in self.chunks(batch.n) {
             let (ids, attn, mask) = batch.rows(s, l, device);
             let weights = self.token_weights(&dl.narrow(0, s, l), &mask, tokens);
-            logprob::backward_weighted(
+            let backward = match self.cfg.activation_checkpointing {
+                true => logprob::backward_weighted_checkpointed,
+                false => logprob::backward_weighted,
+            };
+            backward(
                 policy,
                 &ids,
                 &attn,

@@ -4,6 +4,8 @@
 //! embedding matrix when tied). No dropout anywhere. LoRA adapters (lora.rs) may sit on the
 //! seven projections of each layer; `hidden` runs with them or, for the base model, without.
 
+mod checkpointing;
+
 use super::attention::{Attention, LayerCache};
 use super::config::Config;
 use super::layout;
@@ -280,7 +282,7 @@ impl Decoder {
         let positions = mask::positions(mask, past)?;
         let attention_mask = mask::attention(mask, past)?;
         let rope = rope::cos_sin(&self.inv_freq, &positions, self.embed.kind())?;
-        let mut x = Tensor::f_embedding(&self.embed, ids, -1, false, false)?;
+        let mut x = self.embed_ids(ids)?;
         for (i, layer) in self.layers.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| LayerCache {
                 keys: &mut c.keys[i],
@@ -293,6 +295,15 @@ impl Decoder {
             c.len += ids.size()[1];
         }
         rms_norm(&x, &self.norm, self.eps)
+    }
+
+    /// The embeddings [B, t, hidden] of ids [B, t]. Once the embedding has a dense gradient
+    /// (the tied head's, or an earlier step's), its backward is sparse: the rows of the ids
+    /// are added into it in place, where a dense backward would first build a second
+    /// [V, hidden] tensor.
+    fn embed_ids(&self, ids: &Tensor) -> Result<Tensor> {
+        let sparse = self.embed.requires_grad() && self.embed.grad().defined();
+        Ok(Tensor::f_embedding(&self.embed, ids, -1, false, sparse)?)
     }
 
     /// The output head [V, hidden] (`lm_head.weight`, or the embedding when tied), sharing

@@ -188,6 +188,22 @@ impl CausalLm for NativeLm {
         ))
     }
 
+    fn backward_checkpointed(
+        &self,
+        ids: &Tensor,
+        attention_mask: &Tensor,
+        head: &mut dyn FnMut(&Tensor) -> Result<Tensor>,
+    ) -> Result<()> {
+        self.check_inputs(ids, attention_mask, 0)?;
+        let (ids, mask) = (
+            ids.to_device(self.device),
+            attention_mask.to_device(self.device),
+        );
+        let adapters = self.adapters_on();
+        self.decoder
+            .backward_checkpointed(&ids, &mask, adapters, head)
+    }
+
     fn head_weight(&self) -> Result<Tensor> {
         Ok(self.decoder.head_weight())
     }
