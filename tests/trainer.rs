@@ -460,28 +460,44 @@ fn sampling_and_sequence_logp_run_the_policy_without_dropout() {
 
 #[test]
 fn normalised_entropy_is_the_mean_token_entropy_over_log_v() {
-    // Independent formula: softmax of the logits that predict tokens 1..T, entropy per
-    // position, mean over the loss mask, divided by ln V.
-    let policy = model("tiny_transformer.pt");
-    let p = policy.lock();
-    let b = batch(4);
-    let (ids, attn, mask) = b.rows(0, b.n as i64, device());
-    let got = adpo::logprob::normalised_entropy(&p, &ids, &attn, &mask).unwrap();
-    let t = b.t as i64;
-    let probs = p
-        .logits(&ids, &attn)
-        .unwrap()
-        .narrow(1, 0, t - 1)
-        .to_kind(Kind::Double)
-        .softmax(2, Kind::Double);
-    let h = -(&probs * probs.log()).sum_dim_intlist(2, false, Kind::Double);
-    let m = mask.narrow(1, 1, t - 1).to_kind(Kind::Double);
-    let want = (h * &m).sum_dim_intlist(1, false, Kind::Double)
-        / m.sum_dim_intlist(1, false, Kind::Double)
-        / (p.vocab() as f64).ln();
-    let d = (got.to_kind(Kind::Double) - want)
-        .abs()
-        .max()
-        .double_value(&[]);
-    assert!(d < 1e-5, "normalised entropy off by {d}");
+    // Independent formula: softmax of the full logits that predict tokens 1..T, entropy per
+    // position, mean over the loss mask, divided by ln V. A TorchScript model (logits) and a
+    // native one (through the head a chunk of positions at a time, any chunk size).
+    let cases = [
+        (model("tiny_transformer.pt"), None),
+        (common::native_f64("llama_gqa2_untied_v97"), None),
+        (common::native_f64("llama_gqa2_untied_v97"), Some(1)),
+        (common::native_f64("qwen3_gqa2_headdim16_tied"), Some(5)),
+    ];
+    for (policy, chunk) in cases {
+        let p = policy.lock();
+        let b = batch(4);
+        let (ids, attn, mask) = b.rows(0, b.n as i64, device());
+        let got = adpo::logprob::normalised_entropy(&p, &ids, &attn, &mask, chunk).unwrap();
+        let t = b.t as i64;
+        let probs = p
+            .logits(&ids, &attn)
+            .unwrap()
+            .narrow(1, 0, t - 1)
+            .to_kind(Kind::Double)
+            .softmax(2, Kind::Double);
+        let h = -(&probs * probs.log()).sum_dim_intlist(2, false, Kind::Double);
+        let m = mask.narrow(1, 1, t - 1).to_kind(Kind::Double);
+        let want = (h * &m).sum_dim_intlist(1, false, Kind::Double)
+            / m.sum_dim_intlist(1, false, Kind::Double)
+            / (p.vocab() as f64).ln();
+        assert!(
+            want.min().double_value(&[]) > 0.01,
+            "entropies are not trivial"
+        );
+        let d = (got.to_kind(Kind::Double) - want)
+            .abs()
+            .max()
+            .double_value(&[]);
+        assert!(
+            d < 1e-5,
+            "{}, chunk {chunk:?}: normalised entropy off by {d}",
+            p.describe()
+        );
+    }
 }

@@ -114,6 +114,37 @@ pub fn token_logp(
     Ok(out.view([b, t]))
 }
 
+/// Entropies [B, T] of the next-token distributions that predict the scored tokens, at the
+/// scored token's position (0 elsewhere), without grad: H = log S - sum(e * x) / S with
+/// x = z - max z, e = exp(x), S = sum(e); two [rows, V] buffers per chunk.
+pub fn token_entropy(
+    model: &Model,
+    hidden: &Tensor,
+    ids: &Tensor,
+    loss_mask: &Tensor,
+    rows: i64,
+) -> Result<Tensor> {
+    let (b, t) = (ids.size()[0], ids.size()[1]);
+    let (s, kind, weight) = (scored(loss_mask), logp_kind(model), model.head_weight()?);
+    let flat_hidden = hidden.detach().reshape([b * t, -1]);
+    let flat_ids = ids.reshape([-1]);
+    let mut out = Tensor::zeros([b * t], (kind, ids.device()));
+    tch::no_grad(|| -> Result<()> {
+        for range in ranges(s.token_at.size()[0], rows) {
+            let (_, _, mut x) = chunk_logits(&weight, kind, &flat_hidden, &flat_ids, &s, range)?;
+            x -= x.amax([1i64].as_slice(), true);
+            let mut e = x.exp();
+            let sum = e.sum_dim_intlist([1i64].as_slice(), false, kind);
+            e *= &x;
+            let ex = e.sum_dim_intlist([1i64].as_slice(), false, kind);
+            let h = sum.log() - ex / &sum;
+            let _ = out.f_index_copy_(0, &s.token_at.narrow(0, range.0, range.1), &h)?;
+        }
+        Ok(())
+    })?;
+    Ok(out.view([b, t]))
+}
+
 /// The head weight's gradient buffer, created (zeros) on the first step; None when it is frozen.
 fn head_grad(weight: &Tensor) -> Option<Tensor> {
     if !weight.requires_grad() {

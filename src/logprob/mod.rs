@@ -147,20 +147,32 @@ pub fn reduce(token_logp: &Tensor, loss_mask: &Tensor, how: SeqReduce) -> Tensor
 }
 
 /// Mean token entropy of the model's next-token distributions over the loss-masked positions,
-/// divided by log V, per row [B] (the H of the smooth-hybrid temperature rule).
+/// divided by log V, per row [B] (the H of the smooth-hybrid temperature rule). Hidden-state
+/// models go through the head `chunk_rows` scored positions at a time, as token log-probs do.
 pub fn normalised_entropy(
     model: &Model,
     ids: &Tensor,
     attention_mask: &Tensor,
     loss_mask: &Tensor,
+    chunk_rows: Option<usize>,
 ) -> Result<Tensor> {
-    let logits = model.logits(ids, attention_mask)?.to_kind(Kind::Float);
     let t = ids.size()[1];
-    // Entropy at every position, then drop the last ([B, T], small): as in token_logp, slicing
-    // the logits first would copy all of them.
-    let log_p = logits.log_softmax(2, Kind::Float);
-    let h = -(log_p.exp() * &log_p).sum_dim_intlist(2, false, Kind::Float);
-    let h = h.narrow(1, 0, t - 1);
+    // Entropy [B, T - 1] of the distribution that predicts each token 1..T.
+    let h = match model.forward(ids, attention_mask)? {
+        Forward::Logits(logits) => {
+            // Entropy at every position, then drop the last ([B, T], small): as in
+            // token_logp, slicing the logits first would copy all of them.
+            let log_p = logits.to_kind(Kind::Float).log_softmax(2, Kind::Float);
+            let h = -(log_p.exp() * &log_p).sum_dim_intlist(2, false, Kind::Float);
+            h.narrow(1, 0, t - 1)
+        }
+        Forward::Hidden(hidden) => {
+            let rows = chunked::chunk_rows(chunk_rows, model.vocab());
+            chunked::token_entropy(model, &hidden, ids, loss_mask, rows)?
+                .to_kind(Kind::Float)
+                .narrow(1, 1, t - 1)
+        }
+    };
     let mask = loss_mask.narrow(1, 1, t - 1).to_kind(Kind::Float);
     let mean = (h * &mask).sum_dim_intlist(1, false, Kind::Float)
         / mask.sum_dim_intlist(1, false, Kind::Float).clamp_min(1.0);

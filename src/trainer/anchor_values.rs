@@ -148,7 +148,10 @@ impl Trainer {
 
     /// Per-candidate normalised policy entropy (the smooth_hybrid temperature rule).
     fn entropy_no_grad(&self, policy: &Model, batch: &Batch) -> Result<Tensor> {
-        self.by_chunks_no_grad(policy, batch, logprob::normalised_entropy)
+        let chunk = self.cfg.logprob_chunk_rows;
+        self.by_chunks_no_grad(policy, batch, |m, ids, attn, mask| {
+            logprob::normalised_entropy(m, ids, attn, mask, chunk)
+        })
     }
 
     fn supplied_seq(&self, s: &SuppliedLogp, batch: &Batch, device: Device, kind: Kind) -> Tensor {

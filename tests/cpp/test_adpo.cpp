@@ -776,6 +776,28 @@ TEST(Trainer, TrainableAndBf16MixedPrecisionOnACheckpoint) {
                        ADPO_STATUS_INVALID_CONFIG, "matches no parameter"));
 }
 
+TEST(Trainer, ActivationCheckpointingGivesTheSameStep) {
+    FIXTURE(dir, "hf/qwen3_gqa2_headdim16_tied");
+    const std::string cfg = R"({"optimizer": {"name": "sgd", "lr": 0.5}, "seed": 3)";
+    adpo::Model p1 = adpo::Model::load_options(dir, R"({"dtype": "float64"})");
+    adpo::Model p2 = adpo::Model::load_options(dir, R"({"dtype": "float64"})");
+    adpo::Trainer whole(p1, cfg + "}");
+    adpo::Trainer recomputed(p2, cfg + R"(, "activation_checkpointing": true})");
+    adpo::Batch batch = whole.sample({{3, 9, 4}, {5, 1}}, 3, R"({"max_new_tokens": 4, "seed": 2})");
+    batch.set_rewards(std::vector<double>{0, 1, 2, 2, 0, 1});
+    const std::vector<double> before = p1.params();
+    whole.step(batch);
+    recomputed.step(batch);
+    const std::vector<double> a = p1.params(), b = p2.params();
+    ASSERT_EQ(a.size(), b.size());
+    EXPECT_NE(a, before);
+    for (std::size_t i = 0; i < a.size(); ++i) ASSERT_NEAR(a[i], b[i], 1e-10) << "parameter " << i;
+    FIXTURE(tiny, "tiny_transformer.pt");
+    adpo::Model torchscript(tiny);
+    EXPECT_TRUE(Throws([&] { adpo::Trainer t(torchscript, R"({"activation_checkpointing": true})"); },
+                       ADPO_STATUS_UNSUPPORTED, "TorchScript"));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Trainer
 // ---------------------------------------------------------------------------------------------
