@@ -99,3 +99,41 @@ func TestTrainableAndBf16MixedPrecision(t *testing.T) {
 		t.Fatalf("message %q", err.Error())
 	}
 }
+
+// activation_checkpointing recomputes the layers in the backward: the step is the same.
+func TestActivationCheckpointingGivesTheSameStep(t *testing.T) {
+	cfg := `{"optimizer": {"name": "sgd", "lr": 0.5}, "seed": 3`
+	m1, whole := nativeTrainer(t, `{"dtype": "float64"}`, cfg+`}`)
+	m2, recomputed := nativeTrainer(t, `{"dtype": "float64"}`, cfg+`, "activation_checkpointing": true}`)
+	b, err := whole.Sample([][]int64{{3, 9, 4}, {5, 1}}, 3, `{"max_new_tokens": 4, "seed": 2}`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if err := b.SetRewards([]float64{0, 1, 2, 2, 0, 1}); err != nil {
+		t.Fatal(err)
+	}
+	before, _ := m1.Params()
+	for _, tr := range []*Trainer{whole, recomputed} {
+		if _, err := tr.Step(b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p1, _ := m1.Params()
+	p2, _ := m2.Params()
+	if equalF64(p1, before) {
+		t.Fatal("the step did not move the weights")
+	}
+	for i := range p1 {
+		if d := p1[i] - p2[i]; d > 1e-10 || d < -1e-10 {
+			t.Fatalf("parameter %d: %g (whole graph) vs %g (checkpointed)", i, p1[i], p2[i])
+		}
+	}
+	tiny, err := LoadModel(fixture(t, "tiny_transformer.pt"), "cpu")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tiny.Close()
+	_, err = NewTrainer(tiny, nil, `{"activation_checkpointing": true}`)
+	wantStatus(t, err, StatusUnsupported)
+}

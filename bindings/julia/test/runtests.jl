@@ -467,5 +467,32 @@ end
         end
     end
 
+    qwen3 = joinpath(get(ENV, "ADPO_FIXTURES", ""), "hf", "qwen3_gqa2_headdim16_tied")
+    if isdir(qwen3)
+        # The trainer keys of native models (the same cases as the Go and C++ tests).
+        @testset "checkpoint directory: trainable, bf16-mixed, activation checkpointing" begin
+            m = load_model(qwen3, "{\"dtype\": \"bfloat16\"}")
+            tr = Trainer(m, nothing, (optimizer = (name = "sgd", lr = 0.1), precision = "bf16-mixed",
+                                      trainable = ["*.mlp.*"], activation_checkpointing = true))
+            before = ADPO.params(m)  # the float32 masters of the trainable MLP weights
+            b = ADPO.sample(tr, [[3, 9, 4], [5, 1]], 3; sampling=(max_new_tokens = 4, seed = 2))
+            set_rewards!(b, [0.0, 1.0, 2.0, 0.0, 1.0, 2.0])
+            step!(tr, b)
+            after = ADPO.params(m)
+            @test length(after) == length(before) && after != before
+
+            f32 = Model(qwen3)
+            e = thrown(() -> Trainer(f32, nothing, (precision = "bf16-mixed",)))
+            @test e isa ADPOError && e.status == ADPO.ADPO_STATUS_INVALID_ARGUMENT
+            e = thrown(() -> Trainer(f32, nothing, (trainable = ["*.mpl.*"],)))
+            @test e isa ADPOError && e.status == ADPO.ADPO_STATUS_INVALID_CONFIG
+            @test occursin("matches no parameter", e.message)
+            tiny = Model(joinpath(get(ENV, "ADPO_FIXTURES", ""), "tiny_transformer.pt"))
+            e = thrown(() -> Trainer(tiny, nothing, (activation_checkpointing = true,)))
+            @test e isa ADPOError && e.status == ADPO.ADPO_STATUS_UNSUPPORTED
+            @test occursin("TorchScript", e.message)
+        end
+    end
+
     GC.gc()  # run the finalizers of what is left
 end
