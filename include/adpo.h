@@ -47,25 +47,25 @@
  * The most candidates (n_prompts * k) one adpo_trainer_sample call generates: a runaway
  * request fails instead of aborting the process on an allocation it cannot get.
  */
-#define MAX_SAMPLE_ROWS (1 << 20)
+#define ADPO_MAX_SAMPLE_ROWS (1 << 20)
 
 /**
  * Largest learning rate accepted: anything above is a typo (1e300 made the first step write
  * Inf weights).
  */
-#define MAX_LR 1e3
+#define ADPO_MAX_LR 1e3
 
 /**
  * Most optimizer steps a trainer takes: AdamW's bias correction raises the betas to the step
  * count as an i32. A checkpoint with more is refused as corrupt.
  */
-#define MAX_STEPS (uint64_t)INT32_MAX
+#define ADPO_MAX_STEPS (uint64_t)INT32_MAX
 
 /**
  * The most new tokens one call generates (a model's own limit, its maximum positions, may be
  * lower): a runaway request fails instead of never returning.
  */
-#define MAX_NEW_TOKENS (1 << 16)
+#define ADPO_MAX_NEW_TOKENS (1 << 16)
 
 /**
  * Major version of adpo (the version constants must equal the Cargo version; a test checks it).
@@ -985,7 +985,7 @@ void adpo_trainer_free(struct adpo_trainer *trainer);
  * pad_id 0, seed null (continue the trainer's generator). `*out_batch` receives a new batch
  * (n_prompts * k rows, group id = prompt index, loss mask on the generated tokens up to and
  * including EOS, per-token old_logp set); set its rewards and pass it to adpo_trainer_step.
- * n_prompts * k above MAX_SAMPLE_ROWS is ADPO_STATUS_INVALID_ARGUMENT.
+ * n_prompts * k above ADPO_MAX_SAMPLE_ROWS is ADPO_STATUS_INVALID_ARGUMENT.
  */
 adpo_status adpo_trainer_sample(struct adpo_trainer *trainer,
                                 const int64_t *prompt_tokens,

@@ -16,7 +16,7 @@ use std::ffi::c_char;
 /// pad_id 0, seed null (continue the trainer's generator). `*out_batch` receives a new batch
 /// (n_prompts * k rows, group id = prompt index, loss mask on the generated tokens up to and
 /// including EOS, per-token old_logp set); set its rewards and pass it to adpo_trainer_step.
-/// n_prompts * k above MAX_SAMPLE_ROWS is ADPO_STATUS_INVALID_ARGUMENT.
+/// n_prompts * k above ADPO_MAX_SAMPLE_ROWS is ADPO_STATUS_INVALID_ARGUMENT.
 #[no_mangle]
 pub extern "C" fn adpo_trainer_sample(
     trainer: *mut adpo_trainer,
@@ -65,7 +65,7 @@ fn check_rows(n_prompts: usize, k: usize) -> Result<()> {
     match n_prompts.checked_mul(k) {
         Some(rows) if rows <= MAX_SAMPLE_ROWS => Ok(()),
         _ => Err(Error::invalid(format!(
-            "n_prompts * k = {n_prompts} * {k} is more than MAX_SAMPLE_ROWS = {MAX_SAMPLE_ROWS} candidates"
+            "n_prompts * k = {n_prompts} * {k} is more than ADPO_MAX_SAMPLE_ROWS = {MAX_SAMPLE_ROWS} candidates"
         ))),
     }
 }
