@@ -3,9 +3,16 @@
 //! says nothing while the panicking thread is inside an adpo call (the boundary turns the panic
 //! into ADPO_STATUS_PANIC with the message), and defers to the hook it replaced otherwise, so a
 //! host's own Rust panics still print. `ADPO_LOG=1` in the environment prints adpo's too.
+//! A panic on one of rayon's worker threads (the objective's CPU kernel) is part of the adpo
+//! call that is waiting for it: while any adpo call runs, rayon workers' panics are quiet too
+//! (rayon hands them to the waiting call, whose boundary reports them).
 
 use std::cell::Cell;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Once;
+
+/// adpo calls in progress on every thread.
+static ACTIVE: AtomicUsize = AtomicUsize::new(0);
 
 thread_local! {
     /// How many adpo calls this thread is inside (a callback into the host may call adpo again).
@@ -19,8 +26,10 @@ pub fn inside_adpo<T>(body: impl FnOnce() -> T) -> T {
     impl Drop for Leave {
         fn drop(&mut self) {
             DEPTH.with(|d| d.set(d.get() - 1));
+            ACTIVE.fetch_sub(1, Ordering::SeqCst);
         }
     }
+    ACTIVE.fetch_add(1, Ordering::SeqCst);
     DEPTH.with(|d| d.set(d.get() + 1));
     let _leave = Leave;
     body()
@@ -38,13 +47,53 @@ fn install() {
     if std::thread::panicking() {
         return;
     }
-    ONCE.call_once(|| {
-        let previous = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            let inside = DEPTH.try_with(|d| d.get() > 0).unwrap_or(false);
-            if !inside || logging() {
-                previous(info);
+    ONCE.call_once(|| std::panic::set_hook(quiet_over(std::panic::take_hook())));
+}
+
+type Hook = Box<dyn Fn(&std::panic::PanicHookInfo<'_>) + Sync + Send + 'static>;
+
+/// The hook: silent for adpo's panics, `previous` for the others.
+fn quiet_over(previous: Hook) -> Hook {
+    Box::new(move |info| {
+        let inside = DEPTH.try_with(|d| d.get() > 0).unwrap_or(false)
+            || (rayon::current_thread_index().is_some() && ACTIVE.load(Ordering::SeqCst) > 0);
+        if !inside || logging() {
+            previous(info);
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    /// Panics with this message that reached the hook adpo's replaced.
+    static PRINTED: AtomicUsize = AtomicUsize::new(0);
+    const MARK: &str = "quiet_panics test panic";
+
+    #[test]
+    fn panics_of_an_adpo_call_and_of_its_rayon_workers_are_quiet_others_are_not() {
+        // adpo's hook over one that counts this test's panics (whatever install() did first).
+        std::panic::set_hook(quiet_over(Box::new(|info| {
+            if info.payload().downcast_ref::<&str>() == Some(&MARK) {
+                PRINTED.fetch_add(1, Ordering::SeqCst);
             }
-        }));
-    });
+        })));
+        let run = |f: &(dyn Fn() + Sync)| {
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+        };
+        // The calling thread, then a rayon worker, inside an adpo call: not printed.
+        run(&|| inside_adpo(|| std::panic::panic_any(MARK)));
+        run(&|| {
+            inside_adpo(|| {
+                rayon::scope(|s| s.spawn(|_| std::panic::panic_any(MARK)));
+            })
+        });
+        assert_eq!(PRINTED.load(Ordering::SeqCst), 0);
+        // Outside adpo calls: the previous hook prints.
+        run(&|| std::panic::panic_any(MARK));
+        run(&|| rayon::scope(|s| s.spawn(|_| std::panic::panic_any(MARK))));
+        assert_eq!(PRINTED.load(Ordering::SeqCst), 2);
+    }
 }
