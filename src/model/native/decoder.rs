@@ -297,12 +297,15 @@ impl Decoder {
         rms_norm(&x, &self.norm, self.eps)
     }
 
-    /// The embeddings [B, t, hidden] of ids [B, t]. Once the embedding has a dense gradient
-    /// (the tied head's, or an earlier step's), its backward is sparse: the rows of the ids
-    /// are added into it in place, where a dense backward would first build a second
-    /// [V, hidden] tensor.
+    /// The embeddings [B, t, hidden] of ids [B, t]. Once a float32 or float64 embedding has a
+    /// dense gradient (the tied head's, or an earlier step's), its backward is sparse: the
+    /// rows of the ids are added into it in place, where a dense backward would first build a
+    /// second [V, hidden] tensor. Not in 16 bits: there each row would be rounded into the
+    /// gradient one at a time.
     fn embed_ids(&self, ids: &Tensor) -> Result<Tensor> {
-        let sparse = self.embed.requires_grad() && self.embed.grad().defined();
+        let sparse = self.embed.requires_grad()
+            && matches!(self.embed.kind(), Kind::Float | Kind::Double)
+            && self.embed.grad().defined();
         Ok(Tensor::f_embedding(&self.embed, ids, -1, false, sparse)?)
     }
 
