@@ -87,6 +87,33 @@ fn ranges(m: i64, rows: i64) -> impl Iterator<Item = (i64, i64)> {
         .map(move |s| (s, rows.min(m - s)))
 }
 
+/// One value per scored token, [B, T] at the token's position (0 elsewhere), without grad:
+/// `value(next [len, 1], logits [len, V])` per chunk, free to overwrite the logits.
+fn per_scored_token(
+    model: &Model,
+    hidden: &Tensor,
+    ids: &Tensor,
+    loss_mask: &Tensor,
+    rows: i64,
+    value: impl Fn(&Tensor, Tensor) -> Tensor,
+) -> Result<Tensor> {
+    let (b, t) = (ids.size()[0], ids.size()[1]);
+    let (s, kind, weight) = (scored(loss_mask), logp_kind(model), model.head_weight()?);
+    let flat_hidden = hidden.detach().reshape([b * t, -1]);
+    let flat_ids = ids.reshape([-1]);
+    let mut out = Tensor::zeros([b * t], (kind, ids.device()));
+    tch::no_grad(|| -> Result<()> {
+        for range in ranges(s.token_at.size()[0], rows) {
+            let (_, next, logits) =
+                chunk_logits(&weight, kind, &flat_hidden, &flat_ids, &s, range)?;
+            let v = value(&next, logits);
+            let _ = out.f_index_copy_(0, &s.token_at.narrow(0, range.0, range.1), &v)?;
+        }
+        Ok(())
+    })?;
+    Ok(out.view([b, t]))
+}
+
 /// Token log-probs [B, T] (position 0 and unscored positions 0) from hidden states [B, T, H],
 /// without grad.
 pub fn token_logp(
@@ -96,22 +123,10 @@ pub fn token_logp(
     loss_mask: &Tensor,
     rows: i64,
 ) -> Result<Tensor> {
-    let (b, t) = (ids.size()[0], ids.size()[1]);
-    let (s, kind, weight) = (scored(loss_mask), logp_kind(model), model.head_weight()?);
-    let flat_hidden = hidden.detach().reshape([b * t, -1]);
-    let flat_ids = ids.reshape([-1]);
-    let mut out = Tensor::zeros([b * t], (kind, ids.device()));
-    tch::no_grad(|| -> Result<()> {
-        for range in ranges(s.token_at.size()[0], rows) {
-            let (_, next, mut logits) =
-                chunk_logits(&weight, kind, &flat_hidden, &flat_ids, &s, range)?;
-            let picked = logits.gather(1, &next, false).squeeze_dim(1);
-            let logp = picked - softmax_in_place(&mut logits);
-            let _ = out.f_index_copy_(0, &s.token_at.narrow(0, range.0, range.1), &logp)?;
-        }
-        Ok(())
-    })?;
-    Ok(out.view([b, t]))
+    per_scored_token(model, hidden, ids, loss_mask, rows, |next, mut logits| {
+        let picked = logits.gather(1, next, false).squeeze_dim(1);
+        picked - softmax_in_place(&mut logits)
+    })
 }
 
 /// Entropies [B, T] of the next-token distributions that predict the scored tokens, at the
@@ -124,25 +139,15 @@ pub fn token_entropy(
     loss_mask: &Tensor,
     rows: i64,
 ) -> Result<Tensor> {
-    let (b, t) = (ids.size()[0], ids.size()[1]);
-    let (s, kind, weight) = (scored(loss_mask), logp_kind(model), model.head_weight()?);
-    let flat_hidden = hidden.detach().reshape([b * t, -1]);
-    let flat_ids = ids.reshape([-1]);
-    let mut out = Tensor::zeros([b * t], (kind, ids.device()));
-    tch::no_grad(|| -> Result<()> {
-        for range in ranges(s.token_at.size()[0], rows) {
-            let (_, _, mut x) = chunk_logits(&weight, kind, &flat_hidden, &flat_ids, &s, range)?;
-            x -= x.amax([1i64].as_slice(), true);
-            let mut e = x.exp();
-            let sum = e.sum_dim_intlist([1i64].as_slice(), false, kind);
-            e *= &x;
-            let ex = e.sum_dim_intlist([1i64].as_slice(), false, kind);
-            let h = sum.log() - ex / &sum;
-            let _ = out.f_index_copy_(0, &s.token_at.narrow(0, range.0, range.1), &h)?;
-        }
-        Ok(())
-    })?;
-    Ok(out.view([b, t]))
+    let kind = logp_kind(model);
+    per_scored_token(model, hidden, ids, loss_mask, rows, |_, mut x| {
+        x -= x.amax([1i64].as_slice(), true);
+        let mut e = x.exp();
+        let sum = e.sum_dim_intlist([1i64].as_slice(), false, kind);
+        e *= &x;
+        let ex = e.sum_dim_intlist([1i64].as_slice(), false, kind);
+        sum.log() - ex / &sum
+    })
 }
 
 /// The head weight's gradient buffer, created (zeros) on the first step; None when it is frozen.
