@@ -34,7 +34,7 @@ MPIRUN := OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 mpirun --ove
 .PHONY: setup fixtures build lib test test-rust test-header test-c test-readme test-fuzz test-python test-install test-cpp test-go test-julia test-bandit bench-bandit test-rl bench-rl test-mpi bench-dp demo header install bench
 
 setup: $(SETUP_STAMP)
-$(SETUP_STAMP): scripts/setup
+$(SETUP_STAMP): scripts/setup requirements.lock
 	scripts/setup
 	touch $@
 
@@ -50,7 +50,7 @@ $(FIXTURE_STAMP): tests/fixtures/make_models.py tests/fixtures/make_hf_models.py
 
 # One cargo profile (release) for the library, tests and benches, so torch-sys builds once.
 lib: setup
-	$(CARGO) build --release --lib
+	$(CARGO) build --locked --release --lib
 	@# The library's SONAME is libadpo.so.0: give the loader that name in the build tree too.
 	ln -sf libadpo.so $(RELEASE)/libadpo.so.0
 
@@ -78,7 +78,7 @@ test: test-rust test-header test-c test-readme test-fuzz test-python test-instal
 	@echo "make test: all suites passed"
 
 test-rust: setup fixtures
-	ADPO_FIXTURES=$(FIXTURES) $(CARGO) test --release
+	ADPO_FIXTURES=$(FIXTURES) $(CARGO) test --locked --release
 
 # The committed header must be what cbindgen generates (the Rust test `header` checks drift);
 # here: it compiles alone as C11 and C++17, declares exactly the library's exports, and the
@@ -142,10 +142,10 @@ test-julia: lib fixtures
 # Issue 6 evidence: the contextual-bandit benchmark (studies/bandit, cargo example `bandit`;
 # docs/RESULTS.md). Quick mode in make test.
 test-bandit: setup
-	$(CARGO) run --release --example bandit -- --quick --out target/bandit-quick
+	$(CARGO) run --locked --release --example bandit -- --quick --out target/bandit-quick
 
 bench-bandit: setup
-	$(CARGO) run --release --example bandit -- --out target/bandit
+	$(CARGO) run --locked --release --example bandit -- --out target/bandit
 	$(PY) scripts/plot_bandit.py target/bandit
 
 # Issue 6 evidence: SFT then online RL, listwise ADPO vs GRPO (studies/rl, cargo example `rl`, run
@@ -171,7 +171,7 @@ bench-dp: $(CBUILD)/examples/train_mpi fixtures
 	PY=$(PY) benches/dp_bench
 
 header: setup
-	ADPO_WRITE_HEADER=1 $(CARGO) test --release --test header
+	ADPO_WRITE_HEADER=1 $(CARGO) test --locked --release --test header
 
 # The libtorch is copied under PREFIX/lib/adpo (hard links on the same filesystem), or, with
 # ADPO_INSTALL_LIBTORCH=record and LIBTORCH outside the clone, used in place (scripts/install).
@@ -179,5 +179,5 @@ install: lib
 	ADPO_LIBTORCH_LIB=$(TORCH_LIB) scripts/install "$(PREFIX)"
 
 bench: setup
-	$(CARGO) bench --bench objective
+	$(CARGO) bench --locked --bench objective
 	$(PY) benches/objective_torch.py

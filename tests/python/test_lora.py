@@ -29,7 +29,8 @@ from torch import nn
 
 import adpo_ctypes as A
 import trainer_reference as R
-from test_native import GQA, HF, MAKE_HF, TIED, UNTIED, HFLogits, hf_model, make_batch, to_adpo, vocab_of
+from test_native import (GQA, HF, MAKE_HF, TIED, UNTIED, HFLogits, assert_float64_norms, hf_model, make_batch, to_adpo,
+                         vocab_of)
 
 ALL = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 PREFIX = "base_model.model."
@@ -202,6 +203,7 @@ def test_listwise_sgd_steps_with_the_base_as_anchor_equal_pytorch_peft(tmp_path,
     rtol, atol, utol = TOL[dtype]
     for i, ((m, w), b) in enumerate(zip(ours, batches)):
         rm = ref.step(b)
+        assert_float64_norms(model)
         rw = {peft_name(k): v.detach() for k, v in ref.policy.named_parameters()}
         assert sorted(w) == sorted(rw), "adpo's checkpoint holds exactly the adapters"
         assert m["loss"] == pytest.approx(rm["loss"], rel=rtol * 10, abs=atol), f"step {i + 1}"

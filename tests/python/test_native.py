@@ -72,14 +72,24 @@ def rms_norm_in_own_dtype(self, hidden_states):
 
 
 def hf_model(path, dtype=torch.float32) -> HFLogits:
-    """The transformers model. In float64 its RMSNorms compute in float64: transformers rounds
-    them through float32 even then, adpo does not (it keeps float32 only for 16-bit dtypes)."""
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype).eval()
+    """The transformers model, eager PyTorch. In float64 its RMSNorms compute in float64:
+    transformers rounds them through float32 even then, adpo does not (it keeps float32 only for
+    16-bit dtypes). use_kernels=False: since 5.25 transformers kernelizes by default, and
+    kernelize (run again by every train()) puts the class forward back over this patch."""
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, use_kernels=False).eval()
     if dtype == torch.float64:
         for module in model.modules():
             if type(module).__name__.endswith("RMSNorm"):
                 module.forward = types.MethodType(rms_norm_in_own_dtype, module)
     return HFLogits(model)
+
+
+def assert_float64_norms(model: nn.Module):
+    """Every RMSNorm of a float64 reference still computes in float64 (the patch of hf_model was
+    not undone, e.g. by a train() that kernelizes): otherwise the reference is 1e-8 off."""
+    norms = [m for m in model.modules() if type(m).__name__.endswith("RMSNorm") and m.weight.dtype == torch.float64]
+    for m in norms:
+        assert getattr(m.forward, "__func__", None) is rms_norm_in_own_dtype, f"{type(m).__name__} lost its float64 forward"
 
 
 def hf_state(model: HFLogits) -> dict[str, torch.Tensor]:
@@ -180,7 +190,9 @@ def run_adpo(name, cfg, batches, tmp_path, dtype, reference=None):
 def run_torch(name, cfg, batches, dtype, reference=None):
     ref = None if reference is None else hf_model(reference, dtype)
     tr = R.ReferenceTrainer(hf_model(HF / name, dtype), ref, cfg)
-    return [(tr.step(b), hf_state(tr.policy)) for b in batches]
+    out = [(tr.step(b), hf_state(tr.policy)) for b in batches]
+    assert_float64_norms(tr.policy)
+    return out
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
