@@ -31,7 +31,7 @@ MPICC ?= mpicc
 # OpenMPI refuses to run as root (containers, CI) unless told; --oversubscribe: more ranks than cores.
 MPIRUN := OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 mpirun --oversubscribe
 
-.PHONY: setup fixtures build lib test test-rust test-header test-c test-readme test-fuzz test-python test-install test-cpp test-go test-julia test-bandit bench-bandit test-rl bench-rl test-mpi bench-dp demo header install bench
+.PHONY: setup fixtures build lib test test-rust test-header test-c test-readme test-fuzz test-python test-lower-isa test-install test-cpp test-go test-julia test-bandit bench-bandit test-rl bench-rl test-mpi bench-dp demo header install bench
 
 setup: $(SETUP_STAMP)
 $(SETUP_STAMP): scripts/setup requirements.lock
@@ -74,7 +74,7 @@ $(CBUILD)/examples/train_mpi: examples/c/train_mpi.c include/adpo.h lib
 demo: $(CBUILD)/examples/text_rl fixtures
 	$(CBUILD)/examples/text_rl $(FIXTURES)/colours
 
-test: test-rust test-header test-c test-readme test-fuzz test-python test-install test-cpp test-go test-julia test-bandit test-rl test-mpi
+test: test-rust test-header test-c test-readme test-fuzz test-python test-lower-isa test-install test-cpp test-go test-julia test-bandit test-rl test-mpi
 	@echo "make test: all suites passed"
 
 test-rust: setup fixtures
@@ -121,6 +121,14 @@ test-fuzz: $(CBUILD)/fuzz/fuzz_abi fixtures
 
 test-python: lib
 	ADPO_LIB=$(LIB) $(PY) -m pytest -q tests/python
+
+# The Rust suite (its native-model tests compare with transformers' stored outputs) and the
+# Python parity suites (PyTorch, transformers, PEFT, tokenizers) again, with libtorch's CPU
+# kernels one instruction set below this machine's (tests/lower-isa): tolerances must hold on
+# any x86-64 CPU, not only on the kernels of this one. About two minutes.
+test-lower-isa: lib fixtures
+	ADPO_FIXTURES=$(FIXTURES) PY=$(PY) tests/lower-isa $(CARGO) test --locked --release -q
+	ADPO_LIB=$(LIB) PY=$(PY) tests/lower-isa $(PY) -m pytest -q tests/python
 
 # Installs into a temporary prefix, builds against it (pkg-config, CMake; shared, static) and
 # runs the programs with the clone hidden (tests/install/run).

@@ -406,7 +406,7 @@ mod tests {
     #[test]
     fn a_non_finite_value_in_the_last_piece_leaves_every_piece_unchanged() {
         let p = big_param(2);
-        let mut g = p.grad();
+        let g = p.grad();
         let _ = g.narrow(0, 3 * PIECE + 4, 1).fill_(f64::INFINITY);
         let before = p.detach().copy();
         let cfg: OptimizerConfig = serde_json::from_str(r#"{"name": "sgd", "lr": 0.1}"#).unwrap();

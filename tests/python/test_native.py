@@ -31,6 +31,7 @@ from transformers import AutoModelForCausalLM
 
 import adpo_ctypes as A
 import trainer_reference as R
+from parity import assert_weights_close
 
 HF = Path(os.environ.get("ADPO_FIXTURES", R.REPO / "tests" / "fixtures" / "generated")) / "hf"
 MAKE_HF = R.REPO / "tests" / "fixtures" / "make_hf_models.py"
@@ -40,8 +41,8 @@ GQA = "mistral_gqa2_untied"
 QWEN2 = "qwen2_gqa2_tied"
 N, T = 6, 8
 GIDS = np.array([4, 1, 4, 1, 4, 1])  # 2 groups of 3, interleaved
-# (weights rtol, weights atol, update rtol: |w_adpo - w_torch| / |w_torch - w_0|)
-TOL = {torch.float32: (1e-5, 1e-6, 2e-3), torch.float64: (1e-9, 1e-12, 1e-8)}
+# Loss and gradient-norm (rtol, loss atol); the weights: parity.assert_weights_close.
+MTOL = {torch.float32: (1e-5, 1e-6), torch.float64: (1e-9, 1e-12)}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -135,13 +136,16 @@ def perturbed_copy(name: str, out: Path) -> Path:
 def test_saved_directory_loads_in_transformers_to_the_same_logits(tmp_path, name):
     A.Model(HF / name).save(tmp_path / "out")
     ref = load_file(str(HF / name / "reference.safetensors"))
-    model = hf_model(tmp_path / "out")
+    model, original = hf_model(tmp_path / "out"), hf_model(HF / name)
     for side in ("right", "left"):
         ids, mask = ref[f"{side}_input_ids"], ref[f"{side}_attention_mask"]
         with torch.no_grad():
-            got = model(ids, mask)
+            got, want = model(ids, mask), original(ids, mask)
         keep = mask.bool()
-        assert torch.equal(got[keep], ref[f"{side}_logits"][keep]), side
+        # Bit for bit against the original directory in this process (same kernels); the stored
+        # logits came from the fixture's run, maybe on another instruction set.
+        assert torch.equal(got[keep], want[keep]), side
+        torch.testing.assert_close(got[keep], ref[f"{side}_logits"][keep], rtol=0, atol=1e-5)
     names = sorted(load_file(str(tmp_path / "out" / "model.safetensors")))
     assert names == sorted(hf_state(hf_model(HF / name)))
 
@@ -206,19 +210,11 @@ def test_listwise_sgd_steps_equal_pytorch_on_the_transformers_model(tmp_path, na
     ours = run_adpo(name, cfg, batches, tmp_path, dtype, reference)
     theirs = run_torch(name, cfg, batches, dtype, reference)
     w0 = hf_state(hf_model(HF / name, dtype))
-    rtol, atol, utol = TOL[dtype]
+    rtol, atol = MTOL[dtype]
     for i, ((m, w), (rm, rw)) in enumerate(zip(ours, theirs)):
         assert m["loss"] == pytest.approx(rm["loss"], rel=rtol * 10, abs=atol), f"step {i + 1}"
         assert m["grad_norm"] == pytest.approx(rm["grad_norm"], rel=rtol * 100), f"step {i + 1}"
-        assert sorted(w) == sorted(rw)
-        num = den = 0.0
-        for k in rw:
-            assert w[k].dtype == rw[k].dtype, k
-            torch.testing.assert_close(w[k], rw[k], rtol=rtol, atol=atol, msg=lambda s: f"step {i + 1} {k}: {s}")
-            num += float(((w[k].double() - rw[k].double()) ** 2).sum())
-            den += float(((rw[k].double() - w0[k].double()) ** 2).sum())
-        assert den > 0, "the reference did not move the weights"
-        assert math.sqrt(num) <= utol * math.sqrt(den), f"step {i + 1}: update off by {math.sqrt(num / den):.2e}"
+        assert_weights_close(w, rw, w0, f"step {i + 1}")
 
 
 # ------------------------------------------------------------- trainable and bf16-mixed
@@ -314,7 +310,7 @@ def test_losses_anchors_and_schedules_on_native_models_equal_pytorch(tmp_path, c
     batches = [make_batch(21, vocab), make_batch(22, vocab, pad=True), make_batch(23, vocab)]
     ours = run_adpo(name, cfg, batches, tmp_path, dtype, reference)
     theirs = run_torch(name, {k: v for k, v in cfg.items() if k not in ADPO_ONLY}, batches, dtype, reference)
-    rtol, atol, _ = TOL[dtype]
+    rtol, atol = MTOL[dtype]
     for i, ((m, w), (rm, rw)) in enumerate(zip(ours, theirs)):
         assert m["loss"] == pytest.approx(rm["loss"], rel=rtol * 10, abs=atol), f"step {i + 1}"
         for k in rw:
