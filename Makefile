@@ -12,6 +12,8 @@ export PATH := $(VENV)/bin:$(HOME)/.cargo/bin:$(PATH)
 TORCH_LIB := $(if $(LIBTORCH),$(LIBTORCH),$(CURDIR)/.venv/libtorch)/lib
 PY := $(VENV)/bin/python
 CARGO ?= cargo
+# MPI support is a cargo feature (build.rs compiles the shim only when asked): make builds with it.
+export CARGO_FEATURES ?= --features mpi
 PREFIX ?= /usr/local
 
 RELEASE := $(CURDIR)/target/release
@@ -50,7 +52,7 @@ $(FIXTURE_STAMP): tests/fixtures/make_models.py tests/fixtures/make_hf_models.py
 
 # One cargo profile (release) for the library, tests and benches, so torch-sys builds once.
 lib: setup
-	$(CARGO) build --locked --release --lib
+	$(CARGO) build --locked $(CARGO_FEATURES) --release --lib
 	@# The library's SONAME is libadpo.so.0: give the loader that name in the build tree too.
 	ln -sf libadpo.so $(RELEASE)/libadpo.so.0
 
@@ -78,7 +80,7 @@ test: test-rust test-header test-c test-readme test-fuzz test-python test-lower-
 	@echo "make test: all suites passed"
 
 test-rust: setup fixtures
-	ADPO_FIXTURES=$(FIXTURES) $(CARGO) test --locked --release
+	ADPO_FIXTURES=$(FIXTURES) $(CARGO) test --locked $(CARGO_FEATURES) --release
 
 # The committed header must be what cbindgen generates (the Rust test `header` checks drift);
 # here: it compiles alone as C11 and C++17, declares exactly the library's exports, and the
@@ -100,9 +102,11 @@ test-c: $(C_TESTS) $(C_EXAMPLES) fixtures
 	$(CBUILD)/examples/text_rl $(FIXTURES)/colours 40 | tail -1
 	@echo "C examples: 4 passed, 0 failed"
 
-# Every C/C++ block of README.md compiled and run (tests/readme/check_snippets.py), then the check
+# Every repository path the docs name exists (tests/readme/check_paths.py); every C/C++ block of
+# README.md compiled and run (tests/readme/check_snippets.py), then the check
 # itself on tests/readme/broken.md: its four broken blocks must fail it.
 test-readme: lib fixtures
+	$(PY) tests/readme/check_paths.py README.md docs/*.md benches/README.md
 	ADPO_FIXTURES=$(FIXTURES) $(PY) tests/readme/check_snippets.py README.md
 	ADPO_FIXTURES=$(FIXTURES) $(PY) tests/readme/check_snippets.py --expect-fail 4 tests/readme/broken.md
 
@@ -127,7 +131,7 @@ test-python: lib
 # kernels one instruction set below this machine's (tests/lower-isa): tolerances must hold on
 # any x86-64 CPU, not only on the kernels of this one. About two minutes.
 test-lower-isa: lib fixtures
-	ADPO_FIXTURES=$(FIXTURES) PY=$(PY) tests/lower-isa $(CARGO) test --locked --release -q
+	ADPO_FIXTURES=$(FIXTURES) PY=$(PY) tests/lower-isa $(CARGO) test --locked $(CARGO_FEATURES) --release -q
 	ADPO_LIB=$(LIB) PY=$(PY) tests/lower-isa $(PY) -m pytest -q tests/python
 
 # Installs into a temporary prefix, builds against it (pkg-config, CMake; shared, static) and
@@ -147,16 +151,16 @@ test-go: lib fixtures
 test-julia: lib fixtures
 	ADPO_LIB=$(LIB) ADPO_FIXTURES=$(FIXTURES) bindings/julia/run-tests
 
-# Issue 6 evidence: the contextual-bandit benchmark (studies/bandit, cargo example `bandit`;
+# Evidence: the contextual-bandit benchmark (studies/bandit, cargo example `bandit`;
 # docs/RESULTS.md). Quick mode in make test.
 test-bandit: setup
-	$(CARGO) run --locked --release --example bandit -- --quick --out target/bandit-quick
+	$(CARGO) run --locked $(CARGO_FEATURES) --release --example bandit -- --quick --out target/bandit-quick
 
 bench-bandit: setup
-	$(CARGO) run --locked --release --example bandit -- --out target/bandit
+	$(CARGO) run --locked $(CARGO_FEATURES) --release --example bandit -- --out target/bandit
 	$(PY) scripts/plot_bandit.py target/bandit
 
-# Issue 6 evidence: SFT then online RL, listwise ADPO vs GRPO (studies/rl, cargo example `rl`, run
+# Evidence: SFT then online RL, listwise ADPO vs GRPO (studies/rl, cargo example `rl`, run
 # by scripts/bench-rl; docs/RESULTS.md). Quick mode in
 # make test (SFT ~50 s the first time, then ~30 s); the full study takes ~10 min on 2 cores.
 test-rl: setup
@@ -165,7 +169,7 @@ test-rl: setup
 bench-rl: setup
 	scripts/bench-rl
 
-# Issue 7: data-parallel training. Two and three ranks against one process (examples/c/train_mpi.c),
+# Data-parallel training. Two and three ranks against one process (examples/c/train_mpi.c),
 # on TorchScript models (float64, float32) and a native checkpoint directory.
 # float64 shows the reduction exact; float32 is the README's command, with float32's tolerance.
 test-mpi: $(CBUILD)/examples/train_mpi fixtures
@@ -179,7 +183,7 @@ bench-dp: $(CBUILD)/examples/train_mpi fixtures
 	PY=$(PY) benches/dp_bench
 
 header: setup
-	ADPO_WRITE_HEADER=1 $(CARGO) test --locked --release --test header
+	ADPO_WRITE_HEADER=1 $(CARGO) test --locked $(CARGO_FEATURES) --release --test header
 
 # The libtorch is copied under PREFIX/lib/adpo (hard links on the same filesystem), or, with
 # ADPO_INSTALL_LIBTORCH=record and LIBTORCH outside the clone, used in place (scripts/install).
@@ -187,5 +191,5 @@ install: lib
 	ADPO_LIBTORCH_LIB=$(TORCH_LIB) scripts/install "$(PREFIX)"
 
 bench: setup
-	$(CARGO) bench --locked --bench objective
+	$(CARGO) bench --locked $(CARGO_FEATURES) --bench objective
 	$(PY) benches/objective_torch.py

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Peak memory of an ADPO step with a fixed anchor: full fine-tuning with a reference handle
-against LoRA r = 16 on all seven projections with the base as the reference (issue 15).
+against LoRA r = 16 on all seven projections with the base as the reference.
 
 The checkpoint is a random Llama-shaped model made here by transformers: hidden 1024,
 8 layers, 16 heads (no grouped KV), intermediate 2816, V = 32,000, untied head, float32

@@ -16,7 +16,7 @@
  *
  * One training step (online RL), with error checks left out:
  *
- *   adpo_model_load("policy.pt", "cpu", &policy, &err);
+ *   adpo_model_load("SmolLM2-135M-Instruct/", "cpu", &policy, &err);  // a checkpoint directory
  *   adpo_trainer_new(policy, NULL, "{"loss": "listwise"}", &trainer, &err);
  *   adpo_trainer_sample(trainer, prompts, lengths, n_prompts, k, "{}", &batch, &err);
  *   adpo_batch_get_ids(batch, ids, n * t, &err);      // score each candidate in the host
@@ -1042,7 +1042,7 @@ adpo_status adpo_trainer_load(struct adpo_trainer *trainer,
  * optimizer and anchor state are copied to every rank, so replicas that start different end
  * identical; the policy and the anchor mode must be the same on every rank. On error the
  * trainer is left training alone (its previous communicator, if any, is released). A build
- * without MPI (no mpicc at build time) returns ADPO_STATUS_UNSUPPORTED; see
+ * without MPI (the cargo feature `mpi`, which make enables) returns ADPO_STATUS_UNSUPPORTED; see
  * adpo_has_mpi(). Trainer config {"distributed": {"backend": "mpi"}} does the same with
  * MPI_COMM_WORLD at adpo_trainer_new.
  */
@@ -1076,7 +1076,7 @@ adpo_status adpo_trainer_world(const struct adpo_trainer *trainer,
                                struct adpo_error **err);
 
 /**
- * True when this build of adpo can train over MPI (it found mpicc when it was built).
+ * True when this build of adpo can train over MPI (built with the cargo feature `mpi`).
  */
 bool adpo_has_mpi(void);
 

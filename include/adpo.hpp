@@ -210,8 +210,8 @@ inline void set_num_threads(std::int32_t n) {
 /// libtorch's CPU thread count.
 inline std::int32_t num_threads() noexcept { return adpo_num_threads(); }
 
-/// True when the loaded library can train over MPI (it found mpicc when it was built); without
-/// it Trainer::use_mpi() throws ADPO_STATUS_UNSUPPORTED. Trainer::use_allreduce() works in every
+/// True when the loaded library can train over MPI (built with the cargo feature `mpi`, as make
+/// builds it); without it Trainer::use_mpi() throws ADPO_STATUS_UNSUPPORTED. Trainer::use_allreduce() works in every
 /// build.
 inline bool has_mpi() noexcept { return adpo_has_mpi(); }
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""SFT starting point of the RL study (issue 6, item 2; cargo example `rl`).
+"""SFT starting point of the RL study (cargo example `rl`).
 
 Trains a tiny causal transformer by supervised fine-tuning on 3-digit addition and stops as soon as
 its greedy exact-match accuracy on a validation split reaches a low target (10 %), so that online RL

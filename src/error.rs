@@ -96,6 +96,15 @@ impl Error {
     pub fn unsupported(message: impl Into<String>) -> Self {
         Error::new(Status::Unsupported, message)
     }
+    pub fn model(message: impl Into<String>) -> Self {
+        Error::new(Status::Model, message)
+    }
+    pub fn checkpoint(message: impl Into<String>) -> Self {
+        Error::new(Status::Checkpoint, message)
+    }
+    pub fn io(message: impl Into<String>) -> Self {
+        Error::new(Status::Io, message)
+    }
 }
 
 impl fmt::Display for Error {

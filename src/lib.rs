@@ -14,6 +14,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod distributed;
 pub mod dlpack;
+pub mod dtype;
 pub mod echo;
 pub mod error;
 pub mod ffi;

@@ -1,4 +1,4 @@
-//! Trainer key `precision` (issue 12): "bf16-mixed" trains a bfloat16 model through float32
+//! Trainer key `precision`: "bf16-mixed" trains a bfloat16 model through float32
 //! master weights and optimizer state (src/model/masters.rs). Its update follows the float32
 //! model's, where pure bfloat16 rounds most of it away; checkpoints hold the masters and resume
 //! exactly; an EMA anchor averages in float32; what cannot work is refused.

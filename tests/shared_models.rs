@@ -1,4 +1,4 @@
-//! Models shared between trainers (issue 16 items 13 and 14): crosswise policy/reference pairs
+//! Models shared between trainers: crosswise policy/reference pairs
 //! step in two threads without deadlock, and a reference handle that is another trainer's
 //! policy keeps training there and is read in eval mode here.
 

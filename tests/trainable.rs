@@ -1,4 +1,4 @@
-//! Trainer key `trainable` (issue 12): frozen parameters get no gradient, no optimizer state,
+//! Trainer key `trainable`: frozen parameters get no gradient, no optimizer state,
 //! are not in checkpoints, and stay bit-identical; the trained ones take exactly the update they
 //! take when everything trains (SGD steps each tensor by its own gradient, which does not
 //! depend on what else trains).

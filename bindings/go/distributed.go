@@ -34,8 +34,8 @@ import (
 	"unsafe"
 )
 
-// HasMPI reports whether the loaded libadpo can train over MPI (it found mpicc when it was
-// built). Without it, Trainer.UseMPI and the config {"distributed": {"backend": "mpi"}} return
+// HasMPI reports whether the loaded libadpo can train over MPI (built with the cargo feature
+// `mpi`, as make builds it). Without it, Trainer.UseMPI and the config {"distributed": {"backend": "mpi"}} return
 // StatusUnsupported; Trainer.UseAllreduce works in every build.
 func HasMPI() bool { return bool(C.adpo_has_mpi()) }
 

@@ -45,8 +45,8 @@ func loadWith(path, arg string, call func(p, arg *C.char, out **C.adpo_model, ce
 	return m, nil
 }
 
-// LoadModelOptions loads a Hugging Face checkpoint directory (config.json + safetensors:
-// llama, mistral, qwen2, qwen3) or a TorchScript file, with options as JSON, e.g.
+// LoadModelOptions loads a Hugging Face checkpoint directory (config.json + safetensors, of an
+// architecture the library supports: see the README) or a TorchScript file, with options as JSON, e.g.
 // `{"device": "cuda:0", "dtype": "bfloat16"}` ("" = defaults: cpu, the checkpoint's dtype).
 func LoadModelOptions(path, optionsJSON string) (*Model, error) {
 	return loadWith(path, optionsJSON, func(p, arg *C.char, out **C.adpo_model, cerr **C.adpo_error) C.adpo_status {

@@ -75,8 +75,7 @@ pub fn encode(path: &Path, tensors: &[(String, Tensor)], out: &mut dyn Write) ->
     header.insert("__metadata__".into(), serde_json::json!(meta));
     let mut json = serde_json::to_vec(&header).map_err(|e| Error::invalid(e.to_string()))?;
     json.resize(json.len().next_multiple_of(8), b' ');
-    let io =
-        |e: std::io::Error| Error::new(Status::Io, format!("cannot write {}: {e}", path.display()));
+    let io = |e: std::io::Error| Error::io(format!("cannot write {}: {e}", path.display()));
     out.write_all(&(json.len() as u64).to_le_bytes())
         .map_err(io)?;
     out.write_all(&json).map_err(io)?;

@@ -44,7 +44,7 @@ pub fn load(path: &Path) -> Result<Named> {
         return Err(ckpt_error(path, "file not found"));
     }
     let bytes = std::fs::read(path)
-        .map_err(|e| Error::new(Status::Io, format!("cannot read {}: {e}", path.display())))?;
+        .map_err(|e| Error::io(format!("cannot read {}: {e}", path.display())))?;
     format::decode(path, &bytes)
 }
 

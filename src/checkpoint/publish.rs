@@ -6,7 +6,7 @@
 //! writers each publish a whole file and the last rename wins. On any failure the temporary
 //! file is removed (only a SIGKILL between create and rename leaves one behind).
 
-use crate::error::{Error, Result, Status};
+use crate::error::{Error, Result};
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -17,7 +17,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 static NEXT: AtomicU64 = AtomicU64::new(0);
 
 fn io_error(what: &str, path: &Path, e: io::Error) -> Error {
-    Error::new(Status::Io, format!("cannot {what} {}: {e}", path.display()))
+    Error::io(format!("cannot {what} {}: {e}", path.display()))
 }
 
 /// A new, empty temporary file beside `path`: `PATH.<pid>.<n>.<nanoseconds>.tmp`.

@@ -8,10 +8,7 @@ use tch::{Kind, Tensor};
 
 /// The dtype a tensor travels in: f64 stays f64, everything else goes as f32.
 fn wire_kind(kind: Kind) -> Kind {
-    match kind {
-        Kind::Double => Kind::Double,
-        _ => Kind::Float,
-    }
+    crate::dtype::compute_kind(kind)
 }
 
 /// Consecutive runs of tensors of one wire dtype, each up to `bucket_bytes` (a tensor larger

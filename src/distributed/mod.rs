@@ -1,7 +1,7 @@
 //! Data-parallel training: each rank holds whole groups, and the only collectives a step needs
 //! are an all-reduce of the gradients (in flattened buckets) and a small one that agrees on the
-//! outcome and reduces the metrics. The transport is an existing engine: MPI (built when build.rs finds
-//! mpicc, src/distributed/mpi.rs) or the host's own all-reduce callback (host_callback.rs).
+//! outcome and reduces the metrics. The transport is an existing engine: MPI (the cargo feature
+//! `mpi`, src/distributed/mpi.rs) or the host's own all-reduce callback (host_callback.rs).
 //!
 //! Every collective here is built on one primitive, an in-place element-wise sum: a broadcast
 //! from rank 0 is a sum in which the other ranks contribute zeros (x + 0 is exact), and a gather
@@ -10,7 +10,7 @@
 mod agree;
 mod buckets;
 pub mod host_callback;
-#[cfg(adpo_mpi)]
+#[cfg(feature = "mpi")]
 pub mod mpi;
 
 pub use agree::{GlobalStep, LocalStep, StepWeights};
@@ -70,7 +70,7 @@ impl DistributedConfig {
                 self.bucket_mb
             )));
         }
-        #[cfg(not(adpo_mpi))]
+        #[cfg(not(feature = "mpi"))]
         if self.backend == Backend::Mpi {
             return Err(no_mpi());
         }
@@ -95,8 +95,8 @@ pub(crate) fn float_bits(kind: tch::Kind) -> Result<u8> {
 pub fn no_mpi() -> Error {
     Error::new(
         Status::Unsupported,
-        "this build of adpo has no MPI support: install OpenMPI (scripts/setup does) and rebuild \
-         (build.rs compiles MPI support when it finds mpicc; ADPO_MPI=1 insists)",
+        "this build of adpo has no MPI support: install OpenMPI (scripts/setup does) and build \
+         with the cargo feature `mpi` (make does: cargo build --release --features mpi)",
     )
 }
 

@@ -1,4 +1,4 @@
-//! MPI as the communicator (compiled when build.rs finds mpicc), through the C shim csrc/mpi_shim.c.
+//! MPI as the communicator (the cargo feature `mpi`), through the C shim csrc/mpi_shim.c.
 
 use super::Communicator;
 use crate::error::{Error, Result, Status};

@@ -1,4 +1,4 @@
-//! C ABI of trainer checkpoints (src/trainer/checkpoint.rs, src/checkpoint.rs).
+//! C ABI of trainer checkpoints (src/trainer/checkpoint.rs, src/checkpoint/).
 
 use super::args::c_str;
 use super::boundary::call_on;

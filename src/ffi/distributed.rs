@@ -34,7 +34,7 @@ pub type adpo_userdata_free_fn = Option<unsafe extern "C" fn(userdata: *mut c_vo
 /// optimizer and anchor state are copied to every rank, so replicas that start different end
 /// identical; the policy and the anchor mode must be the same on every rank. On error the
 /// trainer is left training alone (its previous communicator, if any, is released). A build
-/// without MPI (no mpicc at build time) returns ADPO_STATUS_UNSUPPORTED; see
+/// without MPI (the cargo feature `mpi`, which make enables) returns ADPO_STATUS_UNSUPPORTED; see
 /// adpo_has_mpi(). Trainer config {"distributed": {"backend": "mpi"}} does the same with
 /// MPI_COMM_WORLD at adpo_trainer_new.
 #[no_mangle]
@@ -106,8 +106,8 @@ pub extern "C" fn adpo_trainer_world(
     })
 }
 
-/// True when this build of adpo can train over MPI (it found mpicc when it was built).
+/// True when this build of adpo can train over MPI (built with the cargo feature `mpi`).
 #[no_mangle]
 pub extern "C" fn adpo_has_mpi() -> bool {
-    infallible(false, || cfg!(adpo_mpi))
+    infallible(false, || cfg!(feature = "mpi"))
 }

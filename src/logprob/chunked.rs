@@ -46,10 +46,7 @@ fn scored(loss_mask: &Tensor) -> Scored {
 
 /// The float kind log-probs are computed in: float64 for float64 models, else float32.
 fn logp_kind(model: &Model) -> Kind {
-    match model.kind() {
-        Kind::Double => Kind::Double,
-        _ => Kind::Float,
-    }
+    crate::dtype::compute_kind(model.kind())
 }
 
 /// One chunk: the hidden states that predict its scored tokens [len, H], the tokens [len, 1],

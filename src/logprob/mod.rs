@@ -94,10 +94,7 @@ pub fn backward_weighted_checkpointed(
 }
 
 fn logits_kind(logits: &Tensor) -> Kind {
-    match logits.kind() {
-        Kind::Double => Kind::Double,
-        _ => Kind::Float,
-    }
+    crate::dtype::compute_kind(logits.kind())
 }
 
 /// Token log-probs from full logits [B, T, V].

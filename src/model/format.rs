@@ -10,10 +10,6 @@ use super::CausalLm;
 use crate::error::{Error, Result, Status};
 use std::path::Path;
 
-fn model_error(message: String) -> Error {
-    Error::new(Status::Model, message)
-}
-
 /// What the bytes of a file are.
 #[derive(Debug, PartialEq)]
 enum FileKind {
@@ -59,7 +55,7 @@ pub fn open(path: &Path, options: &LoadOptions) -> Result<Box<dyn CausalLm>> {
         return Ok(Box::new(NativeLm::open(path, options)?));
     }
     if !path.is_file() {
-        return Err(model_error(format!(
+        return Err(Error::model(format!(
             "model file not found: {}",
             path.display()
         )));
@@ -102,7 +98,7 @@ pub fn open(path: &Path, options: &LoadOptions) -> Result<Box<dyn CausalLm>> {
         }
         FileKind::Unknown => "neither a TorchScript archive nor a checkpoint",
     };
-    Err(model_error(format!(
+    Err(Error::model(format!(
         "cannot load {}: it is {what}; {SUPPORTED}",
         path.display()
     )))

@@ -4,7 +4,7 @@
 //! and eval mode, gradients on or off, frozen copies for anchors, EMA and hard copies.
 //!
 //! Implementations: `torchscript.rs` (a TorchScript module returning logits) and `native/`
-//! (Hugging Face checkpoint directories: Llama, Mistral, Qwen2, Qwen3, returning final hidden
+//! (Hugging Face checkpoint directories of the architectures in `native/arch.rs`, returning final hidden
 //! states plus an output head, so log-probs can be computed a chunk of positions at a time, and
 //! a key/value-cached forward for sampling, and optional LoRA adapters). `options.rs`: device,
 //! dtype and adapters at load.
@@ -22,7 +22,7 @@ mod options;
 mod torchscript;
 mod trainable;
 
-use crate::error::{Error, Result, Status};
+use crate::error::{Error, Result};
 pub use device::parse_device;
 use masters::Masters;
 pub use native::NativeLm;
@@ -200,10 +200,6 @@ pub struct Model {
     masters: Option<Masters>,
 }
 
-fn model_error(message: String) -> Error {
-    Error::new(Status::Model, message)
-}
-
 /// The parameters with tied tensors (same storage, shape and strides) listed once: an
 /// optimizer that saw both names would step the shared tensor twice.
 fn distinct(params: Vec<(String, Tensor)>) -> Vec<(String, Tensor)> {
@@ -237,7 +233,7 @@ impl Model {
     /// Wraps an implementation: eval mode, no gradients.
     pub fn from_lm(lm: Box<dyn CausalLm>) -> Result<Model> {
         let Some(kind) = lm.named_parameters().first().map(|(_, t)| t.kind()) else {
-            return Err(model_error(format!("{} has no parameters", lm.describe())));
+            return Err(Error::model(format!("{} has no parameters", lm.describe())));
         };
         let mut model = Model {
             lm,

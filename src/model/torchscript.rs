@@ -4,7 +4,7 @@
 //! only files you trust. The file's bytes are kept, so anchor copies load from memory.
 
 use super::{CausalLm, Forward};
-use crate::error::{torch_message, Error, Result, Status};
+use crate::error::{torch_message, Error, Result};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tch::{CModule, Device, Kind, Tensor};
@@ -17,10 +17,6 @@ pub struct TorchScriptLm {
     device: Device,
     takes_mask: bool,
     vocab: i64,
-}
-
-fn model_error(message: String) -> Error {
-    Error::new(Status::Model, message)
 }
 
 impl TorchScriptLm {
@@ -42,7 +38,7 @@ impl TorchScriptLm {
 
     fn module(path: &Path, bytes: &[u8], device: Device) -> Result<CModule> {
         let mut module = CModule::load_data_on_device(&mut &bytes[..], device).map_err(|e| {
-            model_error(format!(
+            Error::model(format!(
                 "cannot load TorchScript module {}: {}",
                 path.display(),
                 torch_message(&e)
@@ -61,7 +57,7 @@ impl TorchScriptLm {
             Err(with_mask) => {
                 self.takes_mask = false;
                 self.module.forward_ts(&[&ids]).map_err(|without| {
-                    model_error(format!(
+                    Error::model(format!(
                         "{}: neither forward(input_ids, attention_mask) nor forward(input_ids) ran: {}; {}",
                         self.path.display(),
                         torch_message(&with_mask),
@@ -77,7 +73,7 @@ impl TorchScriptLm {
             || size[2] < 2
             || !out.is_floating_point()
         {
-            return Err(model_error(format!(
+            return Err(Error::model(format!(
                 "{}: forward must return float logits [B, T, V]; on input [1, 2] it returned {:?} {:?}",
                 self.path.display(),
                 out.kind(),
@@ -123,7 +119,7 @@ impl CausalLm for TorchScriptLm {
         };
         let (b, t) = (ids.size()[0], ids.size()[1]);
         if out.size() != [b, t, self.vocab] {
-            return Err(model_error(format!(
+            return Err(Error::model(format!(
                 "{}: forward returned {:?} for input [{b}, {t}]; expected [{b}, {t}, {}]",
                 self.path.display(),
                 out.size(),

@@ -91,10 +91,7 @@ fn inverse_cdf(probs: &Tensor, u: &Tensor) -> Tensor {
 /// (token [B] int64, its log-prob under the policy [B]) for logits [B, V] and uniforms [B].
 /// float64 logits give float64 log-probs; others float32.
 pub fn draw(logits: &Tensor, cfg: &SamplingConfig, u: &Tensor) -> (Tensor, Tensor) {
-    let kind = match logits.kind() {
-        Kind::Double => Kind::Double,
-        _ => Kind::Float,
-    };
+    let kind = crate::dtype::compute_kind(logits.kind());
     let logits = logits.to_kind(kind);
     // Untempered, untruncated sampling draws from the policy itself: its log-prob at the
     // token is log_softmax there, (x - max) - log(sum exp(x - max)), where the sum's log is

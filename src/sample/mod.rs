@@ -92,10 +92,7 @@ fn check_prompts(model: &Model, prompts: &[&[i64]], k: usize, cfg: &SamplingConf
 
 /// The dtype of the recorded log-probs: float64 models keep float64.
 fn logp_kind(model: &Model) -> Kind {
-    match model.kind() {
-        Kind::Double => Kind::Double,
-        _ => Kind::Float,
-    }
+    crate::dtype::compute_kind(model.kind())
 }
 
 fn generate_cached(

@@ -111,11 +111,11 @@ pub fn read(path: &Path) -> Result<CheckpointText> {
 }
 
 fn io_error(path: &Path, e: std::io::Error) -> Error {
-    Error::new(Status::Io, format!("cannot read {}: {e}", path.display()))
+    Error::io(format!("cannot read {}: {e}", path.display()))
 }
 
 fn model_error(path: &Path, what: impl std::fmt::Display) -> Error {
-    Error::new(Status::Model, format!("{}: {what}", path.display()))
+    Error::model(format!("{}: {what}", path.display()))
 }
 
 /// The parsed JSON object of an optional file (None when it does not exist).

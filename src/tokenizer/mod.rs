@@ -27,7 +27,7 @@ pub struct Tokenizer {
 }
 
 fn model_error(what: impl std::fmt::Display) -> Error {
-    Error::new(Status::Model, format!("tokenizer: {what}"))
+    Error::model(format!("tokenizer: {what}"))
 }
 
 impl Tokenizer {
@@ -38,7 +38,7 @@ impl Tokenizer {
         let text = files::read(path)?;
         let file = &text.tokenizer_json;
         let bytes = std::fs::read(file)
-            .map_err(|e| Error::new(Status::Io, format!("cannot read {}: {e}", file.display())))?;
+            .map_err(|e| Error::io(format!("cannot read {}: {e}", file.display())))?;
         let mut inner = tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| {
             Error::new(
                 Status::Model,

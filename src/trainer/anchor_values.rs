@@ -40,10 +40,7 @@ impl Held {
 impl Trainer {
     /// The float dtype of the step: float64 models compute in float64, others in float32.
     fn compute_kind(policy: &Model) -> Kind {
-        match policy.kind() {
-            Kind::Double => Kind::Double,
-            _ => Kind::Float,
-        }
+        crate::dtype::compute_kind(policy.kind())
     }
 
     /// The anchor (or GRPO old/reference) values of this step. `reference` is the locked

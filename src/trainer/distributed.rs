@@ -29,13 +29,13 @@ impl Trainer {
     /// # Safety
     /// `comm` is NULL or points to a valid MPI_Comm of the MPI library adpo was built with.
     pub unsafe fn use_mpi(&mut self, comm: *const std::ffi::c_void) -> Result<()> {
-        #[cfg(adpo_mpi)]
+        #[cfg(feature = "mpi")]
         {
             // SAFETY: the caller's contract, passed on.
             let comm = unsafe { crate::distributed::mpi::MpiComm::join(comm) }?;
             self.use_communicator(Box::new(comm))
         }
-        #[cfg(not(adpo_mpi))]
+        #[cfg(not(feature = "mpi"))]
         {
             let _ = comm;
             Err(crate::distributed::no_mpi())

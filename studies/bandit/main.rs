@@ -1,4 +1,4 @@
-//! Contextual-bandit benchmark (issue 6 item 1; docs/MATH.md §11.1, §11.2, §11.6, §12).
+//! Contextual-bandit benchmark (docs/MATH.md §11.1, §11.2, §11.6, §12).
 //!
 //! Rebuilds the paper's synthetic contextual bandit as in docs/MATH.md §12.3 and trains an MLP policy with
 //! DPO (hard / soft) and ADPO (pairwise, listwise raw, listwise KDE) through the library's

@@ -1,4 +1,4 @@
-//! Reasoning-style online RL, listwise ADPO against GRPO (issue 6 item 2; docs/MATH.md
+//! Reasoning-style online RL, listwise ADPO against GRPO (docs/MATH.md
 //! §6, §8, §11.7).
 //!
 //! A tiny causal transformer, first trained by SFT on 3-digit addition to a low accuracy

@@ -409,7 +409,7 @@ def test_files_that_are_not_models_are_named_through_c(tmp_path):
 
 
 def test_bad_sampling_requests_on_a_checkpoint_are_refused_through_c():
-    """Issue 13's bad inputs, through adpo_trainer_sample on a native model: each a clear
+    """The sampler's bad inputs, through adpo_trainer_sample on a native model: each a clear
     status, none a crash; the limit on prompt + new tokens is max_position_embeddings."""
     import json
 

@@ -157,8 +157,8 @@ num_threads() = Int(ccall((:adpo_num_threads, libadpo()), Int32, ()))
 """
     has_mpi() -> Bool
 
-True when the loaded library can train over MPI (it found mpicc when it was built). Without it
-[`use_mpi!`](@ref) throws `ADPO_STATUS_UNSUPPORTED`; [`use_allreduce!`](@ref) works in every build.
+True when the loaded library can train over MPI (built with the cargo feature `mpi`, as make
+builds it). Without it [`use_mpi!`](@ref) throws `ADPO_STATUS_UNSUPPORTED`; [`use_allreduce!`](@ref) works in every build.
 """
 has_mpi() = ccall((:adpo_has_mpi, libadpo()), Bool, ())
 

@@ -61,7 +61,7 @@ pub fn lookup(model_type: &str) -> Option<&'static Architecture> {
         .find(|a| a.model_type == model_type)
 }
 
-/// "llama, mistral, qwen2, qwen3", for messages.
+/// The supported model_types, comma-separated, for messages.
 pub fn supported() -> String {
     ARCHITECTURES
         .iter()

@@ -6,7 +6,7 @@
 
 use super::arch::{self, Architecture, Bias, SlidingWindow};
 use super::rope::{Rope, RopeScaling};
-use crate::error::{Error, Result, Status};
+use crate::error::{Error, Result};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use std::path::Path;
@@ -80,12 +80,8 @@ pub struct Config {
     pub dtype: Option<Kind>,
 }
 
-fn refuse(message: String) -> Error {
-    Error::new(Status::Model, message)
-}
-
 fn required(value: Option<i64>, key: &str) -> Result<i64> {
-    let v = value.ok_or_else(|| refuse(format!("config.json has no {key}")))?;
+    let v = value.ok_or_else(|| Error::model(format!("config.json has no {key}")))?;
     positive(v, key)
 }
 
@@ -93,7 +89,9 @@ fn positive(v: i64, key: &str) -> Result<i64> {
     if v > 0 {
         Ok(v)
     } else {
-        Err(refuse(format!("config.json: {key} = {v}; it must be > 0")))
+        Err(Error::model(format!(
+            "config.json: {key} = {v}; it must be > 0"
+        )))
     }
 }
 
@@ -101,7 +99,7 @@ fn positive_f64(v: f64, key: &str) -> Result<f64> {
     if v.is_finite() && v > 0.0 {
         Ok(v)
     } else {
-        Err(refuse(format!(
+        Err(Error::model(format!(
             "config.json: {key} = {v}; it must be a finite number > 0"
         )))
     }
@@ -112,7 +110,7 @@ fn flag(json: &Map<String, Value>, key: &str) -> Result<bool> {
     match json.get(key) {
         None | Some(Value::Null) => Ok(false),
         Some(Value::Bool(b)) => Ok(*b),
-        Some(other) => Err(refuse(format!(
+        Some(other) => Err(Error::model(format!(
             "config.json: {key} = {other}; it must be true or false"
         ))),
     }
@@ -133,7 +131,7 @@ pub fn parse_dtype(text: &str, key: &str) -> Result<Kind> {
         "bfloat16" => Ok(Kind::BFloat16),
         "float16" | "half" => Ok(Kind::Half),
         "float64" | "double" => Ok(Kind::Double),
-        _ => Err(refuse(format!(
+        _ => Err(Error::model(format!(
             "config.json: {key} = \"{text}\"; supported: float32, bfloat16, float16, float64"
         ))),
     }
@@ -144,7 +142,7 @@ impl Config {
     pub fn read(dir: &Path) -> Result<(Config, String)> {
         let path = dir.join("config.json");
         let text = std::fs::read_to_string(&path).map_err(|e| {
-            refuse(format!(
+            Error::model(format!(
                 "{} is not a Hugging Face checkpoint directory: cannot read {}: {e}",
                 dir.display(),
                 path.display()
@@ -158,17 +156,17 @@ impl Config {
     /// Validates the text of a config.json.
     pub fn parse(text: &str) -> Result<Config> {
         let json: Map<String, Value> = serde_json::from_str(text)
-            .map_err(|e| refuse(format!("config.json is not a JSON object: {e}")))?;
+            .map_err(|e| Error::model(format!("config.json is not a JSON object: {e}")))?;
         let raw: RawConfig = serde_json::from_value(Value::Object(json.clone()))
-            .map_err(|e| refuse(format!("config.json: {e}")))?;
+            .map_err(|e| Error::model(format!("config.json: {e}")))?;
         let model_type = raw.model_type.as_deref().ok_or_else(|| {
-            refuse(format!(
+            Error::model(format!(
                 "config.json has no model_type; supported: {}",
                 arch::supported()
             ))
         })?;
         let arch = arch::lookup(model_type).ok_or_else(|| {
-            refuse(format!(
+            Error::model(format!(
                 "config.json: model_type = \"{model_type}\" is not supported; supported: {}",
                 arch::supported()
             ))
@@ -184,18 +182,18 @@ impl RawConfig {
     /// Keys whose values adpo does not implement.
     fn refuse_unsupported(&self) -> Result<()> {
         if let Some(act) = self.hidden_act.as_deref().filter(|a| *a != "silu") {
-            return Err(refuse(format!(
+            return Err(Error::model(format!(
                 "config.json: hidden_act = \"{act}\" is not supported; supported: silu"
             )));
         }
         if let Some(p) = self.attention_dropout.filter(|p| *p != 0.0) {
-            return Err(refuse(format!(
+            return Err(Error::model(format!(
                 "config.json: attention_dropout = {p} is not supported; adpo's native models \
                  have no dropout (supported: 0)"
             )));
         }
         if self.quantization_config.is_some() {
-            return Err(refuse(
+            return Err(Error::model(
                 "config.json: quantization_config is set; quantized checkpoints are not \
                  supported (supported: float32, bfloat16, float16, float64 weights)"
                     .to_string(),
@@ -213,7 +211,7 @@ impl RawConfig {
             None => num_heads,
         };
         if num_heads % num_kv_heads != 0 {
-            return Err(refuse(format!(
+            return Err(Error::model(format!(
                 "config.json: num_attention_heads = {num_heads} is not a multiple of \
                  num_key_value_heads = {num_kv_heads}"
             )));
@@ -251,14 +249,14 @@ impl RawConfig {
             Some(d) => positive(d, "head_dim")?,
             None if hidden % heads == 0 => hidden / heads,
             None => {
-                return Err(refuse(format!(
+                return Err(Error::model(format!(
                     "config.json: hidden_size = {hidden} is not a multiple of \
                      num_attention_heads = {heads}, and there is no head_dim"
                 )))
             }
         };
         if head_dim % 2 != 0 {
-            return Err(refuse(format!(
+            return Err(Error::model(format!(
                 "config.json: head_dim = {head_dim}; rotary embeddings need an even head_dim"
             )));
         }
@@ -284,7 +282,7 @@ impl RawConfig {
             .and_then(|p| p.partial_rotary_factor)
             .or(self.partial_rotary_factor);
         if let Some(f) = partial.filter(|f| *f != 1.0) {
-            return Err(refuse(format!(
+            return Err(Error::model(format!(
                 "config.json: partial_rotary_factor = {f} is not supported (supported: 1)"
             )));
         }
@@ -316,7 +314,7 @@ impl RawConfig {
                 ),
                 _ => ("", ""),
             };
-            return Err(refuse(format!(
+            return Err(Error::model(format!(
                 "config.json: sliding_window = {window}{why} is shorter than \
                  max_position_embeddings = {max_pos}; sliding-window attention is not \
                  supported (supported: sliding_window null or >= max_position_embeddings{or_off})"
@@ -332,7 +330,7 @@ impl RawConfig {
             Some(types) => {
                 for t in types {
                     if t != "full_attention" && t != "sliding_attention" {
-                        return Err(refuse(format!(
+                        return Err(Error::model(format!(
                             "config.json: layer_types has \"{t}\"; supported: \
                              full_attention, sliding_attention"
                         )));
@@ -354,7 +352,7 @@ impl RawRope {
             .unwrap_or("default");
         let factor = || -> Result<f64> {
             let f = self.factor.ok_or_else(|| {
-                refuse(format!(
+                Error::model(format!(
                     "config.json: {key} of type \"{kind}\" has no factor"
                 ))
             })?;
@@ -366,7 +364,7 @@ impl RawRope {
             "llama3" => {
                 let get = |v: Option<f64>, name: &str| -> Result<f64> {
                     let v = v.ok_or_else(|| {
-                        refuse(format!(
+                        Error::model(format!(
                             "config.json: {key} of type \"llama3\" has no {name}"
                         ))
                     })?;
@@ -375,7 +373,7 @@ impl RawRope {
                 let low = get(self.low_freq_factor, "low_freq_factor")?;
                 let high = get(self.high_freq_factor, "high_freq_factor")?;
                 if high <= low {
-                    return Err(refuse(format!(
+                    return Err(Error::model(format!(
                         "config.json: {key}.high_freq_factor = {high} must be greater than \
                          low_freq_factor = {low}"
                     )));
@@ -393,7 +391,7 @@ impl RawRope {
                     )?,
                 })
             }
-            other => Err(refuse(format!(
+            other => Err(Error::model(format!(
                 "config.json: {key} has rope_type \"{other}\", which is not supported; \
                  supported: default, linear, llama3"
             ))),
@@ -404,6 +402,7 @@ impl RawRope {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::Status;
 
     /// Llama-3.2-1B's config.json (hub style: rope_scaling with rope_type, top-level theta).
     const LLAMA_3_2: &str = r#"{"architectures": ["LlamaForCausalLM"], "attention_bias": false,

@@ -8,11 +8,11 @@ mod checkpointing;
 
 use super::attention::{Attention, LayerCache};
 use super::config::Config;
-use super::layout;
+use super::layout::{self, attention_module, layer_module, projection_modules};
 use super::lora::Adapter;
 use super::mask;
 use super::rope;
-use crate::error::{Error, Result, Status};
+use crate::error::{Error, Result};
 use crate::model::KvCache;
 use std::collections::HashMap;
 use tch::{Kind, Tensor};
@@ -39,11 +39,7 @@ impl Linear {
 /// does) and in the activations' own dtype for float32 and float64, then scaled by `weight`.
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     let kind = x.kind();
-    let compute = if kind == Kind::Double {
-        kind
-    } else {
-        Kind::Float
-    };
+    let compute = crate::dtype::compute_kind(kind);
     let h = x.to_kind(compute);
     let variance = h.square().f_mean_dim([-1i64].as_slice(), true, compute)?;
     let normed = (h * (variance + eps).rsqrt()).to_kind(kind);
@@ -84,7 +80,7 @@ impl Tensors {
         self.0
             .get(name)
             .map(|t| t.shallow_clone())
-            .ok_or_else(|| Error::new(Status::Checkpoint, format!("tensor {name} is missing")))
+            .ok_or_else(|| Error::checkpoint(format!("tensor {name} is missing")))
     }
 
     fn linear(&self, name: &str, bias: bool) -> Result<Linear> {
@@ -100,18 +96,19 @@ impl Tensors {
     }
 
     fn attention(&self, c: &Config, i: i64) -> Result<Attention> {
-        let p = format!("model.layers.{i}.self_attn");
+        let p = attention_module(i);
         let norm = |which: &str| -> Result<Option<Tensor>> {
             match c.arch.qk_norm {
                 true => Ok(Some(self.get(&format!("{p}.{which}.weight"))?)),
                 false => Ok(None),
             }
         };
+        let [q, k, v, o, ..] = projection_modules(i);
         Ok(Attention {
-            q: self.linear(&format!("{p}.q_proj"), c.qkv_bias)?,
-            k: self.linear(&format!("{p}.k_proj"), c.qkv_bias)?,
-            v: self.linear(&format!("{p}.v_proj"), c.qkv_bias)?,
-            o: self.linear(&format!("{p}.o_proj"), c.o_bias)?,
+            q: self.linear(&q, c.qkv_bias)?,
+            k: self.linear(&k, c.qkv_bias)?,
+            v: self.linear(&v, c.qkv_bias)?,
+            o: self.linear(&o, c.o_bias)?,
             q_norm: norm("q_norm")?,
             k_norm: norm("k_norm")?,
             heads: c.num_heads,
@@ -122,15 +119,16 @@ impl Tensors {
     }
 
     fn layer(&self, c: &Config, i: i64) -> Result<Layer> {
-        let p = format!("model.layers.{i}");
+        let p = layer_module(i);
+        let [.., gate, up, down] = projection_modules(i);
         Ok(Layer {
             input_norm: self.get(&format!("{p}.input_layernorm.weight"))?,
             attention: self.attention(c, i)?,
             post_norm: self.get(&format!("{p}.post_attention_layernorm.weight"))?,
             mlp: Mlp {
-                gate: self.linear(&format!("{p}.mlp.gate_proj"), c.mlp_bias)?,
-                up: self.linear(&format!("{p}.mlp.up_proj"), c.mlp_bias)?,
-                down: self.linear(&format!("{p}.mlp.down_proj"), c.mlp_bias)?,
+                gate: self.linear(&gate, c.mlp_bias)?,
+                up: self.linear(&up, c.mlp_bias)?,
+                down: self.linear(&down, c.mlp_bias)?,
             },
         })
     }
@@ -159,34 +157,22 @@ impl Layer {
         Ok(x.f_add(&self.mlp.down.forward(&gated, adapters)?)?)
     }
 
-    /// The seven projections under their module names (`model.layers.{i}.self_attn.q_proj`, ...).
-    fn projections_mut(&mut self, i: usize) -> [(String, &mut Linear); 7] {
-        let (a, m) = (&mut self.attention, &mut self.mlp);
-        let attn = |p: &str| format!("model.layers.{i}.self_attn.{p}");
-        let mlp = |p: &str| format!("model.layers.{i}.mlp.{p}");
-        [
-            (attn("q_proj"), &mut a.q),
-            (attn("k_proj"), &mut a.k),
-            (attn("v_proj"), &mut a.v),
-            (attn("o_proj"), &mut a.o),
-            (mlp("gate_proj"), &mut m.gate),
-            (mlp("up_proj"), &mut m.up),
-            (mlp("down_proj"), &mut m.down),
-        ]
+    /// The seven projections, in the order of `layout::projection_modules`.
+    fn linears(&self) -> [&Linear; 7] {
+        let (a, m) = (&self.attention, &self.mlp);
+        [&a.q, &a.k, &a.v, &a.o, &m.gate, &m.up, &m.down]
     }
 
-    fn projections(&self, i: usize) -> [(String, &Linear); 7] {
-        let (a, m) = (&self.attention, &self.mlp);
-        let attn = |p: &str| format!("model.layers.{i}.self_attn.{p}");
-        let mlp = |p: &str| format!("model.layers.{i}.mlp.{p}");
+    fn linears_mut(&mut self) -> [&mut Linear; 7] {
+        let (a, m) = (&mut self.attention, &mut self.mlp);
         [
-            (attn("q_proj"), &a.q),
-            (attn("k_proj"), &a.k),
-            (attn("v_proj"), &a.v),
-            (attn("o_proj"), &a.o),
-            (mlp("gate_proj"), &m.gate),
-            (mlp("up_proj"), &m.up),
-            (mlp("down_proj"), &m.down),
+            &mut a.q,
+            &mut a.k,
+            &mut a.v,
+            &mut a.o,
+            &mut m.gate,
+            &mut m.up,
+            &mut m.down,
         ]
     }
 }
@@ -228,12 +214,20 @@ impl Decoder {
     /// Every linear projection under its module name, in module order.
     pub fn projections(&self) -> Vec<(String, &Linear)> {
         let layers = self.layers.iter().enumerate();
-        layers.flat_map(|(i, l)| l.projections(i)).collect()
+        layers
+            .flat_map(|(i, l)| projection_modules(i as i64).into_iter().zip(l.linears()))
+            .collect()
     }
 
     pub fn projections_mut(&mut self) -> Vec<(String, &mut Linear)> {
         let layers = self.layers.iter_mut().enumerate();
-        layers.flat_map(|(i, l)| l.projections_mut(i)).collect()
+        layers
+            .flat_map(|(i, l)| {
+                projection_modules(i as i64)
+                    .into_iter()
+                    .zip(l.linears_mut())
+            })
+            .collect()
     }
 
     /// The adapters' A and B under `MODULE.lora_A.weight`, `MODULE.lora_B.weight`, in module

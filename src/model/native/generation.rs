@@ -29,12 +29,12 @@ pub fn eos_ids(dir: &Path, config_json: &str) -> Result<Vec<i64>> {
     let path = dir.join("generation_config.json");
     if let Ok(text) = std::fs::read_to_string(&path) {
         let json: Value = serde_json::from_str(&text)
-            .map_err(|e| Error::new(Status::Model, format!("{}: {e}", path.display())))?;
+            .map_err(|e| Error::model(format!("{}: {e}", path.display())))?;
         if let Some(found) = ids(json.get("eos_token_id"), &path.display().to_string())? {
             return Ok(found);
         }
     }
-    let config: Value = serde_json::from_str(config_json)
-        .map_err(|e| Error::new(Status::Model, format!("config.json: {e}")))?;
+    let config: Value =
+        serde_json::from_str(config_json).map_err(|e| Error::model(format!("config.json: {e}")))?;
     Ok(ids(config.get("eos_token_id"), "config.json")?.unwrap_or_default())
 }

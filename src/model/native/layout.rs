@@ -4,6 +4,31 @@
 
 use super::config::Config;
 
+/// The projections of one layer, in transformers' module order.
+pub const ATTENTION_PROJECTIONS: [&str; 4] = ["q_proj", "k_proj", "v_proj", "o_proj"];
+pub const MLP_PROJECTIONS: [&str; 3] = ["gate_proj", "up_proj", "down_proj"];
+
+/// Module names of layer `i` (transformers' Llama-family scheme, written only here).
+pub fn layer_module(i: i64) -> String {
+    format!("model.layers.{i}")
+}
+pub fn attention_module(i: i64) -> String {
+    format!("model.layers.{i}.self_attn")
+}
+pub fn mlp_module(i: i64) -> String {
+    format!("model.layers.{i}.mlp")
+}
+
+/// The seven projection modules of layer `i`, attention then MLP, in module order.
+pub fn projection_modules(i: i64) -> [String; 7] {
+    let (attn, mlp) = (attention_module(i), mlp_module(i));
+    let mut names = ATTENTION_PROJECTIONS
+        .map(|p| format!("{attn}.{p}"))
+        .to_vec();
+    names.extend(MLP_PROJECTIONS.map(|p| format!("{mlp}.{p}")));
+    names.try_into().expect("4 + 3 projections")
+}
+
 fn linear(out: &mut Vec<(String, Vec<i64>)>, name: &str, rows: i64, cols: i64, bias: bool) {
     out.push((format!("{name}.weight"), vec![rows, cols]));
     if bias {
@@ -20,24 +45,22 @@ pub fn parameters(c: &Config) -> Vec<(String, Vec<i64>)> {
         vec![c.vocab_size, h],
     )];
     for i in 0..c.num_layers {
-        let attn = format!("model.layers.{i}.self_attn");
-        linear(&mut out, &format!("{attn}.q_proj"), q, h, c.qkv_bias);
-        linear(&mut out, &format!("{attn}.k_proj"), kv, h, c.qkv_bias);
-        linear(&mut out, &format!("{attn}.v_proj"), kv, h, c.qkv_bias);
-        linear(&mut out, &format!("{attn}.o_proj"), h, q, c.o_bias);
+        let [q_proj, k_proj, v_proj, o_proj, gate, up, down] = projection_modules(i);
+        linear(&mut out, &q_proj, q, h, c.qkv_bias);
+        linear(&mut out, &k_proj, kv, h, c.qkv_bias);
+        linear(&mut out, &v_proj, kv, h, c.qkv_bias);
+        linear(&mut out, &o_proj, h, q, c.o_bias);
         if c.arch.qk_norm {
+            let attn = attention_module(i);
             out.push((format!("{attn}.q_norm.weight"), vec![d]));
             out.push((format!("{attn}.k_norm.weight"), vec![d]));
         }
-        let mlp = format!("model.layers.{i}.mlp");
-        linear(&mut out, &format!("{mlp}.gate_proj"), inter, h, c.mlp_bias);
-        linear(&mut out, &format!("{mlp}.up_proj"), inter, h, c.mlp_bias);
-        linear(&mut out, &format!("{mlp}.down_proj"), h, inter, c.mlp_bias);
-        out.push((format!("model.layers.{i}.input_layernorm.weight"), vec![h]));
-        out.push((
-            format!("model.layers.{i}.post_attention_layernorm.weight"),
-            vec![h],
-        ));
+        linear(&mut out, &gate, inter, h, c.mlp_bias);
+        linear(&mut out, &up, inter, h, c.mlp_bias);
+        linear(&mut out, &down, h, inter, c.mlp_bias);
+        let layer = layer_module(i);
+        out.push((format!("{layer}.input_layernorm.weight"), vec![h]));
+        out.push((format!("{layer}.post_attention_layernorm.weight"), vec![h]));
     }
     out.push(("model.norm.weight".to_string(), vec![h]));
     if !c.tie_word_embeddings {

@@ -21,10 +21,7 @@ pub struct Adapter {
 /// The adapters' dtype on a base of `base`: float64 stays float64, everything else trains in
 /// float32 (PEFT's autocast_adapter_dtype upcasts 16-bit adapters the same way).
 pub fn adapter_kind(base: Kind) -> Kind {
-    match base {
-        Kind::Double => Kind::Double,
-        _ => Kind::Float,
-    }
+    crate::dtype::compute_kind(base)
 }
 
 impl Adapter {

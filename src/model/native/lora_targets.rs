@@ -7,11 +7,11 @@
 //! silently skip it or wrap a module adpo cannot.
 
 use super::config::Config;
+use super::layout::{
+    attention_module, layer_module, mlp_module, projection_modules, ATTENTION_PROJECTIONS,
+    MLP_PROJECTIONS,
+};
 use crate::error::{Error, Result};
-
-/// The projections of one layer, in transformers' module order.
-const ATTENTION: [&str; 4] = ["q_proj", "k_proj", "v_proj", "o_proj"];
-const MLP: [&str; 3] = ["gate_proj", "up_proj", "down_proj"];
 
 /// Every module name of the causal LM with whether LoRA can go on it, in module order.
 fn modules(c: &Config) -> Vec<(String, bool)> {
@@ -21,17 +21,18 @@ fn modules(c: &Config) -> Vec<(String, bool)> {
         ("model.layers".to_string(), false),
     ];
     for i in 0..c.num_layers {
-        let layer = format!("model.layers.{i}");
+        let (layer, attn, mlp) = (layer_module(i), attention_module(i), mlp_module(i));
+        let [q, k, v, o, gate, up, down] = projection_modules(i);
         out.push((layer.clone(), false));
-        out.push((format!("{layer}.self_attn"), false));
-        out.extend(ATTENTION.map(|p| (format!("{layer}.self_attn.{p}"), true)));
+        out.push((attn.clone(), false));
+        out.extend([q, k, v, o].map(|p| (p, true)));
         if c.arch.qk_norm {
-            out.push((format!("{layer}.self_attn.q_norm"), false));
-            out.push((format!("{layer}.self_attn.k_norm"), false));
+            out.push((format!("{attn}.q_norm"), false));
+            out.push((format!("{attn}.k_norm"), false));
         }
-        out.push((format!("{layer}.mlp"), false));
-        out.extend(MLP.map(|p| (format!("{layer}.mlp.{p}"), true)));
-        out.push((format!("{layer}.mlp.act_fn"), false));
+        out.push((mlp.clone(), false));
+        out.extend([gate, up, down].map(|p| (p, true)));
+        out.push((format!("{mlp}.act_fn"), false));
         out.push((format!("{layer}.input_layernorm"), false));
         out.push((format!("{layer}.post_attention_layernorm"), false));
     }
@@ -66,8 +67,8 @@ pub fn select(c: &Config, entries: &[String], what: &str) -> Result<Vec<String>>
             return Err(Error::unsupported(format!(
                 "{what}: target_modules entry \"{entry}\" matches {name}, which adpo does not \
                  adapt (LoRA goes on the {} and {} projections)",
-                ATTENTION.join("/"),
-                MLP.join("/")
+                ATTENTION_PROJECTIONS.join("/"),
+                MLP_PROJECTIONS.join("/")
             )));
         }
     }

@@ -1,6 +1,6 @@
 //! Hugging Face causal LMs built natively on libtorch (no Python at run time): a checkpoint
 //! directory (config.json + model.safetensors, or model.safetensors.index.json + shards) of
-//! model_type llama, mistral, qwen2 or qwen3. `forward` gives the final hidden states and `head`
+//! a model_type listed in `arch.rs`. `forward` gives the final hidden states and `head`
 //! the logits (so log-probs can be computed a chunk of positions at a time); a key/value cache
 //! gives the incremental forward for sampling. Parameter names are the checkpoint's.
 //!
@@ -42,7 +42,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use tch::{Device, Kind, Tensor};
 
-/// A Llama, Mistral, Qwen2 or Qwen3 causal LM loaded from a checkpoint directory.
+/// A causal LM of one of the architectures of `arch.rs`, loaded from a checkpoint directory.
 pub struct NativeLm {
     dir: PathBuf,
     config: Config,

@@ -7,7 +7,7 @@
 
 use super::save::{self, io_error};
 use super::weights::{self, Expected};
-use crate::error::{Error, Result, Status};
+use crate::error::{Error, Result};
 use crate::model::options::{LoraInit, LoraOptions};
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
@@ -18,10 +18,6 @@ pub const CONFIG: &str = "adapter_config.json";
 pub const WEIGHTS: &str = "adapter_model.safetensors";
 /// What PeftModel puts before the base model's parameter names.
 const PREFIX: &str = "base_model.model.";
-
-fn ckpt_error(message: String) -> Error {
-    Error::new(Status::Checkpoint, message)
-}
 
 /// Writes `adapters` (under adpo's names, `MODULE.lora_A.weight`) as a PEFT adapter directory
 /// for the base at `base`, through a temporary directory renamed into place.
@@ -110,13 +106,13 @@ fn is_off(v: &Value) -> bool {
 pub fn read_config(dir: &Path) -> Result<LoraOptions> {
     let path = dir.join(CONFIG);
     let text = std::fs::read_to_string(&path).map_err(|e| {
-        ckpt_error(format!(
+        Error::checkpoint(format!(
             "cannot read {} ({e}): a PEFT adapter directory holds {CONFIG} and {WEIGHTS}",
             path.display()
         ))
     })?;
     let json: Map<String, Value> = serde_json::from_str(&text)
-        .map_err(|e| ckpt_error(format!("{} is not a JSON object: {e}", path.display())))?;
+        .map_err(|e| Error::checkpoint(format!("{} is not a JSON object: {e}", path.display())))?;
     let what = path.display().to_string();
     let refuse = |key: &str, v: &Value| {
         Err(Error::unsupported(format!(
@@ -158,18 +154,20 @@ pub fn read_config(dir: &Path) -> Result<LoraOptions> {
             Some(v) => v.as_f64(),
             None => default,
         }
-        .ok_or_else(|| ckpt_error(format!("{what}: {key} is missing or not a number")))
+        .ok_or_else(|| Error::checkpoint(format!("{what}: {key} is missing or not a number")))
     };
     let r = number("r", None)?;
     if r.fract() != 0.0 {
-        return Err(ckpt_error(format!("{what}: r = {r} is not an integer")));
+        return Err(Error::checkpoint(format!(
+            "{what}: r = {r} is not an integer"
+        )));
     }
     let lora = LoraOptions {
         r: r as i64,
         alpha: number("lora_alpha", Some(8.0))?,
         dropout: number("lora_dropout", Some(0.0))?,
         target_modules: targets.ok_or_else(|| {
-            ckpt_error(format!(
+            Error::checkpoint(format!(
                 "{what}: target_modules is missing or not a list of names"
             ))
         })?,
@@ -195,7 +193,10 @@ pub fn read_tensors(
             true => " (adapter_model.bin is a pickle; save with safe_serialization=True)",
             false => "",
         };
-        return Err(ckpt_error(format!("{} is missing{hint}", file.display())));
+        return Err(Error::checkpoint(format!(
+            "{} is missing{hint}",
+            file.display()
+        )));
     }
     let in_file: Vec<(String, Vec<i64>)> = shapes
         .iter()

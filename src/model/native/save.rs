@@ -30,7 +30,7 @@ fn travels(file: &str) -> bool {
 }
 
 pub(super) fn io_error(what: &str, path: &Path, e: impl std::fmt::Display) -> Error {
-    Error::new(Status::Io, format!("cannot {what} {}: {e}", path.display()))
+    Error::io(format!("cannot {what} {}: {e}", path.display()))
 }
 
 /// A tensor's bytes on the host, as safetensors serialises them.
@@ -74,8 +74,8 @@ fn host_tensor(name: &str, t: &Tensor) -> Result<HostTensor> {
 /// The config.json text that was loaded, with `dtype` (and `torch_dtype` where present)
 /// naming the weights' dtype now.
 pub fn config_json(loaded: &str, kind: Kind) -> Result<String> {
-    let mut json: Map<String, Value> = serde_json::from_str(loaded)
-        .map_err(|e| Error::new(Status::Model, format!("config.json: {e}")))?;
+    let mut json: Map<String, Value> =
+        serde_json::from_str(loaded).map_err(|e| Error::model(format!("config.json: {e}")))?;
     let name = match kind {
         Kind::BFloat16 => "bfloat16",
         Kind::Half => "float16",
@@ -89,7 +89,7 @@ pub fn config_json(loaded: &str, kind: Kind) -> Result<String> {
         json.insert("dtype".into(), name.into());
     }
     serde_json::to_string_pretty(&Value::Object(json))
-        .map_err(|e| Error::new(Status::Model, format!("config.json: {e}")))
+        .map_err(|e| Error::model(format!("config.json: {e}")))
 }
 
 /// A safetensors file of `params` under their names, metadata {"format": "pt"} (what

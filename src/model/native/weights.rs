@@ -6,7 +6,7 @@
 //! dtype and device. A missing, unexpected or misshapen tensor, a missing, truncated or corrupt
 //! shard is an ADPO_STATUS_CHECKPOINT error that names the tensor or the file.
 
-use crate::error::{torch_message, Error, Result, Status};
+use crate::error::{torch_message, Error, Result};
 use memmap2::{Mmap, UncheckedAdvice};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::Deserialize;
@@ -16,10 +16,6 @@ use tch::{Device, Kind, Tensor};
 
 pub const SINGLE: &str = "model.safetensors";
 pub const INDEX: &str = "model.safetensors.index.json";
-
-fn ckpt_error(message: String) -> Error {
-    Error::new(Status::Checkpoint, message)
-}
 
 #[derive(Deserialize)]
 struct Index {
@@ -36,9 +32,9 @@ fn files(dir: &Path) -> Result<Files> {
     let index_path = dir.join(INDEX);
     if index_path.is_file() {
         let text = std::fs::read_to_string(&index_path)
-            .map_err(|e| ckpt_error(format!("cannot read {}: {e}", index_path.display())))?;
+            .map_err(|e| Error::checkpoint(format!("cannot read {}: {e}", index_path.display())))?;
         let index: Index = serde_json::from_str(&text).map_err(|e| {
-            ckpt_error(format!(
+            Error::checkpoint(format!(
                 "{} is not a shard index: {e}",
                 index_path.display()
             ))
@@ -57,7 +53,7 @@ fn files(dir: &Path) -> Result<Files> {
             index: None,
         });
     }
-    Err(ckpt_error(format!(
+    Err(Error::checkpoint(format!(
         "{} has neither {SINGLE} nor {INDEX}",
         dir.display()
     )))
@@ -114,7 +110,7 @@ fn read_files(
     for shard in &files.shards {
         let bytes = map_shard(shard, files.index.is_some())?;
         let st = SafeTensors::deserialize(&bytes).map_err(|e| {
-            ckpt_error(format!(
+            Error::checkpoint(format!(
                 "{} is truncated or not a safetensors file ({e})",
                 shard.display()
             ))
@@ -127,14 +123,14 @@ fn read_files(
                 if (expected.tolerated)(&name) {
                     continue;
                 }
-                return Err(ckpt_error(format!(
+                return Err(Error::checkpoint(format!(
                     "{}: unexpected tensor {name} (not a parameter of {})",
                     shard.display(),
                     expected.source
                 )));
             };
             if out.contains_key(&name) {
-                return Err(ckpt_error(format!(
+                return Err(Error::checkpoint(format!(
                     "{}: tensor {name} appears in more than one shard",
                     shard.display()
                 )));
@@ -153,7 +149,7 @@ fn read_files(
     }
     if let Some((name, _)) = expected.shapes.iter().find(|(n, _)| !out.contains_key(n)) {
         let missing = expected.shapes.len() - out.len();
-        return Err(ckpt_error(format!(
+        return Err(Error::checkpoint(format!(
             "{}: tensor {name} is missing ({missing} expected tensor(s) missing)",
             dir.display()
         )));
@@ -170,10 +166,11 @@ fn map_shard(shard: &Path, sharded: bool) -> Result<Mmap> {
         }
     };
     let file = std::fs::File::open(shard)
-        .map_err(|e| ckpt_error(format!("cannot read {}: {e}", what())))?;
+        .map_err(|e| Error::checkpoint(format!("cannot read {}: {e}", what())))?;
     // SAFETY: the mapping is read-only and private; as with every memory-mapped checkpoint
     // reader (safetensors' own, candle's), the file must not be truncated while it loads.
-    unsafe { Mmap::map(&file) }.map_err(|e| ckpt_error(format!("cannot map {}: {e}", what())))
+    unsafe { Mmap::map(&file) }
+        .map_err(|e| Error::checkpoint(format!("cannot map {}: {e}", what())))
 }
 
 /// Drops the pages of `data` (a slice of `map`, already copied into a tensor) from memory: the
@@ -191,7 +188,7 @@ fn check_index(index: &BTreeMap<String, String>, shard: &Path, st: &SafeTensors)
     let names: BTreeSet<&String> = st.names().into_iter().collect();
     for (name, _) in index.iter().filter(|(_, f)| f.as_str() == file) {
         if !names.contains(name) {
-            return Err(ckpt_error(format!(
+            return Err(Error::checkpoint(format!(
                 "{INDEX} places tensor {name} in {}, which does not hold it",
                 shard.display()
             )));
@@ -206,7 +203,7 @@ fn stored_kind(name: &str, shard: &Path, dtype: Dtype) -> Result<Kind> {
         Dtype::BF16 => Ok(Kind::BFloat16),
         Dtype::F16 => Ok(Kind::Half),
         Dtype::F64 => Ok(Kind::Double),
-        other => Err(ckpt_error(format!(
+        other => Err(Error::checkpoint(format!(
             "{}: tensor {name} is {other:?}; supported: F32, BF16, F16, F64",
             shard.display()
         ))),
@@ -230,7 +227,7 @@ fn convert(
 ) -> Result<Tensor> {
     let stored: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
     if stored != shape {
-        return Err(ckpt_error(format!(
+        return Err(Error::checkpoint(format!(
             "{}: tensor {name} has shape {stored:?}; {source} needs {shape:?}",
             shard.display()
         )));
@@ -238,7 +235,7 @@ fn convert(
     let from = stored_kind(name, shard, view.dtype())?;
     let to = *kind.get_or_insert(from);
     let torch_error = |e: tch::TchError| {
-        ckpt_error(format!(
+        Error::checkpoint(format!(
             "{}: tensor {name}: {}",
             shard.display(),
             torch_message(&e)
