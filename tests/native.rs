@@ -818,6 +818,8 @@ fn a_saved_checkpoint_loads_back_with_the_trained_weights() {
     let out = tempfile::tempdir().unwrap();
     let dir = out.path().join("trained");
     std::fs::create_dir(&dir).unwrap();
+    // An earlier checkpoint (config.json) with a file the new one lacks: replaced whole.
+    std::fs::write(dir.join("config.json"), "{}").unwrap();
     std::fs::write(dir.join("stale.txt"), "replaced").unwrap();
     policy.lock().save_pretrained(&dir).unwrap();
     let mut files: Vec<String> = std::fs::read_dir(&dir)

@@ -12,6 +12,10 @@
 
 mod format;
 mod publish;
+mod publish_dir;
+mod temp_names;
+
+pub use publish_dir::publish_dir;
 
 pub use format::{FORMAT, FORMAT_VERSION};
 

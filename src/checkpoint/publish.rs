@@ -4,41 +4,30 @@
 //! disk, and one rename puts the file in place; then the directory is flushed, so the rename
 //! survives a power cut. Readers see the old file or the new one, never a mixture; concurrent
 //! writers each publish a whole file and the last rename wins. On any failure the temporary
-//! file is removed (only a SIGKILL between create and rename leaves one behind).
+//! file is removed; one that a SIGKILL left behind is removed by the next save beside it
+//! (`temp_names`).
 
+use super::temp_names;
 use crate::error::{Error, Result};
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
-
-/// Distinguishes the temporary files of one process's threads.
-static NEXT: AtomicU64 = AtomicU64::new(0);
 
 fn io_error(what: &str, path: &Path, e: io::Error) -> Error {
     Error::io(format!("cannot {what} {}: {e}", path.display()))
 }
 
-/// A new, empty temporary file beside `path`: `PATH.<pid>.<n>.<nanoseconds>.tmp`.
+/// A new, empty temporary file beside `path` (a short name of `temp_names`, so that any legal
+/// target name stays legal).
 fn create_temp(path: &Path) -> Result<(PathBuf, File)> {
-    let mut last = None;
-    for _ in 0..100 {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let mut name = path.as_os_str().to_owned();
-        name.push(format!(".{}.{n}.{nanos:08x}.tmp", std::process::id()));
-        let tmp = PathBuf::from(name);
+    loop {
+        let tmp = temp_names::next(parent(path));
         match OpenOptions::new().write(true).create_new(true).open(&tmp) {
             Ok(file) => return Ok((tmp, file)),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some(e),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
             Err(e) => return Err(io_error("create", &tmp, e)),
         }
     }
-    let e = last.unwrap_or_else(|| io::Error::other("no free name"));
-    Err(io_error("find a free temporary name beside", path, e))
 }
 
 /// The directory holding `path` ("." for a bare file name).
@@ -57,6 +46,7 @@ pub fn publish(path: &Path, write: impl FnOnce(&mut dyn Write) -> Result<()>) ->
             path.display()
         )));
     }
+    temp_names::remove_stale(parent(path));
     let (tmp, file) = create_temp(path)?;
     let written = fill(&tmp, &file, write).and_then(|()| {
         std::fs::rename(&tmp, path)
@@ -80,7 +70,7 @@ fn fill(tmp: &Path, file: &File, write: impl FnOnce(&mut dyn Write) -> Result<()
 
 /// fsync of the directory, so the new entry is durable. File systems that cannot sync a
 /// directory (EINVAL) are left as they are.
-fn sync_directory(dir: &Path) -> Result<()> {
+pub(super) fn sync_directory(dir: &Path) -> Result<()> {
     match File::open(dir).and_then(|d| d.sync_all()) {
         Err(e) if e.kind() != io::ErrorKind::InvalidInput => Err(io_error("flush", dir, e)),
         _ => Ok(()),

@@ -7,6 +7,7 @@
 
 use super::save::{self, io_error};
 use super::weights::{self, Expected};
+use crate::checkpoint::publish_dir;
 use crate::error::{Error, Result};
 use crate::model::options::{LoraInit, LoraOptions};
 use serde_json::{json, Map, Value};
@@ -33,7 +34,7 @@ pub fn write(
         .collect();
     let config = serde_json::to_string_pretty(&config_json(lora, base))
         .map_err(|e| Error::invalid(format!("{CONFIG}: {e}")))?;
-    save::replace_dir(dir, |tmp| {
+    publish_dir(dir, &[CONFIG], |tmp| {
         let path = tmp.join(CONFIG);
         std::fs::write(&path, config).map_err(|e| io_error("write", &path, e))?;
         save::write_safetensors(&tmp.join(WEIGHTS), &named)

@@ -2,16 +2,18 @@
 //! `from_pretrained` (and adpo) loads: config.json (the one loaded, with its dtype set to the
 //! weights' dtype), model.safetensors (every parameter under its checkpoint name, a tied head
 //! once, metadata {"format": "pt"}), and the tokenizer and generation files of the source
-//! directory. The directory is written under a temporary name beside `dir` and renamed into
-//! place, so `dir` never holds a partial checkpoint; an existing `dir` is replaced.
+//! directory. `checkpoint::publish_dir` puts the directory in place atomically: `dir` is the
+//! old checkpoint or the new one, never a partial one; an existing directory is replaced only
+//! when it is a checkpoint (it holds config.json) or empty.
 
 use super::weights::SINGLE;
+use crate::checkpoint::publish_dir;
 use crate::error::{torch_message, Error, Result, Status};
 use safetensors::tensor::{Dtype, View};
 use serde_json::{Map, Value};
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
 /// Files of a checkpoint directory that are not weights or config and travel with it.
@@ -126,50 +128,9 @@ fn write_contents(
     Ok(())
 }
 
-/// `dir` with its last component as `.NAME.adpo-TAG-PID`.
-fn sibling(dir: &Path, tag: &str) -> Result<PathBuf> {
-    let name = dir
-        .file_name()
-        .ok_or_else(|| Error::invalid(format!("{} is not a directory name", dir.display())))?;
-    let name = name.to_string_lossy();
-    Ok(dir.with_file_name(format!(".{name}.adpo-{tag}-{}", std::process::id())))
-}
-
 /// Writes the checkpoint into `dir` (see the module doc).
 pub fn save(dir: &Path, config: &str, params: &[(String, Tensor)], source: &Path) -> Result<()> {
-    replace_dir(dir, |tmp| write_contents(tmp, config, params, source))
-}
-
-/// Makes `dir` what `write` puts into an empty temporary sibling directory, renamed into
-/// place only when `write` succeeded (an existing `dir` is replaced).
-pub fn replace_dir(dir: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    if dir.exists() && !dir.is_dir() {
-        return Err(Error::invalid(format!(
-            "{} exists and is not a directory",
-            dir.display()
-        )));
-    }
-    let tmp = sibling(dir, "tmp")?;
-    let _ = std::fs::remove_dir_all(&tmp);
-    let written = std::fs::create_dir(&tmp)
-        .map_err(|e| io_error("create", &tmp, e))
-        .and_then(|_| write(&tmp));
-    if let Err(e) = written {
-        let _ = std::fs::remove_dir_all(&tmp);
-        return Err(e);
-    }
-    let old = sibling(dir, "old")?;
-    if dir.exists() {
-        let _ = std::fs::remove_dir_all(&old);
-        std::fs::rename(dir, &old).map_err(|e| io_error("replace", dir, e))?;
-    }
-    if let Err(e) = std::fs::rename(&tmp, dir) {
-        if old.exists() {
-            let _ = std::fs::rename(&old, dir);
-        }
-        let _ = std::fs::remove_dir_all(&tmp);
-        return Err(io_error("rename into", dir, e));
-    }
-    let _ = std::fs::remove_dir_all(&old);
-    Ok(())
+    publish_dir(dir, &["config.json"], |tmp| {
+        write_contents(tmp, config, params, source)
+    })
 }
