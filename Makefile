@@ -31,7 +31,7 @@ MPICC ?= mpicc
 # OpenMPI refuses to run as root (containers, CI) unless told; --oversubscribe: more ranks than cores.
 MPIRUN := OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 mpirun --oversubscribe
 
-.PHONY: setup fixtures build lib test test-rust test-header test-c test-readme test-fuzz test-python test-lower-isa test-install test-cpp test-go test-julia test-bandit bench-bandit test-rl bench-rl test-mpi bench-dp demo header install bench
+.PHONY: setup fixtures build lib test test-rust test-header test-c test-readme test-fuzz test-python test-lower-isa test-install test-cpp test-go test-julia test-bandit bench-bandit test-rl bench-rl test-mpi bench-dp demo header readme-options install bench
 
 setup: $(SETUP_STAMP)
 $(SETUP_STAMP): scripts/setup requirements.lock
@@ -180,6 +180,10 @@ bench-dp: $(CBUILD)/examples/train_mpi fixtures
 
 header: setup
 	ADPO_WRITE_HEADER=1 $(CARGO) test --locked --release --test header
+
+# README.md's option tables, made from the declarations (the lib test `config::table` checks drift).
+readme-options: setup
+	ADPO_WRITE_README=1 $(CARGO) test --locked --release --lib config::table
 
 # The libtorch is copied under PREFIX/lib/adpo (hard links on the same filesystem), or, with
 # ADPO_INSTALL_LIBTORCH=record and LIBTORCH outside the clone, used in place (scripts/install).
