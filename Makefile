@@ -147,7 +147,7 @@ test-go: lib fixtures
 test-julia: lib fixtures
 	ADPO_LIB=$(LIB) ADPO_FIXTURES=$(FIXTURES) bindings/julia/run-tests
 
-# Issue 6 evidence: the contextual-bandit benchmark (studies/bandit, cargo example `bandit`;
+# Evidence that ADPO learns: the contextual-bandit benchmark (studies/bandit, cargo example `bandit`;
 # docs/RESULTS.md). Quick mode in make test.
 test-bandit: setup
 	$(CARGO) run --locked --release --example bandit -- --quick --out target/bandit-quick
@@ -156,7 +156,7 @@ bench-bandit: setup
 	$(CARGO) run --locked --release --example bandit -- --out target/bandit
 	$(PY) scripts/plot_bandit.py target/bandit
 
-# Issue 6 evidence: SFT then online RL, listwise ADPO vs GRPO (studies/rl, cargo example `rl`, run
+# Evidence that ADPO learns: SFT then online RL, listwise ADPO vs GRPO (studies/rl, cargo example `rl`, run
 # by scripts/bench-rl; docs/RESULTS.md). Quick mode in
 # make test (SFT ~50 s the first time, then ~30 s); the full study takes ~10 min on 2 cores.
 test-rl: setup
@@ -165,7 +165,7 @@ test-rl: setup
 bench-rl: setup
 	scripts/bench-rl
 
-# Issue 7: data-parallel training. Two and three ranks against one process (examples/c/train_mpi.c),
+# Data-parallel training. Two and three ranks against one process (examples/c/train_mpi.c),
 # on TorchScript models (float64, float32) and a native checkpoint directory.
 # float64 shows the reduction exact; float32 is the README's command, with float32's tolerance.
 test-mpi: $(CBUILD)/examples/train_mpi fixtures
