@@ -114,7 +114,10 @@ fn a_key_given_twice_is_refused_as_ambiguous_at_every_level() {
     for (json, key) in [
         (r#"{"tau": 0.8, "tau": 0.5}"#, "tau"),
         (r#"{"seed": 1, "seed": 1}"#, "seed"),
-        (r#"{"anchor": {"mode": "fixed", "mode": "ema"}}"#, "anchor.mode"),
+        (
+            r#"{"anchor": {"mode": "fixed", "mode": "ema"}}"#,
+            "anchor.mode",
+        ),
         (
             r#"{"optimizer": {"name": "adamw", "betas": [0.9, 0.99], "betas": [0.8, 0.9]}}"#,
             "optimizer.betas",
@@ -146,9 +149,18 @@ fn a_key_given_twice_is_refused_as_ambiguous_at_every_level() {
 #[test]
 fn declared_ranges_are_checked_and_named() {
     for (json, needle) in [
-        (r#"{"micro_batch_rows": 0}"#, "micro_batch_rows must be >= 1 (or null), got 0"),
-        (r#"{"grad_clip": -1}"#, "grad_clip must be > 0 (or null), got -1"),
-        (r#"{"kde_clip": 0.5}"#, "kde_clip must be in (0, 0.5), got 0.5"),
+        (
+            r#"{"micro_batch_rows": 0}"#,
+            "micro_batch_rows must be >= 1 (or null), got 0",
+        ),
+        (
+            r#"{"grad_clip": -1}"#,
+            "grad_clip must be > 0 (or null), got -1",
+        ),
+        (
+            r#"{"kde_clip": 0.5}"#,
+            "kde_clip must be in (0, 0.5), got 0.5",
+        ),
     ] {
         refused(json, parse_config(json), needle);
     }

@@ -238,7 +238,9 @@ mod tests {
         assert_eq!(Range::AT_LEAST_ONE.to_string(), ">= 1");
         let e = Range::POSITIVE.check("tau", &-1e300).unwrap_err();
         assert_eq!(e.message, "tau must be > 0, got -1e300");
-        let e = Range::AT_LEAST_ONE.check("rows", &Some(0usize)).unwrap_err();
+        let e = Range::AT_LEAST_ONE
+            .check("rows", &Some(0usize))
+            .unwrap_err();
         assert_eq!(e.message, "rows must be >= 1 (or null), got 0");
         Range::AT_LEAST_ONE.check("rows", &None::<usize>).unwrap();
     }

@@ -24,7 +24,9 @@ pub(crate) fn parse_object(
         .and_then(|v| reader.end().map(|()| v))
         .map_err(|e| serde_error(what, e))?;
     let Value::Object(map) = value else {
-        return Err(Error::config(format!("{what} config must be a JSON object")));
+        return Err(Error::config(format!(
+            "{what} config must be a JSON object"
+        )));
     };
     for (key, v) in &map {
         let shape = options
@@ -66,7 +68,9 @@ fn arrays_where_declared(what: &str, key: &str, value: &Value, shape: Shape) -> 
             refuse("an array of numbers or strings")
         }
         (Value::Array(items), Shape::Lists)
-            if !items.iter().all(|x| matches!(x, Value::Array(i) if scalars(i))) =>
+            if !items
+                .iter()
+                .all(|x| matches!(x, Value::Array(i) if scalars(i))) =>
         {
             refuse("an array of arrays of token ids")
         }

@@ -37,7 +37,10 @@ fn with_table(readme: &str, marker: &str, options: &[Opt]) -> String {
 }
 
 fn marker<T: Declared>(name: &str) -> (String, &'static [Opt]) {
-    (format!("<!-- options of {name}, generated from its declaration -->"), T::OPTIONS)
+    (
+        format!("<!-- options of {name}, generated from its declaration -->"),
+        T::OPTIONS,
+    )
 }
 
 #[test]
@@ -67,9 +70,14 @@ fn readme_tables_match_the_declarations() {
 
 #[test]
 fn every_declared_default_parses_and_is_in_range() {
-    use crate::config::Declared;
-    crate::trainer::TrainerConfig::default().check_ranges().unwrap();
-    crate::sample::SamplingConfig::default().check_ranges().unwrap();
-    crate::config::ObjectiveConfig::default().check_ranges().unwrap();
+    crate::trainer::TrainerConfig::default()
+        .check_ranges()
+        .unwrap();
+    crate::sample::SamplingConfig::default()
+        .check_ranges()
+        .unwrap();
+    crate::config::ObjectiveConfig::default()
+        .check_ranges()
+        .unwrap();
     crate::model::LoadConfig::default().check_ranges().unwrap();
 }
