@@ -33,7 +33,7 @@ MPICC ?= mpicc
 # OpenMPI refuses to run as root (containers, CI) unless told; --oversubscribe: more ranks than cores.
 MPIRUN := OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 mpirun --oversubscribe
 
-.PHONY: setup fixtures build lib test test-rust test-header test-c test-readme test-fuzz test-python test-lower-isa test-install test-cpp test-go test-julia test-bandit bench-bandit test-rl bench-rl test-mpi bench-dp demo header install bench
+.PHONY: setup fixtures build lib test test-rust test-header test-c test-readme test-fuzz test-python test-lower-isa test-install test-cpp test-go test-julia test-bandit bench-bandit test-rl bench-rl test-mpi bench-dp demo header readme-options install bench
 
 setup: $(SETUP_STAMP)
 $(SETUP_STAMP): scripts/setup requirements.lock
@@ -151,8 +151,8 @@ test-go: lib fixtures
 test-julia: lib fixtures
 	ADPO_LIB=$(LIB) ADPO_FIXTURES=$(FIXTURES) bindings/julia/run-tests
 
-# Evidence: the contextual-bandit benchmark (studies/bandit, cargo example `bandit`;
-# docs/RESULTS.md). Quick mode in make test.
+# Evidence that ADPO learns: the contextual-bandit benchmark (studies/bandit, cargo example
+# `bandit`; docs/RESULTS.md). Quick mode in make test.
 test-bandit: setup
 	$(CARGO) run --locked $(CARGO_FEATURES) --release --example bandit -- --quick --out target/bandit-quick
 
@@ -160,8 +160,8 @@ bench-bandit: setup
 	$(CARGO) run --locked $(CARGO_FEATURES) --release --example bandit -- --out target/bandit
 	$(PY) scripts/plot_bandit.py target/bandit
 
-# Evidence: SFT then online RL, listwise ADPO vs GRPO (studies/rl, cargo example `rl`, run
-# by scripts/bench-rl; docs/RESULTS.md). Quick mode in
+# Evidence that ADPO learns: SFT then online RL, listwise ADPO vs GRPO (studies/rl, cargo
+# example `rl`, run by scripts/bench-rl; docs/RESULTS.md). Quick mode in
 # make test (SFT ~50 s the first time, then ~30 s); the full study takes ~10 min on 2 cores.
 test-rl: setup
 	scripts/bench-rl --quick
@@ -184,6 +184,10 @@ bench-dp: $(CBUILD)/examples/train_mpi fixtures
 
 header: setup
 	ADPO_WRITE_HEADER=1 $(CARGO) test --locked $(CARGO_FEATURES) --release --test header
+
+# README.md's option tables, made from the declarations (the lib test `config::table` checks drift).
+readme-options: setup
+	ADPO_WRITE_README=1 $(CARGO) test --locked --release --lib config::table
 
 # The libtorch is copied under PREFIX/lib/adpo (hard links on the same filesystem), or, with
 # ADPO_INSTALL_LIBTORCH=record and LIBTORCH outside the clone, used in place (scripts/install).

@@ -52,6 +52,9 @@ impl Default for OptimizerConfig {
 }
 
 impl OptimizerConfig {
+    /// Its keys whose values are arrays (the strict reader refuses arrays elsewhere).
+    pub const LISTS: &'static [&'static str] = &["betas"];
+
     pub fn lr(&self) -> f64 {
         match self {
             OptimizerConfig::Sgd { lr, .. } | OptimizerConfig::Adamw { lr, .. } => *lr,

@@ -27,6 +27,8 @@ pub use device::parse_device;
 use masters::Masters;
 pub use native::NativeLm;
 pub use options::{Dtype, LoadOptions, LoraInit, LoraOptions};
+#[cfg(test)]
+pub(crate) use options::LoadConfig;
 use parking_lot::{Mutex, MutexGuard};
 use std::path::Path;
 use std::sync::Arc;

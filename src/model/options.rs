@@ -1,12 +1,8 @@
-//! How a model is loaded: device and dtype, from a JSON object (unknown keys are an error):
-//! `{"device": "cpu" | "cuda" | "cuda:N", "dtype": "auto" | "float32" | "bfloat16" | "float16" |
-//! "float64"}`, both optional. "auto" (the default) keeps a checkpoint directory's config.json
-//! dtype (`dtype` / `torch_dtype`; if it names none, the stored weights' dtype) and a
-//! TorchScript file's own dtype. Checkpoint directories also take LoRA adapters: new ones
-//! (`"lora": {...}`, [`LoraOptions`]) or a PEFT adapter directory (`"adapter": "DIR"`).
+//! How a model is loaded: its load options (device, dtype, LoRA adapters: new ones or a PEFT
+//! adapter directory), declared once, and the LoRA adapters' own options.
 
 use super::device::parse_device;
-use crate::config::parse_json;
+use crate::config::{options, parse_json, Shape};
 use crate::error::{Error, Result, Status};
 use serde::Deserialize;
 use std::path::PathBuf;
@@ -94,6 +90,9 @@ impl Default for LoraOptions {
 }
 
 impl LoraOptions {
+    /// Its keys whose values are arrays (the strict reader refuses arrays elsewhere).
+    pub const LISTS: &'static [&'static str] = &["target_modules"];
+
     /// alpha / r, the factor of B A.
     pub fn scaling(&self) -> f64 {
         self.alpha / self.r as f64
@@ -137,17 +136,23 @@ impl LoraOptions {
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawOptions {
-    #[serde(default)]
-    device: Option<String>,
-    #[serde(default)]
-    dtype: Dtype,
-    #[serde(default)]
-    lora: Option<LoraOptions>,
-    #[serde(default)]
-    adapter: Option<PathBuf>,
+options! {
+    /// The load options as given (README "Loading options"), before the device is parsed.
+    pub(crate) struct LoadConfig {
+        /// `"cpu"`, `"cuda"` or `"cuda:N"`; null = cpu
+        device: Option<String> = "null";
+        /// `auto` (a checkpoint directory's config.json `dtype`/`torch_dtype`, else the stored
+        /// weights'; a TorchScript file's own), `float32`, `bfloat16`, `float16` or `float64`
+        dtype: Dtype = r#""auto""#;
+        /// checkpoint directories: new LoRA adapters with PEFT's semantics and defaults,
+        /// `{"r": 8, "alpha": 8, "target_modules": ["q_proj", "v_proj"], "init": "default",
+        /// "seed": 0}` (`init`: `default` or `gaussian`, as PEFT's `init_lora_weights`; `dropout`
+        /// only 0); the frozen base is then the fixed anchor
+        lora: Option<LoraOptions> = "null", shape Shape::Object(LoraOptions::LISTS);
+        /// checkpoint directories: a PEFT adapter directory to continue (its
+        /// adapter_config.json says r, alpha and the targets); not with `lora`
+        adapter: Option<PathBuf> = "null";
+    }
 }
 
 /// Where and in which dtype to load a model, and the LoRA adapters to put on it.
@@ -182,7 +187,7 @@ impl LoadOptions {
 
     /// Parses the JSON options; an empty string means the defaults (cpu, auto).
     pub fn from_json(json: &str) -> Result<LoadOptions> {
-        let raw: RawOptions = parse_json("model load options", json)?;
+        let raw: LoadConfig = parse_json("model load options", json)?;
         let device = match raw.device {
             Some(d) => parse_device(&d)?,
             None => Device::Cpu,

@@ -1,5 +1,6 @@
-//! Sampling options (JSON, unknown keys refused), checked once.
+//! Sampling's options, declared once, checked once.
 
+use crate::config::{options, Bound, Declared, Range, Shape};
 use crate::error::{Error, Result};
 use serde::Deserialize;
 
@@ -24,38 +25,29 @@ impl EosIds {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SamplingConfig {
-    pub temperature: f64,
-    /// Keep the k most likely tokens (0 = off).
-    pub top_k: i64,
-    /// Keep the smallest set of tokens whose probability reaches top_p (1 = off).
-    pub top_p: f64,
-    pub max_new_tokens: usize,
-    /// A row ends after one of these tokens (it is kept and scored). None: the model's own
-    /// (a checkpoint's generation_config.json), or none.
-    pub eos_id: Option<EosIds>,
-    /// A row ends when its generated tokens end with one of these sequences (kept and scored).
-    pub stop_sequences: Vec<Vec<i64>>,
-    /// Written after the end of a row (attention and loss masks 0 there).
-    pub pad_id: i64,
-    /// None: continue the trainer's generator (seeded from the trainer's seed).
-    pub seed: Option<u64>,
-}
-
-impl Default for SamplingConfig {
-    fn default() -> Self {
-        SamplingConfig {
-            temperature: 1.0,
-            top_k: 0,
-            top_p: 1.0,
-            max_new_tokens: 16,
-            eos_id: None,
-            stop_sequences: Vec::new(),
-            pad_id: 0,
-            seed: None,
-        }
+options! {
+    /// Sampling's options (README "Sampling").
+    pub struct SamplingConfig {
+        /// softmax temperature of the draw
+        temperature: f64 = "1", range Range::POSITIVE;
+        /// keep the k most likely tokens; 0 = off
+        top_k: i64 = "0", range Range::NON_NEGATIVE;
+        /// keep the smallest set of tokens whose probability reaches top_p; 1 = off
+        top_p: f64 = "1", range Range::new(Bound::Open(0.0), Bound::Closed(1.0));
+        /// new tokens per row at most (and prompt + new tokens at most the model's
+        /// `max_position_embeddings`)
+        max_new_tokens: usize = "16",
+            range Range::new(Bound::Closed(1.0), Bound::Closed(MAX_NEW_TOKENS as f64));
+        /// a row ends after one of these tokens (kept and scored): one id or a list; null = the
+        /// checkpoint's `generation_config.json`/`config.json` `eos_token_id`, none for
+        /// TorchScript; `[]` = no EOS
+        eos_id: Option<EosIds> = "null", shape Shape::List;
+        /// token-id lists: a row ends when its generated tokens end with one (kept and scored)
+        stop_sequences: Vec<Vec<i64>> = "[]", shape Shape::Lists;
+        /// written after the end of a row (attention and loss masks 0 there)
+        pad_id: i64 = "0", range Range::NON_NEGATIVE;
+        /// null = continue the trainer's generator (seeded from the trainer's seed)
+        seed: Option<u64> = "null";
     }
 }
 
@@ -66,27 +58,12 @@ impl SamplingConfig {
         Ok(cfg)
     }
 
+    /// The declared ranges, and those of the token lists.
     pub fn validate(&self) -> Result<()> {
-        if !(self.temperature > 0.0 && self.temperature.is_finite()) {
-            return Err(Error::config(format!(
-                "temperature must be > 0, got {}",
-                self.temperature
-            )));
-        }
-        if self.top_k < 0 || !(self.top_p > 0.0 && self.top_p <= 1.0) || self.max_new_tokens == 0 {
-            return Err(Error::config(
-                "sampling needs top_k >= 0, top_p in (0, 1], max_new_tokens >= 1",
-            ));
-        }
-        if self.max_new_tokens > MAX_NEW_TOKENS {
-            return Err(Error::config(format!(
-                "max_new_tokens {} is above the limit {MAX_NEW_TOKENS}",
-                self.max_new_tokens
-            )));
-        }
+        self.check_ranges()?;
         let eos = self.eos_id.as_ref().map(EosIds::ids).unwrap_or_default();
-        if self.pad_id < 0 || eos.iter().any(|&e| e < 0) {
-            return Err(Error::config("pad_id and eos_id must be >= 0"));
+        if let Some(e) = eos.iter().find(|&&e| e < 0) {
+            return Err(Error::config(format!("eos_id must be >= 0, got {e}")));
         }
         if let Some(i) = self.stop_sequences.iter().position(|s| s.is_empty()) {
             return Err(Error::config(format!("stop_sequences[{i}] is empty")));

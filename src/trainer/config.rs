@@ -2,7 +2,7 @@
 //! each validated once.
 
 use crate::anchor::AnchorConfig;
-use crate::config::{from_object, parse_object, ObjectiveConfig};
+use crate::config::{from_object, options, parse_object, Declared, ObjectiveConfig, Range, Shape};
 use crate::distributed::DistributedConfig;
 use crate::error::{Error, Result};
 use crate::logprob::SeqReduce;
@@ -27,75 +27,76 @@ pub enum Precision {
     Fp16Mixed,
 }
 
-/// Trainer keys; every other key of the config belongs to the objective.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TrainerConfig {
-    pub seq_logp: SeqReduce,
-    /// Rows per forward pass; None = the whole batch in one pass.
-    pub micro_batch_rows: Option<usize>,
-    /// Scored positions per chunk of the output head (models that give hidden states: native
-    /// checkpoints); None = sized for the vocabulary (2^26 logits, 441 positions at V = 151,936).
-    pub logprob_chunk_rows: Option<usize>,
-    /// Recompute the layers' activations in the backward, one layer at a time, instead of
-    /// holding every layer's (native models; one more forward of the layers).
-    pub activation_checkpointing: bool,
-    pub epochs_per_batch: u32,
-    pub seed: u64,
-    pub anchor: AnchorConfig,
-    pub optimizer: OptimizerConfig,
-    /// Maximum global gradient norm; None = no clipping.
-    pub grad_clip: Option<f64>,
-    pub schedule: Schedule,
-    /// Data-parallel training (src/distributed): backend and gradient bucket size.
-    pub distributed: DistributedConfig,
-    /// Name patterns of the parameters that train (src/model/trainable.rs); None = all.
-    pub trainable: Option<Vec<String>>,
-    pub precision: Precision,
-}
-
-impl Default for TrainerConfig {
-    fn default() -> Self {
-        TrainerConfig {
-            seq_logp: SeqReduce::Mean,
-            micro_batch_rows: None,
-            logprob_chunk_rows: None,
-            activation_checkpointing: false,
-            epochs_per_batch: 1,
-            seed: 0,
-            anchor: AnchorConfig::default(),
-            optimizer: OptimizerConfig::default(),
-            grad_clip: None,
-            schedule: Schedule::default(),
-            distributed: DistributedConfig::default(),
-            trainable: None,
-            precision: Precision::AsLoaded,
-        }
+options! {
+    /// The trainer's options (README "Trainer configuration"); every other key of its config
+    /// belongs to the objective.
+    pub struct TrainerConfig {
+        /// sequence score from token log-probs: `mean` or `sum` over the loss mask
+        seq_logp: SeqReduce = r#""mean""#;
+        /// rows per forward pass; when the batch is larger, the exact two-pass step runs (no-grad
+        /// pass for all ℓ and dL/dℓ, then one backward per micro-batch); null = the whole batch
+        /// in one pass
+        micro_batch_rows: Option<usize> = "null", range Range::AT_LEAST_ONE;
+        /// checkpoint directories: scored positions per chunk of the output head (no [N, T, V]
+        /// logits tensor exists, forward or backward; only one chunk's [rows, V]); null = sized
+        /// to 2^26 logits (441 positions at V = 151,936)
+        logprob_chunk_rows: Option<usize> = "null", range Range::AT_LEAST_ONE;
+        /// checkpoint directories: keep only each layer's input in the forward and recompute the
+        /// layers one at a time in the backward (the same gradients; one layer's activations
+        /// held instead of all; one more forward of the layers); TorchScript policies are
+        /// refused (`ADPO_STATUS_UNSUPPORTED`)
+        activation_checkpointing: bool = "false";
+        /// optimizer updates per batch, the anchor held
+        epochs_per_batch: u32 = "1", range Range::AT_LEAST_ONE;
+        /// sampling generator and Plackett-Luce ties
+        seed: u64 = "0";
+        /// `fixed` (reference model, or the batch's `anchor_logp`), `on_policy` (the batch's
+        /// `old_logp`, else the policy's detached log-probs at the start of the step), `{"mode":
+        /// "ema", "alpha": 0.99}`, `{"mode": "kl_triggered", "window": 10, "threshold": 0.1}`
+        anchor: AnchorConfig = r#"{"mode": "on_policy"}"#;
+        /// `adamw` (`lr`, `betas` [0.9, 0.999], `eps` 1e-8, `weight_decay` 0.01) or `sgd` (`lr`,
+        /// `momentum` 0, `weight_decay` 0), with PyTorch's update rules. Bounds: `lr` in (0,
+        /// 1e3], `betas` and `momentum` in [0, 1), `eps` in (0, 1], `weight_decay` ≥ 0 with `lr
+        /// × weight_decay` ≤ 1
+        optimizer: OptimizerConfig = r#"{"name": "adamw", "lr": 1e-5}"#,
+            shape Shape::Object(OptimizerConfig::LISTS);
+        /// maximum global gradient norm; null = no clipping
+        grad_clip: Option<f64> = "null", range Range::POSITIVE;
+        /// or `{"name": "cosine", "warmup_steps": 0, "total_steps": N, "min_lr": 0}` (`min_lr`
+        /// ≤ `lr`)
+        schedule: Schedule = r#"{"name": "constant"}"#;
+        /// data-parallel training: `mpi` (MPI_COMM_WORLD, joined at adpo_trainer_new), `host` (a
+        /// callback registered with adpo_trainer_use_allreduce before the first step); gradient
+        /// bucket size in MiB (see "Training on many GPUs or machines")
+        distributed: DistributedConfig = r#"{"backend": "none", "bucket_mb": 25}"#;
+        /// which parameters train (null: all): a list of name patterns, shell globs over the
+        /// whole parameter name (`*` also matches dots), `!` excludes; the last pattern that
+        /// matches a name decides, and a list that starts with an exclusion starts from "all
+        /// train": `["!model.embed_tokens.*"]` is everything but the embeddings,
+        /// `["model.layers.*.mlp.*"]` only the MLPs. Frozen parameters get no gradient and no
+        /// optimizer state and are not in trainer checkpoints (resume with the same patterns on
+        /// the same base). A pattern that matches nothing is refused (a tied output head goes
+        /// under the embedding's name). Under LoRA, the patterns choose among the adapters
+        trainable: Option<Vec<String>> = "null", shape Shape::List;
+        /// `as_loaded`: weights, gradients and optimizer state in the dtype the policy was
+        /// loaded in. `bf16-mixed`: the policy loaded in bfloat16 (`{"dtype": "bfloat16"}`) runs
+        /// the forward and backward in bfloat16, while the optimizer, clipping, the gradient
+        /// all-reduce, EMA/KL anchor copies and trainer checkpoints work on float32 master
+        /// weights (the network gets the rounded masters after every update; pure bfloat16 would
+        /// round most fine-tuning updates away: in `tests/precision.rs` the mixed update is 2.5%
+        /// from float32's, the pure one 86%). Log-probs and the objective are float32 either
+        /// way. `fp16-mixed` is refused (it needs loss scaling, which adpo does not implement)
+        precision: Precision = r#""as_loaded""#;
     }
 }
-
-const TRAINER_KEYS: [&str; 13] = [
-    "seq_logp",
-    "micro_batch_rows",
-    "logprob_chunk_rows",
-    "activation_checkpointing",
-    "epochs_per_batch",
-    "seed",
-    "anchor",
-    "optimizer",
-    "grad_clip",
-    "schedule",
-    "distributed",
-    "trainable",
-    "precision",
-];
 
 /// Splits one JSON config into the trainer's part and the objective's part (which also gets
 /// the seed, for Plackett-Luce tie breaking).
 pub fn parse_config(json: &str) -> Result<(TrainerConfig, ObjectiveConfig)> {
-    let mut all = parse_object("trainer", json)?;
+    let declared = [TrainerConfig::OPTIONS, ObjectiveConfig::OPTIONS];
+    let mut all = parse_object("trainer", json, &declared)?;
     let mut own = serde_json::Map::new();
-    for key in TRAINER_KEYS {
+    for key in TrainerConfig::OPTIONS.iter().map(|o| o.key) {
         if let Some(v) = all.remove(key) {
             own.insert(key.to_string(), v);
         }
@@ -105,51 +106,37 @@ pub fn parse_config(json: &str) -> Result<(TrainerConfig, ObjectiveConfig)> {
     }
     let trainer: TrainerConfig = from_object("trainer", own)?;
     let objective: ObjectiveConfig = from_object("trainer", all).map_err(|e| {
-        Error::config(format!(
-            "{} (trainer keys: {})",
-            e.message,
-            TRAINER_KEYS.join(", ")
-        ))
+        let keys: Vec<&str> = TrainerConfig::OPTIONS.iter().map(|o| o.key).collect();
+        Error::config(format!("{} (trainer keys: {})", e.message, keys.join(", ")))
     })?;
     objective.validate()?;
-    trainer.optimizer.validate()?;
-    trainer.schedule.validate()?;
-    trainer.anchor.validate()?;
-    trainer.distributed.validate()?;
-    if trainer.precision == Precision::Fp16Mixed {
-        return Err(Error::config(
-            "precision fp16-mixed is not supported: float16 training needs dynamic loss \
-             scaling, which adpo does not implement; use bf16-mixed (bfloat16 has float32's \
-             exponent range and needs none) or as_loaded",
-        ));
-    }
-    if trainer.logprob_chunk_rows == Some(0) {
-        return Err(Error::config(
-            "logprob_chunk_rows must be >= 1 (or null: sized for the vocabulary)",
-        ));
-    }
-    if trainer.micro_batch_rows == Some(0) {
-        return Err(Error::config(
-            "micro_batch_rows must be >= 1 (or null for one pass)",
-        ));
-    }
-    if trainer.epochs_per_batch == 0 {
-        return Err(Error::config("epochs_per_batch must be >= 1"));
-    }
-    if let Some(c) = trainer.grad_clip {
-        if !(c.is_finite() && c > 0.0) {
-            return Err(Error::config(format!(
-                "grad_clip must be a finite number > 0 (or null for none), got {c}"
-            )));
-        }
-    }
-    if let Schedule::Cosine { min_lr, .. } = trainer.schedule {
-        if min_lr > trainer.optimizer.lr() {
-            return Err(Error::config(format!(
-                "schedule.min_lr ({min_lr}) must be <= optimizer.lr ({})",
-                trainer.optimizer.lr()
-            )));
-        }
-    }
+    trainer.validate()?;
     Ok((trainer, objective))
+}
+
+impl TrainerConfig {
+    /// The declared ranges, the nested configs' own checks, and what spans two keys.
+    fn validate(&self) -> Result<()> {
+        self.check_ranges()?;
+        self.optimizer.validate()?;
+        self.schedule.validate()?;
+        self.anchor.validate()?;
+        self.distributed.validate()?;
+        if self.precision == Precision::Fp16Mixed {
+            return Err(Error::config(
+                "precision fp16-mixed is not supported: float16 training needs dynamic loss \
+                 scaling, which adpo does not implement; use bf16-mixed (bfloat16 has float32's \
+                 exponent range and needs none) or as_loaded",
+            ));
+        }
+        if let Schedule::Cosine { min_lr, .. } = self.schedule {
+            if min_lr > self.optimizer.lr() {
+                return Err(Error::config(format!(
+                    "schedule.min_lr ({min_lr}) must be <= optimizer.lr ({})",
+                    self.optimizer.lr()
+                )));
+            }
+        }
+        Ok(())
+    }
 }

@@ -673,6 +673,12 @@ def test_trainer_config_errors(models):
     raises(A.INVALID_CONFIG, "epochs_per_batch", A.Trainer, pol, None, dict(epochs_per_batch=0))
     raises(A.INVALID_CONFIG, "grad_clip", A.Trainer, pol, None, dict(grad_clip=0))
     raises(A.INVALID_CONFIG, "lr", A.Trainer, pol, None, dict(optimizer=dict(name="sgd", lr=-1)))
+    # A key given twice is ambiguous (JSON text: a Python dict cannot hold it twice).
+    raises(A.INVALID_CONFIG, "duplicate key `anchor.mode`", A.Trainer, pol, None,
+           '{"anchor": {"mode": "fixed", "mode": "ema"}}')
+    raises(A.INVALID_CONFIG, "duplicate key `tau`", A.Objective, '{"tau": 0.8, "tau": 0.5}')
+    raises(A.INVALID_CONFIG, "duplicate key `dtype`", A.Model, models[F64], None,
+           '{"dtype": "float64", "dtype": "float32"}')
     raises(A.INVALID_ARGUMENT, "different model handle", A.Trainer, pol, pol, None)
     raises(A.INVALID_ARGUMENT, "reference model", A.Trainer, pol, None, dict(loss="grpo", beta_kl=0.1))
     A.Trainer(pol, A.Model(models[F64]), None)  # the same file through another handle is fine
@@ -780,6 +786,7 @@ def test_sampling_errors(models):
     raises(A.INVALID_CONFIG, "temperature", tr.sample, PROMPTS, 2, dict(temperature=0))
     raises(A.INVALID_CONFIG, "unknown field", tr.sample, PROMPTS, 2, dict(beam=2))
     raises(A.INVALID_CONFIG, "top_p", tr.sample, PROMPTS, 2, dict(top_p=0))
+    raises(A.INVALID_CONFIG, "duplicate key `top_k`", tr.sample, PROMPTS, 2, '{"top_k": 1, "top_k": 2}')
     raises(A.INVALID_ARGUMENT, "outside the vocabulary", tr.sample, [[1, 99]], 2, None)
     raises(A.INVALID_ARGUMENT, "prompt 1 is empty", tr.sample, [[1], []], 2, None)
     raises(A.INVALID_ARGUMENT, "k >= 1", tr.sample, PROMPTS, 0, None)
