@@ -187,7 +187,7 @@ header: setup
 
 # README.md's option tables, made from the declarations (the lib test `config::table` checks drift).
 readme-options: setup
-	ADPO_WRITE_README=1 $(CARGO) test --locked --release --lib config::table
+	ADPO_WRITE_README=1 $(CARGO) test --locked $(CARGO_FEATURES) --release --lib config::table
 
 # The libtorch is copied under PREFIX/lib/adpo (hard links on the same filesystem), or, with
 # ADPO_INSTALL_LIBTORCH=record and LIBTORCH outside the clone, used in place (scripts/install).

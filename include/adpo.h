@@ -589,8 +589,12 @@ adpo_status adpo_model_load_options(const char *path,
  * adpo_model_load read: config.json (the loaded one, its dtype set to the weights' dtype),
  * model.safetensors (every parameter under its checkpoint name, a tied head once) and the
  * source directory's tokenizer*, special_tokens_map.json and generation_config.json files.
- * The directory is written under a temporary name and renamed into place (an existing `dir`
- * is replaced). A model with LoRA adapters is written merged (W + (alpha / r) B A): a plain
+ * The directory is written under a temporary name beside `dir`, flushed to disk and swapped
+ * into place in one step: `dir` is always the old checkpoint or the new one, whole. An
+ * existing `dir` is replaced only when it is a checkpoint (it holds config.json) or empty;
+ * any other directory is refused with ADPO_STATUS_INVALID_ARGUMENT and left untouched.
+ * Temporaries that a killed process left beside `dir` are removed by the next save there.
+ * A model with LoRA adapters is written merged (W + (alpha / r) B A): a plain
  * checkpoint of the adapted model. Only models loaded from a checkpoint directory can be saved
  * (ADPO_STATUS_UNSUPPORTED otherwise); a write failure is ADPO_STATUS_IO.
  */
@@ -602,8 +606,9 @@ adpo_status adpo_model_save(const struct adpo_model *model,
  * Writes the model's LoRA adapters, with their current weights, as a PEFT adapter directory:
  * adapter_config.json and adapter_model.safetensors (tensors
  * `base_model.model.MODULE.lora_A.weight` / `lora_B.weight`), which
- * `peft.PeftModel.from_pretrained(base, dir)` and the load option `"adapter": dir` read. Written
- * under a temporary name and renamed into place (an existing `dir` is replaced). A model
+ * `peft.PeftModel.from_pretrained(base, dir)` and the load option `"adapter": dir` read.
+ * Published as adpo_model_save publishes (an existing `dir` is replaced only when it holds
+ * adapter_config.json or is empty). A model
  * without adapters is ADPO_STATUS_UNSUPPORTED; a write failure is ADPO_STATUS_IO.
  */
 adpo_status adpo_model_save_adapter(const struct adpo_model *model,
