@@ -153,9 +153,8 @@ impl Batch {
             )));
         }
         check_finite("targets", targets)?;
-        let t = Tensor::from_slice(targets);
-        crate::objective::check_targets(&t, &self.groups, 1e-6)?;
-        self.targets = Some(t);
+        crate::objective::check_targets(targets, &self.groups, 1e-6)?;
+        self.targets = Some(Tensor::from_slice(targets));
         self.rewards = None;
         Ok(())
     }

@@ -1,7 +1,11 @@
 //! The model-free objective through the Rust API: docs/MATH.md §10 vectors, closed-form
 //! gradients against finite differences, invariances, edge cases, and every available device.
 
+#[path = "common/objective_cases.rs"]
+mod cases;
+
 use adpo::{EvalInputs, Groups, Objective, Signal, TokenInputs};
+use cases::{assert_close, close, random_batch, Rng, CONFIGS};
 use tch::{Device, Kind, Tensor};
 
 const ELL: [f64; 4] = [-12.0, -15.5, -9.8, -20.1];
@@ -73,20 +77,6 @@ fn eval(
 ) -> Out {
     let obj = Objective::from_json(cfg).unwrap();
     eval_on(&obj, logp, anchor, rewards, targets, ids, Device::Cpu).unwrap()
-}
-
-fn close(a: f64, b: f64, rel: f64) -> bool {
-    (a - b).abs() <= rel * b.abs().max(1e-3)
-}
-
-fn assert_close(got: &[f64], want: &[f64], rel: f64, what: &str) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!(
-            close(*g, *w, rel),
-            "{what}[{i}]: got {g}, want {w} (all: {got:?})"
-        );
-    }
 }
 
 const ONE_GROUP: [i64; 4] = [0, 0, 0, 0];
@@ -428,58 +418,6 @@ fn v10_optimum_has_zero_gradient_and_v11_distillation() {
     assert_close(&o.grad, &[-0.00939799, -0.0260987, 0.0354967], SPEC, "V11");
 }
 
-/// Deterministic pseudo-random numbers for the property tests.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> f64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 >> 11) as f64 / (1u64 << 53) as f64
-    }
-    fn normal(&mut self) -> f64 {
-        let (u, v) = (self.next().max(1e-12), self.next());
-        (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
-    }
-}
-
-/// Random groups of random sizes (some singletons), ids shuffled.
-fn random_batch(
-    rng: &mut Rng,
-    groups: usize,
-    max_k: usize,
-) -> (Vec<f64>, Vec<f64>, Vec<f64>, Vec<i64>) {
-    let mut ids = Vec::new();
-    for g in 0..groups {
-        let k = 1 + (rng.next() * max_k as f64) as usize;
-        ids.extend(std::iter::repeat_n(1000 - 7 * g as i64, k));
-    }
-    for i in (1..ids.len()).rev() {
-        let j = (rng.next() * (i + 1) as f64) as usize;
-        ids.swap(i, j);
-    }
-    let n = ids.len();
-    let logp = (0..n).map(|_| -5.0 + rng.normal()).collect();
-    let anchor = (0..n).map(|_| -5.0 + rng.normal()).collect();
-    let rewards = (0..n).map(|_| rng.normal()).collect();
-    (logp, anchor, rewards, ids)
-}
-
-const CONFIGS: [&str; 12] = [
-    "",
-    r#"{"reward_transform": "raw", "tau": 0.3}"#,
-    r#"{"reward_transform": "center", "beta_reward": 2.0}"#,
-    r#"{"target": "kde"}"#,
-    r#"{"target": "top1", "top1_smoothing": 0.1}"#,
-    r#"{"loss": "top1"}"#,
-    r#"{"loss": "plackett_luce", "pl_ties": "stable"}"#,
-    r#"{"loss": "plackett_luce", "pl_ties": "stable", "pl_top_k": 2, "pl_label_smoothing": 0.1, "pl_poly_eps": 1.0}"#,
-    r#"{"adaptive_tau": {"rule": "target_entropy"}}"#,
-    r#"{"beta_anchor_kl": 0.3}"#,
-    r#"{"clip_log_ratio": 0.8, "clip_score": 1.5}"#,
-    r#"{"loss": "plackett_luce", "pl_ties": "random", "seed": 3}"#,
-];
-
 #[test]
 fn closed_form_gradients_match_finite_differences() {
     let mut rng = Rng(0x1234_5678);
@@ -796,72 +734,6 @@ fn every_device_and_dtype_agrees_with_cpu_f64() {
                     );
                 }
             }
-        }
-    }
-}
-
-#[test]
-fn fused_cpu_kernel_matches_the_tensor_path() {
-    let mut rng = Rng(31337);
-    let extra = [
-        r#"{"loss": "pairwise"}"#,
-        r#"{"loss": "dpo"}"#,
-        r#"{"adaptive_tau": {"rule": "target_entropy", "alpha": 0.5, "tau_min": 0.05}, "reward_transform": "raw"}"#,
-    ];
-    // Random Plackett-Luce tie breaking draws anew at each call: not comparable call to call.
-    for cfg in CONFIGS
-        .iter()
-        .chain(extra.iter())
-        .filter(|c| !c.contains("random"))
-    {
-        let pairs = cfg.contains("pairwise") || cfg.contains("dpo");
-        let (logp, anchor, rewards, ids) = if cfg.is_empty() {
-            random_batch(&mut rng, 5000, 8) // large enough for the kernel's worker threads
-        } else if pairs {
-            let ids: Vec<i64> = (0..20).map(|i| (i / 2) as i64 * 3 % 17).collect();
-            let v = |rng: &mut Rng| (0..20).map(|_| rng.normal()).collect::<Vec<_>>();
-            (v(&mut rng), v(&mut rng), v(&mut rng), ids)
-        } else {
-            random_batch(&mut rng, 9, 7)
-        };
-        let obj = Objective::from_json(cfg).unwrap();
-        let groups = Groups::from_ids(&ids).unwrap();
-        let (l, a, r) = (t(&logp), t(&anchor), t(&rewards));
-        let mut ties = rewards.clone();
-        ties[0] = ties[1]; // exercise tied best keys in top1 targets and win mass
-        let tt = t(&ties);
-        for signal in [Signal::Rewards(&r), Signal::Rewards(&tt)] {
-            let inputs = EvalInputs {
-                logp: &l,
-                anchor_logp: &a,
-                signal,
-                groups: &groups,
-                policy_entropy: None,
-            };
-            let fused = obj.eval(&inputs).unwrap();
-            let tensor = obj.eval_tensor_path(&inputs).unwrap();
-            assert!(
-                close(fused.loss, tensor.loss, 1e-12),
-                "{cfg}: {} vs {}",
-                fused.loss,
-                tensor.loss
-            );
-            assert_close(&vec(&fused.grad_logp), &vec(&tensor.grad_logp), 1e-9, cfg);
-            assert_close(&vec(&fused.scores), &vec(&tensor.scores), 1e-12, cfg);
-            let (fm, tm) = (fused.metrics, tensor.metrics);
-            for (name, x, y) in [
-                ("entropy", fm.entropy, tm.entropy),
-                ("kl_target", fm.kl_target, tm.kl_target),
-                ("win_mass", fm.win_mass, tm.win_mass),
-                ("mean_abs_score", fm.mean_abs_score, tm.mean_abs_score),
-                ("max_abs_score", fm.max_abs_score, tm.max_abs_score),
-                ("tau", fm.tau, tm.tau),
-                ("anchor_kl", fm.anchor_kl, tm.anchor_kl),
-            ] {
-                let same = close(x, y, 1e-9) || x.is_nan() && y.is_nan();
-                assert!(same, "{cfg}: metric {name}: fused {x} vs tensor {y}");
-            }
-            assert_eq!(fm.groups, tm.groups);
         }
     }
 }

@@ -76,20 +76,7 @@ pub extern "C" fn adpo_objective_eval_dlpack(
             let ids = ids
                 .view("group_ids")?
                 .ok_or_else(|| Error::null("group_ids"))?;
-            let signal = match (&rewards, &targets) {
-                (Some(r), None) => Signal::Rewards(r),
-                (None, Some(t)) => Signal::Targets(t),
-                (Some(_), Some(_)) => {
-                    return Err(Error::invalid(
-                        "give exactly one of rewards and targets; both are non-NULL",
-                    ))
-                }
-                (None, None) => {
-                    return Err(Error::null(
-                        "rewards and targets (exactly one must be given)",
-                    ))
-                }
-            };
+            let signal = Signal::exactly_one(rewards.as_ref(), targets.as_ref())?;
             if logp.dim() != 1 {
                 return Err(Error::shape(format!(
                     "logp must be 1-D, got shape {:?}",

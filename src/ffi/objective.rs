@@ -7,7 +7,7 @@ use super::boundary::{call, call_on};
 use super::error::adpo_error;
 use super::handle::{free, handle, Guarded, Handle};
 use crate::error::{Error, Result, Status};
-use crate::objective::{EvalOutput, HostInputs, HostSignal, Metrics, Objective, TokenInputs};
+use crate::objective::{EvalOutput, HostInputs, Metrics, Objective, Signal, TokenInputs};
 use std::ffi::c_char;
 use tch::{Device, Kind, Tensor};
 
@@ -120,31 +120,15 @@ fn eval_host(
 ) -> Result<()> {
     check_n(n)?;
     require_out(out_loss, "out_loss")?;
-    let signal = match (rewards.is_null(), targets.is_null()) {
-        (false, true) => HostSignal::Rewards(slice(rewards, n, "rewards")?),
-        (true, false) => HostSignal::Targets(slice(targets, n, "targets")?),
-        (false, false) => {
-            return Err(Error::invalid(
-                "give exactly one of rewards and targets; both are non-NULL",
-            ))
-        }
-        (true, true) => {
-            return Err(Error::null(
-                "rewards and targets (exactly one must be given)",
-            ))
-        }
-    };
+    let given = |p: *const f64, name| (!p.is_null()).then(|| slice(p, n, name)).transpose();
+    let signal = Signal::exactly_one(given(rewards, "rewards")?, given(targets, "targets")?)?;
     let groups = obj.inner.groups_of(slice(group_ids, n, "group_ids")?)?;
     let inputs = HostInputs {
         logp: slice(logp, n, "logp")?,
         anchor_logp: slice(anchor_logp, n, "anchor_logp")?,
         signal,
         groups: &groups,
-        policy_entropy: if policy_entropy.is_null() {
-            None
-        } else {
-            Some(slice(policy_entropy, n, "policy_entropy")?)
-        },
+        policy_entropy: given(policy_entropy, "policy_entropy")?,
     };
     // SAFETY: non-NULL outputs are valid for n writes (caller contract).
     let out = |p: *mut f64| (!p.is_null()).then(|| unsafe { std::slice::from_raw_parts_mut(p, n) });

@@ -1,9 +1,9 @@
 //! Fused CPU kernel for the listwise family (listwise, pairwise, top1, dpo with softmax or top-1
 //! targets, fixed or target-entropy tau, clamps, k3 penalty) on contiguous float64 host data:
 //! one pass per group instead of ~60 tensor ops, which dominate at these sizes.
-//! `tests/objective.rs` checks that it matches the tensor path exactly for every configuration
+//! `kernels_agree.rs` checks that it matches the tensor kernel exactly for every configuration
 //! it accepts; everything else (Plackett-Luce, KDE, smooth-hybrid tau, other devices/dtypes)
-//! runs on the tensor path.
+//! runs on the tensor kernel.
 
 use super::fast_exp::exp_nonpositive;
 use super::groups::{Groups, Rows};
@@ -154,6 +154,47 @@ struct GroupStats {
     k3_sum: f64,
 }
 
+impl GroupStats {
+    fn plus(self, o: &GroupStats) -> GroupStats {
+        GroupStats {
+            loss: self.loss + o.loss,
+            entropy: self.entropy + o.entropy,
+            kl: self.kl + o.kl,
+            win: self.win + o.win,
+            tau: self.tau + o.tau,
+            abs_sum: self.abs_sum + o.abs_sum,
+            abs_max: self.abs_max.max(o.abs_max),
+            k3_sum: self.k3_sum + o.k3_sum,
+        }
+    }
+
+    /// The metrics from the sums over `g_count` groups of `rows` rows in all.
+    fn metrics(&self, cfg: &ObjectiveConfig, rows: usize, g_count: usize) -> Metrics {
+        let inv_g = 1.0 / g_count as f64;
+        let anchor_kl = if cfg.beta_anchor_kl > 0.0 {
+            self.k3_sum / rows as f64
+        } else {
+            f64::NAN
+        };
+        let mut loss = self.loss * inv_g;
+        if cfg.beta_anchor_kl > 0.0 {
+            loss += cfg.beta_anchor_kl * anchor_kl;
+        }
+        Metrics {
+            loss,
+            entropy: self.entropy * inv_g,
+            kl_target: self.kl * inv_g,
+            win_mass: self.win * inv_g,
+            mean_abs_score: self.abs_sum / rows as f64,
+            max_abs_score: self.abs_max,
+            tau: self.tau * inv_g,
+            groups: g_count as u64,
+            clip_fraction: f64::NAN,
+            anchor_kl,
+        }
+    }
+}
+
 /// Where workers write each row's gradient and score: straight into the outputs, with no
 /// per-call staging buffer (fresh large allocations cost page faults on every call).
 #[derive(Clone, Copy)]
@@ -201,18 +242,14 @@ impl RowSink {
     }
 }
 
-fn eval_group(
-    b: &Batch,
-    g: usize,
-    gathered: &mut Gathered,
-    sc: &mut Scratch,
-    sink: RowSink,
-    inv_g: f64,
-) -> GroupStats {
-    let cfg = b.cfg;
-    let members = b.groups.group_rows(g);
-    // The group's inputs: contiguous rows are borrowed as they are, others gathered.
-    let (keys, logp, anchor): (&[f64], &[f64], &[f64]) = match members {
+/// A group's keys, logp and anchor: contiguous rows are borrowed as they are, others gathered.
+#[inline(always)]
+fn group_inputs<'a>(
+    b: &Batch<'a>,
+    members: Rows,
+    gathered: &'a mut Gathered,
+) -> (&'a [f64], &'a [f64], &'a [f64]) {
+    match members {
         Rows::Range(start, end) => (
             &b.signal[start..end],
             &b.logp[start..end],
@@ -228,17 +265,32 @@ fn eval_group(
             gather(&mut gathered.anchor, b.anchor);
             (&gathered.keys, &gathered.logp, &gathered.anchor)
         }
-    };
-    let k = keys.len();
-    let q_lnq = target(cfg, b.rule, keys, b.explicit, &mut sc.q);
-    let tau = match cfg.adaptive_tau {
+    }
+}
+
+/// The group's tau: fixed, or lowered by the normalised entropy of its targets q.
+#[inline(always)]
+fn group_tau(cfg: &ObjectiveConfig, q: &[f64]) -> f64 {
+    match cfg.adaptive_tau {
         Some(AdaptiveTau::TargetEntropy { alpha, tau_min }) => {
-            let h: f64 = -sc.q.iter().map(|q| q * (q + 1e-8).ln()).sum::<f64>();
-            (cfg.tau * (1.0 - alpha * h / (k as f64).ln())).max(tau_min)
+            let h: f64 = -q.iter().map(|q| q * (q + 1e-8).ln()).sum::<f64>();
+            (cfg.tau * (1.0 - alpha * h / (q.len() as f64).ln())).max(tau_min)
         }
         _ => cfg.tau,
-    };
-    // Scores, and ds/dl per row only when a clamp can zero it (else it is 1/tau everywhere).
+    }
+}
+
+/// Scores into `sc.s`, and ds/dl into `sc.pass` only when a clamp can zero it (else it is
+/// 1/tau everywhere); returns whether it can.
+#[inline(always)]
+fn anchored_scores(
+    cfg: &ObjectiveConfig,
+    logp: &[f64],
+    anchor: &[f64],
+    tau: f64,
+    sc: &mut Scratch,
+) -> bool {
+    let k = logp.len();
     let clamped = cfg.clip_log_ratio.is_some() || cfg.clip_score.is_some();
     let scores = sized(&mut sc.s, k);
     if clamped {
@@ -251,6 +303,25 @@ fn eval_group(
             *s = (l - a) / tau;
         }
     }
+    clamped
+}
+
+fn eval_group(
+    b: &Batch,
+    g: usize,
+    gathered: &mut Gathered,
+    sc: &mut Scratch,
+    sink: RowSink,
+    inv_g: f64,
+) -> GroupStats {
+    let cfg = b.cfg;
+    let members = b.groups.group_rows(g);
+    let (keys, logp, anchor) = group_inputs(b, members, gathered);
+    let k = keys.len();
+    let q_lnq = target(cfg, b.rule, keys, b.explicit, &mut sc.q);
+    let tau = group_tau(cfg, &sc.q);
+    let clamped = anchored_scores(cfg, logp, anchor, tau, sc);
+    let scores = &sc.s[..k];
     let m = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     let e = sized(&mut sc.e, k);
     for (e, s) in e.iter_mut().zip(scores.iter()) {
@@ -379,43 +450,22 @@ pub fn eval(
             .map(|w| eval_groups(batch, w[0]..w[1], sink, inv_g))
             .collect()
     };
-    let mut total = GroupStats::default();
-    for st in parts.iter().flatten() {
-        total.loss += st.loss;
-        total.entropy += st.entropy;
-        total.kl += st.kl;
-        total.win += st.win;
-        total.tau += st.tau;
-        total.abs_sum += st.abs_sum;
-        total.abs_max = total.abs_max.max(st.abs_max);
-        total.k3_sum += st.k3_sum;
-    }
-    let anchor_kl = if cfg.beta_anchor_kl > 0.0 {
-        total.k3_sum / rows as f64
-    } else {
-        f64::NAN
-    };
-    let mut loss = total.loss * inv_g;
+    let total = parts
+        .iter()
+        .flatten()
+        .fold(GroupStats::default(), GroupStats::plus);
     if cfg.beta_anchor_kl > 0.0 {
-        loss += cfg.beta_anchor_kl * anchor_kl;
-        let w = cfg.beta_anchor_kl / rows as f64;
-        for g in 0..g_count {
-            for row in groups.group_rows(g).iter() {
-                grad[row] += w * (1.0 - (anchor[row] - logp[row]).exp());
-            }
+        add_anchor_penalty(&b, grad, cfg.beta_anchor_kl / rows as f64);
+    }
+    let metrics = total.metrics(cfg, rows, g_count);
+    (metrics.loss, metrics)
+}
+
+/// d/dlogp of the k3 anchor penalty, `w` = beta / rows per counted row.
+fn add_anchor_penalty(b: &Batch, grad: &mut [f64], w: f64) {
+    for g in 0..b.groups.count() {
+        for row in b.groups.group_rows(g).iter() {
+            grad[row] += w * (1.0 - (b.anchor[row] - b.logp[row]).exp());
         }
     }
-    let metrics = Metrics {
-        loss,
-        entropy: total.entropy * inv_g,
-        kl_target: total.kl * inv_g,
-        win_mass: total.win * inv_g,
-        mean_abs_score: total.abs_sum / rows as f64,
-        max_abs_score: total.abs_max,
-        tau: total.tau * inv_g,
-        groups: g_count as u64,
-        clip_fraction: f64::NAN,
-        anchor_kl,
-    };
-    (loss, metrics)
 }

@@ -3,12 +3,10 @@
 //! Plackett-Luce loss and its gradient, the k3 anchor penalty, and every metric summed over
 //! blocks in one host transfer.
 
+use super::front::Checked;
 use super::layout::{Blocks, Layout};
 use super::targets::{self, TargetRule};
-use super::{
-    check_result, listwise, plackett_luce, scores, temperature, EvalInputs, EvalOutput, Metrics,
-    Objective,
-};
+use super::{listwise, plackett_luce, scores, temperature, EvalOutput, Metrics, Objective};
 use crate::config::{LossKind, ObjectiveConfig, PlTies};
 use crate::error::{Error, Result};
 use tch::{Device, Kind, Tensor};
@@ -24,34 +22,30 @@ struct Targets {
 const STATS: usize = 8;
 
 impl Objective {
-    pub(super) fn eval_tensors(
-        &self,
-        inputs: &EvalInputs,
-        logp: &Tensor,
-        anchor: &Tensor,
-        signal: &Tensor,
-        kind: Kind,
-    ) -> Result<EvalOutput> {
+    /// The tensor kernel: loss, d loss / d logp, the scores and the metrics.
+    pub(super) fn eval_tensors(&self, x: &Checked) -> Result<EvalOutput> {
         let cfg = &self.cfg;
-        let blocks = Blocks::of(inputs.groups, logp.device());
+        let (logp, anchor, signal) = (x.logp.tensor(), x.anchor.tensor(), x.signal.tensor());
+        if x.groups.count() == 0 {
+            return Ok(no_groups(cfg, &logp, &anchor));
+        }
+        let blocks = Blocks::of(x.groups, x.device);
         let layouts = &blocks.blocks;
         let targets: Vec<Targets> = layouts
             .iter()
-            .map(|l| self.targets(inputs.signal.is_rewards(), signal, l))
+            .map(|l| self.targets(!x.explicit, &signal, l))
             .collect();
         let q: Vec<Tensor> = targets.iter().map(|t| t.q.shallow_clone()).collect();
-        let rewards: Option<Vec<Tensor>> = inputs
-            .signal
-            .is_rewards()
-            .then(|| targets.iter().map(|t| t.keys.shallow_clone()).collect());
-        let entropy: Option<Vec<Tensor>> = inputs.policy_entropy.map(|e| {
-            let e = e.to_kind(kind);
+        let rewards: Option<Vec<Tensor>> =
+            (!x.explicit).then(|| targets.iter().map(|t| t.keys.shallow_clone()).collect());
+        let entropy: Option<Vec<Tensor>> = x.entropy.as_ref().map(|e| {
+            let e = e.tensor();
             layouts.iter().map(|l| l.gather(&e, 0.0)).collect()
         });
         let tau_g =
             temperature::group_taus(cfg, layouts, &q, rewards.as_deref(), entropy.as_deref())?;
         let tau_row = blocks.broadcast(&tau_g, cfg.tau);
-        let sc = scores::anchored(logp, anchor, &tau_row, cfg.clip_log_ratio, cfg.clip_score);
+        let sc = scores::anchored(&logp, &anchor, &tau_row, cfg.clip_log_ratio, cfg.clip_score);
 
         let g = blocks.g as f64;
         let mut grads = Vec::with_capacity(layouts.len());
@@ -62,18 +56,16 @@ impl Objective {
             stats.push(st);
         }
         let mut grad = blocks.scatter(&grads) * &sc.ds_dl;
-        let anchor_kl = match anchor_penalty(cfg, &blocks, logp, anchor) {
+        let anchor_kl = match anchor_penalty(cfg, &blocks, &logp, &anchor) {
             Some((kl, loss_add, grad_add)) => {
                 grad += grad_add;
                 Tensor::stack(&[kl, loss_add], 0)
             }
             None => Tensor::from_slice(&[f64::NAN, 0.0])
-                .to_kind(kind)
-                .to_device(logp.device()),
+                .to_kind(x.kind)
+                .to_device(x.device),
         };
         let metrics = combine(&stats, &anchor_kl, blocks.g)?;
-        check_result(metrics.loss, &grad)?;
-        self.state.lock().last = Some(metrics);
         Ok(EvalOutput {
             loss: metrics.loss,
             grad_logp: grad,
@@ -142,6 +134,18 @@ impl Objective {
         Tensor::from_slice(&keys)
             .view([layout.g, layout.k])
             .to_device(device)
+    }
+}
+
+/// No group of two or more: loss 0, zero gradient, scores at the base tau.
+fn no_groups(cfg: &ObjectiveConfig, logp: &Tensor, anchor: &Tensor) -> EvalOutput {
+    let tau = logp.full_like(cfg.tau);
+    let sc = scores::anchored(logp, anchor, &tau, cfg.clip_log_ratio, cfg.clip_score);
+    EvalOutput {
+        loss: 0.0,
+        grad_logp: logp.zeros_like(),
+        scores: sc.s,
+        metrics: Metrics::empty(),
     }
 }
 
