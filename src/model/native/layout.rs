@@ -4,6 +4,7 @@
 
 use super::config::Config;
 use crate::error::{Error, Result};
+use std::path::Path;
 
 /// The projections of one layer, in transformers' module order.
 pub const ATTENTION_PROJECTIONS: [&str; 4] = ["q_proj", "k_proj", "v_proj", "o_proj"];
@@ -74,12 +75,13 @@ pub fn parameters(c: &Config) -> Vec<(String, Vec<i64>)> {
 /// layer has several of its own) before anything proportional to num_hidden_layers is built: a
 /// 1 KB config could ask for 10^7 layers. Below that bound, each missing tensor is named when
 /// the weights are read.
-pub fn check_layers(c: &Config, held: usize) -> Result<()> {
+pub fn check_layers(c: &Config, dir: &Path, held: usize) -> Result<()> {
     if usize::try_from(c.num_layers).is_ok_and(|n| n <= held) {
         return Ok(());
     }
     Err(Error::model(format!(
-        "config.json: num_hidden_layers = {} is more than the {held} tensors the checkpoint holds",
+        "{}: num_hidden_layers = {} is more than the {held} tensors the checkpoint holds",
+        dir.join("config.json").display(),
         c.num_layers
     )))
 }

@@ -48,7 +48,7 @@ fn files(dir: &Path) -> Result<Files> {
         let names: BTreeSet<&String> = index.weight_map.values().collect();
         let shards = names
             .into_iter()
-            .map(|n| Ok((n.clone(), dir.join(inside(n)?))))
+            .map(|n| Ok((n.clone(), dir.join(inside(&index_path, n)?))))
             .collect::<Result<_>>()?;
         return Ok(Files {
             shards,
@@ -73,15 +73,16 @@ fn files(dir: &Path) -> Result<Files> {
 /// touched, so the message is the same whether an outside file exists or not. Symbolic links
 /// inside the directory are followed like any file of it: the directory's owner placed them
 /// (the Hugging Face cache links every snapshot file to its blobs).
-fn inside(name: &str) -> Result<&Path> {
+fn inside<'a>(index: &Path, name: &'a str) -> Result<&'a Path> {
     let path = Path::new(name);
     let normal = |c: Component| matches!(c, Component::Normal(_) | Component::CurDir);
     if path.components().all(normal) && path.components().any(|c| c != Component::CurDir) {
         return Ok(path);
     }
     Err(Error::checkpoint(format!(
-        "{INDEX}: shard {name:?} is not a relative path inside the checkpoint directory \
-         (absolute paths and .. are refused)"
+        "{}: shard {name:?} is not a relative path inside the checkpoint directory \
+         (absolute paths and .. are refused)",
+        index.display()
     )))
 }
 
