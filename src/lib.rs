@@ -5,7 +5,7 @@
 //! (token log-probs, by chunks of the output head for native models), [`anchor`],
 //! [`optimizer`], [`schedule`], [`trainer`] (the step), [`sample`] (batched, KV-cached
 //! generation), [`checkpoint`], [`config`], [`distributed`] (data-parallel training),
-//! [`tokenizer`] (text and chat templates), [`dlpack`], [`runtime`] (thread count), [`error`], [`echo`] (inputs in messages, capped), [`version`], and `ffi` (the
+//! [`tokenizer`] (text and chat templates), [`dlpack`], [`runtime`] (thread count), [`regular_file`] (bounded reads of regular files only), [`error`], [`echo`] (inputs in messages, capped), [`version`], and `ffi` (the
 //! C ABI, include/adpo.h: the outer layer, which nothing else imports).
 
 pub mod anchor;
@@ -22,6 +22,7 @@ pub mod logprob;
 pub mod model;
 pub mod objective;
 pub mod optimizer;
+pub mod regular_file;
 mod rng;
 pub mod runtime;
 pub mod sample;

@@ -473,10 +473,16 @@ fn edit_weights(dir: &Path, file: &str, edit: impl FnOnce(&mut Vec<(String, Tens
     Tensor::write_safetensors(&tensors, &path).unwrap();
 }
 
+/// The load's error, from a thread given a minute: a load that blocks (on a FIFO) fails the
+/// test instead of hanging it.
 fn refusal(dir: &Path) -> adpo::Error {
-    match Model::load(dir, device()) {
-        Ok(_) => panic!("{} loaded", dir.display()),
-        Err(e) => e,
+    let (send, receive) = std::sync::mpsc::channel();
+    let path = dir.to_path_buf();
+    std::thread::spawn(move || send.send(Model::load(&path, device()).err()));
+    match receive.recv_timeout(std::time::Duration::from_secs(60)) {
+        Ok(Some(e)) => e,
+        Ok(None) => panic!("{} loaded", dir.display()),
+        Err(_) => panic!("{}: the load still blocks after 60 s", dir.display()),
     }
 }
 
@@ -702,6 +708,162 @@ fn missing_and_truncated_shards_are_refused_naming_the_file() {
     let tmp = broken_copy("llama_gqa2_untied_v97");
     std::fs::remove_file(tmp.path().join("config.json")).unwrap();
     assert_refused(tmp.path(), Status::Model, &["config.json"]);
+}
+
+// ------------------------------------------------------------ hostile checkpoint directories
+
+fn mkfifo(path: &Path) {
+    let _ = std::fs::remove_file(path);
+    let status = std::process::Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .unwrap();
+    assert!(status.success(), "mkfifo {}", path.display());
+}
+
+#[test]
+fn fifos_in_a_checkpoint_are_refused_without_blocking() {
+    for (file, status) in [
+        ("config.json", Status::Model),
+        ("generation_config.json", Status::Model),
+        ("model.safetensors", Status::Checkpoint),
+    ] {
+        let tmp = broken_copy("llama_gqa2_untied_v97");
+        mkfifo(&tmp.path().join(file));
+        assert_refused(tmp.path(), status, &[file, "not a regular file"]);
+    }
+    let tmp = broken_copy("llama_sharded");
+    let victim = &index_shards(tmp.path())[1];
+    mkfifo(&tmp.path().join(victim));
+    assert_refused(
+        tmp.path(),
+        Status::Checkpoint,
+        &[victim, "not a regular file"],
+    );
+}
+
+#[test]
+fn json_files_are_read_up_to_a_bound() {
+    for (file, device) in [
+        ("config.json", "/dev/zero"),
+        ("generation_config.json", "/dev/urandom"),
+        ("model.safetensors.index.json", "/dev/zero"),
+    ] {
+        let tmp = broken_copy("llama_sharded");
+        std::fs::remove_file(tmp.path().join(file)).unwrap();
+        std::os::unix::fs::symlink(device, tmp.path().join(file)).unwrap();
+        let e = refusal(tmp.path());
+        assert!(
+            e.message.contains(file) && e.message.contains("not a regular file"),
+            "{e}"
+        );
+    }
+    // A regular config.json past 4 MiB (valid JSON, padded) is refused by size, unparsed.
+    let tmp = broken_copy("llama_gqa2_untied_v97");
+    let path = tmp.path().join("config.json");
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text.push_str(&" ".repeat(4 << 20));
+    std::fs::write(&path, text).unwrap();
+    assert_refused(tmp.path(), Status::Model, &["config.json", "limit"]);
+}
+
+#[test]
+fn layer_counts_beyond_the_checkpoints_tensors_are_refused_before_allocating() {
+    // The fixture holds 21 tensors: 22 layers cannot be there.
+    for layers in [22i64, 10_000_000, 1 << 62] {
+        let tmp = broken_copy("llama_gqa2_untied_v97");
+        edit_config(tmp.path(), |c| {
+            c.insert("num_hidden_layers".into(), layers.into());
+        });
+        let words = ["num_hidden_layers", "tensors"];
+        assert_refused(tmp.path(), Status::Model, &words);
+    }
+}
+
+#[test]
+fn head_counts_whose_widths_overflow_are_refused_naming_the_field() {
+    // (2^62 + 4) x 8 wraps to 32 = hidden_size: without checked arithmetic this loads.
+    let tmp = broken_copy("llama_gqa2_untied_v97");
+    edit_config(tmp.path(), |c| {
+        c.insert("num_attention_heads".into(), ((1i64 << 62) + 4).into());
+    });
+    assert_refused(
+        tmp.path(),
+        Status::Model,
+        &[
+            "num_attention_heads = 4611686018427387908",
+            "head_dim = 8",
+            "overflows",
+        ],
+    );
+}
+
+#[test]
+fn shard_names_outside_the_directory_are_refused_alike_whether_they_exist_or_not() {
+    let outside = tempfile::tempdir().unwrap();
+    let src = fixture("llama_sharded");
+    let shard = index_shards(&src)[0].clone();
+    std::fs::copy(src.join(&shard), outside.path().join(&shard)).unwrap();
+    let there = outside.path().join(&shard).to_string_lossy().into_owned();
+    let up = format!("../{}/{shard}", name(outside.path()));
+    let names = [
+        there,
+        up,
+        "/nonexistent/x.safetensors".into(),
+        "../x".into(),
+        "".into(),
+    ];
+    let mut messages = Vec::new();
+    for bad in names {
+        let tmp = broken_copy("llama_sharded");
+        let path = tmp.path().join("model.safetensors.index.json");
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(
+            &path,
+            text.replace(&format!("\"{shard}\""), &format!("{bad:?}")),
+        )
+        .unwrap();
+        let e = refusal(tmp.path());
+        assert_eq!(e.status, Status::Checkpoint, "{e}");
+        let dir = tmp.path().display().to_string();
+        messages.push(
+            e.message
+                .replace(&format!("{bad:?}"), "NAME")
+                .replace(&dir, "DIR"),
+        );
+    }
+    assert!(
+        messages[0].contains("not a relative path inside"),
+        "{}",
+        messages[0]
+    );
+    assert!(messages.iter().all(|m| *m == messages[0]), "{messages:?}");
+}
+
+#[test]
+fn non_finite_weights_are_refused_naming_the_tensor() {
+    for (value, fixture_name) in [
+        (f64::NAN, "llama_gqa2_untied_v97"),
+        (f64::INFINITY, "qwen2_gqa2_tied"),
+    ] {
+        let tmp = broken_copy(fixture_name);
+        edit_weights(tmp.path(), "model.safetensors", |t| {
+            let (_, w) = t
+                .iter()
+                .find(|(n, _)| n == "model.layers.1.mlp.up_proj.weight")
+                .unwrap();
+            let _ = w.view([-1]).narrow(0, 70, 1).fill_(value);
+        });
+        assert_refused(
+            tmp.path(),
+            Status::Checkpoint,
+            &[
+                "model.layers.1.mlp.up_proj.weight",
+                "NaN or Inf",
+                "element 70",
+            ],
+        );
+    }
 }
 
 #[test]

@@ -169,3 +169,22 @@ fn prompts_too_long_for_the_model_and_bad_tokens_are_refused() {
     assert!(e.message.contains("outside the vocabulary"), "{e}");
     assert!(t.sample(&[&[]], 2, &no_eos(3, 1)).is_err());
 }
+
+#[test]
+fn non_finite_logits_are_refused_instead_of_drawing_past_the_vocabulary() {
+    // 97 tokens: the draw's last block is partial, where NaN probabilities used to pick slot 255.
+    let dir = common::fixtures_dir().join("hf/llama_gqa2_untied_v97");
+    let (mut t, model) = trainer(&dir);
+    tch::no_grad(|| {
+        let m = model.lock();
+        let (_, w) = m
+            .params()
+            .iter()
+            .find(|(n, _)| n == "model.norm.weight")
+            .unwrap();
+        let _ = w.narrow(0, 0, 1).fill_(f64::NAN);
+    });
+    let e = t.sample(&[&[1, 2, 3]], 2, &no_eos(4, 1)).err().unwrap();
+    assert_eq!(e.status, Status::NonFinite, "{e}");
+    assert!(e.message.contains("NaN or Inf"), "{e}");
+}

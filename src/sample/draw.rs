@@ -84,7 +84,9 @@ fn inverse_cdf(probs: &Tensor, u: &Tensor) -> Tensor {
     let mass = probs.gather(1, &ids.clamp_max(v - 1), false) * inside.to_kind(kind);
     let local = mass.cumsum(1, kind);
     let rest = (target - before).minimum(&local.narrow(1, BLOCK - 1, 1));
-    let token = block * BLOCK + first_reaching(&local, &rest);
+    // NaN probabilities (non-finite logits) reach nothing and would pick the block's last
+    // slot, past the vocabulary in a partial block: an index error, a device assert on CUDA.
+    let token = (block * BLOCK + first_reaching(&local, &rest)).clamp_max(v - 1);
     token.view([b, 1])
 }
 
@@ -155,6 +157,26 @@ mod tests {
                 if r >= 2 {
                     assert_eq!(got[r], want[r], "V = {v}, row {r}");
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn non_finite_logits_never_draw_past_the_vocabulary() {
+        for v in [5, 300, 513] {
+            let logits = Tensor::zeros([4, v], (Kind::Float, Device::Cpu));
+            let _ = logits.get(0).fill_(f64::NAN);
+            let _ = logits.get(1).narrow(0, 0, 1).fill_(f64::INFINITY);
+            let _ = logits.get(2).narrow(0, v - 1, 1).fill_(f64::NAN);
+            let u = Tensor::from_slice(&[0.5f32, 0.999, 1.0, 0.0]);
+            let top_k = SamplingConfig {
+                top_k: 3,
+                ..SamplingConfig::default()
+            };
+            for cfg in [SamplingConfig::default(), top_k] {
+                let (token, _) = draw(&logits, &cfg, &u);
+                let got = Vec::<i64>::try_from(token).unwrap();
+                assert!(got.iter().all(|&t| (0..v).contains(&t)), "V = {v}: {got:?}");
             }
         }
     }

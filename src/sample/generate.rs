@@ -2,12 +2,14 @@
 //! log-prob, end rows at an EOS id or a stop sequence. The host learns how many rows are
 //! still live every few steps (one small copy); when a quarter of the rows have ended they
 //! are dropped from the batch (and from the cache), so finished rows stop costing compute.
-//! The loop ends when every row has ended or `max_new_tokens` is reached.
+//! The loop ends when every row has ended or `max_new_tokens` is reached. A row whose
+//! recorded log-prob is NaN or Inf (non-finite logits) fails the whole call with
+//! ADPO_STATUS_NON_FINITE.
 
 use super::config::SamplingConfig;
 use super::draw::draw;
 use super::stepper::Stepper;
-use crate::error::Result;
+use crate::error::{Error, Result, Status};
 use tch::{Device, Kind, Tensor};
 
 /// How often (in steps) the host checks how many rows are live.
@@ -149,6 +151,16 @@ fn to_host(tokens: &Tensor, logps: &Tensor, lengths: &Tensor) -> Result<Generate
     let (mut out_tokens, mut out_logp) = (Vec::new(), Vec::new());
     for (r, &len) in lengths.iter().enumerate() {
         let row = r * width..r * width + len as usize;
+        // The drawn tokens of NaN or Inf logits are noise: refused rather than returned.
+        if flat_logp[row.clone()].iter().any(|x| !x.is_finite()) {
+            return Err(Error::new(
+                Status::NonFinite,
+                format!(
+                    "sampling: row {r}'s logits contain NaN or Inf (the model's weights or \
+                     activations are not finite)"
+                ),
+            ));
+        }
         out_tokens.push(flat_tokens[row.clone()].to_vec());
         out_logp.push(flat_logp[row].to_vec());
     }

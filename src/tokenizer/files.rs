@@ -5,13 +5,15 @@
 //!
 //! Errors: a missing path or tokenizer.json is `Status::Io`; a file that is there but cannot be
 //! parsed, or holds a value of the wrong type, is `Status::Model` (it is part of the checkpoint).
-//! Every message names the file.
+//! Every message names the file. Files are read through src/regular_file.rs: regular files
+//! only, each JSON file or template at most `regular_file::JSON_LIMIT` bytes.
 //!
 //! `add_bos_token` / `add_eos_token` are not read: with a tokenizer.json, transformers 5 drops
 //! them (`PreTrainedTokenizerBase._from_pretrained` pops both) and the post-processor stored in
 //! tokenizer.json alone decides which special tokens `encode` adds.
 
 use crate::error::{Error, Result, Status};
+use crate::regular_file;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -103,7 +105,8 @@ pub fn read(path: &Path) -> Result<CheckpointText> {
     // chat_template.jinja (transformers >= 4.43 saves the template there) wins over the config.
     let jinja = dir.join("chat_template.jinja");
     if jinja.is_file() {
-        let source = std::fs::read_to_string(&jinja).map_err(|e| io_error(&jinja, e))?;
+        let source = regular_file::read_text(&jinja, regular_file::JSON_LIMIT)
+            .map_err(|e| io_error(&jinja, e))?;
         text.templates.default = Some(source);
     }
     text.eos_ids = eos_ids(&dir)?;
@@ -123,7 +126,8 @@ fn read_json(path: &Path) -> Result<Option<(PathBuf, serde_json::Map<String, Val
     if !path.is_file() {
         return Ok(None);
     }
-    let bytes = std::fs::read(path).map_err(|e| io_error(path, e))?;
+    let bytes =
+        regular_file::read(path, regular_file::JSON_LIMIT).map_err(|e| io_error(path, e))?;
     match serde_json::from_slice(&bytes) {
         Ok(Value::Object(map)) => Ok(Some((path.to_path_buf(), map))),
         Ok(_) => Err(model_error(path, "expected a JSON object")),

@@ -13,10 +13,15 @@ pub use chat_template::ChatOptions;
 pub use files::{SpecialToken, SPECIAL_TOKEN_NAMES};
 
 use crate::error::{Error, Result, Status};
+use crate::regular_file;
 use chat_template::ChatTemplates;
 use std::collections::BTreeMap;
 use std::path::Path;
 use tokenizers::AddedToken;
+
+/// The bound on tokenizer.json (src/regular_file.rs): the largest hub tokenizers, with
+/// vocabularies of a few hundred thousand entries, are tens of MB.
+const TOKENIZER_JSON_LIMIT: u64 = 512 << 20;
 
 /// A loaded tokenizer with its special tokens, chat templates and EOS ids.
 pub struct Tokenizer {
@@ -37,7 +42,7 @@ impl Tokenizer {
     pub fn load(path: &Path) -> Result<Tokenizer> {
         let text = files::read(path)?;
         let file = &text.tokenizer_json;
-        let bytes = std::fs::read(file)
+        let bytes = regular_file::read(file, TOKENIZER_JSON_LIMIT)
             .map_err(|e| Error::io(format!("cannot read {}: {e}", file.display())))?;
         let mut inner = tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| {
             Error::new(

@@ -516,6 +516,56 @@ static adpo_status c_hf_big_header(adpo_error **e) {
     write_bytes(path, bytes, sizeof bytes);
     return model_load(dir, NULL, e);
 }
+/* The fixture's weights under a config.json of its shapes with these heads and layers. */
+static const char *hf_sized(const char *heads, const char *layers) {
+    static char config[512];
+    snprintf(config, sizeof config,
+             "{\"model_type\": \"llama\", \"vocab_size\": 97, \"hidden_size\": 32, \"intermediate_size\": 64, "
+             "\"num_attention_heads\": %s, \"num_key_value_heads\": 2, \"head_dim\": 8, "
+             "\"num_hidden_layers\": %s, \"max_position_embeddings\": 128}",
+             heads, layers);
+    return hf_dir(config, 1L << 22);
+}
+static adpo_status c_hf_sized(adpo_error **e) { return model_load(hf_sized("4", "2"), NULL, e); }
+static adpo_status c_hf_layers_1e7(adpo_error **e) { return model_load(hf_sized("4", "10000000"), NULL, e); }
+static adpo_status c_hf_heads_wrap(adpo_error **e) { return model_load(hf_sized("4611686018427387908", "2"), NULL, e); }
+/* The fixture with `file` replaced by a FIFO without a writer (target NULL) or a link to `target`. */
+static const char *hf_replaced(const char *file, const char *target) {
+    const char *dir = hf_dir(NULL, 1L << 22);
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s", dir, file);
+    unlink(path);
+    if (target ? symlink(target, path) : mkfifo(path, 0600)) setup_failed(path, 0, NULL);
+    return dir;
+}
+static adpo_status c_hf_fifo_config(adpo_error **e) { return model_load(hf_replaced("config.json", NULL), NULL, e); }
+static adpo_status c_hf_fifo_generation(adpo_error **e) {
+    return model_load(hf_replaced("generation_config.json", NULL), NULL, e);
+}
+static adpo_status c_hf_fifo_weights(adpo_error **e) { return model_load(hf_replaced("model.safetensors", NULL), NULL, e); }
+static adpo_status c_hf_zero_config(adpo_error **e) { return model_load(hf_replaced("config.json", "/dev/zero"), NULL, e); }
+static adpo_status c_hf_urandom_generation(adpo_error **e) {
+    return model_load(hf_replaced("generation_config.json", "/dev/urandom"), NULL, e);
+}
+static adpo_status c_hf_index_escape(adpo_error **e) {
+    const char *dir = hf_dir(NULL, 1L << 22);
+    char path[4096];
+    snprintf(path, sizeof path, "%s/model.safetensors.index.json", dir);
+    const char *index = "{\"weight_map\": {\"model.embed_tokens.weight\": \"../../../../../../etc/passwd\", "
+                        "\"lm_head.weight\": \"/etc/passwd\"}}";
+    write_bytes(path, index, strlen(index));
+    return model_load(dir, NULL, e);
+}
+static adpo_status c_hf_nan_weight(adpo_error **e) {
+    /* The last float32 of the data section (some tensor's last element) made NaN. */
+    const char *dir = hf_dir(NULL, 1L << 22);
+    char path[4096];
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    static const unsigned char nan[4] = {0xff, 0xff, 0xff, 0xff};
+    FILE *f = fopen(path, "r+b");
+    if (!f || fseek(f, -4, SEEK_END) != 0 || fwrite(nan, 1, 4, f) != 4 || fclose(f) != 0) setup_failed(path, 0, NULL);
+    return model_load(dir, NULL, e);
+}
 static adpo_status c_opts_bad_json(adpo_error **e) { return model_load_opts(fixture("tiny_transformer.pt"), "{,}", e); }
 static adpo_status c_opts_dtype(adpo_error **e) { return model_load_opts(fixture("tiny_transformer.pt"), "{\"dtype\": \"int8\"}", e); }
 static adpo_status c_opts_ts_dtype(adpo_error **e) {
@@ -1414,6 +1464,16 @@ static const fuzz_case CASES[] = {
     {"adpo_model_load", "HF: 10^12 hidden size", E, c_hf_huge_dims},
     {"adpo_model_load", "HF: negative and zero sizes", E, c_hf_negative_dims},
     {"adpo_model_load", "HF: safetensors header of 2^62 bytes", CKP, c_hf_big_header},
+    {"adpo_model_load", "HF: the fixture's sizes restated", OK, c_hf_sized},
+    {"adpo_model_load", "HF: 10^7 layers on 21 tensors", MDL, c_hf_layers_1e7},
+    {"adpo_model_load", "HF: 2^62 + 4 heads (x 8 wraps to 32)", MDL, c_hf_heads_wrap},
+    {"adpo_model_load", "HF: config.json a FIFO", MDL, c_hf_fifo_config},
+    {"adpo_model_load", "HF: generation_config.json a FIFO", MDL, c_hf_fifo_generation},
+    {"adpo_model_load", "HF: model.safetensors a FIFO", CKP, c_hf_fifo_weights},
+    {"adpo_model_load", "HF: config.json linked to /dev/zero", MDL, c_hf_zero_config},
+    {"adpo_model_load", "HF: generation_config.json linked to /dev/urandom", MDL, c_hf_urandom_generation},
+    {"adpo_model_load", "HF: shard index naming ../ and / paths", CKP, c_hf_index_escape},
+    {"adpo_model_load", "HF: a NaN weight", CKP, c_hf_nan_weight},
     {"adpo_model_load_options", "malformed JSON", CFG, c_opts_bad_json},
     {"adpo_model_load_options", "dtype int8", CFG, c_opts_dtype},
     {"adpo_model_load_options", "TorchScript with a dtype", UNS, c_opts_ts_dtype},

@@ -7,6 +7,7 @@
 use super::arch::{self, Architecture, Bias, SlidingWindow};
 use super::rope::{Rope, RopeScaling};
 use crate::error::{Error, Result};
+use crate::regular_file;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use std::path::Path;
@@ -105,6 +106,22 @@ fn positive_f64(v: f64, key: &str) -> Result<f64> {
     }
 }
 
+/// The attention widths heads x head_dim, which layout.rs computes, must fit in i64: a product
+/// that wrapped would be a small, plausible width (2^62 + 4 heads of 12 give 48).
+fn check_widths(num_heads: i64, num_kv_heads: i64, head_dim: i64) -> Result<()> {
+    for (heads, key) in [
+        (num_heads, "num_attention_heads"),
+        (num_kv_heads, "num_key_value_heads"),
+    ] {
+        if heads.checked_mul(head_dim).is_none() {
+            return Err(Error::model(format!(
+                "config.json: {key} = {heads} times head_dim = {head_dim} overflows a 64-bit size"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// A `Bias::Flag` key: a boolean, false when absent or null.
 fn flag(json: &Map<String, Value>, key: &str) -> Result<bool> {
     match json.get(key) {
@@ -141,7 +158,7 @@ impl Config {
     /// Reads and validates `dir/config.json`; the config and the file's text.
     pub fn read(dir: &Path) -> Result<(Config, String)> {
         let path = dir.join("config.json");
-        let text = std::fs::read_to_string(&path).map_err(|e| {
+        let text = regular_file::read_text(&path, regular_file::JSON_LIMIT).map_err(|e| {
             Error::model(format!(
                 "{} is not a Hugging Face checkpoint directory: cannot read {}: {e}",
                 dir.display(),
@@ -217,6 +234,7 @@ impl RawConfig {
             )));
         }
         let head_dim = self.head_dim(arch, hidden_size, num_heads)?;
+        check_widths(num_heads, num_kv_heads, head_dim)?;
         let max_position_embeddings =
             required(self.max_position_embeddings, "max_position_embeddings")?;
         let dtype = match (&self.dtype, &self.torch_dtype) {

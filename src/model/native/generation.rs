@@ -1,7 +1,9 @@
 //! The end-of-sequence ids a checkpoint generates with: generation_config.json's `eos_token_id`
-//! (an id or a list of ids), else config.json's; none when neither names one.
+//! (an id or a list of ids), else config.json's; none when neither names one. A
+//! generation_config.json that is there but not a regular file, or too large, is an error.
 
 use crate::error::{Error, Result, Status};
+use crate::regular_file;
 use serde_json::Value;
 use std::path::Path;
 
@@ -27,7 +29,9 @@ fn ids(value: Option<&Value>, file: &str) -> Result<Option<Vec<i64>>> {
 /// EOS ids of the checkpoint in `dir` whose config.json text is `config_json`.
 pub fn eos_ids(dir: &Path, config_json: &str) -> Result<Vec<i64>> {
     let path = dir.join("generation_config.json");
-    if let Ok(text) = std::fs::read_to_string(&path) {
+    if path.exists() {
+        let text = regular_file::read_text(&path, regular_file::JSON_LIMIT)
+            .map_err(|e| Error::model(format!("cannot read {}: {e}", path.display())))?;
         let json: Value = serde_json::from_str(&text)
             .map_err(|e| Error::model(format!("{}: {e}", path.display())))?;
         if let Some(found) = ids(json.get("eos_token_id"), &path.display().to_string())? {

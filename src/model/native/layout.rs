@@ -3,6 +3,8 @@
 //! what the decoder is built from (decoder.rs) and what `named_parameters` lists.
 
 use super::config::Config;
+use crate::error::{Error, Result};
+use std::path::Path;
 
 /// The projections of one layer, in transformers' module order.
 pub const ATTENTION_PROJECTIONS: [&str; 4] = ["q_proj", "k_proj", "v_proj", "o_proj"];
@@ -67,6 +69,21 @@ pub fn parameters(c: &Config) -> Vec<(String, Vec<i64>)> {
         out.push(("lm_head.weight".to_string(), vec![c.vocab_size, h]));
     }
     out
+}
+
+/// Refuses a config.json with more layers than the checkpoint holds tensors (`held`; each
+/// layer has several of its own) before anything proportional to num_hidden_layers is built: a
+/// 1 KB config could ask for 10^7 layers. Below that bound, each missing tensor is named when
+/// the weights are read.
+pub fn check_layers(c: &Config, dir: &Path, held: usize) -> Result<()> {
+    if usize::try_from(c.num_layers).is_ok_and(|n| n <= held) {
+        return Ok(());
+    }
+    Err(Error::model(format!(
+        "{}: num_hidden_layers = {} is more than the {held} tensors the checkpoint holds",
+        dir.join("config.json").display(),
+        c.num_layers
+    )))
 }
 
 /// Names a checkpoint may hold that the model does not use: the output head when it is tied

@@ -64,6 +64,7 @@ impl NativeLm {
     /// ADPO_STATUS_CHECKPOINT errors.
     pub fn load(dir: &Path, kind: Option<Kind>, device: Device) -> Result<NativeLm> {
         let (config, config_json) = Config::read(dir)?;
+        layout::check_layers(&config, dir, weights::count(dir)?)?;
         let shapes = layout::parameters(&config);
         let tolerated = |name: &str| layout::tolerated(&config, name);
         let expected = weights::Expected {

@@ -10,6 +10,7 @@ use super::weights::{self, Expected};
 use crate::checkpoint::publish_dir;
 use crate::error::{Error, Result};
 use crate::model::options::{LoraInit, LoraOptions};
+use crate::regular_file;
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 use std::path::Path;
@@ -106,7 +107,7 @@ fn is_off(v: &Value) -> bool {
 /// The LoRA options of the adapter directory `dir` (its adapter_config.json), validated.
 pub fn read_config(dir: &Path) -> Result<LoraOptions> {
     let path = dir.join(CONFIG);
-    let text = std::fs::read_to_string(&path).map_err(|e| {
+    let text = regular_file::read_text(&path, regular_file::JSON_LIMIT).map_err(|e| {
         Error::checkpoint(format!(
             "cannot read {} ({e}): a PEFT adapter directory holds {CONFIG} and {WEIGHTS}",
             path.display()

@@ -7,15 +7,20 @@
 //! shard is an ADPO_STATUS_CHECKPOINT error that names the tensor or the file.
 
 use crate::error::{torch_message, Error, Result};
+use crate::regular_file;
 use memmap2::{Mmap, UncheckedAdvice};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
 pub const SINGLE: &str = "model.safetensors";
 pub const INDEX: &str = "model.safetensors.index.json";
+
+/// The bound on model.safetensors.index.json: one line per tensor, so it grows with the tensor
+/// count; the largest hub indexes (tens of thousands of tensors) are under 10 MB.
+const INDEX_LIMIT: u64 = 64 << 20;
 
 #[derive(Deserialize)]
 struct Index {
@@ -24,14 +29,15 @@ struct Index {
 
 /// The safetensors files of a checkpoint, and for a sharded one the file each tensor is in.
 struct Files {
-    shards: Vec<PathBuf>,
+    /// Each shard's name as the index gives it (the file name when there is no index), and path.
+    shards: Vec<(String, PathBuf)>,
     index: Option<BTreeMap<String, String>>,
 }
 
 fn files(dir: &Path) -> Result<Files> {
     let index_path = dir.join(INDEX);
-    if index_path.is_file() {
-        let text = std::fs::read_to_string(&index_path)
+    if index_path.exists() {
+        let text = regular_file::read_text(&index_path, INDEX_LIMIT)
             .map_err(|e| Error::checkpoint(format!("cannot read {}: {e}", index_path.display())))?;
         let index: Index = serde_json::from_str(&text).map_err(|e| {
             Error::checkpoint(format!(
@@ -40,16 +46,19 @@ fn files(dir: &Path) -> Result<Files> {
             ))
         })?;
         let names: BTreeSet<&String> = index.weight_map.values().collect();
-        let shards = names.into_iter().map(|n| dir.join(n)).collect();
+        let shards = names
+            .into_iter()
+            .map(|n| Ok((n.clone(), dir.join(inside(&index_path, n)?))))
+            .collect::<Result<_>>()?;
         return Ok(Files {
             shards,
             index: Some(index.weight_map),
         });
     }
     let single = dir.join(SINGLE);
-    if single.is_file() {
+    if single.exists() {
         return Ok(Files {
-            shards: vec![single],
+            shards: vec![(SINGLE.to_string(), single)],
             index: None,
         });
     }
@@ -57,6 +66,36 @@ fn files(dir: &Path) -> Result<Files> {
         "{} has neither {SINGLE} nor {INDEX}",
         dir.display()
     )))
+}
+
+/// A shard name of the index, refused unless it is a relative path that stays in the
+/// checkpoint directory (no root, no `..`). Only the text is judged, before any file is
+/// touched, so the message is the same whether an outside file exists or not. Symbolic links
+/// inside the directory are followed like any file of it: the directory's owner placed them
+/// (the Hugging Face cache links every snapshot file to its blobs).
+fn inside<'a>(index: &Path, name: &'a str) -> Result<&'a Path> {
+    let path = Path::new(name);
+    let normal = |c: Component| matches!(c, Component::Normal(_) | Component::CurDir);
+    if path.components().all(normal) && path.components().any(|c| c != Component::CurDir) {
+        return Ok(path);
+    }
+    Err(Error::checkpoint(format!(
+        "{}: shard {name:?} is not a relative path inside the checkpoint directory \
+         (absolute paths and .. are refused)",
+        index.display()
+    )))
+}
+
+/// How many tensors the checkpoint in `dir` holds, from the safetensors headers (no tensor
+/// data is read): what bounds the sizes config.json may ask for.
+pub fn count(dir: &Path) -> Result<usize> {
+    let files = files(dir)?;
+    let mut total = 0usize;
+    for (_, shard) in &files.shards {
+        let bytes = map_shard(shard, files.index.is_some())?;
+        total += parse(shard, &bytes)?.len();
+    }
+    Ok(total)
 }
 
 /// What the model expects: each tensor's shape by checkpoint name, which other names a
@@ -86,8 +125,9 @@ pub fn read_file(
     kind: Option<Kind>,
     device: Device,
 ) -> Result<(HashMap<String, Tensor>, Kind)> {
+    let name = file.file_name().unwrap_or_default().to_string_lossy();
     let files = Files {
-        shards: vec![file.to_path_buf()],
+        shards: vec![(name.into_owned(), file.to_path_buf())],
         index: None,
     };
     read_files(file, files, expected, kind, device)
@@ -107,16 +147,11 @@ fn read_files(
         .collect();
     let mut out = HashMap::new();
     let mut kind = kind;
-    for shard in &files.shards {
+    for (shard_name, shard) in &files.shards {
         let bytes = map_shard(shard, files.index.is_some())?;
-        let st = SafeTensors::deserialize(&bytes).map_err(|e| {
-            Error::checkpoint(format!(
-                "{} is truncated or not a safetensors file ({e})",
-                shard.display()
-            ))
-        })?;
+        let st = parse(shard, &bytes)?;
         if let Some(index) = &files.index {
-            check_index(index, shard, &st)?;
+            check_index(index, (shard_name, shard), &st)?;
         }
         for (name, view) in st.tensors() {
             let Some(shape) = shapes.get(name.as_str()) else {
@@ -165,12 +200,22 @@ fn map_shard(shard: &Path, sharded: bool) -> Result<Mmap> {
             shard.display().to_string()
         }
     };
-    let file = std::fs::File::open(shard)
+    let file = regular_file::open(shard)
         .map_err(|e| Error::checkpoint(format!("cannot read {}: {e}", what())))?;
     // SAFETY: the mapping is read-only and private; as with every memory-mapped checkpoint
     // reader (safetensors' own, candle's), the file must not be truncated while it loads.
     unsafe { Mmap::map(&file) }
         .map_err(|e| Error::checkpoint(format!("cannot map {}: {e}", what())))
+}
+
+/// The safetensors header of a mapped shard (names, shapes, dtypes; checked against the size).
+fn parse<'a>(shard: &Path, bytes: &'a Mmap) -> Result<SafeTensors<'a>> {
+    SafeTensors::deserialize(bytes).map_err(|e| {
+        Error::checkpoint(format!(
+            "{} is truncated or not a safetensors file ({e})",
+            shard.display()
+        ))
+    })
 }
 
 /// Drops the pages of `data` (a slice of `map`, already copied into a tensor) from memory: the
@@ -183,8 +228,11 @@ fn release(map: &Mmap, data: &[u8]) {
 }
 
 /// Every tensor the index places in this shard must be in it.
-fn check_index(index: &BTreeMap<String, String>, shard: &Path, st: &SafeTensors) -> Result<()> {
-    let file = shard.file_name().and_then(|f| f.to_str()).unwrap_or("");
+fn check_index(
+    index: &BTreeMap<String, String>,
+    (file, shard): (&str, &Path),
+    st: &SafeTensors,
+) -> Result<()> {
     let names: BTreeSet<&String> = st.names().into_iter().collect();
     for (name, _) in index.iter().filter(|(_, f)| f.as_str() == file) {
         if !names.contains(name) {
@@ -208,6 +256,16 @@ fn stored_kind(name: &str, shard: &Path, dtype: Dtype) -> Result<Kind> {
             shard.display()
         ))),
     }
+}
+
+/// The index of the first NaN or Inf in the flat `piece`, if any. A checkpoint with them loads
+/// without a word otherwise, and every log-prob and draw after it is NaN.
+fn first_non_finite(piece: &Tensor) -> std::result::Result<Option<i64>, tch::TchError> {
+    let bad = piece.f_isfinite()?.f_logical_not()?;
+    if bad.f_any()?.f_int64_value(&[])? == 0 {
+        return Ok(None);
+    }
+    Ok(Some(bad.f_nonzero()?.f_int64_value(&[0, 0])?))
 }
 
 /// Bytes copied out of the mapping between page releases: a 622 MB embedding is not resident
@@ -248,6 +306,13 @@ fn convert(
         let bytes = &data[start..data.len().min(start + COPY_BYTES)];
         let count = (bytes.len() / elem) as i64;
         let piece = Tensor::f_from_data_size(bytes, &[count], from).map_err(torch_error)?;
+        if let Some(i) = first_non_finite(&piece).map_err(torch_error)? {
+            return Err(Error::checkpoint(format!(
+                "{}: tensor {name} holds NaN or Inf (element {} of {shape:?}, flattened)",
+                shard.display(),
+                (start / elem) as i64 + i
+            )));
+        }
         tch::no_grad(|| flat.narrow(0, (start / elem) as i64, count).f_copy_(&piece))
             .map_err(torch_error)?;
         release(map, bytes);
