@@ -301,6 +301,43 @@ fn an_adapter_for_another_base_is_refused_naming_the_tensor() {
     )
     .unwrap();
     refused(&fixture(BASE), &on, Status::Unsupported, &["use_dora"]);
+    // What PEFT 0.21 writes for adapters whose meaning adpo does not implement, and a key a
+    // later PEFT might add: refused by name when on, accepted when off.
+    let plain: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let with = |key: &str, value: serde_json::Value| {
+        let mut c = plain.clone();
+        c[key] = value;
+        std::fs::write(&config, c.to_string()).unwrap();
+    };
+    for (key, value) in [
+        ("init_lora_weights", serde_json::json!("pissa")),
+        ("init_lora_weights", serde_json::json!("olora")),
+        ("loftq_config", serde_json::json!({"loftq_bits": 4})),
+        ("use_bdlora", serde_json::json!(true)),
+        ("arrow_config", serde_json::json!({"top_k": 3})),
+        ("kasa_config", serde_json::json!({"a": 1})),
+        ("velora_config", serde_json::json!({"a": 1})),
+        ("monteclora_config", serde_json::json!({"a": 1})),
+        ("a_future_peft_feature", serde_json::json!(1)),
+    ] {
+        with(key, value.clone());
+        refused(
+            &fixture(BASE),
+            &on,
+            Status::Unsupported,
+            &[key, &value.to_string()],
+        );
+    }
+    for (key, value) in [
+        ("init_lora_weights", serde_json::json!("gaussian")),
+        ("init_lora_weights", serde_json::json!(false)),
+        ("a_future_peft_feature", serde_json::json!(null)),
+        ("loftq_config", serde_json::json!({})),
+        ("peft_version", serde_json::json!("0.99.0")),
+    ] {
+        with(key, value);
+        assert!(load(&fixture(BASE), &on).is_ok(), "{key} refused");
+    }
 }
 
 /// The adapter directory loads back to the same adapters and logits; the merged save loads as

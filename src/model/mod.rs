@@ -26,9 +26,9 @@ use crate::error::{Error, Result};
 pub use device::parse_device;
 use masters::Masters;
 pub use native::NativeLm;
-pub use options::{Dtype, LoadOptions, LoraInit, LoraOptions};
 #[cfg(test)]
 pub(crate) use options::LoadConfig;
+pub use options::{Dtype, LoadOptions, LoraInit, LoraOptions};
 use parking_lot::{Mutex, MutexGuard};
 use std::path::Path;
 use std::sync::Arc;

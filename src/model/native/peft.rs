@@ -76,23 +76,50 @@ fn config_json(lora: &LoraOptions, base: &Path) -> Value {
     })
 }
 
-/// Keys that change what the adapters compute; adpo honours them only when off.
-const MUST_BE_OFF: [&str; 14] = [
-    "use_dora",
-    "use_rslora",
-    "lora_bias",
-    "fan_in_fan_out",
-    "rank_pattern",
-    "alpha_pattern",
-    "modules_to_save",
-    "layers_to_transform",
-    "exclude_modules",
-    "layer_replication",
-    "trainable_token_indices",
-    "target_parameters",
-    "use_qalora",
-    "alora_invocation_tokens",
+/// The adapter_config.json keys that may be "on": what adpo reads (r, lora_alpha, lora_dropout,
+/// target_modules, bias "none", init_lora_weights of a plain init) and what changes nothing it
+/// computes (descriptions, versions, and settings that only matter with a feature that must be
+/// off). Every other key must be off (null, false, {}, []): an allow-list, so a PEFT feature
+/// adpo does not implement (DoRA, rsLoRA, PiSSA's residual base, LoftQ, patterns, ...) is
+/// refused by name, also one added in a later PEFT release.
+const UNDERSTOOD: [&str; 18] = [
+    "peft_type",
+    "task_type",
+    "base_model_name_or_path",
+    "revision",
+    "inference_mode",
+    "auto_mapping",
+    "peft_version",
+    "megatron_config",
+    "megatron_core",
+    "layers_pattern",
+    "qalora_group_size",
+    "runtime_config",
+    "r",
+    "lora_alpha",
+    "lora_dropout",
+    "target_modules",
+    "bias",
+    "init_lora_weights",
 ];
+
+/// init_lora_weights values that only chose how A and B started: a loaded adapter computes
+/// W x + s B A x whatever they were. PiSSA, OLoRA, CorDA and LoftQ also rewrite the base at
+/// save time, so PEFT reloads them onto a residual base that adpo does not build.
+fn plain_init(v: &Value) -> bool {
+    matches!(v, Value::Bool(_)) || v.as_str() == Some("gaussian")
+}
+
+/// The first key of `json` whose meaning adpo does not implement, with its value.
+fn unimplemented(json: &Map<String, Value>) -> Option<(&String, &Value)> {
+    let mut keys: Vec<_> = json.iter().collect();
+    keys.sort_by(|a, b| a.0.cmp(b.0));
+    keys.into_iter().find(|(key, v)| match key.as_str() {
+        "bias" => !is_off(v) && v.as_str() != Some("none"),
+        "init_lora_weights" => !plain_init(v),
+        k => !UNDERSTOOD.contains(&k) && !is_off(v),
+    })
+}
 
 /// null, false, {} and [] are "off".
 fn is_off(v: &Value) -> bool {
@@ -127,16 +154,8 @@ pub fn read_config(dir: &Path) -> Result<LoraOptions> {
         Some(Value::String(t)) if t == "LORA" => {}
         Some(v) => return refuse("peft_type", v),
     }
-    for key in MUST_BE_OFF {
-        if let Some(v) = json.get(key).filter(|v| !is_off(v)) {
-            return refuse(key, v);
-        }
-    }
-    if let Some(v) = json
-        .get("bias")
-        .filter(|v| !is_off(v) && v.as_str() != Some("none"))
-    {
-        return refuse("bias", v);
+    if let Some((key, v)) = unimplemented(&json) {
+        return refuse(key, v);
     }
     let targets = match json.get("target_modules") {
         Some(Value::Array(entries)) => entries
