@@ -14,7 +14,7 @@ use std::path::Path;
 /// The bound on a JSON file of a checkpoint (config.json, generation_config.json,
 /// adapter_config.json, tokenizer_config.json): hub configs are a few KB, and a chat template
 /// some tens of KB.
-pub const JSON_LIMIT: u64 = 4 << 20;
+pub(crate) const JSON_LIMIT: u64 = 4 << 20;
 
 fn not_regular() -> Error {
     Error::new(
