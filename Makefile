@@ -79,7 +79,11 @@ demo: $(CBUILD)/examples/text_rl fixtures
 test: test-rust test-header test-c test-readme test-fuzz test-python test-lower-isa test-install test-cpp test-go test-julia test-bandit test-rl test-mpi
 	@echo "make test: all suites passed"
 
+# Which CPU kernels libtorch runs here (the parity suites' logs say which ISA they used).
+KERNELS = $(PY) -c 'import torch; print("libtorch CPU kernels:", torch.backends.cpu.get_cpu_capability())'
+
 test-rust: setup fixtures
+	@$(KERNELS)
 	ADPO_FIXTURES=$(FIXTURES) $(CARGO) test --locked $(CARGO_FEATURES) --release
 
 # The committed header must be what cbindgen generates (the Rust test `header` checks drift);
@@ -124,6 +128,7 @@ test-fuzz: $(CBUILD)/fuzz/fuzz_abi fixtures
 	ADPO_FIXTURES=$(FIXTURES) $< $(FUZZ_CASES) $(FUZZ_SEED)
 
 test-python: lib
+	@$(KERNELS)
 	ADPO_LIB=$(LIB) $(PY) -m pytest -q tests/python
 
 # The Rust suite (its native-model tests compare with transformers' stored outputs) and the
