@@ -4,9 +4,13 @@
 //! sized by RAYON_NUM_THREADS when it first starts.
 
 use crate::error::{Error, Result};
+use std::sync::atomic::{AtomicI32, Ordering};
 
 /// The most threads accepted (more than any machine adpo runs on has cores).
 const MAX_THREADS: i32 = 4096;
+
+/// The count the host asked for; 0 until it asks (libtorch's default then).
+static REQUESTED: AtomicI32 = AtomicI32::new(0);
 
 /// Sets libtorch's intra-op thread count for the whole process (every model and trainer).
 pub fn set_num_threads(n: i32) -> Result<()> {
@@ -15,11 +19,26 @@ pub fn set_num_threads(n: i32) -> Result<()> {
             "the thread count must be in [1, {MAX_THREADS}], got {n}"
         )));
     }
+    REQUESTED.store(n, Ordering::SeqCst);
     tch::set_num_threads(n);
     Ok(())
 }
 
-/// libtorch's intra-op thread count.
+/// libtorch's intra-op thread count: the requested one, once set.
 pub fn num_threads() -> i32 {
-    tch::get_num_threads()
+    match REQUESTED.load(Ordering::SeqCst) {
+        0 => tch::get_num_threads(),
+        n => n,
+    }
+}
+
+/// Applies the requested count to the calling thread. libtorch's count lives in OpenMP's
+/// per-thread setting, and libtorch copies its global only into threads that had not run it
+/// yet: a host thread that ran adpo before the count was set (a Go goroutine's OS thread, a
+/// pool worker) would keep the old count. Every C-ABI call runs this first.
+pub fn apply_to_this_thread() {
+    let n = REQUESTED.load(Ordering::Relaxed);
+    if n > 0 && tch::get_num_threads() != n {
+        tch::set_num_threads(n);
+    }
 }

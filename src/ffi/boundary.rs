@@ -21,6 +21,10 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 
 /// Runs a fallible body; returns its status and reports the error through `err`.
 pub fn call(err: *mut *mut adpo_error, body: impl FnOnce() -> Result<()>) -> Status {
+    let body = || {
+        crate::runtime::apply_to_this_thread();
+        body()
+    };
     match inside_adpo(|| catch_unwind(AssertUnwindSafe(body))) {
         Ok(Ok(())) => Status::Ok,
         Ok(Err(e)) => {
