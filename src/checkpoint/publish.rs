@@ -13,7 +13,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-fn io_error(what: &str, path: &Path, e: io::Error) -> Error {
+pub(super) fn io_error(what: &str, path: &Path, e: io::Error) -> Error {
     Error::io(format!("cannot {what} {}: {e}", path.display()))
 }
 
@@ -31,7 +31,7 @@ fn create_temp(path: &Path) -> Result<(PathBuf, File)> {
 }
 
 /// The directory holding `path` ("." for a bare file name).
-fn parent(path: &Path) -> &Path {
+pub(super) fn parent(path: &Path) -> &Path {
     match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),

@@ -11,7 +11,7 @@
 //! files the caller names (config.json, adapter_config.json), so a typo never wipes a folder
 //! of results.
 
-use super::publish::sync_directory;
+use super::publish::{io_error, parent, sync_directory};
 use super::temp_names;
 use crate::error::{Error, Result};
 use std::ffi::CString;
@@ -19,10 +19,6 @@ use std::fs::File;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-
-fn io_error(what: &str, path: &Path, e: io::Error) -> Error {
-    Error::io(format!("cannot {what} {}: {e}", path.display()))
-}
 
 /// A temporary directory that is removed unless it was moved into place.
 struct TempDir(Option<PathBuf>);
@@ -64,13 +60,6 @@ fn target(dir: &Path) -> Result<PathBuf> {
             "{} does not name a directory to write",
             dir.display()
         ))),
-    }
-}
-
-fn parent(path: &Path) -> &Path {
-    match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
     }
 }
 
