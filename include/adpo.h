@@ -854,6 +854,19 @@ adpo_status adpo_batch_set_old_logp(struct adpo_batch *batch,
                                     struct adpo_error **err);
 
 /**
+ * Copies the sampling-time log-probs into `out`, in the form the batch holds them: per token
+ * (len = n * t, aligned with ids, 0 where the loss mask is 0) for a batch from
+ * adpo_trainer_sample (log-probs of the drawn tokens under the policy at temperature 1 and
+ * without truncation, what the on-policy anchor uses; a row's sum is log π(completion |
+ * prompt)) or one set per token, per sequence (len = n) for one set so. Another len is
+ * ADPO_STATUS_SHAPE_MISMATCH; a batch without them is ADPO_STATUS_INVALID_ARGUMENT.
+ */
+adpo_status adpo_batch_get_old_logp(const struct adpo_batch *batch,
+                                    double *out,
+                                    size_t len,
+                                    struct adpo_error **err);
+
+/**
  * Precomputed anchor log-probs (len n or n * t, as for old_logp): with them no reference
  * forward runs.
  */

@@ -789,6 +789,11 @@ public:
     void loss_mask_into(View<std::uint8_t> out) const {
         detail::call([&](adpo_error **err) { return adpo_batch_get_loss_mask(get(), out.data(), out.size(), err); });
     }
+    /// Copies the sampling-time log-probs into `out` as the batch holds them: per token (length
+    /// n * t, 0 where the loss mask is 0) for a sampled batch, per sequence (length n) if set so.
+    void old_logp_into(View<double> out) const {
+        detail::call([&](adpo_error **err) { return adpo_batch_get_old_logp(get(), out.data(), out.size(), err); });
+    }
     /// Copies the group ids into `out` (length n).
     void group_ids_into(View<std::int64_t> out) const {
         detail::call([&](adpo_error **err) { return adpo_batch_get_group_ids(get(), out.data(), out.size(), err); });

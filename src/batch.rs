@@ -181,6 +181,20 @@ impl Batch {
         Ok(())
     }
 
+    /// The sampling-time log-probs as the batch holds them, float64: per sequence [n] as set,
+    /// or per token [n, t] (sampled, or set so) with 0 where the loss mask is 0.
+    pub fn old_logp_values(&self) -> Result<Tensor> {
+        match &self.old_logp {
+            None => Err(Error::invalid(
+                "the batch has no old_logp: neither sampled nor set",
+            )),
+            Some(SuppliedLogp::Sequence(v)) => Ok(v.to_kind(Kind::Double)),
+            Some(SuppliedLogp::Tokens(v)) => {
+                Ok(v.to_kind(Kind::Double) * self.loss_mask.to_kind(Kind::Double))
+            }
+        }
+    }
+
     pub fn set_anchor_logp(&mut self, values: &[f64]) -> Result<()> {
         self.anchor_logp = Some(self.supplied("anchor_logp", values)?);
         Ok(())

@@ -564,6 +564,15 @@ func TestTrainerSample(t *testing.T) {
 	}
 	ids, _ := b.IDs()
 	lm, _ := b.LossMask()
+	old, err := b.OldLogp()
+	if err != nil || len(old) != n*tt {
+		t.Fatalf("OldLogp = %d values, %v; want %d", len(old), err, n*tt)
+	}
+	for i := range old {
+		if (lm[i] == 0) != (old[i] == 0) || old[i] > 0 {
+			t.Fatalf("old log-prob %d = %v with loss mask %d: want < 0 exactly where the mask is 1", i, old[i], lm[i])
+		}
+	}
 	for r := 0; r < n; r++ {
 		p := prompts[r/k]
 		masked := 0

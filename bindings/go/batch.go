@@ -182,6 +182,15 @@ func (b *Batch) LossMask() ([]uint8, error) {
 	})
 }
 
+// OldLogp returns a copy of the sampling-time log-probs per token (n * t, row-major, 0 where
+// the loss mask is 0), as a batch from Sample holds them: a row's sum is log π(completion |
+// prompt) at temperature 1. A batch whose old log-probs were set per sequence gives an error.
+func (b *Batch) OldLogp() ([]float64, error) {
+	return batchArray(b, perToken, func(p *C.adpo_batch, out []float64, cerr **C.adpo_error) C.adpo_status {
+		return C.adpo_batch_get_old_logp(p, f64Ptr(out), C.size_t(len(out)), cerr)
+	})
+}
+
 // GroupIDs returns a copy of the n group ids.
 func (b *Batch) GroupIDs() ([]int64, error) {
 	return batchArray(b, perRow, func(p *C.adpo_batch, out []int64, cerr **C.adpo_error) C.adpo_status {

@@ -99,6 +99,34 @@ pub extern "C" fn adpo_batch_set_old_logp(
     })
 }
 
+/// Copies the sampling-time log-probs into `out`, in the form the batch holds them: per token
+/// (len = n * t, aligned with ids, 0 where the loss mask is 0) for a batch from
+/// adpo_trainer_sample (log-probs of the drawn tokens under the policy at temperature 1 and
+/// without truncation, what the on-policy anchor uses; a row's sum is log π(completion |
+/// prompt)) or one set per token, per sequence (len = n) for one set so. Another len is
+/// ADPO_STATUS_SHAPE_MISMATCH; a batch without them is ADPO_STATUS_INVALID_ARGUMENT.
+#[no_mangle]
+pub extern "C" fn adpo_batch_get_old_logp(
+    batch: *const adpo_batch,
+    out: *mut f64,
+    len: usize,
+    err: *mut *mut adpo_error,
+) -> Status {
+    call_on(err, batch, "batch", |b| {
+        require_out(out, "out")?;
+        let b = b.inner.lock();
+        let values = b.old_logp_values()?;
+        let held = values.numel();
+        if len != held {
+            let form = if held == b.n { "per sequence: n" } else { "per token: n * t" };
+            return Err(Error::shape(format!(
+                "out has {len} entries; the batch holds old_logp {form} = {held}"
+            )));
+        }
+        copy_tensor(&values, out, len, held, "out")
+    })
+}
+
 /// Precomputed anchor log-probs (len n or n * t, as for old_logp): with them no reference
 /// forward runs.
 #[no_mangle]

@@ -637,6 +637,12 @@ TEST(Batch, RoundTripsItsArrays) {
     EXPECT_NO_THROW(b.set_targets({0.5, 0.5}));
     EXPECT_NO_THROW(b.set_old_logp({-1.0, -2.0}));
     EXPECT_NO_THROW(b.set_old_logp(std::vector<double>(8, -0.5)));
+    // Old log-probs read back as held: per token, 0 off the loss mask.
+    std::vector<double> old(8, 1.0);
+    b.old_logp_into(old);
+    EXPECT_EQ(old, (std::vector<double>{0, 0, -0.5, -0.5, 0, 0, -0.5, 0}));
+    std::array<double, 2> per_row{};
+    EXPECT_TRUE(Throws([&] { b.old_logp_into(per_row); }, ADPO_STATUS_SHAPE_MISMATCH, "per token"));
     EXPECT_NO_THROW(b.set_anchor_logp({-1.0, -2.0}));
     EXPECT_TRUE(Throws([&] { b.set_rewards({1.0, 0.0, 3.0}); }, ADPO_STATUS_SHAPE_MISMATCH, "rewards"));
     EXPECT_TRUE(Throws([&] { b.set_old_logp({-1.0, -2.0, -3.0}); }, ADPO_STATUS_SHAPE_MISMATCH));

@@ -945,6 +945,21 @@ static adpo_status c_groups_null_batch(adpo_error **e) {
     int64_t out[BN];
     return adpo_batch_get_group_ids(NULL, out, BN, e);
 }
+static adpo_status c_get_old_logp_none(adpo_error **e) {
+    double out[BN * BT];
+    return adpo_batch_get_old_logp(batch(), out, BN * BT, e);
+}
+static adpo_status c_get_old_logp_len(adpo_error **e) {
+    adpo_batch *b = batch();
+    double v[BN] = {-1.0, -2.0, -0.5, -0.25}, out[BN * BT];
+    adpo_status st = adpo_batch_set_old_logp(b, v, BN, e);
+    return st != ADPO_STATUS_OK ? st : adpo_batch_get_old_logp(b, out, BN * BT, e);
+}
+static adpo_status c_get_old_logp_null(adpo_error **e) { return adpo_batch_get_old_logp(batch(), NULL, BN, e); }
+static adpo_status c_get_old_logp_null_batch(adpo_error **e) {
+    double out[BN];
+    return adpo_batch_get_old_logp(NULL, out, BN, e);
+}
 static adpo_status c_batch_free_null(adpo_error **e) {
     (void)e;
     adpo_batch_free(NULL);
@@ -1612,6 +1627,10 @@ static const fuzz_case CASES[] = {
     {"adpo_batch_get_group_ids", "len 0", SHP, c_groups_len},
     {"adpo_batch_get_group_ids", "NULL out", NUL, c_groups_null},
     {"adpo_batch_get_group_ids", "NULL batch", NUL, c_groups_null_batch},
+    {"adpo_batch_get_old_logp", "none sampled or set", INV, c_get_old_logp_none},
+    {"adpo_batch_get_old_logp", "len n*t, held per sequence", SHP, c_get_old_logp_len},
+    {"adpo_batch_get_old_logp", "NULL out", NUL, c_get_old_logp_null},
+    {"adpo_batch_get_old_logp", "NULL batch", NUL, c_get_old_logp_null_batch},
     {"adpo_batch_free", "NULL", OK, c_batch_free_null},
     {"adpo_trainer_new", "NULL policy", NUL, c_tnew_null},
     {"adpo_trainer_new", "NULL out", NUL, c_tnew_null_out},

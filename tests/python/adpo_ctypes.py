@@ -217,6 +217,7 @@ def _declare(lib: ctypes.CDLL) -> None:
         "adpo_batch_get_ids": (st, [vp, _i64_p, ctypes.c_size_t, _err_pp]),
         "adpo_batch_get_loss_mask": (st, [vp, _u8_p, ctypes.c_size_t, _err_pp]),
         "adpo_batch_get_group_ids": (st, [vp, _i64_p, ctypes.c_size_t, _err_pp]),
+        "adpo_batch_get_old_logp": (st, [vp, _dbl_p, ctypes.c_size_t, _err_pp]),
         "adpo_batch_free": (None, [vp]),
         "adpo_trainer_new": (st, [vp, vp, ctypes.c_char_p, ctypes.POINTER(vp), _err_pp]),
         "adpo_trainer_step": (st, [vp, vp, ctypes.POINTER(TrainerMetrics), _err_pp]),
@@ -676,6 +677,16 @@ class Batch(_Handle):
         st = self._lib.adpo_batch_get_loss_mask(self._h, _ptr(out, _u8_p), out.size, ctypes.byref(err))
         check(st, err, "adpo_batch_get_loss_mask")
         return out.reshape(n, t)
+
+    def old_logp(self, per_token: bool = True) -> np.ndarray:
+        """Sampling-time log-probs as the batch holds them: [n, t] per token (sampled batches),
+        or [n] when they were set per sequence (per_token=False)."""
+        n, t = self.shape()
+        out = np.zeros(n * t if per_token else n, dtype=np.float64)
+        err = ctypes.c_void_p()
+        st = self._lib.adpo_batch_get_old_logp(self._h, _ptr(out, _dbl_p), out.size, ctypes.byref(err))
+        check(st, err, "adpo_batch_get_old_logp")
+        return out.reshape(n, t) if per_token else out
 
     def group_ids(self) -> np.ndarray:
         n, _ = self.shape()

@@ -514,6 +514,8 @@ def test_sample_layout_and_old_logp(models, tmp_path, name):
     b.set_rewards(rewards)
     model = R.load_model(models[name])
     tok = torch_tokens(model, ids, lm)
+    # read back through adpo_batch_get_old_logp: torch's values on the loss mask, 0 off it
+    np.testing.assert_allclose(b.old_logp(), np.where(lm == 1, tok, 0.0), rtol=1e-5, atol=1e-6)
     # the same rows with torch's old_logp
     manual = A.Batch(ids, lm, g, attention_mask=None, rewards=rewards, old_logp=tok)
     tr2 = A.Trainer(A.Model(models[name]), None, cfg)

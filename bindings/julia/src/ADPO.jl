@@ -31,7 +31,7 @@ using Libdl
 export ADPOError, Objective, Model, Batch, Trainer, ObjectiveMetrics, TrainerMetrics,
        evaluate, evaluate_tokens, evaluate_dlpack, dlpack_release, metrics, metrics_json,
        vocab_size, set_rewards!, set_targets!, set_old_logp!, set_anchor_logp!,
-       token_ids, loss_mask, group_ids, step!, sequence_logp, save_checkpoint, load_checkpoint!,
+       token_ids, loss_mask, group_ids, old_logp, step!, sequence_logp, save_checkpoint, load_checkpoint!,
        num_params, use_mpi!, use_allreduce!, world, has_mpi, load_model, save_model, save_adapter, completion,
        set_num_threads!, num_threads,
        Tokenizer, encode, encode_batch, decode, decode_batch, apply_chat_template, eos_ids,
@@ -722,6 +722,23 @@ function loss_mask(b::Batch)
                (Ptr{Cvoid}, Ptr{UInt8}, Csize_t, Ref{Ptr{Cvoid}}), b, buf, length(buf), err)
     _check(st, err, :adpo_batch_get_loss_mask)
     return _from_rowmajor(map(!iszero, buf), n, t)
+end
+
+"""
+    old_logp(b::Batch) -> Matrix{Float64}
+
+The sampling-time log-probs per token (n × t, 0 where the loss mask is 0), as a batch from
+`ADPO.sample` holds them: a row's sum is log π(completion | prompt) at temperature 1. A batch
+whose old log-probs were set per sequence throws.
+"""
+function old_logp(b::Batch)
+    n, t = size(b)
+    buf = Vector{Float64}(undef, n * t)
+    err = _err()
+    st = ccall((:adpo_batch_get_old_logp, libadpo()), Int32,
+               (Ptr{Cvoid}, Ptr{Float64}, Csize_t, Ref{Ptr{Cvoid}}), b, buf, length(buf), err)
+    _check(st, err, :adpo_batch_get_old_logp)
+    return _from_rowmajor(buf, n, t)
 end
 
 "The n group ids (`Vector{Int64}`)."

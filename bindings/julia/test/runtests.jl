@@ -194,6 +194,9 @@ end
             lm = loss_mask(b)
             @test !any(lm[:, 1])
             @test all(lm[1:4, 4]) && all(lm[5:8, 3])
+            old = old_logp(b)
+            @test size(old) == (n, t)
+            @test all(old[.!lm] .== 0) && all(old[lm] .< 0)
             # seeded sampling is deterministic
             @test token_ids(ADPO.sample(tr, prompts, 4; sampling="{\"max_new_tokens\":4,\"seed\":7}")) == ids
 
