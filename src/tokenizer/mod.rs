@@ -8,6 +8,7 @@ mod chat_template;
 mod files;
 mod messages;
 mod py_json;
+mod template_budget;
 
 pub use chat_template::ChatOptions;
 pub use files::{SpecialToken, SPECIAL_TOKEN_NAMES};
