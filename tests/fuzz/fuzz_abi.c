@@ -671,6 +671,25 @@ static adpo_status c_tok_bad_config(adpo_error **e) {
     return tok_load(scratch, e);
 }
 static adpo_status c_tok_utf8(adpo_error **e) { return tok_load("\xff", e); }
+/* A hostile tokenizer.json: only the named part, the rest left to tokenizers' defaults. */
+static adpo_status tok_json(const char *json, adpo_error **e) {
+    const char *p = scratch_file("tokenizer.json");
+    write_bytes(p, json, strlen(json));
+    return tok_load(p, e);
+}
+#define TOK_MODEL "\"model\": {\"type\": \"WordLevel\", \"vocab\": {\"a\": 0}, \"unk_token\": \"a\"}"
+static adpo_status c_tok_template_token(adpo_error **e) {
+    return tok_json("{" TOK_MODEL ", \"post_processor\": {\"type\": \"TemplateProcessing\", "
+                    "\"single\": [{\"SpecialToken\": {\"id\": \"<x>\", \"type_id\": 0}}], "
+                    "\"pair\": [], \"special_tokens\": {}}}", e);
+}
+static adpo_status c_tok_huge_trie(adpo_error **e) {
+    /* base64 of the little-endian u32 2^31: a trie of 2 GiB announced, none there. */
+    return tok_json("{" TOK_MODEL ", \"normalizer\": {\"type\": \"Precompiled\", \"precompiled_charsmap\": \"AAAAgA==\"}}", e);
+}
+static adpo_status c_tok_replace_empty(adpo_error **e) {
+    return tok_json("{" TOK_MODEL ", \"decoder\": {\"type\": \"Replace\", \"pattern\": {\"String\": \"\"}, \"content\": \"x\"}}", e);
+}
 static adpo_status c_tok_free_null(adpo_error **e) {
     (void)e;
     adpo_tokenizer_free(NULL);
@@ -1541,6 +1560,9 @@ static const fuzz_case CASES[] = {
     {"adpo_tokenizer_load", "garbage tokenizer.json", MDL, c_tok_garbage},
     {"adpo_tokenizer_load", "broken tokenizer_config.json", E, c_tok_bad_config},
     {"adpo_tokenizer_load", "non-UTF-8 path", INV, c_tok_utf8},
+    {"adpo_tokenizer_load", "template naming an undefined token", MDL, c_tok_template_token},
+    {"adpo_tokenizer_load", "charsmap announcing a 2 GiB trie", MDL, c_tok_huge_trie},
+    {"adpo_tokenizer_load", "Replace of the empty string", MDL, c_tok_replace_empty},
     {"adpo_tokenizer_free", "NULL", OK, c_tok_free_null},
     {"adpo_tokenizer_encode", "NULL tok", NUL, c_enc_null_tok},
     {"adpo_tokenizer_encode", "NULL text", NUL, c_enc_null_text},
