@@ -23,7 +23,9 @@ handle!(adpo_tokenizer, Tokenizer);
 /// it, tokenizer_config.json gives the chat template(s) and the special token strings,
 /// chat_template.jinja (if present) the default template, generation_config.json (else
 /// config.json) the EOS ids. A missing path or tokenizer.json: ADPO_STATUS_IO; a file that
-/// cannot be parsed: ADPO_STATUS_MODEL; the message names the file.
+/// cannot be parsed, or a tokenizer.json adpo refuses as hostile (README: a charsmap smaller
+/// than its trie, a Replace of "" or of more than 64 bytes, a post-processor naming undefined
+/// tokens): ADPO_STATUS_MODEL; the message names the file (and the field).
 #[no_mangle]
 pub extern "C" fn adpo_tokenizer_load(
     path: *const c_char,
@@ -46,7 +48,9 @@ pub extern "C" fn adpo_tokenizer_free(tok: *mut adpo_tokenizer) {
 
 /// Encodes UTF-8 `text` into token ids. `add_special_tokens`: add what tokenizer.json's
 /// post-processor adds (e.g. BOS); pass false for text from a chat template, which writes its
-/// own. Special-token strings inside the text become their tokens, as in Python.
+/// own. Special-token strings inside the text become their tokens, as in Python. Text the
+/// tokenizer fails on (its regex gives up on pathological input) is ADPO_STATUS_INVALID_ARGUMENT
+/// for this call; the tokenizer stays usable.
 ///
 /// Sizes first: `*out_len` is always set to the number of ids (out_len must not be NULL). With
 /// `cap` = 0 and `out_ids` NULL the call only reports it (ADPO_STATUS_OK); otherwise `out_ids`
@@ -185,7 +189,8 @@ pub extern "C" fn adpo_tokenizer_decode_batch(
 /// special tokens (bos_token, eos_token, ...), messages, tools and documents (none), and
 /// add_generation_prompt. Writes a new string (free with adpo_string_free). Encode it with
 /// add_special_tokens = false. Malformed messages, a template that does not render, and the
-/// template's own raise_exception(msg) (the message carries msg): ADPO_STATUS_INVALID_ARGUMENT.
+/// template's own raise_exception(msg) (the message carries msg): ADPO_STATUS_INVALID_ARGUMENT;
+/// so is a template that exceeds its budget (README: work and data, 256 levels of nesting).
 #[no_mangle]
 pub extern "C" fn adpo_tokenizer_apply_chat_template(
     tok: *const adpo_tokenizer,

@@ -9,11 +9,11 @@
 //! Every rendering error is `Status::InvalidArgument`; `raise_exception(msg)` reports `msg`.
 
 use super::files::Templates;
-use super::{messages, py_json};
+use super::{messages, py_json, template_budget};
 use crate::error::{Error, Result};
 use indexmap::IndexMap;
 use minijinja::value::{Kwargs, Value, ValueKind};
-use minijinja::{Environment, ErrorKind, UndefinedBehavior};
+use minijinja::{Environment, ErrorKind, State, UndefinedBehavior};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
@@ -101,7 +101,7 @@ impl ChatTemplates {
                     .map_err(template_error)?
             }
         };
-        template.render(context).map_err(template_error)
+        template_budget::on_render_stack(|| template.render(context)).map_err(template_error)
     }
 
     fn choose<'a>(&'a self, options: &'a ChatOptions) -> Result<Choice<'a>> {
@@ -202,7 +202,9 @@ fn environment() -> Environment<'static> {
     env.set_undefined_behavior(UndefinedBehavior::Lenient);
     // Templates render plain text; Jinja2's sandbox in transformers does not autoescape.
     env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
-    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+    env.set_unknown_method_callback(template_budget::unknown_method);
+    env.set_fuel(Some(template_budget::FUEL));
+    env.set_formatter(template_budget::formatter);
     env.add_function("raise_exception", raise_exception);
     env.add_function("strftime_now", strftime_now);
     env.add_filter("tojson", tojson);
@@ -237,8 +239,10 @@ fn strftime_now(format: &str) -> std::result::Result<String, minijinja::Error> {
     })
 }
 
-/// `tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False)`.
+/// `tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False)`, within
+/// the rendering's budget.
 fn tojson(
+    state: &State,
     value: &Value,
     ensure_ascii: Option<bool>,
     indent: Option<Value>,
@@ -265,7 +269,9 @@ fn tojson(
                     "tojson: indent must be an int or a string",
                 )
             })?;
-            Some(" ".repeat(n.max(0) as usize))
+            let n = n.max(0) as u64;
+            template_budget::charge_bytes(state, n)?;
+            Some(" ".repeat(n as usize))
         }
     };
     let separators = match kwargs.get::<Option<Value>>("separators")? {
@@ -288,7 +294,10 @@ fn tojson(
     };
     let sort_keys = kwargs.get::<Option<bool>>("sort_keys")?.unwrap_or(false);
     kwargs.assert_all_used()?;
-    let options = py_json::Options::new(ensure_ascii, indent, separators, sort_keys);
+    let options = py_json::Options::new(ensure_ascii, indent, separators, sort_keys).bounded(
+        template_budget::bytes_left(state),
+        template_budget::TOJSON_DEPTH,
+    );
     py_json::dumps(value, &options)
 }
 
@@ -357,6 +366,11 @@ fn describe(e: &minijinja::Error) -> String {
 fn template_error(e: minijinja::Error) -> Error {
     Error::invalid(match raised(&e) {
         Some(message) => format!("chat template raised an exception: {message}"),
+        None if e.kind() == ErrorKind::OutOfFuel => format!(
+            "chat template: {e}: a rendering may run {} units of work (an instruction, or 64 \
+             bytes of text or data created)",
+            template_budget::FUEL
+        ),
         None => format!("chat template: {e}"),
     })
 }

@@ -6,8 +6,11 @@
 
 mod chat_template;
 mod files;
+mod json_checks;
 mod messages;
+mod panic_guard;
 mod py_json;
+mod template_budget;
 
 pub use chat_template::ChatOptions;
 pub use files::{SpecialToken, SPECIAL_TOKEN_NAMES};
@@ -44,20 +47,28 @@ impl Tokenizer {
         let file = &text.tokenizer_json;
         let bytes = regular_file::read(file, TOKENIZER_JSON_LIMIT)
             .map_err(|e| Error::io(format!("cannot read {}: {e}", file.display())))?;
-        let mut inner = tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| {
-            Error::new(
-                Status::Model,
-                format!(
-                    "{} is not a tokenizer.json this library reads: {e}",
-                    file.display()
-                ),
-            )
-        })?;
+        let not_readable = format!(
+            "{} is not a tokenizer.json this library reads",
+            file.display()
+        );
+        // Unparsable JSON is left to tokenizers, whose message says where.
+        let added_ids = match serde_json::from_slice::<serde_json::Value>(&bytes) {
+            Ok(json) => json_checks::check(file, &json)?,
+            Err(_) => Vec::new(),
+        };
+        let mut inner = panic_guard::guarded(Status::Model, &not_readable, || {
+            tokenizers::Tokenizer::from_bytes(&bytes)
+        })?
+        .map_err(|e| Error::new(Status::Model, format!("{not_readable}: {e}")))?;
+        check_ids_in_vocabulary(file, &inner, &added_ids)?;
         // transformers encodes without the truncation and padding a tokenizer.json may carry
         // (its call defaults are no truncation, no padding); so does adpo.
         inner.with_truncation(None).map_err(model_error)?;
         inner.with_padding(None);
-        add_missing_special_tokens(&mut inner, &text.special)?;
+        // Adding tokens normalizes them: a hostile normalizer may panic there.
+        panic_guard::guarded(Status::Model, &not_readable, || {
+            add_missing_special_tokens(&mut inner, &text.special)
+        })??;
 
         let eos_ids = match text.eos_ids {
             Some(ids) => ids,
@@ -87,19 +98,18 @@ impl Tokenizer {
     /// Python. For text rendered by a chat template (which writes its own special tokens) pass
     /// false, as transformers' `apply_chat_template(tokenize=True)` does.
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<i64>> {
-        let encoding = self
-            .inner
-            .encode_fast(text, add_special_tokens)
-            .map_err(model_error)?;
+        let encoding =
+            on_input(|| self.inner.encode_fast(text, add_special_tokens))?.map_err(model_error)?;
         Ok(encoding.get_ids().iter().map(|&id| id as i64).collect())
     }
 
     /// [`Tokenizer::encode`] of each text (in parallel).
     pub fn encode_batch(&self, texts: &[&str], add_special_tokens: bool) -> Result<Vec<Vec<i64>>> {
-        let encodings = self
-            .inner
-            .encode_batch_fast(texts.to_vec(), add_special_tokens)
-            .map_err(model_error)?;
+        let encodings = on_input(|| {
+            self.inner
+                .encode_batch_fast(texts.to_vec(), add_special_tokens)
+        })?
+        .map_err(model_error)?;
         Ok(encodings
             .iter()
             .map(|e| e.get_ids().iter().map(|&id| id as i64).collect())
@@ -110,9 +120,7 @@ impl Tokenizer {
     /// the vocabulary (Python's tokenizers skips unknown ids silently; adpo names the first).
     pub fn decode(&self, ids: &[i64], skip_special_tokens: bool) -> Result<String> {
         let ids = self.checked_ids(ids, "ids")?;
-        self.inner
-            .decode(&ids, skip_special_tokens)
-            .map_err(model_error)
+        on_input(|| self.inner.decode(&ids, skip_special_tokens))?.map_err(model_error)
     }
 
     /// [`Tokenizer::decode`] of each sequence.
@@ -123,9 +131,7 @@ impl Tokenizer {
             .map(|(i, ids)| self.checked_ids(ids, &format!("sequence {i}: ids")))
             .collect::<Result<Vec<_>>>()?;
         let refs: Vec<&[u32]> = checked.iter().map(Vec::as_slice).collect();
-        self.inner
-            .decode_batch(&refs, skip_special_tokens)
-            .map_err(model_error)
+        on_input(|| self.inner.decode_batch(&refs, skip_special_tokens))?.map_err(model_error)
     }
 
     fn checked_ids(&self, ids: &[i64], name: &str) -> Result<Vec<u32>> {
@@ -188,6 +194,39 @@ impl Tokenizer {
     pub fn token_to_id(&self, token: &str) -> Option<i64> {
         self.inner.token_to_id(token).map(i64::from)
     }
+}
+
+/// Runs a tokenizers call on the caller's text or ids: a panic in it (onig giving up on hard
+/// input, a hostile tokenizer.json's tables) is INVALID_ARGUMENT for this call only.
+fn on_input<T>(f: impl FnOnce() -> T) -> Result<T> {
+    panic_guard::guarded(
+        Status::InvalidArgument,
+        "tokenizer: this input cannot be tokenized",
+        f,
+    )
+}
+
+/// The post-processor's special-token ids must be tokens of the vocabulary.
+fn check_ids_in_vocabulary(
+    file: &Path,
+    inner: &tokenizers::Tokenizer,
+    added: &[json_checks::AddedId],
+) -> Result<()> {
+    for a in added {
+        let known = u32::try_from(a.id).is_ok_and(|id| inner.id_to_token(id).is_some());
+        if !known {
+            return Err(Error::new(
+                Status::Model,
+                format!(
+                    "{}: {}: id {} is not in the vocabulary",
+                    file.display(),
+                    a.field,
+                    a.id
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// As transformers does at load: a named special token of tokenizer_config.json that

@@ -15,6 +15,9 @@ pub struct Options {
     pub item_separator: String,
     pub key_separator: String,
     pub sort_keys: bool,
+    /// The most bytes the text may take (a template's budget), and the deepest nesting.
+    pub max_len: u64,
+    pub max_depth: usize,
 }
 
 impl Options {
@@ -35,6 +38,17 @@ impl Options {
             item_separator,
             key_separator,
             sort_keys,
+            max_len: u64::MAX,
+            max_depth: usize::MAX,
+        }
+    }
+
+    /// The same options with bounds on the text's length and nesting.
+    pub fn bounded(self, max_len: u64, max_depth: usize) -> Options {
+        Options {
+            max_len,
+            max_depth,
+            ..self
         }
     }
 }
@@ -53,7 +67,32 @@ fn not_serializable(kind: impl std::fmt::Display) -> Error {
     )
 }
 
+/// Checks the bounds before each value: nesting (json.dumps' RecursionError) and length.
+fn check_bounds(out: &str, o: &Options, depth: usize) -> Result<(), Error> {
+    if depth > o.max_depth {
+        return Err(Error::new(
+            ErrorKind::InvalidOperation,
+            format!("tojson: the value nests deeper than {} levels", o.max_depth),
+        ));
+    }
+    if out.len() as u64 > o.max_len {
+        return Err(too_long(o));
+    }
+    Ok(())
+}
+
+fn too_long(o: &Options) -> Error {
+    Error::new(
+        ErrorKind::OutOfFuel,
+        format!(
+            "tojson: the text would exceed the {} bytes left in the rendering's budget",
+            o.max_len
+        ),
+    )
+}
+
 fn write_value(out: &mut String, v: &Value, o: &Options, depth: usize) -> Result<(), Error> {
+    check_bounds(out, o, depth)?;
     match v.kind() {
         ValueKind::None => out.push_str("null"),
         ValueKind::Bool => out.push_str(if v.is_true() { "true" } else { "false" }),
@@ -117,20 +156,26 @@ fn write_container(
     }
     let newline = |out: &mut String, level: usize| {
         if let Some(indent) = &o.indent {
+            // The indentation of a deep level can be far longer than the text so far.
+            let width = (indent.len() as u64).saturating_mul(level as u64);
+            if (out.len() as u64).saturating_add(width) > o.max_len {
+                return Err(too_long(o));
+            }
             out.push('\n');
             for _ in 0..level {
                 out.push_str(indent);
             }
         }
+        Ok(())
     };
     for i in 0..len {
         if i > 0 {
             out.push_str(&o.item_separator);
         }
-        newline(out, depth + 1);
+        newline(out, depth + 1)?;
         item(out, i)?;
     }
-    newline(out, depth);
+    newline(out, depth)?;
     out.push(close);
     Ok(())
 }

@@ -671,6 +671,25 @@ static adpo_status c_tok_bad_config(adpo_error **e) {
     return tok_load(scratch, e);
 }
 static adpo_status c_tok_utf8(adpo_error **e) { return tok_load("\xff", e); }
+/* A hostile tokenizer.json: only the named part, the rest left to tokenizers' defaults. */
+static adpo_status tok_json(const char *json, adpo_error **e) {
+    const char *p = scratch_file("tokenizer.json");
+    write_bytes(p, json, strlen(json));
+    return tok_load(p, e);
+}
+#define TOK_MODEL "\"model\": {\"type\": \"WordLevel\", \"vocab\": {\"a\": 0}, \"unk_token\": \"a\"}"
+static adpo_status c_tok_template_token(adpo_error **e) {
+    return tok_json("{" TOK_MODEL ", \"post_processor\": {\"type\": \"TemplateProcessing\", "
+                    "\"single\": [{\"SpecialToken\": {\"id\": \"<x>\", \"type_id\": 0}}], "
+                    "\"pair\": [], \"special_tokens\": {}}}", e);
+}
+static adpo_status c_tok_huge_trie(adpo_error **e) {
+    /* base64 of the little-endian u32 2^31: a trie of 2 GiB announced, none there. */
+    return tok_json("{" TOK_MODEL ", \"normalizer\": {\"type\": \"Precompiled\", \"precompiled_charsmap\": \"AAAAgA==\"}}", e);
+}
+static adpo_status c_tok_replace_empty(adpo_error **e) {
+    return tok_json("{" TOK_MODEL ", \"decoder\": {\"type\": \"Replace\", \"pattern\": {\"String\": \"\"}, \"content\": \"x\"}}", e);
+}
 static adpo_status c_tok_free_null(adpo_error **e) {
     (void)e;
     adpo_tokenizer_free(NULL);
@@ -790,6 +809,34 @@ static adpo_status c_chat_opts_big_string(adpo_error **e) {
     return chat(USER, "{\"template\": \"{{ 'x' * 100000000000 }}\"}", e);
 }
 static adpo_status c_chat_opts_utf8(adpo_error **e) { return chat(USER, NOT_UTF8, e); }
+/* Templates that would run forever, allocate without bound or overflow the stack. */
+static adpo_status c_chat_opts_loops(adpo_error **e) {
+    return chat(USER, "{\"template\": \"{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}\"}", e);
+}
+static adpo_status c_chat_opts_binary(adpo_error **e) {
+    return chat(USER, "{\"template\": \"{% macro f(n) %}{% if n %}{{ f(n - 1) }}{{ f(n - 1) }}{% endif %}{% endmacro %}{{ f(40) }}\"}", e);
+}
+static adpo_status c_chat_opts_tojson_indent(adpo_error **e) {
+    return chat(USER, "{\"template\": \"{{ messages|tojson(indent=10**12) }}\"}", e);
+}
+static adpo_status c_chat_opts_indent(adpo_error **e) {
+    return chat(USER, "{\"template\": \"{{ 'a\\nb'|indent(10**12) }}\"}", e);
+}
+static adpo_status c_chat_opts_str_format(adpo_error **e) {
+    return chat(USER, "{\"template\": \"{{ '{:>1000000000000}'.format(1) }}\"}", e);
+}
+static adpo_status c_chat_opts_printf(adpo_error **e) {
+    return chat(USER, "{\"template\": \"{{ '%1000000000000d'|format(1) }}\"}", e);
+}
+static adpo_status c_chat_opts_doubling(adpo_error **e) {
+    return chat(USER, "{\"template\": \"{% set ns = namespace(s='ab') %}{% for i in range(64) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s }}\"}", e);
+}
+static adpo_status c_chat_opts_deep_print(adpo_error **e) {
+    return chat(USER, "{\"template\": \"{% set ns = namespace(l=[]) %}{% for i in range(30000) %}{% set ns.l = [ns.l] %}{% endfor %}{{ ns.l }}\"}", e);
+}
+static adpo_status c_chat_opts_deep_tojson(adpo_error **e) {
+    return chat(USER, "{\"template\": \"{% set ns = namespace(l=[]) %}{% for i in range(30000) %}{% set ns.l = [ns.l] %}{% endfor %}{{ ns.l|tojson }}\"}", e);
+}
 static adpo_status c_chat_opts_null_tok(adpo_error **e) {
     char *s = NULL;
     return adpo_tokenizer_apply_chat_template_options(NULL, USER, NULL, &s, e);
@@ -1528,6 +1575,9 @@ static const fuzz_case CASES[] = {
     {"adpo_tokenizer_load", "garbage tokenizer.json", MDL, c_tok_garbage},
     {"adpo_tokenizer_load", "broken tokenizer_config.json", E, c_tok_bad_config},
     {"adpo_tokenizer_load", "non-UTF-8 path", INV, c_tok_utf8},
+    {"adpo_tokenizer_load", "template naming an undefined token", MDL, c_tok_template_token},
+    {"adpo_tokenizer_load", "charsmap announcing a 2 GiB trie", MDL, c_tok_huge_trie},
+    {"adpo_tokenizer_load", "Replace of the empty string", MDL, c_tok_replace_empty},
     {"adpo_tokenizer_free", "NULL", OK, c_tok_free_null},
     {"adpo_tokenizer_encode", "NULL tok", NUL, c_enc_null_tok},
     {"adpo_tokenizer_encode", "NULL text", NUL, c_enc_null_text},
@@ -1574,6 +1624,15 @@ static const fuzz_case CASES[] = {
     {"adpo_tokenizer_apply_chat_template_options", "endless recursion", E, c_chat_opts_recursion},
     {"adpo_tokenizer_apply_chat_template_options", "'x' * 10^11", E, c_chat_opts_big_string},
     {"adpo_tokenizer_apply_chat_template_options", "non-UTF-8 options", INV, c_chat_opts_utf8},
+    {"adpo_tokenizer_apply_chat_template_options", "range(10^5) twice nested", INV, c_chat_opts_loops},
+    {"adpo_tokenizer_apply_chat_template_options", "binary recursion f(40)", INV, c_chat_opts_binary},
+    {"adpo_tokenizer_apply_chat_template_options", "tojson(indent=10**12)", INV, c_chat_opts_tojson_indent},
+    {"adpo_tokenizer_apply_chat_template_options", "indent(10**12)", INV, c_chat_opts_indent},
+    {"adpo_tokenizer_apply_chat_template_options", "str.format width 10^12", INV, c_chat_opts_str_format},
+    {"adpo_tokenizer_apply_chat_template_options", "printf width 10^12", INV, c_chat_opts_printf},
+    {"adpo_tokenizer_apply_chat_template_options", "string doubled 64 times", INV, c_chat_opts_doubling},
+    {"adpo_tokenizer_apply_chat_template_options", "print a list 30000 deep", INV, c_chat_opts_deep_print},
+    {"adpo_tokenizer_apply_chat_template_options", "tojson of a list 30000 deep", INV, c_chat_opts_deep_tojson},
     {"adpo_tokenizer_apply_chat_template_options", "NULL tok", NUL, c_chat_opts_null_tok},
     {"adpo_tokenizer_eos_ids", "NULL out_len", NUL, c_eos_null_len},
     {"adpo_tokenizer_eos_ids", "NULL tok", NUL, c_eos_null_tok},
