@@ -45,7 +45,7 @@ $(SETUP_STAMP): scripts/setup requirements.lock
 fixtures: $(FIXTURE_STAMP)
 $(FIXTURE_STAMP): tests/fixtures/make_models.py tests/fixtures/make_hf_models.py tests/fixtures/make_tokenizers.py tests/fixtures/make_text_model.py $(SETUP_STAMP)
 	$(PY) tests/fixtures/make_models.py $(FIXTURES)
-	$(PY) tests/fixtures/make_hf_models.py $(FIXTURES)/hf
+	$(PY) tests/fixtures/make_hf_models.py $(FIXTURES)/hf $(FIXTURES)/tiny
 	$(PY) tests/fixtures/make_tokenizers.py $(FIXTURES)/tokenizers
 	$(PY) tests/fixtures/make_text_model.py $(FIXTURES)
 	touch $@
