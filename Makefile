@@ -47,7 +47,7 @@ $(SETUP_STAMP): scripts/setup requirements.lock
 fixtures: $(FIXTURE_STAMP)
 $(FIXTURE_STAMP): tests/fixtures/make_models.py tests/fixtures/make_hf_models.py tests/fixtures/make_tokenizers.py tests/fixtures/make_text_model.py $(SETUP_STAMP)
 	$(PY) tests/fixtures/make_models.py $(FIXTURES)
-	$(PY) tests/fixtures/make_hf_models.py $(FIXTURES)/hf
+	$(PY) tests/fixtures/make_hf_models.py $(FIXTURES)/hf $(FIXTURES)/tiny
 	$(PY) tests/fixtures/make_tokenizers.py $(FIXTURES)/tokenizers
 	$(PY) tests/fixtures/make_text_model.py $(FIXTURES)
 	touch $@
@@ -111,7 +111,7 @@ test-c: $(C_TESTS) $(C_EXAMPLES) fixtures $(MODEL)/.adpo-fetched
 	@echo "C tests under valgrind: clean"
 	$(CBUILD)/examples/objective_host >/dev/null
 	$(CBUILD)/examples/objective_dlpack >/dev/null
-	$(CBUILD)/examples/demo $(FIXTURES)/tiny_transformer.pt 40 | tail -1
+	$(CBUILD)/examples/demo $(FIXTURES)/tiny/llama 40 | tail -1
 	$(CBUILD)/examples/text_rl $(FIXTURES)/colours 40 | tail -1
 	@mkdir -p $(CBUILD)/demo-test
 	$(CBUILD)/examples/arithmetic_rl $(MODEL) 2 $(CBUILD)/demo-test/arithmetic-lora | tail -1
@@ -186,12 +186,12 @@ bench-rl: setup
 	scripts/bench-rl
 
 # Data-parallel training. Two and three ranks against one process (examples/c/train_mpi.c),
-# on TorchScript models (float64, float32) and a native checkpoint directory.
+# on tiny checkpoint directories (float64, float32) and a tied one.
 # float64 shows the reduction exact; float32 is the README's command, with float32's tolerance.
 test-mpi: $(CBUILD)/examples/train_mpi fixtures
-	$(MPIRUN) -np 2 -x OMP_NUM_THREADS=1 $< $(FIXTURES)/tiny_transformer_f64.pt
-	$(MPIRUN) -np 3 -x OMP_NUM_THREADS=1 $< $(FIXTURES)/tiny_transformer_f64.pt | tail -1
-	$(MPIRUN) -np 2 -x OMP_NUM_THREADS=1 $< $(FIXTURES)/tiny_transformer.pt | tail -1
+	$(MPIRUN) -np 2 -x OMP_NUM_THREADS=1 $< $(FIXTURES)/tiny/llama_f64
+	$(MPIRUN) -np 3 -x OMP_NUM_THREADS=1 $< $(FIXTURES)/tiny/llama_f64 | tail -1
+	$(MPIRUN) -np 2 -x OMP_NUM_THREADS=1 $< $(FIXTURES)/tiny/llama | tail -1
 	$(MPIRUN) -np 2 -x OMP_NUM_THREADS=1 $< $(FIXTURES)/hf/qwen3_gqa2_headdim16_tied | tail -1
 
 # Step time on 1 and 2 processes for the same global batch, and the time in reduction.

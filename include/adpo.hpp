@@ -10,7 +10,7 @@
  *   adpo::Objective obj(R"({"tau": 0.8})");
  *   adpo::EvalResult r = obj.eval(logp, anchor_logp, rewards, group_ids);  // r.loss, r.grad
  *
- *   adpo::Model policy("model.pt");                  // TorchScript causal LM
+ *   adpo::Model policy("path/to/checkpoint");        // Hugging Face checkpoint directory
  *   adpo::Trainer trainer(policy, R"({"optimizer": {"name": "adamw", "lr": 0.003}})");
  *   adpo::Batch batch = trainer.sample({{1, 5}, {1, 7}}, 8, R"({"max_new_tokens": 4})");
  *   batch.set_rewards(my_rewards(batch));
@@ -625,8 +625,8 @@ private:
 // Model
 // ----------------------------------------------------------------------------------------------
 
-/// A TorchScript causal LM (adpo_model): forward(input_ids [B, T]) or
-/// forward(input_ids, attention_mask) -> logits [B, T, V].
+/// A causal LM (adpo_model): a Hugging Face checkpoint directory, or a TorchScript module with
+/// forward(input_ids [B, T]) or forward(input_ids, attention_mask) -> logits [B, T, V].
 class Model : public detail::Handle<adpo_model, detail::ModelTraits> {
 public:
     /// An empty model.

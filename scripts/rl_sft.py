@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
 """SFT starting point of the RL study (cargo example `rl`).
 
-Trains a tiny causal transformer by supervised fine-tuning on 3-digit addition and stops as soon as
+Trains a tiny Llama (transformers' LlamaForCausalLM) by supervised fine-tuning on 3-digit addition and stops as soon as
 its greedy exact-match accuracy on a validation split reaches a low target (10 %), so that online RL
 has something left to learn. Writes, into OUTDIR (default target/rl/sft):
 
-  policy.pt   the TorchScript policy: forward(input_ids int64 [B, T], attention_mask int64 [B, T])
-              -> logits [B, T, V] (the library's model contract)
+  policy/     the policy as a Hugging Face checkpoint directory (save_pretrained: config.json +
+              model.safetensors), which adpo loads natively
   task.json   the task for the Rust program: vocabulary, prompt/answer format, the held-out test
               pairs (and the validation pairs, which RL training prompts must avoid too), the SFT
               accuracies, and every SFT parameter
@@ -24,11 +24,16 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import sys
 import time
 
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
 import torch
 from torch import nn
+from transformers import LlamaConfig, LlamaForCausalLM
 
 # ---- every parameter (they all go into the stamp and into task.json) --------------------------
 PARAMS = {
@@ -55,49 +60,18 @@ VOCAB = 14
 TOKENS = [str(d) for d in range(10)] + ["+", "=", "<eos>", "<pad>"]
 
 
-class Block(nn.Module):
-    def __init__(self, dim: int, heads: int, mlp_mult: int):
-        super().__init__()
-        self.heads = heads
-        self.head_dim = dim // heads
-        self.norm1 = nn.LayerNorm(dim)
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
-        self.norm2 = nn.LayerNorm(dim)
-        self.mlp = nn.Sequential(nn.Linear(dim, mlp_mult * dim), nn.GELU(), nn.Linear(mlp_mult * dim, dim))
-
-    def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        b, t, d = x.shape
-        q, k, v = self.qkv(self.norm1(x)).chunk(3, dim=-1)
-        q = q.view(b, t, self.heads, self.head_dim).transpose(1, 2)
-        k = k.view(b, t, self.heads, self.head_dim).transpose(1, 2)
-        v = v.view(b, t, self.heads, self.head_dim).transpose(1, 2)
-        att = (q @ k.transpose(2, 3)) / (self.head_dim ** 0.5)
-        att = att.masked_fill(~keep.unsqueeze(1), -1e9).softmax(-1)
-        y = (att @ v).transpose(1, 2).reshape(b, t, d)
-        x = x + self.proj(y)
-        return x + self.mlp(self.norm2(x))
+def tiny_llama(p) -> nn.Module:
+    """Random-init Llama; no dropout (train and eval mode compute the same function)."""
+    config = LlamaConfig(
+        vocab_size=VOCAB, hidden_size=p["dim"], intermediate_size=p["mlp_mult"] * p["dim"],
+        num_hidden_layers=p["layers"], num_attention_heads=p["heads"], num_key_value_heads=p["heads"],
+        max_position_embeddings=32, tie_word_embeddings=False, bos_token_id=None, eos_token_id=None,
+        pad_token_id=None)
+    return LlamaForCausalLM(config)
 
 
-class TinyLM(nn.Module):
-    """Pre-LN causal transformer; no dropout (train and eval mode compute the same function)."""
-
-    def __init__(self, vocab: int, dim: int, layers: int, heads: int, mlp_mult: int, max_len: int = 32):
-        super().__init__()
-        self.embed = nn.Embedding(vocab, dim)
-        self.pos = nn.Parameter(torch.randn(max_len, dim) * 0.02)
-        self.blocks = nn.ModuleList([Block(dim, heads, mlp_mult) for _ in range(layers)])
-        self.norm = nn.LayerNorm(dim)
-        self.head = nn.Linear(dim, vocab)
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        b, t = input_ids.shape
-        x = self.embed(input_ids) + self.pos[:t].unsqueeze(0)
-        causal = torch.ones(t, t, dtype=torch.bool, device=input_ids.device).tril()
-        keep = causal.unsqueeze(0) & (attention_mask != 0).unsqueeze(1)
-        for block in self.blocks:
-            x = block(x, keep)
-        return self.head(self.norm(x))
+def logits_of(model, ids: torch.Tensor) -> torch.Tensor:
+    return model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
 
 
 def digits_of(n: int, width: int):
@@ -131,7 +105,7 @@ def greedy_accuracy(model, pairs, d: int) -> float:
     prompts = torch.tensor([prompt_ids(a, b, d) for a, b in pairs], dtype=torch.long)
     seqs = prompts
     for _ in range(d + 2):
-        logits = model(seqs, torch.ones_like(seqs))[:, -1]
+        logits = logits_of(model, seqs)[:, -1]
         seqs = torch.cat([seqs, logits.argmax(-1, keepdim=True)], 1)
     want = torch.tensor([answer_ids(a, b, d) for a, b in pairs], dtype=torch.long)
     return (seqs[:, prompts.shape[1]:] == want).all(1).float().mean().item()
@@ -147,8 +121,8 @@ def main(out: str, force: bool) -> None:
     p = PARAMS
     stamp = stamp_of(p)
     stamp_path = os.path.join(out, "stamp")
-    files = [os.path.join(out, f) for f in ("policy.pt", "task.json")]
-    if not force and all(os.path.isfile(f) for f in files) and os.path.isfile(stamp_path):
+    files = [os.path.join(out, f) for f in ("policy", "task.json")]
+    if not force and all(os.path.exists(f) for f in files) and os.path.isfile(stamp_path):
         with open(stamp_path) as f:
             if f.read().strip() == stamp:
                 with open(files[1]) as g:
@@ -170,17 +144,17 @@ def main(out: str, force: bool) -> None:
             if pair not in excluded:
                 return pair
 
-    model = TinyLM(VOCAB, p["dim"], p["layers"], p["heads"], p["mlp_mult"])
+    model = tiny_llama(p)
     opt = torch.optim.AdamW(model.parameters(), lr=p["lr"], weight_decay=p["weight_decay"])
     plen = 2 * d + 2
     t0 = time.time()
     step, val_acc, curve = 0, greedy_accuracy(model, val, d), []
-    print(f"rl_sft: SFT of a {sum(x.numel() for x in model.parameters())}-parameter transformer on "
+    print(f"rl_sft: SFT of a {sum(x.numel() for x in model.parameters())}-parameter Llama on "
           f"{d}-digit addition until validation accuracy >= {p['target_val_acc']}")
     while val_acc < p["target_val_acc"] and step < p["max_steps"]:
         pairs = [train_pair() for _ in range(p["batch"])]
         seq = torch.tensor([prompt_ids(a, b, d) + answer_ids(a, b, d) for a, b in pairs], dtype=torch.long)
-        logits = model(seq[:, :-1], torch.ones_like(seq[:, :-1]))
+        logits = logits_of(model, seq[:, :-1])
         # Loss on the answer tokens only (positions plen.. of seq, predicted from plen-1..).
         loss = nn.functional.cross_entropy(
             logits[:, plen - 1:].reshape(-1, VOCAB), seq[:, plen:].reshape(-1))
@@ -203,12 +177,14 @@ def main(out: str, force: bool) -> None:
     print(f"rl_sft: stopped after {step} steps ({secs:.1f} s): held-out (test) greedy exact-match "
           f"accuracy {test_acc:.3f}, validation {val_acc:.3f}")
     model.eval()
-    scripted = torch.jit.script(model)
-    # The saved module must reproduce the eager model (the Rust side checks the accuracy too).
+    tmp = os.path.join(out, "policy.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    # The saved checkpoint must reproduce the trained model (the Rust side checks the accuracy too).
     probe = torch.tensor([prompt_ids(12, 345, d)])
-    assert torch.allclose(scripted(probe, torch.ones_like(probe)), model(probe, torch.ones_like(probe)))
-    tmp = os.path.join(out, "policy.pt.tmp")
-    scripted.save(tmp)
+    reloaded = LlamaForCausalLM.from_pretrained(tmp).eval()
+    assert torch.allclose(logits_of(reloaded, probe), logits_of(model, probe))
+    shutil.rmtree(files[0], ignore_errors=True)
     os.replace(tmp, files[0])
     task = {
         "task": f"{d}-digit addition: prompt a+b= (operands zero-padded to {d} digits), answer the "

@@ -25,7 +25,7 @@ fn scratch(test: &str) -> PathBuf {
 
 /// A trainer on the float32 fixture after `steps` steps.
 fn trained(steps: i64) -> Trainer {
-    let mut t = Trainer::new(model("tiny_transformer.pt"), None, CFG).unwrap();
+    let mut t = Trainer::new(model("tiny/llama"), None, CFG).unwrap();
     for s in 0..steps {
         t.step(&batch(s)).unwrap();
     }
@@ -367,7 +367,7 @@ fn a_resumed_run_samples_what_an_uninterrupted_one_would() {
     let b = ids(&mut t);
     assert_eq!(a, b, "the sampler's generator is not in the checkpoint");
     // A fresh trainer (another seed) resumes the generator too.
-    let mut fresh = Trainer::new(model("tiny_transformer.pt"), None, r#"{"seed": 9}"#).unwrap();
+    let mut fresh = Trainer::new(model("tiny/llama"), None, r#"{"seed": 9}"#).unwrap();
     fresh.load(&path).unwrap();
     assert_eq!(ids(&mut fresh), a);
     std::fs::remove_dir_all(&dir).unwrap();

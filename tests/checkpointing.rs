@@ -83,21 +83,6 @@ fn checkpointed_steps_equal_the_whole_graph() {
     }
 }
 
-#[test]
-fn a_torchscript_policy_is_refused_with_the_reason() {
-    let policy = common::model("tiny_transformer.pt");
-    let err = Trainer::new(policy, None, r#"{"activation_checkpointing": true}"#)
-        .err()
-        .expect("refused");
-    assert_eq!(err.status, adpo::Status::Unsupported);
-    assert!(
-        err.message.contains("activation_checkpointing"),
-        "{}",
-        err.message
-    );
-    assert!(err.message.contains("TorchScript"), "{}", err.message);
-}
-
 /// The float32 masters of a bf16-mixed policy after `steps` SGD steps under `config`.
 fn masters_after(config: &str, steps: i64) -> Vec<Tensor> {
     let mut options = LoadOptions::from_json(r#"{"dtype": "bfloat16"}"#).unwrap();

@@ -15,7 +15,7 @@ use std::sync::{Arc, Barrier};
 use tch::{Device, Kind, Tensor};
 
 fn model() -> SharedModel {
-    let m = Model::load(&fixture("tiny_transformer_f64.pt"), device()).unwrap();
+    let m = Model::load(&fixture("tiny/llama_f64"), device()).unwrap();
     Arc::new(Mutex::new(m))
 }
 

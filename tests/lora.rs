@@ -259,8 +259,6 @@ fn refusals_name_what_is_wrong() {
         Status::Unsupported,
         &["dropout"],
     );
-    let script = common::fixture("tiny_transformer.pt");
-    refused(&script, &lora(""), Status::Unsupported, &["TorchScript"]);
     let e = load(&dir, "{}")
         .unwrap()
         .save_adapter(&std::env::temp_dir().join("x"))

@@ -867,7 +867,7 @@ fn non_finite_weights_are_refused_naming_the_tensor() {
 }
 
 #[test]
-fn load_options_reach_the_model_and_torchscript_keeps_its_dtype() {
+fn load_options_reach_the_model() {
     let dir = fixture("llama_gqa2_untied_v97");
     let options = LoadOptions {
         device: device(),
@@ -884,22 +884,6 @@ fn load_options_reach_the_model_and_torchscript_keeps_its_dtype() {
     assert!(
         d < 1e-5,
         "float64 logits differ from transformers' float32 by {d}"
-    );
-
-    let script = common::fixture("tiny_transformer.pt");
-    let e = Model::load_with(&script, &options)
-        .err()
-        .expect("a bf16 TorchScript load");
-    assert_eq!(e.status, Status::Unsupported, "{e}");
-    assert!(e.message.contains("Float64"), "{e}");
-    let auto = LoadOptions {
-        device: device(),
-        dtype: Dtype::Auto,
-        ..LoadOptions::default()
-    };
-    assert_eq!(
-        Model::load_with(&script, &auto).unwrap().kind(),
-        Kind::Float
     );
 }
 
@@ -1046,11 +1030,6 @@ fn a_saved_checkpoint_loads_back_with_the_trained_weights() {
     assert_eq!(config["dtype"], "bfloat16");
     assert_eq!(load(&bf16_dir, Dtype::Auto).kind(), Kind::BFloat16);
 
-    let script = Model::load(&common::fixture("tiny_transformer.pt"), device()).unwrap();
-    let e = script
-        .save_pretrained(&out.path().join("script"))
-        .unwrap_err();
-    assert_eq!(e.status, Status::Unsupported, "{e}");
     let file = out.path().join("a_file");
     std::fs::write(&file, "x").unwrap();
     assert_eq!(

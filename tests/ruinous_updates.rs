@@ -44,7 +44,7 @@ fn absurd_optimizer_settings_are_refused() {
             "min_lr",
         ),
     ] {
-        let e = Trainer::new(model("tiny_transformer.pt"), None, cfg)
+        let e = Trainer::new(model("tiny/llama"), None, cfg)
             .err()
             .unwrap();
         assert_eq!(e.status, Status::InvalidConfig, "{cfg}: {}", e.message);
@@ -52,7 +52,7 @@ fn absurd_optimizer_settings_are_refused() {
     }
     // The bounds themselves are accepted.
     Trainer::new(
-        model("tiny_transformer.pt"),
+        model("tiny/llama"),
         None,
         r#"{"optimizer": {"name": "sgd", "lr": 1e3}}"#,
     )
@@ -110,7 +110,7 @@ fn a_step_that_would_write_non_finite_values_changes_nothing() {
         ),
     ] {
         let cfg = format!(r#"{{"optimizer": {opt}}}"#);
-        let mut t = Trainer::new(model("tiny_transformer.pt"), None, &cfg).unwrap();
+        let mut t = Trainer::new(model("tiny/llama"), None, &cfg).unwrap();
         let poisoned = Arc::new(AtomicBool::new(false));
         let comm = PoisoningComm {
             poisoned: poisoned.clone(),

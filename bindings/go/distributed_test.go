@@ -15,7 +15,7 @@ import (
 // trainerConfig; the model stays open (its Params are the trained weights).
 func newPolicyTrainer(t *testing.T) (*Model, *Trainer) {
 	t.Helper()
-	m := loadModel(t, "tiny_transformer.pt")
+	m := loadModel(t, "tiny/llama")
 	tr, err := NewTrainer(m, nil, trainerConfig)
 	if err != nil {
 		t.Fatalf("NewTrainer: %v", err)
@@ -77,7 +77,7 @@ func TestModelParams(t *testing.T) {
 		t.Fatal("every parameter is 0")
 	}
 	// Another load of the same file holds the same weights.
-	if other := params(t, loadModel(t, "tiny_transformer.pt")); !equalF64(other, before) {
+	if other := params(t, loadModel(t, "tiny/llama")); !equalF64(other, before) {
 		t.Fatal("two loads of one model file hold different weights")
 	}
 	if _, err := tr.Step(manualBatch(t)); err != nil {
@@ -173,7 +173,7 @@ func TestUseAllreduceWorldOfOneEqualsAlone(t *testing.T) {
 	if !equalF64(pa, pd) {
 		t.Fatal("a world of one rank with an identity all-reduce trained differently from a trainer alone")
 	}
-	if pb := params(t, loadModel(t, "tiny_transformer.pt")); equalF64(pb, pd) {
+	if pb := params(t, loadModel(t, "tiny/llama")); equalF64(pb, pd) {
 		t.Fatal("the weights did not change")
 	}
 
@@ -272,7 +272,7 @@ func TestHasMPIAndUseMPI(t *testing.T) {
 	if !HasMPI() {
 		_, tr := newPolicyTrainer(t)
 		wantStatus(t, tr.UseMPI(), StatusUnsupported)
-		m := loadModel(t, "tiny_transformer.pt")
+		m := loadModel(t, "tiny/llama")
 		_, err := NewTrainer(m, nil, `{"distributed": {"backend": "mpi"}}`)
 		wantStatus(t, err, StatusUnsupported)
 		return

@@ -10,16 +10,17 @@ import (
 	"runtime"
 )
 
-// Model is a TorchScript causal LM (adpo_model). A Trainer keeps its own reference to the
+// Model is a causal LM (adpo_model). A Trainer keeps its own reference to the
 // models it was created with, so a Model may be closed right after NewTrainer.
 type Model struct {
 	h handle[*C.adpo_model]
 }
 
-// LoadModel loads a TorchScript causal LM (torch.jit.script(model).save(path)) whose forward is
-// forward(input_ids, attention_mask) -> logits [B, T, V] or forward(input_ids). device is "cpu"
-// (or ""), "cuda" or "cuda:N". A missing file or a model that breaks the contract is a
-// StatusModel error.
+// LoadModel loads a Hugging Face checkpoint directory (config.json + safetensors; the
+// architectures the README lists) or a TorchScript file (torch.jit.script(model).save(path))
+// whose forward is forward(input_ids, attention_mask) -> logits [B, T, V] or forward(input_ids).
+// device is "cpu" (or ""), "cuda" or "cuda:N". A missing file or a model that breaks the
+// contract is a StatusModel error.
 func LoadModel(path, device string) (*Model, error) {
 	return loadWith(path, device, func(p, arg *C.char, out **C.adpo_model, cerr **C.adpo_error) C.adpo_status {
 		return C.adpo_model_load(p, arg, out, cerr)

@@ -1,11 +1,11 @@
 /* make demo: online listwise ADPO from C on a toy task.
  *
- * A tiny TorchScript causal LM (vocabulary 16) sees prompts [1, x] with x in 2..9 and must
+ * A tiny Llama checkpoint (vocabulary 16, make fixtures) sees prompts [1, x] with x in 2..9 and must
  * answer with the token x + 1, four times. The C host samples K candidates per prompt from the
  * policy, scores each with its own reward function (the fraction of answer tokens equal to
  * x + 1), hands rewards to adpo and takes an ADPO step: sample -> reward -> step.
  *
- * Usage: demo MODEL.pt [STEPS] [DEVICE]   (DEVICE: cpu (default), cuda, cuda:N) */
+ * Usage: demo MODEL_DIR [STEPS] [DEVICE]   (DEVICE: cpu (default), cuda, cuda:N) */
 #include <adpo.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -36,7 +36,7 @@ static double reward(const int64_t *row, const uint8_t *loss_mask, size_t t, int
 }
 
 int main(int argc, char **argv) {
-    const char *model_path = argc > 1 ? argv[1] : "tests/fixtures/generated/tiny_transformer.pt";
+    const char *model_path = argc > 1 ? argv[1] : "tests/fixtures/generated/tiny/llama";
     int steps = argc > 2 ? atoi(argv[2]) : 150;
     const char *device = argc > 3 ? argv[3] : "cpu";
     adpo_error *err = NULL;

@@ -1,4 +1,4 @@
-/* Data-parallel ADPO over MPI: run with `mpirun -np 2 train_mpi MODEL.pt [--bench STEPS]`.
+/* Data-parallel ADPO over MPI: run with `mpirun -np 2 train_mpi MODEL_DIR [--bench STEPS]`.
  *
  * Check mode (the default, run by make test) asserts, on every rank:
  *  1. MPI backend, even split: each rank holds an equal share of the groups; after 3 listwise AdamW
@@ -152,7 +152,7 @@ static adpo_trainer *new_trainer(const char *model_path, const char *distributed
     return t;
 }
 
-/* How close "equal" is. A float64 model (make test-mpi, tiny_transformer_f64.pt) shows the
+/* How close "equal" is. A float64 model (make test-mpi, tiny/llama_f64) shows the
  * reduction is exact: measured 1e-13. A float32 model sums its gradients in another order on
  * each rank than one process does, and AdamW divides by sqrt(v), so rounding in a near-zero
  * gradient moves its weight by up to a step: measured ~1e-4 relative after 3 steps, against an
@@ -427,7 +427,7 @@ int main(int argc, char **argv) {
         MPI_Finalize();
         return 1;
     }
-    const char *model_path = argc > 1 ? argv[1] : "tests/fixtures/generated/tiny_transformer_f64.pt";
+    const char *model_path = argc > 1 ? argv[1] : "tests/fixtures/generated/tiny/llama_f64";
     if (argc > 3 && strcmp(argv[2], "--bench") == 0) {
         int groups = argc > 4 ? atoi(argv[4]) : 16;
         run_bench(model_path, atoi(argv[3]), groups, 8, 32);

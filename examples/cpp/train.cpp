@@ -1,12 +1,12 @@
 // Online listwise ADPO from C++ on a toy task: the C++ counterpart of examples/c/demo.c, with
 // the RAII classes of adpo.hpp.
 //
-// A tiny TorchScript causal LM (vocabulary 16) sees prompts [1, x] with x in 2..9 and must
+// A tiny Llama checkpoint (vocabulary 16, make fixtures) sees prompts [1, x] with x in 2..9 and must
 // answer with the token x + 1, four times. Each step samples K candidates per prompt from the
 // policy, scores each with a reward computed here in C++ (the fraction of answer tokens equal to
 // x + 1), hands the rewards to adpo and takes an ADPO step: sample -> reward -> step.
 //
-// Usage: train [MODEL.pt] [STEPS] [DEVICE]   (DEVICE: cpu (default), cuda, cuda:N)
+// Usage: train [MODEL_DIR] [STEPS] [DEVICE]   (DEVICE: cpu (default), cuda, cuda:N)
 // Exit status: 0 when the reward went up (or for runs under 20 steps, too short to tell),
 // 1 when it did not, 2 on an adpo error.
 #include <adpo.hpp>
@@ -36,7 +36,7 @@ double Reward(const std::int64_t *row, const std::uint8_t *loss_mask, std::size_
 } // namespace
 
 int main(int argc, char **argv) {
-    const std::string model_path = argc > 1 ? argv[1] : "tests/fixtures/generated/tiny_transformer.pt";
+    const std::string model_path = argc > 1 ? argv[1] : "tests/fixtures/generated/tiny/llama";
     const int steps = argc > 2 ? std::atoi(argv[2]) : 150;
     const std::string device = argc > 3 ? argv[3] : "cpu";
     std::printf("%s\n", adpo::version().c_str());

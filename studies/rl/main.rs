@@ -1,8 +1,8 @@
 //! Reasoning-style online RL, listwise ADPO against GRPO (docs/MATH.md
 //! §6, §8, §11.7).
 //!
-//! A tiny causal transformer, first trained by SFT on 3-digit addition to a low accuracy
-//! (scripts/rl_sft.py writes DIR/policy.pt and DIR/task.json), is trained online with the
+//! A tiny Llama, first trained by SFT on 3-digit addition to a low accuracy (scripts/rl_sft.py
+//! writes the checkpoint directory DIR/policy and DIR/task.json), is trained online with the
 //! library's trainer: every step samples K = 8 completions for each of P prompts
 //! (`Trainer::sample`), scores them here (exact match 1/0) and takes one `Trainer::step`. Both
 //! methods share the optimizer, learning rate, schedule, steps, prompts, samples and seeds:
@@ -183,7 +183,7 @@ fn run(
 ) -> Result<Run, String> {
     let start = Instant::now();
     let model =
-        Model::load(&p.sft_dir.join("policy.pt"), Device::Cpu).map_err(|e| e.to_string())?;
+        Model::load(&p.sft_dir.join("policy"), Device::Cpu).map_err(|e| e.to_string())?;
     let policy: SharedModel = Arc::new(Mutex::new(model));
     let initial = params_snapshot(&policy);
     let mut trainer = Trainer::new(policy.clone(), None, &method.trainer_json(p, seed))
@@ -366,7 +366,7 @@ fn main() {
     );
     println!(
         "rl: SFT policy {} (stamp {}): {} SFT steps, held-out greedy accuracy {:.3} (Python)",
-        p.sft_dir.join("policy.pt").display(),
+        p.sft_dir.join("policy").display(),
         task.sft.stamp,
         task.sft.steps,
         task.sft.test_acc

@@ -8,14 +8,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use tch::{Device, Tensor};
 
-/// A model made by tests/fixtures/make_models.py (`make fixtures`; ADPO_FIXTURES overrides the
-/// directory).
+/// A fixture model: `tiny/NAME`, a small checkpoint of tests/fixtures/make_hf_models.py, or a
+/// TorchScript file of tests/fixtures/make_models.py (`make fixtures`; ADPO_FIXTURES overrides
+/// the directory).
 pub fn fixture(name: &str) -> PathBuf {
     let dir = std::env::var("ADPO_FIXTURES").unwrap_or_else(|_| {
         concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/generated").to_string()
     });
     let p = PathBuf::from(dir).join(name);
-    assert!(p.is_file(), "{} missing: run `make fixtures`", p.display());
+    assert!(p.exists(), "{} missing: run `make fixtures`", p.display());
     p
 }
 

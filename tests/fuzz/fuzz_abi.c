@@ -88,7 +88,7 @@ static adpo_model *load(const char *path) {
     return m;
 }
 
-static adpo_model *ts_model(void) { return load(fixture("tiny_transformer.pt")); }
+static adpo_model *tiny_model(void) { return load(fixture("tiny/llama")); }
 static adpo_model *hf_model(void) { return load(fixture("hf/llama_gqa2_untied_v97")); }
 
 static adpo_tokenizer *tokenizer(void) {
@@ -107,7 +107,7 @@ static adpo_trainer *trainer_on(adpo_model *m, const char *config) {
     return tr;
 }
 
-static adpo_trainer *trainer(void) { return trainer_on(ts_model(), "{\"optimizer\": {\"name\": \"sgd\", \"lr\": 0.1}}"); }
+static adpo_trainer *trainer(void) { return trainer_on(tiny_model(), "{\"optimizer\": {\"name\": \"sgd\", \"lr\": 0.1}}"); }
 
 /* 4 candidates (groups {0, 0, 1, 1}) x 5 positions, ids below 8, the last 3 tokens scored. */
 #define BN 4
@@ -436,7 +436,7 @@ static adpo_status model_load_opts(const char *path, const char *opts, adpo_erro
     return st;
 }
 static adpo_status c_load_null(adpo_error **e) { return model_load(NULL, NULL, e); }
-static adpo_status c_load_null_out(adpo_error **e) { return adpo_model_load(fixture("tiny_transformer.pt"), NULL, NULL, e); }
+static adpo_status c_load_null_out(adpo_error **e) { return adpo_model_load(fixture("tiny/llama"), NULL, NULL, e); }
 static adpo_status c_load_missing(adpo_error **e) { return model_load("/nonexistent/model.pt", NULL, e); }
 static adpo_status c_load_empty_dir(adpo_error **e) { return model_load(scratch, NULL, e); }
 static adpo_status c_load_dev_zero(adpo_error **e) { return model_load("/dev/zero", NULL, e); }
@@ -461,11 +461,11 @@ static adpo_status c_load_garbage(adpo_error **e) {
 }
 static adpo_status c_load_bad_signature(adpo_error **e) { return model_load(fixture("bad_signature.pt"), NULL, e); }
 static adpo_status c_load_bad_output(adpo_error **e) { return model_load(fixture("bad_output.pt"), NULL, e); }
-static adpo_status c_load_device_tpu(adpo_error **e) { return model_load(fixture("tiny_transformer.pt"), "tpu", e); }
-static adpo_status c_load_device_utf8(adpo_error **e) { return model_load(fixture("tiny_transformer.pt"), NOT_UTF8, e); }
-static adpo_status c_load_device_cuda99(adpo_error **e) { return model_load(fixture("tiny_transformer.pt"), "cuda:99", e); }
+static adpo_status c_load_device_tpu(adpo_error **e) { return model_load(fixture("tiny/llama"), "tpu", e); }
+static adpo_status c_load_device_utf8(adpo_error **e) { return model_load(fixture("tiny/llama"), NOT_UTF8, e); }
+static adpo_status c_load_device_cuda99(adpo_error **e) { return model_load(fixture("tiny/llama"), "cuda:99", e); }
 static adpo_status c_load_device_cuda_huge(adpo_error **e) {
-    return model_load(fixture("tiny_transformer.pt"), "cuda:99999999999999999999", e);
+    return model_load(fixture("tiny/llama"), "cuda:99999999999999999999", e);
 }
 
 /* An HF directory in scratch: config.json from `config` (NULL: the fixture's) and the
@@ -566,8 +566,8 @@ static adpo_status c_hf_nan_weight(adpo_error **e) {
     if (!f || fseek(f, -4, SEEK_END) != 0 || fwrite(nan, 1, 4, f) != 4 || fclose(f) != 0) setup_failed(path, 0, NULL);
     return model_load(dir, NULL, e);
 }
-static adpo_status c_opts_bad_json(adpo_error **e) { return model_load_opts(fixture("tiny_transformer.pt"), "{,}", e); }
-static adpo_status c_opts_dtype(adpo_error **e) { return model_load_opts(fixture("tiny_transformer.pt"), "{\"dtype\": \"int8\"}", e); }
+static adpo_status c_opts_bad_json(adpo_error **e) { return model_load_opts(fixture("tiny/llama"), "{,}", e); }
+static adpo_status c_opts_dtype(adpo_error **e) { return model_load_opts(fixture("tiny/llama"), "{\"dtype\": \"int8\"}", e); }
 static adpo_status c_opts_ts_dtype(adpo_error **e) {
     return model_load_opts(fixture("tiny_transformer.pt"), "{\"dtype\": \"float64\"}", e);
 }
@@ -590,13 +590,12 @@ static adpo_status c_opts_adapter_missing(adpo_error **e) {
 static adpo_status c_opts_both(adpo_error **e) {
     return model_load_opts(fixture("hf/llama_gqa2_untied_v97"), "{\"adapter\": \"/x\", \"lora\": {}}", e);
 }
-static adpo_status c_opts_utf8(adpo_error **e) { return model_load_opts(fixture("tiny_transformer.pt"), NOT_UTF8, e); }
-static adpo_status c_opts_huge(adpo_error **e) { return model_load_opts(fixture("tiny_transformer.pt"), huge_key_json(), e); }
+static adpo_status c_opts_utf8(adpo_error **e) { return model_load_opts(fixture("tiny/llama"), NOT_UTF8, e); }
+static adpo_status c_opts_huge(adpo_error **e) { return model_load_opts(fixture("tiny/llama"), huge_key_json(), e); }
 static adpo_status c_opts_null_path(adpo_error **e) { return model_load_opts(NULL, NULL, e); }
 
 static adpo_status c_save_null(adpo_error **e) { return adpo_model_save(NULL, scratch_file("out"), e); }
 static adpo_status c_save_null_dir(adpo_error **e) { return adpo_model_save(hf_model(), NULL, e); }
-static adpo_status c_save_ts(adpo_error **e) { return adpo_model_save(ts_model(), scratch_file("out"), e); }
 static adpo_status c_save_unwritable(adpo_error **e) { return adpo_model_save(hf_model(), "/nonexistent/dir/out", e); }
 static adpo_status c_save_over_file(adpo_error **e) {
     const char *p = scratch_file("a_file");
@@ -606,27 +605,27 @@ static adpo_status c_save_over_file(adpo_error **e) {
 static adpo_status c_save_utf8(adpo_error **e) { return adpo_model_save(hf_model(), "/tmp/\xff", e); }
 static adpo_status c_save_adapter_none(adpo_error **e) { return adpo_model_save_adapter(hf_model(), scratch_file("ad"), e); }
 static adpo_status c_save_adapter_null(adpo_error **e) { return adpo_model_save_adapter(NULL, scratch_file("ad"), e); }
-static adpo_status c_save_adapter_null_dir(adpo_error **e) { return adpo_model_save_adapter(ts_model(), NULL, e); }
+static adpo_status c_save_adapter_null_dir(adpo_error **e) { return adpo_model_save_adapter(tiny_model(), NULL, e); }
 static adpo_status c_vocab_null(adpo_error **e) {
     int64_t v;
     return adpo_model_vocab_size(NULL, &v, e);
 }
-static adpo_status c_vocab_null_out(adpo_error **e) { return adpo_model_vocab_size(ts_model(), NULL, e); }
+static adpo_status c_vocab_null_out(adpo_error **e) { return adpo_model_vocab_size(tiny_model(), NULL, e); }
 static adpo_status c_nparams_null(adpo_error **e) {
     size_t v;
     return adpo_model_num_params(NULL, &v, e);
 }
-static adpo_status c_nparams_null_out(adpo_error **e) { return adpo_model_num_params(ts_model(), NULL, e); }
+static adpo_status c_nparams_null_out(adpo_error **e) { return adpo_model_num_params(tiny_model(), NULL, e); }
 static adpo_status c_params_wrong_n(adpo_error **e) {
     double out[4];
-    return adpo_model_get_params(ts_model(), out, 4, e);
+    return adpo_model_get_params(tiny_model(), out, 4, e);
 }
 static adpo_status c_params_huge_n(adpo_error **e) {
     double out[4];
-    return adpo_model_get_params(ts_model(), out, SIZE_MAX, e);
+    return adpo_model_get_params(tiny_model(), out, SIZE_MAX, e);
 }
 static adpo_status c_params_null_out(adpo_error **e) {
-    adpo_model *m = ts_model();
+    adpo_model *m = tiny_model();
     size_t n = 0;
     if (adpo_model_num_params(m, &n, NULL) != ADPO_STATUS_OK) return WRONG;
     return adpo_model_get_params(m, NULL, n, e);
@@ -1023,30 +1022,30 @@ static adpo_status trainer_new(adpo_model *p, const char *cfg, adpo_error **e) {
     return st;
 }
 static adpo_status c_tnew_null(adpo_error **e) { return trainer_new(NULL, NULL, e); }
-static adpo_status c_tnew_null_out(adpo_error **e) { return adpo_trainer_new(ts_model(), NULL, NULL, NULL, e); }
-static adpo_status c_tnew_bad_json(adpo_error **e) { return trainer_new(ts_model(), "{\"optimizer\": ", e); }
-static adpo_status c_tnew_lr(adpo_error **e) { return trainer_new(ts_model(), "{\"optimizer\": {\"name\": \"sgd\", \"lr\": 1e300}}", e); }
-static adpo_status c_tnew_micro0(adpo_error **e) { return trainer_new(ts_model(), "{\"micro_batch_rows\": 0}", e); }
-static adpo_status c_tnew_neg_epochs(adpo_error **e) { return trainer_new(ts_model(), "{\"epochs_per_batch\": -1}", e); }
+static adpo_status c_tnew_null_out(adpo_error **e) { return adpo_trainer_new(tiny_model(), NULL, NULL, NULL, e); }
+static adpo_status c_tnew_bad_json(adpo_error **e) { return trainer_new(tiny_model(), "{\"optimizer\": ", e); }
+static adpo_status c_tnew_lr(adpo_error **e) { return trainer_new(tiny_model(), "{\"optimizer\": {\"name\": \"sgd\", \"lr\": 1e300}}", e); }
+static adpo_status c_tnew_micro0(adpo_error **e) { return trainer_new(tiny_model(), "{\"micro_batch_rows\": 0}", e); }
+static adpo_status c_tnew_neg_epochs(adpo_error **e) { return trainer_new(tiny_model(), "{\"epochs_per_batch\": -1}", e); }
 static adpo_status c_tnew_ema(adpo_error **e) {
-    return trainer_new(ts_model(), "{\"anchor\": {\"mode\": \"ema\", \"alpha\": 1.5}}", e);
+    return trainer_new(tiny_model(), "{\"anchor\": {\"mode\": \"ema\", \"alpha\": 1.5}}", e);
 }
 static adpo_status c_tnew_window(adpo_error **e) {
-    return trainer_new(ts_model(), "{\"anchor\": {\"mode\": \"kl_triggered\", \"window\": 0}}", e);
+    return trainer_new(tiny_model(), "{\"anchor\": {\"mode\": \"kl_triggered\", \"window\": 0}}", e);
 }
-static adpo_status c_tnew_array(adpo_error **e) { return trainer_new(ts_model(), "{\"anchor\": [\"ema\", 0.5]}", e); }
-static adpo_status c_tnew_clip(adpo_error **e) { return trainer_new(ts_model(), "{\"grad_clip\": -1}", e); }
+static adpo_status c_tnew_array(adpo_error **e) { return trainer_new(tiny_model(), "{\"anchor\": [\"ema\", 0.5]}", e); }
+static adpo_status c_tnew_clip(adpo_error **e) { return trainer_new(tiny_model(), "{\"grad_clip\": -1}", e); }
 static adpo_status c_tnew_schedule(adpo_error **e) {
-    return trainer_new(ts_model(), "{\"schedule\": {\"name\": \"cosine\", \"total_steps\": 0}}", e);
+    return trainer_new(tiny_model(), "{\"schedule\": {\"name\": \"cosine\", \"total_steps\": 0}}", e);
 }
 static adpo_status c_tnew_backend(adpo_error **e) {
-    return trainer_new(ts_model(), "{\"distributed\": {\"backend\": \"nccl\"}}", e);
+    return trainer_new(tiny_model(), "{\"distributed\": {\"backend\": \"nccl\"}}", e);
 }
 static adpo_status c_tnew_bucket(adpo_error **e) {
-    return trainer_new(ts_model(), "{\"distributed\": {\"bucket_mb\": 0}}", e);
+    return trainer_new(tiny_model(), "{\"distributed\": {\"bucket_mb\": 0}}", e);
 }
-static adpo_status c_tnew_utf8(adpo_error **e) { return trainer_new(ts_model(), NOT_UTF8, e); }
-static adpo_status c_tnew_grpo_ref(adpo_error **e) { return trainer_new(ts_model(), "{\"loss\": \"grpo\", \"beta_kl\": 0.1}", e); }
+static adpo_status c_tnew_utf8(adpo_error **e) { return trainer_new(tiny_model(), NOT_UTF8, e); }
+static adpo_status c_tnew_grpo_ref(adpo_error **e) { return trainer_new(tiny_model(), "{\"loss\": \"grpo\", \"beta_kl\": 0.1}", e); }
 static adpo_status step(adpo_trainer *t, adpo_batch *b, adpo_error **e) {
     adpo_trainer_metrics m = {.struct_size = sizeof m};
     return adpo_trainer_step(t, b, &m, e);
@@ -1075,11 +1074,11 @@ static adpo_status c_step_size0(adpo_error **e) {
     return adpo_trainer_step(trainer(), batch(), &m, e);
 }
 static adpo_status c_step_fixed_no_ref(adpo_error **e) {
-    return step(trainer_on(ts_model(), "{\"anchor\": {\"mode\": \"fixed\"}}"), batch(), e);
+    return step(trainer_on(tiny_model(), "{\"anchor\": {\"mode\": \"fixed\"}}"), batch(), e);
 }
-static adpo_status c_step_grpo_no_old(adpo_error **e) { return step(trainer_on(ts_model(), "{\"loss\": \"grpo\"}"), batch(), e); }
+static adpo_status c_step_grpo_no_old(adpo_error **e) { return step(trainer_on(tiny_model(), "{\"loss\": \"grpo\"}"), batch(), e); }
 static adpo_status c_step_huge_lr_nonfinite(adpo_error **e) {
-    return step(trainer_on(ts_model(), "{\"optimizer\": {\"name\": \"sgd\", \"lr\": 1000}, \"tau\": 1e-300}"), batch(), e);
+    return step(trainer_on(tiny_model(), "{\"optimizer\": {\"name\": \"sgd\", \"lr\": 1000}, \"tau\": 1e-300}"), batch(), e);
 }
 static adpo_status c_tmjson_before(adpo_error **e) {
     char *s = NULL;
@@ -1311,7 +1310,7 @@ static adpo_status r_eval_tokens(adpo_error **e) {
 /* A random batch (or its refusal) on the TorchScript model's vocabulary, then a step or a
  * scoring on it, with random rewards, targets and log-probs. */
 static adpo_status r_batch_step(adpo_error **e) {
-    adpo_model *m = ts_model();
+    adpo_model *m = tiny_model();
     int64_t vocab = 0;
     adpo_model_vocab_size(m, &vocab, NULL);
     size_t n = 1 + below(6), t = 1 + below(6);
@@ -1341,10 +1340,10 @@ static adpo_status r_batch_step(adpo_error **e) {
     return adpo_trainer_step(tr, b, below(2) ? &mt : NULL, e);
 }
 
-static adpo_status r_trainer_new(adpo_error **e) { return trainer_new(ts_model(), random_json(TRAINER_KEYS, 10), e); }
+static adpo_status r_trainer_new(adpo_error **e) { return trainer_new(tiny_model(), random_json(TRAINER_KEYS, 10), e); }
 
 static adpo_status r_sample(adpo_error **e) {
-    adpo_trainer *tr = trainer_on(below(2) ? ts_model() : hf_model(), NULL);
+    adpo_trainer *tr = trainer_on(below(2) ? tiny_model() : hf_model(), NULL);
     size_t np = below(4), k = below(4);
     size_t *lens = malloc((np + 1) * sizeof *lens), total = 0;
     for (size_t i = 0; i < np; i++) total += lens[i] = below(4);
@@ -1551,7 +1550,6 @@ static const fuzz_case CASES[] = {
     {"adpo_model_load_options", "NULL path", NUL, c_opts_null_path},
     {"adpo_model_save", "NULL model", NUL, c_save_null},
     {"adpo_model_save", "NULL dir", NUL, c_save_null_dir},
-    {"adpo_model_save", "TorchScript model", UNS, c_save_ts},
     {"adpo_model_save", "unwritable dir", IO, c_save_unwritable},
     {"adpo_model_save", "over a file", ANY, c_save_over_file},
     {"adpo_model_save", "non-UTF-8 dir", INV, c_save_utf8},

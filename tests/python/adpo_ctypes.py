@@ -562,7 +562,7 @@ class _Handle:
 
 
 class Model(_Handle):
-    """An adpo_model: a TorchScript file or a Hugging Face checkpoint directory, loaded by
+    """An adpo_model: a Hugging Face checkpoint directory (or a TorchScript file), loaded by
     adpo_model_load (`device` None = cpu), or by adpo_model_load_options when `options` (dict or
     JSON string: device, dtype, lora, adapter) is given."""
 

@@ -14,16 +14,16 @@ Written from the trainer's contract (include/adpo.h, docs/MATH.md), not from the
   (torch.nn.utils.clip_grad_norm_), then torch.optim.SGD / torch.optim.AdamW with the learning
   rate of the schedule (constant, or linear warmup then cosine).
 
-Models: the eager nn.Module of tests/fixtures/make_models.py with the TorchScript file's weights
-copied in (load_model's default: fast, and independent of the TorchScript executor), or the
-TorchScript module itself (load_model(path, eager=False)).
+Models: the tiny Hugging Face checkpoints of tests/fixtures/make_hf_models.py (tiny/), loaded
+by transformers in their saved dtype; a padded row's positions count its attended tokens
+(position_ids = cumsum(attention_mask) - 1), as generate() numbers them.
 """
 
 from __future__ import annotations
 
 import copy
-import importlib.util
 import math
+import types
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,53 +34,39 @@ from torch import nn
 import reference as objective_reference
 
 REPO = Path(__file__).resolve().parents[2]
-MAKE_MODELS = REPO / "tests" / "fixtures" / "make_models.py"
+MAKE_HF_MODELS = REPO / "tests" / "fixtures" / "make_hf_models.py"
 
 TRAINER_KEYS = ("seq_logp", "micro_batch_rows", "epochs_per_batch", "seed", "anchor", "optimizer", "grad_clip",
                 "schedule")
 
 
-def make_models_module():
-    """tests/fixtures/make_models.py as a module (its nn.Module classes)."""
-    spec = importlib.util.spec_from_file_location("adpo_make_models", MAKE_MODELS)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def rms_norm_in_own_dtype(self, hidden_states):
+    """transformers' RMSNorm, computed in the activations' dtype when that is float64."""
+    h = hidden_states.to(torch.promote_types(hidden_states.dtype, torch.float32))
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
+    return self.weight * h.to(hidden_states.dtype)
 
 
-def eager_module(path) -> nn.Module:
-    """The make_models.py nn.Module matching the TorchScript file, with its weights and dtype."""
-    scripted = torch.jit.load(str(path))
-    state = {k: v.detach().clone() for k, v in scripted.state_dict().items()}
-    mm = make_models_module()
-    if "pos" in state:
-        tied = scripted.head.weight.data_ptr() == scripted.embed.weight.data_ptr()
-        module = mm.TinyTransformer(vocab=state["head.weight"].shape[0], dim=state["embed.weight"].shape[1],
-                                    max_len=state["pos"].shape[0], tied=tied)
-    elif "rnn.weight_ih_l0" in state:
-        module = mm.TinyGRU(vocab=state["head.weight"].shape[0], dim=state["embed.weight"].shape[1])
-    else:
-        raise ValueError(f"{path}: not one of the make_models.py LMs")
-    module = module.to(next(iter(state.values())).dtype)
-    module.load_state_dict(state, strict=True)
-    return module
-
-
-def load_model(path, eager: bool = True) -> nn.Module:
-    """The causal LM of a TorchScript file: the eager make_models.py module with its weights
-    (default), or the TorchScript module itself (eager=False)."""
-    return eager_module(path) if eager else torch.jit.load(str(path))
-
-
-def takes_mask(model) -> bool:
-    if isinstance(model, torch.jit.ScriptModule):
-        return len(model.forward.schema.arguments) >= 3  # self, input_ids, attention_mask
-    import inspect
-    return len(inspect.signature(model.forward).parameters) >= 2
+def load_model(path) -> nn.Module:
+    """The causal LM of a checkpoint directory, in its saved dtype, in eval mode. In float64 its
+    RMSNorms compute in float64 (transformers rounds them through float32, adpo does not);
+    use_kernels=False keeps transformers from putting the class forward back."""
+    from transformers import AutoModelForCausalLM
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype="auto", use_kernels=False).eval()
+    if model.dtype == torch.float64:
+        for module in model.modules():
+            if type(module).__name__.endswith("RMSNorm"):
+                module.forward = types.MethodType(rms_norm_in_own_dtype, module)
+    return model
 
 
 def logits_of(model, ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    return model(ids, attention_mask) if takes_mask(model) else model(ids)
+    """Logits of a transformers model (positions from the mask), or of a module whose
+    forward(input_ids, attention_mask) returns them (the tests' wrappers)."""
+    if not hasattr(model, "config"):
+        return model(ids, attention_mask)
+    positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    return model(input_ids=ids, attention_mask=attention_mask, position_ids=positions).logits
 
 
 # ----------------------------------------------------------------------------- batch
@@ -277,14 +263,14 @@ class ReferenceTrainer:
 
 
 def perturbed_copy(path, out_path, scale: float = 0.05, seed: int = 1) -> Path:
-    """Saves a TorchScript copy of `path` with every parameter moved by N(0, scale^2) noise (a
+    """Saves a copy of the checkpoint `path` with every parameter moved by N(0, scale^2) noise (a
     reference model that differs from the policy)."""
-    m = torch.jit.load(str(path))
+    m = load_model(path)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for _, p in m.named_parameters():
             p.add_(torch.randn(p.shape, generator=g, dtype=torch.float64).to(p.dtype) * scale)
-    m.save(str(out_path))
+    m.save_pretrained(str(out_path), safe_serialization=True)
     return Path(out_path)
 
 

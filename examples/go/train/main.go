@@ -1,6 +1,6 @@
 // Command train: online listwise ADPO from Go on a toy task (the Go twin of examples/c/demo.c).
 //
-// A tiny TorchScript causal LM (vocabulary 16) sees prompts [1, x] with x in 2..9 and must
+// A tiny Llama checkpoint (vocabulary 16, make fixtures) sees prompts [1, x] with x in 2..9 and must
 // answer with the token x + 1, four times. Each step samples K candidates per prompt from the
 // policy, scores each in Go (the fraction of answer tokens equal to x + 1), hands the rewards
 // to adpo and takes an ADPO step: sample -> reward -> step.
@@ -39,7 +39,7 @@ func defaultModel() string {
 	if dir == "" {
 		// `go -C examples/go run ./train` runs in examples/go; also try the repository root.
 		for _, d := range []string{"../../tests/fixtures/generated", "tests/fixtures/generated"} {
-			if _, err := os.Stat(filepath.Join(d, "tiny_transformer.pt")); err == nil {
+			if _, err := os.Stat(filepath.Join(d, "tiny", "llama")); err == nil {
 				dir = d
 				break
 			}
@@ -48,7 +48,7 @@ func defaultModel() string {
 			dir = "../../tests/fixtures/generated"
 		}
 	}
-	return filepath.Join(dir, "tiny_transformer.pt")
+	return filepath.Join(dir, "tiny", "llama")
 }
 
 // reward is the fraction of generated tokens (loss mask 1) equal to x + 1.
@@ -70,7 +70,7 @@ func reward(row []int64, mask []uint8, x int64) float64 {
 }
 
 func main() {
-	model := flag.String("model", defaultModel(), "TorchScript causal LM (vocabulary >= 11)")
+	model := flag.String("model", defaultModel(), "checkpoint directory of a causal LM (vocabulary >= 11)")
 	steps := flag.Int("steps", 150, "number of sample -> reward -> step iterations")
 	device := flag.String("device", "cpu", `"cpu", "cuda" or "cuda:N"`)
 	requireImprovement := flag.Bool("require-improvement", false, "exit 1 unless the end reward beats the start reward")
