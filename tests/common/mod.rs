@@ -6,7 +6,7 @@ use adpo::{Batch, Model};
 use parking_lot::Mutex;
 use std::path::PathBuf;
 use std::sync::Arc;
-use tch::{Device, Tensor};
+use tch::{Device, Kind, Tensor};
 
 /// A fixture model: `tiny/NAME`, a small checkpoint of tests/fixtures/make_hf_models.py, or a
 /// TorchScript file of tests/fixtures/make_models.py (`make fixtures`; ADPO_FIXTURES overrides
@@ -91,4 +91,21 @@ pub fn native_f64(name: &str) -> SharedModel {
     };
     let dir = fixtures_dir().join("hf").join(name);
     Arc::new(Mutex::new(Model::load_with(&dir, &options).unwrap()))
+}
+
+/// The normalised entropy by an independent formula: softmax of the full logits that predict
+/// tokens 1..T, entropy per position, mean over the loss mask, divided by ln V.
+pub fn normalised_entropy_reference(p: &Model, ids: &Tensor, attn: &Tensor, mask: &Tensor) -> Tensor {
+    let t = ids.size()[1];
+    let probs = p
+        .logits(ids, attn)
+        .unwrap()
+        .narrow(1, 0, t - 1)
+        .to_kind(Kind::Double)
+        .softmax(2, Kind::Double);
+    let h = -(&probs * probs.log()).sum_dim_intlist(2, false, Kind::Double);
+    let m = mask.narrow(1, 1, t - 1).to_kind(Kind::Double);
+    (h * &m).sum_dim_intlist(1, false, Kind::Double)
+        / m.sum_dim_intlist(1, false, Kind::Double)
+        / (p.vocab() as f64).ln()
 }
