@@ -5,17 +5,8 @@ mod common;
 
 use adpo::trainer::Trainer;
 use adpo::{Batch, Model, Status};
-use common::{batch, device, fixture, model, weights};
+use common::{batch, device, fixture, max_rel_diff, model, weights};
 use tch::{Device, Kind, Tensor};
-
-fn max_rel_diff(a: &[Tensor], b: &[Tensor]) -> f64 {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| {
-            ((x - y).abs().max().double_value(&[])) / (y.abs().max().double_value(&[]) + 1e-12)
-        })
-        .fold(0.0, f64::max)
-}
 
 #[test]
 fn two_pass_step_equals_one_pass_step() {

@@ -109,3 +109,14 @@ pub fn normalised_entropy_reference(p: &Model, ids: &Tensor, attn: &Tensor, mask
         / m.sum_dim_intlist(1, false, Kind::Double)
         / (p.vocab() as f64).ln()
 }
+
+/// The largest difference between paired tensors, each relative to the largest magnitude in the
+/// tensor of `b`.
+pub fn max_rel_diff(a: &[Tensor], b: &[Tensor]) -> f64 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| {
+            ((x - y).abs().max().double_value(&[])) / (y.abs().max().double_value(&[]) + 1e-12)
+        })
+        .fold(0.0, f64::max)
+}
