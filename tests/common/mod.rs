@@ -95,7 +95,12 @@ pub fn native_f64(name: &str) -> SharedModel {
 
 /// The normalised entropy by an independent formula: softmax of the full logits that predict
 /// tokens 1..T, entropy per position, mean over the loss mask, divided by ln V.
-pub fn normalised_entropy_reference(p: &Model, ids: &Tensor, attn: &Tensor, mask: &Tensor) -> Tensor {
+pub fn normalised_entropy_reference(
+    p: &Model,
+    ids: &Tensor,
+    attn: &Tensor,
+    mask: &Tensor,
+) -> Tensor {
     let t = ids.size()[1];
     let probs = p
         .logits(ids, attn)
