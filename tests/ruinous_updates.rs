@@ -44,9 +44,7 @@ fn absurd_optimizer_settings_are_refused() {
             "min_lr",
         ),
     ] {
-        let e = Trainer::new(model("tiny/llama"), None, cfg)
-            .err()
-            .unwrap();
+        let e = Trainer::new(model("tiny/llama"), None, cfg).err().unwrap();
         assert_eq!(e.status, Status::InvalidConfig, "{cfg}: {}", e.message);
         assert!(e.message.contains(needle), "{cfg}: {}", e.message);
     }

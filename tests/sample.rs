@@ -64,12 +64,19 @@ fn a_seed_gives_a_prompt_the_same_samples_whatever_is_beside_it() {
     let alone = rows(&t.sample(&[a], 3, &cfg(8, 42)).unwrap());
     let mixed = rows(&t.sample(&[c, b, a, c], 3, &cfg(8, 42)).unwrap());
     // The same tokens; the log-probs up to rounding (other rows change the batched sums).
-    assert_same_rows(&alone, &mixed[6..9], "prompt a's rows differ beside other prompts");
+    assert_same_rows(
+        &alone,
+        &mixed[6..9],
+        "prompt a's rows differ beside other prompts",
+    );
     // the two copies of c draw from different streams
     let ids = |rows: &[(Vec<i64>, Vec<f64>)]| rows.iter().map(|r| r.0.clone()).collect::<Vec<_>>();
     assert_ne!(ids(&mixed[0..3]), ids(&mixed[9..12]));
     // and another seed gives other samples
-    assert_ne!(ids(&alone), ids(&rows(&t.sample(&[a], 3, &cfg(8, 43)).unwrap())));
+    assert_ne!(
+        ids(&alone),
+        ids(&rows(&t.sample(&[a], 3, &cfg(8, 43)).unwrap()))
+    );
 }
 
 #[test]

@@ -60,7 +60,10 @@ fn normalised_entropy_on_logits_is_the_mean_token_entropy_over_log_v() {
     let (ids, attn, mask) = b.rows(0, b.n as i64, device());
     let got = adpo::logprob::normalised_entropy(&p, &ids, &attn, &mask, None).unwrap();
     let want = common::normalised_entropy_reference(&p, &ids, &attn, &mask);
-    assert!(want.min().double_value(&[]) > 0.01, "entropies are not trivial");
+    assert!(
+        want.min().double_value(&[]) > 0.01,
+        "entropies are not trivial"
+    );
     let d = (got.to_kind(Kind::Double) - want)
         .abs()
         .max()
@@ -254,4 +257,3 @@ mod torch_errors {
         assert_clean(&msg);
     }
 }
-

@@ -118,7 +118,11 @@ pub extern "C" fn adpo_batch_get_old_logp(
         let values = b.old_logp_values()?;
         let held = values.numel();
         if len != held {
-            let form = if held == b.n { "per sequence: n" } else { "per token: n * t" };
+            let form = if held == b.n {
+                "per sequence: n"
+            } else {
+                "per token: n * t"
+            };
             return Err(Error::shape(format!(
                 "out has {len} entries; the batch holds old_logp {form} = {held}"
             )));

@@ -182,8 +182,7 @@ fn run(
     tag: &str,
 ) -> Result<Run, String> {
     let start = Instant::now();
-    let model =
-        Model::load(&p.sft_dir.join("policy"), Device::Cpu).map_err(|e| e.to_string())?;
+    let model = Model::load(&p.sft_dir.join("policy"), Device::Cpu).map_err(|e| e.to_string())?;
     let policy: SharedModel = Arc::new(Mutex::new(model));
     let initial = params_snapshot(&policy);
     let mut trainer = Trainer::new(policy.clone(), None, &method.trainer_json(p, seed))
