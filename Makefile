@@ -35,7 +35,7 @@ MPICC ?= mpicc
 # OpenMPI refuses to run as root (containers, CI) unless told; --oversubscribe: more ranks than cores.
 MPIRUN := OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 mpirun --oversubscribe
 
-.PHONY: setup fixtures build lib test test-rust test-header test-c test-readme test-fuzz test-python test-lower-isa test-install test-cpp test-go test-julia test-bandit bench-bandit test-rl bench-rl test-mpi bench-dp demo header readme-options install bench
+.PHONY: setup fixtures build lib test test-rust test-torchscript test-header test-c test-readme test-fuzz test-python test-lower-isa test-install test-cpp test-go test-julia test-bandit bench-bandit test-rl bench-rl test-mpi bench-dp demo header readme-options install bench
 
 setup: $(SETUP_STAMP)
 $(SETUP_STAMP): scripts/setup requirements.lock
@@ -85,7 +85,7 @@ demo: $(CBUILD)/examples/arithmetic_rl $(MODEL)/.adpo-fetched
 	@mkdir -p $(dir $(DEMO_OUT))
 	$(CBUILD)/examples/arithmetic_rl $(MODEL) 6 $(DEMO_OUT)
 
-test: test-rust test-header test-c test-readme test-fuzz test-python test-lower-isa test-install test-cpp test-go test-julia test-bandit test-rl test-mpi
+test: test-rust test-torchscript test-header test-c test-readme test-fuzz test-python test-lower-isa test-install test-cpp test-go test-julia test-bandit test-rl test-mpi
 	@echo "make test: all suites passed"
 
 # Which CPU kernels libtorch runs here (the parity suites' logs say which ISA they used).
@@ -103,6 +103,11 @@ test-header: lib
 	$(CXX) -std=c++17 -Wall -Wextra -Werror -pedantic -fsyntax-only -Iinclude -x c++ include/adpo.h
 	$(PY) tests/check_exports.py $(LIB) include/adpo.h
 	$(PY) tests/check_metrics_mirrors.py include/adpo.h
+
+# The optional TorchScript model kind (cargo feature `torchscript`, off in the default build):
+# its own tests, in a build with the feature.
+test-torchscript: setup fixtures
+	ADPO_FIXTURES=$(FIXTURES) $(CARGO) test --locked $(CARGO_FEATURES) --features torchscript --release --test torchscript
 
 test-c: $(C_TESTS) $(C_EXAMPLES) fixtures $(MODEL)/.adpo-fetched
 	@set -e; for t in $(C_TESTS); do echo "== $$t"; env -u LD_LIBRARY_PATH ADPO_FIXTURES=$(FIXTURES) $$t; done

@@ -1,7 +1,9 @@
 //! The TorchScript adapter (src/model/torchscript.rs) on the fixtures of
 //! tests/fixtures/make_models.py: the forward contract checked at load, libtorch's messages
 //! without backtraces, train and eval mode (a model with dropout), what a TorchScript module
-//! cannot do, and a step on the logits path.
+//! cannot do, and a step on the logits path. TorchScript is the optional cargo feature
+//! `torchscript` (make test-torchscript).
+#![cfg(feature = "torchscript")]
 
 mod common;
 

@@ -310,6 +310,22 @@ fn a_missing_model_is_refused_and_a_checkpoint_tells_its_vocabulary() {
     );
 }
 
+/// TorchScript is an optional feature (tests/torchscript.rs runs with it): a default build
+/// refuses a TorchScript file, saying how to get a build that loads it.
+#[cfg(not(feature = "torchscript"))]
+#[test]
+fn a_torchscript_file_needs_the_torchscript_feature() {
+    let e = Model::load(&fixture("tiny_transformer.pt"), Device::Cpu)
+        .err()
+        .unwrap();
+    assert_eq!(e.status, Status::Unsupported, "{}", e.message);
+    assert!(
+        e.message.contains("--features torchscript"),
+        "{}",
+        e.message
+    );
+}
+
 #[test]
 fn token_ids_outside_the_vocabulary_are_a_clear_error() {
     let mut t = Trainer::new(model("tiny/llama"), None, "").unwrap();

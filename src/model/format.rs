@@ -1,11 +1,11 @@
 //! What a model path holds: a directory is a Hugging Face checkpoint (native/); a file is told
-//! from its first bytes before libtorch sees it: a TorchScript archive loads; a safetensors
+//! from its first bytes before libtorch sees it: a TorchScript archive loads in a build with the
+//! `torchscript` feature (a default build says how to get one); a safetensors
 //! file, a `torch.save` pickle or anything else is named as such (libtorch would only say
 //! "PytorchStreamReader failed locating file constants.pkl").
 
 use super::native::NativeLm;
-use super::options::{Dtype, LoadOptions};
-use super::torchscript::TorchScriptLm;
+use super::options::LoadOptions;
 use super::CausalLm;
 use crate::error::{Error, Result, Status};
 use std::path::Path;
@@ -47,7 +47,8 @@ fn sniff(bytes: &[u8]) -> FileKind {
 
 const SUPPORTED: &str =
     "adpo loads Hugging Face checkpoint directories (config.json + safetensors: llama, \
-     mistral, qwen2, qwen3) and TorchScript files (torch.jit.script(model).save(path))";
+     mistral, qwen2, qwen3), and TorchScript files (torch.jit.script(model).save(path)) in a \
+     build with the torchscript feature";
 
 /// Opens the causal LM at `path`.
 pub fn open(path: &Path, options: &LoadOptions) -> Result<Box<dyn CausalLm>> {
@@ -67,28 +68,7 @@ pub fn open(path: &Path, options: &LoadOptions) -> Result<Box<dyn CausalLm>> {
         )
     })?;
     let what = match sniff(&bytes) {
-        FileKind::TorchScript if options.has_adapters() => {
-            return Err(Error::unsupported(format!(
-                "{}: LoRA adapters (\"lora\", \"adapter\") go on checkpoint directories, not \
-                 TorchScript modules",
-                path.display()
-            )))
-        }
-        FileKind::TorchScript if options.dtype != Dtype::Auto => {
-            return Err(Error::unsupported(format!(
-                "{}: a TorchScript module loads in its own dtype; dtype {:?} is for checkpoint \
-                 directories (use \"auto\")",
-                path.display(),
-                options.dtype
-            )))
-        }
-        FileKind::TorchScript => {
-            return Ok(Box::new(TorchScriptLm::from_bytes(
-                path,
-                bytes,
-                options.device,
-            )?))
-        }
+        FileKind::TorchScript => return torchscript(path, bytes, options),
         FileKind::TorchPickleZip | FileKind::Pickle => {
             "a torch.save pickle (weights or a whole module, not TorchScript)"
         }
@@ -100,6 +80,40 @@ pub fn open(path: &Path, options: &LoadOptions) -> Result<Box<dyn CausalLm>> {
     };
     Err(Error::model(format!(
         "cannot load {}: it is {what}; {SUPPORTED}",
+        path.display()
+    )))
+}
+
+/// A TorchScript archive, in a build with the `torchscript` feature.
+#[cfg(feature = "torchscript")]
+fn torchscript(path: &Path, bytes: Vec<u8>, options: &LoadOptions) -> Result<Box<dyn CausalLm>> {
+    use super::options::Dtype;
+    if options.has_adapters() {
+        return Err(Error::unsupported(format!(
+            "{}: LoRA adapters (\"lora\", \"adapter\") go on checkpoint directories, not \
+             TorchScript modules",
+            path.display()
+        )));
+    }
+    if options.dtype != Dtype::Auto {
+        return Err(Error::unsupported(format!(
+            "{}: a TorchScript module loads in its own dtype; dtype {:?} is for checkpoint \
+             directories (use \"auto\")",
+            path.display(),
+            options.dtype
+        )));
+    }
+    let lm = super::torchscript::TorchScriptLm::from_bytes(path, bytes, options.device)?;
+    Ok(Box::new(lm))
+}
+
+/// A default build: TorchScript (deprecated in PyTorch 2.11) is an optional feature.
+#[cfg(not(feature = "torchscript"))]
+fn torchscript(path: &Path, _bytes: Vec<u8>, _options: &LoadOptions) -> Result<Box<dyn CausalLm>> {
+    Err(Error::unsupported(format!(
+        "{} is a TorchScript file, and this adpo was built without TorchScript support: build \
+         it with `cargo build --release --features torchscript` to load TorchScript files, or \
+         save the model as a Hugging Face checkpoint directory (save_pretrained)",
         path.display()
     )))
 }

@@ -3,11 +3,12 @@
 //! same for every kind of model: the parameter list (each tensor once, even when tied), train
 //! and eval mode, gradients on or off, frozen copies for anchors, EMA and hard copies.
 //!
-//! Implementations: `torchscript.rs` (a TorchScript module returning logits) and `native/`
+//! Implementations: `native/`
 //! (Hugging Face checkpoint directories of the architectures in `native/arch.rs`, returning final hidden
 //! states plus an output head, so log-probs can be computed a chunk of positions at a time, and
-//! a key/value-cached forward for sampling, and optional LoRA adapters). `options.rs`: device,
-//! dtype and adapters at load.
+//! a key/value-cached forward for sampling, and optional LoRA adapters) and, with the cargo
+//! feature `torchscript`, `torchscript.rs` (a TorchScript module returning logits). `options.rs`:
+//! device, dtype and adapters at load.
 //!
 //! Trainable and frozen: [`Model::params`] lists what trains (every parameter, or only the
 //! LoRA adapters of a model that has them); the optimizer, clipping, checkpoints, anchor
@@ -19,6 +20,7 @@ mod format;
 mod masters;
 pub mod native;
 mod options;
+#[cfg(feature = "torchscript")]
 mod torchscript;
 mod trainable;
 
@@ -33,6 +35,7 @@ use parking_lot::{Mutex, MutexGuard};
 use std::path::Path;
 use std::sync::Arc;
 use tch::{Device, Kind, Tensor};
+#[cfg(feature = "torchscript")]
 pub use torchscript::TorchScriptLm;
 
 /// A model shared between its C handle and the trainers that use it.
