@@ -1,8 +1,7 @@
 #!/usr/bin/env python3
 """Sampling K candidates per prompt: adpo_trainer_sample (batched, KV-cached, sampled on the
 device) against transformers' generate(do_sample=True) with its KV cache, on the same
-checkpoint directory and prompts, in one run; tokens/s of both and their ratio. Then, for the
-record, the path without a cache (a TorchScript trace of the same model) at 64 new tokens.
+checkpoint directory and prompts, in one run; tokens/s of both and their ratio.
 
 The checkpoint is a random Qwen3-shaped model made here by transformers (4 layers, hidden 256,
 4 heads x head_dim 64, 2 KV heads, V = 32,000, float32). Both sides generate exactly
@@ -12,7 +11,7 @@ temperature 1 with no truncation, on the same number of threads. The two sides a
 ratio and the load average are printed too).
 
 Usage: .venv/bin/python benches/sample_bench.py [--prompts 8 --k 8 --new 256 --threads 2
-       --rounds 2 --skip-old]
+       --rounds 2]
        (ADPO_LIB names the library; default target/release/libadpo.so)
 """
 
@@ -82,29 +81,6 @@ def time_adpo(model_path: Path, prompts, k: int, new: int) -> float:
     return elapsed
 
 
-def traced_copy(path: Path, out: Path) -> Path | None:
-    """A TorchScript trace of the checkpoint (forward(ids, mask) -> logits), or None."""
-    from transformers import AutoModelForCausalLM
-
-    class Logits(torch.nn.Module):
-        def __init__(self, m):
-            super().__init__()
-            self.m = m
-
-        def forward(self, ids, mask):
-            return self.m(input_ids=ids, attention_mask=mask, use_cache=False).logits
-
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    try:
-        ids = torch.randint(1, 32000, (2, 12))
-        traced = torch.jit.trace(Logits(model), (ids, torch.ones_like(ids)), check_trace=False)
-        traced.save(str(out))
-        return out
-    except Exception as e:  # tracing transformers models is fragile; say so and go on
-        print(f"  (no TorchScript trace: {type(e).__name__}: {str(e)[:120]})")
-        return None
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--prompts", type=int, default=8)
@@ -113,7 +89,6 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=2,
                     help="alternating rounds transformers / adpo; the best of each side is kept")
-    ap.add_argument("--skip-old", action="store_true", help="skip the path without a cache")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
@@ -136,13 +111,6 @@ def main() -> None:
         print(f"  transformers generate: {hf:8.2f} s  {tokens / hf:9.0f} tokens/s  (best round)")
         print(f"  adpo_trainer_sample:   {ours:8.2f} s  {tokens / ours:9.0f} tokens/s  (best round)")
         print(f"  ratio (adpo tokens/s over transformers'): {hf / ours:.2f}x  (goal >= 2x)")
-        traced = None if args.skip_old else traced_copy(ckpt, Path(tmp) / "traced.pt")
-        if traced is not None:
-            short = 64
-            old = time_adpo(traced, prompts, args.k, short)
-            new = time_adpo(ckpt, prompts, args.k, short)
-            print(f"  at {short} new tokens: without a cache (TorchScript trace) {old:.2f} s, "
-                  f"with the cache {new:.2f} s ({old / new:.1f}x)")
         print(f"  load average (1, 5, 15 min): {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 

@@ -2,10 +2,11 @@
  * step_bench: times adpo_trainer_step (policy forward + backward, reference forward, listwise
  * loss, AdamW) on a deterministic batch and reports tokens/s and the process's peak RSS.
  *
- *   step_bench MODEL.pt N T STEPS MICRO_BATCH_ROWS [SEED] [WARMUP]
+ *   step_bench MODEL_DIR N T STEPS MICRO_BATCH_ROWS [SEED] [WARMUP]
  *
- * MICRO_BATCH_ROWS = 0 runs the whole batch in one pass (full [N, T, V] logits with autograd);
- * k > 0 runs the exact two-pass step with k rows per forward. The model is loaded twice
+ * MODEL_DIR is a Hugging Face checkpoint directory. MICRO_BATCH_ROWS = 0 runs the whole batch in
+ * one pass (one forward with autograd, the head a chunk at a time); k > 0 runs the exact
+ * two-pass step with k rows per forward. The model is loaded twice
  * (policy + frozen reference, anchor mode "fixed"). Batch: N rows in groups of 8, T positions,
  * loss mask on the last T/2 positions, ids and rewards from a 64-bit LCG (the same generator as
  * benches/step_torch.py, so both sides see identical data). WARMUP (default 1) untimed steps,
@@ -83,7 +84,7 @@ static long parse_long(const char *s, const char *name, long min) {
 int main(int argc, char **argv) {
     if (argc < 6 || argc > 8) {
         fprintf(stderr,
-                "usage: %s MODEL.pt N T STEPS MICRO_BATCH_ROWS(0 = one pass) [SEED] [WARMUP]\n",
+                "usage: %s MODEL_DIR N T STEPS MICRO_BATCH_ROWS(0 = one pass) [SEED] [WARMUP]\n",
                 argv[0]);
         return 2;
     }
