@@ -175,14 +175,11 @@ fn cached_step(
 ) -> Tensor {
     let step_ids = ids.narrow(1, from, to - from);
     let step_mask = mask.narrow(1, 0, to);
-    match model
+    let hidden = model
         .lm()
         .forward_cached(&step_ids, &step_mask, cache)
-        .unwrap()
-    {
-        adpo::model::Forward::Hidden(h) => model.head(&h).unwrap(),
-        adpo::model::Forward::Logits(l) => l,
-    }
+        .unwrap();
+    model.head().logits(&hidden).unwrap()
 }
 
 #[test]
@@ -197,10 +194,7 @@ fn cached_forward_equals_the_uncached_forward_at_every_step() {
             );
             let full = tch::no_grad(|| model.logits(ids, mask).unwrap());
             let (b, t) = (ids.size()[0], ids.size()[1]);
-            let mut cache = model
-                .lm()
-                .new_cache(b, t + 2)
-                .expect("native models have a cache");
+            let mut cache = model.lm().new_cache(b, t + 2);
             // Prefill 3 columns, then 2 at once, then one at a time.
             let mut bounds = vec![0, 3, 5];
             bounds.extend(6..=t);
@@ -242,7 +236,7 @@ fn greedy_decoding_through_the_cache_follows_transformers_generate() {
             let (p, n) = (prompt.size()[0], tokens.size()[0]);
             let seq = Tensor::cat(&[prompt, tokens], 0).unsqueeze(0);
             let mask = seq.ones_like();
-            let mut cache = model.lm().new_cache(1, p + n).unwrap();
+            let mut cache = model.lm().new_cache(1, p + n);
             let mut from = 0;
             for s in 0..n {
                 let to = p + s;

@@ -1,5 +1,5 @@
-//! Token log-probs through the output head a chunk of positions at a time, for models whose
-//! forward gives final hidden states (native checkpoints): only the scored positions (loss
+//! Token log-probs through the output head a chunk of positions at a time: from the model's
+//! final hidden states, only the scored positions (loss
 //! mask 1) go through the head, `rows` of them at a time, so no [N, T, V] logits tensor exists,
 //! in the forward or in the backward; the largest is one chunk's [rows, V].
 //!
@@ -11,7 +11,7 @@
 //! back-propagate once into the model.
 
 use crate::error::Result;
-use crate::model::Model;
+use crate::model::{Head, Model};
 use tch::{Kind, Tensor};
 
 /// Logits elements per chunk when the trainer leaves the size to adpo: 2^26 (256 MB in
@@ -52,7 +52,7 @@ fn logp_kind(model: &Model) -> Kind {
 /// One chunk: the hidden states that predict its scored tokens [len, H], the tokens [len, 1],
 /// and their logits [len, V] in the log-prob kind (a fresh buffer the caller may overwrite).
 fn chunk_logits(
-    weight: &Tensor,
+    head: &Head,
     kind: Kind,
     flat_hidden: &Tensor,
     flat_ids: &Tensor,
@@ -63,7 +63,7 @@ fn chunk_logits(
     let next = flat_ids
         .index_select(0, &s.token_at.narrow(0, start, len))
         .unsqueeze(1);
-    let logits = h.f_linear(weight, None::<&Tensor>)?.f_to_kind(kind)?;
+    let logits = head.logits(&h)?.f_to_kind(kind)?;
     Ok((h, next, logits))
 }
 
@@ -95,14 +95,13 @@ fn per_scored_token(
     value: impl Fn(&Tensor, Tensor) -> Tensor,
 ) -> Result<Tensor> {
     let (b, t) = (ids.size()[0], ids.size()[1]);
-    let (s, kind, weight) = (scored(loss_mask), logp_kind(model), model.head_weight()?);
+    let (s, kind, head) = (scored(loss_mask), logp_kind(model), model.head());
     let flat_hidden = hidden.detach().reshape([b * t, -1]);
     let flat_ids = ids.reshape([-1]);
     let mut out = Tensor::zeros([b * t], (kind, ids.device()));
     tch::no_grad(|| -> Result<()> {
         for range in ranges(s.token_at.size()[0], rows) {
-            let (_, next, logits) =
-                chunk_logits(&weight, kind, &flat_hidden, &flat_ids, &s, range)?;
+            let (_, next, logits) = chunk_logits(&head, kind, &flat_hidden, &flat_ids, &s, range)?;
             let v = value(&next, logits);
             let _ = out.f_index_copy_(0, &s.token_at.narrow(0, range.0, range.1), &v)?;
         }
@@ -147,18 +146,6 @@ pub fn token_entropy(
     })
 }
 
-/// The head weight's gradient buffer, created (zeros) on the first step; None when it is frozen.
-fn head_grad(weight: &Tensor) -> Option<Tensor> {
-    if !weight.requires_grad() {
-        return None;
-    }
-    if !weight.grad().defined() {
-        // tch cannot assign a .grad: a backward whose gradient is zero everywhere makes it.
-        (weight.narrow(0, 0, 1).sum(weight.kind()) * 0.0).backward();
-    }
-    Some(weight.grad())
-}
-
 /// Back-propagates sum(weights * token log-probs) through the head, a chunk at a time, and then
 /// through the model from `hidden` [B, T, H] (which carries the graph of the forward).
 /// `weights` [B, T]: dL/d(token log-prob), 0 where a token is not scored.
@@ -188,15 +175,15 @@ pub fn head_backward(
     rows: i64,
 ) -> Result<Tensor> {
     let (b, t) = (ids.size()[0], ids.size()[1]);
-    let (s, kind, weight) = (scored(loss_mask), logp_kind(model), model.head_weight()?);
+    let (s, kind, head) = (scored(loss_mask), logp_kind(model), model.head());
     let flat_hidden = hidden.detach().reshape([b * t, -1]);
     let (flat_ids, flat_w) = (ids.reshape([-1]), weights.reshape([-1]));
-    let grad_w = head_grad(&weight);
+    let grad_w = head.weight_grad();
     let mut grad_h = flat_hidden.zeros_like();
     tch::no_grad(|| -> Result<()> {
         for range in ranges(s.token_at.size()[0], rows) {
             let (h, next, mut dlogits) =
-                chunk_logits(&weight, kind, &flat_hidden, &flat_ids, &s, range)?;
+                chunk_logits(&head, kind, &flat_hidden, &flat_ids, &s, range)?;
             let w = flat_w
                 .index_select(0, &s.token_at.narrow(0, range.0, range.1))
                 .to_kind(kind)
@@ -205,12 +192,9 @@ pub fn head_backward(
             let _ = softmax_in_place(&mut dlogits);
             dlogits *= -&w;
             let _ = dlogits.scatter_add_(1, &next, &w);
-            let dlogits = dlogits.to_kind(weight.kind());
             let at = s.hidden_at.narrow(0, range.0, range.1);
-            let _ = grad_h.f_index_add_(0, &at, &dlogits.f_mm(&weight)?)?;
-            if let Some(g) = &grad_w {
-                let _ = g.shallow_clone().f_addmm_(&dlogits.tr(), &h)?;
-            }
+            let dh = head.backward_chunk(&dlogits, &h, grad_w.as_ref())?;
+            let _ = grad_h.f_index_add_(0, &at, &dh)?;
         }
         Ok(())
     })?;

@@ -8,7 +8,7 @@
 pub mod chunked;
 
 use crate::error::Result;
-use crate::model::{Forward, Model};
+use crate::model::Model;
 use serde::Deserialize;
 use tch::{Kind, Tensor};
 
@@ -23,8 +23,8 @@ pub enum SeqReduce {
 }
 
 /// Per-token log-probs [B, T] (float32 or float64 as the model; bf16/f16 models give float32):
-/// position 0 and masked positions are 0. Models that give hidden states go through the head
-/// `chunk_rows` scored positions at a time (None: sized for the vocabulary; see chunked.rs).
+/// position 0 and masked positions are 0. The hidden states go through the head `chunk_rows`
+/// scored positions at a time (None: sized for the vocabulary; see chunked.rs).
 pub fn token_logp_chunked(
     model: &Model,
     ids: &Tensor,
@@ -32,13 +32,9 @@ pub fn token_logp_chunked(
     loss_mask: &Tensor,
     chunk_rows: Option<usize>,
 ) -> Result<Tensor> {
-    match model.forward(ids, attention_mask)? {
-        Forward::Logits(logits) => Ok(from_logits(&logits, ids, loss_mask)),
-        Forward::Hidden(hidden) => {
-            let rows = chunked::chunk_rows(chunk_rows, model.vocab());
-            chunked::token_logp(model, &hidden, ids, loss_mask, rows)
-        }
-    }
+    let hidden = model.forward(ids, attention_mask)?;
+    let rows = chunked::chunk_rows(chunk_rows, model.vocab());
+    chunked::token_logp(model, &hidden, ids, loss_mask, rows)
 }
 
 /// [`token_logp_chunked`] with the chunk sized for the vocabulary.
@@ -51,55 +47,10 @@ pub fn token_logp(
     token_logp_chunked(model, ids, attention_mask, loss_mask, None)
 }
 
-/// Back-propagates sum(weights * token log-probs) into the model; `weights` [B, T] is the
-/// known dL/d(token log-prob). Hidden-state models never hold more than one chunk of logits.
-pub fn backward_weighted(
-    model: &Model,
-    ids: &Tensor,
-    attention_mask: &Tensor,
-    loss_mask: &Tensor,
-    weights: &Tensor,
-    chunk_rows: Option<usize>,
-) -> Result<()> {
-    match model.forward(ids, attention_mask)? {
-        Forward::Logits(logits) => {
-            let tok = from_logits(&logits, ids, loss_mask);
-            (tok * weights.to_kind(logits_kind(&logits)))
-                .sum(Kind::Double)
-                .backward();
-        }
-        Forward::Hidden(hidden) => {
-            let rows = chunked::chunk_rows(chunk_rows, model.vocab());
-            chunked::backward(model, &hidden, ids, loss_mask, weights, rows)?;
-        }
-    }
-    Ok(())
-}
-
-/// [`backward_weighted`] by activation checkpointing (hidden-state models): the layers' forward
-/// without grad, the head's gradient a chunk at a time, then the layers recomputed one at a
-/// time (src/model/native/decoder/checkpointing.rs).
-pub fn backward_weighted_checkpointed(
-    model: &Model,
-    ids: &Tensor,
-    attention_mask: &Tensor,
-    loss_mask: &Tensor,
-    weights: &Tensor,
-    chunk_rows: Option<usize>,
-) -> Result<()> {
-    let rows = chunked::chunk_rows(chunk_rows, model.vocab());
-    model.backward_checkpointed(ids, attention_mask, &mut |hidden| {
-        chunked::head_backward(model, hidden, ids, loss_mask, weights, rows)
-    })
-}
-
-fn logits_kind(logits: &Tensor) -> Kind {
-    crate::dtype::compute_kind(logits.kind())
-}
-
-/// Token log-probs from full logits [B, T, V].
+/// Token log-probs from full logits [B, T, V] (the reference the chunked path is tested
+/// against).
 pub fn from_logits(logits: &Tensor, ids: &Tensor, loss_mask: &Tensor) -> Tensor {
-    let kind = logits_kind(logits);
+    let kind = crate::dtype::compute_kind(logits.kind());
     let logits = logits.to_kind(kind);
     let (b, t) = (ids.size()[0], ids.size()[1]);
     // log_softmax over every position, the last included (its row is ignored): slicing off the
@@ -144,8 +95,8 @@ pub fn reduce(token_logp: &Tensor, loss_mask: &Tensor, how: SeqReduce) -> Tensor
 }
 
 /// Mean token entropy of the model's next-token distributions over the loss-masked positions,
-/// divided by log V, per row [B] (the H of the smooth-hybrid temperature rule). Hidden-state
-/// models go through the head `chunk_rows` scored positions at a time, as token log-probs do.
+/// divided by log V, per row [B] (the H of the smooth-hybrid temperature rule), through the
+/// head `chunk_rows` scored positions at a time, as token log-probs are.
 pub fn normalised_entropy(
     model: &Model,
     ids: &Tensor,
@@ -153,23 +104,25 @@ pub fn normalised_entropy(
     loss_mask: &Tensor,
     chunk_rows: Option<usize>,
 ) -> Result<Tensor> {
+    let hidden = model.forward(ids, attention_mask)?;
+    let rows = chunked::chunk_rows(chunk_rows, model.vocab());
+    normalised_entropy_of(model, &hidden, ids, loss_mask, rows)
+}
+
+/// [`normalised_entropy`] from the model's hidden states of the rows, `rows` scored positions
+/// per chunk of the head.
+pub fn normalised_entropy_of(
+    model: &Model,
+    hidden: &Tensor,
+    ids: &Tensor,
+    loss_mask: &Tensor,
+    rows: i64,
+) -> Result<Tensor> {
     let t = ids.size()[1];
     // Entropy [B, T - 1] of the distribution that predicts each token 1..T.
-    let h = match model.forward(ids, attention_mask)? {
-        Forward::Logits(logits) => {
-            // Entropy at every position, then drop the last ([B, T], small): as in
-            // token_logp, slicing the logits first would copy all of them.
-            let log_p = logits.to_kind(Kind::Float).log_softmax(2, Kind::Float);
-            let h = -(log_p.exp() * &log_p).sum_dim_intlist(2, false, Kind::Float);
-            h.narrow(1, 0, t - 1)
-        }
-        Forward::Hidden(hidden) => {
-            let rows = chunked::chunk_rows(chunk_rows, model.vocab());
-            chunked::token_entropy(model, &hidden, ids, loss_mask, rows)?
-                .to_kind(Kind::Float)
-                .narrow(1, 1, t - 1)
-        }
-    };
+    let h = chunked::token_entropy(model, hidden, ids, loss_mask, rows)?
+        .to_kind(Kind::Float)
+        .narrow(1, 1, t - 1);
     let mask = loss_mask.narrow(1, 1, t - 1).to_kind(Kind::Float);
     let mean = (h * &mask).sum_dim_intlist(1, false, Kind::Float)
         / mask.sum_dim_intlist(1, false, Kind::Float).clamp_min(1.0);

@@ -17,21 +17,25 @@
 
 mod device;
 mod format;
+mod head;
 mod masters;
 pub mod native;
 mod options;
+pub mod shared_prefix;
 #[cfg(feature = "torchscript")]
 mod torchscript;
 mod trainable;
 
 use crate::error::{Error, Result};
 pub use device::parse_device;
+pub use head::Head;
 use masters::Masters;
 pub use native::NativeLm;
 #[cfg(test)]
 pub(crate) use options::LoadConfig;
 pub use options::{Dtype, LoadOptions, LoraInit, LoraOptions};
 use parking_lot::{Mutex, MutexGuard};
+pub use shared_prefix::SharedPrefix;
 use std::path::Path;
 use std::sync::Arc;
 use tch::{Device, Kind, Tensor};
@@ -60,15 +64,6 @@ pub fn lock_in_order<'a>(
         }
         None => (policy.lock(), None),
     }
-}
-
-/// What a forward pass gives.
-#[derive(Debug)]
-pub enum Forward {
-    /// Logits [B, T, V].
-    Logits(Tensor),
-    /// Final hidden states [B, T, H]; [`CausalLm::head`] turns any slice of them into logits.
-    Hidden(Tensor),
 }
 
 /// Per-layer key/value buffers of an incremental forward, preallocated for `capacity`
@@ -116,19 +111,32 @@ pub trait CausalLm: Send {
             self.describe()
         )))
     }
-    /// Train mode (dropout and the like active) or eval mode.
-    fn set_train_mode(&mut self, train: bool);
-    /// Logits, or final hidden states, for ids [B, T] (in range: [`Model`] checks).
-    fn forward(&self, ids: &Tensor, attention_mask: &Tensor) -> Result<Forward>;
-    /// The output head's matrix [V, H] (models whose forward gives `Hidden`): logits are
-    /// `hidden @ W^T`, no bias (the chunked log-probs compute its gradient by hand).
-    fn head_weight(&self) -> Result<Tensor> {
-        Err(Error::unsupported(format!(
-            "{} returns logits, not hidden states",
-            self.describe()
-        )))
+    /// Train mode (dropout and the like active) or eval mode. The native architectures have
+    /// no train-time behaviour.
+    fn set_train_mode(&mut self, train: bool) {
+        let _ = train;
     }
-    /// Activation checkpointing (models whose forward gives `Hidden`): back-propagates into
+    /// Final hidden states [B, T, H] for ids [B, T] (in range: [`Model`] checks).
+    fn forward(&self, ids: &Tensor, attention_mask: &Tensor) -> Result<Tensor>;
+    /// [`CausalLm::forward`] of the same rows, running each shared prefix of `plan` once (see
+    /// shared_prefix.rs). A model that cannot share prefixes runs the rows whole.
+    fn forward_shared(
+        &self,
+        ids: &Tensor,
+        attention_mask: &Tensor,
+        plan: &SharedPrefix,
+    ) -> Result<Tensor> {
+        let _ = plan;
+        self.forward(ids, attention_mask)
+    }
+    /// What turns hidden states into logits (the chunked log-probs compute its gradient by
+    /// hand).
+    fn head(&self) -> Head;
+    /// Whether [`CausalLm::backward_checkpointed`] can run.
+    fn checkpoints_layers(&self) -> bool {
+        false
+    }
+    /// Activation checkpointing: back-propagates into
     /// the parameters the loss whose gradient with respect to the final hidden states is
     /// `head(hidden)`, holding one layer's activations at a time.
     fn backward_checkpointed(
@@ -166,27 +174,17 @@ pub trait CausalLm: Send {
             self.describe()
         )))
     }
-    /// A key/value cache for `rows` sequences of up to `capacity` positions; None when the
-    /// model has no incremental forward (then sampling re-runs the prefix).
-    fn new_cache(&self, rows: i64, capacity: i64) -> Option<KvCache> {
-        let _ = (rows, capacity);
-        None
-    }
-    /// Logits or final hidden states [B, t, ..] of `ids` [B, t], the next t positions after
-    /// the `cache.len` cached ones; `attention_mask` [B, cache.len + t] covers both. Appends
-    /// to the cache.
+    /// A key/value cache for `rows` sequences of up to `capacity` positions.
+    fn new_cache(&self, rows: i64, capacity: i64) -> KvCache;
+    /// Final hidden states [B, t, H] of `ids` [B, t], the next t positions after the
+    /// `cache.len` cached ones; `attention_mask` [B, cache.len + t] covers both. Appends to
+    /// the cache. Runs without gradients (for sampling).
     fn forward_cached(
         &self,
         ids: &Tensor,
         attention_mask: &Tensor,
         cache: &mut KvCache,
-    ) -> Result<Forward> {
-        let _ = (ids, attention_mask, cache);
-        Err(Error::unsupported(format!(
-            "{} has no key/value-cached forward",
-            self.describe()
-        )))
-    }
+    ) -> Result<Tensor>;
 }
 
 /// A loaded causal LM: the policy (trained in place) or a frozen reference or anchor copy.
@@ -254,42 +252,55 @@ impl Model {
 
     /// Logits [B, T, V] for ids [B, T] (int64, on the model's device).
     pub fn logits(&self, ids: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
-        match self.forward(ids, attention_mask)? {
-            Forward::Logits(logits) => Ok(logits),
-            Forward::Hidden(hidden) => self.head(&hidden),
-        }
+        self.head().logits(&self.forward(ids, attention_mask)?)
     }
 
-    /// Logits or final hidden states (then [`Model::head`] gives logits a slice at a time).
-    pub fn forward(&self, ids: &Tensor, attention_mask: &Tensor) -> Result<Forward> {
-        self.check_ids(ids)?;
-        self.lm.forward(ids, attention_mask)
+    /// Final hidden states (then [`Model::head`] gives logits a slice at a time).
+    pub fn forward(&self, ids: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
+        self.forward_rows(ids, attention_mask, None)
     }
 
-    /// Logits [.., V] from final hidden states [.., H].
-    pub fn head(&self, hidden: &Tensor) -> Result<Tensor> {
-        Ok(hidden.f_linear(&self.lm.head_weight()?, None::<&Tensor>)?)
-    }
-
-    /// See [`CausalLm::backward_checkpointed`].
-    pub fn backward_checkpointed(
+    /// [`Model::forward`], each prefix that `shared` names run once.
+    pub fn forward_rows(
         &self,
         ids: &Tensor,
         attention_mask: &Tensor,
+        shared: Option<&SharedPrefix>,
+    ) -> Result<Tensor> {
+        self.check_ids(ids)?;
+        match shared {
+            Some(plan) => self.lm.forward_shared(ids, attention_mask, plan),
+            None => self.lm.forward(ids, attention_mask),
+        }
+    }
+
+    /// The output head (see [`CausalLm::head`]).
+    pub fn head(&self) -> Head {
+        self.lm.head()
+    }
+
+    /// Back-propagates into the parameters the loss whose gradient with respect to the final
+    /// hidden states is `head(hidden)` (given detached hidden states, it may compute anything
+    /// from them first): through the forward's graph (each prefix that `shared` names run
+    /// once), or, `checkpointed`, by recomputing the layers one at a time (see
+    /// [`CausalLm::backward_checkpointed`]).
+    pub fn backward_through(
+        &self,
+        (ids, attention_mask): (&Tensor, &Tensor),
+        shared: Option<&SharedPrefix>,
+        checkpointed: bool,
         head: &mut dyn FnMut(&Tensor) -> Result<Tensor>,
     ) -> Result<()> {
-        self.check_ids(ids)?;
-        self.lm.backward_checkpointed(ids, attention_mask, head)
-    }
-
-    /// Whether the forward gives hidden states and a head (native models), not logits.
-    pub fn gives_hidden(&self) -> bool {
-        self.lm.head_weight().is_ok()
-    }
-
-    /// The output head's matrix [V, H] (see [`CausalLm::head_weight`]).
-    pub fn head_weight(&self) -> Result<Tensor> {
-        self.lm.head_weight()
+        if checkpointed {
+            self.check_ids(ids)?;
+            return self.lm.backward_checkpointed(ids, attention_mask, head);
+        }
+        let hidden = self.forward_rows(ids, attention_mask, shared)?;
+        let grad = head(&hidden.detach())?;
+        if hidden.requires_grad() {
+            (hidden * grad).sum(Kind::Double).backward();
+        }
+        Ok(())
     }
 
     /// Writes a Hugging Face checkpoint directory (models loaded from one; see native/save.rs);

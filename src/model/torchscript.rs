@@ -2,8 +2,12 @@
 //! `forward(input_ids int64 [B, T], attention_mask int64 [B, T]) -> logits [B, T, V]`, or
 //! `forward(input_ids)`. Loading runs the module's code (the probe below calls forward): load
 //! only files you trust. The file's bytes are kept, so anchor copies load from memory.
+//!
+//! To the rest of adpo it is a model like the native ones: its logits stand for its hidden
+//! states, behind an identity head, and its "key/value cache" holds the ids so far, all of which
+//! run again at every sampling step (a TorchScript module has no incremental forward).
 
-use super::{CausalLm, Forward};
+use super::{CausalLm, Head, KvCache};
 use crate::error::{torch_message, Error, Result};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -85,6 +89,47 @@ impl TorchScriptLm {
     }
 }
 
+impl TorchScriptLm {
+    /// Logits [rows, t, V] of the last t positions of `seen` [rows, end], each row run on its
+    /// real (mask 1, left-padded) positions only; positions before a row's start are 0.
+    fn rerun_by_length(&self, seen: &Tensor, mask: &Tensor, t: i64) -> Result<Tensor> {
+        let end = seen.size()[1];
+        let lengths = Vec::<i64>::try_from(mask.sum_dim_intlist(1, false, Kind::Int64))?;
+        let mut distinct = lengths.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        let mut out: Option<Tensor> = None;
+        for len in distinct {
+            let members: Vec<i64> = (0..lengths.len() as i64)
+                .filter(|&r| lengths[r as usize] == len)
+                .collect();
+            let members = Tensor::from_slice(&members).to_device(self.device);
+            let real = mask.index_select(0, &members).narrow(1, end - len, len);
+            if len == 0 || !bool::try_from(real.eq(1).all())? {
+                return Err(Error::invalid(format!(
+                    "{}: sampling takes left-padded rows with at least one position",
+                    self.path.display()
+                )));
+            }
+            let ids = seen.index_select(0, &members).narrow(1, end - len, len);
+            let logits = self.forward(&ids, &ids.ones_like())?;
+            let out = out.get_or_insert_with(|| {
+                Tensor::zeros(
+                    [seen.size()[0], t, self.vocab],
+                    (logits.kind(), self.device),
+                )
+            });
+            let kept = t.min(len);
+            let shape = [members.size()[0], t, self.vocab];
+            let part = Tensor::zeros(shape, (logits.kind(), self.device));
+            part.narrow(1, t - kept, kept)
+                .copy_(&logits.narrow(1, len - kept, kept));
+            let _ = out.f_index_copy_(0, &members, &part)?;
+        }
+        Ok(out.expect("at least one row"))
+    }
+}
+
 impl CausalLm for TorchScriptLm {
     fn describe(&self) -> String {
         self.path.display().to_string()
@@ -103,15 +148,7 @@ impl CausalLm for TorchScriptLm {
         self.module.named_parameters().unwrap_or_default()
     }
 
-    fn set_train_mode(&mut self, train: bool) {
-        if train {
-            self.module.set_train();
-        } else {
-            self.module.set_eval();
-        }
-    }
-
-    fn forward(&self, ids: &Tensor, attention_mask: &Tensor) -> Result<Forward> {
+    fn forward(&self, ids: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
         let out = if self.takes_mask {
             self.module.forward_ts(&[ids, attention_mask])?
         } else {
@@ -126,7 +163,56 @@ impl CausalLm for TorchScriptLm {
                 self.vocab
             )));
         }
-        Ok(Forward::Logits(out))
+        Ok(out)
+    }
+
+    fn head(&self) -> Head {
+        Head::Identity
+    }
+
+    /// The ids so far, [rows, capacity] int64 (keys[0]).
+    fn new_cache(&self, rows: i64, capacity: i64) -> KvCache {
+        let ids = Tensor::zeros([rows, capacity], (Kind::Int64, self.device));
+        KvCache {
+            keys: vec![ids],
+            values: Vec::new(),
+            len: 0,
+            capacity,
+        }
+    }
+
+    /// Appends `ids` to the cached ones, then runs each row's real positions again (the rows
+    /// are left-padded): rows of one length together, unpadded, so that a module whose
+    /// positions do not follow the attention mask sees each row as it would alone.
+    fn forward_cached(
+        &self,
+        ids: &Tensor,
+        attention_mask: &Tensor,
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
+        let (rows, t) = (ids.size()[0], ids.size()[1]);
+        let end = cache.len + t;
+        let fits = cache.keys.len() == 1 && cache.keys[0].size() == [rows, cache.capacity];
+        if !fits || end > cache.capacity || attention_mask.size() != [rows, end] {
+            return Err(Error::shape(format!(
+                "{}: the cache (made for other rows, or full) or the attention mask {:?} does                  not fit {rows} rows of {} cached + {t} new positions",
+                self.path.display(),
+                attention_mask.size(),
+                cache.len
+            )));
+        }
+        cache.keys[0].narrow(1, cache.len, t).copy_(ids);
+        cache.len = end;
+        let seen = cache.keys[0].narrow(1, 0, end);
+        tch::no_grad(|| self.rerun_by_length(&seen, attention_mask, t))
+    }
+
+    fn set_train_mode(&mut self, train: bool) {
+        if train {
+            self.module.set_train();
+        } else {
+            self.module.set_eval();
+        }
     }
 
     fn duplicate(&self) -> Result<Box<dyn CausalLm>> {

@@ -21,7 +21,7 @@ use crate::batch::Batch;
 use crate::error::{Error, Result};
 use crate::model::{KvCache, Model};
 use generate::{generate, Generated};
-use stepper::{Cached, Uncached};
+use stepper::Cached;
 use tch::{Kind, Tensor};
 
 /// K samples for each prompt. Rows are grouped by prompt (group id = prompt index). `rng` is
@@ -44,12 +44,10 @@ pub fn sample(
     };
     let longest = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
     let capacity = (longest + cfg.max_new_tokens) as i64;
-    let generated = tch::no_grad(
-        || match model.lm().new_cache(prompts.len() as i64, capacity) {
-            Some(cache) => generate_cached(model, cache, prompts, k, cfg, &eos, seed),
-            None => generate_uncached(model, prompts, k, cfg, &eos, seed),
-        },
-    )?;
+    let generated = tch::no_grad(|| {
+        let cache = model.lm().new_cache(prompts.len() as i64, capacity);
+        generate_cached(model, cache, prompts, k, cfg, &eos, seed)
+    })?;
     assemble(prompts, k, cfg, &generated)
 }
 
@@ -139,60 +137,6 @@ fn generate_cached(
         device,
     );
     generate(&mut stepper, cfg, eos, &u)
-}
-
-/// Prompts of one length at a time, so that no row needs padding (see `stepper::Uncached`).
-fn generate_uncached(
-    model: &Model,
-    prompts: &[&[i64]],
-    k: usize,
-    cfg: &SamplingConfig,
-    eos: &[i64],
-    seed: u64,
-) -> Result<Generated> {
-    let device = model.device();
-    let all_u = streams::uniforms(
-        seed,
-        prompts,
-        k,
-        cfg.max_new_tokens,
-        logp_kind(model),
-        device,
-    );
-    let rows = prompts.len() * k;
-    let mut out = Generated {
-        tokens: vec![Vec::new(); rows],
-        logp: vec![Vec::new(); rows],
-    };
-    let mut lengths: Vec<usize> = prompts.iter().map(|p| p.len()).collect();
-    lengths.sort_unstable();
-    lengths.dedup();
-    for len in lengths {
-        let members: Vec<usize> = (0..prompts.len())
-            .filter(|&i| prompts[i].len() == len)
-            .collect();
-        let row_ids: Vec<i64> = members
-            .iter()
-            .flat_map(|&i| (i * k..(i + 1) * k).map(|r| r as i64))
-            .collect();
-        let seqs: Vec<i64> = members
-            .iter()
-            .flat_map(|&i| std::iter::repeat(prompts[i]).take(k).flatten().copied())
-            .collect();
-        let mut stepper = Uncached {
-            model,
-            seqs: Tensor::from_slice(&seqs)
-                .view([row_ids.len() as i64, len as i64])
-                .to_device(device),
-        };
-        let u = all_u.index_select(0, &Tensor::from_slice(&row_ids).to_device(device));
-        let part = generate(&mut stepper, cfg, eos, &u)?;
-        for (j, &r) in row_ids.iter().enumerate() {
-            out.tokens[r as usize] = part.tokens[j].clone();
-            out.logp[r as usize] = part.logp[j].clone();
-        }
-    }
-    Ok(out)
 }
 
 /// One right-padded batch: prompt, then the generated tokens (the ending token included, loss

@@ -1,9 +1,9 @@
-//! How a generation gets next-token logits: a model with a key/value cache decodes one token
-//! per step; a model without one (TorchScript) re-runs the whole prefix.
+//! How a generation gets next-token logits: the model's key/value cache decodes one token per
+//! step.
 
 use crate::error::Result;
-use crate::model::{Forward, KvCache, Model};
-use tch::{Kind, Tensor};
+use crate::model::{KvCache, Model};
+use tch::Tensor;
 
 /// The rows being generated, on the device.
 pub trait Stepper {
@@ -15,12 +15,9 @@ pub trait Stepper {
     fn keep(&mut self, rows: &Tensor) -> Result<()>;
 }
 
-/// Logits of the last position of a forward's output.
-fn last_logits(model: &Model, out: Forward) -> Result<Tensor> {
-    match out {
-        Forward::Logits(logits) => Ok(logits.select(1, -1)),
-        Forward::Hidden(hidden) => model.head(&hidden.select(1, -1)),
-    }
+/// Logits of the last position of a forward's hidden states.
+fn last_logits(model: &Model, hidden: Tensor) -> Result<Tensor> {
+    model.head().logits(&hidden.select(1, -1))
 }
 
 /// Prefill every distinct prompt once (left-padded, positions from the mask), copy its cache to
@@ -74,37 +71,5 @@ impl Stepper for Cached<'_> {
 fn select_cache_rows(cache: &mut KvCache, rows: &Tensor) {
     for t in cache.keys.iter_mut().chain(cache.values.iter_mut()) {
         *t = t.index_select(0, rows);
-    }
-}
-
-/// No cache: the whole sequence [B, t] runs again at every step. The prompts of one call share
-/// a length (the caller groups them), so no row is padded: a model whose positions do not
-/// follow the attention mask still sees each row as it would alone.
-pub struct Uncached<'a> {
-    pub model: &'a Model,
-    pub seqs: Tensor,
-}
-
-impl Uncached<'_> {
-    fn last(&self) -> Result<Tensor> {
-        let mask = self.seqs.ones_like();
-        let logits = self.model.logits(&self.seqs, &mask)?;
-        Ok(logits.select(1, -1))
-    }
-}
-
-impl Stepper for Uncached<'_> {
-    fn prefill(&mut self) -> Result<Tensor> {
-        self.last()
-    }
-
-    fn step(&mut self, tokens: &Tensor) -> Result<Tensor> {
-        self.seqs = Tensor::cat(&[&self.seqs, &tokens.unsqueeze(1).to_kind(Kind::Int64)], 1);
-        self.last()
-    }
-
-    fn keep(&mut self, rows: &Tensor) -> Result<()> {
-        self.seqs = self.seqs.index_select(0, rows);
-        Ok(())
     }
 }

@@ -8,7 +8,6 @@ use crate::anchor::AnchorConfig;
 use crate::batch::{Batch, SuppliedLogp};
 use crate::config::AdaptiveTau;
 use crate::error::{Error, Result};
-use crate::logprob;
 use crate::model::Model;
 use crate::objective::{EvalInputs, Level, Metrics, Signal, TokenInputs};
 use tch::{Device, Kind, Tensor};
@@ -25,16 +24,6 @@ pub(super) enum Held {
         old: Tensor,
         reference: Option<Tensor>,
     },
-}
-
-impl Held {
-    /// The dtype the step computes in.
-    pub(super) fn kind(&self) -> Kind {
-        match self {
-            Held::Sequence { anchor, .. } => anchor.kind(),
-            Held::Tokens { old, .. } => old.kind(),
-        }
-    }
 }
 
 impl Trainer {
@@ -56,15 +45,17 @@ impl Trainer {
             return self.token_values(policy, reference, batch, kind);
         }
         let device = policy.device();
-        let anchor =
-            match (&batch.anchor_logp, &self.cfg.anchor) {
-                (Some(s), _) => self.supplied_seq(s, batch, device, kind),
-                (None, AnchorConfig::Fixed {}) => match reference {
+        let anchor = match (&batch.anchor_logp, &self.cfg.anchor) {
+            (Some(s), _) => self.supplied_seq(s, batch, device, kind),
+            (None, AnchorConfig::Fixed {}) => {
+                match reference {
                     Some(r) => self
+                        .passes
                         .reduce(&self.reference_tokens(r, batch)?, batch, device)
                         .to_kind(kind),
                     // A LoRA policy's base is the reference: the same weights, adapters off.
                     None if policy.has_adapters() => self
+                        .passes
                         .reduce(&self.base_tokens(policy, batch)?, batch, device)
                         .to_kind(kind),
                     None => return Err(Error::invalid(
@@ -73,24 +64,29 @@ impl Trainer {
                          LoRA adapters, whose base would be the reference), so every batch must \
                          carry anchor_logp (adpo_batch_set_anchor_logp), and this one does not",
                     )),
-                },
-                (None, AnchorConfig::OnPolicy {}) => match &batch.old_logp {
-                    Some(s) => self.supplied_seq(s, batch, device, kind),
-                    None => self.reduce(&self.tokens_no_grad(policy, batch)?, batch, device),
-                },
-                (None, AnchorConfig::Ema { .. } | AnchorConfig::KlTriggered { .. }) => {
-                    let copy = self
-                        .anchor
-                        .copy
-                        .as_ref()
-                        .expect("ema/kl anchors keep a copy");
-                    self.reduce(&self.tokens_no_grad(copy, batch)?, batch, device)
-                        .to_kind(kind)
                 }
-            };
+            }
+            (None, AnchorConfig::OnPolicy {}) => match &batch.old_logp {
+                Some(s) => self.supplied_seq(s, batch, device, kind),
+                None => {
+                    self.passes
+                        .reduce(&self.passes.tokens_no_grad(policy, batch)?, batch, device)
+                }
+            },
+            (None, AnchorConfig::Ema { .. } | AnchorConfig::KlTriggered { .. }) => {
+                let copy = self
+                    .anchor
+                    .copy
+                    .as_ref()
+                    .expect("ema/kl anchors keep a copy");
+                self.passes
+                    .reduce(&self.passes.tokens_no_grad(copy, batch)?, batch, device)
+                    .to_kind(kind)
+            }
+        };
         let entropy = match self.objective.config().adaptive_tau {
             Some(AdaptiveTau::SmoothHybrid { .. }) => {
-                Some(self.entropy_no_grad(policy, batch)?.to_kind(kind))
+                Some(self.passes.entropy_no_grad(policy, batch)?.to_kind(kind))
             }
             _ => None,
         };
@@ -101,13 +97,13 @@ impl Trainer {
     /// a reference handle may be another trainer's policy, which keeps training (it is never
     /// frozen by being a reference).
     fn reference_tokens(&self, reference: &mut Model, batch: &Batch) -> Result<Tensor> {
-        reference.in_eval_mode(|r| self.tokens_no_grad(r, batch))
+        reference.in_eval_mode(|r| self.passes.tokens_no_grad(r, batch))
     }
 
     /// Token log-probs under a LoRA policy's base (adapters off): the reference of a policy
     /// with adapters and no reference handle, with no second copy of the weights.
     fn base_tokens(&self, policy: &Model, batch: &Batch) -> Result<Tensor> {
-        policy.with_adapters_off(|base| self.tokens_no_grad(base, batch))
+        policy.with_adapters_off(|base| self.passes.tokens_no_grad(base, batch))
     }
 
     /// GRPO: the old token log-probs (supplied, or the policy's now) and the reference's.
@@ -127,7 +123,7 @@ impl Trainer {
                     self.objective.plan().name
                 )))
             }
-            None => self.tokens_no_grad(policy, batch)?,
+            None => self.passes.tokens_no_grad(policy, batch)?,
         };
         let reference = match (reference, self.objective.config().beta_kl > 0.0) {
             (Some(r), true) => Some(self.reference_tokens(r, batch)?.to_kind(kind)),
@@ -143,20 +139,13 @@ impl Trainer {
         })
     }
 
-    /// Per-candidate normalised policy entropy (the smooth_hybrid temperature rule).
-    fn entropy_no_grad(&self, policy: &Model, batch: &Batch) -> Result<Tensor> {
-        let chunk = self.cfg.logprob_chunk_rows;
-        self.by_chunks_no_grad(policy, batch, |m, ids, attn, mask| {
-            logprob::normalised_entropy(m, ids, attn, mask, chunk)
-        })
-    }
-
     fn supplied_seq(&self, s: &SuppliedLogp, batch: &Batch, device: Device, kind: Kind) -> Tensor {
         match s {
             SuppliedLogp::Sequence(t) => t.to_device(device).to_kind(kind),
             SuppliedLogp::Tokens(t) => {
                 let mask = batch.loss_mask.to_device(device).to_kind(kind);
-                self.reduce(&(t.to_device(device).to_kind(kind) * &mask), batch, device)
+                self.passes
+                    .reduce(&(t.to_device(device).to_kind(kind) * &mask), batch, device)
             }
         }
     }

@@ -1,9 +1,10 @@
 //! The ADPO step on a policy model. Read `step_inner` top to bottom for one step:
 //! anchor values (once per batch) -> per epoch: log-probs -> anchored scores -> objective ->
-//! backward (`passes.rs`) -> all-reduce (data-parallel) -> optimizer -> anchor update.
+//! backward -> all-reduce (data-parallel) -> optimizer -> anchor update.
 //!
 //! Around it: the configuration (`config.rs`), the anchor-side values of a step
-//! (`anchor_values.rs`), the exact two-pass micro-batched backward (`passes.rs`), the state
+//! (`anchor_values.rs`), how the model runs over a batch, the backward included (`passes.rs`,
+//! chosen once here), the state
 //! that save, load and the rank-0 broadcast share (`state.rs`), checkpoints
 //! (`checkpoint.rs`, with what a loaded state must satisfy in `validate.rs`), joining other ranks (`distributed.rs`) and metrics (`metrics.rs`).
 
@@ -22,12 +23,15 @@ pub use state::TrainerState;
 
 use crate::anchor::Anchor;
 use crate::batch::Batch;
-use crate::distributed::{Backend, Distributed, GlobalStep, LocalStep};
+use crate::config::Aggregation;
+use crate::distributed::{Backend, Distributed, GlobalStep, LocalStep, StepWeights};
 use crate::error::{catch_torch, Error, Result};
 use crate::model::{lock_in_order, Model, SharedModel};
 use crate::objective::{Level, LossPlan, Objective};
 use crate::optimizer::{clip_grad_norm, Optimizer};
 use crate::sample::{self, SamplingConfig};
+use anchor_values::Held;
+use passes::Passes;
 use std::sync::Arc;
 use std::time::Instant;
 use tch::{Device, Kind};
@@ -35,6 +39,8 @@ use tch::{Device, Kind};
 pub struct Trainer {
     cfg: TrainerConfig,
     objective: Objective,
+    /// How the model runs over a batch: micro-batches, chunks, checkpointing, the level.
+    passes: Passes,
     policy: SharedModel,
     reference: Option<SharedModel>,
     anchor: Anchor,
@@ -86,7 +92,7 @@ impl Trainer {
         }
         let (anchor, optimizer, trained) = {
             let mut p = policy.lock();
-            if cfg.activation_checkpointing && !p.gives_hidden() {
+            if cfg.activation_checkpointing && !p.lm().checkpoints_layers() {
                 return Err(Error::unsupported(format!(
                     "activation_checkpointing needs a model loaded from a checkpoint \
                      directory; {} is TorchScript, whose layers adpo cannot run one at a time",
@@ -110,6 +116,7 @@ impl Trainer {
         let sample_rng = cfg.seed ^ 0xA0D0_5A4D_1E5E_ED00;
         let backend = cfg.distributed.backend;
         let mut trainer = Trainer {
+            passes: Passes::new(&cfg, objective.level()),
             cfg,
             objective,
             policy,
@@ -208,6 +215,53 @@ impl Trainer {
         Ok(m)
     }
 
+    /// Zeroes the gradients and accumulates this rank's: the gradient of the mean loss over
+    /// its own groups.
+    fn backward(&self, policy: &Model, batch: &Batch, held: &Held) -> Result<LocalStep> {
+        for (_, p) in policy.params() {
+            let mut g = p.grad();
+            if g.defined() {
+                let _ = g.zero_();
+            }
+        }
+        let device = policy.device();
+        let (metrics, drift) = self.passes.backward(policy, batch, |values| {
+            self.evaluate(values, held, batch, device)
+        })?;
+        Ok(LocalStep {
+            metrics,
+            drift,
+            batch_tokens: batch.tokens(),
+            weights: self.step_weights(batch, metrics.groups as f64),
+        })
+    }
+
+    /// What this rank's averages are over (data-parallel training weights each rank by these).
+    fn step_weights(&self, batch: &Batch, groups: f64) -> StepWeights {
+        let (rows, tokens) = batch.counted_rows_and_tokens();
+        match self.objective.level() {
+            Level::Tokens => StepWeights {
+                loss: match self.objective.config().aggregation {
+                    Aggregation::Grpo | Aggregation::DrGrpo => rows,
+                    Aggregation::Bnpo | Aggregation::Dapo => tokens,
+                },
+                groups,
+                rows,
+                tokens,
+                anchor_kl: tokens,
+                drift: batch.tokens(),
+            },
+            Level::Sequence => StepWeights {
+                loss: groups,
+                groups,
+                rows,
+                tokens,
+                anchor_kl: rows,
+                drift: batch.n as f64,
+            },
+        }
+    }
+
     /// One process: the local step is global. Data-parallel: agreed, gradients summed.
     fn all_reduce(&mut self, policy: &Model, local: Result<LocalStep>) -> Result<GlobalStep> {
         match self.dist.as_mut() {
@@ -251,8 +305,8 @@ impl Trainer {
     pub fn sequence_logp(&self, batch: &Batch) -> Result<Vec<f64>> {
         catch_torch(|| {
             let mut policy = self.policy.lock();
-            let tok = policy.in_eval_mode(|p| self.tokens_no_grad(p, batch))?;
-            let seq = self.reduce(&tok, batch, policy.device());
+            let tok = policy.in_eval_mode(|p| self.passes.tokens_no_grad(p, batch))?;
+            let seq = self.passes.reduce(&tok, batch, policy.device());
             Ok(Vec::<f64>::try_from(
                 seq.to_kind(Kind::Double).to_device(Device::Cpu),
             )?)

@@ -1,46 +1,104 @@
-//! The backward of one step, exact at any micro-batch size. The loss depends on the model
-//! only through the policy values (sequence log-probs, or GRPO's token log-probs) and dL/dvalue
-//! is known in closed form, so: a no-grad pass over micro-batches gives every value, the
-//! objective gives dL/dvalue, then each micro-batch is recomputed with grad and
-//! back-propagates the surrogate sum_i dL/dvalue_i * value_i. Peak memory is one micro-batch
-//! of logits. A batch that fits in one micro-batch takes one forward with autograd.
+//! How the trainer runs the model over a batch, chosen once in `Trainer::new` from the config:
+//! micro-batches of `micro_batch_rows`, each group's shared prefix run once
+//! (model/shared_prefix.rs), the head a chunk of `logprob_chunk_rows` scored positions at a
+//! time, activation checkpointing or not, and the objective's level (sequence log-probs, or
+//! GRPO's token log-probs).
+//!
+//! The backward is exact at any micro-batch size. The loss depends on the model only through
+//! the policy values, and dL/dvalue is known in closed form, so: the values come without grad,
+//! the objective gives dL/dvalue, and each micro-batch back-propagates the surrogate
+//! sum_i dL/dvalue_i * value_i. A batch of one micro-batch does it on one forward, whose hidden
+//! states give the values and then take the gradient; with several, a no-grad pass gives every
+//! value first and each micro-batch runs again. Peak memory is one micro-batch.
 
-use super::anchor_values::Held;
-use super::Trainer;
+use super::config::TrainerConfig;
 use crate::batch::Batch;
-use crate::config::Aggregation;
-use crate::distributed::{LocalStep, StepWeights};
 use crate::error::Result;
-use crate::logprob::{self, chunked};
-use crate::model::{Forward, Model};
-use crate::objective::Metrics;
+use crate::logprob::{self, chunked, SeqReduce};
+use crate::model::{shared_prefix, Model, SharedPrefix};
+use crate::objective::{Level, Metrics};
 use tch::{Device, Tensor};
 
-impl Trainer {
+/// dL/d(values), the objective's metrics and the anchor drift, from detached policy values.
+pub(super) type Evaluation = (Tensor, Metrics, f64);
+
+pub(super) struct Passes {
+    level: Level,
+    seq_logp: SeqReduce,
+    micro_batch_rows: Option<usize>,
+    chunk_rows: Option<usize>,
+    checkpointed: bool,
+    shared_prefix: bool,
+}
+
+/// One micro-batch on the model's device: ids, attention mask, loss mask, and how its rows
+/// share prefixes (when sharing is on and they do).
+struct Rows {
+    ids: Tensor,
+    attn: Tensor,
+    mask: Tensor,
+    shared: Option<SharedPrefix>,
+}
+
+impl Passes {
+    pub(super) fn new(cfg: &TrainerConfig, level: Level) -> Passes {
+        Passes {
+            level,
+            seq_logp: cfg.seq_logp,
+            micro_batch_rows: cfg.micro_batch_rows,
+            chunk_rows: cfg.logprob_chunk_rows,
+            checkpointed: cfg.activation_checkpointing,
+            shared_prefix: cfg.shared_prefix,
+        }
+    }
+
+    /// Rows [s, s + l) of the batch; `share`: plan their shared prefixes (if sharing is on).
+    fn rows(&self, batch: &Batch, (s, l): (i64, i64), device: Device, share: bool) -> Rows {
+        let (ids, attn, mask) = batch.rows(s, l, device);
+        let groups = &batch.group_ids[s as usize..(s + l) as usize];
+        let shared = match share && self.shared_prefix {
+            true => shared_prefix::plan(
+                &batch.ids.narrow(0, s, l),
+                &batch.attention_mask.narrow(0, s, l),
+                &batch.loss_mask.narrow(0, s, l),
+                groups,
+                device,
+            ),
+            false => None,
+        };
+        Rows {
+            ids,
+            attn,
+            mask,
+            shared,
+        }
+    }
+
     /// Row ranges (start, len) of the micro-batches.
-    pub(super) fn chunks(&self, n: usize) -> Vec<(i64, i64)> {
-        let size = self.cfg.micro_batch_rows.unwrap_or(n).clamp(1, n);
+    fn micro_batches(&self, n: usize) -> Vec<(i64, i64)> {
+        let size = self.micro_batch_rows.unwrap_or(n).clamp(1, n);
         (0..n)
             .step_by(size)
             .map(|s| (s as i64, size.min(n - s) as i64))
             .collect()
     }
 
-    /// `per_rows(model, ids, attention_mask, loss_mask)` over the micro-batches, without grad,
+    /// `per_rows(hidden states, ids, loss_mask)` over the micro-batches, without grad,
     /// concatenated along the rows.
-    pub(super) fn by_chunks_no_grad(
+    fn no_grad(
         &self,
         model: &Model,
         batch: &Batch,
-        per_rows: impl Fn(&Model, &Tensor, &Tensor, &Tensor) -> Result<Tensor>,
+        per_rows: impl Fn(&Tensor, &Tensor, &Tensor) -> Result<Tensor>,
     ) -> Result<Tensor> {
         tch::no_grad(|| {
             let parts = self
-                .chunks(batch.n)
+                .micro_batches(batch.n)
                 .into_iter()
-                .map(|(s, l)| {
-                    let (ids, attn, mask) = batch.rows(s, l, model.device());
-                    per_rows(model, &ids, &attn, &mask)
+                .map(|range| {
+                    let r = self.rows(batch, range, model.device(), true);
+                    let hidden = model.forward_rows(&r.ids, &r.attn, r.shared.as_ref())?;
+                    per_rows(&hidden, &r.ids, &r.mask)
                 })
                 .collect::<Result<Vec<_>>>()?;
             Ok(Tensor::cat(&parts, 0))
@@ -49,182 +107,90 @@ impl Trainer {
 
     /// Token log-probs [N, T] of the whole batch under `model`, without grad.
     pub(super) fn tokens_no_grad(&self, model: &Model, batch: &Batch) -> Result<Tensor> {
-        let chunk = self.cfg.logprob_chunk_rows;
-        self.by_chunks_no_grad(model, batch, |m, ids, attn, mask| {
-            logprob::token_logp_chunked(m, ids, attn, mask, chunk)
+        let rows = chunked::chunk_rows(self.chunk_rows, model.vocab());
+        self.no_grad(model, batch, |hidden, ids, mask| {
+            chunked::token_logp(model, hidden, ids, mask, rows)
+        })
+    }
+
+    /// Per-candidate normalised entropy [N] under `model`, without grad.
+    pub(super) fn entropy_no_grad(&self, model: &Model, batch: &Batch) -> Result<Tensor> {
+        let rows = chunked::chunk_rows(self.chunk_rows, model.vocab());
+        self.no_grad(model, batch, |hidden, ids, mask| {
+            logprob::normalised_entropy_of(model, hidden, ids, mask, rows)
         })
     }
 
     /// Sequence scores [N] from token log-probs, by the configured reduction.
     pub(super) fn reduce(&self, tokens: &Tensor, batch: &Batch, device: Device) -> Tensor {
-        logprob::reduce(
-            tokens,
-            &batch.loss_mask.to_device(device),
-            self.cfg.seq_logp,
-        )
+        logprob::reduce(tokens, &batch.loss_mask.to_device(device), self.seq_logp)
     }
 
-    /// Policy values from token log-probs of rows with loss mask `mask`: the tokens themselves
-    /// (token-level losses) or their sequence reduction.
-    fn values(&self, tok: Tensor, mask: &Tensor, tokens: bool) -> Tensor {
-        if tokens {
-            tok
-        } else {
-            logprob::reduce(&tok, mask, self.cfg.seq_logp)
+    /// Policy values of rows with loss mask `mask` from their token log-probs: the tokens
+    /// themselves (token level) or their sequence reduction.
+    fn values(&self, tok: Tensor, mask: &Tensor) -> Tensor {
+        match self.level {
+            Level::Tokens => tok,
+            Level::Sequence => logprob::reduce(&tok, mask, self.seq_logp),
         }
     }
 
     /// dL/d(token log-prob) [rows, T] from dL/d(value) of those rows.
-    fn token_weights(&self, dl: &Tensor, mask: &Tensor, tokens: bool) -> Tensor {
-        if tokens {
-            dl * mask.to_kind(dl.kind())
-        } else {
-            logprob::sequence_weights(dl, mask, self.cfg.seq_logp)
+    fn token_weights(&self, dl: &Tensor, mask: &Tensor) -> Tensor {
+        match self.level {
+            Level::Tokens => dl * mask.to_kind(dl.kind()),
+            Level::Sequence => logprob::sequence_weights(dl, mask, self.seq_logp),
         }
     }
 
-    /// Zeroes the gradients and accumulates this rank's: the gradient of the mean loss over
-    /// its own groups.
-    pub(super) fn backward(&self, policy: &Model, batch: &Batch, held: &Held) -> Result<LocalStep> {
-        let tokens = matches!(held, Held::Tokens { .. });
-        for (_, p) in policy.params() {
-            let mut g = p.grad();
-            if g.defined() {
-                let _ = g.zero_();
-            }
-        }
-        let (metrics, drift) = if self.chunks(batch.n).len() == 1 {
-            self.backward_one_pass(policy, batch, held, tokens)?
-        } else {
-            self.backward_two_pass(policy, batch, held, tokens)?
-        };
-        Ok(LocalStep {
-            metrics,
-            drift,
-            batch_tokens: batch.tokens(),
-            weights: self.step_weights(batch, tokens, metrics.groups as f64),
-        })
-    }
-
-    /// The whole batch in one forward with grad. Logits models back-propagate through their
-    /// logits; hidden-state models take their values from the head a chunk at a time without
-    /// grad, then back-propagate each chunk with the known dL/dvalue.
-    fn backward_one_pass(
+    /// Accumulates the policy's gradient of the loss that `evaluate` gives for its values.
+    pub(super) fn backward(
         &self,
         policy: &Model,
         batch: &Batch,
-        held: &Held,
-        tokens: bool,
+        mut evaluate: impl FnMut(&Tensor) -> Result<Evaluation>,
     ) -> Result<(Metrics, f64)> {
         let device = policy.device();
-        let (ids, attn, mask) = batch.rows(0, batch.n as i64, device);
-        if self.cfg.activation_checkpointing {
-            return self.one_pass_checkpointed(policy, batch, held, tokens);
+        let rows = chunked::chunk_rows(self.chunk_rows, policy.vocab());
+        let parts = self.micro_batches(batch.n);
+        let share = !self.checkpointed;
+        if parts.len() == 1 {
+            let r = self.rows(batch, parts[0], device, share);
+            let (ids, mask) = (&r.ids, &r.mask);
+            let mut out = None;
+            let input = (&r.ids, &r.attn);
+            policy.backward_through(
+                input,
+                r.shared.as_ref(),
+                self.checkpointed,
+                &mut |hidden| {
+                    let tok = chunked::token_logp(policy, hidden, ids, mask, rows)?;
+                    let (dl, m, d) = evaluate(&self.values(tok, mask))?;
+                    out = Some((m, d));
+                    let weights = self.token_weights(&dl, mask);
+                    chunked::head_backward(policy, hidden, ids, mask, &weights, rows)
+                },
+            )?;
+            return Ok(out.expect("the head ran"));
         }
-        match policy.forward(&ids, &attn)? {
-            Forward::Logits(logits) => {
-                let values = self.values(logprob::from_logits(&logits, &ids, &mask), &mask, tokens);
-                let (dl, m, d) = self.evaluate(&values.detach(), held, batch, device)?;
-                (values * dl).sum(held.kind()).backward();
-                Ok((m, d))
-            }
-            Forward::Hidden(hidden) => {
-                let rows = chunked::chunk_rows(self.cfg.logprob_chunk_rows, policy.vocab());
-                let tok = tch::no_grad(|| {
-                    chunked::token_logp(policy, &hidden.detach(), &ids, &mask, rows)
-                })?;
-                let values = self.values(tok, &mask, tokens);
-                let (dl, m, d) = self.evaluate(&values, held, batch, device)?;
-                let weights = self.token_weights(&dl, &mask, tokens);
-                chunked::backward(policy, &hidden, &ids, &mask, &weights, rows)?;
-                Ok((m, d))
-            }
-        }
-    }
-
-    /// [`Self::backward_one_pass`] by activation checkpointing: the values come from the
-    /// final hidden states of the layers' no-grad forward, which the recomputed backward
-    /// then reuses.
-    fn one_pass_checkpointed(
-        &self,
-        policy: &Model,
-        batch: &Batch,
-        held: &Held,
-        tokens: bool,
-    ) -> Result<(Metrics, f64)> {
-        let device = policy.device();
-        let (ids, attn, mask) = batch.rows(0, batch.n as i64, device);
-        let rows = chunked::chunk_rows(self.cfg.logprob_chunk_rows, policy.vocab());
-        let mut out = None;
-        policy.backward_checkpointed(&ids, &attn, &mut |hidden| {
-            let tok = chunked::token_logp(policy, hidden, &ids, &mask, rows)?;
-            let values = self.values(tok, &mask, tokens);
-            let (dl, m, d) = self.evaluate(&values, held, batch, device)?;
-            out = Some((m, d));
-            let weights = self.token_weights(&dl, &mask, tokens);
-            chunked::head_backward(policy, hidden, &ids, &mask, &weights, rows)
-        })?;
-        Ok(out.expect("the head ran"))
-    }
-
-    /// Micro-batches: every value without grad first, then each micro-batch again with grad,
-    /// back-propagating the known dL/dvalue. Peak memory is one micro-batch.
-    fn backward_two_pass(
-        &self,
-        policy: &Model,
-        batch: &Batch,
-        held: &Held,
-        tokens: bool,
-    ) -> Result<(Metrics, f64)> {
-        let device = policy.device();
-        let tok = self.tokens_no_grad(policy, batch)?;
-        let mask_all = batch.loss_mask.to_device(device);
-        let values = self.values(tok, &mask_all, tokens);
-        let (dl, m, d) = self.evaluate(&values, held, batch, device)?;
-        for (s, l) in self.chunks(batch.n) {
-            let (ids, attn, mask) = batch.rows(s, l, device);
-            let weights = self.token_weights(&dl.narrow(0, s, l), &mask, tokens);
-            let backward = match self.cfg.activation_checkpointing {
-                true => logprob::backward_weighted_checkpointed,
-                false => logprob::backward_weighted,
-            };
-            backward(
-                policy,
-                &ids,
-                &attn,
-                &mask,
-                &weights,
-                self.cfg.logprob_chunk_rows,
+        let values = self.values(
+            self.tokens_no_grad(policy, batch)?,
+            &batch.loss_mask.to_device(device),
+        );
+        let (dl, m, d) = evaluate(&values)?;
+        for (s, l) in parts {
+            let r = self.rows(batch, (s, l), device, share);
+            let weights = self.token_weights(&dl.narrow(0, s, l), &r.mask);
+            let input = (&r.ids, &r.attn);
+            policy.backward_through(
+                input,
+                r.shared.as_ref(),
+                self.checkpointed,
+                &mut |hidden| {
+                    chunked::head_backward(policy, hidden, &r.ids, &r.mask, &weights, rows)
+                },
             )?;
         }
         Ok((m, d))
-    }
-
-    /// What this rank's averages are over (data-parallel training weights each rank by these).
-    fn step_weights(&self, batch: &Batch, tokens: bool, groups: f64) -> StepWeights {
-        let (rows, counted_tokens) = batch.counted_rows_and_tokens();
-        if tokens {
-            let loss = match self.objective.config().aggregation {
-                Aggregation::Grpo | Aggregation::DrGrpo => rows,
-                Aggregation::Bnpo | Aggregation::Dapo => counted_tokens,
-            };
-            StepWeights {
-                loss,
-                groups,
-                rows,
-                tokens: counted_tokens,
-                anchor_kl: counted_tokens,
-                drift: batch.tokens(),
-            }
-        } else {
-            StepWeights {
-                loss: groups,
-                groups,
-                rows,
-                tokens: counted_tokens,
-                anchor_kl: rows,
-                drift: batch.n as f64,
-            }
-        }
     }
 }

@@ -33,7 +33,7 @@ mod save;
 mod weights;
 
 use super::options::{LoadOptions, LoraOptions};
-use super::{CausalLm, Forward, KvCache};
+use super::{CausalLm, Head, KvCache, SharedPrefix};
 use crate::error::{Error, Result};
 pub use config::{parse_dtype, Config};
 use decoder::Decoder;
@@ -173,20 +173,17 @@ impl CausalLm for NativeLm {
         self.adapters_on.store(enabled, Ordering::Relaxed);
     }
 
-    /// These architectures have no dropout (a config with attention_dropout > 0 is refused at
-    /// load) and no other train-time behaviour: train and eval mode compute the same function.
-    fn set_train_mode(&mut self, _train: bool) {}
+    // No set_train_mode: these architectures have no dropout (a config with attention_dropout
+    // > 0 is refused at load) and no other train-time behaviour.
 
-    fn forward(&self, ids: &Tensor, attention_mask: &Tensor) -> Result<Forward> {
+    fn forward(&self, ids: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
         self.check_inputs(ids, attention_mask, 0)?;
         let (ids, mask) = (
             ids.to_device(self.device),
             attention_mask.to_device(self.device),
         );
         let adapters = self.adapters_on();
-        Ok(Forward::Hidden(
-            self.decoder.hidden(&ids, &mask, None, adapters)?,
-        ))
+        self.decoder.hidden(&ids, &mask, None, adapters)
     }
 
     fn backward_checkpointed(
@@ -205,8 +202,38 @@ impl CausalLm for NativeLm {
             .backward_checkpointed(&ids, &mask, adapters, head)
     }
 
-    fn head_weight(&self) -> Result<Tensor> {
-        Ok(self.decoder.head_weight())
+    /// The prefixes through the layers once, their keys and values (in a cache with room for
+    /// the suffixes) copied to the rows that share them, then the suffixes attending to them;
+    /// the gather puts every row's hidden states back in place. Differentiable throughout.
+    fn forward_shared(&self, ids: &Tensor, mask: &Tensor, plan: &SharedPrefix) -> Result<Tensor> {
+        self.check_inputs(ids, mask, 0)?;
+        let (g, p) = (plan.prefix_ids.size()[0], plan.prefix_ids.size()[1]);
+        let (n, s) = (plan.suffix_ids.size()[0], plan.suffix_ids.size()[1]);
+        let adapters = self.adapters_on();
+        let mut cache = self.new_cache(g, p + s);
+        let prefix = self.decoder.hidden(
+            &plan.prefix_ids,
+            &plan.prefix_mask,
+            Some(&mut cache),
+            adapters,
+        )?;
+        for t in cache.keys.iter_mut().chain(cache.values.iter_mut()) {
+            *t = t.f_index_select(0, &plan.prefix_of_row)?;
+        }
+        let suffix =
+            self.decoder
+                .hidden(&plan.suffix_ids, &plan.mask, Some(&mut cache), adapters)?;
+        let h = suffix.size()[2];
+        let all = Tensor::f_cat(&[prefix.reshape([g * p, h]), suffix.reshape([n * s, h])], 0)?;
+        Ok(all.f_index_select(0, &plan.gather)?.f_view([n, -1, h])?)
+    }
+
+    fn head(&self) -> Head {
+        Head::Linear(self.decoder.head_weight())
+    }
+
+    fn checkpoints_layers(&self) -> bool {
+        true
     }
 
     /// A copy of every parameter tensor in memory (tying kept), the same config. Under
@@ -259,7 +286,7 @@ impl CausalLm for NativeLm {
 
     /// Per layer, keys and values [rows, num_key_value_heads, capacity, head_dim] (the KV
     /// heads, not the expanded query heads) in the weights' dtype.
-    fn new_cache(&self, rows: i64, capacity: i64) -> Option<KvCache> {
+    fn new_cache(&self, rows: i64, capacity: i64) -> KvCache {
         let c = &self.config;
         let shape = [rows, c.num_kv_heads, capacity, c.head_dim];
         let options = (self.decoder.embedding().kind(), self.device);
@@ -268,21 +295,20 @@ impl CausalLm for NativeLm {
                 .map(|_| Tensor::zeros(shape, options))
                 .collect()
         };
-        Some(KvCache {
+        KvCache {
             keys: buffers(),
             values: buffers(),
             len: 0,
             capacity,
-        })
+        }
     }
 
-    /// Runs without gradients (for sampling).
     fn forward_cached(
         &self,
         ids: &Tensor,
         attention_mask: &Tensor,
         cache: &mut KvCache,
-    ) -> Result<Forward> {
+    ) -> Result<Tensor> {
         self.check_inputs(ids, attention_mask, cache.len)?;
         let (rows, t) = (ids.size()[0], ids.size()[1]);
         let layers = self.config.num_layers as usize;
@@ -306,14 +332,7 @@ impl CausalLm for NativeLm {
             attention_mask.to_device(self.device),
         );
         let adapters = self.adapters_on();
-        tch::no_grad(|| {
-            Ok(Forward::Hidden(self.decoder.hidden(
-                &ids,
-                &mask,
-                Some(cache),
-                adapters,
-            )?))
-        })
+        tch::no_grad(|| self.decoder.hidden(&ids, &mask, Some(cache), adapters))
     }
 
     fn eos_ids(&self) -> Vec<i64> {

@@ -1,0 +1,140 @@
+#!/usr/bin/env python3
+"""One ADPO group step (reference forward, policy forward + backward, listwise loss, AdamW) on
+G groups of K rows that share a P-token prompt, each with an R-token completion: adpo with
+each group's prompt run once (shared_prefix, the default), adpo running every row whole (the
+path before it), and PyTorch doing the step the TRL way on the transformers model. Each side
+in its own process (peak RSS per side), one run; prints seconds per step, peak RSS and the
+ratios, and the ideal ratio from token counts: K (P + R) token-passes per group against
+P + K R.
+
+The model defaults to the real SmolLM2-135M-Instruct that scripts/setup fetches (float32).
+The batch comes from the LCG of benches/bench_util.h (benches/group_step.c builds the same).
+
+Usage: .venv/bin/python benches/group_step.py [--model DIR --groups 4 --k 8 --prompt 128
+       --completion 32 --steps 1 --warmup 1]   (make lib first)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benches"))
+MASK64 = (1 << 64) - 1
+
+
+def lcg_group_batch(g: int, k: int, p: int, r: int, vocab: int):
+    """group_step.c's batch: per group its prompt, then each row's completion; then rewards."""
+    import torch
+
+    s = 0
+
+    def nxt() -> int:
+        nonlocal s
+        s = (s * 6364136223846793005 + 1442695040888963407) & MASK64
+        return s >> 33
+
+    rows = []
+    for _ in range(g):
+        prompt = [nxt() % vocab for _ in range(p)]
+        for _ in range(k):
+            rows.append(prompt + [nxt() % vocab for _ in range(r)])
+    rewards = [nxt() / 2147483648.0 for _ in range(g * k)]
+    ids = torch.tensor(rows, dtype=torch.int64)
+    loss_mask = torch.zeros(g * k, p + r)
+    loss_mask[:, p:] = 1.0
+    return ids, torch.ones_like(ids), loss_mask, torch.tensor(rewards)
+
+
+def run_torch(args) -> str:
+    """The PyTorch side, in this (child) process: one line like the C program's."""
+    import copy
+    import time
+
+    import torch
+    from step_torch import torch_step, vm_hwm_mb
+    from transformers import AutoModelForCausalLM
+
+    policy = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
+    policy.train()
+    reference = copy.deepcopy(policy).eval()
+    for q in reference.parameters():
+        q.requires_grad_(False)
+    opt = torch.optim.AdamW(policy.parameters(), lr=1e-4, weight_decay=0.01)
+    ids, attn, mask, rewards = lcg_group_batch(args.groups, args.k, args.prompt,
+                                               args.completion, policy.config.vocab_size)
+    times, loss = [], float("nan")
+    for s in range(args.warmup + args.steps):
+        t0 = time.perf_counter()
+        loss = torch_step(policy, reference, opt, ids, attn, mask, rewards)
+        times.append(time.perf_counter() - t0)
+        print(f"torch step {s + 1}: {times[-1]:.3f} s", file=sys.stderr, flush=True)
+    timed = times[args.warmup:]
+    return (f"torch sec_per_step={sum(timed) / len(timed):.4f} peak_rss_mb={vm_hwm_mb():.1f} "
+            f"loss={loss:.9f}")
+
+
+def parse(line: str) -> dict:
+    return {k: float(v) for k, v in (kv.split("=") for kv in line.split()[1:])}
+
+
+def run(cmd: list[str], prefix: str) -> dict:
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    sys.stderr.write(p.stderr)
+    if p.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed ({p.returncode})")
+    line = next(l for l in p.stdout.splitlines() if l.startswith(prefix + " "))
+    print("  " + line, flush=True)
+    return parse(line)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=str(ROOT / ".venv/models/SmolLM2-135M-Instruct"))
+    ap.add_argument("--groups", type=int, default=4)
+    ap.add_argument("--k", type=int, default=8)
+    ap.add_argument("--prompt", type=int, default=128)
+    ap.add_argument("--completion", type=int, default=32)
+    ap.add_argument("--steps", type=int, default=1)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--torch-only", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.torch_only:
+        print(run_torch(args))
+        return 0
+    lib = ROOT / "target" / "release"
+    if not (lib / "libadpo.so").exists():
+        sys.exit("target/release/libadpo.so not found: run `make lib` first")
+    g, k, p, r = args.groups, args.k, args.prompt, args.completion
+    print(f"group step: {g} groups x K = {k}, prompt P = {p}, completion R = {r}, "
+          f"{args.warmup} warm-up + {args.steps} timed step(s), model {args.model}, "
+          f"load average {os.getloadavg()[0]:.2f}", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        exe = Path(tmp) / "group_step"
+        subprocess.run([os.environ.get("CC", "gcc"), "-std=c11", "-O2", "-Wall", "-Wextra",
+                        "-Werror", f"-I{ROOT / 'include'}", str(ROOT / "benches/group_step.c"),
+                        "-o", str(exe), f"-L{lib}", "-ladpo", f"-Wl,-rpath,{lib}", "-lm"],
+                       check=True)
+        common = [str(exe), args.model, str(g), str(k), str(p), str(r), str(args.steps)]
+        shared = run([*common, "1", str(args.warmup)], "adpo")
+        whole = run([*common, "0", str(args.warmup)], "adpo")
+    torch_side = run([sys.executable, __file__, "--torch-only", *sys.argv[1:]], "torch")
+    ideal = k * (p + r) / (p + k * r)
+    print(f"  adpo shared prefix / adpo whole rows: {whole['sec_per_step'] / shared['sec_per_step']:.2f}x "
+          f"faster (token-pass ideal {ideal:.2f}x), peak RSS {shared['peak_rss_mb']:.0f} / "
+          f"{whole['peak_rss_mb']:.0f} MB")
+    print(f"  adpo shared prefix / PyTorch (TRL way): "
+          f"{torch_side['sec_per_step'] / shared['sec_per_step']:.2f}x faster, peak RSS "
+          f"{shared['peak_rss_mb']:.0f} / {torch_side['peak_rss_mb']:.0f} MB")
+    print(f"  the same loss on every side: {shared['loss']:.6f}, {whole['loss']:.6f}, "
+          f"{torch_side['loss']:.6f}; load average {os.getloadavg()[0]:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
