@@ -123,7 +123,7 @@ def unknown(t: CType):
 
 
 # ----------------------------------------------------------------------------- Python
-def py_type(h: Header, t: CType, param: bool) -> str:
+def py_type(h: Header, t: CType) -> str:
     if t.base == "void" and t.depth == 0:
         return "None"
     if t.base in h.callbacks or (t.base in h.opaque and t.depth == 1):
@@ -163,12 +163,12 @@ def python(h: Header) -> str:
     out += [f"class {n}(ctypes.Structure):\n    pass\n\n" for n in sorted(EXTERNAL)]
     for name, fields in h.structs.items():
         out += [f"class {name}(ctypes.Structure):", "    _fields_ = ["]
-        out += [f"        ({f.name!r}, {py_type(h, f.type, False)})," for f in fields]
+        out += [f"        ({f.name!r}, {py_type(h, f.type)})," for f in fields]
         out += ["    ]", "", ""]
     out += ["# name -> (restype, argtypes)", "SIGNATURES = {"]
     for f in h.functions:
-        args = ", ".join(py_type(h, p.type, True) for p in f.params)
-        out += [f"    {f.name!r}: ({py_type(h, f.ret, False)}, [{args}]),"]
+        args = ", ".join(py_type(h, p.type) for p in f.params)
+        out += [f"    {f.name!r}: ({py_type(h, f.ret)}, [{args}]),"]
     out += ["}", "", "",
             "def declare(lib: ctypes.CDLL) -> None:",
             '    """Sets restype and argtypes of every function of the header on lib."""',
