@@ -35,7 +35,7 @@ MPICC ?= mpicc
 # OpenMPI refuses to run as root (containers, CI) unless told; --oversubscribe: more ranks than cores.
 MPIRUN := OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 mpirun --oversubscribe
 
-.PHONY: setup fixtures build lib test test-rust test-torchscript test-header test-c test-readme test-fuzz test-python test-lower-isa test-install test-cpp test-go test-julia test-bandit bench-bandit test-rl bench-rl test-mpi bench-dp demo header readme-options install bench
+.PHONY: setup fixtures build lib test test-rust test-torchscript test-header test-c test-readme test-fuzz test-python test-lower-isa test-install test-cpp test-go test-julia test-bandit bench-bandit test-rl bench-rl test-mpi bench-dp demo header bindings readme-options install bench
 
 setup: $(SETUP_STAMP)
 $(SETUP_STAMP): scripts/setup requirements.lock
@@ -96,12 +96,14 @@ test-rust: setup fixtures
 	ADPO_FIXTURES=$(FIXTURES) $(CARGO) test --locked $(CARGO_FEATURES) --release
 
 # The committed header must be what cbindgen generates (the Rust test `header` checks drift);
-# here: it compiles alone as C11 and C++17, declares exactly the library's exports, and the
-# Python and Go mirrors of its metrics structs match it field for field.
+# here: it compiles alone as C11 and C++17, declares exactly the library's exports, the raw
+# Python and Julia layers generated from it are up to date (make bindings), and the Go mirrors
+# of its metrics structs match it field for field.
 test-header: lib
 	$(CC) -std=c11 -Wall -Wextra -Werror -pedantic -fsyntax-only -Iinclude -x c include/adpo.h
 	$(CXX) -std=c++17 -Wall -Wextra -Werror -pedantic -fsyntax-only -Iinclude -x c++ include/adpo.h
 	$(PY) tests/check_exports.py $(LIB) include/adpo.h
+	$(PY) scripts/gen_bindings.py --check
 	$(PY) tests/check_metrics_mirrors.py include/adpo.h
 
 # The optional TorchScript model kind (cargo feature `torchscript`, off in the default build):
@@ -167,8 +169,9 @@ test-cpp: lib fixtures
 test-go: lib fixtures
 	ADPO_FIXTURES=$(FIXTURES) bindings/go/run-tests
 
-# Julia cannot be installed here: the check of every ccall against the header always runs,
-# the Julia suite runs where julia is on PATH (a visible SKIP line otherwise).
+# Julia cannot be installed here: the check that the package wraps every C function through the
+# generated raw.jl always runs, the Julia suite runs where julia is on PATH (a visible SKIP line
+# otherwise).
 test-julia: lib fixtures
 	ADPO_LIB=$(LIB) ADPO_FIXTURES=$(FIXTURES) bindings/julia/run-tests
 
@@ -203,8 +206,16 @@ test-mpi: $(CBUILD)/examples/train_mpi fixtures
 bench-dp: $(CBUILD)/examples/train_mpi fixtures
 	PY=$(PY) benches/dp_bench
 
+# include/adpo.h from src/ffi, then the raw layers that transcribe it (make bindings).
 header: setup
 	ADPO_WRITE_HEADER=1 $(CARGO) test --locked $(CARGO_FEATURES) --release --test header
+	$(PY) scripts/gen_bindings.py
+
+# The Python ctypes declarations (tests/python/adpo_raw.py) and the Julia ccalls
+# (bindings/julia/src/raw.jl), generated from include/adpo.h; make test-header fails while
+# they are stale.
+bindings: setup
+	$(PY) scripts/gen_bindings.py
 
 # README.md's option tables, made from the declarations (the lib test `config::table` checks drift).
 readme-options: setup

@@ -1,41 +1,40 @@
 #!/usr/bin/env python3
-"""The metrics structs of include/adpo.h and their Python and Go mirrors agree.
+"""The metrics structs of include/adpo.h and their Go mirrors agree.
 
-The header is the one description of each metrics struct. For each struct it defines:
-  * Python (tests/python/adpo_ctypes.py): the ctypes class has the same fields, in the same
-    order, with ctypes types of the same width and kind as the C types;
-  * Go (bindings/go/*.go): the Go struct has one field per C field except `struct_size` (the
-    size header the wrapper fills in), in the same order, named as the C field in CamelCase
-    (KLTarget for kl_target: equal once lower-cased and without underscores), of a matching Go
-    type; and the function that fills it from `var m C.<struct>` sets m.struct_size and copies
-    every C field into its Go field with that Go type (`KLTarget: float64(m.kl_target),`).
-The Julia mirrors are checked by check_julia_ccalls.py, whose header parser this script reuses.
+The header is the one description of each metrics struct; the Python and Julia layers use the
+structs that scripts/gen_bindings.py generates from it. Go's are idiomatic, written by hand: for
+each struct the header defines, the Go struct (bindings/go/*.go) has one field per C field
+except `struct_size` (the size header the wrapper fills in), in the same order, named as the C
+field in CamelCase (KLTarget for kl_target: equal once lower-cased and without underscores), of
+a matching Go type; and the function that fills it from `var m C.<struct>` sets m.struct_size and
+copies every C field into its Go field with that Go type (`KLTarget: float64(m.kl_target),`).
 
-Usage: check_metrics_mirrors.py [HEADER] [--python FILE] [--go DIR]   (defaults: this repository)
-Last line: `metrics-mirrors: N passed, M failed` (N: mirrors that agree with the header, one per
-struct and language; M: mirrors that differ, plus header structs without an entry in MIRRORS).
+Usage: check_metrics_mirrors.py [HEADER] [--go DIR]   (defaults: this repository)
+Last line: `metrics-mirrors: N passed, M failed` (N: mirrors that agree with the header; M:
+mirrors that differ, plus header structs without an entry in MIRRORS).
 """
 from __future__ import annotations
 
 import argparse
-import ctypes
-import importlib.util
 import re
 import sys
 from pathlib import Path
 
-from check_julia_ccalls import parse_header  # the header parser (this script's folder is on sys.path)
-
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))
+from gen_bindings import parse_header  # noqa: E402
 
-# C struct -> (its Python ctypes class, its Go struct). A struct the header gains must be added
-# here (and mirrored): the check fails for a header struct without an entry.
+# C struct -> its Go struct. A struct the header gains must be added here (and mirrored): the
+# check fails for a header struct without an entry.
 MIRRORS = {
-    "adpo_objective_metrics": ("Metrics", "ObjectiveMetrics"),
-    "adpo_trainer_metrics": ("TrainerMetrics", "TrainerMetrics"),
+    "adpo_objective_metrics": "ObjectiveMetrics",
+    "adpo_trainer_metrics": "TrainerMetrics",
 }
 
-# The header parser's scalar kinds, written as the fixed-width type names.
+# Scalar kinds of the C field types, and their fixed-width type names.
+C_KINDS = {"int8_t": "i8", "uint8_t": "u8", "int16_t": "i16", "uint16_t": "u16", "int32_t": "i32",
+           "uint32_t": "u32", "int64_t": "i64", "uint64_t": "u64", "size_t": "u64", "float": "f32",
+           "double": "f64", "bool": "bool"}
 KIND_NAMES = {"i8": "int8", "u8": "uint8", "i16": "int16", "u16": "uint16", "i32": "int32",
               "u32": "uint32", "i64": "int64", "u64": "uint64", "f32": "float32", "f64": "float64",
               "bool": "bool"}
@@ -43,20 +42,6 @@ GO_KINDS = {"int8": "i8", "uint8": "u8", "int16": "i16", "uint16": "u16", "int32
             "uint32": "u32", "int64": "i64", "uint64": "u64", "int": "i64", "uint": "u64",
             "float32": "f32", "float64": "f64", "bool": "bool"}
 SIZE_HEADER = "struct_size"
-
-
-def ctypes_kind(t) -> str:
-    """The scalar kind of a ctypes type ('u64', 'f64', ...), or a description of what it is."""
-    if t is ctypes.c_double:
-        return "f64"
-    if t is ctypes.c_float:
-        return "f32"
-    if t is ctypes.c_bool:
-        return "bool"
-    code = getattr(t, "_type_", None)
-    if isinstance(code, str) and code in "bBhHiIlLqQ":  # integer codes: lower case = signed
-        return ("i" if code.islower() else "u") + str(8 * ctypes.sizeof(t))
-    return f"not a scalar ({getattr(t, '__name__', t)})"
 
 
 def kind_name(kind: str) -> str:
@@ -99,18 +84,6 @@ def rel(p: Path) -> str:
         return str(p.resolve().relative_to(REPO))
     except ValueError:
         return str(p)
-
-
-def check_python(cname, cfields, path: Path, cls_name: str) -> list[str]:
-    side = f"Python {cls_name} ({rel(path)})"
-    spec = importlib.util.spec_from_file_location("adpo_ctypes_mirror", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)  # defines classes only; the library loads on first use
-    cls = getattr(mod, cls_name, None)
-    if cls is None or not issubclass(cls, ctypes.Structure):
-        return [f"{cname}: {path} defines no ctypes.Structure {cls_name}"]
-    mfields = [(f[0], ctypes_kind(f[1])) for f in cls._fields_]
-    return compare(cname, cfields, side, mfields, lambda c, m: c == m)
 
 
 def go_sources(go_dir: Path) -> dict[Path, str]:
@@ -191,37 +164,33 @@ def check_go(cname, cfields, sources: dict[Path, str], go_name: str) -> list[str
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("header", nargs="?", default=str(REPO / "include" / "adpo.h"))
-    ap.add_argument("--python", default=str(REPO / "tests" / "python" / "adpo_ctypes.py"))
     ap.add_argument("--go", default=str(REPO / "bindings" / "go"))
     args = ap.parse_args()
 
-    header = parse_header(Path(args.header).read_text())
-    # parse_header keys each struct by its tag and its typedef name (the same here)
-    structs = {n: f for n, f in header.structs.items() if n.startswith("adpo_")}
+    structs = parse_header(Path(args.header).read_text()).structs
     problems, passed, failed = [], 0, 0
     for name in sorted(set(structs) - set(MIRRORS)):
         problems.append(f"{name}: defined in {args.header} but not in MIRRORS of {Path(__file__).name} "
-                        f"(add its Python and Go mirrors and an entry)")
+                        f"(add its Go mirror and an entry)")
     for name in sorted(set(MIRRORS) - set(structs)):
         problems.append(f"{name}: in MIRRORS but {args.header} defines no such struct")
     failed += len(problems)
     go = go_sources(Path(args.go))
     for cname in sorted(set(structs) & set(MIRRORS)):
         cfields = []
-        for fname, ctype in structs[cname]:
-            if ctype.depth:  # kinds below would then compare as equal pointee kinds
-                problems.append(f"{cname}.{fname}: a pointer field; this check knows scalar fields only")
+        for f in structs[cname]:
+            if f.type.depth or f.type.base not in C_KINDS:
+                problems.append(f"{cname}.{f.name}: {f.type}; this check knows scalar fields only")
                 failed += 1
-            cfields.append((fname, ctype.base))
-        py_name, go_name = MIRRORS[cname]
-        for side, probs in (("Python " + py_name, check_python(cname, cfields, Path(args.python), py_name)),
-                            ("Go " + go_name, check_go(cname, cfields, go, go_name))):
-            if probs:
-                problems.extend(probs)
-                failed += 1
-            else:
-                passed += 1
-                print(f"ok   {cname} = {side} ({len(cfields)} header fields)")
+            cfields.append((f.name, C_KINDS.get(f.type.base, f.type.base)))
+        go_name = MIRRORS[cname]
+        probs = check_go(cname, cfields, go, go_name)
+        if probs:
+            problems.extend(probs)
+            failed += 1
+        else:
+            passed += 1
+            print(f"ok   {cname} = Go {go_name} ({len(cfields)} header fields)")
     for p in problems:
         print("FAIL " + p)
     print(f"metrics-mirrors: {passed} passed, {failed} failed")

@@ -1,43 +1,97 @@
 //! include/adpo.h must be exactly what the pinned cbindgen generates from the sources, with
-//! the section openings below inserted before each section's first function (cbindgen has no
+//! each ffi file's section opening inserted before the file's first function (cbindgen has no
 //! notion of sections). `make header` (ADPO_WRITE_HEADER=1) rewrites it instead of comparing.
+//!
+//! A section opening lives in its ffi file, after the module doc, as line comments:
+//!
+//! ```text
+//! // Section of include/adpo.h: Title
+//! // Opening paragraph, one comment line per header line.
+//! ```
 
-/// (first function of the section, title, opening paragraph), in header order.
-const SECTIONS: &[(&str, &str, &str)] = &[
-    ("adpo_error_message", "Errors", "A failed call returns its status and, when `err` is not NULL, an adpo_error that\n * carries the status and a message naming the argument at fault. Free it with adpo_error_free."),
-    ("adpo_version", "Version and utilities", "Run-time versions (check adpo_abi_version() against ADPO_ABI_VERSION), the CUDA device\n * count, and the free function for strings adpo hands out."),
-    ("adpo_objective_new", "The objective, on host buffers", "The model-free ADPO objective: per-candidate log-probs of your policy and anchor, rewards\n * or targets, and group ids in; the loss and d loss / d logp out, for your own backward pass."),
-    ("adpo_objective_eval_dlpack", "The objective, on DLPack tensors", "The same objective on tensors of any producer (PyTorch, JAX, CuPy), on CPU or CUDA,\n * without copies: ownership of every input passes to adpo at the call."),
-    ("adpo_model_load", "Models", "Causal LMs as opaque handles: the trainable policy, or a frozen reference. Loading a\n * TorchScript file runs its code: load only files you trust."),
-    ("adpo_tokenizer_load", "Tokenizers and chat templates", "Text in, text out: a checkpoint's tokenizer.json (Hugging Face `tokenizers`) and the chat\n * template of its tokenizer_config.json (rendered as transformers renders it)."),
-    ("adpo_batch_new", "Batches", "Token ids, masks, group ids and rewards (or targets) of n candidates x t positions, checked\n * once; a sampled batch also carries the sampling-time log-probs."),
-    ("adpo_trainer_new", "Trainer", "ADPO steps on a policy: log-probs, anchored scores, the objective, backward, optimizer and\n * the anchor's update, micro-batched and exact."),
-    ("adpo_trainer_sample", "Sampling", "K candidates per prompt from the trainer's policy, returned as a batch ready to score."),
-    ("adpo_trainer_save", "Checkpoints", "The policy's weights and the trainer's state (optimizer, steps, anchor), written\n * atomically and checked when read back."),
-    ("adpo_trainer_use_mpi", "Data-parallel training", "Many processes, each with its own groups, over MPI or the host's own all-reduce: the\n * update equals that of one process holding every group."),
-];
+use std::path::Path;
 
-/// Inserts each section's opening comment before the doc comment of its first function.
-fn with_sections(generated: &str) -> String {
-    let mut out = generated.to_string();
-    // Declarations follow the `extern "C" {` line; the opening comment mentions names too.
-    let start = out.find("extern \"C\" {").expect("cbindgen's extern block");
-    for (first, title, paragraph) in SECTIONS {
-        let decl = start
-            + out[start..]
-                .find(&format!("{first}("))
-                .unwrap_or_else(|| panic!("section {title}: {first} is not in the header"));
-        let doc = out[..decl]
-            .rfind("/**")
-            .expect("every function has a doc comment");
-        let rule = "=".repeat(88 - title.len().min(80) - 4);
-        let banner = format!("/* {title} {rule}\n *\n * {paragraph}\n */\n\n");
-        out.insert_str(doc, &banner);
+const MARKER: &str = "// Section of include/adpo.h: ";
+
+/// (first exported function, title, paragraph lines) of one ffi file.
+struct Section {
+    first: String,
+    title: String,
+    lines: Vec<String>,
+}
+
+/// The section of every ffi file that exports functions; a file without one fails, so that
+/// its functions do not silently join the previous file's section.
+fn sections(ffi: &Path) -> Vec<Section> {
+    let mut paths: Vec<_> = std::fs::read_dir(ffi)
+        .expect("src/ffi")
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "rs"))
+        .collect();
+    paths.sort();
+    let mut out = Vec::new();
+    for path in paths {
+        let text = std::fs::read_to_string(&path).unwrap();
+        let first = text.lines().find_map(|l| {
+            let l = l.strip_prefix("pub extern \"C\" fn ")?;
+            Some(l[..l.find('(')?].to_string())
+        });
+        let Some(first) = first else { continue };
+        let mut lines = text.lines().skip_while(|l| !l.starts_with(MARKER));
+        let title = lines.next().unwrap_or_else(|| {
+            panic!(
+                "{}: exports functions but has no `{MARKER}` comment",
+                path.display()
+            )
+        })[MARKER.len()..]
+            .to_string();
+        let lines = lines
+            .map_while(|l| l.strip_prefix("// "))
+            .map(str::to_string)
+            .collect();
+        out.push(Section {
+            first,
+            title,
+            lines,
+        });
     }
     out
 }
 
-use std::path::Path;
+/// Inserts each section's opening comment before the doc comment of its first function.
+fn with_sections(generated: &str, sections: &[Section]) -> String {
+    // Declarations follow the `extern "C" {` line; the opening comment mentions names too.
+    let start = generated
+        .find("extern \"C\" {")
+        .expect("cbindgen's extern block");
+    let mut banners: Vec<(usize, String)> = sections
+        .iter()
+        .map(|s| {
+            let decl = start
+                + generated[start..]
+                    .find(&format!("{}(", s.first))
+                    .unwrap_or_else(|| {
+                        panic!("section {}: {} is not in the header", s.title, s.first)
+                    });
+            let doc = generated[..decl]
+                .rfind("/**")
+                .expect("every function has a doc comment");
+            let rule = "=".repeat(88 - s.title.len().min(80) - 4);
+            let paragraph = s.lines.join("\n * ");
+            (
+                doc,
+                format!("/* {} {rule}\n *\n * {paragraph}\n */\n\n", s.title),
+            )
+        })
+        .collect();
+    // From the last position back, so earlier positions stay valid.
+    banners.sort_by(|a, b| b.0.cmp(&a.0));
+    let mut out = generated.to_string();
+    for (at, banner) in banners {
+        out.insert_str(at, &banner);
+    }
+    out
+}
 
 #[test]
 fn header_matches_cbindgen_output() {
@@ -50,7 +104,8 @@ fn header_matches_cbindgen_output() {
         .generate()
         .expect("cbindgen failed to parse the crate")
         .write(&mut generated);
-    let generated = with_sections(&String::from_utf8(generated).unwrap());
+    let sections = sections(&root.join("src/ffi"));
+    let generated = with_sections(&String::from_utf8(generated).unwrap(), &sections);
     let path = root.join("include/adpo.h");
     if std::env::var_os("ADPO_WRITE_HEADER").is_some() {
         std::fs::write(&path, &generated).unwrap();

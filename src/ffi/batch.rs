@@ -1,5 +1,9 @@
 //! C ABI of training batches (src/batch.rs).
 
+// Section of include/adpo.h: Batches
+// Token ids, masks, group ids and rewards (or targets) of n candidates x t positions, checked
+// once; a sampled batch also carries the sampling-time log-probs.
+
 use super::args::{require_out, slice, write_out, write_sized};
 use super::boundary::{call, call_on};
 use super::error::adpo_error;

@@ -1,5 +1,9 @@
 //! C ABI of trainer checkpoints (src/trainer/checkpoint.rs, src/checkpoint/).
 
+// Section of include/adpo.h: Checkpoints
+// The policy's weights and the trainer's state (optimizer, steps, anchor), written
+// atomically and checked when read back.
+
 use super::args::c_str;
 use super::boundary::call_on;
 use super::error::adpo_error;

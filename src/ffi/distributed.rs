@@ -1,5 +1,9 @@
 //! C ABI of data-parallel training (src/distributed): which communicator a trainer uses.
 
+// Section of include/adpo.h: Data-parallel training
+// Many processes, each with its own groups, over MPI or the host's own all-reduce: the
+// update equals that of one process holding every group.
+
 use super::args::write_out;
 use super::boundary::{call, call_on, infallible, with_handle};
 use super::error::adpo_error;

@@ -6,6 +6,10 @@
 //! once before returning, on success and on every error. The returned tensor belongs to the
 //! caller, who releases it by calling its deleter.
 
+// Section of include/adpo.h: The objective, on DLPack tensors
+// The same objective on tensors of any producer (PyTorch, JAX, CuPy), on CPU or CUDA,
+// without copies: ownership of every input passes to adpo at the call.
+
 use super::args::{require_out, write_out};
 use super::boundary::{call, with_handle};
 use super::error::adpo_error;

@@ -1,5 +1,9 @@
 //! The `adpo_error` object handed to C callers through the optional `adpo_error **err`.
 
+// Section of include/adpo.h: Errors
+// A failed call returns its status and, when `err` is not NULL, an adpo_error that
+// carries the status and a message naming the argument at fault. Free it with adpo_error_free.
+
 use crate::echo::cap_message;
 use crate::error::{Error, Status};
 use std::ffi::{c_char, CString};

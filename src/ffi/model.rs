@@ -1,5 +1,9 @@
 //! C ABI of causal LMs (src/model/): Hugging Face checkpoint directories and TorchScript files.
 
+// Section of include/adpo.h: Models
+// Causal LMs as opaque handles: the trainable policy, or a frozen reference. Loading a
+// TorchScript file runs its code: load only files you trust.
+
 use super::args::{c_str, require_out, write_out};
 use super::boundary::{call, call_on};
 use super::error::adpo_error;

@@ -1,5 +1,9 @@
 //! C ABI of the model-free objective (src/objective): host buffers in, host buffers out.
 
+// Section of include/adpo.h: The objective, on host buffers
+// The model-free ADPO objective: per-candidate log-probs of your policy and anchor, rewards
+// or targets, and group ids in; the loss and d loss / d logp out, for your own backward pass.
+
 use super::args::{
     byte_len, c_str, owned_c_string, require_out, slice, write_out, write_versioned,
 };

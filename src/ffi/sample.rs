@@ -1,5 +1,8 @@
 //! C ABI of sampling candidates from a trainer's policy (src/sample/).
 
+// Section of include/adpo.h: Sampling
+// K candidates per prompt from the trainer's policy, returned as a batch ready to score.
+
 use super::args::{c_str, require_out, slice, write_out};
 use super::batch::adpo_batch;
 use super::boundary::call_on;

@@ -4,6 +4,10 @@
 //! a buffer too small is ADPO_STATUS_SHAPE_MISMATCH with the length still reported (the one
 //! output written on failure, so that a caller can grow its buffer and call again).
 
+// Section of include/adpo.h: Tokenizers and chat templates
+// Text in, text out: a checkpoint's tokenizer.json (Hugging Face `tokenizers`) and the chat
+// template of its tokenizer_config.json (rendered as transformers renders it).
+
 use super::args::{c_str, owned_c_string, require_out, slice, write_out, write_sized};
 use super::boundary::{call, call_on};
 use super::error::adpo_error;

@@ -1,5 +1,9 @@
 //! C ABI of the trainer (src/trainer/): creation, steps, metrics, sequence log-probs.
 
+// Section of include/adpo.h: Trainer
+// ADPO steps on a policy: log-probs, anchored scores, the objective, backward, optimizer and
+// the anchor's update, micro-batched and exact.
+
 use super::args::{
     c_str, check_versioned, owned_c_string, require_out, write_out, write_versioned,
 };

@@ -1,5 +1,9 @@
 //! Versions, CUDA discovery, strings returned by adpo, and the boundary self-test.
 
+// Section of include/adpo.h: Version and utilities
+// Run-time versions (check adpo_abi_version() against ADPO_ABI_VERSION), the CUDA device
+// count, and the free function for strings adpo hands out.
+
 use super::boundary::{call, infallible};
 use super::error::adpo_error;
 use crate::error::{Error, Status};

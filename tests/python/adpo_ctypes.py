@@ -17,39 +17,15 @@ from pathlib import Path
 
 import numpy as np
 
+import adpo_raw as raw  # generated from include/adpo.h (make bindings)
+
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_LIB = REPO / "target" / "release" / "libadpo.so"
 
-# adpo_status values (include/adpo.h).
-STATUS_NAMES = {
-    0: "OK",
-    1: "NULL_ARGUMENT",
-    2: "INVALID_ARGUMENT",
-    3: "INVALID_CONFIG",
-    4: "SHAPE_MISMATCH",
-    5: "NON_FINITE",
-    6: "UNSUPPORTED",
-    7: "TORCH",
-    8: "IO",
-    9: "CHECKPOINT",
-    10: "MODEL",
-    11: "POISONED",
-    12: "PANIC",
-}
+# adpo_status values, from the header through the generated declarations.
+STATUS_NAMES = raw.adpo_status_names
 STATUS = {name: code for code, name in STATUS_NAMES.items()}
-OK = 0
-NULL_ARGUMENT = 1
-INVALID_ARGUMENT = 2
-INVALID_CONFIG = 3
-SHAPE_MISMATCH = 4
-NON_FINITE = 5
-UNSUPPORTED = 6
-TORCH = 7
-IO = 8
-CHECKPOINT = 9
-MODEL = 10
-POISONED = 11
-PANIC = 12
+globals().update(STATUS)  # OK, NULL_ARGUMENT, ...
 
 
 class AdpoError(Exception):
@@ -88,10 +64,8 @@ class DLTensor(ctypes.Structure):
     ]
 
 
-class DLManagedTensorVersioned(ctypes.Structure):
-    pass
-
-
+# The generated declarations name this struct of dlpack.h; its layout is given here.
+DLManagedTensorVersioned = raw.DLManagedTensorVersioned
 DLDeleter = ctypes.CFUNCTYPE(None, ctypes.POINTER(DLManagedTensorVersioned))
 DLManagedTensorVersioned._fields_ = [
     ("version", DLPackVersion),
@@ -109,45 +83,8 @@ kDLFloat = 2
 kDLBfloat = 4
 
 
-class Metrics(ctypes.Structure):
-    _fields_ = [
-        ("struct_size", ctypes.c_uint32),
-        ("loss", ctypes.c_double),
-        ("entropy", ctypes.c_double),
-        ("kl_target", ctypes.c_double),
-        ("win_mass", ctypes.c_double),
-        ("mean_abs_score", ctypes.c_double),
-        ("max_abs_score", ctypes.c_double),
-        ("tau", ctypes.c_double),
-        ("clip_fraction", ctypes.c_double),
-        ("anchor_kl", ctypes.c_double),
-        ("groups", ctypes.c_uint64),
-    ]
-
-
-class TrainerMetrics(ctypes.Structure):
-    """adpo_trainer_metrics (include/adpo.h)."""
-
-    _fields_ = [
-        ("struct_size", ctypes.c_uint32),
-        ("step", ctypes.c_uint64),
-        ("loss", ctypes.c_double),
-        ("entropy", ctypes.c_double),
-        ("kl_target", ctypes.c_double),
-        ("win_mass", ctypes.c_double),
-        ("mean_abs_score", ctypes.c_double),
-        ("max_abs_score", ctypes.c_double),
-        ("tau", ctypes.c_double),
-        ("clip_fraction", ctypes.c_double),
-        ("anchor_kl", ctypes.c_double),
-        ("groups", ctypes.c_uint64),
-        ("grad_norm", ctypes.c_double),
-        ("lr", ctypes.c_double),
-        ("tokens", ctypes.c_double),
-        ("anchor_drift", ctypes.c_double),
-        ("step_time_ms", ctypes.c_double),
-        ("reduce_time_ms", ctypes.c_double),
-    ]
+Metrics = raw.adpo_objective_metrics
+TrainerMetrics = raw.adpo_trainer_metrics
 
 
 # --------------------------------------------------------------------------- loading
@@ -155,86 +92,10 @@ _dbl_p = ctypes.POINTER(ctypes.c_double)
 _i64_p = ctypes.POINTER(ctypes.c_int64)
 _u8_p = ctypes.POINTER(ctypes.c_uint8)
 _size_p = ctypes.POINTER(ctypes.c_size_t)
-_err_pp = ctypes.POINTER(ctypes.c_void_p)
 
 
 def lib_path() -> str:
     return os.environ.get("ADPO_LIB") or str(DEFAULT_LIB)
-
-
-def _declare(lib: ctypes.CDLL) -> None:
-    vp = ctypes.c_void_p
-    st = ctypes.c_int32
-    sigs = {
-        "adpo_error_message": (ctypes.c_char_p, [vp]),
-        "adpo_error_status": (st, [vp]),
-        "adpo_error_free": (None, [vp]),
-        "adpo_objective_new": (st, [ctypes.c_char_p, ctypes.POINTER(vp), _err_pp]),
-        "adpo_objective_free": (None, [vp]),
-        "adpo_objective_eval": (
-            st,
-            [vp, ctypes.c_size_t, _dbl_p, _dbl_p, _dbl_p, _dbl_p, _i64_p, _dbl_p, _dbl_p, _dbl_p, _err_pp],
-        ),
-        "adpo_objective_eval_entropy": (
-            st,
-            [vp, ctypes.c_size_t, _dbl_p, _dbl_p, _dbl_p, _dbl_p, _i64_p, _dbl_p, _dbl_p, _dbl_p, _dbl_p, _err_pp],
-        ),
-        "adpo_objective_eval_tokens": (
-            st,
-            [vp, ctypes.c_size_t, ctypes.c_size_t, _dbl_p, _dbl_p, _dbl_p, _dbl_p, _dbl_p, _i64_p,
-             _dbl_p, _dbl_p, _dbl_p, _err_pp],
-        ),
-        "adpo_objective_eval_dlpack": (
-            st,
-            [vp, DLManagedPtr, DLManagedPtr, DLManagedPtr, DLManagedPtr, DLManagedPtr, _dbl_p,
-             ctypes.POINTER(DLManagedPtr), _err_pp],
-        ),
-        "adpo_objective_get_metrics": (st, [vp, ctypes.POINTER(Metrics), _err_pp]),
-        "adpo_objective_metrics_json": (st, [vp, ctypes.POINTER(vp), _err_pp]),
-        "adpo_version": (ctypes.c_char_p, []),
-        "adpo_abi_version": (ctypes.c_uint32, []),
-        "adpo_cuda_device_count": (ctypes.c_int32, []),
-        "adpo_set_num_threads": (st, [ctypes.c_int32, _err_pp]),
-        "adpo_num_threads": (ctypes.c_int32, []),
-        "adpo_string_free": (None, [vp]),
-        "adpo_test_panic": (st, [_err_pp]),
-        # models, batches, trainers
-        "adpo_model_load": (st, [ctypes.c_char_p, ctypes.c_char_p, ctypes.POINTER(vp), _err_pp]),
-        "adpo_model_load_options": (st, [ctypes.c_char_p, ctypes.c_char_p, ctypes.POINTER(vp), _err_pp]),
-        "adpo_model_save": (st, [vp, ctypes.c_char_p, _err_pp]),
-        "adpo_model_save_adapter": (st, [vp, ctypes.c_char_p, _err_pp]),
-        "adpo_model_vocab_size": (st, [vp, _i64_p, _err_pp]),
-        "adpo_model_free": (None, [vp]),
-        "adpo_batch_new": (
-            st,
-            [ctypes.c_size_t, ctypes.c_size_t, _i64_p, _u8_p, _u8_p, _i64_p, ctypes.POINTER(vp), _err_pp],
-        ),
-        "adpo_batch_set_rewards": (st, [vp, _dbl_p, ctypes.c_size_t, _err_pp]),
-        "adpo_batch_set_targets": (st, [vp, _dbl_p, ctypes.c_size_t, _err_pp]),
-        "adpo_batch_set_old_logp": (st, [vp, _dbl_p, ctypes.c_size_t, _err_pp]),
-        "adpo_batch_set_anchor_logp": (st, [vp, _dbl_p, ctypes.c_size_t, _err_pp]),
-        "adpo_batch_shape": (st, [vp, _size_p, _size_p, _err_pp]),
-        "adpo_batch_get_ids": (st, [vp, _i64_p, ctypes.c_size_t, _err_pp]),
-        "adpo_batch_get_loss_mask": (st, [vp, _u8_p, ctypes.c_size_t, _err_pp]),
-        "adpo_batch_get_group_ids": (st, [vp, _i64_p, ctypes.c_size_t, _err_pp]),
-        "adpo_batch_get_old_logp": (st, [vp, _dbl_p, ctypes.c_size_t, _err_pp]),
-        "adpo_batch_free": (None, [vp]),
-        "adpo_trainer_new": (st, [vp, vp, ctypes.c_char_p, ctypes.POINTER(vp), _err_pp]),
-        "adpo_trainer_step": (st, [vp, vp, ctypes.POINTER(TrainerMetrics), _err_pp]),
-        "adpo_trainer_metrics_json": (st, [vp, ctypes.POINTER(vp), _err_pp]),
-        "adpo_trainer_sample": (
-            st,
-            [vp, _i64_p, _size_p, ctypes.c_size_t, ctypes.c_size_t, ctypes.c_char_p, ctypes.POINTER(vp), _err_pp],
-        ),
-        "adpo_trainer_sequence_logp": (st, [vp, vp, _dbl_p, ctypes.c_size_t, _err_pp]),
-        "adpo_trainer_save": (st, [vp, ctypes.c_char_p, _err_pp]),
-        "adpo_trainer_load": (st, [vp, ctypes.c_char_p, _err_pp]),
-        "adpo_trainer_free": (None, [vp]),
-    }
-    for name, (res, args) in sigs.items():
-        fn = getattr(lib, name)
-        fn.restype = res
-        fn.argtypes = args
 
 
 _LIB: ctypes.CDLL | None = None
@@ -245,9 +106,9 @@ def load(path: str | None = None) -> ctypes.CDLL:
     global _LIB
     if _LIB is None or path is not None:
         lib = ctypes.CDLL(path or lib_path())
-        _declare(lib)
-        if lib.adpo_abi_version() != 1:
-            raise RuntimeError(f"adpo ABI version {lib.adpo_abi_version()} != 1 (this wrapper)")
+        raw.declare(lib)
+        if lib.adpo_abi_version() != raw.ADPO_ABI_VERSION:
+            raise RuntimeError(f"adpo ABI version {lib.adpo_abi_version()} != {raw.ADPO_ABI_VERSION} (this wrapper)")
         if path is not None:
             return lib
         _LIB = lib

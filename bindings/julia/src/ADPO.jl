@@ -2,7 +2,8 @@
     ADPO
 
 Julia binding of adpo (Anchored Direct Preference Optimization on libtorch) through its C ABI
-(`include/adpo.h`, ABI version 1). Every function of the C API is wrapped with `ccall`.
+(`include/adpo.h`, ABI version 1). Every function of the C API is wrapped, through the `ccall`
+layer that `make bindings` generates from the header (`src/raw.jl`).
 
 The shared library is `ENV["ADPO_LIB"]` when set, otherwise `target/release/libadpo.so` of the
 repository this package lives in (`bindings/julia/../../target/release/libadpo.so`). It is
@@ -37,35 +38,10 @@ export ADPOError, Objective, Model, Batch, Trainer, ObjectiveMetrics, TrainerMet
        Tokenizer, encode, encode_batch, decode, decode_batch, apply_chat_template, eos_ids,
        token_to_id, special_token
 
-# ----------------------------------------------------------------------------- constants
-# From include/adpo.h.
-const ADPO_VERSION_MAJOR = 0
-const ADPO_VERSION_MINOR = 1
-const ADPO_VERSION_PATCH = 0
-"The C ABI version this binding was written against (`ADPO_ABI_VERSION` of include/adpo.h)."
-const ADPO_ABI_VERSION = UInt32(1)
-
-# adpo_status (int32_t). Stable values, never reused.
-const ADPO_STATUS_OK = Int32(0)
-const ADPO_STATUS_NULL_ARGUMENT = Int32(1)
-const ADPO_STATUS_INVALID_ARGUMENT = Int32(2)
-const ADPO_STATUS_INVALID_CONFIG = Int32(3)
-const ADPO_STATUS_SHAPE_MISMATCH = Int32(4)
-const ADPO_STATUS_NON_FINITE = Int32(5)
-const ADPO_STATUS_UNSUPPORTED = Int32(6)
-const ADPO_STATUS_TORCH = Int32(7)
-const ADPO_STATUS_IO = Int32(8)
-const ADPO_STATUS_CHECKPOINT = Int32(9)
-const ADPO_STATUS_MODEL = Int32(10)
-const ADPO_STATUS_POISONED = Int32(11)
-const ADPO_STATUS_PANIC = Int32(12)
-const ADPO_STATUS_COMMUNICATION = Int32(13)
-
-const _STATUS_NAMES = Dict{Int32,String}(
-    0 => "OK", 1 => "NULL_ARGUMENT", 2 => "INVALID_ARGUMENT", 3 => "INVALID_CONFIG",
-    4 => "SHAPE_MISMATCH", 5 => "NON_FINITE", 6 => "UNSUPPORTED", 7 => "TORCH", 8 => "IO",
-    9 => "CHECKPOINT", 10 => "MODEL", 11 => "POISONED", 12 => "PANIC", 13 => "COMMUNICATION",
-)
+# ----------------------------------------------------------------------------- C declarations
+# Constants (ADPO_ABI_VERSION, ADPO_STATUS_*, ...), the metrics structs and one function per C
+# export (adpo_*), generated from include/adpo.h by scripts/gen_bindings.py. This file wraps them.
+include("raw.jl")
 
 """
     status_name(status) -> String
@@ -73,12 +49,12 @@ const _STATUS_NAMES = Dict{Int32,String}(
 `"ADPO_STATUS_NON_FINITE"` for 5, and so on (`"ADPO_STATUS_UNKNOWN(n)"` for other values).
 """
 status_name(status::Integer) =
-    "ADPO_STATUS_" * get(_STATUS_NAMES, Int32(status), "UNKNOWN($(status))")
+    "ADPO_STATUS_" * get(adpo_status_names, Int32(status), "UNKNOWN($(status))")
 
 # ----------------------------------------------------------------------------- library
 const _LIBPATH = Ref{String}("")
 
-# The library component of every ccall below: a function call, evaluated when the ccall first
+# The library component of every ccall of raw.jl: a function call, evaluated when the ccall first
 # runs (after __init__) and cached by Julia ("Non-constant Function Specifications").
 function libadpo()
     p = _LIBPATH[]
@@ -118,7 +94,7 @@ function __init__()
               "Build it (`make lib` at the repository root) or set ENV[\"ADPO_LIB\"] to the path of libadpo.so.")
     end
     _LIBPATH[] = path
-    abi = ccall((:adpo_abi_version, libadpo()), UInt32, ())
+    abi = adpo_abi_version()
     if abi != ADPO_ABI_VERSION
         error("ADPO: ABI mismatch: the library at \"$path\" has C ABI version $(abi), this binding " *
               "was written for ABI version $(ADPO_ABI_VERSION) (include/adpo.h). Rebuild the library " *
@@ -133,26 +109,26 @@ end
 `"adpo X.Y.Z (tch A.B.C, libtorch V)"` of the loaded library.
 """
 function version()
-    p = ccall((:adpo_version, libadpo()), Ptr{UInt8}, ())
+    p = adpo_version()
     return p == C_NULL ? "" : unsafe_string(p)   # static storage: not freed
 end
 
 "The C ABI version of the loaded library (equals `ADPO_ABI_VERSION` once loaded)."
-abi_version() = ccall((:adpo_abi_version, libadpo()), UInt32, ())
+abi_version() = adpo_abi_version()
 
 "Number of CUDA devices libtorch can use (0 without CUDA)."
-cuda_device_count() = Int(ccall((:adpo_cuda_device_count, libadpo()), Int32, ()))
+cuda_device_count() = Int(adpo_cuda_device_count())
 
 "libtorch's CPU thread count for the whole process (1 .. 4096)."
 function set_num_threads!(n::Integer)
     err = _err()
-    st = ccall((:adpo_set_num_threads, libadpo()), Int32, (Int32, Ref{Ptr{Cvoid}}), n, err)
+    st = adpo_set_num_threads(n, err)
     _check(st, err, :adpo_set_num_threads)
     return nothing
 end
 
 "libtorch's CPU thread count."
-num_threads() = Int(ccall((:adpo_num_threads, libadpo()), Int32, ()))
+num_threads() = Int(adpo_num_threads())
 
 """
     has_mpi() -> Bool
@@ -160,7 +136,7 @@ num_threads() = Int(ccall((:adpo_num_threads, libadpo()), Int32, ()))
 True when the loaded library can train over MPI (built with the cargo feature `mpi`, as make
 builds it). Without it [`use_mpi!`](@ref) throws `ADPO_STATUS_UNSUPPORTED`; [`use_allreduce!`](@ref) works in every build.
 """
-has_mpi() = ccall((:adpo_has_mpi, libadpo()), Bool, ())
+has_mpi() = adpo_has_mpi()
 
 # ----------------------------------------------------------------------------- errors
 """
@@ -187,17 +163,17 @@ function _check(status::Int32, err::Base.RefValue{Ptr{Cvoid}}, func::Symbol)
     p = err[]
     err[] = C_NULL
     if status == ADPO_STATUS_OK
-        p == C_NULL || ccall((:adpo_error_free, libadpo()), Cvoid, (Ptr{Cvoid},), p)
+        p == C_NULL || adpo_error_free(p)
         return nothing
     end
     p == C_NULL && throw(ADPOError(status, "(adpo returned no error object)", func))
     msg, st = try
-        m = ccall((:adpo_error_message, libadpo()), Ptr{UInt8}, (Ptr{Cvoid},), p)
+        m = adpo_error_message(p)
         # the message is valid until adpo_error_free: copy it first
         (m == C_NULL ? "" : unsafe_string(m),
-         ccall((:adpo_error_status, libadpo()), Int32, (Ptr{Cvoid},), p))
+         adpo_error_status(p))
     finally
-        ccall((:adpo_error_free, libadpo()), Cvoid, (Ptr{Cvoid},), p)
+        adpo_error_free(p)
     end
     throw(ADPOError(st, msg, func))
 end
@@ -225,7 +201,7 @@ with status `ADPO_STATUS_PANIC`. For testing error handling.
 """
 function test_panic()
     err = _err()
-    st = ccall((:adpo_test_panic, libadpo()), Int32, (Ref{Ptr{Cvoid}},), err)
+    st = adpo_test_panic(err)
     _check(st, err, :adpo_test_panic)
     return nothing
 end
@@ -332,59 +308,29 @@ function _take_string(out::Base.RefValue{Ptr{UInt8}})
     try
         return unsafe_string(p)
     finally
-        ccall((:adpo_string_free, libadpo()), Cvoid, (Ptr{UInt8},), p)
+        adpo_string_free(p)
     end
 end
 
 # ----------------------------------------------------------------------------- metrics structs
-# Field for field the C structs (same order, same types, so the same C layout): adpo writes
-# at most struct_size bytes and sets struct_size to what it wrote.
+# The generated C structs (same fields, same layout): adpo writes at most struct_size bytes and
+# sets struct_size to what it wrote.
 
 """
     ObjectiveMetrics
 
-Mirror of `adpo_objective_metrics`: metrics of an objective's last evaluation. Values that do
-not apply to the loss are NaN.
+`adpo_objective_metrics`: metrics of an objective's last evaluation. Values that do not apply
+to the loss are NaN.
 """
-struct ObjectiveMetrics   # mirrors adpo_objective_metrics
-    struct_size::UInt32
-    loss::Cdouble
-    entropy::Cdouble
-    kl_target::Cdouble
-    win_mass::Cdouble
-    mean_abs_score::Cdouble
-    max_abs_score::Cdouble
-    tau::Cdouble
-    clip_fraction::Cdouble
-    anchor_kl::Cdouble
-    groups::UInt64
-end
+const ObjectiveMetrics = adpo_objective_metrics
 
 """
     TrainerMetrics
 
-Mirror of `adpo_trainer_metrics`: metrics of a trainer step. Values that do not apply are NaN.
+`adpo_trainer_metrics`: metrics of a trainer step (`reduce_time_ms`: of `step_time_ms`, spent
+in collectives, 0 in one process). Values that do not apply are NaN.
 """
-struct TrainerMetrics   # mirrors adpo_trainer_metrics
-    struct_size::UInt32
-    step::UInt64
-    loss::Cdouble
-    entropy::Cdouble
-    kl_target::Cdouble
-    win_mass::Cdouble
-    mean_abs_score::Cdouble
-    max_abs_score::Cdouble
-    tau::Cdouble
-    clip_fraction::Cdouble
-    anchor_kl::Cdouble
-    groups::UInt64
-    grad_norm::Cdouble
-    lr::Cdouble
-    tokens::Cdouble
-    anchor_drift::Cdouble
-    step_time_ms::Cdouble
-    reduce_time_ms::Cdouble   # of step_time_ms, spent in collectives (0 in one process)
-end
+const TrainerMetrics = adpo_trainer_metrics
 
 # struct_size = sizeof(T), floats NaN, integers 0: what a call that writes nothing leaves.
 function _blank(::Type{T}) where {T}
@@ -431,9 +377,7 @@ end
 function Objective(config=nothing)
     out = Ref{Ptr{Cvoid}}(C_NULL)
     err = _err()
-    st = ccall((:adpo_objective_new, libadpo()), Int32,
-               (Ptr{UInt8}, Ref{Ptr{Cvoid}}, Ref{Ptr{Cvoid}}),
-               _json_arg(config), out, err)
+    st = adpo_objective_new(_json_arg(config), out, err)
     _check(st, err, :adpo_objective_new)
     return Objective(_Own(), out[])
 end
@@ -442,7 +386,7 @@ function _free!(o::Objective)
     p = o.ptr
     if p != C_NULL
         o.ptr = C_NULL
-        ccall((:adpo_objective_free, libadpo()), Cvoid, (Ptr{Cvoid},), p)
+        adpo_objective_free(p)
     end
     return nothing
 end
@@ -464,9 +408,7 @@ end
 function Model(path::AbstractString; device::Union{Nothing,AbstractString}=nothing)
     out = Ref{Ptr{Cvoid}}(C_NULL)
     err = _err()
-    st = ccall((:adpo_model_load, libadpo()), Int32,
-               (Cstring, Ptr{UInt8}, Ref{Ptr{Cvoid}}, Ref{Ptr{Cvoid}}),
-               String(path), _cstr_or_null(device, "device"), out, err)
+    st = adpo_model_load(String(path), _cstr_or_null(device, "device"), out, err)
     _check(st, err, :adpo_model_load)
     return Model(_Own(), out[])
 end
@@ -480,9 +422,7 @@ Loads a Hugging Face checkpoint directory (or a TorchScript file) with options a
 function load_model(path::AbstractString, options_json::AbstractString)
     out = Ref{Ptr{Cvoid}}(C_NULL)
     err = _err()
-    st = ccall((:adpo_model_load_options, libadpo()), Int32,
-               (Cstring, Cstring, Ref{Ptr{Cvoid}}, Ref{Ptr{Cvoid}}),
-               String(path), _nul_free(options_json, "options_json"), out, err)
+    st = adpo_model_load_options(String(path), _nul_free(options_json, "options_json"), out, err)
     _check(st, err, :adpo_model_load_options)
     return Model(_Own(), out[])
 end
@@ -495,8 +435,7 @@ transformers' `from_pretrained` reads (checkpoint-directory models only).
 """
 function save_model(m::Model, dir::AbstractString)
     err = _err()
-    st = ccall((:adpo_model_save, libadpo()), Int32, (Ptr{Cvoid}, Cstring, Ref{Ptr{Cvoid}}),
-               m, _nul_free(dir, "dir"), err)
+    st = adpo_model_save(m, _nul_free(dir, "dir"), err)
     _check(st, err, :adpo_model_save)
     return nothing
 end
@@ -509,8 +448,7 @@ adapter_model.safetensors) that `peft.PeftModel.from_pretrained(base, dir)` load
 """
 function save_adapter(m::Model, dir::AbstractString)
     err = _err()
-    st = ccall((:adpo_model_save_adapter, libadpo()), Int32, (Ptr{Cvoid}, Cstring, Ref{Ptr{Cvoid}}),
-               m, _nul_free(dir, "dir"), err)
+    st = adpo_model_save_adapter(m, _nul_free(dir, "dir"), err)
     _check(st, err, :adpo_model_save_adapter)
     return nothing
 end
@@ -519,7 +457,7 @@ function _free!(m::Model)
     p = m.ptr
     if p != C_NULL
         m.ptr = C_NULL
-        ccall((:adpo_model_free, libadpo()), Cvoid, (Ptr{Cvoid},), p)
+        adpo_model_free(p)
     end
     return nothing
 end
@@ -528,8 +466,7 @@ end
 function vocab_size(m::Model)
     out = Ref{Int64}(0)
     err = _err()
-    st = ccall((:adpo_model_vocab_size, libadpo()), Int32,
-               (Ptr{Cvoid}, Ref{Int64}, Ref{Ptr{Cvoid}}), m, out, err)
+    st = adpo_model_vocab_size(m, out, err)
     _check(st, err, :adpo_model_vocab_size)
     return Int(out[])
 end
@@ -538,8 +475,7 @@ end
 function num_params(m::Model)
     out = Ref{Csize_t}(0)
     err = _err()
-    st = ccall((:adpo_model_num_params, libadpo()), Int32,
-               (Ptr{Cvoid}, Ref{Csize_t}, Ref{Ptr{Cvoid}}), m, out, err)
+    st = adpo_model_num_params(m, out, err)
     _check(st, err, :adpo_model_num_params)
     return Int(out[])
 end
@@ -556,8 +492,7 @@ function params(m::Model)
     out = Vector{Float64}(undef, n)
     n == 0 && return out
     err = _err()
-    st = ccall((:adpo_model_get_params, libadpo()), Int32,
-               (Ptr{Cvoid}, Ptr{Cdouble}, Csize_t, Ref{Ptr{Cvoid}}), m, out, length(out), err)
+    st = adpo_model_get_params(m, out, length(out), err)
     _check(st, err, :adpo_model_get_params)
     return out
 end
@@ -592,9 +527,7 @@ function Batch(ids::AbstractMatrix{<:Integer}, loss_mask::AbstractMatrix, group_
     gid_c = _i64(group_ids, "group_ids", n)
     out = Ref{Ptr{Cvoid}}(C_NULL)
     err = _err()
-    st = ccall((:adpo_batch_new, libadpo()), Int32,
-               (Csize_t, Csize_t, Ptr{Int64}, Ptr{UInt8}, Ptr{UInt8}, Ptr{Int64}, Ref{Ptr{Cvoid}}, Ref{Ptr{Cvoid}}),
-               n, t, ids_c, am_c, lm_c, gid_c, out, err)
+    st = adpo_batch_new(n, t, ids_c, am_c, lm_c, gid_c, out, err)
     _check(st, err, :adpo_batch_new)
     b = Batch(_Own(), out[])
     rewards === nothing || set_rewards!(b, rewards)
@@ -608,7 +541,7 @@ function _free!(b::Batch)
     p = b.ptr
     if p != C_NULL
         b.ptr = C_NULL
-        ccall((:adpo_batch_free, libadpo()), Cvoid, (Ptr{Cvoid},), p)
+        adpo_batch_free(p)
     end
     return nothing
 end
@@ -618,8 +551,7 @@ function Base.size(b::Batch)
     n = Ref{Csize_t}(0)
     t = Ref{Csize_t}(0)
     err = _err()
-    st = ccall((:adpo_batch_shape, libadpo()), Int32,
-               (Ptr{Cvoid}, Ref{Csize_t}, Ref{Csize_t}, Ref{Ptr{Cvoid}}), b, n, t, err)
+    st = adpo_batch_shape(b, n, t, err)
     _check(st, err, :adpo_batch_shape)
     return (Int(n[]), Int(t[]))
 end
@@ -629,8 +561,7 @@ Base.size(b::Batch, d::Integer) = size(b)[d]
 function set_rewards!(b::Batch, rewards::AbstractVector{<:Real})
     v = _f64(rewards, "rewards", size(b, 1))
     err = _err()
-    st = ccall((:adpo_batch_set_rewards, libadpo()), Int32,
-               (Ptr{Cvoid}, Ptr{Cdouble}, Csize_t, Ref{Ptr{Cvoid}}), b, v, length(v), err)
+    st = adpo_batch_set_rewards(b, v, length(v), err)
     _check(st, err, :adpo_batch_set_rewards)
     return b
 end
@@ -639,8 +570,7 @@ end
 function set_targets!(b::Batch, targets::AbstractVector{<:Real})
     v = _f64(targets, "targets", size(b, 1))
     err = _err()
-    st = ccall((:adpo_batch_set_targets, libadpo()), Int32,
-               (Ptr{Cvoid}, Ptr{Cdouble}, Csize_t, Ref{Ptr{Cvoid}}), b, v, length(v), err)
+    st = adpo_batch_set_targets(b, v, length(v), err)
     _check(st, err, :adpo_batch_set_targets)
     return b
 end
@@ -662,8 +592,7 @@ end
 function set_old_logp!(b::Batch, old_logp::AbstractVecOrMat{<:Real})
     v = _seq_or_tokens(b, old_logp, "old_logp")
     err = _err()
-    st = ccall((:adpo_batch_set_old_logp, libadpo()), Int32,
-               (Ptr{Cvoid}, Ptr{Cdouble}, Csize_t, Ref{Ptr{Cvoid}}), b, v, length(v), err)
+    st = adpo_batch_set_old_logp(b, v, length(v), err)
     _check(st, err, :adpo_batch_set_old_logp)
     return b
 end
@@ -672,8 +601,7 @@ end
 function set_anchor_logp!(b::Batch, anchor_logp::AbstractVecOrMat{<:Real})
     v = _seq_or_tokens(b, anchor_logp, "anchor_logp")
     err = _err()
-    st = ccall((:adpo_batch_set_anchor_logp, libadpo()), Int32,
-               (Ptr{Cvoid}, Ptr{Cdouble}, Csize_t, Ref{Ptr{Cvoid}}), b, v, length(v), err)
+    st = adpo_batch_set_anchor_logp(b, v, length(v), err)
     _check(st, err, :adpo_batch_set_anchor_logp)
     return b
 end
@@ -683,8 +611,7 @@ function token_ids(b::Batch)
     n, t = size(b)
     buf = Vector{Int64}(undef, n * t)
     err = _err()
-    st = ccall((:adpo_batch_get_ids, libadpo()), Int32,
-               (Ptr{Cvoid}, Ptr{Int64}, Csize_t, Ref{Ptr{Cvoid}}), b, buf, length(buf), err)
+    st = adpo_batch_get_ids(b, buf, length(buf), err)
     _check(st, err, :adpo_batch_get_ids)
     return _from_rowmajor(buf, n, t)
 end
@@ -692,9 +619,7 @@ end
 # One adpo_batch_get_completion call; `buf` may be C_NULL with cap 0 (the size query).
 function _completion_call(b::Batch, row::Integer, buf, cap::Integer, n::Base.RefValue{Csize_t})
     err = _err()
-    st = ccall((:adpo_batch_get_completion, libadpo()), Int32,
-               (Ptr{Cvoid}, Csize_t, Ptr{Int64}, Csize_t, Ref{Csize_t}, Ref{Ptr{Cvoid}}),
-               b, row, buf, cap, n, err)
+    st = adpo_batch_get_completion(b, row, buf, cap, n, err)
     _check(st, err, :adpo_batch_get_completion)
     return nothing
 end
@@ -718,8 +643,7 @@ function loss_mask(b::Batch)
     n, t = size(b)
     buf = Vector{UInt8}(undef, n * t)
     err = _err()
-    st = ccall((:adpo_batch_get_loss_mask, libadpo()), Int32,
-               (Ptr{Cvoid}, Ptr{UInt8}, Csize_t, Ref{Ptr{Cvoid}}), b, buf, length(buf), err)
+    st = adpo_batch_get_loss_mask(b, buf, length(buf), err)
     _check(st, err, :adpo_batch_get_loss_mask)
     return _from_rowmajor(map(!iszero, buf), n, t)
 end
@@ -735,8 +659,7 @@ function old_logp(b::Batch)
     n, t = size(b)
     buf = Vector{Float64}(undef, n * t)
     err = _err()
-    st = ccall((:adpo_batch_get_old_logp, libadpo()), Int32,
-               (Ptr{Cvoid}, Ptr{Float64}, Csize_t, Ref{Ptr{Cvoid}}), b, buf, length(buf), err)
+    st = adpo_batch_get_old_logp(b, buf, length(buf), err)
     _check(st, err, :adpo_batch_get_old_logp)
     return _from_rowmajor(buf, n, t)
 end
@@ -746,8 +669,7 @@ function group_ids(b::Batch)
     n = size(b, 1)
     buf = Vector{Int64}(undef, n)
     err = _err()
-    st = ccall((:adpo_batch_get_group_ids, libadpo()), Int32,
-               (Ptr{Cvoid}, Ptr{Int64}, Csize_t, Ref{Ptr{Cvoid}}), b, buf, length(buf), err)
+    st = adpo_batch_get_group_ids(b, buf, length(buf), err)
     _check(st, err, :adpo_batch_get_group_ids)
     return buf
 end
@@ -773,9 +695,7 @@ end
 function Trainer(policy::Model, reference::Union{Model,Nothing}=nothing, config=nothing)
     out = Ref{Ptr{Cvoid}}(C_NULL)
     err = _err()
-    st = ccall((:adpo_trainer_new, libadpo()), Int32,
-               (Ptr{Cvoid}, Ptr{Cvoid}, Ptr{UInt8}, Ref{Ptr{Cvoid}}, Ref{Ptr{Cvoid}}),
-               policy, _ornull(reference), _json_arg(config), out, err)
+    st = adpo_trainer_new(policy, _ornull(reference), _json_arg(config), out, err)
     _check(st, err, :adpo_trainer_new)
     return Trainer(_Own(), out[])
 end
@@ -784,7 +704,7 @@ function _free!(tr::Trainer)
     p = tr.ptr
     if p != C_NULL
         tr.ptr = C_NULL
-        ccall((:adpo_trainer_free, libadpo()), Cvoid, (Ptr{Cvoid},), p)
+        adpo_trainer_free(p)
         tr.allreduce = nothing   # adpo no longer calls it
     end
     return nothing
@@ -818,17 +738,11 @@ function evaluate(obj::Objective, logp::AbstractVector{<:Real}, anchor_logp::Abs
     loss = Ref{Cdouble}(NaN)
     err = _err()
     if policy_entropy === nothing
-        st = ccall((:adpo_objective_eval, libadpo()), Int32,
-                   (Ptr{Cvoid}, Csize_t, Ptr{Cdouble}, Ptr{Cdouble}, Ptr{Cdouble}, Ptr{Cdouble},
-                    Ptr{Int64}, Ref{Cdouble}, Ptr{Cdouble}, Ptr{Cdouble}, Ref{Ptr{Cvoid}}),
-                   obj, n, lp, an, r, tg, gi, loss, _ornull(g), _ornull(s), err)
+        st = adpo_objective_eval(obj, n, lp, an, r, tg, gi, loss, _ornull(g), _ornull(s), err)
         _check(st, err, :adpo_objective_eval)
     else
         pe = _f64(policy_entropy, "policy_entropy", n)
-        st = ccall((:adpo_objective_eval_entropy, libadpo()), Int32,
-                   (Ptr{Cvoid}, Csize_t, Ptr{Cdouble}, Ptr{Cdouble}, Ptr{Cdouble}, Ptr{Cdouble},
-                    Ptr{Int64}, Ptr{Cdouble}, Ref{Cdouble}, Ptr{Cdouble}, Ptr{Cdouble}, Ref{Ptr{Cvoid}}),
-                   obj, n, lp, an, r, tg, gi, pe, loss, _ornull(g), _ornull(s), err)
+        st = adpo_objective_eval_entropy(obj, n, lp, an, r, tg, gi, pe, loss, _ornull(g), _ornull(s), err)
         _check(st, err, :adpo_objective_eval_entropy)
     end
     return (loss = loss[], grad = g, scores = s)
@@ -862,10 +776,7 @@ function evaluate_tokens(obj::Objective, logp::AbstractMatrix{<:Real}, old_logp:
     adv = advantages ? fill(NaN, n) : nothing
     loss = Ref{Cdouble}(NaN)
     err = _err()
-    st = ccall((:adpo_objective_eval_tokens, libadpo()), Int32,
-               (Ptr{Cvoid}, Csize_t, Csize_t, Ptr{Cdouble}, Ptr{Cdouble}, Ptr{Cdouble}, Ptr{Cdouble},
-                Ptr{Cdouble}, Ptr{Int64}, Ref{Cdouble}, Ptr{Cdouble}, Ptr{Cdouble}, Ref{Ptr{Cvoid}}),
-               obj, n, t, lp, old, ref, m, r, gi, loss, _ornull(g), _ornull(adv), err)
+    st = adpo_objective_eval_tokens(obj, n, t, lp, old, ref, m, r, gi, loss, _ornull(g), _ornull(adv), err)
     _check(st, err, :adpo_objective_eval_tokens)
     return (loss = loss[], grad = g === nothing ? nothing : _from_rowmajor(g, n, t), advantages = adv)
 end
@@ -885,10 +796,7 @@ function evaluate_dlpack(obj::Objective, logp::Ptr{Cvoid}, anchor_logp::Ptr{Cvoi
     loss = Ref{Cdouble}(NaN)
     grad = Ref{Ptr{Cvoid}}(C_NULL)
     err = _err()
-    st = ccall((:adpo_objective_eval_dlpack, libadpo()), Int32,
-               (Ptr{Cvoid}, Ptr{Cvoid}, Ptr{Cvoid}, Ptr{Cvoid}, Ptr{Cvoid}, Ptr{Cvoid},
-                Ref{Cdouble}, Ref{Ptr{Cvoid}}, Ref{Ptr{Cvoid}}),
-               obj, logp, anchor_logp, rewards, targets, group_ids, loss, grad, err)
+    st = adpo_objective_eval_dlpack(obj, logp, anchor_logp, rewards, targets, group_ids, loss, grad, err)
     _check(st, err, :adpo_objective_eval_dlpack)
     return (loss = loss[], grad = grad[])
 end
@@ -911,8 +819,7 @@ end
 function metrics(obj::Objective)
     out = Ref(_blank(ObjectiveMetrics))
     err = _err()
-    st = ccall((:adpo_objective_get_metrics, libadpo()), Int32,
-               (Ptr{Cvoid}, Ref{ObjectiveMetrics}, Ref{Ptr{Cvoid}}), obj, out, err)
+    st = adpo_objective_get_metrics(obj, out, err)
     _check(st, err, :adpo_objective_get_metrics)
     return out[]
 end
@@ -921,8 +828,7 @@ end
 function metrics_json(obj::Objective)
     out = Ref{Ptr{UInt8}}(C_NULL)
     err = _err()
-    st = ccall((:adpo_objective_metrics_json, libadpo()), Int32,
-               (Ptr{Cvoid}, Ref{Ptr{UInt8}}, Ref{Ptr{Cvoid}}), obj, out, err)
+    st = adpo_objective_metrics_json(obj, out, err)
     _check(st, err, :adpo_objective_metrics_json)
     return _take_string(out)
 end
@@ -930,8 +836,7 @@ end
 function metrics_json(tr::Trainer)
     out = Ref{Ptr{UInt8}}(C_NULL)
     err = _err()
-    st = ccall((:adpo_trainer_metrics_json, libadpo()), Int32,
-               (Ptr{Cvoid}, Ref{Ptr{UInt8}}, Ref{Ptr{Cvoid}}), tr, out, err)
+    st = adpo_trainer_metrics_json(tr, out, err)
     _check(st, err, :adpo_trainer_metrics_json)
     return _take_string(out)
 end
@@ -947,9 +852,7 @@ are over all ranks, and a failure on any rank is thrown by every rank, before an
 function step!(tr::Trainer, b::Batch; metrics::Bool=true)
     m = metrics ? Ref(_blank(TrainerMetrics)) : nothing
     err = _err()
-    st = ccall((:adpo_trainer_step, libadpo()), Int32,
-               (Ptr{Cvoid}, Ptr{Cvoid}, Ptr{TrainerMetrics}, Ref{Ptr{Cvoid}}),
-               tr, b, _ornull(m), err)
+    st = adpo_trainer_step(tr, b, _ornull(m), err)
     _check(st, err, :adpo_trainer_step, tr.allreduce)
     return m === nothing ? nothing : m[]
 end
@@ -972,10 +875,7 @@ function sample(tr::Trainer, prompts::AbstractVector{<:AbstractVector{<:Integer}
     end
     out = Ref{Ptr{Cvoid}}(C_NULL)
     err = _err()
-    st = ccall((:adpo_trainer_sample, libadpo()), Int32,
-               (Ptr{Cvoid}, Ptr{Int64}, Ptr{Csize_t}, Csize_t, Csize_t, Ptr{UInt8},
-                Ref{Ptr{Cvoid}}, Ref{Ptr{Cvoid}}),
-               tr, tokens, lengths, length(prompts), k, _json_arg(sampling), out, err)
+    st = adpo_trainer_sample(tr, tokens, lengths, length(prompts), k, _json_arg(sampling), out, err)
     _check(st, err, :adpo_trainer_sample)
     return Batch(_Own(), out[])
 end
@@ -985,9 +885,7 @@ function sequence_logp(tr::Trainer, b::Batch)
     n = size(b, 1)
     out = Vector{Float64}(undef, n)
     err = _err()
-    st = ccall((:adpo_trainer_sequence_logp, libadpo()), Int32,
-               (Ptr{Cvoid}, Ptr{Cvoid}, Ptr{Cdouble}, Csize_t, Ref{Ptr{Cvoid}}),
-               tr, b, out, length(out), err)
+    st = adpo_trainer_sequence_logp(tr, b, out, length(out), err)
     _check(st, err, :adpo_trainer_sequence_logp)
     return out
 end
@@ -1001,8 +899,7 @@ rank 0 writes, and every rank returns rank 0's outcome.
 """
 function save_checkpoint(tr::Trainer, path::AbstractString)
     err = _err()
-    st = ccall((:adpo_trainer_save, libadpo()), Int32,
-               (Ptr{Cvoid}, Cstring, Ref{Ptr{Cvoid}}), tr, String(path), err)
+    st = adpo_trainer_save(tr, String(path), err)
     _check(st, err, :adpo_trainer_save, tr.allreduce)
     return path
 end
@@ -1016,8 +913,7 @@ training every rank calls it: rank 0 reads the file and sends the state to the o
 """
 function load_checkpoint!(tr::Trainer, path::AbstractString)
     err = _err()
-    st = ccall((:adpo_trainer_load, libadpo()), Int32,
-               (Ptr{Cvoid}, Cstring, Ref{Ptr{Cvoid}}), tr, String(path), err)
+    st = adpo_trainer_load(tr, String(path), err)
     _check(st, err, :adpo_trainer_load, tr.allreduce)
     return tr
 end
@@ -1063,8 +959,7 @@ if nobody has). Rank 0's weights, optimizer and anchor state are copied to every
 """
 function use_mpi!(tr::Trainer, mpi_comm::Union{Ptr{Cvoid},Base.RefValue}=C_NULL)
     err = _err()
-    st = ccall((:adpo_trainer_use_mpi, libadpo()), Int32,
-               (Ptr{Cvoid}, Ptr{Cvoid}, Ref{Ptr{Cvoid}}), tr, mpi_comm, err)
+    st = adpo_trainer_use_mpi(tr, mpi_comm, err)
     _check(st, err, :adpo_trainer_use_mpi)
     tr.allreduce = nothing   # a previous callback was released by adpo
     return tr
@@ -1079,8 +974,7 @@ function world(tr::Trainer)
     rank = Ref{Int32}(0)
     size = Ref{Int32}(0)
     err = _err()
-    st = ccall((:adpo_trainer_world, libadpo()), Int32,
-               (Ptr{Cvoid}, Ref{Int32}, Ref{Int32}, Ref{Ptr{Cvoid}}), tr, rank, size, err)
+    st = adpo_trainer_world(tr, rank, size, err)
     _check(st, err, :adpo_trainer_world)
     return (rank = Int(rank[]), size = Int(size[]))
 end
@@ -1202,9 +1096,7 @@ _fits_int32(xs::Integer...) = all(x -> typemin(Int32) <= x <= typemax(Int32), xs
 function _use_allreduce!(tr::Trainer, rank::Integer, world_size::Integer, allreduce, userdata::Ptr{Cvoid},
                          free_userdata, keep)
     err = _err()
-    st = ccall((:adpo_trainer_use_allreduce, libadpo()), Int32,
-               (Ptr{Cvoid}, Int32, Int32, Ptr{Cvoid}, Ptr{Cvoid}, Ptr{Cvoid}, Ref{Ptr{Cvoid}}),
-               tr, rank, world_size, allreduce, userdata, free_userdata, err)
+    st = adpo_trainer_use_allreduce(tr, rank, world_size, allreduce, userdata, free_userdata, err)
     _check(st, err, :adpo_trainer_use_allreduce, keep)
     tr.allreduce = keep
     return nothing

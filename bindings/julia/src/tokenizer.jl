@@ -19,8 +19,7 @@ end
 function Tokenizer(path::AbstractString)
     out = Ref{Ptr{Cvoid}}(C_NULL)
     err = _err()
-    st = ccall((:adpo_tokenizer_load, libadpo()), Int32,
-               (Cstring, Ref{Ptr{Cvoid}}, Ref{Ptr{Cvoid}}), String(path), out, err)
+    st = adpo_tokenizer_load(String(path), out, err)
     _check(st, err, :adpo_tokenizer_load)
     return Tokenizer(_Own(), out[])
 end
@@ -29,7 +28,7 @@ function _free!(t::Tokenizer)
     p = t.ptr
     if p != C_NULL
         t.ptr = C_NULL
-        ccall((:adpo_tokenizer_free, libadpo()), Cvoid, (Ptr{Cvoid},), p)
+        adpo_tokenizer_free(p)
     end
     return nothing
 end
@@ -37,9 +36,7 @@ end
 # One adpo_tokenizer_encode call; `buf` may be C_NULL with cap 0 (the size query).
 function _encode_call(t::Tokenizer, s::String, special::Bool, buf, cap::Integer, n::Base.RefValue{Csize_t})
     err = _err()
-    st = ccall((:adpo_tokenizer_encode, libadpo()), Int32,
-               (Ptr{Cvoid}, Cstring, Bool, Ptr{Int64}, Csize_t, Ref{Csize_t}, Ref{Ptr{Cvoid}}),
-               t, s, special, buf, cap, n, err)
+    st = adpo_tokenizer_encode(t, s, special, buf, cap, n, err)
     _check(st, err, :adpo_tokenizer_encode)
     return nothing
 end
@@ -63,10 +60,7 @@ end
 function _encode_batch_call(t::Tokenizer, ptrs::Vector{Ptr{UInt8}}, special::Bool, buf, cap::Integer,
                             offsets::Vector{Csize_t}, total::Base.RefValue{Csize_t})
     err = _err()
-    st = ccall((:adpo_tokenizer_encode_batch, libadpo()), Int32,
-               (Ptr{Cvoid}, Ptr{Ptr{UInt8}}, Csize_t, Bool, Ptr{Int64}, Csize_t, Ptr{Csize_t}, Ref{Csize_t},
-                Ref{Ptr{Cvoid}}),
-               t, ptrs, length(ptrs), special, buf, cap, offsets, total, err)
+    st = adpo_tokenizer_encode_batch(t, ptrs, length(ptrs), special, buf, cap, offsets, total, err)
     _check(st, err, :adpo_tokenizer_encode_batch)
     return nothing
 end
@@ -99,9 +93,7 @@ function decode(t::Tokenizer, ids::AbstractVector{<:Integer}; skip_special_token
     v = _i64(ids, "ids")
     out = Ref{Ptr{UInt8}}(C_NULL)
     err = _err()
-    st = ccall((:adpo_tokenizer_decode, libadpo()), Int32,
-               (Ptr{Cvoid}, Ptr{Int64}, Csize_t, Bool, Ref{Ptr{UInt8}}, Ref{Ptr{Cvoid}}),
-               t, v, length(v), skip_special_tokens, out, err)
+    st = adpo_tokenizer_decode(t, v, length(v), skip_special_tokens, out, err)
     _check(st, err, :adpo_tokenizer_decode)
     return _take_string(out)
 end
@@ -123,9 +115,7 @@ function decode_batch(t::Tokenizer, seqs::AbstractVector{<:AbstractVector{<:Inte
     end
     out = fill(Ptr{UInt8}(C_NULL), n)
     err = _err()
-    st = ccall((:adpo_tokenizer_decode_batch, libadpo()), Int32,
-               (Ptr{Cvoid}, Ptr{Int64}, Ptr{Csize_t}, Csize_t, Bool, Ptr{Ptr{UInt8}}, Ref{Ptr{Cvoid}}),
-               t, flat, offsets, n, skip_special_tokens, out, err)
+    st = adpo_tokenizer_decode_batch(t, flat, offsets, n, skip_special_tokens, out, err)
     _check(st, err, :adpo_tokenizer_decode_batch)
     return [_take_string(Ref(p)) for p in out]
 end
@@ -156,15 +146,11 @@ function apply_chat_template(t::Tokenizer, messages; add_generation_prompt::Bool
     out = Ref{Ptr{UInt8}}(C_NULL)
     err = _err()
     if options === nothing
-        st = ccall((:adpo_tokenizer_apply_chat_template, libadpo()), Int32,
-                   (Ptr{Cvoid}, Cstring, Bool, Ref{Ptr{UInt8}}, Ref{Ptr{Cvoid}}),
-                   t, m, add_generation_prompt, out, err)
+        st = adpo_tokenizer_apply_chat_template(t, m, add_generation_prompt, out, err)
         _check(st, err, :adpo_tokenizer_apply_chat_template)
     else
         opts = _chat_options(options, add_generation_prompt)
-        st = ccall((:adpo_tokenizer_apply_chat_template_options, libadpo()), Int32,
-                   (Ptr{Cvoid}, Cstring, Ptr{UInt8}, Ref{Ptr{UInt8}}, Ref{Ptr{Cvoid}}),
-                   t, m, _json_arg(opts), out, err)
+        st = adpo_tokenizer_apply_chat_template_options(t, m, _json_arg(opts), out, err)
         _check(st, err, :adpo_tokenizer_apply_chat_template_options)
     end
     return _take_string(out)
@@ -172,8 +158,7 @@ end
 
 function _eos_call(t::Tokenizer, buf, cap::Integer, n::Base.RefValue{Csize_t})
     err = _err()
-    st = ccall((:adpo_tokenizer_eos_ids, libadpo()), Int32,
-               (Ptr{Cvoid}, Ptr{Int64}, Csize_t, Ref{Csize_t}, Ref{Ptr{Cvoid}}), t, buf, cap, n, err)
+    st = adpo_tokenizer_eos_ids(t, buf, cap, n, err)
     _check(st, err, :adpo_tokenizer_eos_ids)
     return nothing
 end
@@ -196,8 +181,7 @@ end
 function vocab_size(t::Tokenizer)
     out = Ref{Int64}(0)
     err = _err()
-    st = ccall((:adpo_tokenizer_vocab_size, libadpo()), Int32,
-               (Ptr{Cvoid}, Ref{Int64}, Ref{Ptr{Cvoid}}), t, out, err)
+    st = adpo_tokenizer_vocab_size(t, out, err)
     _check(st, err, :adpo_tokenizer_vocab_size)
     return Int(out[])
 end
@@ -211,8 +195,7 @@ is not one token of the vocabulary.
 function token_to_id(t::Tokenizer, token::AbstractString)
     out = Ref{Int64}(0)
     err = _err()
-    st = ccall((:adpo_tokenizer_token_to_id, libadpo()), Int32,
-               (Ptr{Cvoid}, Cstring, Ref{Int64}, Ref{Ptr{Cvoid}}), t, String(token), out, err)
+    st = adpo_tokenizer_token_to_id(t, String(token), out, err)
     _check(st, err, :adpo_tokenizer_token_to_id)
     return out[]
 end
@@ -226,8 +209,7 @@ A named special token of tokenizer_config.json (`"bos_token"`, `"eos_token"`, `"
 function special_token(t::Tokenizer, name::AbstractString)
     out = Ref{Ptr{UInt8}}(C_NULL)
     err = _err()
-    st = ccall((:adpo_tokenizer_special_token, libadpo()), Int32,
-               (Ptr{Cvoid}, Cstring, Ref{Ptr{UInt8}}, Ref{Ptr{Cvoid}}), t, String(name), out, err)
+    st = adpo_tokenizer_special_token(t, String(name), out, err)
     _check(st, err, :adpo_tokenizer_special_token)
     return out[] == C_NULL ? nothing : _take_string(out)
 end
