@@ -175,3 +175,19 @@ fn a_lora_step_with_shared_prefixes_equals_the_step_on_whole_rows() {
     );
     assert_same_training(r#""loss": "grpo", "beta_kl": 0.05"#, true);
 }
+
+#[test]
+fn a_checkpointed_step_with_shared_prefixes_equals_the_step_on_whole_rows() {
+    let checkpointed = r#""activation_checkpointing": true, "anchor": {"mode": "fixed"}"#;
+    for micro in ["null", "5"] {
+        let keys = format!(r#"{checkpointed}, "micro_batch_rows": {micro}"#);
+        assert_same_training(&keys, false);
+    }
+    let grpo = r#""loss": "grpo", "beta_kl": 0.05, "activation_checkpointing": true"#;
+    assert_same_training(grpo, true);
+    // And the same as the step without checkpointing.
+    let (w0, _, _) = train(false, r#""anchor": {"mode": "fixed"}"#, false);
+    let (w1, _, _) = train(true, checkpointed, false);
+    let d = max_rel_diff(&w1, &w0);
+    assert!(d < 1e-10, "checkpointed and shared against plain: {d}");
+}

@@ -141,11 +141,11 @@ pub trait CausalLm: Send {
     /// `head(hidden)`, holding one layer's activations at a time.
     fn backward_checkpointed(
         &self,
-        ids: &Tensor,
-        attention_mask: &Tensor,
+        rows: (&Tensor, &Tensor),
+        shared: Option<&SharedPrefix>,
         head: &mut dyn FnMut(&Tensor) -> Result<Tensor>,
     ) -> Result<()> {
-        let _ = (ids, attention_mask, head);
+        let _ = (rows, shared, head);
         Err(Error::unsupported(format!(
             "{} cannot recompute its activations a layer at a time (activation_checkpointing \
              needs a checkpoint directory)",
@@ -281,8 +281,8 @@ impl Model {
 
     /// Back-propagates into the parameters the loss whose gradient with respect to the final
     /// hidden states is `head(hidden)` (given detached hidden states, it may compute anything
-    /// from them first): through the forward's graph (each prefix that `shared` names run
-    /// once), or, `checkpointed`, by recomputing the layers one at a time (see
+    /// from them first), each prefix that `shared` names run once: through the forward's
+    /// graph, or, `checkpointed`, by recomputing the layers one at a time (see
     /// [`CausalLm::backward_checkpointed`]).
     pub fn backward_through(
         &self,
@@ -293,7 +293,9 @@ impl Model {
     ) -> Result<()> {
         if checkpointed {
             self.check_ids(ids)?;
-            return self.lm.backward_checkpointed(ids, attention_mask, head);
+            return self
+                .lm
+                .backward_checkpointed((ids, attention_mask), shared, head);
         }
         let hidden = self.forward_rows(ids, attention_mask, shared)?;
         let grad = head(&hidden.detach())?;

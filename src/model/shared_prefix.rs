@@ -116,7 +116,8 @@ pub fn plan(
     };
     let groups = groups(group_ids);
     let lengths = prefix_lengths(&rows, &groups);
-    if lengths.iter().all(|&l| l == 0) {
+    // Nothing shared, or nothing left after the prefixes (no row has a scored token).
+    if lengths.iter().all(|&l| l == 0) || lengths.iter().all(|&l| l == t) {
         return None;
     }
     Some(build(&rows, &groups, &lengths, device))

@@ -48,8 +48,7 @@ options! {
         activation_checkpointing: bool = "false";
         /// checkpoint directories: the rows of a group that start with the same ids (the prompt,
         /// up to the first scored token) run those ids once, in every pass; the completions
-        /// attend to their keys and values (the same values and gradients). Not combined with
-        /// activation_checkpointing, whose backward runs rows whole
+        /// attend to their keys and values (the same values and gradients)
         shared_prefix: bool = "true";
         /// optimizer updates per batch, the anchor held
         epochs_per_batch: u32 = "1", range Range::AT_LEAST_ONE;

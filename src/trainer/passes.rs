@@ -52,11 +52,11 @@ impl Passes {
         }
     }
 
-    /// Rows [s, s + l) of the batch; `share`: plan their shared prefixes (if sharing is on).
-    fn rows(&self, batch: &Batch, (s, l): (i64, i64), device: Device, share: bool) -> Rows {
+    /// Rows [s, s + l) of the batch, with their shared prefixes planned when sharing is on.
+    fn rows(&self, batch: &Batch, (s, l): (i64, i64), device: Device) -> Rows {
         let (ids, attn, mask) = batch.rows(s, l, device);
         let groups = &batch.group_ids[s as usize..(s + l) as usize];
-        let shared = match share && self.shared_prefix {
+        let shared = match self.shared_prefix {
             true => shared_prefix::plan(
                 &batch.ids.narrow(0, s, l),
                 &batch.attention_mask.narrow(0, s, l),
@@ -96,7 +96,7 @@ impl Passes {
                 .micro_batches(batch.n)
                 .into_iter()
                 .map(|range| {
-                    let r = self.rows(batch, range, model.device(), true);
+                    let r = self.rows(batch, range, model.device());
                     let hidden = model.forward_rows(&r.ids, &r.attn, r.shared.as_ref())?;
                     per_rows(&hidden, &r.ids, &r.mask)
                 })
@@ -153,9 +153,8 @@ impl Passes {
         let device = policy.device();
         let rows = chunked::chunk_rows(self.chunk_rows, policy.vocab());
         let parts = self.micro_batches(batch.n);
-        let share = !self.checkpointed;
         if parts.len() == 1 {
-            let r = self.rows(batch, parts[0], device, share);
+            let r = self.rows(batch, parts[0], device);
             let (ids, mask) = (&r.ids, &r.mask);
             let mut out = None;
             let input = (&r.ids, &r.attn);
@@ -179,7 +178,7 @@ impl Passes {
         );
         let (dl, m, d) = evaluate(&values)?;
         for (s, l) in parts {
-            let r = self.rows(batch, (s, l), device, share);
+            let r = self.rows(batch, (s, l), device);
             let weights = self.token_weights(&dl.narrow(0, s, l), &r.mask);
             let input = (&r.ids, &r.attn);
             policy.backward_through(

@@ -188,8 +188,8 @@ impl CausalLm for NativeLm {
 
     fn backward_checkpointed(
         &self,
-        ids: &Tensor,
-        attention_mask: &Tensor,
+        (ids, attention_mask): (&Tensor, &Tensor),
+        shared: Option<&SharedPrefix>,
         head: &mut dyn FnMut(&Tensor) -> Result<Tensor>,
     ) -> Result<()> {
         self.check_inputs(ids, attention_mask, 0)?;
@@ -199,7 +199,7 @@ impl CausalLm for NativeLm {
         );
         let adapters = self.adapters_on();
         self.decoder
-            .backward_checkpointed(&ids, &mask, adapters, head)
+            .backward_checkpointed((&ids, &mask), shared, adapters, head)
     }
 
     /// The prefixes through the layers once, their keys and values (in a cache with room for
