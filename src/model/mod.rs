@@ -16,6 +16,7 @@
 
 mod device;
 mod format;
+pub(crate) mod gguf;
 mod masters;
 pub mod native;
 mod options;
