@@ -151,3 +151,50 @@ fn smollm2_q4_1_log_probs_equal_transformers() {
     let d = (&ours - &r["logp"]).abs().max().double_value(&[]);
     assert!(d < 2e-4, "token log-probs differ from transformers' by {d}");
 }
+
+#[test]
+fn smollm2_tokenizer_equals_transformers_gguf_conversion() {
+    let Some(path) = smollm2() else { return };
+    let reference = root().join("smollm2_tokenizer.json");
+    let text = std::fs::read_to_string(&reference)
+        .unwrap_or_else(|e| panic!("{}: {e}; run `make fixtures`", reference.display()));
+    let r: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let tok = adpo::Tokenizer::load(&path).unwrap();
+    assert_eq!(tok.vocab_size() as u64, r["vocab_size"].as_u64().unwrap());
+    let ids = |v: &serde_json::Value| -> Vec<i64> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_i64().unwrap())
+            .collect()
+    };
+    let cases = r["cases"].as_array().unwrap();
+    assert!(cases.len() >= 8);
+    for case in cases {
+        let text = case["text"].as_str().unwrap();
+        assert_eq!(
+            tok.encode(text, true).unwrap(),
+            ids(&case["ids"]),
+            "{text:?}"
+        );
+        assert_eq!(
+            tok.encode(text, false).unwrap(),
+            ids(&case["ids_plain"]),
+            "{text:?}"
+        );
+        let with = ids(&case["ids"]);
+        assert_eq!(
+            tok.decode(&with, false).unwrap(),
+            case["decode"].as_str().unwrap()
+        );
+        assert_eq!(
+            tok.decode(&with, true).unwrap(),
+            case["decode_skip"].as_str().unwrap()
+        );
+    }
+    let messages = r["messages"].to_string();
+    let chat = tok.apply_chat_template(&messages, true).unwrap();
+    assert_eq!(chat, r["chat"].as_str().unwrap());
+    let eos = tok.token_to_id(r["eos_token"].as_str().unwrap()).unwrap();
+    assert_eq!(tok.eos_ids(), &[eos]);
+}
