@@ -80,7 +80,8 @@ pub fn open(path: &Path, options: &LoadOptions) -> Result<Box<dyn CausalLm>> {
             path.display()
         )));
     }
-    if starts_like_gguf(path)? {
+    // By name too: a .gguf file with another magic is then named as a broken GGUF file.
+    if starts_like_gguf(path)? || path.extension().is_some_and(|e| e == "gguf") {
         return Ok(Box::new(super::gguf::open(path, options)?));
     }
     let bytes = std::fs::read(path).map_err(|e| {

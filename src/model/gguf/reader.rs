@@ -257,7 +257,10 @@ impl Gguf {
         };
         let magic = c.array::<4>("the magic")?;
         if &magic != MAGIC {
-            return Err(corrupt(path, format!("magic {magic:?}, expected \"GGUF\"")));
+            return Err(corrupt(
+                path,
+                format!("magic \"{}\", expected \"GGUF\"", magic.escape_ascii()),
+            ));
         }
         let version = c.u32("the version")?;
         if !(2..=3).contains(&version) {
