@@ -660,7 +660,8 @@ void adpo_model_free(struct adpo_model *model);
 /**
  * Loads a tokenizer: `path` is a tokenizer.json, a checkpoint directory holding one, or a GGUF
  * file, whose `tokenizer.ggml.*` metadata gives the tokenizer transformers' GGUF conversion
- * builds (byte-level BPE, `tokenizer.ggml.model` "gpt2"; other models ADPO_STATUS_UNSUPPORTED)
+ * builds (`tokenizer.ggml.model` "gpt2": byte-level BPE; "llama": SentencePiece BPE; others
+ * ADPO_STATUS_UNSUPPORTED)
  * and `tokenizer.chat_template` its template (a malformed file: ADPO_STATUS_CHECKPOINT). Beside
  * it, tokenizer_config.json gives the chat template(s) and the special token strings,
  * chat_template.jinja (if present) the default template, generation_config.json (else

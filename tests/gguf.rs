@@ -152,49 +152,69 @@ fn smollm2_q4_1_log_probs_equal_transformers() {
     assert!(d < 2e-4, "token log-probs differ from transformers' by {d}");
 }
 
-#[test]
-fn smollm2_tokenizer_equals_transformers_gguf_conversion() {
-    let Some(path) = smollm2() else { return };
-    let reference = root().join("smollm2_tokenizer.json");
-    let text = std::fs::read_to_string(&reference)
+/// adpo's tokenizer of the GGUF file `path` against transformers' (the JSON make_gguf.py wrote).
+fn assert_tokenizer_equals(path: &Path, reference: &Path) {
+    let text = std::fs::read_to_string(reference)
         .unwrap_or_else(|e| panic!("{}: {e}; run `make fixtures`", reference.display()));
     let r: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let tok = adpo::Tokenizer::load(&path).unwrap();
-    assert_eq!(tok.vocab_size() as u64, r["vocab_size"].as_u64().unwrap());
+    let tok = adpo::Tokenizer::load(path).unwrap();
+    let what = path.display();
+    assert_eq!(
+        tok.vocab_size() as u64,
+        r["vocab_size"].as_u64().unwrap(),
+        "{what}"
+    );
     let ids = |v: &serde_json::Value| -> Vec<i64> {
-        v.as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_i64().unwrap())
-            .collect()
+        let list = v.as_array().unwrap();
+        list.iter().map(|x| x.as_i64().unwrap()).collect()
     };
     let cases = r["cases"].as_array().unwrap();
-    assert!(cases.len() >= 8);
+    assert!(cases.len() >= 10);
     for case in cases {
         let text = case["text"].as_str().unwrap();
-        assert_eq!(
-            tok.encode(text, true).unwrap(),
-            ids(&case["ids"]),
-            "{text:?}"
-        );
-        assert_eq!(
-            tok.encode(text, false).unwrap(),
-            ids(&case["ids_plain"]),
-            "{text:?}"
-        );
         let with = ids(&case["ids"]);
+        assert_eq!(tok.encode(text, true).unwrap(), with, "{what}: {text:?}");
+        let plain = tok.encode(text, false).unwrap();
+        assert_eq!(plain, ids(&case["ids_plain"]), "{what}: {text:?}");
+        let decoded = tok.decode(&with, false).unwrap();
         assert_eq!(
-            tok.decode(&with, false).unwrap(),
-            case["decode"].as_str().unwrap()
+            decoded,
+            case["decode"].as_str().unwrap(),
+            "{what}: {text:?}"
         );
+        let skipped = tok.decode(&with, true).unwrap();
         assert_eq!(
-            tok.decode(&with, true).unwrap(),
-            case["decode_skip"].as_str().unwrap()
+            skipped,
+            case["decode_skip"].as_str().unwrap(),
+            "{what}: {text:?}"
         );
     }
-    let messages = r["messages"].to_string();
-    let chat = tok.apply_chat_template(&messages, true).unwrap();
-    assert_eq!(chat, r["chat"].as_str().unwrap());
+    if let Some(chat) = r["chat"].as_str() {
+        let messages = r["messages"].to_string();
+        assert_eq!(
+            tok.apply_chat_template(&messages, true).unwrap(),
+            chat,
+            "{what}"
+        );
+    }
     let eos = tok.token_to_id(r["eos_token"].as_str().unwrap()).unwrap();
-    assert_eq!(tok.eos_ids(), &[eos]);
+    assert_eq!(tok.eos_ids(), &[eos], "{what}");
+}
+
+#[test]
+fn smollm2_tokenizer_equals_transformers_gguf_conversion() {
+    if smollm2().is_none() {
+        return;
+    }
+    let path = smollm2().unwrap();
+    assert_tokenizer_equals(&path, &root().join("smollm2_tokenizer.json"));
+    // Its vocabulary with Qwen2's split regex and BOS added (written by make_gguf.py).
+    let variant = root().join("bpe_qwen2_bos.gguf");
+    assert_tokenizer_equals(&variant, &root().join("bpe_qwen2_bos_tokenizer.json"));
+}
+
+#[test]
+fn sentencepiece_tokenizer_equals_transformers_gguf_conversion() {
+    let path = root().join("sentencepiece.gguf");
+    assert_tokenizer_equals(&path, &root().join("sentencepiece_tokenizer.json"));
 }

@@ -7,8 +7,9 @@
 //! a byte-level pre-tokenizer (or the split regex of `tokenizer.ggml.pre` for the families
 //! transformers knows), control tokens (token type 3) as special added tokens, user-defined
 //! ones (type 4) as plain added tokens, and BOS/EOS added by `encode` only when
-//! `tokenizer.ggml.add_bos_token` / `add_eos_token` say so. llama-style SentencePiece vocabularies
-//! (`tokenizer.ggml.model` = "llama") are not built yet and are refused by name.
+//! `tokenizer.ggml.add_bos_token` / `add_eos_token` say so. llama-style SentencePiece
+//! vocabularies (`tokenizer.ggml.model` = "llama") are gguf_sentencepiece.rs's; they add BOS
+//! unless `add_bos_token` is false. Other models are refused by name.
 //!
 //! The chat template is `tokenizer.chat_template`; the named special tokens and EOS id are those
 //! the `tokenizer.ggml.*_token_id` keys name.
@@ -40,7 +41,7 @@ const SPLITS: &[(&str, &str)] = &[
     ("megrez", QWEN2_SPLIT),
 ];
 
-fn model_error(g: &Gguf, what: impl std::fmt::Display) -> Error {
+pub(super) fn model_error(g: &Gguf, what: impl std::fmt::Display) -> Error {
     Error::model(format!("{}: tokenizer: {what}", g.path.display()))
 }
 
@@ -49,13 +50,17 @@ fn model_error(g: &Gguf, what: impl std::fmt::Display) -> Error {
 pub fn read(path: &Path) -> Result<(Vec<u8>, CheckpointText)> {
     let g = Gguf::open(path)?;
     let kind = g.string("tokenizer.ggml.model")?;
-    if kind != Some("gpt2") {
-        return Err(Error::unsupported(format!(
-            "{}: tokenizer.ggml.model = {kind:?}; adpo builds GGUF tokenizers of model \"gpt2\" \
-             (byte-level BPE) only (SentencePiece \"llama\" vocabularies are not supported yet)",
-            path.display()
-        )));
-    }
+    let sentencepiece = match kind {
+        Some("gpt2") => false,
+        Some("llama") => true,
+        _ => {
+            return Err(Error::unsupported(format!(
+                "{}: tokenizer.ggml.model = {kind:?}; adpo builds GGUF tokenizers of models \
+                 \"gpt2\" (byte-level BPE) and \"llama\" (SentencePiece BPE)",
+                path.display()
+            )))
+        }
+    };
     let tokens = g
         .strings("tokenizer.ggml.tokens")?
         .ok_or_else(|| model_error(&g, "no tokenizer.ggml.tokens"))?;
@@ -67,7 +72,7 @@ pub fn read(path: &Path) -> Result<(Vec<u8>, CheckpointText)> {
         ));
     }
     let special = special_tokens(&g, &tokens)?;
-    let json = tokenizer_json(&g, &tokens, &types, &special)?;
+    let json = tokenizer_json(&g, sentencepiece, &tokens, &types, &special)?;
     let eos = g.uint("tokenizer.ggml.eos_token_id")?;
     let text = CheckpointText {
         tokenizer_json: path.to_path_buf(),
@@ -130,15 +135,33 @@ fn byte_alphabet() -> [char; 256] {
 
 fn tokenizer_json(
     g: &Gguf,
+    sentencepiece: bool,
     tokens: &[&str],
     types: &[i64],
     special: &BTreeMap<String, SpecialToken>,
 ) -> Result<Value> {
+    let (model, pre_tokenizer, decoder) = match sentencepiece {
+        true => super::gguf_sentencepiece::parts(g, tokens)?,
+        false => byte_level_parts(g, tokens)?,
+    };
     let alphabet = byte_alphabet();
-    let spelled = |t: &str| t.chars().all(|c| alphabet.contains(&c));
+    // In a byte-level vocabulary every real token is spelled in the byte alphabet.
+    let spelled = |t: &str| sentencepiece || t.chars().all(|c| alphabet.contains(&c));
+    let added = added_tokens(tokens, types, &model["vocab"], spelled);
+    Ok(json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
+        "normalizer": null, "pre_tokenizer": pre_tokenizer,
+        "post_processor": post_processor(g, special, sentencepiece)?,
+        "decoder": decoder, "model": model,
+    }))
+}
+
+/// The byte-level BPE `model`, `pre_tokenizer` and `decoder` of the vocabulary `tokens`.
+fn byte_level_parts(g: &Gguf, tokens: &[&str]) -> Result<(Value, Value, Value)> {
+    let alphabet = byte_alphabet();
     let mut vocab = Map::new();
     for (id, t) in tokens.iter().enumerate() {
-        let key = match spelled(t) {
+        let key = match t.chars().all(|c| alphabet.contains(&c)) {
             true => t.to_string(),
             false => t.bytes().map(|b| alphabet[b as usize]).collect(),
         };
@@ -153,7 +176,6 @@ fn tokenizer_json(
             _ => Err(model_error(g, format!("merge {m:?} is not two tokens"))),
         })
         .collect::<Result<Vec<_>>>()?;
-    let added = added_tokens(tokens, types, &vocab, spelled);
     let byte_level = |prefix: bool, regex: bool| {
         json!({"type": "ByteLevel", "add_prefix_space": prefix, "trim_offsets": true,
                "use_regex": regex})
@@ -166,16 +188,10 @@ fn tokenizer_json(
             byte_level(false, false)]}),
         None => byte_level(false, true),
     };
-    Ok(json!({
-        "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
-        "normalizer": null, "pre_tokenizer": pre_tokenizer,
-        "post_processor": post_processor(g, special)?,
-        "decoder": byte_level(true, true),
-        "model": {"type": "BPE", "dropout": null, "unk_token": null,
-                  "continuing_subword_prefix": "", "end_of_word_suffix": "", "fuse_unk": false,
-                  "byte_fallback": false, "ignore_merges": false, "vocab": vocab,
-                  "merges": merges},
-    }))
+    let model = json!({"type": "BPE", "dropout": null, "unk_token": null,
+        "continuing_subword_prefix": "", "end_of_word_suffix": "", "fuse_unk": false,
+        "byte_fallback": false, "ignore_merges": false, "vocab": vocab, "merges": merges});
+    Ok((model, pre_tokenizer, byte_level(true, true)))
 }
 
 /// Control tokens spelled in the byte alphabet (others are llama.cpp mislabels, which
@@ -183,7 +199,7 @@ fn tokenizer_json(
 fn added_tokens(
     tokens: &[&str],
     types: &[i64],
-    vocab: &Map<String, Value>,
+    vocab: &Value,
     spelled: impl Fn(&str) -> bool,
 ) -> Vec<Value> {
     let entry = |id: usize, t: &str, special: bool| {
@@ -197,7 +213,7 @@ fn added_tokens(
         }
     }
     for (id, (t, ty)) in tokens.iter().zip(types).enumerate() {
-        if *ty == USER_DEFINED && vocab.contains_key(*t) {
+        if *ty == USER_DEFINED && vocab.get(*t).is_some() {
             added.push(entry(id, t, false));
         }
     }
@@ -205,11 +221,20 @@ fn added_tokens(
 }
 
 /// BOS and EOS around each sequence as `tokenizer.ggml.add_bos_token` / `add_eos_token` ask
-/// (both false when absent, GPT-2's default), as transformers' update_post_processor writes it.
-fn post_processor(g: &Gguf, special: &BTreeMap<String, SpecialToken>) -> Result<Value> {
+/// (when absent: BOS for SentencePiece vocabularies, as llama.cpp does, none for GPT-2 ones), as
+/// transformers' update_post_processor writes it.
+fn post_processor(
+    g: &Gguf,
+    special: &BTreeMap<String, SpecialToken>,
+    sentencepiece: bool,
+) -> Result<Value> {
     let mut specials = Map::new();
     let mut piece = |flag: &str, name: &str, type_id: u32| -> Result<Option<Value>> {
-        if !g.bool(&format!("tokenizer.ggml.{flag}"))?.unwrap_or(false) {
+        let default = sentencepiece && flag == "add_bos_token";
+        if !g
+            .bool(&format!("tokenizer.ggml.{flag}"))?
+            .unwrap_or(default)
+        {
             return Ok(None);
         }
         let key = format!("tokenizer.ggml.{}_id", name);

@@ -7,6 +7,7 @@
 mod chat_template;
 mod files;
 mod gguf;
+mod gguf_sentencepiece;
 mod json_checks;
 mod messages;
 mod panic_guard;

@@ -419,6 +419,26 @@ impl Gguf {
             .map(Some)
     }
 
+    /// An array of numbers.
+    pub fn floats(&self, key: &str) -> Result<Option<Vec<f64>>> {
+        let Some(v) = self.get(key) else {
+            return Ok(None);
+        };
+        let items = match v {
+            Value::Array(items) => items,
+            _ => return Err(self.wrong(key, v, "an array of numbers")),
+        };
+        items
+            .iter()
+            .map(|i| match i {
+                Value::Float(x) => Ok(*x),
+                Value::Int(n) => Ok(*n as f64),
+                _ => Err(self.wrong(key, i, "a number (array element)")),
+            })
+            .collect::<Result<Vec<_>>>()
+            .map(Some)
+    }
+
     /// An array of integers.
     pub fn ints(&self, key: &str) -> Result<Option<Vec<i64>>> {
         let Some(v) = self.get(key) else {
