@@ -122,6 +122,21 @@ fn lora_on_a_gguf_base() {
     assert!(d < 1e-5, "LoRA at init differs from the base by {d}");
 }
 
+#[test]
+fn a_gguf_model_saves_as_a_checkpoint_directory() {
+    let path = root().join("arch").join("qwen3.gguf");
+    let model = load(&path);
+    let dir = std::env::temp_dir().join(format!("adpo-gguf-save-{}", std::process::id()));
+    model.save_pretrained(&dir).unwrap();
+    let saved = load(&dir);
+    let r = reference(&path.with_extension("safetensors"));
+    let ids = &r["ids"];
+    let a = model.logits(ids, &ids.ones_like()).unwrap();
+    let b = saved.logits(ids, &ids.ones_like()).unwrap();
+    assert!(a.equal(&b), "the saved directory computes other logits");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// The real file of the demo (scripts/fetch_model.py keeps it beside the converted directory).
 fn smollm2() -> Option<PathBuf> {
     let venv = std::env::var("VIRTUAL_ENV")

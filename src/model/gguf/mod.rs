@@ -77,6 +77,13 @@ fn read_tensors(
     for info in &g.tensors {
         let hf = names::hf_name(&info.name).filter(|n| shapes.contains_key(n));
         let Some(hf) = hf else {
+            if info.name == "rope_freqs.weight" {
+                return Err(Error::unsupported(format!(
+                    "{}: rope_freqs.weight (Llama 3.1 RoPE frequency scaling) is not supported \
+                     in GGUF files; load the model's Hugging Face directory instead",
+                    g.path.display()
+                )));
+            }
             return Err(Error::checkpoint(format!(
                 "{}: unexpected tensor {} (not a parameter of this {arch} model)",
                 g.path.display(),
