@@ -6,8 +6,9 @@
 //! Implementations: `torchscript.rs` (a TorchScript module returning logits) and `native/`
 //! (Hugging Face checkpoint directories of the architectures in `native/arch.rs`, returning final hidden
 //! states plus an output head, so log-probs can be computed a chunk of positions at a time, and
-//! a key/value-cached forward for sampling, and optional LoRA adapters). `options.rs`: device,
-//! dtype and adapters at load.
+//! a key/value-cached forward for sampling, and optional LoRA adapters); `gguf/` reads GGUF files
+//! into the same native models. `format.rs` tells the formats apart; `options.rs`: device, dtype
+//! and adapters at load.
 //!
 //! Trainable and frozen: [`Model::params`] lists what trains (every parameter, or only the
 //! LoRA adapters of a model that has them); the optimizer, clipping, checkpoints, anchor
