@@ -238,3 +238,64 @@ fn sentencepiece_tokenizer_equals_transformers_gguf_conversion() {
     let path = root().join("sentencepiece.gguf");
     assert_tokenizer_equals(&path, &root().join("sentencepiece_tokenizer.json"));
 }
+
+/// A GGUF v3 file with string metadata and string/float arrays only, no tensors.
+fn write_gguf(path: &Path, strings: &[(&str, &str)], arrays: &[(&str, Vec<String>)]) {
+    let mut b: Vec<u8> = b"GGUF".to_vec();
+    let text = |b: &mut Vec<u8>, s: &str| {
+        b.extend((s.len() as u64).to_le_bytes());
+        b.extend(s.as_bytes());
+    };
+    b.extend(3u32.to_le_bytes());
+    b.extend(0u64.to_le_bytes());
+    b.extend(((strings.len() + 2 * arrays.len()) as u64).to_le_bytes());
+    for (k, v) in strings {
+        text(&mut b, k);
+        b.extend(8u32.to_le_bytes());
+        text(&mut b, v);
+    }
+    for (k, items) in arrays {
+        text(&mut b, k);
+        b.extend(9u32.to_le_bytes());
+        b.extend(8u32.to_le_bytes());
+        b.extend((items.len() as u64).to_le_bytes());
+        for s in items {
+            text(&mut b, s);
+        }
+        // Their scores, all 0.0.
+        text(&mut b, "tokenizer.ggml.scores");
+        b.extend(9u32.to_le_bytes());
+        b.extend(6u32.to_le_bytes());
+        b.extend((items.len() as u64).to_le_bytes());
+        b.extend(std::iter::repeat_n(0u8, 4 * items.len()));
+    }
+    std::fs::write(path, b).unwrap();
+}
+
+/// A SentencePiece vocabulary without merges whose tokens are too long to split in bounded
+/// time is refused by name (transformers would spend hours on it).
+#[test]
+fn merges_are_recovered_only_within_a_work_bound() {
+    let dir = std::env::temp_dir().join(format!("adpo-gguf-spm-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("long_tokens.gguf");
+    let meta = [
+        ("general.architecture", "llama"),
+        ("tokenizer.ggml.model", "llama"),
+    ];
+    let long = vec!["a".repeat(70_000), "b".into()];
+    write_gguf(&path, &meta, &[("tokenizer.ggml.tokens", long)]);
+    let e = adpo::Tokenizer::load(&path).err().expect("refused");
+    assert_eq!(e.status, adpo::Status::Model, "{}", e.message);
+    assert!(
+        e.message.contains("more than adpo's limit"),
+        "{}",
+        e.message
+    );
+    // The same vocabulary with short tokens loads.
+    let short = vec!["\u{2581}a".into(), "\u{2581}".into(), "a".into()];
+    write_gguf(&path, &meta, &[("tokenizer.ggml.tokens", short)]);
+    let tok = adpo::Tokenizer::load(&path).unwrap();
+    assert_eq!(tok.encode("a", false).unwrap(), vec![0]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

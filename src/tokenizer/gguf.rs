@@ -231,15 +231,17 @@ fn post_processor(
     let mut specials = Map::new();
     let mut piece = |flag: &str, name: &str, type_id: u32| -> Result<Option<Value>> {
         let default = sentencepiece && flag == "add_bos_token";
-        if !g
-            .bool(&format!("tokenizer.ggml.{flag}"))?
-            .unwrap_or(default)
-        {
+        let explicit = g.bool(&format!("tokenizer.ggml.{flag}"))?;
+        if !explicit.unwrap_or(default) {
             return Ok(None);
         }
         let key = format!("tokenizer.ggml.{}_id", name);
         let (Some(t), Some(id)) = (special.get(name), g.uint(&key)?) else {
-            return Err(model_error(g, format!("{flag} is set, but {key} is not")));
+            // Only a flag the file sets asks for the token; the default asks only if there is one.
+            return match explicit {
+                Some(_) => Err(model_error(g, format!("{flag} is set, but {key} is not"))),
+                None => Ok(None),
+            };
         };
         specials.insert(
             t.content.clone(),

@@ -10,6 +10,10 @@ use crate::model::gguf::reader::Gguf;
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 
+/// The bound on the work of recovering merges (the sum of squared token lengths in bytes): a
+/// 256k vocabulary of 32-byte tokens needs 2^28.
+const MERGE_WORK_LIMIT: u64 = 1 << 32;
+
 /// The tokenizer.json `model`, `pre_tokenizer` and `decoder` of the vocabulary `tokens`.
 pub fn parts(g: &Gguf, tokens: &[&str]) -> Result<(Value, Value, Value)> {
     let mut vocab = Map::new();
@@ -30,6 +34,22 @@ pub fn parts(g: &Gguf, tokens: &[&str]) -> Result<(Value, Value, Value)> {
             let scores = g
                 .floats("tokenizer.ggml.scores")?
                 .ok_or_else(|| model_error(g, "neither tokenizer.ggml.merges nor .scores"))?;
+            // Each token of n bytes costs about n^2 to split (n splits, each looked up): bounded,
+            // so a file of a few huge tokens cannot keep the load busy for hours. Real
+            // vocabularies (tokens of tens of bytes) use a small fraction of it.
+            let work = tokens
+                .iter()
+                .fold(0u64, |w, t| w.saturating_add((t.len() as u64).pow(2)));
+            if work > MERGE_WORK_LIMIT {
+                return Err(model_error(
+                    g,
+                    format!(
+                        "recovering merges from the scores would cost {work} byte-steps (the \
+                         sum of squared token lengths), more than adpo's limit \
+                         {MERGE_WORK_LIMIT}; a file with tokenizer.ggml.merges loads"
+                    ),
+                ));
+            }
             if scores.len() != tokens.len() {
                 return Err(model_error(
                     g,

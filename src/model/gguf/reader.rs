@@ -275,9 +275,13 @@ impl Gguf {
         let metadata = read_metadata(&mut c, n_kv)?;
         let tensors = read_tensor_infos(&mut c, n_tensors)?;
         let alignment = alignment(path, &metadata)?;
-        let data_start = c.pos.div_ceil(alignment) * alignment;
+        let mut data_start = c.pos.div_ceil(alignment) * alignment;
         if data_start > map.len() {
-            return Err(corrupt(path, "truncated before its tensor data"));
+            // Writers may leave out the padding of an empty data section (no tensors).
+            if !tensors.is_empty() {
+                return Err(corrupt(path, "truncated before its tensor data"));
+            }
+            data_start = map.len();
         }
         Ok(Gguf {
             path: path.to_path_buf(),
