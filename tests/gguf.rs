@@ -169,7 +169,8 @@ fn smollm2_q4_1_log_probs_equal_transformers() {
     let ours = token_logp(&model, ids, &ones, &ones).unwrap();
     let ours = ours.narrow(1, 1, ids.size()[1] - 1);
     let d = (&ours - &r["logp"]).abs().max().double_value(&[]);
-    assert!(d < 2e-4, "token log-probs differ from transformers' by {d}");
+    // Measured: 1.7e-5 (float32 kernels differ in summation order).
+    assert!(d < 1e-4, "token log-probs differ from transformers' by {d}");
 }
 
 /// adpo's tokenizer of the GGUF file `path` against transformers' (the JSON make_gguf.py wrote).
