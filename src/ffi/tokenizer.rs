@@ -23,7 +23,11 @@ use std::path::Path;
 pub struct adpo_tokenizer(Guarded<Tokenizer>);
 handle!(adpo_tokenizer, Tokenizer);
 
-/// Loads a tokenizer: `path` is a tokenizer.json or a checkpoint directory holding one. Beside
+/// Loads a tokenizer: `path` is a tokenizer.json, a checkpoint directory holding one, or a GGUF
+/// file, whose `tokenizer.ggml.*` metadata gives the tokenizer transformers' GGUF conversion
+/// builds (`tokenizer.ggml.model` "gpt2": byte-level BPE; "llama": SentencePiece BPE; others
+/// ADPO_STATUS_UNSUPPORTED)
+/// and `tokenizer.chat_template` its template (a malformed file: ADPO_STATUS_CHECKPOINT). Beside
 /// it, tokenizer_config.json gives the chat template(s) and the special token strings,
 /// chat_template.jinja (if present) the default template, generation_config.json (else
 /// config.json) the EOS ids. A missing path or tokenizer.json: ADPO_STATUS_IO; a file that

@@ -47,8 +47,27 @@ fn sniff(bytes: &[u8]) -> FileKind {
 
 const SUPPORTED: &str =
     "adpo loads Hugging Face checkpoint directories (config.json + safetensors: llama, \
-     mistral, qwen2, qwen3), and TorchScript files (torch.jit.script(model).save(path)) in a \
-     build with the torchscript feature";
+     mistral, qwen2, qwen3), GGUF files (llama, qwen2, qwen3), and TorchScript files \
+     (torch.jit.script(model).save(path)) in a build with the torchscript feature";
+
+/// Whether the file begins with GGUF's magic (read without reading the rest: GGUF files are
+/// large, and mapped by their reader).
+fn starts_like_gguf(path: &Path) -> Result<bool> {
+    use std::io::Read;
+    let io = |e: std::io::Error| {
+        Error::new(
+            Status::Io,
+            format!("cannot read model file {}: {e}", path.display()),
+        )
+    };
+    let mut head = Vec::with_capacity(4);
+    crate::regular_file::open(path)
+        .map_err(io)?
+        .take(4)
+        .read_to_end(&mut head)
+        .map_err(io)?;
+    Ok(super::gguf::is_gguf(&head))
+}
 
 /// Opens the causal LM at `path`.
 pub fn open(path: &Path, options: &LoadOptions) -> Result<Box<dyn CausalLm>> {
@@ -60,6 +79,10 @@ pub fn open(path: &Path, options: &LoadOptions) -> Result<Box<dyn CausalLm>> {
             "model file not found: {}",
             path.display()
         )));
+    }
+    // By name too: a .gguf file with another magic is then named as a broken GGUF file.
+    if starts_like_gguf(path)? || path.extension().is_some_and(|e| e == "gguf") {
+        return Ok(Box::new(super::gguf::open(path, options)?));
     }
     let bytes = std::fs::read(path).map_err(|e| {
         Error::new(

@@ -3,12 +3,14 @@
 //! same for every kind of model: the parameter list (each tensor once, even when tied), train
 //! and eval mode, gradients on or off, frozen copies for anchors, EMA and hard copies.
 //!
-//! Implementations: `native/`
-//! (Hugging Face checkpoint directories of the architectures in `native/arch.rs`, returning final hidden
-//! states plus an output head, so log-probs can be computed a chunk of positions at a time, and
-//! a key/value-cached forward for sampling, and optional LoRA adapters) and, with the cargo
-//! feature `torchscript`, `torchscript.rs` (a TorchScript module returning logits). `options.rs`:
-//! device, dtype and adapters at load.
+//! Every model gives final hidden states, an output head (`head.rs`), so that log-probs are
+//! computed a chunk of positions at a time, and a key/value-cached forward for sampling.
+//! Implementations: `native/` (Hugging Face checkpoint directories of the architectures in
+//! `native/arch.rs`, with optional LoRA adapters; `gguf/` reads GGUF files into the same native
+//! models) and, in a build with the `torchscript` feature, `torchscript.rs` (a legacy
+//! TorchScript module, whose logits stand for its hidden states). `format.rs` tells the formats
+//! apart; `options.rs`: device, dtype and adapters at load; `shared_prefix.rs`: running each
+//! group's shared prompt once.
 //!
 //! Trainable and frozen: [`Model::params`] lists what trains (every parameter, or only the
 //! LoRA adapters of a model that has them); the optimizer, clipping, checkpoints, anchor
@@ -17,6 +19,7 @@
 
 mod device;
 mod format;
+pub(crate) mod gguf;
 mod head;
 mod masters;
 pub mod native;

@@ -142,14 +142,15 @@ options! {
         /// `"cpu"`, `"cuda"` or `"cuda:N"`; null = cpu
         device: Option<String> = "null";
         /// `auto` (a checkpoint directory's config.json `dtype`/`torch_dtype`, else the stored
-        /// weights'; a TorchScript file's own), `float32`, `bfloat16`, `float16` or `float64`
+        /// weights'; a GGUF file's: float32, its weights dequantized; a TorchScript file's own),
+        /// `float32`, `bfloat16`, `float16` or `float64`
         dtype: Dtype = r#""auto""#;
-        /// checkpoint directories: new LoRA adapters with PEFT's semantics and defaults,
+        /// checkpoint directories and GGUF files: new LoRA adapters with PEFT's semantics and defaults,
         /// `{"r": 8, "alpha": 8, "target_modules": ["q_proj", "v_proj"], "init": "default",
         /// "seed": 0}` (`init`: `default` or `gaussian`, as PEFT's `init_lora_weights`; `dropout`
         /// only 0); the frozen base is then the fixed anchor
         lora: Option<LoraOptions> = "null", shape Shape::Object(LoraOptions::LISTS);
-        /// checkpoint directories: a PEFT adapter directory to continue (its
+        /// checkpoint directories and GGUF files: a PEFT adapter directory to continue (its
         /// adapter_config.json says r, alpha and the targets); not with `lora`
         adapter: Option<PathBuf> = "null";
     }

@@ -6,6 +6,8 @@
 
 mod chat_template;
 mod files;
+mod gguf;
+mod gguf_sentencepiece;
 mod json_checks;
 mod messages;
 mod panic_guard;
@@ -42,11 +44,24 @@ impl Tokenizer {
     /// Loads `path`: a tokenizer.json, or a checkpoint directory holding one. The files beside
     /// it (tokenizer_config.json, chat_template.jinja, generation_config.json, config.json) are
     /// read when present; src/tokenizer/files.rs says what each gives and the errors.
+    ///
+    /// A GGUF file (told by its first bytes) gives the tokenizer its `tokenizer.ggml.*`
+    /// metadata describes, and its chat template (src/tokenizer/gguf.rs).
     pub fn load(path: &Path) -> Result<Tokenizer> {
+        if path.is_file() && starts_like_gguf(path) {
+            let (bytes, text) = gguf::read(path)?;
+            return Tokenizer::build(bytes, text);
+        }
         let text = files::read(path)?;
         let file = &text.tokenizer_json;
         let bytes = regular_file::read(file, TOKENIZER_JSON_LIMIT)
             .map_err(|e| Error::io(format!("cannot read {}: {e}", file.display())))?;
+        Tokenizer::build(bytes, text)
+    }
+
+    /// The tokenizer of tokenizer.json `bytes` with the checkpoint's `text`.
+    fn build(bytes: Vec<u8>, text: files::CheckpointText) -> Result<Tokenizer> {
+        let file = &text.tokenizer_json;
         let not_readable = format!(
             "{} is not a tokenizer.json this library reads",
             file.display()
@@ -194,6 +209,16 @@ impl Tokenizer {
     pub fn token_to_id(&self, token: &str) -> Option<i64> {
         self.inner.token_to_id(token).map(i64::from)
     }
+}
+
+/// Whether the file at `path` begins with GGUF's magic (a file that cannot be read is left to
+/// the tokenizer.json path, whose message names the problem).
+fn starts_like_gguf(path: &Path) -> bool {
+    use std::io::Read;
+    let mut head = Vec::with_capacity(4);
+    regular_file::open(path)
+        .and_then(|f| f.take(4).read_to_end(&mut head))
+        .is_ok_and(|_| crate::model::gguf::reader::is_gguf(&head))
 }
 
 /// Runs a tokenizers call on the caller's text or ids: a panic in it (onig giving up on hard

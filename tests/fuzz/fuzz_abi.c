@@ -9,6 +9,8 @@
  *   fuzz_abi [RANDOM_CASES [SEED]]   runs the table and RANDOM_CASES random cases (default 200)
  *   fuzz_abi --list                  prints the fuzzed functions (check_coverage.py compares them
  *                                    with the header's exports)
+ *   fuzz_abi --cases                 prints each table case as FUNCTION<tab>WHAT (check_coverage.py
+ *                                    checks that every malformed-GGUF problem has its case)
  *   FUZZ_VERBOSE=1 fuzz_abi ...      also prints each passing case's status and message
  *
  * Fixtures come from $ADPO_FIXTURES (tests/fixtures/generated). Scratch files go to a fresh
@@ -1400,6 +1402,103 @@ static adpo_status r_threads(adpo_error **e) {
     return adpo_set_num_threads(v[below(7)], e);
 }
 
+/* ---------------------------------------------------------------- GGUF files */
+
+/* The tiny Q4_0 llama of tests/fixtures/make_gguf.py, edited in memory and written to scratch. */
+static unsigned char gguf_buf[1 << 20];
+static size_t gguf_len;
+
+static void gguf_read(void) {
+    FILE *f = fopen(fixture("gguf/types/Q4_0.gguf"), "rb");
+    if (!f) setup_failed("gguf/types/Q4_0.gguf (run make fixtures)", 0, NULL);
+    gguf_len = fread(gguf_buf, 1, sizeof gguf_buf, f);
+    fclose(f);
+    if (gguf_len < 64 || gguf_len == sizeof gguf_buf) setup_failed("gguf fixture size", 0, NULL);
+}
+
+/* The offset just after the first occurrence of string `s` in the file. */
+static size_t gguf_after(const char *s) {
+    size_t n = strlen(s);
+    for (size_t i = 0; i + n <= gguf_len; i++)
+        if (memcmp(gguf_buf + i, s, n) == 0) return i + n;
+    setup_failed(s, 0, NULL);
+    return 0;
+}
+
+static void put_u32(size_t at, uint32_t v) { memcpy(gguf_buf + at, &v, 4); } /* little-endian hosts */
+static void put_u64(size_t at, uint64_t v) { memcpy(gguf_buf + at, &v, 8); }
+
+static const char *gguf_written(size_t len) {
+    const char *p = scratch_file("model.gguf");
+    write_bytes(p, gguf_buf, len);
+    return p;
+}
+static const char *gguf_edited(void) { return gguf_written(gguf_len); }
+
+/* token_embd.weight's description: n_dims (u32) right after its name, then dims, type, offset. */
+static size_t embd_info(void) { return gguf_after("token_embd.weight"); }
+
+static adpo_status g_ok(adpo_error **e) { gguf_read(); return model_load(gguf_edited(), NULL, e); }
+static adpo_status g_cut(adpo_error **e) { gguf_read(); return model_load(gguf_written(gguf_len - 1000), NULL, e); }
+static adpo_status g_header(adpo_error **e) { gguf_read(); return model_load(gguf_written(20), NULL, e); }
+static adpo_status g_magic(adpo_error **e) { gguf_read(); memcpy(gguf_buf, "GGUX", 4); return model_load(gguf_edited(), NULL, e); }
+static adpo_status g_v1(adpo_error **e) { gguf_read(); put_u32(4, 1); return model_load(gguf_edited(), NULL, e); }
+static adpo_status g_v99(adpo_error **e) { gguf_read(); put_u32(4, 99); return model_load(gguf_edited(), NULL, e); }
+static adpo_status g_tensors(adpo_error **e) { gguf_read(); put_u64(8, (uint64_t)1 << 62); return model_load(gguf_edited(), NULL, e); }
+static adpo_status g_kvs(adpo_error **e) { gguf_read(); put_u64(16, (uint64_t)1 << 62); return model_load(gguf_edited(), NULL, e); }
+static adpo_status g_key_len(adpo_error **e) { gguf_read(); put_u64(24, (uint64_t)1 << 60); return model_load(gguf_edited(), NULL, e); }
+static adpo_status g_not_utf8(adpo_error **e) {
+    gguf_read();
+    gguf_buf[gguf_after("general.architecture") + 12] = 0xff; /* type (4), length (8), then "llama" */
+    return model_load(gguf_edited(), NULL, e);
+}
+static adpo_status g_value_type(adpo_error **e) {
+    gguf_read();
+    put_u32(gguf_after("general.architecture"), 99);
+    return model_load(gguf_edited(), NULL, e);
+}
+static adpo_status g_array_len(adpo_error **e) {
+    gguf_read();
+    put_u64(gguf_after("tokenizer.ggml.tokens") + 8, (uint64_t)1 << 40); /* after type 9, item type 8 */
+    return model_load(gguf_edited(), NULL, e);
+}
+static adpo_status g_dims(adpo_error **e) { gguf_read(); put_u32(embd_info(), 9); return model_load(gguf_edited(), NULL, e); }
+static adpo_status g_shape(adpo_error **e) { gguf_read(); put_u64(embd_info() + 4, 128); return model_load(gguf_edited(), NULL, e); }
+static adpo_status g_type_iq(adpo_error **e) { gguf_read(); put_u32(embd_info() + 20, 16); return model_load(gguf_edited(), NULL, e); }
+static adpo_status g_type_unknown(adpo_error **e) { gguf_read(); put_u32(embd_info() + 20, 999); return model_load(gguf_edited(), NULL, e); }
+static adpo_status g_offset(adpo_error **e) {
+    gguf_read();
+    put_u64(embd_info() + 24, (uint64_t)1 << 40);
+    return model_load(gguf_edited(), NULL, e);
+}
+static adpo_status g_offset_wrap(adpo_error **e) {
+    gguf_read();
+    put_u64(embd_info() + 24, UINT64_MAX - 31);
+    return model_load(gguf_edited(), NULL, e);
+}
+static adpo_status g_tok_ok(adpo_error **e) { gguf_read(); return tok_load(gguf_edited(), e); }
+static adpo_status g_tok_cut(adpo_error **e) { gguf_read(); return tok_load(gguf_written(200), e); }
+static adpo_status g_tok_not_utf8(adpo_error **e) {
+    gguf_read();
+    gguf_buf[gguf_after("general.architecture") + 12] = 0xff;
+    return tok_load(gguf_edited(), e);
+}
+static adpo_status g_tok_array_len(adpo_error **e) {
+    gguf_read();
+    put_u64(gguf_after("tokenizer.ggml.tokens") + 8, (uint64_t)1 << 40);
+    return tok_load(gguf_edited(), e);
+}
+
+/* Random bytes of the fixture changed (mostly in its header and descriptions, where the
+ * structure is), loaded as a model or a tokenizer: an error or a model, never a crash. */
+static adpo_status r_gguf(adpo_error **e) {
+    gguf_read();
+    size_t edits = 1 + below(8), span = below(4) ? 4096 : gguf_len;
+    for (size_t i = 0; i < edits; i++) gguf_buf[below(span)] = (unsigned char)below(256);
+    size_t len = below(4) ? gguf_len : below(gguf_len);
+    return below(2) ? model_load(gguf_written(len), NULL, e) : tok_load(gguf_written(len), e);
+}
+
 typedef struct {
     const char *fn;
     case_fn run;
@@ -1409,6 +1508,7 @@ static const generator GENERATORS[] = {
     {"adpo_objective_eval_tokens", r_eval_tokens}, {"adpo_trainer_step", r_batch_step},
     {"adpo_trainer_new", r_trainer_new}, {"adpo_trainer_sample", r_sample},
     {"adpo_tokenizer_encode", r_tokenizer}, {"adpo_set_num_threads", r_threads},
+    {"adpo_model_load", r_gguf},
 };
 #define N_GENERATORS (sizeof GENERATORS / sizeof GENERATORS[0])
 
@@ -1571,6 +1671,28 @@ static const fuzz_case CASES[] = {
     {"adpo_tokenizer_load", "directory without tokenizer.json", IO, c_tok_empty_dir},
     {"adpo_tokenizer_load", "/dev/zero", IO, c_tok_dev_zero},
     {"adpo_tokenizer_load", "garbage tokenizer.json", MDL, c_tok_garbage},
+    {"adpo_model_load", "GGUF: the fixture unchanged", OK, g_ok},
+    {"adpo_model_load", "GGUF: truncated (1000 bytes short)", CKP, g_cut},
+    {"adpo_model_load", "GGUF: truncated to its 20-byte header", CKP, g_header},
+    {"adpo_model_load", "GGUF: wrong magic", CKP, g_magic},
+    {"adpo_model_load", "GGUF: version 1", CKP, g_v1},
+    {"adpo_model_load", "GGUF: version 99", CKP, g_v99},
+    {"adpo_model_load", "GGUF: 2^62 tensors", CKP, g_tensors},
+    {"adpo_model_load", "GGUF: 2^62 metadata entries", CKP, g_kvs},
+    {"adpo_model_load", "GGUF: a key of 2^60 bytes", CKP, g_key_len},
+    {"adpo_model_load", "GGUF: metadata string not UTF-8", CKP, g_not_utf8},
+    {"adpo_model_load", "GGUF: unknown metadata value type", CKP, g_value_type},
+    {"adpo_model_load", "GGUF: array of 2^40 tokens", CKP, g_array_len},
+    {"adpo_model_load", "GGUF: tensor of 9 dimensions", CKP, g_dims},
+    {"adpo_model_load", "GGUF: tensor shape mismatch", CKP, g_shape},
+    {"adpo_model_load", "GGUF: tensor type IQ2_XXS", UNS, g_type_iq},
+    {"adpo_model_load", "GGUF: unknown tensor type 999", UNS, g_type_unknown},
+    {"adpo_model_load", "GGUF: tensor offset outside the file", CKP, g_offset},
+    {"adpo_model_load", "GGUF: tensor offset + size wraps", CKP, g_offset_wrap},
+    {"adpo_tokenizer_load", "GGUF: the fixture's tokenizer", OK, g_tok_ok},
+    {"adpo_tokenizer_load", "GGUF: truncated to 200 bytes", CKP, g_tok_cut},
+    {"adpo_tokenizer_load", "GGUF: metadata string not UTF-8", CKP, g_tok_not_utf8},
+    {"adpo_tokenizer_load", "GGUF: array of 2^40 tokens", CKP, g_tok_array_len},
     {"adpo_tokenizer_load", "broken tokenizer_config.json", E, c_tok_bad_config},
     {"adpo_tokenizer_load", "non-UTF-8 path", INV, c_tok_utf8},
     {"adpo_tokenizer_load", "template naming an undefined token", MDL, c_tok_template_token},
@@ -1857,6 +1979,10 @@ int main(int argc, char **argv) {
     if (argc > 1 && strcmp(argv[1], "--list") == 0) {
         for (size_t i = 0; i < N_CASES; i++) printf("%s\n", CASES[i].fn);
         for (size_t i = 0; i < N_GENERATORS; i++) printf("%s\n", GENERATORS[i].fn);
+        return 0;
+    }
+    if (argc > 1 && strcmp(argv[1], "--cases") == 0) {
+        for (size_t i = 0; i < N_CASES; i++) printf("%s\t%s\n", CASES[i].fn, CASES[i].what);
         return 0;
     }
     long random_cases = argc > 1 ? atol(argv[1]) : 200;

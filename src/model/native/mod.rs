@@ -42,6 +42,12 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use tch::{Device, Kind, Tensor};
 
+/// Every parameter of a model with `config`, by checkpoint name, with its shape (the tied
+/// output head absent).
+pub(crate) fn parameter_shapes(config: &Config) -> Vec<(String, Vec<i64>)> {
+    layout::parameters(config)
+}
+
 /// A causal LM of one of the architectures of `arch.rs`, loaded from a checkpoint directory.
 pub struct NativeLm {
     dir: PathBuf,
@@ -85,6 +91,31 @@ impl NativeLm {
             lora: None,
             adapters_on: AtomicBool::new(true),
         })
+    }
+
+    /// A model from tensors read elsewhere (a GGUF file, model/gguf/), named and shaped as
+    /// [`parameter_shapes`] says, then the LoRA adapters the options ask for. `source` is the
+    /// file the model came from (for messages, and as the adapters' base).
+    pub(crate) fn from_tensors(
+        source: &Path,
+        config: Config,
+        config_json: String,
+        tensors: HashMap<String, Tensor>,
+        eos_ids: Vec<i64>,
+        options: &LoadOptions,
+    ) -> Result<NativeLm> {
+        let mut lm = NativeLm {
+            dir: source.to_path_buf(),
+            eos_ids,
+            decoder: Decoder::new(&config, tensors)?,
+            config,
+            config_json,
+            device: options.device,
+            lora: None,
+            adapters_on: AtomicBool::new(true),
+        };
+        lm.lora = adapters::attach(&mut lm.decoder, &lm.config, options)?;
+        Ok(lm)
     }
 
     /// [`NativeLm::load`] with the options' dtype and device, then the LoRA adapters they ask
