@@ -10,8 +10,11 @@ P + K R.
 The model defaults to the real SmolLM2-135M-Instruct that scripts/setup fetches (float32).
 The batch comes from the LCG of benches/bench_util.h (benches/group_step.c builds the same).
 
+Every side runs on --threads threads (default 1: on a shared machine, 2-thread OpenMP regions
+wait for descheduled threads and the times mean little).
+
 Usage: .venv/bin/python benches/group_step.py [--model DIR --groups 4 --k 8 --prompt 128
-       --completion 32 --steps 1 --warmup 1]   (make lib first)
+       --completion 32 --steps 1 --warmup 1 --threads 1]   (make lib first)
 """
 
 from __future__ import annotations
@@ -102,9 +105,14 @@ def main() -> int:
     ap.add_argument("--completion", type=int, default=32)
     ap.add_argument("--steps", type=int, default=1)
     ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--torch-only", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)
     if args.torch_only:
+        import torch
+
+        torch.set_num_threads(args.threads)
         print(run_torch(args))
         return 0
     lib = ROOT / "target" / "release"
@@ -112,7 +120,8 @@ def main() -> int:
         sys.exit("target/release/libadpo.so not found: run `make lib` first")
     g, k, p, r = args.groups, args.k, args.prompt, args.completion
     print(f"group step: {g} groups x K = {k}, prompt P = {p}, completion R = {r}, "
-          f"{args.warmup} warm-up + {args.steps} timed step(s), model {args.model}, "
+          f"{args.warmup} warm-up + {args.steps} timed step(s), {args.threads} thread(s), "
+          f"model {args.model}, "
           f"load average {os.getloadavg()[0]:.2f}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         exe = Path(tmp) / "group_step"

@@ -90,29 +90,7 @@ impl Trainer {
                 objective.plan().name
             )));
         }
-        let (anchor, optimizer, trained) = {
-            let mut p = policy.lock();
-            if cfg.activation_checkpointing && !p.lm().checkpoints_layers() {
-                return Err(Error::unsupported(format!(
-                    "activation_checkpointing needs a model loaded from a checkpoint \
-                     directory; {} is TorchScript, whose layers adpo cannot run one at a time",
-                    p.describe()
-                )));
-            }
-            if cfg.precision == Precision::Bf16Mixed {
-                p.check_bf16()?; // before the trainable set changes
-            }
-            p.choose_trainable(cfg.trainable.as_deref())?;
-            if cfg.precision == Precision::Bf16Mixed {
-                p.hold_masters()?;
-            }
-            p.set_trainable(true);
-            (
-                Anchor::new(cfg.anchor.clone(), &p)?,
-                Optimizer::new(cfg.optimizer.clone(), p.values()),
-                TrainedSet::of(&p),
-            )
-        };
+        let (anchor, optimizer, trained) = prepare_policy(&cfg, &mut policy.lock())?;
         let sample_rng = cfg.seed ^ 0xA0D0_5A4D_1E5E_ED00;
         let backend = cfg.distributed.backend;
         let mut trainer = Trainer {
@@ -331,6 +309,31 @@ fn check_reference(policy: &SharedModel, reference: &SharedModel) -> Result<()> 
         )));
     }
     Ok(())
+}
+
+/// Readies the policy for this trainer's config (what trains, bf16 masters, gradients on) and
+/// makes the anchor and the optimizer for it.
+fn prepare_policy(cfg: &TrainerConfig, p: &mut Model) -> Result<(Anchor, Optimizer, TrainedSet)> {
+    if cfg.activation_checkpointing && !p.lm().checkpoints_layers() {
+        return Err(Error::unsupported(format!(
+            "activation_checkpointing needs a model loaded from a checkpoint directory; {} is \
+             TorchScript, whose layers adpo cannot run one at a time",
+            p.describe()
+        )));
+    }
+    if cfg.precision == Precision::Bf16Mixed {
+        p.check_bf16()?; // before the trainable set changes
+    }
+    p.choose_trainable(cfg.trainable.as_deref())?;
+    if cfg.precision == Precision::Bf16Mixed {
+        p.hold_masters()?;
+    }
+    p.set_trainable(true);
+    Ok((
+        Anchor::new(cfg.anchor.clone(), p)?,
+        Optimizer::new(cfg.optimizer.clone(), p.values()),
+        TrainedSet::of(p),
+    ))
 }
 
 /// A step with no counted group, or no scored token in them (over all ranks), would be a loss
