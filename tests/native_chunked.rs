@@ -97,7 +97,11 @@ fn chunked_log_probs_and_gradients_equal_full_logits_with_autograd() {
                 d < 1e-6,
                 "{name}, {rows} rows per chunk: log-probs differ by {d}"
             );
-            chunked::backward(&model, &hidden, &ids, &mask, &weights, rows).unwrap();
+            let head =
+                &mut |h: &Tensor| chunked::head_backward(&model, h, &ids, &mask, &weights, rows);
+            model
+                .backward_through((&ids, &attn), None, false, head)
+                .unwrap();
             for ((n, _), (g, w)) in model.params().iter().zip(grads(&model).iter().zip(&want)) {
                 let scale = w.abs().max().double_value(&[]).max(1e-6);
                 let d = (g - w).abs().max().double_value(&[]) / scale;

@@ -7,8 +7,8 @@
 //! log-prob is known (the two-pass step), so each chunk's logits are recomputed and turned in
 //! place into dL/dlogits = w * (onehot - softmax), which gives the head's gradient
 //! (dlogits^T h, added into its .grad) and the hidden states' (dlogits W); one [rows, V]
-//! buffer per chunk, where autograd would hold three or four. Finally the hidden states
-//! back-propagate once into the model.
+//! buffer per chunk, where autograd would hold three or four. `Model::backward_through` then
+//! back-propagates the hidden states' gradient once into the model.
 
 use crate::error::Result;
 use crate::model::{Head, Model};
@@ -144,24 +144,6 @@ pub fn token_entropy(
         let ex = e.sum_dim_intlist([1i64].as_slice(), false, kind);
         sum.log() - ex / &sum
     })
-}
-
-/// Back-propagates sum(weights * token log-probs) through the head, a chunk at a time, and then
-/// through the model from `hidden` [B, T, H] (which carries the graph of the forward).
-/// `weights` [B, T]: dL/d(token log-prob), 0 where a token is not scored.
-pub fn backward(
-    model: &Model,
-    hidden: &Tensor,
-    ids: &Tensor,
-    loss_mask: &Tensor,
-    weights: &Tensor,
-    rows: i64,
-) -> Result<()> {
-    let grad = head_backward(model, hidden, ids, loss_mask, weights, rows)?;
-    if hidden.requires_grad() {
-        (hidden * grad).sum(Kind::Double).backward();
-    }
-    Ok(())
 }
 
 /// Back-propagates sum(weights * token log-probs) into the head's weight, a chunk at a time,
