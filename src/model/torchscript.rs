@@ -195,7 +195,8 @@ impl CausalLm for TorchScriptLm {
         let fits = cache.keys.len() == 1 && cache.keys[0].size() == [rows, cache.capacity];
         if !fits || end > cache.capacity || attention_mask.size() != [rows, end] {
             return Err(Error::shape(format!(
-                "{}: the cache (made for other rows, or full) or the attention mask {:?} does                  not fit {rows} rows of {} cached + {t} new positions",
+                "{}: the cache (made for other rows, or full) or the attention mask {:?} does \
+                 not fit {rows} rows of {} cached + {t} new positions",
                 self.path.display(),
                 attention_mask.size(),
                 cache.len
