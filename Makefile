@@ -20,7 +20,7 @@ RELEASE := $(CURDIR)/target/release
 LIB := $(RELEASE)/libadpo.so
 CBUILD := $(CURDIR)/target/c
 CFLAGS_ADPO := -std=c11 -O2 -Wall -Wextra -Werror -I$(CURDIR)/include
-LDFLAGS_ADPO := -L$(RELEASE) -ladpo -Wl,-rpath,$(RELEASE) -lm
+LDFLAGS_ADPO := -L$(RELEASE) -ladpo -Wl,-rpath,$(RELEASE) -lm -pthread
 SETUP_STAMP := $(VENV)/.adpo-setup-done
 
 FIXTURES := $(CURDIR)/tests/fixtures/generated
@@ -127,9 +127,10 @@ test-c: $(C_TESTS) $(C_EXAMPLES) fixtures $(MODEL)/.adpo-fetched
 	$(CBUILD)/examples/objective_dlpack >/dev/null
 	$(CBUILD)/examples/demo $(FIXTURES)/tiny/llama 40 | tail -1
 	$(CBUILD)/examples/text_rl $(FIXTURES)/colours 40 | tail -1
+	$(CBUILD)/examples/async_rl $(FIXTURES)/colours 40 | tail -1
 	@mkdir -p $(CBUILD)/demo-test
 	$(CBUILD)/examples/arithmetic_rl $(MODEL) 2 $(CBUILD)/demo-test/arithmetic-lora | tail -1
-	@echo "C examples: 5 passed, 0 failed"
+	@echo "C examples: 6 passed, 0 failed"
 
 # Every repository path the docs name exists (tests/readme/check_paths.py); every C/C++ block of
 # README.md compiled and run (tests/readme/check_snippets.py), then the check

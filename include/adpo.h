@@ -317,6 +317,39 @@ typedef struct adpo_trainer_metrics {
    * Of which spent in collectives (data-parallel training; 0 in one process).
    */
   double reduce_time_ms;
+  /**
+   * Fraction of this rank's groups (two or more candidates) whose rewards are all equal.
+   */
+  double frac_reward_zero_std;
+  /**
+   * Groups the step trained on after filter_groups.
+   */
+  uint64_t groups_kept;
+  /**
+   * Rows that stopped at max_new_tokens (NaN when the batch does not know).
+   */
+  double truncated_rows;
+  /**
+   * Optimizer steps since the batch's policy version (NaN without one).
+   */
+  double batch_age;
+  /**
+   * Mean k3 estimate of KL(rollout || old) over loss-masked tokens (NaN without
+   * rollout_logp).
+   */
+  double rollout_kl_k3;
+  /**
+   * Fraction of loss-masked tokens whose ratio old / rollout is outside the band.
+   */
+  double rollout_frac_outside;
+  /**
+   * Largest token ratio old / rollout.
+   */
+  double rollout_max_ratio;
+  /**
+   * Fraction of loss-masked tokens the rejection (rollout_rs) removed.
+   */
+  double rollout_frac_rejected;
 } adpo_trainer_metrics;
 
 /**
@@ -1004,6 +1037,52 @@ adpo_status adpo_trainer_sequence_logp(const struct adpo_trainer *trainer,
  */
 void adpo_trainer_free(struct adpo_trainer *trainer);
 
+/* A step in two calls: host-defined losses ============================================
+ *
+ * forward_backward accumulates the gradient of the built-in loss or of the host's own
+ * dL/d(token log-prob); optim_step clips and applies it. adpo_trainer_step is the two in one.
+ */
+
+/**
+ * Runs the policy on `batch` and adds to its gradients: of the configured loss when
+ * `grad_logp` is NULL (what adpo_trainer_step back-propagates), or of the host's loss, given as
+ * dL/d(token log-prob) in `grad_logp` (len = n * t, row-major, aligned with ids; values where
+ * the loss mask is 0 are ignored; finite), the log-probs being those of
+ * adpo_trainer_token_logp. Gradients accumulate across calls until adpo_trainer_optim_step;
+ * a failed call discards what was accumulated since the last optimizer step.
+ * `out_metrics` (may be NULL): this call's metrics (loss NaN for a host loss; grad_norm and lr
+ * NaN until optim_step). One process only: in data-parallel training,
+ * ADPO_STATUS_UNSUPPORTED (use adpo_trainer_step).
+ */
+adpo_status adpo_trainer_forward_backward(struct adpo_trainer *trainer,
+                                          const struct adpo_batch *batch,
+                                          const double *grad_logp,
+                                          size_t len,
+                                          struct adpo_trainer_metrics *out_metrics,
+                                          struct adpo_error **err);
+
+/**
+ * Clips (grad_clip), applies the optimizer update with the gradient accumulated by
+ * adpo_trainer_forward_backward, and updates the anchor (EMA, KL-triggered). Without an
+ * accumulated gradient: ADPO_STATUS_INVALID_ARGUMENT. A NaN or Inf gradient or update is
+ * ADPO_STATUS_NON_FINITE with weights and optimizer state unchanged (the accumulated gradient
+ * is discarded either way). `out_metrics` may be NULL.
+ */
+adpo_status adpo_trainer_optim_step(struct adpo_trainer *trainer,
+                                    struct adpo_trainer_metrics *out_metrics,
+                                    struct adpo_error **err);
+
+/**
+ * Token log-probs of the batch under the current policy (eval mode, no dropout): len = n * t,
+ * row-major, 0 where the loss mask is 0. What a host loss for adpo_trainer_forward_backward is
+ * a function of.
+ */
+adpo_status adpo_trainer_token_logp(const struct adpo_trainer *trainer,
+                                    const struct adpo_batch *batch,
+                                    double *out,
+                                    size_t len,
+                                    struct adpo_error **err);
+
 /* Sampling ============================================================================
  *
  * K candidates per prompt from the trainer's policy, returned as a batch ready to score.
@@ -1027,6 +1106,93 @@ adpo_status adpo_trainer_sample(struct adpo_trainer *trainer,
                                 const char *sampling_json,
                                 struct adpo_batch **out_batch,
                                 struct adpo_error **err);
+
+/* Rollout records =====================================================================
+ *
+ * The rollout engine's token log-probs, the rows truncated at max_new_tokens and the policy
+ * version of a batch: adpo_trainer_sample records them; a host with its own inference engine
+ * sets them. The trainer's rollout_correction, mask_truncated_completions and max_staleness
+ * read them.
+ */
+
+/**
+ * The rollout engine's per-token log-probs of the batch's tokens: len = n * t, aligned with
+ * ids (values where the loss mask is 0 are ignored), finite. A sampled batch has the
+ * sampler's already.
+ */
+adpo_status adpo_batch_set_rollout_logp(struct adpo_batch *batch,
+                                        const double *rollout_logp,
+                                        size_t len,
+                                        struct adpo_error **err);
+
+/**
+ * Copies the rollout log-probs into `out` (len = n * t, 0 where the loss mask is 0). A batch
+ * without them is ADPO_STATUS_INVALID_ARGUMENT.
+ */
+adpo_status adpo_batch_get_rollout_logp(const struct adpo_batch *batch,
+                                        double *out,
+                                        size_t len,
+                                        struct adpo_error **err);
+
+/**
+ * Per row (len = n), 1 = the row stopped at max_new_tokens, 0 = at an EOS id or a stop
+ * sequence: for a batch the host generated.
+ */
+adpo_status adpo_batch_set_truncated(struct adpo_batch *batch,
+                                     const uint8_t *truncated,
+                                     size_t len,
+                                     struct adpo_error **err);
+
+/**
+ * Copies the n truncation flags into `out` (len = n). A batch that neither was sampled nor
+ * had them set is ADPO_STATUS_INVALID_ARGUMENT.
+ */
+adpo_status adpo_batch_get_truncated(const struct adpo_batch *batch,
+                                     uint8_t *out,
+                                     size_t len,
+                                     struct adpo_error **err);
+
+/**
+ * The optimizer step of the policy that generated the batch (adpo_trainer_sample records
+ * the trainer's step count; a host that samples elsewhere sets it).
+ */
+adpo_status adpo_batch_set_policy_version(struct adpo_batch *batch,
+                                          uint64_t version,
+                                          struct adpo_error **err);
+
+/**
+ * The batch's policy version. A batch without one is ADPO_STATUS_INVALID_ARGUMENT.
+ */
+adpo_status adpo_batch_get_policy_version(const struct adpo_batch *batch,
+                                          uint64_t *out,
+                                          struct adpo_error **err);
+
+/**
+ * One new batch of the rows of `batches[0 .. count]` in order (a host refilling a batch with
+ * the groups of more sampling calls, as DAPO does), right-padded to the longest t. Each
+ * batch's group ids are shifted past those of the batches before it, so groups never merge
+ * across batches. Rewards, targets, old, anchor and rollout log-probs and truncation flags
+ * come along when every batch has them in one form (per sequence or per token), and are
+ * ADPO_STATUS_INVALID_ARGUMENT when only some do; the policy version is the oldest. The
+ * batches are not changed (free them as before).
+ */
+adpo_status adpo_batch_concat(const struct adpo_batch *const *batches,
+                              size_t count,
+                              struct adpo_batch **out,
+                              struct adpo_error **err);
+
+/**
+ * DAPO's soft overlong penalty, to add to the reward of a completion of `length` tokens: 0
+ * up to max_length - buffer tokens, then linear down to -factor at max_length, -factor
+ * beyond (TRL's get_soft_overlong_punishment with factor 1; verl's overlong_buffer with
+ * penalty_factor). buffer must be in [1, max_length], factor finite and >= 0.
+ */
+adpo_status adpo_soft_overlong_penalty(uint64_t length,
+                                       uint64_t max_length,
+                                       uint64_t buffer,
+                                       double factor,
+                                       double *out,
+                                       struct adpo_error **err);
 
 /* Checkpoints =========================================================================
  *

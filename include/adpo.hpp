@@ -199,6 +199,17 @@ inline std::string version() {
 /// The ABI version of the loaded library (compare with ADPO_ABI_VERSION).
 inline std::uint32_t abi_version() noexcept { return adpo_abi_version(); }
 
+/// DAPO's soft overlong penalty for a completion of `length` tokens: 0 up to max_length - buffer,
+/// then linear down to -factor at max_length, -factor beyond.
+inline double soft_overlong_penalty(std::uint64_t length, std::uint64_t max_length, std::uint64_t buffer,
+                                    double factor) {
+    double out = 0.0;
+    detail::call([&](adpo_error **err) {
+        return adpo_soft_overlong_penalty(length, max_length, buffer, factor, &out, err);
+    });
+    return out;
+}
+
 /// Number of CUDA devices libtorch can use (0 without CUDA).
 inline std::int32_t cuda_device_count() noexcept { return adpo_cuda_device_count(); }
 
@@ -822,6 +833,53 @@ public:
         detail::call([&](adpo_error **err) {
             return adpo_batch_set_anchor_logp(get(), detail::required(anchor_logp), anchor_logp.size(), err);
         });
+    }
+
+    // What the rollout engine recorded (see README "RL recipes").
+
+    /// The rollout engine's token log-probs: n * t values aligned with ids.
+    void set_rollout_logp(View<const double> logp) {
+        detail::call([&](adpo_error **err) {
+            return adpo_batch_set_rollout_logp(get(), detail::required(logp), logp.size(), err);
+        });
+    }
+    /// The rollout log-probs (n * t, 0 where the loss mask is 0).
+    std::vector<double> rollout_logp() const {
+        std::vector<double> out(cells());
+        detail::call(
+            [&](adpo_error **err) { return adpo_batch_get_rollout_logp(get(), out.data(), out.size(), err); });
+        return out;
+    }
+    /// Which rows stopped at max_new_tokens (n flags, 1 = truncated).
+    void set_truncated(View<const std::uint8_t> flags) {
+        detail::call([&](adpo_error **err) {
+            return adpo_batch_set_truncated(get(), detail::required(flags), flags.size(), err);
+        });
+    }
+    /// The n truncation flags (1 = stopped at max_new_tokens).
+    std::vector<std::uint8_t> truncated() const {
+        std::vector<std::uint8_t> out(n());
+        detail::call([&](adpo_error **err) { return adpo_batch_get_truncated(get(), out.data(), out.size(), err); });
+        return out;
+    }
+    /// The optimizer step of the policy that generated the batch.
+    void set_policy_version(std::uint64_t version) {
+        detail::call([&](adpo_error **err) { return adpo_batch_set_policy_version(get(), version, err); });
+    }
+    /// The batch's policy version (throws when it has none).
+    std::uint64_t policy_version() const {
+        std::uint64_t v = 0;
+        detail::call([&](adpo_error **err) { return adpo_batch_get_policy_version(get(), &v, err); });
+        return v;
+    }
+    /// One new batch of the rows of `batches` in order, each batch's groups kept apart, padded
+    /// to the longest row (a DAPO-style refill).
+    static Batch concat(const std::vector<const Batch *> &batches) {
+        std::vector<const adpo_batch *> raw;
+        for (const Batch *b : batches) raw.push_back(b ? b->get() : nullptr);
+        adpo_batch *out = nullptr;
+        detail::call([&](adpo_error **err) { return adpo_batch_concat(raw.data(), raw.size(), &out, err); });
+        return Batch(out);
     }
 
 private:

@@ -22,6 +22,7 @@ pub mod logprob;
 pub mod model;
 pub mod objective;
 pub mod optimizer;
+pub mod overlong;
 pub mod regular_file;
 mod rng;
 pub mod runtime;

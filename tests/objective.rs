@@ -332,6 +332,7 @@ fn v9_run(cfg: &str, a_positive: bool) -> (f64, Vec<f64>) {
             mask: &m,
             rewards: &rewards,
             groups: &groups,
+            is_weights: None,
         })
         .unwrap();
     let adv = vec(&out.scores);

@@ -1,4 +1,4 @@
-//! C ABI of training batches (src/batch.rs).
+//! C ABI of training batches (src/batch/).
 
 // Section of include/adpo.h: Batches
 // Token ids, masks, group ids and rewards (or targets) of n candidates x t positions, checked
@@ -168,7 +168,7 @@ pub extern "C" fn adpo_batch_shape(
     })
 }
 
-fn copy_tensor<T: tch::kind::Element + Copy>(
+pub(super) fn copy_tensor<T: tch::kind::Element + Copy>(
     t: &Tensor,
     out: *mut T,
     len: usize,

@@ -15,7 +15,9 @@ pub mod model;
 pub mod tokenizer;
 pub mod batch;
 pub mod trainer;
+pub mod split_step;
 pub mod sample;
+pub mod rollout;
 pub mod checkpoint;
 pub mod distributed;
 // Helpers without exports.

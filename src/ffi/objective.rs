@@ -276,6 +276,7 @@ pub extern "C" fn adpo_objective_eval_tokens(
             mask: &mask,
             rewards: &rewards,
             groups: &groups,
+            is_weights: None,
         };
         let out = obj.inner.eval_tokens(&inputs)?;
         write_outputs(&out, len, out_loss, out_grad_logp, n, out_advantages)

@@ -60,6 +60,23 @@ pub struct adpo_trainer_metrics {
     pub step_time_ms: f64,
     /// Of which spent in collectives (data-parallel training; 0 in one process).
     pub reduce_time_ms: f64,
+    /// Fraction of this rank's groups (two or more candidates) whose rewards are all equal.
+    pub frac_reward_zero_std: f64,
+    /// Groups the step trained on after filter_groups.
+    pub groups_kept: u64,
+    /// Rows that stopped at max_new_tokens (NaN when the batch does not know).
+    pub truncated_rows: f64,
+    /// Optimizer steps since the batch's policy version (NaN without one).
+    pub batch_age: f64,
+    /// Mean k3 estimate of KL(rollout || old) over loss-masked tokens (NaN without
+    /// rollout_logp).
+    pub rollout_kl_k3: f64,
+    /// Fraction of loss-masked tokens whose ratio old / rollout is outside the band.
+    pub rollout_frac_outside: f64,
+    /// Largest token ratio old / rollout.
+    pub rollout_max_ratio: f64,
+    /// Fraction of loss-masked tokens the rejection (rollout_rs) removed.
+    pub rollout_frac_rejected: f64,
 }
 
 impl From<StepMetrics> for adpo_trainer_metrics {
@@ -84,6 +101,14 @@ impl From<StepMetrics> for adpo_trainer_metrics {
             anchor_drift: m.anchor_drift,
             step_time_ms: m.step_time_ms,
             reduce_time_ms: m.reduce_time_ms,
+            frac_reward_zero_std: m.filters.frac_reward_zero_std,
+            groups_kept: m.filters.groups_kept,
+            truncated_rows: m.filters.truncated_rows,
+            batch_age: m.filters.batch_age,
+            rollout_kl_k3: m.rollout.rollout_kl_k3,
+            rollout_frac_outside: m.rollout.rollout_frac_outside,
+            rollout_max_ratio: m.rollout.rollout_max_ratio,
+            rollout_frac_rejected: m.rollout.rollout_frac_rejected,
         }
     }
 }
@@ -121,7 +146,7 @@ pub extern "C" fn adpo_trainer_new(
     })
 }
 
-pub(crate) fn with_batch<T>(
+pub(super) fn with_batch<T>(
     batch: *const adpo_batch,
     body: impl FnOnce(&crate::batch::Batch) -> Result<T>,
 ) -> Result<T> {

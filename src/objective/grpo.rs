@@ -16,16 +16,20 @@ pub struct TokenResult {
     pub metrics: Metrics,
 }
 
-/// All tensors in the compute dtype; `mask` is 0/1 in that dtype; `rewards` is [N].
-pub fn grpo(
-    cfg: &ObjectiveConfig,
-    logp: &Tensor,
-    old_logp: &Tensor,
-    ref_logp: Option<&Tensor>,
-    mask: &Tensor,
-    rewards: &Tensor,
-    blocks: &Blocks,
-) -> TokenResult {
+/// The inputs, all in the compute dtype: log-probs [N, T], `mask` 0/1, `rewards` [N],
+/// `is_weights` [N, T] the rollout correction's.
+pub struct TokenTensors<'a> {
+    pub logp: &'a Tensor,
+    pub old_logp: &'a Tensor,
+    pub ref_logp: Option<&'a Tensor>,
+    pub mask: &'a Tensor,
+    pub rewards: &'a Tensor,
+    pub is_weights: Option<&'a Tensor>,
+}
+
+pub fn grpo(cfg: &ObjectiveConfig, x: &TokenTensors, blocks: &Blocks) -> TokenResult {
+    let (logp, old_logp, ref_logp, mask, rewards) =
+        (x.logp, x.old_logp, x.ref_logp, x.mask, x.rewards);
     let kind = logp.kind();
     let adv_pad: Vec<Tensor> = blocks
         .blocks
@@ -67,9 +71,14 @@ pub fn grpo(
     let unclipped = &ratio * &a;
     let clipped = ratio.clamp(lo, hi) * &a;
     let unclipped_wins = unclipped.le_tensor(&clipped);
-    let per_token = -unclipped.minimum(&clipped);
+    let mut per_token = -unclipped.minimum(&clipped);
     // d(per_token)/d(ratio): -A on the unclipped branch, 0 where the clipped branch is flat.
-    let d_ratio = (-&a).expand_as(&ratio) * unclipped_wins.to_kind(kind);
+    let mut d_ratio = (-&a).expand_as(&ratio) * unclipped_wins.to_kind(kind);
+    if let Some(w) = x.is_weights {
+        // A detached weight on each token's policy loss (verl: pg_losses * rollout_is_weights).
+        per_token = per_token * w;
+        d_ratio = d_ratio * w;
+    }
 
     let mut grad = match cfg.ratio_level {
         RatioLevel::Token => &weights * &d_ratio * &ratio,

@@ -75,6 +75,9 @@ pub struct TokenInputs<'a> {
     pub mask: &'a Tensor,
     pub rewards: &'a Tensor,
     pub groups: &'a Groups,
+    /// Rollout-correction importance weights [N, T] (detached), multiplying each token's
+    /// policy loss (not the KL term), as verl applies `rollout_is_weights`.
+    pub is_weights: Option<&'a Tensor>,
 }
 
 pub struct EvalOutput {
@@ -209,13 +212,17 @@ impl Objective {
             });
         }
         let ref_logp = inputs.ref_logp.map(|r| r.to_kind(kind));
+        let is_weights = inputs.is_weights.map(|w| w.to_kind(kind));
         let r = grpo::grpo(
             cfg,
-            &inputs.logp.to_kind(kind),
-            &inputs.old_logp.to_kind(kind),
-            ref_logp.as_ref(),
-            &mask,
-            &inputs.rewards.to_kind(kind),
+            &grpo::TokenTensors {
+                logp: &inputs.logp.to_kind(kind),
+                old_logp: &inputs.old_logp.to_kind(kind),
+                ref_logp: ref_logp.as_ref(),
+                mask: &mask,
+                rewards: &inputs.rewards.to_kind(kind),
+                is_weights: is_weights.as_ref(),
+            },
             &blocks,
         );
         check_result(r.loss, &Column::Tensor(r.grad.shallow_clone()))?;

@@ -15,11 +15,12 @@ use tch::{Device, Kind, Tensor};
 /// How often (in steps) the host checks how many rows are live.
 const CHECK_EVERY: usize = 8;
 
-/// What was generated, on the host: per row the new tokens (the ending token included) and
-/// their log-probs.
+/// What was generated, on the host: per row the new tokens (the ending token included),
+/// their log-probs, and whether it stopped at max_new_tokens (no EOS id or stop sequence).
 pub struct Generated {
     pub tokens: Vec<Vec<i64>>,
     pub logp: Vec<Vec<f64>>,
+    pub truncated: Vec<bool>,
 }
 
 /// Stop conditions on the device.
@@ -87,6 +88,8 @@ pub fn generate(
     let mut tokens = Tensor::full([rows, steps as i64], cfg.pad_id, int);
     let mut logps = Tensor::zeros([rows, steps as i64], (uniforms.kind(), device));
     let mut lengths = Tensor::full([rows], steps as i64, int);
+    // Output rows that ended at an EOS id or a stop sequence (the rest hit max_new_tokens).
+    let mut stopped = Tensor::zeros([rows], (Kind::Bool, device));
     // Row i of the current batch is row live[i] of the output; ended[i]: it has finished.
     let mut live = Tensor::arange(rows, int);
     let mut ended = Tensor::zeros([rows], (Kind::Bool, device));
@@ -109,11 +112,9 @@ pub fn generate(
             .ended(&token, tail.as_ref())
             .logical_and(&ended.logical_not());
         let ended_at = col.full_like(step as i64 + 1);
-        let _ = lengths.index_put_(
-            &[Some(&live.masked_select(&now))],
-            &ended_at.masked_select(&now),
-            false,
-        );
+        let now_rows = live.masked_select(&now);
+        let _ = lengths.index_put_(&[Some(&now_rows)], &ended_at.masked_select(&now), false);
+        let _ = stopped.index_fill_(0, &now_rows, 1);
         ended = ended.logical_or(&now);
         if step + 1 == steps {
             break;
@@ -134,11 +135,16 @@ pub fn generate(
         }
         logits = stepper.step(&token)?;
     }
-    to_host(&tokens, &logps, &lengths)
+    to_host(&tokens, &logps, &lengths, &stopped)
 }
 
 /// One copy of everything to the host, cut to each row's length.
-fn to_host(tokens: &Tensor, logps: &Tensor, lengths: &Tensor) -> Result<Generated> {
+fn to_host(
+    tokens: &Tensor,
+    logps: &Tensor,
+    lengths: &Tensor,
+    stopped: &Tensor,
+) -> Result<Generated> {
     let width = tokens.size()[1] as usize;
     let flat_tokens = Vec::<i64>::try_from(tokens.to_device(Device::Cpu).reshape([-1]))?;
     let flat_logp = Vec::<f64>::try_from(
@@ -148,6 +154,7 @@ fn to_host(tokens: &Tensor, logps: &Tensor, lengths: &Tensor) -> Result<Generate
             .reshape([-1]),
     )?;
     let lengths = Vec::<i64>::try_from(lengths.to_device(Device::Cpu))?;
+    let stopped = Vec::<bool>::try_from(stopped.to_device(Device::Cpu))?;
     let (mut out_tokens, mut out_logp) = (Vec::new(), Vec::new());
     for (r, &len) in lengths.iter().enumerate() {
         let row = r * width..r * width + len as usize;
@@ -167,5 +174,6 @@ fn to_host(tokens: &Tensor, logps: &Tensor, lengths: &Tensor) -> Result<Generate
     Ok(Generated {
         tokens: out_tokens,
         logp: out_logp,
+        truncated: stopped.iter().map(|s| !s).collect(),
     })
 }

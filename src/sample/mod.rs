@@ -1,7 +1,7 @@
 //! Sampling K candidates per prompt from the policy, returned as a batch ready for training:
 //! ids, masks, group ids (the prompt's index) and the sampling-time token log-probs as
-//! old_logp (under the policy itself: temperature 1, no truncation, so an on-policy anchor
-//! starts at s = 0).
+//! old_logp and as rollout_logp (under the policy itself: temperature 1, no truncation, so an
+//! on-policy anchor starts at s = 0), which rows were truncated at max_new_tokens.
 //!
 //! A model with a key/value cache (native checkpoints) generates every row in one batch:
 //! each prompt is prefilled once (left-padded; positions follow the mask), its cache copied to
@@ -177,5 +177,7 @@ fn assemble(
     }
     let mut batch = Batch::new(n, t, &ids, Some(&attn), &loss, &group_ids)?;
     batch.set_old_logp(&old)?;
+    batch.set_rollout_logp(&old)?;
+    batch.truncated = Some(generated.truncated.clone());
     Ok(batch)
 }

@@ -3,6 +3,7 @@
 //! sampling policy), or GRPO's old and reference token log-probs; then the objective evaluated
 //! against them.
 
+use super::rollout_correction::{correct, Correction};
 use super::Trainer;
 use crate::anchor::AnchorConfig;
 use crate::batch::{Batch, SuppliedLogp};
@@ -39,12 +40,30 @@ impl Trainer {
         policy: &Model,
         reference: Option<&mut Model>,
         batch: &Batch,
-    ) -> Result<Held> {
+    ) -> Result<(Held, Correction)> {
         let kind = Self::compute_kind(policy);
         if self.objective.level() == Level::Tokens {
-            return self.token_values(policy, reference, batch, kind);
+            let held = self.token_values(policy, reference, batch, kind)?;
+            let Held::Tokens { old, .. } = &held else {
+                unreachable!("token_values holds token values")
+            };
+            let correction = self.rollout_correction(old, batch, policy.device())?;
+            return Ok((held, correction));
         }
         let device = policy.device();
+        // The old token log-probs, when the on-policy anchor or the rollout correction needs
+        // them (one no-grad pass when the batch does not carry them per token).
+        let supplied_old = batch
+            .old_logp
+            .as_ref()
+            .filter(|_| !self.cfg.recompute_old_logp);
+        let on_policy_needs = matches!(self.cfg.anchor, AnchorConfig::OnPolicy {})
+            && batch.anchor_logp.is_none()
+            && supplied_old.is_none();
+        let old_tokens = match on_policy_needs || batch.rollout_logp.is_some() {
+            true => Some(self.old_tokens(policy, supplied_old, batch, kind)?),
+            false => None,
+        };
         let anchor = match (&batch.anchor_logp, &self.cfg.anchor) {
             (Some(s), _) => self.supplied_seq(s, batch, device, kind),
             (None, AnchorConfig::Fixed {}) => {
@@ -66,12 +85,10 @@ impl Trainer {
                     )),
                 }
             }
-            (None, AnchorConfig::OnPolicy {}) => match &batch.old_logp {
-                Some(s) => self.supplied_seq(s, batch, device, kind),
-                None => {
-                    self.passes
-                        .reduce(&self.passes.tokens_no_grad(policy, batch)?, batch, device)
-                }
+            (None, AnchorConfig::OnPolicy {}) => match (supplied_old, &old_tokens) {
+                (Some(s), _) => self.supplied_seq(s, batch, device, kind),
+                (None, Some(tok)) => self.passes.reduce(tok, batch, device).to_kind(kind),
+                (None, None) => unreachable!("the on-policy anchor's old tokens were computed"),
             },
             (None, AnchorConfig::Ema { .. } | AnchorConfig::KlTriggered { .. }) => {
                 let copy = self
@@ -90,7 +107,56 @@ impl Trainer {
             }
             _ => None,
         };
-        Ok(Held::Sequence { anchor, entropy })
+        let correction = match &old_tokens {
+            Some(old) => self.rollout_correction(old, batch, device)?,
+            None => self.rollout_correction(&Tensor::new(), batch, device)?,
+        };
+        Ok((Held::Sequence { anchor, entropy }, correction))
+    }
+
+    /// Old token log-probs [N, T] (0 off the loss mask): the batch's per-token values, else
+    /// the policy's now (a per-sequence old_logp has no tokens to compare).
+    fn old_tokens(
+        &self,
+        policy: &Model,
+        supplied: Option<&SuppliedLogp>,
+        batch: &Batch,
+        kind: Kind,
+    ) -> Result<Tensor> {
+        let device = policy.device();
+        let mask = batch.loss_mask.to_device(device).to_kind(kind);
+        let tok = match supplied {
+            Some(SuppliedLogp::Tokens(t)) => t.to_device(device).to_kind(kind),
+            _ => self.passes.tokens_no_grad(policy, batch)?.to_kind(kind),
+        };
+        Ok(tok * mask)
+    }
+
+    /// The rollout correction of this batch against the old token log-probs `old` (undefined
+    /// when the batch has no rollout log-probs, which a configured correction refuses).
+    fn rollout_correction(
+        &self,
+        old: &Tensor,
+        batch: &Batch,
+        device: Device,
+    ) -> Result<Correction> {
+        let cfg = self.cfg.rollout_correction.as_ref();
+        let Some(rollout) = &batch.rollout_logp else {
+            return match cfg {
+                Some(_) => Err(Error::invalid(
+                    "rollout_correction is configured, but the batch has no rollout_logp: set                      it (adpo_batch_set_rollout_logp) or sample the batch with                      adpo_trainer_sample",
+                )),
+                None => Ok(Correction::none()),
+            };
+        };
+        let kind = old.kind();
+        let mask = batch.loss_mask.to_device(device).to_kind(kind);
+        Ok(correct(
+            cfg,
+            old,
+            &rollout.to_device(device).to_kind(kind),
+            &mask,
+        ))
     }
 
     /// Token log-probs under the reference, in eval mode (no dropout) whatever mode it is in:
@@ -115,7 +181,11 @@ impl Trainer {
         kind: Kind,
     ) -> Result<Held> {
         let device = policy.device();
-        let old = match &batch.old_logp {
+        let supplied_old = batch
+            .old_logp
+            .as_ref()
+            .filter(|_| !self.cfg.recompute_old_logp);
+        let old = match supplied_old {
             Some(SuppliedLogp::Tokens(t)) => t.to_device(device).to_kind(kind),
             Some(SuppliedLogp::Sequence(_)) => {
                 return Err(Error::invalid(format!(
@@ -156,6 +226,7 @@ impl Trainer {
         &self,
         values: &Tensor,
         held: &Held,
+        correction: &Correction,
         batch: &Batch,
         device: Device,
     ) -> Result<(Tensor, Metrics, f64)> {
@@ -185,7 +256,12 @@ impl Trainer {
                 Ok((out.grad_logp, out.metrics, drift))
             }
             Held::Tokens { old, reference } => {
-                let mask = batch.loss_mask.to_device(device).to_kind(kind);
+                // Rejected tokens leave the loss and its denominators (verl's modified mask).
+                let mut mask = batch.loss_mask.to_device(device).to_kind(kind);
+                if let Some(keep) = &correction.keep {
+                    mask = mask * keep.to_kind(kind);
+                }
+                let is_weights = correction.is_weights.as_ref().map(|w| w.to_kind(kind));
                 let out = self.objective.eval_tokens(&TokenInputs {
                     logp: values,
                     old_logp: old,
@@ -193,6 +269,7 @@ impl Trainer {
                     mask: &mask,
                     rewards: &signal,
                     groups: &batch.groups,
+                    is_weights: is_weights.as_ref(),
                 })?;
                 let drift = ((values - old).abs() * &mask).sum(Kind::Double)
                     / mask.sum(Kind::Double).clamp_min(1.0);

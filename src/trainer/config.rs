@@ -1,6 +1,8 @@
 //! The trainer's configuration: its own keys, split from the objective's in one JSON object,
 //! each validated once.
 
+use super::batch_filters::GroupFilter;
+use super::rollout_correction::RolloutCorrection;
 use crate::anchor::AnchorConfig;
 use crate::config::{from_object, options, parse_object, Declared, ObjectiveConfig, Range, Shape};
 use crate::distributed::DistributedConfig;
@@ -91,6 +93,35 @@ options! {
         /// from float32's, the pure one 86%). Log-probs and the objective are float32 either
         /// way. `fp16-mixed` is refused (it needs loss scaling, which adpo does not implement)
         precision: Precision = r#""as_loaded""#;
+        /// drop the groups without signal before the step (a copy of the kept rows trains;
+        /// README "Groups without signal"): `{"min_std": 0}` keeps groups whose rewards'
+        /// standard deviation is above 0 (verl's `filter_groups`), `{"mean_range": [0, 1]}`
+        /// those whose mean reward is strictly inside (OpenRLHF's `dynamic_filtering`); both
+        /// keys: both tests. A batch with no group kept is refused. null = every group trains
+        /// (ADPO's listwise loss still learns from a group of equal rewards: its target is
+        /// uniform)
+        filter_groups: Option<GroupFilter> = "null", shape Shape::Object(GroupFilter::LISTS);
+        /// rows that stopped at `max_new_tokens` score no token (TRL's
+        /// `mask_truncated_completions`): GRPO keeps them in their group's advantages with loss
+        /// mask 0; the sequence-level losses drop them from their groups. The batch must know
+        /// its truncated rows (sampled, or `adpo_batch_set_truncated`)
+        mask_truncated_completions: bool = "false";
+        /// refuse a batch generated more than this many optimizer steps ago (its policy
+        /// version: recorded by `adpo_trainer_sample`, or `adpo_batch_set_policy_version`);
+        /// null = any age. Batches without a version are not checked
+        max_staleness: Option<u64> = "null";
+        /// compute the old log-probs (the on-policy anchor, GRPO's ratio denominator) under the
+        /// policy at the start of the step even when the batch carries old_logp: the rollout
+        /// engine's log-probs then stay what `rollout_correction` compares against (verl's
+        /// decoupled mode)
+        recompute_old_logp: bool = "false";
+        /// importance weights and rejection against the batch's rollout log-probs (README
+        /// "Rollout correction", verl's names and meanings): `{"rollout_is": "token" |
+        /// "sequence" | null, "rollout_is_threshold": 2.0, "rollout_rs": "token" | "sequence"
+        /// | "geometric" | null, "rollout_rs_threshold": null (= rollout_is_threshold),
+        /// "rollout_rs_threshold_lower": null (= 1 / upper)}`; null = none (the mismatch
+        /// metrics are reported whenever the batch carries rollout_logp)
+        rollout_correction: Option<RolloutCorrection> = "null";
     }
 }
 
@@ -126,6 +157,12 @@ impl TrainerConfig {
         self.schedule.validate()?;
         self.anchor.validate()?;
         self.distributed.validate()?;
+        if let Some(f) = &self.filter_groups {
+            f.validate()?;
+        }
+        if let Some(c) = &self.rollout_correction {
+            c.validate()?;
+        }
         if self.precision == Precision::Fp16Mixed {
             return Err(Error::config(
                 "precision fp16-mixed is not supported: float16 training needs dynamic loss \

@@ -1,5 +1,7 @@
 //! What one trainer step measured.
 
+use super::batch_filters::FilterMetrics;
+use super::rollout_correction::MismatchMetrics;
 use crate::objective::metrics::finite_or_null;
 use crate::objective::Metrics;
 use serde::Serialize;
@@ -29,6 +31,12 @@ pub struct StepMetrics {
     pub reduce_time_ms: f64,
     /// Optimizer steps taken so far.
     pub step: u64,
+    /// What the batch filters saw (this rank's batch).
+    #[serde(flatten)]
+    pub filters: FilterMetrics,
+    /// Rollout vs old log-probs (this rank's tokens; null without rollout_logp).
+    #[serde(flatten)]
+    pub rollout: MismatchMetrics,
 }
 
 impl StepMetrics {

@@ -9,11 +9,14 @@
 //! (`checkpoint.rs`, with what a loaded state must satisfy in `validate.rs`), joining other ranks (`distributed.rs`) and metrics (`metrics.rs`).
 
 mod anchor_values;
+mod batch_filters;
 mod checkpoint;
 mod config;
 mod distributed;
 mod metrics;
 mod passes;
+pub mod rollout_correction;
+mod split_step;
 pub mod state;
 mod validate;
 
@@ -31,7 +34,9 @@ use crate::objective::{Level, LossPlan, Objective};
 use crate::optimizer::{clip_grad_norm, Optimizer};
 use crate::sample::{self, SamplingConfig};
 use anchor_values::Held;
+use batch_filters::Filters;
 use passes::Passes;
+use rollout_correction::Correction;
 use std::sync::Arc;
 use std::time::Instant;
 use tch::{Device, Kind};
@@ -52,6 +57,8 @@ pub struct Trainer {
     pub(crate) sample_rng: u64,
     /// What the optimizer state was made for (checked every step).
     trained: TrainedSet,
+    /// Gradients forward_backward accumulated that no optimizer step has applied yet.
+    pending: Option<split_step::Pending>,
 }
 
 /// The trainable parameter names and whether masters are held, when the trainer was made: a
@@ -105,6 +112,7 @@ impl Trainer {
             dist: None,
             sample_rng,
             trained,
+            pending: None,
         };
         if backend == Backend::Mpi {
             // SAFETY: NULL selects MPI_COMM_WORLD.
@@ -146,26 +154,32 @@ impl Trainer {
         let start = Instant::now();
         let (policy_arc, reference_arc) = (self.policy.clone(), self.reference.clone());
         let (policy, mut reference) = lock_in_order(&policy_arc, reference_arc.as_ref());
-        if TrainedSet::of(&policy) != self.trained {
+        self.check_trained_set(&policy)?;
+        if self.pending.is_some() {
             return Err(Error::invalid(
-                "another trainer made on this policy handle changed which parameters train (its \
-                 trainable or precision keys differ): this trainer's optimizer state no longer \
-                 matches; free one of the two trainers",
+                "forward_backward has accumulated gradients that a step would discard: apply \
+                 them with optim_step first",
             ));
         }
-        // The anchor's log-probs (reference, copy, or the sampling policy's), once per batch.
+        // The filters (staleness, groups without signal, truncated rows), then the anchor's
+        // log-probs (reference, copy, or the sampling policy's) and the rollout correction,
+        // once per batch.
         let prepared = batch.and_then(|b| {
             catch_torch(|| {
                 check_batch(self.objective.plan(), b)?;
-                Ok((b, self.anchor_values(&policy, reference.as_deref_mut(), b)?))
+                let (b, filtered) = self.filters().apply(b)?;
+                let (held, correction) =
+                    self.anchor_values(&policy, reference.as_deref_mut(), &b)?;
+                Ok((b, held, correction, filtered))
             })
         });
         drop(reference);
         let mut last = None;
         for _ in 0..self.cfg.epochs_per_batch {
             // Log-probs -> anchored scores -> objective -> backward, on this rank's groups.
+            split_step::zero_grads(&policy);
             let local = match &prepared {
-                Ok((b, held)) => catch_torch(|| self.backward(&policy, b, held)),
+                Ok((b, held, c, _)) => catch_torch(|| self.backward(&policy, b, held, c)),
                 Err(e) => Err(e.clone()),
             };
             // Mixed precision: the float32 masters take the gradients from here on.
@@ -179,7 +193,10 @@ impl Trainer {
         }
         let (global, grad_norm, lr) = last.expect("epochs_per_batch >= 1");
         self.anchor.observe_drift(&policy, global.drift);
+        let (_, _, correction, filters) = prepared.expect("a failed batch returned above");
         let m = StepMetrics {
+            filters,
+            rollout: correction.metrics,
             objective: global.metrics,
             grad_norm,
             lr,
@@ -193,25 +210,42 @@ impl Trainer {
         Ok(m)
     }
 
-    /// Zeroes the gradients and accumulates this rank's: the gradient of the mean loss over
-    /// its own groups.
-    fn backward(&self, policy: &Model, batch: &Batch, held: &Held) -> Result<LocalStep> {
-        for (_, p) in policy.params() {
-            let mut g = p.grad();
-            if g.defined() {
-                let _ = g.zero_();
-            }
-        }
+    /// Accumulates this rank's gradient: of the mean loss over its own groups.
+    fn backward(
+        &self,
+        policy: &Model,
+        batch: &Batch,
+        held: &Held,
+        correction: &Correction,
+    ) -> Result<LocalStep> {
         let device = policy.device();
-        let (metrics, drift) = self.passes.backward(policy, batch, |values| {
-            self.evaluate(values, held, batch, device)
-        })?;
+        // Sequence level: the correction weights each token's share of its row's gradient.
+        let factor = match held {
+            Held::Sequence { .. } => correction.token_factor(),
+            Held::Tokens { .. } => None,
+        };
+        let (metrics, drift) = self
+            .passes
+            .backward(policy, batch, factor.as_ref(), |values| {
+                self.evaluate(values, held, correction, batch, device)
+            })?;
         Ok(LocalStep {
             metrics,
             drift,
             batch_tokens: batch.tokens(),
             weights: self.step_weights(batch, metrics.groups as f64),
         })
+    }
+
+    /// The filters of a step taken now.
+    fn filters(&self) -> Filters<'_> {
+        Filters {
+            max_staleness: self.cfg.max_staleness,
+            group_filter: self.cfg.filter_groups.as_ref(),
+            mask_truncated: self.cfg.mask_truncated_completions,
+            level: self.objective.level(),
+            steps: self.optimizer.steps(),
+        }
     }
 
     /// What this rank's averages are over (data-parallel training weights each rank by these).
@@ -275,7 +309,9 @@ impl Trainer {
             }
             let mut policy = self.policy.lock();
             let rng = &mut self.sample_rng;
-            policy.in_eval_mode(|p| sample::sample(p, prompts, k, cfg, rng))
+            let mut batch = policy.in_eval_mode(|p| sample::sample(p, prompts, k, cfg, rng))?;
+            batch.set_policy_version(self.optimizer.steps());
+            Ok(batch)
         })
     }
 

@@ -144,13 +144,22 @@ impl Passes {
     }
 
     /// Accumulates the policy's gradient of the loss that `evaluate` gives for its values.
+    /// `factor` [N, T] (the rollout correction's token weights) multiplies dL/d(token log-prob).
     pub(super) fn backward(
         &self,
         policy: &Model,
         batch: &Batch,
+        factor: Option<&Tensor>,
         mut evaluate: impl FnMut(&Tensor) -> Result<Evaluation>,
     ) -> Result<(Metrics, f64)> {
         let device = policy.device();
+        let weigh = |w: Tensor, (s, l): (i64, i64)| match factor {
+            Some(f) => {
+                let f = f.narrow(0, s, l).to_device(device).to_kind(w.kind());
+                w * f
+            }
+            None => w,
+        };
         let rows = chunked::chunk_rows(self.chunk_rows, policy.vocab());
         let parts = self.micro_batches(batch.n);
         if parts.len() == 1 {
@@ -166,7 +175,7 @@ impl Passes {
                     let tok = chunked::token_logp(policy, hidden, ids, mask, rows)?;
                     let (dl, m, d) = evaluate(&self.values(tok, mask))?;
                     out = Some((m, d));
-                    let weights = self.token_weights(&dl, mask);
+                    let weights = weigh(self.token_weights(&dl, mask), parts[0]);
                     chunked::head_backward(policy, hidden, ids, mask, &weights, rows)
                 },
             )?;
@@ -179,7 +188,7 @@ impl Passes {
         let (dl, m, d) = evaluate(&values)?;
         for (s, l) in parts {
             let r = self.rows(batch, (s, l), device);
-            let weights = self.token_weights(&dl.narrow(0, s, l), &r.mask);
+            let weights = weigh(self.token_weights(&dl.narrow(0, s, l), &r.mask), (s, l));
             let input = (&r.ids, &r.attn);
             policy.backward_through(
                 input,

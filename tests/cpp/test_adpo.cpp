@@ -649,6 +649,40 @@ TEST(Batch, RoundTripsItsArrays) {
     EXPECT_TRUE(Throws([&] { b.set_rewards({1.0, std::nan("")}); }, ADPO_STATUS_NON_FINITE));
 }
 
+TEST(Batch, CarriesTheRolloutRecordsAndConcatenates) {
+    adpo::Batch a(2, 3, {1, 2, 3, 1, 2, 4}, {}, {0, 1, 1, 0, 1, 1}, {5, 5});
+    EXPECT_TRUE(Throws([&] { a.rollout_logp(); }, ADPO_STATUS_INVALID_ARGUMENT, "rollout_logp"));
+    a.set_rollout_logp({9, -1, -2, 9, -3, -4});
+    EXPECT_EQ(a.rollout_logp(), (std::vector<double>{0, -1, -2, 0, -3, -4}));
+    EXPECT_TRUE(Throws([&] { a.set_rollout_logp({-1.0, -2.0}); }, ADPO_STATUS_SHAPE_MISMATCH));
+    EXPECT_TRUE(Throws([&] { a.truncated(); }, ADPO_STATUS_INVALID_ARGUMENT, "truncated"));
+    a.set_truncated({0, 1});
+    EXPECT_EQ(a.truncated(), (std::vector<std::uint8_t>{0, 1}));
+    EXPECT_TRUE(Throws([&] { a.set_truncated({0, 2}); }, ADPO_STATUS_INVALID_ARGUMENT));
+    EXPECT_TRUE(Throws([&] { a.policy_version(); }, ADPO_STATUS_INVALID_ARGUMENT));
+    a.set_policy_version(7);
+    EXPECT_EQ(a.policy_version(), 7u);
+
+    adpo::Batch b(2, 4, {1, 2, 3, 4, 1, 2, 5, 6}, {}, {0, 0, 1, 1, 0, 0, 1, 1}, {5, 5});
+    b.set_rollout_logp(std::vector<double>(8, -0.5));
+    b.set_truncated({1, 1});
+    b.set_policy_version(4);
+    adpo::Batch c = adpo::Batch::concat({&a, &b});
+    EXPECT_EQ(c.n(), 4u);
+    EXPECT_EQ(c.t(), 4u);
+    EXPECT_EQ(c.group_ids(), (std::vector<std::int64_t>{0, 0, 1, 1})); // kept apart
+    EXPECT_EQ(c.ids(), (std::vector<std::int64_t>{1, 2, 3, 0, 1, 2, 4, 0, 1, 2, 3, 4, 1, 2, 5, 6}));
+    EXPECT_EQ(c.truncated(), (std::vector<std::uint8_t>{0, 1, 1, 1}));
+    EXPECT_EQ(c.policy_version(), 4u); // the oldest
+    adpo::Batch plain(1, 2, {1, 2}, {}, {0, 1}, {0});
+    EXPECT_TRUE(Throws([&] { adpo::Batch::concat({&a, &plain}); }, ADPO_STATUS_INVALID_ARGUMENT, "rollout_logp"));
+
+    EXPECT_EQ(adpo::soft_overlong_penalty(16, 20, 4, 1.0), 0.0);
+    EXPECT_EQ(adpo::soft_overlong_penalty(18, 20, 4, 1.0), -0.5);
+    EXPECT_EQ(adpo::soft_overlong_penalty(30, 20, 4, 0.5), -0.5);
+    EXPECT_TRUE(Throws([] { adpo::soft_overlong_penalty(3, 20, 0, 1.0); }, ADPO_STATUS_INVALID_ARGUMENT));
+}
+
 TEST(Batch, ConstructionIsValidated) {
     // Attention mask may be omitted (all ones).
     EXPECT_NO_THROW(adpo::Batch(1, 3, {1, 2, 3}, {}, {0, 1, 1}, {0}));

@@ -1008,6 +1008,117 @@ static adpo_status c_get_old_logp_null_batch(adpo_error **e) {
     double out[BN];
     return adpo_batch_get_old_logp(NULL, out, BN, e);
 }
+/* Rollout records (src/ffi/rollout.rs). */
+static adpo_status c_rollout_null_batch(adpo_error **e) {
+    double v[BN * BT] = {0};
+    return adpo_batch_set_rollout_logp(NULL, v, BN * BT, e);
+}
+static adpo_status c_rollout_null(adpo_error **e) { return adpo_batch_set_rollout_logp(batch(), NULL, BN * BT, e); }
+static adpo_status c_rollout_len(adpo_error **e) { return adpo_batch_set_rollout_logp(batch(), FOUR, BN, e); }
+static adpo_status c_rollout_huge(adpo_error **e) { return adpo_batch_set_rollout_logp(batch(), FOUR, SIZE_MAX, e); }
+static adpo_status c_rollout_nan(adpo_error **e) {
+    double v[BN * BT] = {0};
+    v[7] = NAN;
+    return adpo_batch_set_rollout_logp(batch(), v, BN * BT, e);
+}
+static adpo_status c_get_rollout_none(adpo_error **e) {
+    double out[BN * BT];
+    return adpo_batch_get_rollout_logp(batch(), out, BN * BT, e);
+}
+static adpo_status c_get_rollout_len(adpo_error **e) {
+    adpo_batch *b = batch();
+    double v[BN * BT] = {0}, out[BN * BT];
+    adpo_status st = adpo_batch_set_rollout_logp(b, v, BN * BT, e);
+    return st != ADPO_STATUS_OK ? st : adpo_batch_get_rollout_logp(b, out, BN, e);
+}
+static adpo_status c_get_rollout_null(adpo_error **e) { return adpo_batch_get_rollout_logp(batch(), NULL, BN * BT, e); }
+static adpo_status c_get_rollout_null_batch(adpo_error **e) {
+    double out[BN * BT];
+    return adpo_batch_get_rollout_logp(NULL, out, BN * BT, e);
+}
+static const uint8_t FLAGS4[BN] = {0, 1, 0, 0};
+static const uint8_t FLAGS4_BAD[BN] = {0, 2, 0, 0};
+static adpo_status c_trunc_null_batch(adpo_error **e) { return adpo_batch_set_truncated(NULL, FLAGS4, BN, e); }
+static adpo_status c_trunc_null(adpo_error **e) { return adpo_batch_set_truncated(batch(), NULL, BN, e); }
+static adpo_status c_trunc_len(adpo_error **e) { return adpo_batch_set_truncated(batch(), FLAGS4, 3, e); }
+static adpo_status c_trunc_two(adpo_error **e) { return adpo_batch_set_truncated(batch(), FLAGS4_BAD, BN, e); }
+static adpo_status c_get_trunc_none(adpo_error **e) {
+    uint8_t out[BN];
+    return adpo_batch_get_truncated(batch(), out, BN, e);
+}
+static adpo_status c_get_trunc_len(adpo_error **e) {
+    adpo_batch *b = batch();
+    uint8_t out[BN];
+    adpo_status st = adpo_batch_set_truncated(b, FLAGS4, BN, e);
+    return st != ADPO_STATUS_OK ? st : adpo_batch_get_truncated(b, out, 2, e);
+}
+static adpo_status c_get_trunc_null(adpo_error **e) { return adpo_batch_get_truncated(batch(), NULL, BN, e); }
+static adpo_status c_get_trunc_null_batch(adpo_error **e) {
+    uint8_t out[BN];
+    return adpo_batch_get_truncated(NULL, out, BN, e);
+}
+static adpo_status c_version_null_batch(adpo_error **e) { return adpo_batch_set_policy_version(NULL, 3, e); }
+static adpo_status c_version_max(adpo_error **e) { return adpo_batch_set_policy_version(batch(), UINT64_MAX, e); }
+static adpo_status c_get_version_none(adpo_error **e) {
+    uint64_t v;
+    return adpo_batch_get_policy_version(batch(), &v, e);
+}
+static adpo_status c_get_version_null(adpo_error **e) { return adpo_batch_get_policy_version(batch(), NULL, e); }
+static adpo_status c_get_version_null_batch(adpo_error **e) {
+    uint64_t v;
+    return adpo_batch_get_policy_version(NULL, &v, e);
+}
+static adpo_status c_concat_null_out(adpo_error **e) {
+    const adpo_batch *parts[1] = {batch()};
+    return adpo_batch_concat(parts, 1, NULL, e);
+}
+static adpo_status concat(const adpo_batch *const *parts, size_t count, adpo_error **e) {
+    adpo_batch *out = NULL;
+    adpo_status st = adpo_batch_concat(parts, count, &out, e);
+    if (st != ADPO_STATUS_OK && out) return WRONG;
+    adpo_batch_free(out);
+    return st;
+}
+static adpo_status c_concat_null_array(adpo_error **e) { return concat(NULL, 2, e); }
+static adpo_status c_concat_zero(adpo_error **e) {
+    const adpo_batch *parts[1] = {batch()};
+    return concat(parts, 0, e);
+}
+static adpo_status c_concat_null_entry(adpo_error **e) {
+    const adpo_batch *parts[2] = {batch(), NULL};
+    return concat(parts, 2, e);
+}
+static adpo_status c_concat_twice(adpo_error **e) {
+    adpo_batch *b = batch();
+    const adpo_batch *parts[2] = {b, b};
+    return concat(parts, 2, e);
+}
+static adpo_status c_concat_some_rewards(adpo_error **e) {
+    const adpo_batch *parts[2] = {batch(), batch_with(B_IDS)}; /* rewards, none */
+    return concat(parts, 2, e);
+}
+static adpo_status c_concat_huge(adpo_error **e) {
+    const adpo_batch *parts[1] = {batch()};
+    return concat(parts, SIZE_MAX, e);
+}
+static adpo_status c_overlong_null(adpo_error **e) { return adpo_soft_overlong_penalty(5, 20, 4, 1.0, NULL, e); }
+static adpo_status c_overlong_buffer0(adpo_error **e) {
+    double p;
+    return adpo_soft_overlong_penalty(5, 20, 0, 1.0, &p, e);
+}
+static adpo_status c_overlong_buffer_big(adpo_error **e) {
+    double p;
+    return adpo_soft_overlong_penalty(5, 20, 21, 1.0, &p, e);
+}
+static adpo_status c_overlong_nan(adpo_error **e) {
+    double p;
+    return adpo_soft_overlong_penalty(5, 20, 4, NAN, &p, e);
+}
+static adpo_status c_overlong_huge(adpo_error **e) {
+    double p;
+    adpo_status st = adpo_soft_overlong_penalty(UINT64_MAX, UINT64_MAX, UINT64_MAX, 1.0, &p, e);
+    return st == ADPO_STATUS_OK && p != -1.0 ? WRONG : st; /* at max_length: -factor */
+}
 static adpo_status c_batch_free_null(adpo_error **e) {
     (void)e;
     adpo_batch_free(NULL);
@@ -1046,6 +1157,19 @@ static adpo_status c_tnew_backend(adpo_error **e) {
 static adpo_status c_tnew_bucket(adpo_error **e) {
     return trainer_new(tiny_model(), "{\"distributed\": {\"bucket_mb\": 0}}", e);
 }
+static adpo_status c_tnew_filter_empty(adpo_error **e) {
+    return trainer_new(tiny_model(), "{\"filter_groups\": {}}", e);
+}
+static adpo_status c_tnew_rs_band(adpo_error **e) {
+    return trainer_new(tiny_model(),
+                       "{\"rollout_correction\": {\"rollout_rs\": \"token\", \"rollout_rs_threshold\": 0.5, "
+                       "\"rollout_rs_threshold_lower\": 2}}",
+                       e);
+}
+static adpo_status c_tnew_is_level(adpo_error **e) {
+    return trainer_new(tiny_model(), "{\"rollout_correction\": {\"rollout_is\": \"tokens\"}}", e);
+}
+static adpo_status c_tnew_staleness(adpo_error **e) { return trainer_new(tiny_model(), "{\"max_staleness\": -1}", e); }
 static adpo_status c_tnew_utf8(adpo_error **e) { return trainer_new(tiny_model(), NOT_UTF8, e); }
 static adpo_status c_tnew_grpo_ref(adpo_error **e) { return trainer_new(tiny_model(), "{\"loss\": \"grpo\", \"beta_kl\": 0.1}", e); }
 static adpo_status step(adpo_trainer *t, adpo_batch *b, adpo_error **e) {
@@ -1094,6 +1218,51 @@ static adpo_status c_tmjson_null_tr(adpo_error **e) {
 static adpo_status c_slogp_len(adpo_error **e) {
     double out[BN];
     return adpo_trainer_sequence_logp(trainer(), batch(), out, BN - 1, e);
+}
+/* A step in two calls (src/ffi/split_step.rs). */
+static adpo_status fb(adpo_trainer *t, adpo_batch *b, const double *g, size_t len, adpo_error **e) {
+    adpo_trainer_metrics m = {.struct_size = sizeof m};
+    return adpo_trainer_forward_backward(t, b, g, len, &m, e);
+}
+static double GRAD[BN * BT];
+static adpo_status c_fb_null(adpo_error **e) { return fb(NULL, batch(), NULL, 0, e); }
+static adpo_status c_fb_null_batch(adpo_error **e) { return fb(trainer(), NULL, NULL, 0, e); }
+static adpo_status c_fb_len(adpo_error **e) { return fb(trainer(), batch(), GRAD, BN, e); }
+static adpo_status c_fb_huge(adpo_error **e) { return fb(trainer(), batch(), GRAD, SIZE_MAX, e); }
+static adpo_status c_fb_nan(adpo_error **e) {
+    double g[BN * BT] = {0};
+    g[6] = NAN;
+    return fb(trainer(), batch(), g, BN * BT, e);
+}
+static adpo_status c_fb_metrics_size(adpo_error **e) {
+    adpo_trainer_metrics m = {.struct_size = 3};
+    return adpo_trainer_forward_backward(trainer(), batch(), NULL, 0, &m, e);
+}
+static adpo_status c_fb_then_step(adpo_error **e) {
+    adpo_trainer *t = trainer();
+    adpo_batch *b = batch();
+    adpo_status st = fb(t, b, NULL, 0, e);
+    return st != ADPO_STATUS_OK ? WRONG : step(t, b, e); /* would discard the gradient */
+}
+static adpo_status c_optim_none(adpo_error **e) { return adpo_trainer_optim_step(trainer(), NULL, e); }
+static adpo_status c_optim_null(adpo_error **e) { return adpo_trainer_optim_step(NULL, NULL, e); }
+static adpo_status c_optim_after_fb(adpo_error **e) {
+    adpo_trainer *t = trainer();
+    adpo_status st = fb(t, batch(), GRAD, BN * BT, e);
+    return st != ADPO_STATUS_OK ? WRONG : adpo_trainer_optim_step(t, NULL, e);
+}
+static adpo_status c_tlogp_len(adpo_error **e) {
+    double out[BN * BT];
+    return adpo_trainer_token_logp(trainer(), batch(), out, BN, e);
+}
+static adpo_status c_tlogp_null(adpo_error **e) { return adpo_trainer_token_logp(trainer(), batch(), NULL, BN * BT, e); }
+static adpo_status c_tlogp_null_batch(adpo_error **e) {
+    double out[BN * BT];
+    return adpo_trainer_token_logp(trainer(), NULL, out, BN * BT, e);
+}
+static adpo_status c_tlogp_null_tr(adpo_error **e) {
+    double out[BN * BT];
+    return adpo_trainer_token_logp(NULL, batch(), out, BN * BT, e);
 }
 static adpo_status c_slogp_null(adpo_error **e) { return adpo_trainer_sequence_logp(trainer(), batch(), NULL, BN, e); }
 static adpo_status c_slogp_null_batch(adpo_error **e) {
@@ -1810,6 +1979,40 @@ static const fuzz_case CASES[] = {
     {"adpo_batch_get_old_logp", "len n*t, held per sequence", SHP, c_get_old_logp_len},
     {"adpo_batch_get_old_logp", "NULL out", NUL, c_get_old_logp_null},
     {"adpo_batch_get_old_logp", "NULL batch", NUL, c_get_old_logp_null_batch},
+    {"adpo_batch_set_rollout_logp", "NULL batch", NUL, c_rollout_null_batch},
+    {"adpo_batch_set_rollout_logp", "NULL values", NUL, c_rollout_null},
+    {"adpo_batch_set_rollout_logp", "len n", SHP, c_rollout_len},
+    {"adpo_batch_set_rollout_logp", "len SIZE_MAX", E, c_rollout_huge},
+    {"adpo_batch_set_rollout_logp", "NaN", NF, c_rollout_nan},
+    {"adpo_batch_get_rollout_logp", "none sampled or set", INV, c_get_rollout_none},
+    {"adpo_batch_get_rollout_logp", "len n", SHP, c_get_rollout_len},
+    {"adpo_batch_get_rollout_logp", "NULL out", NUL, c_get_rollout_null},
+    {"adpo_batch_get_rollout_logp", "NULL batch", NUL, c_get_rollout_null_batch},
+    {"adpo_batch_set_truncated", "NULL batch", NUL, c_trunc_null_batch},
+    {"adpo_batch_set_truncated", "NULL flags", NUL, c_trunc_null},
+    {"adpo_batch_set_truncated", "len 3", SHP, c_trunc_len},
+    {"adpo_batch_set_truncated", "flag 2", INV, c_trunc_two},
+    {"adpo_batch_get_truncated", "none sampled or set", INV, c_get_trunc_none},
+    {"adpo_batch_get_truncated", "len 2", SHP, c_get_trunc_len},
+    {"adpo_batch_get_truncated", "NULL out", NUL, c_get_trunc_null},
+    {"adpo_batch_get_truncated", "NULL batch", NUL, c_get_trunc_null_batch},
+    {"adpo_batch_set_policy_version", "NULL batch", NUL, c_version_null_batch},
+    {"adpo_batch_set_policy_version", "UINT64_MAX", OK, c_version_max},
+    {"adpo_batch_get_policy_version", "none sampled or set", INV, c_get_version_none},
+    {"adpo_batch_get_policy_version", "NULL out", NUL, c_get_version_null},
+    {"adpo_batch_get_policy_version", "NULL batch", NUL, c_get_version_null_batch},
+    {"adpo_batch_concat", "NULL out", NUL, c_concat_null_out},
+    {"adpo_batch_concat", "NULL array", NUL, c_concat_null_array},
+    {"adpo_batch_concat", "count 0", INV, c_concat_zero},
+    {"adpo_batch_concat", "a NULL entry", NUL, c_concat_null_entry},
+    {"adpo_batch_concat", "one batch twice", OK, c_concat_twice},
+    {"adpo_batch_concat", "rewards on one of two", INV, c_concat_some_rewards},
+    {"adpo_batch_concat", "count SIZE_MAX", E, c_concat_huge},
+    {"adpo_soft_overlong_penalty", "NULL out", NUL, c_overlong_null},
+    {"adpo_soft_overlong_penalty", "buffer 0", INV, c_overlong_buffer0},
+    {"adpo_soft_overlong_penalty", "buffer > max", INV, c_overlong_buffer_big},
+    {"adpo_soft_overlong_penalty", "factor NaN", INV, c_overlong_nan},
+    {"adpo_soft_overlong_penalty", "lengths UINT64_MAX", OK, c_overlong_huge},
     {"adpo_batch_free", "NULL", OK, c_batch_free_null},
     {"adpo_trainer_new", "NULL policy", NUL, c_tnew_null},
     {"adpo_trainer_new", "NULL out", NUL, c_tnew_null_out},
@@ -1824,6 +2027,10 @@ static const fuzz_case CASES[] = {
     {"adpo_trainer_new", "cosine over 0 steps", CFG, c_tnew_schedule},
     {"adpo_trainer_new", "backend nccl", CFG, c_tnew_backend},
     {"adpo_trainer_new", "bucket_mb 0", CFG, c_tnew_bucket},
+    {"adpo_trainer_new", "filter_groups {}", CFG, c_tnew_filter_empty},
+    {"adpo_trainer_new", "rollout_rs band upside down", CFG, c_tnew_rs_band},
+    {"adpo_trainer_new", "rollout_is tokens", CFG, c_tnew_is_level},
+    {"adpo_trainer_new", "max_staleness -1", CFG, c_tnew_staleness},
     {"adpo_trainer_new", "non-UTF-8 config", INV, c_tnew_utf8},
     {"adpo_trainer_new", "grpo beta_kl without reference", E, c_tnew_grpo_ref},
     {"adpo_trainer_step", "NULL trainer", NUL, c_step_null},
@@ -1838,6 +2045,20 @@ static const fuzz_case CASES[] = {
     {"adpo_trainer_metrics_json", "before any step", INV, c_tmjson_before},
     {"adpo_trainer_metrics_json", "NULL out", NUL, c_tmjson_null},
     {"adpo_trainer_metrics_json", "NULL trainer", NUL, c_tmjson_null_tr},
+    {"adpo_trainer_forward_backward", "NULL trainer", NUL, c_fb_null},
+    {"adpo_trainer_forward_backward", "NULL batch", NUL, c_fb_null_batch},
+    {"adpo_trainer_forward_backward", "grad len n", SHP, c_fb_len},
+    {"adpo_trainer_forward_backward", "grad len SIZE_MAX", E, c_fb_huge},
+    {"adpo_trainer_forward_backward", "NaN gradient", NF, c_fb_nan},
+    {"adpo_trainer_forward_backward", "metrics struct_size 3", E, c_fb_metrics_size},
+    {"adpo_trainer_forward_backward", "then a step", INV, c_fb_then_step},
+    {"adpo_trainer_optim_step", "nothing accumulated", INV, c_optim_none},
+    {"adpo_trainer_optim_step", "NULL trainer", NUL, c_optim_null},
+    {"adpo_trainer_optim_step", "after a host gradient", OK, c_optim_after_fb},
+    {"adpo_trainer_token_logp", "len n", SHP, c_tlogp_len},
+    {"adpo_trainer_token_logp", "NULL out", NUL, c_tlogp_null},
+    {"adpo_trainer_token_logp", "NULL batch", NUL, c_tlogp_null_batch},
+    {"adpo_trainer_token_logp", "NULL trainer", NUL, c_tlogp_null_tr},
     {"adpo_trainer_sequence_logp", "len n-1", SHP, c_slogp_len},
     {"adpo_trainer_sequence_logp", "NULL out", NUL, c_slogp_null},
     {"adpo_trainer_sequence_logp", "NULL batch", NUL, c_slogp_null_batch},

@@ -36,7 +36,9 @@ export ADPOError, Objective, Model, Batch, Trainer, ObjectiveMetrics, TrainerMet
        num_params, use_mpi!, use_allreduce!, world, has_mpi, load_model, save_model, save_adapter, completion,
        set_num_threads!, num_threads,
        Tokenizer, encode, encode_batch, decode, decode_batch, apply_chat_template, eos_ids,
-       token_to_id, special_token
+       token_to_id, special_token,
+       set_rollout_logp!, rollout_logp, set_truncated!, truncated, set_policy_version!, policy_version,
+       concat, soft_overlong_penalty
 
 # ----------------------------------------------------------------------------- C declarations
 # Constants (ADPO_ABI_VERSION, ADPO_STATUS_*, ...), the metrics structs and one function per C
@@ -1103,5 +1105,6 @@ function _use_allreduce!(tr::Trainer, rank::Integer, world_size::Integer, allred
 end
 
 include("tokenizer.jl")
+include("rollout.jl")
 
 end # module ADPO

@@ -61,6 +61,14 @@ struct adpo_trainer_metrics
     anchor_drift::Cdouble
     step_time_ms::Cdouble
     reduce_time_ms::Cdouble
+    frac_reward_zero_std::Cdouble
+    groups_kept::UInt64
+    truncated_rows::Cdouble
+    batch_age::Cdouble
+    rollout_kl_k3::Cdouble
+    rollout_frac_outside::Cdouble
+    rollout_max_ratio::Cdouble
+    rollout_frac_rejected::Cdouble
 end
 
 adpo_error_message(err) =
@@ -275,10 +283,54 @@ adpo_trainer_free(trainer) =
     ccall((:adpo_trainer_free, libadpo()), Cvoid,
           (Ptr{Cvoid},),
           trainer)
+adpo_trainer_forward_backward(trainer, batch, grad_logp, len, out_metrics, err) =
+    ccall((:adpo_trainer_forward_backward, libadpo()), Int32,
+          (Ptr{Cvoid}, Ptr{Cvoid}, Ptr{Cdouble}, Csize_t, Ptr{adpo_trainer_metrics}, Ptr{Ptr{Cvoid}},),
+          trainer, batch, grad_logp, len, out_metrics, err)
+adpo_trainer_optim_step(trainer, out_metrics, err) =
+    ccall((:adpo_trainer_optim_step, libadpo()), Int32,
+          (Ptr{Cvoid}, Ptr{adpo_trainer_metrics}, Ptr{Ptr{Cvoid}},),
+          trainer, out_metrics, err)
+adpo_trainer_token_logp(trainer, batch, out, len, err) =
+    ccall((:adpo_trainer_token_logp, libadpo()), Int32,
+          (Ptr{Cvoid}, Ptr{Cvoid}, Ptr{Cdouble}, Csize_t, Ptr{Ptr{Cvoid}},),
+          trainer, batch, out, len, err)
 adpo_trainer_sample(trainer, prompt_tokens, prompt_lengths, n_prompts, k, sampling_json, out_batch, err) =
     ccall((:adpo_trainer_sample, libadpo()), Int32,
           (Ptr{Cvoid}, Ptr{Int64}, Ptr{Csize_t}, Csize_t, Csize_t, Cstring, Ptr{Ptr{Cvoid}}, Ptr{Ptr{Cvoid}},),
           trainer, prompt_tokens, prompt_lengths, n_prompts, k, sampling_json, out_batch, err)
+adpo_batch_set_rollout_logp(batch, rollout_logp, len, err) =
+    ccall((:adpo_batch_set_rollout_logp, libadpo()), Int32,
+          (Ptr{Cvoid}, Ptr{Cdouble}, Csize_t, Ptr{Ptr{Cvoid}},),
+          batch, rollout_logp, len, err)
+adpo_batch_get_rollout_logp(batch, out, len, err) =
+    ccall((:adpo_batch_get_rollout_logp, libadpo()), Int32,
+          (Ptr{Cvoid}, Ptr{Cdouble}, Csize_t, Ptr{Ptr{Cvoid}},),
+          batch, out, len, err)
+adpo_batch_set_truncated(batch, truncated, len, err) =
+    ccall((:adpo_batch_set_truncated, libadpo()), Int32,
+          (Ptr{Cvoid}, Ptr{UInt8}, Csize_t, Ptr{Ptr{Cvoid}},),
+          batch, truncated, len, err)
+adpo_batch_get_truncated(batch, out, len, err) =
+    ccall((:adpo_batch_get_truncated, libadpo()), Int32,
+          (Ptr{Cvoid}, Ptr{UInt8}, Csize_t, Ptr{Ptr{Cvoid}},),
+          batch, out, len, err)
+adpo_batch_set_policy_version(batch, version, err) =
+    ccall((:adpo_batch_set_policy_version, libadpo()), Int32,
+          (Ptr{Cvoid}, UInt64, Ptr{Ptr{Cvoid}},),
+          batch, version, err)
+adpo_batch_get_policy_version(batch, out, err) =
+    ccall((:adpo_batch_get_policy_version, libadpo()), Int32,
+          (Ptr{Cvoid}, Ptr{UInt64}, Ptr{Ptr{Cvoid}},),
+          batch, out, err)
+adpo_batch_concat(batches, count, out, err) =
+    ccall((:adpo_batch_concat, libadpo()), Int32,
+          (Ptr{Ptr{Cvoid}}, Csize_t, Ptr{Ptr{Cvoid}}, Ptr{Ptr{Cvoid}},),
+          batches, count, out, err)
+adpo_soft_overlong_penalty(length, max_length, buffer, factor, out, err) =
+    ccall((:adpo_soft_overlong_penalty, libadpo()), Int32,
+          (UInt64, UInt64, UInt64, Cdouble, Ptr{Cdouble}, Ptr{Ptr{Cvoid}},),
+          length, max_length, buffer, factor, out, err)
 adpo_trainer_save(trainer, path, err) =
     ccall((:adpo_trainer_save, libadpo()), Int32,
           (Ptr{Cvoid}, Cstring, Ptr{Ptr{Cvoid}},),

@@ -171,6 +171,30 @@ end
         @test !isopen(b)
     end
 
+    @testset "rollout records, concat, overlong penalty" begin
+        a = Batch([1 2 3; 1 2 4], Bool[0 1 1; 0 1 1], [5, 5])
+        e = thrown(() -> rollout_logp(a))
+        @test e isa ADPOError && e.status == ADPO.ADPO_STATUS_INVALID_ARGUMENT
+        set_rollout_logp!(a, [9.0 -1.0 -2.0; 9.0 -3.0 -4.0])
+        @test rollout_logp(a) == [0.0 -1.0 -2.0; 0.0 -3.0 -4.0]
+        set_truncated!(a, [false, true])
+        @test truncated(a) == [false, true]
+        set_policy_version!(a, 7)
+        @test policy_version(a) == 7
+        b = Batch([1 2 3 4; 1 2 5 6], Bool[0 0 1 1; 0 0 1 1], [5, 5])
+        set_rollout_logp!(b, fill(-0.5, 2, 4))
+        set_truncated!(b, [true, true])
+        set_policy_version!(b, 4)
+        c = concat(a, b)
+        @test size(c) == (4, 4)
+        @test group_ids(c) == [0, 0, 1, 1]
+        @test truncated(c) == [false, true, true, true]
+        @test policy_version(c) == 4
+        @test thrown(() -> concat(a, Batch([1 2], Bool[0 1], [0]))) isa ADPOError
+        @test soft_overlong_penalty(18, 20, 4, 1.0) == -0.5
+        @test thrown(() -> soft_overlong_penalty(3, 20, 0, 1.0)) isa ADPOError
+    end
+
     fixtures = get(ENV, "ADPO_FIXTURES", "")
     model_path = joinpath(fixtures, "tiny", "llama")
     if !isempty(fixtures) && isdir(model_path)

@@ -1,7 +1,13 @@
 //! A validated training batch. Rows are candidates: token ids [N, T], attention mask, loss mask
 //! (1 at t: the token at t counts, scored from the logits at t - 1; so position 0 must be 0),
 //! group ids, rewards or explicit targets, and optionally sampling-time (`old`) and anchor
-//! log-probs, per sequence [N] or per token [N, T].
+//! log-probs, per sequence [N] or per token [N, T]; what the rollout engine recorded (its
+//! token log-probs, which rows were truncated, the policy version) is in `rollout.rs`, and
+//! the subsets the trainer's filters make in `subset.rs`.
+
+mod concat;
+mod rollout;
+mod subset;
 
 use crate::error::{Error, Result};
 use crate::objective::Groups;
@@ -27,6 +33,12 @@ pub struct Batch {
     pub targets: Option<Tensor>,
     pub old_logp: Option<SuppliedLogp>,
     pub anchor_logp: Option<SuppliedLogp>,
+    /// The rollout engine's per-token log-probs [N, T] (0 where the loss mask is 0).
+    pub rollout_logp: Option<Tensor>,
+    /// Per row: generation stopped at `max_new_tokens`, not at an EOS id or stop sequence.
+    pub truncated: Option<Vec<bool>>,
+    /// The optimizer step of the policy that generated the batch.
+    pub policy_version: Option<u64>,
 }
 
 fn check_binary(name: &str, v: &[u8]) -> Result<()> {
@@ -39,7 +51,7 @@ fn check_binary(name: &str, v: &[u8]) -> Result<()> {
     }
 }
 
-fn check_finite(name: &str, v: &[f64]) -> Result<()> {
+pub(crate) fn check_finite(name: &str, v: &[f64]) -> Result<()> {
     match v.iter().position(|x| !x.is_finite()) {
         Some(i) => Err(Error::new(
             crate::error::Status::NonFinite,
@@ -127,6 +139,9 @@ impl Batch {
             targets: None,
             old_logp: None,
             anchor_logp: None,
+            rollout_logp: None,
+            truncated: None,
+            policy_version: None,
         })
     }
 

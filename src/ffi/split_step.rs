@@ -1,0 +1,117 @@
+//! C ABI of a step in two calls (src/trainer/split_step.rs).
+
+// Section of include/adpo.h: A step in two calls: host-defined losses
+// forward_backward accumulates the gradient of the built-in loss or of the host's own
+// dL/d(token log-prob); optim_step clips and applies it. adpo_trainer_step is the two in one.
+
+use super::args::{check_versioned, require_out, slice, write_versioned};
+use super::batch::{adpo_batch, copy_tensor};
+use super::boundary::call_on;
+use super::error::adpo_error;
+use super::trainer::{adpo_trainer, adpo_trainer_metrics, with_batch};
+use crate::error::{Error, Result, Status};
+use crate::trainer::StepMetrics;
+use tch::Tensor;
+
+/// Runs the policy on `batch` and adds to its gradients: of the configured loss when
+/// `grad_logp` is NULL (what adpo_trainer_step back-propagates), or of the host's loss, given as
+/// dL/d(token log-prob) in `grad_logp` (len = n * t, row-major, aligned with ids; values where
+/// the loss mask is 0 are ignored; finite), the log-probs being those of
+/// adpo_trainer_token_logp. Gradients accumulate across calls until adpo_trainer_optim_step;
+/// a failed call discards what was accumulated since the last optimizer step.
+/// `out_metrics` (may be NULL): this call's metrics (loss NaN for a host loss; grad_norm and lr
+/// NaN until optim_step). One process only: in data-parallel training,
+/// ADPO_STATUS_UNSUPPORTED (use adpo_trainer_step).
+#[no_mangle]
+pub extern "C" fn adpo_trainer_forward_backward(
+    trainer: *mut adpo_trainer,
+    batch: *const adpo_batch,
+    grad_logp: *const f64,
+    len: usize,
+    out_metrics: *mut adpo_trainer_metrics,
+    err: *mut *mut adpo_error,
+) -> Status {
+    call_on(err, trainer as *const adpo_trainer, "trainer", |t| {
+        if !out_metrics.is_null() {
+            check_versioned(out_metrics)?;
+        }
+        let m = with_batch(batch, |b| {
+            let host = match grad_logp.is_null() {
+                true => None,
+                false => Some(host_gradient(
+                    slice(grad_logp, len, "grad_logp")?,
+                    b.n,
+                    b.t,
+                )?),
+            };
+            t.inner.lock().forward_backward(b, host.as_ref())
+        })?;
+        write_metrics(out_metrics, m)
+    })
+}
+
+/// Clips (grad_clip), applies the optimizer update with the gradient accumulated by
+/// adpo_trainer_forward_backward, and updates the anchor (EMA, KL-triggered). Without an
+/// accumulated gradient: ADPO_STATUS_INVALID_ARGUMENT. A NaN or Inf gradient or update is
+/// ADPO_STATUS_NON_FINITE with weights and optimizer state unchanged (the accumulated gradient
+/// is discarded either way). `out_metrics` may be NULL.
+#[no_mangle]
+pub extern "C" fn adpo_trainer_optim_step(
+    trainer: *mut adpo_trainer,
+    out_metrics: *mut adpo_trainer_metrics,
+    err: *mut *mut adpo_error,
+) -> Status {
+    call_on(err, trainer as *const adpo_trainer, "trainer", |t| {
+        if !out_metrics.is_null() {
+            check_versioned(out_metrics)?;
+        }
+        let m = t.inner.lock().optim_step()?;
+        write_metrics(out_metrics, m)
+    })
+}
+
+/// Token log-probs of the batch under the current policy (eval mode, no dropout): len = n * t,
+/// row-major, 0 where the loss mask is 0. What a host loss for adpo_trainer_forward_backward is
+/// a function of.
+#[no_mangle]
+pub extern "C" fn adpo_trainer_token_logp(
+    trainer: *const adpo_trainer,
+    batch: *const adpo_batch,
+    out: *mut f64,
+    len: usize,
+    err: *mut *mut adpo_error,
+) -> Status {
+    call_on(err, trainer, "trainer", |t| {
+        require_out(out, "out")?;
+        let values = with_batch(batch, |b| t.inner.lock().token_logp(b))?.reshape([-1]);
+        copy_tensor(
+            &values.to_kind(tch::Kind::Double),
+            out,
+            len,
+            values.numel(),
+            "out",
+        )
+    })
+}
+
+/// The host's n * t gradient as an [n, t] float64 tensor, checked finite.
+fn host_gradient(values: &[f64], n: usize, t: usize) -> Result<Tensor> {
+    if values.len() != n * t {
+        return Err(Error::shape(format!(
+            "grad_logp has {} entries, expected n * t = {} (one per token)",
+            values.len(),
+            n * t
+        )));
+    }
+    if values.iter().any(|x| !x.is_finite()) {
+        return Err(Error::non_finite("grad_logp"));
+    }
+    Ok(Tensor::from_slice(values).view([n as i64, t as i64]))
+}
+
+fn write_metrics(out: *mut adpo_trainer_metrics, m: StepMetrics) -> Result<()> {
+    if !out.is_null() {
+        write_versioned(out, &adpo_trainer_metrics::from(m))?;
+    }
+    Ok(())
+}
