@@ -220,7 +220,7 @@ impl Trainer {
         match self.objective.level() {
             Level::Tokens => StepWeights {
                 loss: match self.objective.config().aggregation {
-                    Aggregation::Grpo | Aggregation::DrGrpo => rows,
+                    Aggregation::Grpo | Aggregation::DrGrpo | Aggregation::SeqMeanTokenSum => rows,
                     Aggregation::Bnpo | Aggregation::Dapo => tokens,
                 },
                 groups,
