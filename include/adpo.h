@@ -317,6 +317,10 @@ typedef struct adpo_trainer_metrics {
    * Of which spent in collectives (data-parallel training; 0 in one process).
    */
   double reduce_time_ms;
+  /**
+   * Mean token entropy of the policy with an entropy bonus (`entropy_coef` > 0); else NaN.
+   */
+  double policy_entropy;
 } adpo_trainer_metrics;
 
 /**

@@ -60,6 +60,8 @@ pub struct adpo_trainer_metrics {
     pub step_time_ms: f64,
     /// Of which spent in collectives (data-parallel training; 0 in one process).
     pub reduce_time_ms: f64,
+    /// Mean token entropy of the policy with an entropy bonus (`entropy_coef` > 0); else NaN.
+    pub policy_entropy: f64,
 }
 
 impl From<StepMetrics> for adpo_trainer_metrics {
@@ -84,6 +86,7 @@ impl From<StepMetrics> for adpo_trainer_metrics {
             anchor_drift: m.anchor_drift,
             step_time_ms: m.step_time_ms,
             reduce_time_ms: m.reduce_time_ms,
+            policy_entropy: m.policy_entropy,
         }
     }
 }

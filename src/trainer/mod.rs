@@ -187,6 +187,7 @@ impl Trainer {
             anchor_drift: global.drift,
             step_time_ms: start.elapsed().as_secs_f64() * 1e3,
             reduce_time_ms: self.take_reduce_time_ms(),
+            policy_entropy: self.passes.mean_entropy(),
             step: self.optimizer.steps(),
         };
         self.last = Some(m);

@@ -10,6 +10,10 @@
 //! sum_i dL/dvalue_i * value_i. A batch of one micro-batch does it on one forward, whose hidden
 //! states give the values and then take the gradient; with several, a no-grad pass gives every
 //! value first and each micro-batch runs again. Peak memory is one micro-batch.
+//!
+//! The entropy bonus (`entropy_coef`) needs no value: each scored position's entropy gradient
+//! is closed form and its weight, -entropy_coef / (scored tokens of the batch), is known
+//! before the pass, so the head's backward adds it chunk by chunk (chunked::head_backward).
 
 use super::config::TrainerConfig;
 use crate::batch::Batch;
@@ -17,7 +21,8 @@ use crate::error::Result;
 use crate::logprob::{self, chunked, SeqReduce};
 use crate::model::{shared_prefix, Model, SharedPrefix};
 use crate::objective::{Level, Metrics};
-use tch::{Device, Tensor};
+use std::sync::atomic::{AtomicU64, Ordering};
+use tch::{Device, Kind, Tensor};
 
 /// dL/d(values), the objective's metrics and the anchor drift, from detached policy values.
 pub(super) type Evaluation = (Tensor, Metrics, f64);
@@ -29,6 +34,9 @@ pub(super) struct Passes {
     chunk_rows: Option<usize>,
     checkpointed: bool,
     shared_prefix: bool,
+    entropy_coef: f64,
+    /// Mean token entropy of the policy at the last backward (f64 bits; NaN without a bonus).
+    mean_entropy: AtomicU64,
 }
 
 /// One micro-batch on the model's device: ids, attention mask, loss mask, and how its rows
@@ -49,7 +57,32 @@ impl Passes {
             chunk_rows: cfg.logprob_chunk_rows,
             checkpointed: cfg.activation_checkpointing,
             shared_prefix: cfg.shared_prefix,
+            entropy_coef: cfg.entropy_coef,
+            mean_entropy: AtomicU64::new(f64::NAN.to_bits()),
         }
+    }
+
+    /// Mean token entropy of the policy over the batch's scored tokens at the last backward;
+    /// NaN when `entropy_coef` is 0 (it is computed only for the bonus).
+    pub(super) fn mean_entropy(&self) -> f64 {
+        f64::from_bits(self.mean_entropy.load(Ordering::Relaxed))
+    }
+
+    /// The entropy bonus's weight per scored position of `mask` [rows, T], and the batch's
+    /// scored tokens (position 0 is never scored); None without a bonus.
+    fn entropy_weights(&self, batch: &Batch, mask: &Tensor) -> Option<(Tensor, f64)> {
+        if self.entropy_coef == 0.0 {
+            return None;
+        }
+        let all = &batch.loss_mask;
+        let t = all.size()[1];
+        let n = all
+            .narrow(1, 1, t - 1)
+            .ne(0.0)
+            .sum(Kind::Double)
+            .double_value(&[]);
+        let w = mask.ne(0.0).to_kind(Kind::Double) * (-self.entropy_coef / n.max(1.0));
+        Some((w, n))
     }
 
     /// Rows [s, s + l) of the batch, with their shared prefixes planned when sharing is on.
@@ -158,6 +191,8 @@ impl Passes {
             let (ids, mask) = (&r.ids, &r.mask);
             let mut out = None;
             let input = (&r.ids, &r.attn);
+            let bonus = self.entropy_weights(batch, mask);
+            let mut entropy = None;
             policy.backward_through(
                 input,
                 r.shared.as_ref(),
@@ -167,9 +202,14 @@ impl Passes {
                     let (dl, m, d) = evaluate(&self.values(tok, mask))?;
                     out = Some((m, d));
                     let weights = self.token_weights(&dl, mask);
-                    chunked::head_backward(policy, hidden, ids, mask, &weights, rows)
+                    let e = bonus.as_ref().map(|(w, _)| w);
+                    let (grad, h) =
+                        chunked::head_backward(policy, hidden, ids, mask, &weights, e, rows)?;
+                    entropy = h;
+                    Ok(grad)
                 },
             )?;
+            self.record_entropy(entropy.into_iter().collect(), &bonus);
             return Ok(out.expect("the head ran"));
         }
         let values = self.values(
@@ -177,19 +217,40 @@ impl Passes {
             &batch.loss_mask.to_device(device),
         );
         let (dl, m, d) = evaluate(&values)?;
+        let mut entropies = Vec::new();
+        let mut bonus_n = None;
         for (s, l) in parts {
             let r = self.rows(batch, (s, l), device);
             let weights = self.token_weights(&dl.narrow(0, s, l), &r.mask);
+            let bonus = self.entropy_weights(batch, &r.mask);
             let input = (&r.ids, &r.attn);
             policy.backward_through(
                 input,
                 r.shared.as_ref(),
                 self.checkpointed,
                 &mut |hidden| {
-                    chunked::head_backward(policy, hidden, &r.ids, &r.mask, &weights, rows)
+                    let e = bonus.as_ref().map(|(w, _)| w);
+                    let (grad, h) =
+                        chunked::head_backward(policy, hidden, &r.ids, &r.mask, &weights, e, rows)?;
+                    entropies.extend(h);
+                    Ok(grad)
                 },
             )?;
+            bonus_n = bonus;
         }
+        self.record_entropy(entropies, &bonus_n);
         Ok((m, d))
+    }
+
+    /// Keeps the mean entropy from the micro-batches' entropy sums (NaN without a bonus).
+    fn record_entropy(&self, sums: Vec<Tensor>, bonus: &Option<(Tensor, f64)>) {
+        let mean = match bonus {
+            Some((_, n)) if !sums.is_empty() => {
+                let total: f64 = sums.iter().map(|t| t.double_value(&[])).sum();
+                total / n.max(1.0)
+            }
+            _ => f64::NAN,
+        };
+        self.mean_entropy.store(mean.to_bits(), Ordering::Relaxed);
     }
 }

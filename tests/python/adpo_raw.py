@@ -72,6 +72,7 @@ class adpo_trainer_metrics(ctypes.Structure):
         ('anchor_drift', ctypes.c_double),
         ('step_time_ms', ctypes.c_double),
         ('reduce_time_ms', ctypes.c_double),
+        ('policy_entropy', ctypes.c_double),
     ]
 
 

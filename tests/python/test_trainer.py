@@ -318,6 +318,28 @@ def test_metrics_json_matches_struct(models):
     assert set(j) == fields
 
 
+def test_entropy_bonus_metric_and_config(models):
+    """policy_entropy: null without a bonus; with one, the mean next-token entropy over the
+    scored tokens, from PyTorch on the same float64 weights; a negative coefficient is refused."""
+    batch = make_batch(4)
+    tr = A.Trainer(A.Model(models[F64]), None, dict(optimizer=dict(name="sgd", lr=0.1)))
+    tr.step(to_adpo(batch))
+    assert tr.metrics_json()["policy_entropy"] is None
+    model = A.Model(models[F64])
+    tr = A.Trainer(model, None, dict(optimizer=dict(name="sgd", lr=0.1), entropy_coef=0.05))
+    ids = torch.as_tensor(batch.ids)
+    with torch.no_grad():
+        logits = R.logits_of(R.load_model(models[F64]), ids, torch.ones_like(ids))
+    logp = torch.log_softmax(logits[:, :-1].double(), -1)
+    h = -(logp.exp() * logp).sum(-1)
+    scored = torch.as_tensor(batch.loss_mask[:, 1:]).double()
+    want = float((h * scored).sum() / scored.sum())
+    m = tr.step(to_adpo(batch))
+    assert m["policy_entropy"] == pytest.approx(want, rel=1e-10)
+    assert tr.metrics_json()["policy_entropy"] == pytest.approx(want, rel=1e-10)
+    raises(A.INVALID_CONFIG, "entropy_coef", A.Trainer, A.Model(models[F64]), None, dict(entropy_coef=-1.0))
+
+
 # ----------------------------------------------------------------------------- sequence log-probs
 @pytest.mark.parametrize("seq_logp", ["mean", "sum"])
 @pytest.mark.parametrize("name", [F64, F32, QWEN2])

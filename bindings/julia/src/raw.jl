@@ -61,6 +61,7 @@ struct adpo_trainer_metrics
     anchor_drift::Cdouble
     step_time_ms::Cdouble
     reduce_time_ms::Cdouble
+    policy_entropy::Cdouble
 end
 
 adpo_error_message(err) =
