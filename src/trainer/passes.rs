@@ -68,21 +68,27 @@ impl Passes {
         f64::from_bits(self.mean_entropy.load(Ordering::Relaxed))
     }
 
-    /// The entropy bonus's weight per scored position of `mask` [rows, T], and the batch's
-    /// scored tokens (position 0 is never scored); None without a bonus.
-    fn entropy_weights(&self, batch: &Batch, mask: &Tensor) -> Option<(Tensor, f64)> {
-        if self.entropy_coef == 0.0 {
-            return None;
-        }
-        let all = &batch.loss_mask;
-        let t = all.size()[1];
-        let n = all
-            .narrow(1, 1, t - 1)
-            .ne(0.0)
-            .sum(Kind::Double)
-            .double_value(&[]);
-        let w = mask.ne(0.0).to_kind(Kind::Double) * (-self.entropy_coef / n.max(1.0));
-        Some((w, n))
+    /// The batch's scored tokens (position 0 is never scored) when there is an entropy bonus.
+    fn bonus_tokens(&self, batch: &Batch) -> Option<f64> {
+        (self.entropy_coef != 0.0).then(|| {
+            let t = batch.loss_mask.size()[1];
+            let scored = batch.loss_mask.narrow(1, 1, t - 1).ne(0.0);
+            scored.sum(Kind::Double).double_value(&[]).max(1.0)
+        })
+    }
+
+    /// The bonus's weight, -entropy_coef / (scored tokens), on each position of `mask`.
+    fn entropy_weights(&self, mask: &Tensor, tokens: Option<f64>) -> Option<Tensor> {
+        tokens.map(|n| mask.ne(0.0).to_kind(Kind::Double) * (-self.entropy_coef / n))
+    }
+
+    /// Keeps the mean entropy from the micro-batches' entropy sums (NaN without a bonus).
+    fn record_entropy(&self, sums: &[Tensor], tokens: Option<f64>) {
+        let mean = match tokens {
+            Some(n) => sums.iter().map(|t| t.double_value(&[])).sum::<f64>() / n,
+            None => f64::NAN,
+        };
+        self.mean_entropy.store(mean.to_bits(), Ordering::Relaxed);
     }
 
     /// Rows [s, s + l) of the batch, with their shared prefixes planned when sharing is on.
@@ -176,81 +182,99 @@ impl Passes {
         }
     }
 
-    /// Accumulates the policy's gradient of the loss that `evaluate` gives for its values.
+    /// Accumulates the policy's gradient of the loss that `evaluate` gives for its values (and
+    /// of the entropy bonus).
     pub(super) fn backward(
         &self,
         policy: &Model,
         batch: &Batch,
+        evaluate: impl FnMut(&Tensor) -> Result<Evaluation>,
+    ) -> Result<(Metrics, f64)> {
+        let parts = self.micro_batches(batch.n);
+        let bonus = self.bonus_tokens(batch);
+        let mut entropies = Vec::new();
+        let out = if parts.len() == 1 {
+            self.one_pass(policy, batch, parts[0], bonus, &mut entropies, evaluate)?
+        } else {
+            self.two_pass(policy, batch, &parts, bonus, &mut entropies, evaluate)?
+        };
+        self.record_entropy(&entropies, bonus);
+        Ok(out)
+    }
+
+    /// The whole batch in one forward: its hidden states give the values, then the gradient.
+    fn one_pass(
+        &self,
+        policy: &Model,
+        batch: &Batch,
+        part: (i64, i64),
+        bonus: Option<f64>,
+        entropies: &mut Vec<Tensor>,
+        mut evaluate: impl FnMut(&Tensor) -> Result<Evaluation>,
+    ) -> Result<(Metrics, f64)> {
+        let rows = chunked::chunk_rows(self.chunk_rows, policy.vocab());
+        let r = self.rows(batch, part, policy.device());
+        let (ids, mask) = (&r.ids, &r.mask);
+        let e = self.entropy_weights(mask, bonus);
+        let mut out = None;
+        policy.backward_through(
+            (&r.ids, &r.attn),
+            r.shared.as_ref(),
+            self.checkpointed,
+            &mut |hidden| {
+                let tok = chunked::token_logp(policy, hidden, ids, mask, rows)?;
+                let (dl, m, d) = evaluate(&self.values(tok, mask))?;
+                out = Some((m, d));
+                let weights = self.token_weights(&dl, mask);
+                let (grad, h) =
+                    chunked::head_backward(policy, hidden, ids, mask, &weights, e.as_ref(), rows)?;
+                entropies.extend(h);
+                Ok(grad)
+            },
+        )?;
+        Ok(out.expect("the head ran"))
+    }
+
+    /// Every value by a no-grad pass first, then one backward per micro-batch.
+    fn two_pass(
+        &self,
+        policy: &Model,
+        batch: &Batch,
+        parts: &[(i64, i64)],
+        bonus: Option<f64>,
+        entropies: &mut Vec<Tensor>,
         mut evaluate: impl FnMut(&Tensor) -> Result<Evaluation>,
     ) -> Result<(Metrics, f64)> {
         let device = policy.device();
         let rows = chunked::chunk_rows(self.chunk_rows, policy.vocab());
-        let parts = self.micro_batches(batch.n);
-        if parts.len() == 1 {
-            let r = self.rows(batch, parts[0], device);
-            let (ids, mask) = (&r.ids, &r.mask);
-            let mut out = None;
-            let input = (&r.ids, &r.attn);
-            let bonus = self.entropy_weights(batch, mask);
-            let mut entropy = None;
-            policy.backward_through(
-                input,
-                r.shared.as_ref(),
-                self.checkpointed,
-                &mut |hidden| {
-                    let tok = chunked::token_logp(policy, hidden, ids, mask, rows)?;
-                    let (dl, m, d) = evaluate(&self.values(tok, mask))?;
-                    out = Some((m, d));
-                    let weights = self.token_weights(&dl, mask);
-                    let e = bonus.as_ref().map(|(w, _)| w);
-                    let (grad, h) =
-                        chunked::head_backward(policy, hidden, ids, mask, &weights, e, rows)?;
-                    entropy = h;
-                    Ok(grad)
-                },
-            )?;
-            self.record_entropy(entropy.into_iter().collect(), &bonus);
-            return Ok(out.expect("the head ran"));
-        }
         let values = self.values(
             self.tokens_no_grad(policy, batch)?,
             &batch.loss_mask.to_device(device),
         );
         let (dl, m, d) = evaluate(&values)?;
-        let mut entropies = Vec::new();
-        let mut bonus_n = None;
-        for (s, l) in parts {
+        for &(s, l) in parts {
             let r = self.rows(batch, (s, l), device);
             let weights = self.token_weights(&dl.narrow(0, s, l), &r.mask);
-            let bonus = self.entropy_weights(batch, &r.mask);
-            let input = (&r.ids, &r.attn);
+            let e = self.entropy_weights(&r.mask, bonus);
             policy.backward_through(
-                input,
+                (&r.ids, &r.attn),
                 r.shared.as_ref(),
                 self.checkpointed,
                 &mut |hidden| {
-                    let e = bonus.as_ref().map(|(w, _)| w);
-                    let (grad, h) =
-                        chunked::head_backward(policy, hidden, &r.ids, &r.mask, &weights, e, rows)?;
+                    let (grad, h) = chunked::head_backward(
+                        policy,
+                        hidden,
+                        &r.ids,
+                        &r.mask,
+                        &weights,
+                        e.as_ref(),
+                        rows,
+                    )?;
                     entropies.extend(h);
                     Ok(grad)
                 },
             )?;
-            bonus_n = bonus;
         }
-        self.record_entropy(entropies, &bonus_n);
         Ok((m, d))
-    }
-
-    /// Keeps the mean entropy from the micro-batches' entropy sums (NaN without a bonus).
-    fn record_entropy(&self, sums: Vec<Tensor>, bonus: &Option<(Tensor, f64)>) {
-        let mean = match bonus {
-            Some((_, n)) if !sums.is_empty() => {
-                let total: f64 = sums.iter().map(|t| t.double_value(&[])).sum();
-                total / n.max(1.0)
-            }
-            _ => f64::NAN,
-        };
-        self.mean_entropy.store(mean.to_bits(), Ordering::Relaxed);
     }
 }
