@@ -202,6 +202,10 @@ def test_explicit_targets_match_reference(mod, seed):
     compare({**MODIFIERS[mod]}, case, targets=targets)
     # top1 loss on explicit targets: one-hot on the largest target
     compare({"loss": "top1", **MODIFIERS[mod]}, case, targets=targets)
+    # cltr ranks (or, without the Gaussian rank, centres) the explicit targets
+    compare({"loss": "cltr", "pl_ties": "stable", **MODIFIERS[mod]}, case, targets=targets)
+    compare({"loss": "cltr", "cltr_gaussian_rank": False, "reward_transform": "raw", **MODIFIERS[mod]}, case,
+            targets=targets)
 
 
 @pytest.mark.parametrize("seed", [6, 7, 8])
