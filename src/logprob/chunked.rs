@@ -8,7 +8,8 @@
 //! place into dL/dlogits = w * (onehot - softmax), which gives the head's gradient
 //! (dlogits^T h, added into its .grad) and the hidden states' (dlogits W); one [rows, V]
 //! buffer per chunk, where autograd would hold three or four. `Model::backward_through` then
-//! back-propagates the hidden states' gradient once into the model.
+//! back-propagates the hidden states' gradient once into the model. An entropy bonus adds its
+//! closed-form gradient e dH/dz = -e p (log p + H) to the same buffer (one more, p, per chunk).
 
 use crate::error::Result;
 use crate::model::{Head, Model};
@@ -199,8 +200,8 @@ pub fn head_backward(
     Ok((grad_h.view([b, t, -1]), entropy_sum))
 }
 
-/// Turns logits z [len, V] in place into d(e H(z) - w softmax(z)) / dz, the onehot term of the
-/// log-prob left to the caller: with dH/dz = -p (log p + H), that is -p (e (log p + H) + w).
+/// Turns logits z [len, V] in place into d(e H(z) + w log p_next) / dz less its onehot term
+/// w e_next (the caller adds it): with dH/dz = -p (log p + H), that is -p (e (log p + H) + w).
 /// Returns H [len]. Two [len, V] buffers: log p in place of z, and p.
 fn entropy_gradient_in_place(z: &mut Tensor, e: &Tensor, w: &Tensor) -> Tensor {
     let dim = [1i64];
