@@ -305,3 +305,27 @@ for rr in ([1, 0, 0, 0, 0, 0, 0, 0], [1, 1, 1, 1, 0, 0, 0, 0], [1, 0, -0.05, 0, 
     print("  GRPO A =", fmt(A))
     print("  q =", fmt(q), " H/log8 =", fmt(Hn), " tau =", fmt(t))
     print("  dL/dell (s=0) =", fmt(w), " loss =", fmt(math.log(8)))
+
+
+# ---------------------------- V13 CLTR (wk222/verlm a5ec9ae2, loss_variant "cltr"; u_old = 0)
+from statistics import NormalDist  # noqa: E402  (the probit, numpy having none)
+
+
+def cltr(s, r, beta, eta=0.5, eps_tr=0.15):
+    """Loss and dL/ds of one group: centred s regressed onto the RMS-shrunk Gaussian rank."""
+    k = len(s)
+    ranks = np.argsort(np.argsort(r, kind="stable"), kind="stable")  # lowest reward: 0
+    p = np.clip((ranks + 0.5) / k, 1e-6, 1 - 1e-6)
+    r_hat = np.array([NormalDist().inv_cdf(x) for x in p])
+    soft = (r_hat - r_hat.mean()) / (beta + eta)
+    c = min(1.0, eps_tr / math.sqrt(np.mean(soft ** 2) + 1e-8))
+    e = (s - s.mean()) - c * soft
+    return 0.5 * float(np.mean(e ** 2)), (e - e.mean()) / k
+
+
+print("\n== V13 CLTR on V1's group (r =", fmt(r1), ", tau = beta = 0.8, eta = 0.5)")
+for eps_tr in (0.15, 10.0):
+    L, g_s = cltr(s, r1, tau, eps_tr=eps_tr)
+    g = g_s / tau  # dL/dell = dL/ds / tau
+    check(f"V13 eps_tr={eps_tr}", g, lambda x: cltr((x - ell_ref) / tau, r1, tau, eps_tr=eps_tr)[0], ell)
+    print(f"eps_tr={eps_tr}: loss={fmt(L)} dL/dell={fmt(g)}")

@@ -350,6 +350,10 @@ typedef struct adpo_trainer_metrics {
    * Fraction of loss-masked tokens the rejection (rollout_rs) removed.
    */
   double rollout_frac_rejected;
+  /**
+   * Mean token entropy of the policy with an entropy bonus (`entropy_coef` > 0); else NaN.
+   */
+  double policy_entropy;
 } adpo_trainer_metrics;
 
 /**

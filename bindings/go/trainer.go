@@ -80,23 +80,24 @@ func (t *Trainer) release() {
 
 // TrainerMetrics are the metrics of a step. Values that do not apply to the loss are NaN.
 type TrainerMetrics struct {
-	Step         uint64  // optimizer steps taken so far
-	Loss         float64 // objective loss at the last epoch's evaluation
-	Entropy      float64 // mean entropy of p~ = softmax(s)
-	KLTarget     float64 // mean KL(q || p~)
-	WinMass      float64 // mean p~ mass on the best-reward candidate(s)
-	MeanAbsScore float64
-	MaxAbsScore  float64
-	Tau          float64 // mean temperature used
-	ClipFraction float64 // GRPO: fraction of tokens on the clipped branch
-	AnchorKL     float64 // mean k3 estimate of KL(policy || anchor)
-	Groups       uint64  // counted groups (size >= 2)
-	GradNorm     float64 // global gradient norm before clipping
-	LR           float64 // learning rate of the last optimizer step
-	Tokens       float64 // loss-masked tokens in the batch
-	AnchorDrift  float64 // mean |l - l_anchor|
-	StepTimeMs   float64 // wall time of the step in milliseconds
-	ReduceTimeMs float64 // of which spent in collectives (data-parallel training; 0 in one process)
+	Step          uint64  // optimizer steps taken so far
+	Loss          float64 // objective loss at the last epoch's evaluation
+	Entropy       float64 // mean entropy of p~ = softmax(s)
+	KLTarget      float64 // mean KL(q || p~)
+	WinMass       float64 // mean p~ mass on the best-reward candidate(s)
+	MeanAbsScore  float64
+	MaxAbsScore   float64
+	Tau           float64 // mean temperature used
+	ClipFraction  float64 // GRPO: fraction of tokens on the clipped branch
+	AnchorKL      float64 // mean k3 estimate of KL(policy || anchor)
+	Groups        uint64  // counted groups (size >= 2)
+	GradNorm      float64 // global gradient norm before clipping
+	LR            float64 // learning rate of the last optimizer step
+	Tokens        float64 // loss-masked tokens in the batch
+	AnchorDrift   float64 // mean |l - l_anchor|
+	StepTimeMs    float64 // wall time of the step in milliseconds
+	ReduceTimeMs  float64 // of which spent in collectives (data-parallel training; 0 in one process)
+	PolicyEntropy float64 // mean token entropy of the policy with an entropy bonus (entropy_coef > 0); else NaN
 }
 
 // Step takes one ADPO step on batch (epochs_per_batch optimizer updates) and returns its
@@ -121,23 +122,24 @@ func (t *Trainer) Step(batch *Batch) (TrainerMetrics, error) {
 		return TrainerMetrics{}, err
 	}
 	return TrainerMetrics{
-		Step:         uint64(m.step),
-		Loss:         float64(m.loss),
-		Entropy:      float64(m.entropy),
-		KLTarget:     float64(m.kl_target),
-		WinMass:      float64(m.win_mass),
-		MeanAbsScore: float64(m.mean_abs_score),
-		MaxAbsScore:  float64(m.max_abs_score),
-		Tau:          float64(m.tau),
-		ClipFraction: float64(m.clip_fraction),
-		AnchorKL:     float64(m.anchor_kl),
-		Groups:       uint64(m.groups),
-		GradNorm:     float64(m.grad_norm),
-		LR:           float64(m.lr),
-		Tokens:       float64(m.tokens),
-		AnchorDrift:  float64(m.anchor_drift),
-		StepTimeMs:   float64(m.step_time_ms),
-		ReduceTimeMs: float64(m.reduce_time_ms),
+		Step:          uint64(m.step),
+		Loss:          float64(m.loss),
+		Entropy:       float64(m.entropy),
+		KLTarget:      float64(m.kl_target),
+		WinMass:       float64(m.win_mass),
+		MeanAbsScore:  float64(m.mean_abs_score),
+		MaxAbsScore:   float64(m.max_abs_score),
+		Tau:           float64(m.tau),
+		ClipFraction:  float64(m.clip_fraction),
+		AnchorKL:      float64(m.anchor_kl),
+		Groups:        uint64(m.groups),
+		GradNorm:      float64(m.grad_norm),
+		LR:            float64(m.lr),
+		Tokens:        float64(m.tokens),
+		AnchorDrift:   float64(m.anchor_drift),
+		StepTimeMs:    float64(m.step_time_ms),
+		ReduceTimeMs:  float64(m.reduce_time_ms),
+		PolicyEntropy: float64(m.policy_entropy),
 	}, nil
 }
 

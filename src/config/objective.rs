@@ -18,6 +18,8 @@ pub enum LossKind {
     Top1,
     /// DPO baseline (docs/MATH.md §4.3): -log sigma(beta * Delta), beta = 1/tau, hard labels, pairs.
     Dpo,
+    /// Centred log-ratio trust-region regression (docs/MATH.md §4.9; verl fork's `cltr`).
+    Cltr,
     /// GRPO baseline (docs/MATH.md §8): token-level, through the token entry point only.
     Grpo,
 }
@@ -60,10 +62,12 @@ pub enum Aggregation {
     Grpo,
     /// Mean over all unmasked tokens.
     Bnpo,
-    /// Token sum / (number of sequences * T).
+    /// Token sum / (number of sequences * L): L = `max_completion_length`, else the width T.
     DrGrpo,
     /// Token sum / number of unmasked tokens of the batch (TRL's default).
     Dapo,
+    /// Token sum of each sequence, then mean over sequences (verl `seq-mean-token-sum`).
+    SeqMeanTokenSum,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -117,7 +121,8 @@ options! {
     /// The objective's options (README "Objective configuration"); defaults from docs/MATH.md §0.
     pub struct ObjectiveConfig {
         /// `listwise`, `pairwise` (groups of exactly 2), `plackett_luce`, `top1`, `dpo` (pairs,
-        /// hard labels, β = 1/τ), `grpo` (token level: `adpo_objective_eval_tokens`)
+        /// hard labels, β = 1/τ), `cltr` (docs/MATH.md §4.9), `grpo` (token level:
+        /// `adpo_objective_eval_tokens`)
         loss: LossKind = r#""listwise""#;
         /// anchoring temperature τ
         tau: f64 = "0.8", range Range::POSITIVE;
@@ -151,17 +156,35 @@ options! {
         pl_label_smoothing: f64 = "0", range Range::UNIT;
         /// Plackett-Luce: poly-loss ε
         pl_poly_eps: f64 = "0", range Range::NON_NEGATIVE;
-        /// Plackett-Luce ties: `random` (seeded) or `stable` (by index)
+        /// ties of the reward ranking (Plackett-Luce, CLTR's Gaussian rank): `random` (seeded)
+        /// or `stable` (by index)
         pl_ties: PlTies = r#""random""#;
+        /// CLTR: the target direction is the centred Gaussian rank of the rewards (true) or the
+        /// centred `reward_transform` of them (false)
+        cltr_gaussian_rank: bool = "true";
+        /// CLTR: β of the soft target A/(β + η); null = the group's τ
+        cltr_beta: Option<f64> = "null", range Range::POSITIVE;
+        /// CLTR: η of A/(β + η), the fork's weight of its proximal anchor (absent here: η only
+        /// shrinks the target)
+        cltr_eta: f64 = "0.5", range Range::NON_NEGATIVE;
+        /// CLTR: the RMS trust-region radius ε_tr of the target
+        cltr_epsilon_tr: f64 = "0.15", range Range::POSITIVE;
         /// GRPO clip range [1 − ε, 1 + ε_high]: ε
         clip_eps: f64 = "0.2", range Range::new(Bound::Open(0.0), Bound::Open(1.0));
         /// GRPO: ε_high; null = `clip_eps`
         clip_eps_high: Option<f64> = "null", range Range::POSITIVE;
+        /// GRPO dual clip (verl `clip_ratio_c`, > 1): for A < 0 the token loss is at most
+        /// −c·A; null = off
+        clip_ratio_c: Option<f64> = "null", range Range::new(Bound::Open(1.0), Bound::None);
         /// GRPO k3 KL weight (needs `ref_logp`: in the trainer, the reference model, or the
         /// base of a LoRA policy)
         beta_kl: f64 = "0", range Range::NON_NEGATIVE;
-        /// GRPO: `grpo`, `bnpo`, `dr_grpo`, `dapo` (in one call `dapo` = `bnpo`)
+        /// GRPO: `grpo`, `bnpo`, `dr_grpo`, `dapo` (in one call `dapo` = `bnpo`),
+        /// `seq_mean_token_sum` (verl's name)
         aggregation: Aggregation = r#""dapo""#;
+        /// GRPO `dr_grpo`: the constant L of token sum / (B·L) (TRL `max_completion_length`);
+        /// null = the batch's buffer width T
+        max_completion_length: Option<u32> = "null", range Range::AT_LEAST_ONE;
         /// GRPO: `token` or `sequence` (GSPO)
         ratio_level: RatioLevel = r#""token""#;
         /// seed of the random tie breaking
@@ -188,6 +211,12 @@ impl ObjectiveConfig {
     /// The declared ranges, and adaptive_tau's own.
     pub fn validate(&self) -> Result<()> {
         self.check_ranges()?;
+        if self.max_completion_length.is_some() && self.aggregation != Aggregation::DrGrpo {
+            return Err(Error::config(format!(
+                "max_completion_length is the divisor of aggregation \"dr_grpo\"; aggregation is {:?}",
+                self.aggregation
+            )));
+        }
         match self.adaptive_tau {
             None => Ok(()),
             Some(AdaptiveTau::TargetEntropy { alpha, tau_min }) => {
@@ -267,6 +296,12 @@ mod tests {
             (r#"{"clip_eps": 1.5}"#, "clip_eps"),
             (r#"{"pl_top_k": 0}"#, "pl_top_k"),
             (r#"{"pl_label_smoothing": 1.0}"#, "pl_label_smoothing"),
+            (r#"{"clip_ratio_c": 1.0}"#, "clip_ratio_c"),
+            (
+                r#"{"aggregation": "dr_grpo", "max_completion_length": 0}"#,
+                "max_completion_length",
+            ),
+            (r#"{"max_completion_length": 64}"#, "max_completion_length"),
         ] {
             let e = ObjectiveConfig::from_json(json).unwrap_err();
             assert!(e.message.contains(word), "{json}: {}", e.message);

@@ -77,6 +77,8 @@ pub struct adpo_trainer_metrics {
     pub rollout_max_ratio: f64,
     /// Fraction of loss-masked tokens the rejection (rollout_rs) removed.
     pub rollout_frac_rejected: f64,
+    /// Mean token entropy of the policy with an entropy bonus (`entropy_coef` > 0); else NaN.
+    pub policy_entropy: f64,
 }
 
 impl From<StepMetrics> for adpo_trainer_metrics {
@@ -109,6 +111,7 @@ impl From<StepMetrics> for adpo_trainer_metrics {
             rollout_frac_outside: m.rollout.rollout_frac_outside,
             rollout_max_ratio: m.rollout.rollout_max_ratio,
             rollout_frac_rejected: m.rollout.rollout_frac_rejected,
+            policy_entropy: m.policy_entropy,
         }
     }
 }

@@ -8,7 +8,8 @@
 //! place into dL/dlogits = w * (onehot - softmax), which gives the head's gradient
 //! (dlogits^T h, added into its .grad) and the hidden states' (dlogits W); one [rows, V]
 //! buffer per chunk, where autograd would hold three or four. `Model::backward_through` then
-//! back-propagates the hidden states' gradient once into the model.
+//! back-propagates the hidden states' gradient once into the model. An entropy bonus adds its
+//! closed-form gradient e dH/dz = -e p (log p + H) to the same buffer (one more, p, per chunk).
 
 use crate::error::Result;
 use crate::model::{Head, Model};
@@ -146,33 +147,49 @@ pub fn token_entropy(
     })
 }
 
-/// Back-propagates sum(weights * token log-probs) into the head's weight, a chunk at a time,
-/// and returns the gradient with respect to `hidden` [B, T, H].
+/// Back-propagates sum(weights * token log-probs) + sum(entropy_weights * token entropies)
+/// into the head's weight, a chunk at a time, and returns the gradient with respect to
+/// `hidden` [B, T, H] and, with entropy weights, the sum of the scored positions' entropies
+/// (a 0-d tensor, read once by the caller).
 pub fn head_backward(
     model: &Model,
     hidden: &Tensor,
     ids: &Tensor,
     loss_mask: &Tensor,
     weights: &Tensor,
+    entropy_weights: Option<&Tensor>,
     rows: i64,
-) -> Result<Tensor> {
+) -> Result<(Tensor, Option<Tensor>)> {
     let (b, t) = (ids.size()[0], ids.size()[1]);
     let (s, kind, head) = (scored(loss_mask), logp_kind(model), model.head());
     let flat_hidden = hidden.detach().reshape([b * t, -1]);
     let (flat_ids, flat_w) = (ids.reshape([-1]), weights.reshape([-1]));
+    let flat_e = entropy_weights.map(|e| e.reshape([-1]));
     let grad_w = head.weight_grad();
     let mut grad_h = flat_hidden.zeros_like();
+    let mut entropy_sum = flat_e
+        .as_ref()
+        .map(|_| Tensor::zeros([], (kind, ids.device())));
     tch::no_grad(|| -> Result<()> {
         for range in ranges(s.token_at.size()[0], rows) {
             let (h, next, mut dlogits) =
                 chunk_logits(&head, kind, &flat_hidden, &flat_ids, &s, range)?;
-            let w = flat_w
-                .index_select(0, &s.token_at.narrow(0, range.0, range.1))
-                .to_kind(kind)
-                .unsqueeze(1);
-            // d(w * log softmax(z)[next]) / dz = w * (onehot(next) - softmax(z)).
-            let _ = softmax_in_place(&mut dlogits);
-            dlogits *= -&w;
+            let at_token = s.token_at.narrow(0, range.0, range.1);
+            let pick = |x: &Tensor| x.index_select(0, &at_token).to_kind(kind).unsqueeze(1);
+            let w = pick(&flat_w);
+            match &flat_e {
+                None => {
+                    // d(w * log softmax(z)[next]) / dz = w * (onehot(next) - softmax(z)).
+                    let _ = softmax_in_place(&mut dlogits);
+                    dlogits *= -&w;
+                }
+                Some(e) => {
+                    let ent = entropy_gradient_in_place(&mut dlogits, &pick(e), &w);
+                    if let Some(sum) = entropy_sum.as_mut() {
+                        *sum += ent.sum(kind);
+                    }
+                }
+            }
             let _ = dlogits.scatter_add_(1, &next, &w);
             let at = s.hidden_at.narrow(0, range.0, range.1);
             let dh = head.backward_chunk(&dlogits, &h, grad_w.as_ref())?;
@@ -180,5 +197,25 @@ pub fn head_backward(
         }
         Ok(())
     })?;
-    Ok(grad_h.view([b, t, -1]))
+    Ok((grad_h.view([b, t, -1]), entropy_sum))
+}
+
+/// Turns logits z [len, V] in place into d(e H(z) + w log p_next) / dz less its onehot term
+/// w e_next (the caller adds it): with dH/dz = -p (log p + H), that is -p (e (log p + H) + w).
+/// Returns H [len]. Two [len, V] buffers: log p in place of z, and p.
+fn entropy_gradient_in_place(z: &mut Tensor, e: &Tensor, w: &Tensor) -> Tensor {
+    let dim = [1i64];
+    *z -= z.amax(dim.as_slice(), true);
+    let mut p = z.exp();
+    let sum = p.sum_dim_intlist(dim.as_slice(), true, z.kind());
+    p /= &sum;
+    *z -= sum.log();
+    // H = -sum p log p, one dot product per row (no third [len, V] buffer).
+    let h = -p.unsqueeze(1).bmm(&z.unsqueeze(2)).view([-1]);
+    *z += h.unsqueeze(1);
+    *z *= e;
+    *z += w;
+    *z *= &p;
+    let _ = z.neg_();
+    h
 }

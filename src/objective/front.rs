@@ -120,6 +120,15 @@ impl Objective {
         if binary.int64_value(&[]) == 0 {
             return Err(Error::invalid("mask must hold only 0 and 1"));
         }
+        if let Some(l) = self.cfg.max_completion_length {
+            // dr_grpo's constant divisor is meant to bound every completion (TRL).
+            let longest = mask.sum_dim_intlist(1, false, kind).max().double_value(&[]);
+            if longest > f64::from(l) {
+                return Err(Error::invalid(format!(
+                    "a row has {longest} masked-in tokens, more than max_completion_length = {l}"
+                )));
+            }
+        }
         check_tensor("rewards", inputs.rewards, &[n], device)?;
         Ok((kind, mask))
     }

@@ -1,6 +1,7 @@
 //! The ADPO objective, model-free: anchored scores, targets, every loss variant, adaptive tau,
 //! the DPO and GRPO baselines, with closed-form gradients. Pure tensor math on any device.
 
+pub mod cltr;
 mod column;
 mod fast_exp;
 mod front;

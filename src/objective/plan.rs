@@ -50,6 +50,7 @@ impl LossPlan {
                 true,
                 TargetRule::Top1 { smoothing: 0.0 },
             ),
+            LossKind::Cltr => ("cltr", Level::Sequence, false, configured),
             LossKind::Grpo => ("grpo", Level::Tokens, false, configured),
         };
         LossPlan {

@@ -1,12 +1,12 @@
 //! The sequence-level objective as tensor operations (any device and dtype), block by block of
-//! the padded layout (`layout.rs`): targets, per-group tau, anchored scores, the listwise or
-//! Plackett-Luce loss and its gradient, the k3 anchor penalty, and every metric summed over
+//! the padded layout (`layout.rs`): targets, per-group tau, anchored scores, the listwise,
+//! Plackett-Luce or CLTR loss and its gradient, the k3 anchor penalty, and every metric summed over
 //! blocks in one host transfer.
 
 use super::front::Checked;
 use super::layout::{Blocks, Layout};
 use super::targets::{self, TargetRule};
-use super::{listwise, plackett_luce, scores, temperature, EvalOutput, Metrics, Objective};
+use super::{cltr, listwise, plackett_luce, scores, temperature, EvalOutput, Metrics, Objective};
 use crate::config::{LossKind, ObjectiveConfig, PlTies};
 use crate::error::{Error, Result};
 use tch::{Device, Kind, Tensor};
@@ -92,15 +92,18 @@ impl Objective {
         let s0 = l.gather(s, 0.0);
         let s_inf = s0.masked_fill(&l.mask.logical_not(), f64::NEG_INFINITY);
         let (listwise, p) = listwise::listwise(&s_inf, &s0, &t.q);
-        let group = if cfg.loss == LossKind::PlackettLuce {
+        let ranked = matches!(cfg.loss, LossKind::PlackettLuce | LossKind::Cltr);
+        let order = ranked.then(|| {
             let tie_keys = match cfg.pl_ties {
                 PlTies::Stable => None,
                 PlTies::Random => Some(self.tie_keys(l, s.device())),
             };
-            let order = plackett_luce::ranking(&t.keys, l, tie_keys.as_ref());
-            plackett_luce::plackett_luce(cfg, &s0, &order, l)
-        } else {
-            listwise
+            plackett_luce::ranking(&t.keys, l, tie_keys.as_ref())
+        });
+        let group = match (cfg.loss, &order) {
+            (LossKind::PlackettLuce, Some(o)) => plackett_luce::plackett_luce(cfg, &s0, o, l),
+            (LossKind::Cltr, Some(o)) => cltr::cltr(cfg, &s0, &t.keys, o, tau, l),
+            _ => listwise,
         };
         let real = l.mask.to_kind(kind);
         let abs_s = s0.abs() * &real;

@@ -54,6 +54,10 @@ options! {
         shared_prefix: bool = "true";
         /// optimizer updates per batch, the anchor held
         epochs_per_batch: u32 = "1", range Range::AT_LEAST_ONE;
+        /// entropy bonus (verl `entropy_coeff`), any loss: loss − coef · (mean token entropy of
+        /// the policy over the batch's scored tokens), computed chunk by chunk in the head's
+        /// backward; reported as `policy_entropy` (null when 0)
+        entropy_coef: f64 = "0", range Range::NON_NEGATIVE;
         /// sampling generator and Plackett-Luce ties
         seed: u64 = "0";
         /// `fixed` (reference model, or the batch's `anchor_logp`), `on_policy` (the batch's

@@ -29,6 +29,10 @@ pub struct StepMetrics {
     /// Of which spent in collectives (data-parallel training; 0 in one process).
     #[serde(serialize_with = "finite_or_null")]
     pub reduce_time_ms: f64,
+    /// Mean token entropy of the policy over the batch's scored tokens at the last epoch's
+    /// backward, with an entropy bonus (`entropy_coef` > 0); NaN (null) without one.
+    #[serde(serialize_with = "finite_or_null")]
+    pub policy_entropy: f64,
     /// Optimizer steps taken so far.
     pub step: u64,
     /// What the batch filters saw (this rank's batch).

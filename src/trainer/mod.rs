@@ -204,6 +204,7 @@ impl Trainer {
             anchor_drift: global.drift,
             step_time_ms: start.elapsed().as_secs_f64() * 1e3,
             reduce_time_ms: self.take_reduce_time_ms(),
+            policy_entropy: self.passes.mean_entropy(),
             step: self.optimizer.steps(),
         };
         self.last = Some(m);
@@ -254,7 +255,7 @@ impl Trainer {
         match self.objective.level() {
             Level::Tokens => StepWeights {
                 loss: match self.objective.config().aggregation {
-                    Aggregation::Grpo | Aggregation::DrGrpo => rows,
+                    Aggregation::Grpo | Aggregation::DrGrpo | Aggregation::SeqMeanTokenSum => rows,
                     Aggregation::Bnpo | Aggregation::Dapo => tokens,
                 },
                 groups,

@@ -10,6 +10,10 @@
 //! sum_i dL/dvalue_i * value_i. A batch of one micro-batch does it on one forward, whose hidden
 //! states give the values and then take the gradient; with several, a no-grad pass gives every
 //! value first and each micro-batch runs again. Peak memory is one micro-batch.
+//!
+//! The entropy bonus (`entropy_coef`) needs no value: each scored position's entropy gradient
+//! is closed form and its weight, -entropy_coef / (scored tokens of the batch), is known
+//! before the pass, so the head's backward adds it chunk by chunk (chunked::head_backward).
 
 use super::config::TrainerConfig;
 use crate::batch::Batch;
@@ -17,7 +21,8 @@ use crate::error::Result;
 use crate::logprob::{self, chunked, SeqReduce};
 use crate::model::{shared_prefix, Model, SharedPrefix};
 use crate::objective::{Level, Metrics};
-use tch::{Device, Tensor};
+use std::sync::atomic::{AtomicU64, Ordering};
+use tch::{Device, Kind, Tensor};
 
 /// dL/d(values), the objective's metrics and the anchor drift, from detached policy values.
 pub(super) type Evaluation = (Tensor, Metrics, f64);
@@ -29,6 +34,29 @@ pub(super) struct Passes {
     chunk_rows: Option<usize>,
     checkpointed: bool,
     shared_prefix: bool,
+    entropy_coef: f64,
+    /// Mean token entropy of the policy at the last backward (f64 bits; NaN without a bonus).
+    mean_entropy: AtomicU64,
+}
+
+/// What one backward adds to the loss's token weights: the rollout correction's factor [N, T]
+/// and the entropy bonus's coefficient per token.
+struct Extras<'a> {
+    factor: Option<&'a Tensor>,
+    bonus: Option<f64>,
+}
+
+impl Extras<'_> {
+    /// Token weights of rows [s, s + l) times the correction's factor there.
+    fn weigh(&self, w: Tensor, (s, l): (i64, i64)) -> Tensor {
+        match self.factor {
+            Some(f) => {
+                let f = f.narrow(0, s, l).to_device(w.device()).to_kind(w.kind());
+                w * f
+            }
+            None => w,
+        }
+    }
 }
 
 /// One micro-batch on the model's device: ids, attention mask, loss mask, and how its rows
@@ -49,7 +77,47 @@ impl Passes {
             chunk_rows: cfg.logprob_chunk_rows,
             checkpointed: cfg.activation_checkpointing,
             shared_prefix: cfg.shared_prefix,
+            entropy_coef: cfg.entropy_coef,
+            mean_entropy: AtomicU64::new(f64::NAN.to_bits()),
         }
+    }
+
+    /// The passes of a host's own gradient dL/d(token log-prob): token level, and no entropy
+    /// bonus (the host's loss is the whole loss).
+    pub(super) fn for_host_gradient(cfg: &TrainerConfig) -> Passes {
+        Passes {
+            entropy_coef: 0.0,
+            ..Passes::new(cfg, Level::Tokens)
+        }
+    }
+
+    /// Mean token entropy of the policy over the batch's scored tokens at the last backward;
+    /// NaN when `entropy_coef` is 0 (it is computed only for the bonus).
+    pub(super) fn mean_entropy(&self) -> f64 {
+        f64::from_bits(self.mean_entropy.load(Ordering::Relaxed))
+    }
+
+    /// The batch's scored tokens (position 0 is never scored) when there is an entropy bonus.
+    fn bonus_tokens(&self, batch: &Batch) -> Option<f64> {
+        (self.entropy_coef != 0.0).then(|| {
+            let t = batch.loss_mask.size()[1];
+            let scored = batch.loss_mask.narrow(1, 1, t - 1).ne(0.0);
+            scored.sum(Kind::Double).double_value(&[]).max(1.0)
+        })
+    }
+
+    /// The bonus's weight, -entropy_coef / (scored tokens), on each position of `mask`.
+    fn entropy_weights(&self, mask: &Tensor, tokens: Option<f64>) -> Option<Tensor> {
+        tokens.map(|n| mask.ne(0.0).to_kind(Kind::Double) * (-self.entropy_coef / n))
+    }
+
+    /// Keeps the mean entropy from the micro-batches' entropy sums (NaN without a bonus).
+    fn record_entropy(&self, sums: &[Tensor], tokens: Option<f64>) {
+        let mean = match tokens {
+            Some(n) => sums.iter().map(|t| t.double_value(&[])).sum::<f64>() / n,
+            None => f64::NAN,
+        };
+        self.mean_entropy.store(mean.to_bits(), Ordering::Relaxed);
     }
 
     /// Rows [s, s + l) of the batch, with their shared prefixes planned when sharing is on.
@@ -143,59 +211,101 @@ impl Passes {
         }
     }
 
-    /// Accumulates the policy's gradient of the loss that `evaluate` gives for its values.
+    /// Accumulates the policy's gradient of the loss that `evaluate` gives for its values (and
+    /// of the entropy bonus).
     /// `factor` [N, T] (the rollout correction's token weights) multiplies dL/d(token log-prob).
     pub(super) fn backward(
         &self,
         policy: &Model,
         batch: &Batch,
         factor: Option<&Tensor>,
+        evaluate: impl FnMut(&Tensor) -> Result<Evaluation>,
+    ) -> Result<(Metrics, f64)> {
+        let parts = self.micro_batches(batch.n);
+        let x = Extras {
+            factor,
+            bonus: self.bonus_tokens(batch),
+        };
+        let mut entropies = Vec::new();
+        let out = if parts.len() == 1 {
+            self.one_pass(policy, batch, parts[0], &x, &mut entropies, evaluate)?
+        } else {
+            self.two_pass(policy, batch, &parts, &x, &mut entropies, evaluate)?
+        };
+        self.record_entropy(&entropies, x.bonus);
+        Ok(out)
+    }
+
+    /// The whole batch in one forward: its hidden states give the values, then the gradient.
+    fn one_pass(
+        &self,
+        policy: &Model,
+        batch: &Batch,
+        part: (i64, i64),
+        x: &Extras,
+        entropies: &mut Vec<Tensor>,
+        mut evaluate: impl FnMut(&Tensor) -> Result<Evaluation>,
+    ) -> Result<(Metrics, f64)> {
+        let rows = chunked::chunk_rows(self.chunk_rows, policy.vocab());
+        let r = self.rows(batch, part, policy.device());
+        let (ids, mask) = (&r.ids, &r.mask);
+        let e = self.entropy_weights(mask, x.bonus);
+        let mut out = None;
+        policy.backward_through(
+            (&r.ids, &r.attn),
+            r.shared.as_ref(),
+            self.checkpointed,
+            &mut |hidden| {
+                let tok = chunked::token_logp(policy, hidden, ids, mask, rows)?;
+                let (dl, m, d) = evaluate(&self.values(tok, mask))?;
+                out = Some((m, d));
+                let weights = x.weigh(self.token_weights(&dl, mask), part);
+                let (grad, h) =
+                    chunked::head_backward(policy, hidden, ids, mask, &weights, e.as_ref(), rows)?;
+                entropies.extend(h);
+                Ok(grad)
+            },
+        )?;
+        Ok(out.expect("the head ran"))
+    }
+
+    /// Every value by a no-grad pass first, then one backward per micro-batch.
+    fn two_pass(
+        &self,
+        policy: &Model,
+        batch: &Batch,
+        parts: &[(i64, i64)],
+        x: &Extras,
+        entropies: &mut Vec<Tensor>,
         mut evaluate: impl FnMut(&Tensor) -> Result<Evaluation>,
     ) -> Result<(Metrics, f64)> {
         let device = policy.device();
-        let weigh = |w: Tensor, (s, l): (i64, i64)| match factor {
-            Some(f) => {
-                let f = f.narrow(0, s, l).to_device(device).to_kind(w.kind());
-                w * f
-            }
-            None => w,
-        };
         let rows = chunked::chunk_rows(self.chunk_rows, policy.vocab());
-        let parts = self.micro_batches(batch.n);
-        if parts.len() == 1 {
-            let r = self.rows(batch, parts[0], device);
-            let (ids, mask) = (&r.ids, &r.mask);
-            let mut out = None;
-            let input = (&r.ids, &r.attn);
-            policy.backward_through(
-                input,
-                r.shared.as_ref(),
-                self.checkpointed,
-                &mut |hidden| {
-                    let tok = chunked::token_logp(policy, hidden, ids, mask, rows)?;
-                    let (dl, m, d) = evaluate(&self.values(tok, mask))?;
-                    out = Some((m, d));
-                    let weights = weigh(self.token_weights(&dl, mask), parts[0]);
-                    chunked::head_backward(policy, hidden, ids, mask, &weights, rows)
-                },
-            )?;
-            return Ok(out.expect("the head ran"));
-        }
         let values = self.values(
             self.tokens_no_grad(policy, batch)?,
             &batch.loss_mask.to_device(device),
         );
         let (dl, m, d) = evaluate(&values)?;
-        for (s, l) in parts {
+        for &(s, l) in parts {
             let r = self.rows(batch, (s, l), device);
-            let weights = weigh(self.token_weights(&dl.narrow(0, s, l), &r.mask), (s, l));
-            let input = (&r.ids, &r.attn);
+            let weights = x.weigh(self.token_weights(&dl.narrow(0, s, l), &r.mask), (s, l));
+            let e = self.entropy_weights(&r.mask, x.bonus);
             policy.backward_through(
-                input,
+                (&r.ids, &r.attn),
                 r.shared.as_ref(),
                 self.checkpointed,
                 &mut |hidden| {
-                    chunked::head_backward(policy, hidden, &r.ids, &r.mask, &weights, rows)
+                    let (grad, h) = chunked::head_backward(
+                        policy,
+                        hidden,
+                        &r.ids,
+                        &r.mask,
+                        &weights,
+                        e.as_ref(),
+                        rows,
+                    )?;
+                    entropies.extend(h);
+                    Ok(grad)
                 },
             )?;
         }

@@ -9,7 +9,7 @@ use crate::batch::Batch;
 use crate::distributed::{GlobalStep, LocalStep, StepWeights};
 use crate::error::{catch_torch, Error, Result};
 use crate::model::{lock_in_order, Model};
-use crate::objective::{Level, Metrics};
+use crate::objective::Metrics;
 use tch::Tensor;
 
 /// What forward_backward calls accumulated since the last optimizer step.
@@ -64,6 +64,10 @@ impl Trainer {
                 step_time_ms: start.elapsed().as_secs_f64() * 1e3,
                 reduce_time_ms: 0.0,
                 step: self.optimizer.steps(),
+                policy_entropy: match host_grad {
+                    None => self.passes.mean_entropy(),
+                    Some(_) => f64::NAN,
+                },
                 filters,
                 rollout,
             };
@@ -109,6 +113,7 @@ impl Trainer {
                 step_time_ms: start.elapsed().as_secs_f64() * 1e3,
                 reduce_time_ms: 0.0,
                 step: self.optimizer.steps(),
+                policy_entropy: f64::NAN,
                 filters: super::batch_filters::FilterMetrics::none(),
                 rollout: super::rollout_correction::MismatchMetrics::none(),
             };
@@ -174,7 +179,7 @@ impl Trainer {
         let kind = crate::dtype::compute_kind(policy.kind());
         let mask = batch.loss_mask.to_device(device).to_kind(kind);
         let g = grad.to_device(device).to_kind(kind) * &mask;
-        let passes = Passes::new(&self.cfg, Level::Tokens);
+        let passes = Passes::for_host_gradient(&self.cfg);
         passes.backward(policy, batch, None, |_| {
             Ok((g.shallow_clone(), host_metrics(batch), f64::NAN))
         })?;

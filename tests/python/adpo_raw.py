@@ -80,6 +80,7 @@ class adpo_trainer_metrics(ctypes.Structure):
         ('rollout_frac_outside', ctypes.c_double),
         ('rollout_max_ratio', ctypes.c_double),
         ('rollout_frac_rejected', ctypes.c_double),
+        ('policy_entropy', ctypes.c_double),
     ]
 
 

@@ -35,9 +35,15 @@ DEFAULTS = dict(
     pl_poly_eps=0.0,
     pl_ties="random",
     clip_eps=0.2,
+    cltr_gaussian_rank=True,
+    cltr_beta=None,
+    cltr_eta=0.5,
+    cltr_epsilon_tr=0.15,
     clip_eps_high=None,
+    clip_ratio_c=None,
     beta_kl=0.0,
     aggregation="dapo",
+    max_completion_length=None,
     ratio_level="token",
     seed=0,
 )
@@ -214,6 +220,34 @@ def plackett_luce_loss(s: torch.Tensor, keys: torch.Tensor, cfg: dict) -> torch.
     return total
 
 
+def cltr_loss(s: torch.Tensor, keys: torch.Tensor, cfg: dict, tau: float) -> torch.Tensor:
+    """wk222/verlm a5ec9ae2 `loss_variant == "cltr"` on one group, as written there, with no
+    rollout log-probs (u_old = 0). verl averages over its [P, G] table: for equal group sizes
+    that is the mean over groups of this. Ties rank by index (pl_ties "stable")."""
+    k = s.numel()
+    if cfg["cltr_gaussian_rank"]:
+        order = pl_ranking(keys)  # best first
+        ranks = torch.empty(k, dtype=F64)
+        for pos, j in enumerate(order):
+            ranks[j] = k - 1 - pos  # argsort(argsort(adv)): lowest reward rank 0
+        p = torch.clamp((ranks + 0.5) / k, min=1e-6, max=1.0 - 1e-6)
+        r_hat = math.sqrt(2.0) * torch.erfinv(2.0 * p - 1.0)
+        a = r_hat - r_hat.mean()
+    else:
+        adv = transform_rewards(keys, cfg["reward_transform"])
+        a = adv - adv.mean()
+    beta = cfg["cltr_beta"] if cfg["cltr_beta"] is not None else tau
+    eta, eps_tr = cfg["cltr_eta"], cfg["cltr_epsilon_tr"]
+    u_theta = s - s.mean()
+    u_old = torch.zeros_like(s)
+    u_soft = (a + eta * u_old) / (beta + eta)
+    diff = u_soft - u_old
+    rms = torch.sqrt(torch.mean(diff ** 2) + 1e-8)
+    c = torch.clamp(eps_tr / rms, max=1.0)
+    u_plus = u_old + c * diff
+    return (0.5 * (u_theta - u_plus.detach()) ** 2).mean()
+
+
 def objective_loss(cfg: dict, logp: torch.Tensor, anchor: torch.Tensor, group_ids,
                    rewards: torch.Tensor | None = None, targets: torch.Tensor | None = None,
                    policy_entropy: torch.Tensor | None = None):
@@ -243,11 +277,13 @@ def objective_loss(cfg: dict, logp: torch.Tensor, anchor: torch.Tensor, group_id
         tau_row[torch.tensor(rows)] = t
     s_all = anchored_scores(logp, anchor, tau_row, cfg["clip_log_ratio"], cfg["clip_score"])
     per_group = []
-    for rows, q in zip(groups, qs):
+    for rows, q, tau_g in zip(groups, qs, taus):
         idx = torch.tensor(rows)
         s = s_all[idx]
         if cfg["loss"] == "plackett_luce":
             per_group.append(plackett_luce_loss(s, keys_all[idx], cfg))
+        elif cfg["loss"] == "cltr":
+            per_group.append(cltr_loss(s, keys_all[idx], cfg, tau_g))
         else:
             per_group.append(listwise_loss(s, q))
     if not groups:
@@ -329,6 +365,9 @@ def grpo_loss(cfg: dict, logp: torch.Tensor, old: torch.Tensor, ref: torch.Tenso
         rho = torch.exp(lr)
         a = adv[i]
         per_tok = -torch.minimum(rho * a, torch.clamp(rho, 1 - eps_lo, 1 + eps_hi) * a)
+        if cfg["clip_ratio_c"] is not None and a < 0:
+            # verl compute_policy_loss_vanilla: the dual clip caps the loss at -c A for A < 0
+            per_tok = torch.minimum(per_tok, -cfg["clip_ratio_c"] * a)
         if cfg["beta_kl"] > 0:
             d = torch.where(on, ref[i] - logp[i], torch.zeros((), dtype=F64))
             per_tok = per_tok + cfg["beta_kl"] * (torch.exp(d) - d - 1)
@@ -343,7 +382,10 @@ def grpo_loss(cfg: dict, logp: torch.Tensor, old: torch.Tensor, ref: torch.Tenso
     elif agg in ("bnpo", "dapo"):
         loss = sums.sum() / max(1, sum(counts))
     elif agg == "dr_grpo":
-        loss = sums.sum() / (len(row_losses) * t)
+        width = cfg["max_completion_length"] if cfg["max_completion_length"] is not None else t
+        loss = sums.sum() / (len(row_losses) * width)
+    elif agg == "seq_mean_token_sum":
+        loss = sums.mean()
     else:
         raise ValueError(agg)
     return loss, adv

@@ -116,6 +116,14 @@ LOSSES = {
     "pairwise-raw": dict(loss="pairwise", reward_transform="raw"),
     "dpo": dict(loss="dpo"),
     "dpo-tau": dict(loss="dpo", tau=0.3),
+    # CLTR: the trust region holds (default eps_tr) or not (eps_tr 10); wk222/verlm's own test
+    # configuration (beta 1, eta 0.5, eps_tr 0.15); the centred reward instead of the rank.
+    "cltr": dict(loss="cltr", pl_ties="stable"),
+    "cltr-verl-test": dict(loss="cltr", pl_ties="stable", cltr_beta=1.0, cltr_eta=0.5,
+                           cltr_epsilon_tr=0.15, tau=1.0),
+    "cltr-no-region": dict(loss="cltr", pl_ties="stable", cltr_epsilon_tr=10.0, cltr_eta=0.0),
+    "cltr-centred-reward": dict(loss="cltr", cltr_gaussian_rank=False, reward_transform="center",
+                                cltr_beta=0.7),
 }
 
 MODIFIERS = {
@@ -194,6 +202,10 @@ def test_explicit_targets_match_reference(mod, seed):
     compare({**MODIFIERS[mod]}, case, targets=targets)
     # top1 loss on explicit targets: one-hot on the largest target
     compare({"loss": "top1", **MODIFIERS[mod]}, case, targets=targets)
+    # cltr ranks (or, without the Gaussian rank, centres) the explicit targets
+    compare({"loss": "cltr", "pl_ties": "stable", **MODIFIERS[mod]}, case, targets=targets)
+    compare({"loss": "cltr", "cltr_gaussian_rank": False, "reward_transform": "raw", **MODIFIERS[mod]}, case,
+            targets=targets)
 
 
 @pytest.mark.parametrize("seed", [6, 7, 8])
@@ -372,10 +384,11 @@ def grpo_case(seed: int, t: int = 7):
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
-@pytest.mark.parametrize("extra", [{}, {"clip_eps_high": 0.28}, {"reward_transform": "center", "clip_eps": 0.1}])
+@pytest.mark.parametrize("extra", [{}, {"clip_eps_high": 0.28}, {"reward_transform": "center", "clip_eps": 0.1},
+                                   {"clip_ratio_c": 1.2}, {"clip_ratio_c": 3.0, "clip_eps_high": 0.28}])
 @pytest.mark.parametrize("beta_kl", [0.0, 0.05])
 @pytest.mark.parametrize("ratio_level", ["token", "sequence"])
-@pytest.mark.parametrize("aggregation", ["dapo", "grpo", "bnpo", "dr_grpo"])
+@pytest.mark.parametrize("aggregation", ["dapo", "grpo", "bnpo", "dr_grpo", "seq_mean_token_sum"])
 def test_grpo_matches_reference(aggregation, ratio_level, beta_kl, extra, seed):
     cfg = dict(loss="grpo", aggregation=aggregation, ratio_level=ratio_level, beta_kl=beta_kl, **extra)
     c = grpo_case(seed * 13 + len(aggregation))
@@ -387,6 +400,74 @@ def test_grpo_matches_reference(aggregation, ratio_level, beta_kl, extra, seed):
     np.testing.assert_allclose(loss, rl, rtol=RTOL, atol=ATOL)
     np.testing.assert_allclose(grad, rg, rtol=RTOL, atol=ATOL)
     np.testing.assert_allclose(adv, ra, rtol=RTOL, atol=ATOL)
+
+
+def dual_clip_case(seed: int):
+    """A GRPO case with tokens far above the ratio 1.2 so the dual clip holds on some."""
+    c = grpo_case(seed)
+    rng = np.random.default_rng(seed)
+    c["old"] = c["logp"] - rng.normal(0.0, 0.6, c["logp"].shape)
+    return c
+
+
+@pytest.mark.parametrize("ratio_level", ["token", "sequence"])
+def test_grpo_dual_clip_matches_reference_and_counts_its_tokens(ratio_level):
+    c = dual_clip_case(31)
+    cfg = dict(loss="grpo", clip_ratio_c=1.2, ratio_level=ratio_level)
+    with A.Objective(cfg) as obj:
+        loss, grad, adv = obj.eval_tokens(c["logp"], c["old"], c["mask"], c["rewards"], c["ids"])
+        m = obj.metrics()
+    rl, rg, _ = R.eval_tokens_reference(cfg, c["logp"], c["old"], c["mask"], c["rewards"], c["ids"])
+    np.testing.assert_allclose(loss, rl, rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(grad, rg, rtol=RTOL, atol=ATOL)
+    # clip_fraction = verl's pg_clipfrac + pg_clipfrac_lower (disjoint) over counted tokens.
+    counted = np.isin(c["ids"], [g for g, k in zip(*np.unique(c["ids"], return_counts=True)) if k >= 2])
+    m_tok = c["mask"] * counted[:, None]
+    lr = np.where(m_tok > 0, c["logp"] - c["old"], 0.0)
+    if ratio_level == "sequence":
+        lr = np.repeat((lr.sum(1) / np.maximum(m_tok.sum(1), 1))[:, None], lr.shape[1], 1)
+    rho, a = np.exp(lr), adv[:, None]
+    pg1, pg2 = -a * rho, -a * np.clip(rho, 0.8, 1.2)
+    lower = (a < 0) & (np.maximum(pg1, pg2) > -1.2 * a)
+    assert (lower * m_tok).sum() > 0, "the case must exercise the dual clip"
+    want = (((pg2 > pg1) | lower) * m_tok).sum() / m_tok.sum()
+    assert m["clip_fraction"] == pytest.approx(want, rel=1e-12)
+    # Without the dual clip the loss differs (the case is not one where it is inert).
+    with A.Objective(dict(cfg, clip_ratio_c=None)) as obj:
+        assert obj.eval_tokens(c["logp"], c["old"], c["mask"], c["rewards"], c["ids"])[0] != pytest.approx(loss)
+
+
+def test_dr_grpo_max_completion_length():
+    c = grpo_case(5)
+    t = c["logp"].shape[1]
+    for length in (t, t + 5, 100):
+        cfg = dict(loss="grpo", aggregation="dr_grpo", max_completion_length=length)
+        with A.Objective(cfg) as obj:
+            loss, grad, _ = obj.eval_tokens(c["logp"], c["old"], c["mask"], c["rewards"], c["ids"])
+        rl, rg, _ = R.eval_tokens_reference(cfg, c["logp"], c["old"], c["mask"], c["rewards"], c["ids"])
+        np.testing.assert_allclose(loss, rl, rtol=RTOL, atol=ATOL)
+        np.testing.assert_allclose(grad, rg, rtol=RTOL, atol=ATOL)
+        # The constant scales the unset (buffer-width) form by T / L.
+        with A.Objective(dict(loss="grpo", aggregation="dr_grpo")) as obj:
+            l_width, g_width, _ = obj.eval_tokens(c["logp"], c["old"], c["mask"], c["rewards"], c["ids"])
+        assert loss == pytest.approx(l_width * t / length, rel=1e-12)
+        np.testing.assert_allclose(grad, g_width * t / length, rtol=1e-12, atol=1e-15)
+    longest = int(c["mask"].sum(1).max())
+    with A.Objective(dict(loss="grpo", aggregation="dr_grpo", max_completion_length=longest - 1)) as obj:
+        with pytest.raises(A.AdpoError) as e:
+            obj.eval_tokens(c["logp"], c["old"], c["mask"], c["rewards"], c["ids"])
+        assert e.value.status == A.INVALID_ARGUMENT and "max_completion_length" in str(e.value)
+
+
+@pytest.mark.parametrize("bad", [{"clip_ratio_c": 1.0}, {"clip_ratio_c": 0.5},
+                                 {"aggregation": "dr_grpo", "max_completion_length": 0},
+                                 {"max_completion_length": 64}, {"aggregation": "token-sum"},
+                                 {"cltr_epsilon_tr": 0}, {"cltr_eta": -0.1}, {"cltr_beta": 0}])
+def test_new_keys_refuse_bad_values(bad):
+    with pytest.raises(A.AdpoError) as e:
+        A.Objective(dict(loss="grpo", **bad))
+    assert e.value.status == A.INVALID_CONFIG
+    assert list(bad)[-1] in str(e.value) or "token-sum" in str(e.value)
 
 
 def test_grpo_ref_optional_without_kl():
@@ -428,6 +509,16 @@ def test_v1_listwise():
     # KL(q || p~) = loss - H(q) for raw rewards
     _, _, _, m = _eval({"reward_transform": "raw"}, rewards=R1)
     assert m["kl_target"] == pytest.approx(0.132279, rel=VT)
+
+
+@pytest.mark.parametrize("eps_tr,exp_loss,exp_grad", [
+    (0.15, 0.144207, [0.121661, -0.187382, 0.206913, -0.141192]),
+    (10.0, 0.0663011, [-0.0909794, -0.128482, 0.148013, 0.0714482]),
+])
+def test_v13_cltr(eps_tr, exp_loss, exp_grad):
+    loss, grad, _, _ = _eval({"loss": "cltr", "cltr_epsilon_tr": eps_tr}, rewards=R1)
+    assert loss == pytest.approx(exp_loss, rel=VT)
+    np.testing.assert_allclose(grad, exp_grad, rtol=VT)
 
 
 @pytest.mark.parametrize("loss,targets,exp_loss,exp_gi", [

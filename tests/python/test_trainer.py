@@ -4,7 +4,9 @@ against a plain-PyTorch implementation of the same step (trainer_reference.py).
 * Parity: adpo's weights after one and two steps equal torch.optim's after the same steps
   (float64 model: rel 1e-9; float32: rel 1e-5), for listwise, plackett_luce (stable ties) and
   grpo, seq_logp mean and sum, fixed anchor + reference model and on_policy anchor, sgd and
-  adamw, and with micro_batch_rows = 2 (two-pass step) equal to one pass.
+  adamw, and with micro_batch_rows = 2 (two-pass step) equal to one pass; cltr, GRPO's dual
+  clip / seq_mean_token_sum / dr_grpo constant, and the entropy bonus (entropy_coef, whose
+  reference is the entropy of the full logits).
 * Checkpoints: keys are the checkpoint's parameter names, load into the transformers model
   (strict), the trainer-state file exists, save/load round trips, corrupt files are rejected.
 * adpo_trainer_sequence_logp equals PyTorch's sequence log-probs.
@@ -238,6 +240,18 @@ EXTRA = {
     "grpo_old_tokens_f32": (F32, dict(loss="grpo", optimizer=dict(name="sgd", lr=0.5)), "old_tokens_grpo", 2, False),
     "grpo_gspo_dr": (F64, dict(loss="grpo", ratio_level="sequence", aggregation="dr_grpo", beta_kl=0.1,
                                optimizer=dict(name="adamw", lr=1e-2)), "old_tokens_grpo", 2, True),
+    # issue 24: CLTR through the trainer; GRPO with the dual clip, verl's token-sum aggregation
+    # and dr_grpo's constant; the entropy bonus on a sequence loss and on GRPO, with micro-batches.
+    "cltr": (F64, dict(loss="cltr", pl_ties="stable", anchor=dict(mode="fixed"), optimizer=dict(name="sgd", lr=0.5)),
+             None, 2, True),
+    "grpo_dual_clip_token_sum": (F64, dict(loss="grpo", clip_ratio_c=1.1, aggregation="seq_mean_token_sum",
+                                           optimizer=dict(name="sgd", lr=0.5)), "old_tokens_grpo", 2, False),
+    "grpo_dr_constant": (F64, dict(loss="grpo", aggregation="dr_grpo", max_completion_length=12,
+                                   optimizer=dict(name="sgd", lr=0.5)), "old_tokens_grpo", 2, False),
+    "entropy_bonus_listwise": (F64, dict(entropy_coef=0.2, micro_batch_rows=5, anchor=dict(mode="fixed"),
+                                         optimizer=dict(name="sgd", lr=0.5)), None, 2, True),
+    "entropy_bonus_grpo_f32": (F32, dict(loss="grpo", entropy_coef=0.1, optimizer=dict(name="sgd", lr=0.5)),
+                               "old_tokens_grpo", 2, False),
     "qwen2_f32": (QWEN2, dict(seq_logp="sum", anchor=dict(mode="fixed"), optimizer=dict(name="sgd", lr=0.5)), None, 2,
                 True),
 }
@@ -316,6 +330,28 @@ def test_metrics_json_matches_struct(models):
     # The JSON form is derived from the same definition as the struct: the same fields.
     fields = {f for f, _ in A.TrainerMetrics._fields_} - {"struct_size"}
     assert set(j) == fields
+
+
+def test_entropy_bonus_metric_and_config(models):
+    """policy_entropy: null without a bonus; with one, the mean next-token entropy over the
+    scored tokens, from PyTorch on the same float64 weights; a negative coefficient is refused."""
+    batch = make_batch(4)
+    tr = A.Trainer(A.Model(models[F64]), None, dict(optimizer=dict(name="sgd", lr=0.1)))
+    tr.step(to_adpo(batch))
+    assert tr.metrics_json()["policy_entropy"] is None
+    model = A.Model(models[F64])
+    tr = A.Trainer(model, None, dict(optimizer=dict(name="sgd", lr=0.1), entropy_coef=0.05))
+    ids = torch.as_tensor(batch.ids)
+    with torch.no_grad():
+        logits = R.logits_of(R.load_model(models[F64]), ids, torch.ones_like(ids))
+    logp = torch.log_softmax(logits[:, :-1].double(), -1)
+    h = -(logp.exp() * logp).sum(-1)
+    scored = torch.as_tensor(batch.loss_mask[:, 1:]).double()
+    want = float((h * scored).sum() / scored.sum())
+    m = tr.step(to_adpo(batch))
+    assert m["policy_entropy"] == pytest.approx(want, rel=1e-10)
+    assert tr.metrics_json()["policy_entropy"] == pytest.approx(want, rel=1e-10)
+    raises(A.INVALID_CONFIG, "entropy_coef", A.Trainer, A.Model(models[F64]), None, dict(entropy_coef=-1.0))
 
 
 # ----------------------------------------------------------------------------- sequence log-probs

@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parents[2]
 MAKE_HF_MODELS = REPO / "tests" / "fixtures" / "make_hf_models.py"
 
 TRAINER_KEYS = ("seq_logp", "micro_batch_rows", "epochs_per_batch", "seed", "anchor", "optimizer", "grad_clip",
-                "schedule")
+                "schedule", "entropy_coef")
 
 
 def rms_norm_in_own_dtype(self, hidden_states):
@@ -155,6 +155,7 @@ class ReferenceTrainer:
         if self.loss == "plackett_luce" and self.obj_cfg.get("pl_ties", "random") != "stable":
             raise ValueError("the reference implements pl_ties 'stable' only (random ties are adpo's generator)")
         self.seq_logp = self.cfg.get("seq_logp", "mean")
+        self.entropy_coef = self.cfg.get("entropy_coef", 0.0)
         self.anchor = (self.cfg.get("anchor") or {"mode": "on_policy"})["mode"]
         if self.anchor not in ("fixed", "on_policy"):
             raise ValueError(f"the reference implements anchors fixed and on_policy, not {self.anchor}")
@@ -233,6 +234,17 @@ class ReferenceTrainer:
                                                         rewards=rewards, targets=targets)
         return loss, l.detach()
 
+    def _mean_entropy(self, batch: RefBatch):
+        """The entropy bonus's H: the policy's next-token entropy, mean over the scored tokens,
+        from the full logits (0 without a bonus)."""
+        if self.entropy_coef == 0:
+            return torch.zeros((), dtype=torch.float64)
+        ids, attn, mask = batch.tensors()
+        logp = torch.log_softmax(logits_of(self.policy, ids, attn)[:, :-1].double(), -1)
+        h = -(logp.exp() * logp).sum(-1)
+        m = mask[:, 1:].double()
+        return (h * m).sum() / m.sum().clamp_min(1)
+
     def step(self, batch: RefBatch) -> dict:
         """epochs_per_batch optimizer updates on the batch; returns loss / grad_norm / lr / anchor_drift."""
         held = self.held(batch)
@@ -240,7 +252,7 @@ class ReferenceTrainer:
         for _ in range(self.epochs):
             self.opt.zero_grad(set_to_none=False)
             loss, values = self._loss(batch, held)
-            loss.backward()
+            (loss - self.entropy_coef * self._mean_entropy(batch)).backward()
             with torch.no_grad():
                 norm = float(torch.sqrt(sum((p.grad.double() ** 2).sum() for p in self.params if p.grad is not None)))
             if self.grad_clip is not None:

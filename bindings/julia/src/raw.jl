@@ -69,6 +69,7 @@ struct adpo_trainer_metrics
     rollout_frac_outside::Cdouble
     rollout_max_ratio::Cdouble
     rollout_frac_rejected::Cdouble
+    policy_entropy::Cdouble
 end
 
 adpo_error_message(err) =
