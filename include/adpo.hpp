@@ -927,6 +927,37 @@ public:
         return m;
     }
 
+    /// Runs the policy on `batch` and adds to its gradients: of the configured loss when
+    /// `grad_logp` is empty, or of the host's loss given as dL/d(token log-prob) (n * t values,
+    /// row-major; off the loss mask ignored), the log-probs being token_logp's. Gradients
+    /// accumulate until optim_step; a failed call discards them. One process only.
+    adpo_trainer_metrics forward_backward(const Batch &batch, View<const double> grad_logp = {}) {
+        adpo_trainer_metrics m{};
+        m.struct_size = static_cast<std::uint32_t>(sizeof m);
+        detail::call([&](adpo_error **err) {
+            return adpo_trainer_forward_backward(get(), batch.get(), detail::optional(grad_logp), grad_logp.size(),
+                                                 &m, err);
+        });
+        return m;
+    }
+    /// Clips and applies the gradient forward_backward accumulated, then updates the anchor.
+    adpo_trainer_metrics optim_step() {
+        adpo_trainer_metrics m{};
+        m.struct_size = static_cast<std::uint32_t>(sizeof m);
+        detail::call([&](adpo_error **err) { return adpo_trainer_optim_step(get(), &m, err); });
+        return m;
+    }
+    /// Token log-probs of the batch under the current policy (n * t, row-major, 0 off the loss
+    /// mask; eval mode): what a host loss for forward_backward is a function of.
+    std::vector<double> token_logp(const Batch &batch) const {
+        const Batch::Shape s = batch.shape();
+        std::vector<double> out(detail::cells(s.n, s.t));
+        detail::call([&](adpo_error **err) {
+            return adpo_trainer_token_logp(get(), batch.get(), out.data(), out.size(), err);
+        });
+        return out;
+    }
+
     /// Metrics of the last step as JSON (NaN as null).
     std::string metrics_json() const {
         return detail::owned_string(

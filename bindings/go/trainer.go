@@ -80,24 +80,73 @@ func (t *Trainer) release() {
 
 // TrainerMetrics are the metrics of a step. Values that do not apply to the loss are NaN.
 type TrainerMetrics struct {
-	Step          uint64  // optimizer steps taken so far
-	Loss          float64 // objective loss at the last epoch's evaluation
-	Entropy       float64 // mean entropy of p~ = softmax(s)
-	KLTarget      float64 // mean KL(q || p~)
-	WinMass       float64 // mean p~ mass on the best-reward candidate(s)
-	MeanAbsScore  float64
-	MaxAbsScore   float64
-	Tau           float64 // mean temperature used
-	ClipFraction  float64 // GRPO: fraction of tokens on the clipped branch
-	AnchorKL      float64 // mean k3 estimate of KL(policy || anchor)
-	Groups        uint64  // counted groups (size >= 2)
-	GradNorm      float64 // global gradient norm before clipping
-	LR            float64 // learning rate of the last optimizer step
-	Tokens        float64 // loss-masked tokens in the batch
-	AnchorDrift   float64 // mean |l - l_anchor|
-	StepTimeMs    float64 // wall time of the step in milliseconds
-	ReduceTimeMs  float64 // of which spent in collectives (data-parallel training; 0 in one process)
+	Step         uint64  // optimizer steps taken so far
+	Loss         float64 // objective loss at the last epoch's evaluation
+	Entropy      float64 // mean entropy of p~ = softmax(s)
+	KLTarget     float64 // mean KL(q || p~)
+	WinMass      float64 // mean p~ mass on the best-reward candidate(s)
+	MeanAbsScore float64
+	MaxAbsScore  float64
+	Tau          float64 // mean temperature used
+	ClipFraction float64 // GRPO: fraction of tokens on the clipped branch
+	AnchorKL     float64 // mean k3 estimate of KL(policy || anchor)
+	Groups       uint64  // counted groups (size >= 2)
+	GradNorm     float64 // global gradient norm before clipping
+	LR           float64 // learning rate of the last optimizer step
+	Tokens       float64 // loss-masked tokens in the batch
+	AnchorDrift  float64 // mean |l - l_anchor|
+	StepTimeMs   float64 // wall time of the step in milliseconds
+	ReduceTimeMs float64 // of which spent in collectives (data-parallel training; 0 in one process)
+
+	// The RL recipes (README "RL recipes"); NaN where they do not apply.
+	FracRewardZeroStd   float64 // share of this rank's groups whose rewards are all equal
+	GroupsKept          uint64  // groups trained on after filter_groups
+	TruncatedRows       float64 // rows that stopped at max_new_tokens
+	BatchAge            float64 // optimizer steps since the batch's policy version
+	RolloutKLK3         float64 // mean k3 estimate of KL(rollout || old) over scored tokens
+	RolloutFracOutside  float64 // share of scored tokens whose ratio old/rollout leaves the band
+	RolloutMaxRatio     float64 // largest token ratio old/rollout
+	RolloutFracRejected float64 // share of scored tokens the rejection (rollout_rs) removed
+
 	PolicyEntropy float64 // mean token entropy of the policy with an entropy bonus (entropy_coef > 0); else NaN
+}
+
+// withMetrics runs one C call that writes a step's metrics (call gets the struct to fill) and
+// converts them.
+func withMetrics(call func(m *C.adpo_trainer_metrics) error) (TrainerMetrics, error) {
+	var m C.adpo_trainer_metrics
+	m.struct_size = C.uint32_t(C.sizeof_adpo_trainer_metrics)
+	if err := call(&m); err != nil {
+		return TrainerMetrics{}, err
+	}
+	return TrainerMetrics{
+		Step:                uint64(m.step),
+		Loss:                float64(m.loss),
+		Entropy:             float64(m.entropy),
+		KLTarget:            float64(m.kl_target),
+		WinMass:             float64(m.win_mass),
+		MeanAbsScore:        float64(m.mean_abs_score),
+		MaxAbsScore:         float64(m.max_abs_score),
+		Tau:                 float64(m.tau),
+		ClipFraction:        float64(m.clip_fraction),
+		AnchorKL:            float64(m.anchor_kl),
+		Groups:              uint64(m.groups),
+		GradNorm:            float64(m.grad_norm),
+		LR:                  float64(m.lr),
+		Tokens:              float64(m.tokens),
+		AnchorDrift:         float64(m.anchor_drift),
+		StepTimeMs:          float64(m.step_time_ms),
+		ReduceTimeMs:        float64(m.reduce_time_ms),
+		FracRewardZeroStd:   float64(m.frac_reward_zero_std),
+		GroupsKept:          uint64(m.groups_kept),
+		TruncatedRows:       float64(m.truncated_rows),
+		BatchAge:            float64(m.batch_age),
+		RolloutKLK3:         float64(m.rollout_kl_k3),
+		RolloutFracOutside:  float64(m.rollout_frac_outside),
+		RolloutMaxRatio:     float64(m.rollout_max_ratio),
+		RolloutFracRejected: float64(m.rollout_frac_rejected),
+		PolicyEntropy:       float64(m.policy_entropy),
+	}, nil
 }
 
 // Step takes one ADPO step on batch (epochs_per_batch optimizer updates) and returns its
@@ -115,32 +164,10 @@ func (t *Trainer) Step(batch *Batch) (TrainerMetrics, error) {
 		return TrainerMetrics{}, err
 	}
 	defer batch.release()
-	var m C.adpo_trainer_metrics
-	m.struct_size = C.uint32_t(C.sizeof_adpo_trainer_metrics)
-	var cerr *C.adpo_error
-	if err := t.callbackErr(check(C.adpo_trainer_step(tp, bp, &m, &cerr), cerr)); err != nil {
-		return TrainerMetrics{}, err
-	}
-	return TrainerMetrics{
-		Step:          uint64(m.step),
-		Loss:          float64(m.loss),
-		Entropy:       float64(m.entropy),
-		KLTarget:      float64(m.kl_target),
-		WinMass:       float64(m.win_mass),
-		MeanAbsScore:  float64(m.mean_abs_score),
-		MaxAbsScore:   float64(m.max_abs_score),
-		Tau:           float64(m.tau),
-		ClipFraction:  float64(m.clip_fraction),
-		AnchorKL:      float64(m.anchor_kl),
-		Groups:        uint64(m.groups),
-		GradNorm:      float64(m.grad_norm),
-		LR:            float64(m.lr),
-		Tokens:        float64(m.tokens),
-		AnchorDrift:   float64(m.anchor_drift),
-		StepTimeMs:    float64(m.step_time_ms),
-		ReduceTimeMs:  float64(m.reduce_time_ms),
-		PolicyEntropy: float64(m.policy_entropy),
-	}, nil
+	return withMetrics(func(m *C.adpo_trainer_metrics) error {
+		var cerr *C.adpo_error
+		return t.callbackErr(check(C.adpo_trainer_step(tp, bp, m, &cerr), cerr))
+	})
 }
 
 // MetricsJSON returns the metrics of the last step as a JSON object (NaN as null).

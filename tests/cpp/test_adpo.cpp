@@ -675,7 +675,7 @@ TEST(Batch, CarriesTheRolloutRecordsAndConcatenates) {
     EXPECT_EQ(c.truncated(), (std::vector<std::uint8_t>{0, 1, 1, 1}));
     EXPECT_EQ(c.policy_version(), 4u); // the oldest
     adpo::Batch plain(1, 2, {1, 2}, {}, {0, 1}, {0});
-    EXPECT_TRUE(Throws([&] { adpo::Batch::concat({&a, &plain}); }, ADPO_STATUS_INVALID_ARGUMENT, "rollout_logp"));
+    EXPECT_TRUE(Throws([&] { adpo::Batch::concat({&a, &plain}); }, ADPO_STATUS_INVALID_ARGUMENT, "of the 2 batches have"));
 
     EXPECT_EQ(adpo::soft_overlong_penalty(16, 20, 4, 1.0), 0.0);
     EXPECT_EQ(adpo::soft_overlong_penalty(18, 20, 4, 1.0), -0.5);
@@ -862,6 +862,31 @@ TEST(Trainer, StepOnAHandMadeBatch) {
     EXPECT_NE(json.find("\"step\":2"), std::string::npos) << json;
     EXPECT_NE(json.find("\"grad_norm\""), std::string::npos) << json;
     EXPECT_EQ(trainer.step(batch).step, 4u);
+}
+
+// Two forward_backward calls with a host gradient g each move the weights as one call with 2g
+// (an SGD step is linear in the accumulated gradient).
+TEST(Trainer, ForwardBackwardAccumulatesTheHostsGradient) {
+    FIXTURE(path, "tiny/llama");
+    auto run = [&](int calls, double scale) {
+        adpo::Model policy(path);
+        adpo::Trainer trainer(policy, R"({"optimizer": {"name": "sgd", "lr": 0.05}})");
+        adpo::Batch batch = MakeBatch(2, 4);
+        const std::vector<double> logp = trainer.token_logp(batch);
+        std::vector<double> g(logp.size());
+        for (std::size_t i = 0; i < g.size(); i++) g[i] = scale * (std::sin(double(i)) + logp[i]);
+        for (int c = 0; c < calls; c++) {
+            const adpo_trainer_metrics m = trainer.forward_backward(batch, g);
+            EXPECT_TRUE(std::isnan(m.loss));
+        }
+        EXPECT_EQ(trainer.optim_step().step, 1u);
+        EXPECT_TRUE(Throws([&] { trainer.optim_step(); }, ADPO_STATUS_INVALID_ARGUMENT, "forward_backward"));
+        return policy.params();
+    };
+    const std::vector<double> twice = run(2, 1.0), once = run(1, 2.0);
+    ASSERT_EQ(twice.size(), once.size());
+    for (std::size_t i = 0; i < once.size(); i++)
+        ASSERT_NEAR(twice[i], once[i], 1e-5 * std::max(1.0, std::fabs(once[i]))) << i;
 }
 
 TEST(Trainer, ConfigErrorsAndReferenceModel) {

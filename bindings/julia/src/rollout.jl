@@ -84,3 +84,42 @@ function soft_overlong_penalty(length::Integer, max_length::Integer, buffer::Int
     _check(st, err, :adpo_soft_overlong_penalty)
     return out[]
 end
+
+# A step in two calls, for a loss the host defines (adpo_trainer_forward_backward,
+# adpo_trainer_optim_step, adpo_trainer_token_logp).
+
+"""
+    forward_backward!(trainer, batch, grad_logp = nothing) -> TrainerMetrics
+
+Runs the policy on `batch` and adds to its gradients: of the configured loss (`nothing`), or of
+the host's loss given as dL/d(token log-prob), an n x t matrix (off the loss mask ignored), the
+log-probs being `token_logp`'s. Gradients accumulate until `optim_step!`. One process only.
+"""
+function forward_backward!(tr::Trainer, b::Batch, grad_logp::Union{Nothing,AbstractMatrix{<:Real}}=nothing)
+    g = grad_logp === nothing ? C_NULL : _dense(Float64, grad_logp)
+    len = grad_logp === nothing ? 0 : length(grad_logp)
+    m = Ref(_blank(TrainerMetrics))
+    err = _err()
+    st = adpo_trainer_forward_backward(tr, b, g, len, m, err)
+    _check(st, err, :adpo_trainer_forward_backward)
+    return m[]
+end
+
+"Clips and applies the gradient `forward_backward!` accumulated, then updates the anchor."
+function optim_step!(tr::Trainer)
+    m = Ref(_blank(TrainerMetrics))
+    err = _err()
+    st = adpo_trainer_optim_step(tr, m, err)
+    _check(st, err, :adpo_trainer_optim_step)
+    return m[]
+end
+
+"Token log-probs (n x t, 0 off the loss mask) of the batch under the current policy."
+function token_logp(tr::Trainer, b::Batch)
+    n, t = size(b)
+    buf = Vector{Float64}(undef, n * t)
+    err = _err()
+    st = adpo_trainer_token_logp(tr, b, buf, length(buf), err)
+    _check(st, err, :adpo_trainer_token_logp)
+    return _from_rowmajor(buf, n, t)
+end

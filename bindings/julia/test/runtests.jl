@@ -198,6 +198,23 @@ end
     fixtures = get(ENV, "ADPO_FIXTURES", "")
     model_path = joinpath(fixtures, "tiny", "llama")
     if !isempty(fixtures) && isdir(model_path)
+        @testset "a step in two calls: the host's gradient accumulates" begin
+            function run(calls, scale)
+                policy = Model(model_path)
+                tr = Trainer(policy, nothing, (optimizer = (name = "sgd", lr = 0.05),))
+                b = ADPO.sample(tr, [[1, 2], [1, 5, 7]], 3; sampling=(max_new_tokens = 3, seed = 4))
+                lp = token_logp(tr, b)
+                g = scale .* (lp .+ 0.1)  # any function of the log-probs
+                for _ in 1:calls
+                    @test isnan(forward_backward!(tr, b, g).loss)
+                end
+                @test optim_step!(tr).step == 1
+                @test thrown(() -> optim_step!(tr)) isa ADPOError
+                return ADPO.params(policy)
+            end
+            @test isapprox(run(2, 1.0), run(1, 2.0); rtol=1e-6)
+        end
+
         @testset "trainer: step, sampling, checkpoint" begin
             policy = Model(model_path)
             @test vocab_size(policy) == 16
