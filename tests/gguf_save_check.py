@@ -131,7 +131,7 @@ def llama_cpp_greedy(case: dict, ref: dict) -> None:
         llm.eval(row)
         got = []
         for _ in range(steps):
-            token = int(np.argmax(llm.eval_logits[-1]))
+            token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
             got.append(token)
             llm.eval([token])
         check(got == want, f"{case['name']}: llama.cpp greedy {got} == adpo's {want}")
