@@ -124,11 +124,14 @@ def check_adapter(case: dict, ref: dict) -> None:
 def llama_cpp_greedy(case: dict, ref: dict) -> None:
     from llama_cpp import Llama
     model, lora = (case["base"], case["gguf"]) if case["base"] else (case["gguf"], None)
-    llm = Llama(model_path=model, lora_path=lora, n_ctx=64, n_threads=2, verbose=False, seed=0)
+    llm = Llama(model_path=model, lora_path=lora, n_ctx=64, n_threads=2, verbose=False, seed=0,
+                logits_all=True)
     steps = ref["greedy"].shape[1]
-    for row, want in zip(ref["ids"].tolist(), ref["greedy"].tolist()):
+    for i, (row, want) in enumerate(zip(ref["ids"].tolist(), ref["greedy"].tolist())):
         llm.reset()
         llm.eval(row)
+        d = rel_diff(torch.from_numpy(np.array(llm.scores[: len(row)])), ref["logits"][i])
+        check(d <= 2e-3, f"{case['name']}: llama.cpp's logits within {d:.2e} of adpo's (tol 2e-3)")
         got = []
         for _ in range(steps):
             token = int(np.argmax(llm.scores[llm.n_tokens - 1]))

@@ -6,7 +6,7 @@
 //!   Qwen2/3): `tokenizer.ggml.model` "gpt2", the tokens by id (padded to the model's vocabulary
 //!   with `[PADn]`, type unused, as llama.cpp's converter does), the merges, token types (special
 //!   added tokens control, other added tokens user-defined), `tokenizer.ggml.pre` from the
-//!   pre-tokenizer (llama-bpe, qwen2, smollm or gpt2), the bos/eos/unk/pad ids and
+//!   pre-tokenizer (llama-bpe, qwen2, smollm or gpt-2), the bos/eos/unk/pad ids and
 //!   `add_bos_token` of tokenizer_config.json (false when absent) and its chat template (or
 //!   chat_template.jinja);
 //! - a directory without tokenizer.json: `tokenizer.ggml.model` "none" (llama.cpp's vocabulary
@@ -84,6 +84,10 @@ fn convert(key: &str, v: &Value) -> Option<Meta> {
                 })
                 .collect::<Option<_>>()?,
         ),
+        // An empty array keeps the element type llama.cpp reads for its key (merges: strings).
+        Value::Array(items) if items.is_empty() && !key.ends_with("token_type") => {
+            Meta::Strs(Vec::new())
+        }
         Value::Array(items) if items.iter().all(|i| matches!(i, Value::Int(_))) => Meta::I32s(
             items
                 .iter()
@@ -231,7 +235,7 @@ fn pre(json: &Json) -> &'static str {
     } else if pre.contains("\"Digits\"") {
         "smollm"
     } else {
-        "gpt2"
+        "gpt-2"
     }
 }
 
@@ -240,4 +244,30 @@ fn chat_template(dir: &Path, config: &Json) -> Option<String> {
         return Some(t.to_string());
     }
     std::fs::read_to_string(dir.join("chat_template.jinja")).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadata_arrays_keep_llama_cpp_types() {
+        let empty = Value::Array(Vec::new());
+        assert_eq!(
+            convert("tokenizer.ggml.merges", &empty),
+            Some(Meta::Strs(vec![]))
+        );
+        assert_eq!(
+            convert("tokenizer.ggml.token_type", &empty),
+            Some(Meta::I32s(vec![]))
+        );
+        assert_eq!(
+            convert("tokenizer.ggml.scores", &Value::Array(vec![Value::Int(-1)])),
+            Some(Meta::F32s(vec![-1.0]))
+        );
+        assert_eq!(
+            convert("tokenizer.ggml.eos_token_id", &Value::Int(2)),
+            Some(Meta::U32(2))
+        );
+    }
 }
