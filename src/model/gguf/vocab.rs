@@ -1,7 +1,8 @@
 //! The `tokenizer.*` metadata of a written GGUF file, from the model's source:
 //!
 //! - a GGUF file: its `tokenizer.*` keys, copied with the gguf types llama.cpp reads them as
-//!   (ids uint32, token types int32, scores float32);
+//!   (ids uint32, token types int32, scores float32), and an empty `tokenizer.ggml.merges` for a
+//!   "gpt2" vocabulary without one (llama.cpp requires the key; gguf-py drops empty arrays);
 //! - a checkpoint directory with a byte-level BPE tokenizer.json (GPT-2, SmolLM2, Llama 3,
 //!   Qwen2/3): `tokenizer.ggml.model` "gpt2", the tokens by id (padded to the model's vocabulary
 //!   with `[PADn]`, type unused, as llama.cpp's converter does), the merges, token types (special
@@ -56,6 +57,11 @@ fn from_gguf(g: &Gguf) -> Result<Vec<(String, Meta)>> {
             ))
         })?;
         out.push((key.clone(), meta));
+    }
+    // llama.cpp refuses a BPE vocabulary without the merges key; gguf-py leaves out an empty one.
+    let bpe = g.string("tokenizer.ggml.model")? == Some("gpt2");
+    if bpe && g.get("tokenizer.ggml.merges").is_none() {
+        out.push(("tokenizer.ggml.merges".into(), Meta::Strs(Vec::new())));
     }
     Ok(out)
 }
