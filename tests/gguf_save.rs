@@ -314,6 +314,9 @@ struct Case {
     /// The GGUF the tokenizer came from (its tokenizer must read the same).
     tokenizer_of: Option<PathBuf>,
     tol: f64,
+    /// Whether llama.cpp runs it too (the float32 files: its kernels round 16-bit and q8_0
+    /// activations their own way).
+    llama_cpp: bool,
 }
 
 fn write_case(dir: &Path, case: &Case, model: &Model, ids: &Tensor) -> serde_json::Value {
@@ -327,6 +330,7 @@ fn write_case(dir: &Path, case: &Case, model: &Model, ids: &Tensor) -> serde_jso
         "base": case.base,
         "tokenizer_of": case.tokenizer_of,
         "tol": case.tol,
+        "llama_cpp": case.llama_cpp,
         "reference": file,
     })
 }
@@ -355,6 +359,7 @@ fn transformers_and_llama_cpp_read_adpo_gguf() {
             base: None,
             tokenizer_of: None,
             tol: 1e-5,
+            llama_cpp: true,
         };
         cases.push(write_case(&dir, &case, &model, &ids()));
         let lora = load_lora(&arch(name));
@@ -370,8 +375,24 @@ fn transformers_and_llama_cpp_read_adpo_gguf() {
             base: Some(gguf),
             tokenizer_of: None,
             tol: 1e-5,
+            llama_cpp: true,
         };
         cases.push(write_case(&dir, &case, &lora, &ids()));
+    }
+    // 16-bit and q8_0 files: transformers dequantizes them to what adpo's loader reads.
+    let model = load(&arch("llama"));
+    for dtype in [GgufDtype::F16, GgufDtype::Bf16, GgufDtype::Q8_0] {
+        let gguf = dir.join(format!("llama-{dtype:?}.gguf"));
+        model.save_gguf(&gguf, &options(dtype)).unwrap();
+        let case = Case {
+            name: format!("llama-{dtype:?}"),
+            gguf: gguf.clone(),
+            base: None,
+            tokenizer_of: None,
+            tol: 1e-5,
+            llama_cpp: false,
+        };
+        cases.push(write_case(&dir, &case, &load(&gguf), &ids()));
     }
     if let Some(src) = smollm2() {
         let model = load(&src);
@@ -385,6 +406,7 @@ fn transformers_and_llama_cpp_read_adpo_gguf() {
             base: None,
             tokenizer_of: Some(src),
             tol: 1e-4,
+            llama_cpp: true,
         };
         cases.push(write_case(&dir, &case, &model, &ids));
     }
@@ -402,6 +424,7 @@ fn transformers_and_llama_cpp_read_adpo_gguf() {
             base: None,
             tokenizer_of: Some(src),
             tol: 1e-4,
+            llama_cpp: true,
         };
         cases.push(write_case(&dir, &case, &model, &ids));
     }
