@@ -27,6 +27,9 @@ FIXTURES := $(CURDIR)/tests/fixtures/generated
 FIXTURE_STAMP := $(FIXTURES)/.done
 # Tiny GGUF models and transformers' outputs on them and on the real SmolLM2 GGUF (tests/gguf.rs).
 GGUF_STAMP := $(FIXTURES)/gguf/.done
+# llama.cpp for the GGUF-writing tests only (scripts/setup-llama-cpp; see test-rust).
+LLAMA_CPP := $(VENV)/llama-cpp
+LLAMA_CPP_STAMP := $(LLAMA_CPP)/.adpo-llama-cpp-0.3.36
 
 C_TESTS := $(patsubst tests/c/%.c,$(CBUILD)/tests/%,$(wildcard tests/c/*.c))
 # Under valgrind too, except test_old_logp: it samples from a model, which takes minutes there.
@@ -98,9 +101,15 @@ test: test-rust test-torchscript test-header test-c test-readme test-fuzz test-p
 # Which CPU kernels libtorch runs here (the parity suites' logs say which ISA they used).
 KERNELS = $(PY) -c 'import torch; print("libtorch CPU kernels:", torch.backends.cpu.get_cpu_capability())'
 
-test-rust: setup fixtures
+test-rust: setup fixtures $(LLAMA_CPP_STAMP)
 	@$(KERNELS)
-	ADPO_FIXTURES=$(FIXTURES) $(CARGO) test --locked $(CARGO_FEATURES) --release
+	ADPO_FIXTURES=$(FIXTURES) ADPO_LLAMA_CPP=$(LLAMA_CPP) $(CARGO) test --locked $(CARGO_FEATURES) --release
+
+# llama.cpp (the pinned llama-cpp-python sdist, CPU) for tests/gguf_save.rs's check that llama.cpp
+# runs adpo's GGUF files: built once per machine by scripts/setup-llama-cpp, for the tests only
+# (make demo never waits for it).
+$(LLAMA_CPP_STAMP): scripts/setup-llama-cpp | $(SETUP_STAMP)
+	scripts/setup-llama-cpp >/dev/null
 
 # The committed header must be what cbindgen generates (the Rust test `header` checks drift);
 # here: it compiles alone as C11 and C++17, declares exactly the library's exports, the raw

@@ -658,6 +658,44 @@ adpo_status adpo_model_save_adapter(const struct adpo_model *model,
                                     struct adpo_error **err);
 
 /**
+ * Writes the model, with its current weights, as a GGUF file that llama.cpp (`llama-cli -m`),
+ * Ollama (`FROM`), transformers (`gguf_file=`) and adpo_model_load read: architecture llama
+ * (llama and mistral models), qwen2 or qwen3, its `{arch}.*` metadata from the config, the
+ * LLaMA q/k row permutation llama.cpp expects, and the tokenizer and chat template of the
+ * source (a GGUF source's `tokenizer.*` metadata copied; a checkpoint directory's byte-level
+ * BPE tokenizer.json converted; none: `tokenizer.ggml.model` "none"). A model with LoRA
+ * adapters is written merged (W + (alpha / r) B A); the model itself is not changed.
+ * `options_json` (NULL or "" = defaults; unknown keys are ADPO_STATUS_INVALID_CONFIG):
+ * `{"dtype": "f32" | "f16" | "bf16" | "q8_0"}`, default "f32" (lossless); vectors (norms,
+ * biases) stay f32 and q8_0 matrices whose rows are not whole 32-value blocks are written f16,
+ * as llama.cpp's converter does. The file is written under a temporary name beside `path`,
+ * flushed and renamed into place: `path` is the old file or the new one, whole. An existing
+ * `path` is replaced only when it is a GGUF file; a directory or another file is refused with
+ * ADPO_STATUS_INVALID_ARGUMENT and left untouched. Only models loaded from a checkpoint
+ * directory or GGUF file can be saved (ADPO_STATUS_UNSUPPORTED otherwise, and for RoPE
+ * scaling or a tokenizer that is not byte-level BPE); a write failure is ADPO_STATUS_IO.
+ */
+adpo_status adpo_model_save_gguf(const struct adpo_model *model,
+                                 const char *path,
+                                 const char *options_json,
+                                 struct adpo_error **err);
+
+/**
+ * Writes the model's LoRA adapters, with their current weights, as a llama.cpp LoRA adapter
+ * GGUF (`general.type` "adapter", `adapter.type` "lora", `adapter.lora.alpha`; tensors
+ * `blk.N.attn_q.weight.lora_a` / `.lora_b`, B's rows permuted on LLaMA q/k projections as
+ * llama.cpp's `convert_lora_to_gguf.py` does), which `llama-cli -m base.gguf --lora FILE` and
+ * Ollama's `ADAPTER` load on the base model (adpo_model_save_gguf of the model loaded without
+ * adapters, or the GGUF it was loaded from). Options, atomic write and existing paths as
+ * adpo_model_save_gguf. A model without adapters is ADPO_STATUS_UNSUPPORTED; a write failure
+ * is ADPO_STATUS_IO.
+ */
+adpo_status adpo_model_save_adapter_gguf(const struct adpo_model *model,
+                                         const char *path,
+                                         const char *options_json,
+                                         struct adpo_error **err);
+
+/**
  * Vocabulary size V of the model's logits.
  */
 adpo_status adpo_model_vocab_size(const struct adpo_model *model,

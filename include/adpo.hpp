@@ -688,6 +688,24 @@ public:
         detail::call([&](adpo_error **err) { return adpo_model_save(get(), d, err); });
     }
 
+    /// Writes the model (a LoRA policy merged; the model itself unchanged) as a GGUF file that
+    /// llama.cpp, Ollama, transformers and load() read. options_json: {"dtype": "f32" | "f16" |
+    /// "bf16" | "q8_0"} ("" = defaults: f32). Atomic; an existing path is replaced only when it
+    /// is a GGUF file.
+    void save_gguf(const std::string &path, const std::string &options_json = "") const {
+        const char *p = detail::c_str(path, "path");
+        const char *o = options_json.empty() ? nullptr : detail::c_str(options_json, "options_json");
+        detail::call([&](adpo_error **err) { return adpo_model_save_gguf(get(), p, o, err); });
+    }
+
+    /// Writes a LoRA policy's adapters as a llama.cpp LoRA adapter GGUF (`llama-cli --lora`,
+    /// Ollama's ADAPTER). Options as save_gguf's.
+    void save_adapter_gguf(const std::string &path, const std::string &options_json = "") const {
+        const char *p = detail::c_str(path, "path");
+        const char *o = options_json.empty() ? nullptr : detail::c_str(options_json, "options_json");
+        detail::call([&](adpo_error **err) { return adpo_model_save_adapter_gguf(get(), p, o, err); });
+    }
+
     /// Vocabulary size V of the model's logits.
     std::int64_t vocab_size() const {
         std::int64_t v = 0;

@@ -71,6 +71,43 @@ func (m *Model) SaveAdapter(dir string) error {
 	})
 }
 
+// SaveGGUF writes the model (a LoRA policy merged; the model itself unchanged) as a GGUF file that
+// llama.cpp (`llama-cli -m`), Ollama (`FROM`), transformers and LoadModel read, with options as
+// JSON: `{"dtype": "f32" | "f16" | "bf16" | "q8_0"}` ("" = defaults: f32). The write is atomic;
+// an existing path is replaced only when it is a GGUF file.
+func (m *Model) SaveGGUF(path, optionsJSON string) error {
+	return m.withPathOptions(path, optionsJSON, func(p *C.adpo_model, cpath, copts *C.char, cerr **C.adpo_error) C.adpo_status {
+		return C.adpo_model_save_gguf(p, cpath, copts, cerr)
+	})
+}
+
+// SaveAdapterGGUF writes a LoRA policy's adapters as a llama.cpp LoRA adapter GGUF, which
+// `llama-cli -m base.gguf --lora FILE` and Ollama's `ADAPTER` load on the base model. Options as
+// SaveGGUF's.
+func (m *Model) SaveAdapterGGUF(path, optionsJSON string) error {
+	return m.withPathOptions(path, optionsJSON, func(p *C.adpo_model, cpath, copts *C.char, cerr **C.adpo_error) C.adpo_status {
+		return C.adpo_model_save_adapter_gguf(p, cpath, copts, cerr)
+	})
+}
+
+// withPathOptions runs a C call that takes the model, a path and options JSON ("" = NULL).
+func (m *Model) withPathOptions(path, optionsJSON string, call func(p *C.adpo_model, cpath, copts *C.char, cerr **C.adpo_error) C.adpo_status) error {
+	p, err := m.acquire()
+	if err != nil {
+		return err
+	}
+	defer m.release()
+	cpath := C.CString(path)
+	defer freeCString(cpath)
+	var copts *C.char
+	if optionsJSON != "" {
+		copts = C.CString(optionsJSON)
+		defer freeCString(copts)
+	}
+	var cerr *C.adpo_error
+	return check(call(p, cpath, copts, &cerr), cerr)
+}
+
 // withDir runs a C call that takes the model and a directory path.
 func (m *Model) withDir(dir string, call func(p *C.adpo_model, cdir *C.char, cerr **C.adpo_error) C.adpo_status) error {
 	p, err := m.acquire()

@@ -15,6 +15,7 @@ mod publish;
 mod publish_dir;
 mod temp_names;
 
+pub(crate) use publish::publish;
 pub use publish_dir::publish_dir;
 
 pub use format::{FORMAT, FORMAT_VERSION};

@@ -10,7 +10,7 @@ use super::error::adpo_error;
 use super::handle::{free, handle, Guarded, Handle};
 use crate::echo::echo_path;
 use crate::error::{catch_torch, Error, Result, Status};
-use crate::model::{parse_device, LoadOptions, Model, SharedModel};
+use crate::model::{parse_device, GgufSaveOptions, LoadOptions, Model, SharedModel};
 use parking_lot::Mutex;
 use std::ffi::c_char;
 use std::path::Path;
@@ -157,6 +157,72 @@ pub extern "C" fn adpo_model_save_adapter(
         echo_path(
             dir,
             catch_torch(|| m.inner.lock().save_adapter(Path::new(dir))),
+        )
+    })
+}
+
+/// The GGUF save options of `options_json` (NULL or "" = defaults).
+fn gguf_options(options_json: *const c_char) -> Result<GgufSaveOptions> {
+    if options_json.is_null() {
+        return Ok(GgufSaveOptions::default());
+    }
+    GgufSaveOptions::from_json(c_str(options_json, "options_json")?)
+}
+
+/// Writes the model, with its current weights, as a GGUF file that llama.cpp (`llama-cli -m`),
+/// Ollama (`FROM`), transformers (`gguf_file=`) and adpo_model_load read: architecture llama
+/// (llama and mistral models), qwen2 or qwen3, its `{arch}.*` metadata from the config, the
+/// LLaMA q/k row permutation llama.cpp expects, and the tokenizer and chat template of the
+/// source (a GGUF source's `tokenizer.*` metadata copied; a checkpoint directory's byte-level
+/// BPE tokenizer.json converted; none: `tokenizer.ggml.model` "none"). A model with LoRA
+/// adapters is written merged (W + (alpha / r) B A); the model itself is not changed.
+/// `options_json` (NULL or "" = defaults; unknown keys are ADPO_STATUS_INVALID_CONFIG):
+/// `{"dtype": "f32" | "f16" | "bf16" | "q8_0"}`, default "f32" (lossless); vectors (norms,
+/// biases) stay f32 and q8_0 matrices whose rows are not whole 32-value blocks are written f16,
+/// as llama.cpp's converter does. The file is written under a temporary name beside `path`,
+/// flushed and renamed into place: `path` is the old file or the new one, whole. An existing
+/// `path` is replaced only when it is a GGUF file; a directory or another file is refused with
+/// ADPO_STATUS_INVALID_ARGUMENT and left untouched. Only models loaded from a checkpoint
+/// directory or GGUF file can be saved (ADPO_STATUS_UNSUPPORTED otherwise, and for RoPE
+/// scaling or a tokenizer that is not byte-level BPE); a write failure is ADPO_STATUS_IO.
+#[no_mangle]
+pub extern "C" fn adpo_model_save_gguf(
+    model: *const adpo_model,
+    path: *const c_char,
+    options_json: *const c_char,
+    err: *mut *mut adpo_error,
+) -> Status {
+    call_on(err, model, "model", |m| {
+        let path = c_str(path, "path")?;
+        let options = gguf_options(options_json)?;
+        echo_path(
+            path,
+            catch_torch(|| m.inner.lock().save_gguf(Path::new(path), &options)),
+        )
+    })
+}
+
+/// Writes the model's LoRA adapters, with their current weights, as a llama.cpp LoRA adapter
+/// GGUF (`general.type` "adapter", `adapter.type` "lora", `adapter.lora.alpha`; tensors
+/// `blk.N.attn_q.weight.lora_a` / `.lora_b`, B's rows permuted on LLaMA q/k projections as
+/// llama.cpp's `convert_lora_to_gguf.py` does), which `llama-cli -m base.gguf --lora FILE` and
+/// Ollama's `ADAPTER` load on the base model (adpo_model_save_gguf of the model loaded without
+/// adapters, or the GGUF it was loaded from). Options, atomic write and existing paths as
+/// adpo_model_save_gguf. A model without adapters is ADPO_STATUS_UNSUPPORTED; a write failure
+/// is ADPO_STATUS_IO.
+#[no_mangle]
+pub extern "C" fn adpo_model_save_adapter_gguf(
+    model: *const adpo_model,
+    path: *const c_char,
+    options_json: *const c_char,
+    err: *mut *mut adpo_error,
+) -> Status {
+    call_on(err, model, "model", |m| {
+        let path = c_str(path, "path")?;
+        let options = gguf_options(options_json)?;
+        echo_path(
+            path,
+            catch_torch(|| m.inner.lock().save_adapter_gguf(Path::new(path), &options)),
         )
     })
 }

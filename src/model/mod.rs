@@ -31,6 +31,7 @@ mod trainable;
 
 use crate::error::{Error, Result};
 pub use device::parse_device;
+pub use gguf::{GgufDtype, GgufSaveOptions};
 pub use head::Head;
 use masters::Masters;
 pub use native::NativeLm;
@@ -177,6 +178,23 @@ pub trait CausalLm: Send {
             self.describe()
         )))
     }
+    /// Writes the model (merged when it has adapters) as a GGUF file (model/gguf/export.rs).
+    fn save_gguf(&self, path: &Path, options: &GgufSaveOptions) -> Result<()> {
+        let _ = (path, options);
+        Err(Error::unsupported(format!(
+            "{} cannot be saved as GGUF (only checkpoint directories and GGUF files can)",
+            self.describe()
+        )))
+    }
+    /// Writes the LoRA adapters as a llama.cpp LoRA adapter GGUF (model/gguf/adapter.rs).
+    fn save_adapter_gguf(&self, path: &Path, options: &GgufSaveOptions) -> Result<()> {
+        let _ = (path, options);
+        Err(Error::unsupported(format!(
+            "{} has no LoRA adapters to save (only checkpoint directories and GGUF files loaded \
+             with the \"lora\" or \"adapter\" option have them)",
+            self.describe()
+        )))
+    }
     /// A key/value cache for `rows` sequences of up to `capacity` positions.
     fn new_cache(&self, rows: i64, capacity: i64) -> KvCache;
     /// Final hidden states [B, t, H] of `ids` [B, t], the next t positions after the
@@ -317,6 +335,17 @@ impl Model {
     /// Writes the LoRA adapters as a PEFT adapter directory.
     pub fn save_adapter(&self, dir: &Path) -> Result<()> {
         self.lm.save_adapter(dir)
+    }
+
+    /// Writes a GGUF file llama.cpp loads (see model/gguf/export.rs); a model with LoRA
+    /// adapters is written merged.
+    pub fn save_gguf(&self, path: &Path, options: &GgufSaveOptions) -> Result<()> {
+        self.lm.save_gguf(path, options)
+    }
+
+    /// Writes the LoRA adapters as a llama.cpp LoRA adapter GGUF.
+    pub fn save_adapter_gguf(&self, path: &Path, options: &GgufSaveOptions) -> Result<()> {
+        self.lm.save_adapter_gguf(path, options)
     }
 
     pub fn has_adapters(&self) -> bool {

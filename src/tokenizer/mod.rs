@@ -6,7 +6,7 @@
 
 mod chat_template;
 mod files;
-mod gguf;
+pub(crate) mod gguf;
 mod gguf_sentencepiece;
 mod json_checks;
 mod messages;

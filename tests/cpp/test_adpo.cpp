@@ -738,6 +738,25 @@ TEST(Model, LoraAdapterSaves) {
     EXPECT_TRUE(Throws([&] { full.save_adapter((tmp.path / "x").string()); }, ADPO_STATUS_UNSUPPORTED));
 }
 
+TEST(Model, GgufSavesReadBackAndRefuse) {
+    FIXTURE(dir, "hf/qwen3_sharded_tied");
+    const adpo::Model m(dir);
+    TempDir tmp;
+    const std::string out = (tmp.path / "m.gguf").string();
+    m.save_gguf(out);
+    const adpo::Model back(out);
+    EXPECT_EQ(back.params(), m.params());
+    m.save_gguf(out, R"({"dtype": "bf16"})");
+    EXPECT_TRUE(Throws([&] { m.save_gguf(out, R"({"dtype": "q4_0"})"); }, ADPO_STATUS_INVALID_CONFIG, "q4_0"));
+    const std::string text = (tmp.path / "notes.txt").string();
+    std::ofstream(text) << "keep";
+    EXPECT_TRUE(Throws([&] { m.save_gguf(text); }, ADPO_STATUS_INVALID_ARGUMENT, "not a GGUF file"));
+    EXPECT_TRUE(Throws([&] { m.save_adapter_gguf((tmp.path / "a.gguf").string()); }, ADPO_STATUS_UNSUPPORTED));
+    const adpo::Model lora = adpo::Model::load_options(dir, R"({"lora": {"r": 4}})");
+    lora.save_adapter_gguf((tmp.path / "a.gguf").string());
+    EXPECT_GT(fs::file_size(tmp.path / "a.gguf"), 64u);
+}
+
 TEST(Runtime, ThreadCountIsSetReadAndChecked) {
     const std::int32_t before = adpo::num_threads();
     ASSERT_GE(before, 1);

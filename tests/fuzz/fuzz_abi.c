@@ -608,6 +608,24 @@ static adpo_status c_save_utf8(adpo_error **e) { return adpo_model_save(hf_model
 static adpo_status c_save_adapter_none(adpo_error **e) { return adpo_model_save_adapter(hf_model(), scratch_file("ad"), e); }
 static adpo_status c_save_adapter_null(adpo_error **e) { return adpo_model_save_adapter(NULL, scratch_file("ad"), e); }
 static adpo_status c_save_adapter_null_dir(adpo_error **e) { return adpo_model_save_adapter(tiny_model(), NULL, e); }
+static adpo_status c_gguf_null(adpo_error **e) { return adpo_model_save_gguf(NULL, scratch_file("g.gguf"), NULL, e); }
+static adpo_status c_gguf_null_path(adpo_error **e) { return adpo_model_save_gguf(hf_model(), NULL, NULL, e); }
+static adpo_status c_gguf_unwritable(adpo_error **e) { return adpo_model_save_gguf(hf_model(), "/nonexistent/d/g.gguf", NULL, e); }
+static adpo_status c_gguf_over_file(adpo_error **e) {
+    const char *p = scratch_file("not_gguf");
+    write_bytes(p, "x", 1);
+    return adpo_model_save_gguf(hf_model(), p, NULL, e);
+}
+static adpo_status c_gguf_dir(adpo_error **e) { return adpo_model_save_gguf(hf_model(), scratch, NULL, e); }
+static adpo_status c_gguf_utf8(adpo_error **e) { return adpo_model_save_gguf(hf_model(), "/tmp/\xff", NULL, e); }
+static adpo_status c_gguf_bad_json(adpo_error **e) { return adpo_model_save_gguf(hf_model(), scratch_file("g.gguf"), "{\"dtype\":", e); }
+static adpo_status c_gguf_dtype(adpo_error **e) { return adpo_model_save_gguf(hf_model(), scratch_file("g.gguf"), "{\"dtype\": \"q4_0\"}", e); }
+static adpo_status c_gguf_unknown_key(adpo_error **e) { return adpo_model_save_gguf(hf_model(), scratch_file("g.gguf"), "{\"dtyp\": \"f16\"}", e); }
+static adpo_status c_gguf_opts_utf8(adpo_error **e) { return adpo_model_save_gguf(hf_model(), scratch_file("g.gguf"), NOT_UTF8, e); }
+static adpo_status c_gguf_adapter_none(adpo_error **e) { return adpo_model_save_adapter_gguf(hf_model(), scratch_file("a.gguf"), NULL, e); }
+static adpo_status c_gguf_adapter_null(adpo_error **e) { return adpo_model_save_adapter_gguf(NULL, scratch_file("a.gguf"), NULL, e); }
+static adpo_status c_gguf_adapter_null_path(adpo_error **e) { return adpo_model_save_adapter_gguf(hf_model(), NULL, NULL, e); }
+static adpo_status c_gguf_adapter_dtype(adpo_error **e) { return adpo_model_save_adapter_gguf(hf_model(), scratch_file("a.gguf"), "{\"dtype\": 3}", e); }
 static adpo_status c_vocab_null(adpo_error **e) {
     int64_t v;
     return adpo_model_vocab_size(NULL, &v, e);
@@ -1825,6 +1843,20 @@ static const fuzz_case CASES[] = {
     {"adpo_model_save_adapter", "no adapters", UNS, c_save_adapter_none},
     {"adpo_model_save_adapter", "NULL model", NUL, c_save_adapter_null},
     {"adpo_model_save_adapter", "NULL dir", NUL, c_save_adapter_null_dir},
+    {"adpo_model_save_gguf", "NULL model", NUL, c_gguf_null},
+    {"adpo_model_save_gguf", "NULL path", NUL, c_gguf_null_path},
+    {"adpo_model_save_gguf", "unwritable path", IO, c_gguf_unwritable},
+    {"adpo_model_save_gguf", "over a file that is not GGUF", INV, c_gguf_over_file},
+    {"adpo_model_save_gguf", "over a directory", INV, c_gguf_dir},
+    {"adpo_model_save_gguf", "non-UTF-8 path", INV, c_gguf_utf8},
+    {"adpo_model_save_gguf", "options not JSON", CFG, c_gguf_bad_json},
+    {"adpo_model_save_gguf", "dtype q4_0", CFG, c_gguf_dtype},
+    {"adpo_model_save_gguf", "unknown option", CFG, c_gguf_unknown_key},
+    {"adpo_model_save_gguf", "non-UTF-8 options", INV, c_gguf_opts_utf8},
+    {"adpo_model_save_adapter_gguf", "no adapters", UNS, c_gguf_adapter_none},
+    {"adpo_model_save_adapter_gguf", "NULL model", NUL, c_gguf_adapter_null},
+    {"adpo_model_save_adapter_gguf", "NULL path", NUL, c_gguf_adapter_null_path},
+    {"adpo_model_save_adapter_gguf", "dtype not a string", CFG, c_gguf_adapter_dtype},
     {"adpo_model_vocab_size", "NULL model", NUL, c_vocab_null},
     {"adpo_model_vocab_size", "NULL out", NUL, c_vocab_null_out},
     {"adpo_model_num_params", "NULL model", NUL, c_nparams_null},

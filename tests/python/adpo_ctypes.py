@@ -455,6 +455,19 @@ class Model(_Handle):
         st = self._lib.adpo_model_save_adapter(self._h, str(directory).encode(), ctypes.byref(err))
         check(st, err, "adpo_model_save_adapter")
 
+    def save_gguf(self, path, options=None) -> None:
+        """adpo_model_save_gguf: the model (merged) as a GGUF file; options {"dtype": ...}."""
+        err = ctypes.c_void_p()
+        st = self._lib.adpo_model_save_gguf(self._h, str(path).encode(), _json_arg(options), ctypes.byref(err))
+        check(st, err, "adpo_model_save_gguf")
+
+    def save_adapter_gguf(self, path, options=None) -> None:
+        """adpo_model_save_adapter_gguf: the LoRA adapters as a llama.cpp LoRA adapter GGUF."""
+        err = ctypes.c_void_p()
+        st = self._lib.adpo_model_save_adapter_gguf(self._h, str(path).encode(), _json_arg(options),
+                                                    ctypes.byref(err))
+        check(st, err, "adpo_model_save_adapter_gguf")
+
     def vocab_size(self) -> int:
         out = ctypes.c_int64(-1)
         err = ctypes.c_void_p()

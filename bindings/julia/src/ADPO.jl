@@ -33,7 +33,7 @@ export ADPOError, Objective, Model, Batch, Trainer, ObjectiveMetrics, TrainerMet
        evaluate, evaluate_tokens, evaluate_dlpack, dlpack_release, metrics, metrics_json,
        vocab_size, set_rewards!, set_targets!, set_old_logp!, set_anchor_logp!,
        token_ids, loss_mask, group_ids, old_logp, step!, sequence_logp, save_checkpoint, load_checkpoint!,
-       num_params, use_mpi!, use_allreduce!, world, has_mpi, load_model, save_model, save_adapter, completion,
+       num_params, use_mpi!, use_allreduce!, world, has_mpi, load_model, save_model, save_adapter, save_gguf, save_adapter_gguf, completion,
        set_num_threads!, num_threads,
        Tokenizer, encode, encode_batch, decode, decode_batch, apply_chat_template, eos_ids,
        token_to_id, special_token,
@@ -452,6 +452,34 @@ function save_adapter(m::Model, dir::AbstractString)
     err = _err()
     st = adpo_model_save_adapter(m, _nul_free(dir, "dir"), err)
     _check(st, err, :adpo_model_save_adapter)
+    return nothing
+end
+
+"""
+    save_gguf(model, path; options_json = nothing)
+
+Writes the model (a LoRA policy merged; the model itself unchanged) as a GGUF file that
+llama.cpp, Ollama, transformers and `load_model` read. `options_json`:
+`{"dtype": "f32" | "f16" | "bf16" | "q8_0"}` (default f32). Atomic; an existing path is
+replaced only when it is a GGUF file.
+"""
+function save_gguf(m::Model, path::AbstractString; options_json=nothing)
+    err = _err()
+    st = adpo_model_save_gguf(m, _nul_free(path, "path"), _cstr_or_null(options_json, "options_json"), err)
+    _check(st, err, :adpo_model_save_gguf)
+    return nothing
+end
+
+"""
+    save_adapter_gguf(model, path; options_json = nothing)
+
+Writes a LoRA policy's adapters as a llama.cpp LoRA adapter GGUF (`llama-cli --lora`, Ollama's
+`ADAPTER`). Options as `save_gguf`'s.
+"""
+function save_adapter_gguf(m::Model, path::AbstractString; options_json=nothing)
+    err = _err()
+    st = adpo_model_save_adapter_gguf(m, _nul_free(path, "path"), _cstr_or_null(options_json, "options_json"), err)
+    _check(st, err, :adpo_model_save_adapter_gguf)
     return nothing
 end
 

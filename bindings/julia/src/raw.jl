@@ -152,6 +152,14 @@ adpo_model_save_adapter(model, dir, err) =
     ccall((:adpo_model_save_adapter, libadpo()), Int32,
           (Ptr{Cvoid}, Cstring, Ptr{Ptr{Cvoid}},),
           model, dir, err)
+adpo_model_save_gguf(model, path, options_json, err) =
+    ccall((:adpo_model_save_gguf, libadpo()), Int32,
+          (Ptr{Cvoid}, Cstring, Cstring, Ptr{Ptr{Cvoid}},),
+          model, path, options_json, err)
+adpo_model_save_adapter_gguf(model, path, options_json, err) =
+    ccall((:adpo_model_save_adapter_gguf, libadpo()), Int32,
+          (Ptr{Cvoid}, Cstring, Cstring, Ptr{Ptr{Cvoid}},),
+          model, path, options_json, err)
 adpo_model_vocab_size(model, out, err) =
     ccall((:adpo_model_vocab_size, libadpo()), Int32,
           (Ptr{Cvoid}, Ptr{Int64}, Ptr{Ptr{Cvoid}},),

@@ -513,6 +513,25 @@ end
 
     qwen3 = joinpath(get(ENV, "ADPO_FIXTURES", ""), "hf", "qwen3_gqa2_headdim16_tied")
     if isdir(qwen3)
+        @testset "GGUF: save_gguf, save_adapter_gguf" begin
+            qwen3_plain = joinpath(dirname(qwen3), "qwen3_sharded_tied")  # no tokenizer
+            m = Model(qwen3_plain)
+            out = joinpath(mktempdir(), "m.gguf")
+            save_gguf(m, out)
+            @test read(out, 4) == b"GGUF"
+            @test ADPO.params(Model(out)) == ADPO.params(m)
+            save_gguf(m, out; options_json = "{\"dtype\": \"q8_0\"}")
+            @test filesize(out) < sum(filesize, filter(f -> endswith(f, ".safetensors"), readdir(qwen3_plain; join=true)))
+            e = thrown(() -> save_gguf(m, out; options_json = "{\"dtype\": \"q4_0\"}"))
+            @test e isa ADPOError && e.status == ADPO.ADPO_STATUS_INVALID_CONFIG
+            e = thrown(() -> save_adapter_gguf(m, joinpath(mktempdir(), "a.gguf")))
+            @test e isa ADPOError && e.status == ADPO.ADPO_STATUS_UNSUPPORTED
+            lora = load_model(qwen3_plain, "{\"lora\": {\"r\": 4}}")
+            adapter = joinpath(mktempdir(), "a.gguf")
+            save_adapter_gguf(lora, adapter)
+            @test read(adapter, 4) == b"GGUF"
+        end
+
         # The trainer keys of native models (the same cases as the Go and C++ tests).
         @testset "checkpoint directory: trainable, bf16-mixed, activation checkpointing" begin
             m = load_model(qwen3, "{\"dtype\": \"bfloat16\"}")

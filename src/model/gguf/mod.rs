@@ -7,9 +7,17 @@
 //! option's dtype (`auto`: float32, which is what transformers' GGUF loader gives too). The
 //! row permutation llama.cpp's converter applies to LLaMA q/k projections is undone.
 
+mod adapter;
 mod dequant;
+mod export;
 mod names;
+mod quant;
 pub(crate) mod reader;
+mod save_options;
+mod vocab;
+mod writer;
+
+pub use save_options::{GgufDtype, GgufSaveOptions};
 
 use super::native::{self, Config, NativeLm};
 use super::options::LoadOptions;
@@ -54,6 +62,18 @@ pub fn open(path: &Path, options: &LoadOptions) -> Result<NativeLm> {
         eos.into_iter().collect(),
         options,
     )
+}
+
+/// Writes `lm` (merged when it has adapters) as a GGUF file at `path`, atomically.
+pub fn save(lm: &NativeLm, path: &Path, options: &GgufSaveOptions) -> Result<()> {
+    let out = tch::no_grad(|| export::model(lm, options.dtype))?;
+    writer::save(path, &out)
+}
+
+/// Writes the LoRA adapters of `lm` as a llama.cpp LoRA adapter GGUF at `path`, atomically.
+pub fn save_adapter(lm: &NativeLm, path: &Path, options: &GgufSaveOptions) -> Result<()> {
+    let out = tch::no_grad(|| adapter::adapter(lm, options.dtype))?;
+    writer::save(path, &out)
 }
 
 fn find<'a>(g: &'a Gguf, name: &str) -> Result<&'a TensorInfo> {

@@ -65,6 +65,32 @@ pub fn hf_name(name: &str) -> Option<String> {
     Some(format!("model.layers.{layer}.{hf}.{param}"))
 }
 
+/// The GGUF tensor name of Hugging Face parameter `hf` (the inverse of [`hf_name`]).
+pub fn gguf_name(hf: &str) -> Option<String> {
+    match hf {
+        "model.embed_tokens.weight" => return Some("token_embd.weight".into()),
+        "model.norm.weight" => return Some("output_norm.weight".into()),
+        "lm_head.weight" => return Some("output.weight".into()),
+        _ => {}
+    }
+    let rest = hf.strip_prefix("model.layers.")?;
+    let (layer, rest) = rest.split_once('.')?;
+    let (module, param) = rest.rsplit_once('.')?;
+    let (g, _) = LAYER_TENSORS.iter().find(|(_, h)| *h == module)?;
+    Some(format!("blk.{layer}.{g}.{param}"))
+}
+
+/// The llama.cpp architecture a native model of `model_type` is written as (Mistral as llama,
+/// as llama.cpp's converter writes it).
+pub fn gguf_architecture(model_type: &str) -> Option<&'static str> {
+    match model_type {
+        "llama" | "mistral" => Some("llama"),
+        "qwen2" => Some("qwen2"),
+        "qwen3" => Some("qwen3"),
+        _ => None,
+    }
+}
+
 /// Whether llama.cpp's converter permuted this tensor's rows (LLaMA-family q and k
 /// projections, for its interleaved RoPE); the permutation is undone at load.
 pub fn permuted(arch: &str, hf_name: &str) -> Option<&'static str> {
@@ -115,6 +141,12 @@ pub fn config_json(g: &Gguf, vocab: u64, tied: bool) -> Result<String> {
         c.insert("max_position_embeddings".into(), json!(n));
     }
     c.insert("tie_word_embeddings".into(), json!(tied));
+    // llama's optional biases (adpo writes them; llama.cpp loads them when present).
+    let has = |name: &str| g.tensors.iter().any(|t| t.name == name);
+    if arch == "llama" {
+        c.insert("attention_bias".into(), json!(has("blk.0.attn_q.bias")));
+        c.insert("mlp_bias".into(), json!(has("blk.0.ffn_up.bias")));
+    }
     check_rope(g, arch)?;
     if let Some(eos) = g.uint("tokenizer.ggml.eos_token_id")? {
         c.insert("eos_token_id".into(), json!(eos));
@@ -159,6 +191,14 @@ mod tests {
         assert_eq!(hf_name("blk.x.attn_q.weight"), None);
         assert_eq!(hf_name("blk.+1.attn_q.weight"), None);
         assert_eq!(hf_name("rope_freqs.weight"), None);
+        for name in [
+            "blk.3.attn_k.bias",
+            "blk.0.ffn_down.weight",
+            "output.weight",
+        ] {
+            assert_eq!(gguf_name(&hf_name(name).unwrap()).as_deref(), Some(name));
+        }
+        assert_eq!(gguf_name("model.layers.0.self_attn.rotary.weight"), None);
         assert_eq!(
             permuted("llama", "model.layers.0.self_attn.k_proj.weight"),
             Some("k")

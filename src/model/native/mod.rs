@@ -37,6 +37,7 @@ use super::{CausalLm, Head, KvCache, SharedPrefix};
 use crate::error::{Error, Result};
 pub use config::{parse_dtype, Config};
 use decoder::Decoder;
+pub(crate) use rope::RopeScaling;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -152,6 +153,16 @@ impl NativeLm {
     /// The checkpoint directory the model was loaded from.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Every parameter, adapted projections merged (W + s B A); the model is unchanged.
+    pub(crate) fn merged_params(&self) -> Result<Vec<(String, Tensor)>> {
+        self.decoder.merged_params()
+    }
+
+    /// The adapters' A and B (`MODULE.lora_A.weight`, ...), sharing storage.
+    pub(crate) fn adapter_params(&self) -> Vec<(String, Tensor)> {
+        self.decoder.adapter_params()
     }
 
     fn check_inputs(&self, ids: &Tensor, mask: &Tensor, past: i64) -> Result<()> {
@@ -313,6 +324,18 @@ impl CausalLm for NativeLm {
                 self.describe()
             ))),
         }
+    }
+
+    fn save_gguf(&self, path: &Path, options: &crate::model::GgufSaveOptions) -> Result<()> {
+        crate::model::gguf::save(self, path, options)
+    }
+
+    fn save_adapter_gguf(
+        &self,
+        path: &Path,
+        options: &crate::model::GgufSaveOptions,
+    ) -> Result<()> {
+        crate::model::gguf::save_adapter(self, path, options)
     }
 
     /// Per layer, keys and values [rows, num_key_value_heads, capacity, head_dim] (the KV
