@@ -245,6 +245,30 @@ fn checkpoint_directories_are_written_as_gguf() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// Llama 3.1 RoPE scaling travels as llama.cpp's converter writes it, per-frequency factors in
+/// `rope_freqs.weight`: the file computes the checkpoint's logits, and reads back as a model
+/// that saves to GGUF again but not to a config.json (which has no form for the factors).
+#[test]
+fn llama3_rope_scaling_travels_as_rope_freqs() {
+    let dir = scratch("llama3");
+    let model = load(&common::fixtures_dir().join("hf/llama_mqa_tied_llama3"));
+    let gguf = dir.join("llama3.gguf");
+    model.save_gguf(&gguf, &options(GgufDtype::F32)).unwrap();
+    let back = load(&gguf);
+    let ids = ids().remainder(model.vocab());
+    let want = logits(&model, &ids);
+    let d = common::max_rel_diff(&[logits(&back, &ids)], &[want.shallow_clone()]);
+    assert!(d < 1e-6, "the GGUF computes other logits ({d})");
+    let again = dir.join("again.gguf");
+    back.save_gguf(&again, &options(GgufDtype::F32)).unwrap();
+    let d = common::max_rel_diff(&[logits(&load(&again), &ids)], &[want]);
+    assert!(d < 1e-6, "written again: {d}");
+    let e = back.save_pretrained(&dir.join("hf")).unwrap_err();
+    assert_eq!(e.status, Status::Unsupported, "{}", e.message);
+    assert!(e.message.contains("rope_freqs"), "{}", e.message);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn existing_paths_are_replaced_only_when_they_are_gguf() {
     let dir = scratch("paths");
@@ -317,6 +341,8 @@ struct Case {
     /// Whether llama.cpp runs it too (the float32 files: its kernels round 16-bit and q8_0
     /// activations their own way).
     llama_cpp: bool,
+    /// Whether transformers' GGUF loader reads it too (not a file without a tokenizer).
+    transformers: bool,
 }
 
 fn write_case(dir: &Path, case: &Case, model: &Model, ids: &Tensor) -> serde_json::Value {
@@ -331,6 +357,7 @@ fn write_case(dir: &Path, case: &Case, model: &Model, ids: &Tensor) -> serde_jso
         "tokenizer_of": case.tokenizer_of,
         "tol": case.tol,
         "llama_cpp": case.llama_cpp,
+        "transformers": case.transformers,
         "reference": file,
     })
 }
@@ -360,6 +387,7 @@ fn transformers_and_llama_cpp_read_adpo_gguf() {
             tokenizer_of: None,
             tol: 1e-5,
             llama_cpp: true,
+            transformers: true,
         };
         cases.push(write_case(&dir, &case, &model, &ids()));
         let lora = load_lora(&arch(name));
@@ -376,6 +404,7 @@ fn transformers_and_llama_cpp_read_adpo_gguf() {
             tokenizer_of: None,
             tol: 1e-5,
             llama_cpp: true,
+            transformers: true,
         };
         cases.push(write_case(&dir, &case, &lora, &ids()));
     }
@@ -391,6 +420,7 @@ fn transformers_and_llama_cpp_read_adpo_gguf() {
             tokenizer_of: None,
             tol: 1e-5,
             llama_cpp: false,
+            transformers: true,
         };
         cases.push(write_case(&dir, &case, &load(&gguf), &ids()));
     }
@@ -407,6 +437,7 @@ fn transformers_and_llama_cpp_read_adpo_gguf() {
             tokenizer_of: Some(src),
             tol: 1e-4,
             llama_cpp: true,
+            transformers: true,
         };
         cases.push(write_case(&dir, &case, &model, &ids));
     }
@@ -425,9 +456,30 @@ fn transformers_and_llama_cpp_read_adpo_gguf() {
             tokenizer_of: Some(src),
             tol: 1e-4,
             llama_cpp: true,
+            transformers: true,
         };
         cases.push(write_case(&dir, &case, &model, &ids));
     }
+    // Llama 3.1 RoPE scaling as rope_freqs: llama.cpp applies the factors as adpo does (the
+    // fixture has no tokenizer, which transformers' GGUF loader needs).
+    let model = load(&common::fixtures_dir().join("hf/llama_mqa_tied_llama3"));
+    let gguf = dir.join("llama3-rope.gguf");
+    model.save_gguf(&gguf, &options(GgufDtype::F32)).unwrap();
+    let case = Case {
+        name: "llama3-rope".into(),
+        gguf,
+        base: None,
+        tokenizer_of: None,
+        tol: 1e-5,
+        llama_cpp: true,
+        transformers: false,
+    };
+    cases.push(write_case(
+        &dir,
+        &case,
+        &model,
+        &ids().remainder(model.vocab()),
+    ));
     let list = dir.join("cases.json");
     std::fs::write(&list, serde_json::Value::Array(cases).to_string()).unwrap();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/gguf_save_check.py");

@@ -154,7 +154,7 @@ def main() -> int:
         ref = load_file(case["reference"])
         if case["base"]:
             check_adapter(case, ref)
-        else:
+        elif case.get("transformers", True):
             check_model(case, ref)
         if site and case["llama_cpp"]:
             llama_cpp_greedy(case, ref)

@@ -17,9 +17,11 @@ use tch::Tensor;
 /// The `general.*` and `{arch}.*` metadata of `config`, or an error naming what GGUF cannot say.
 pub fn architecture(lm: &NativeLm, arch: &str, out: &mut GgufOut) -> Result<()> {
     let c = lm.config();
-    if c.rope.scaling != RopeScaling::None {
+    let factors_ok = arch == "llama" && c.rope.gguf_factors(c.head_dim).is_some();
+    if c.rope.scaling != RopeScaling::None && !factors_ok {
         return Err(Error::unsupported(format!(
-            "{}: RoPE scaling {:?} is not written to GGUF by adpo (plain RoPE only)",
+            "{}: RoPE scaling {:?} is not written to GGUF by adpo (plain RoPE, and llama's \
+             per-frequency factors for llama3 scaling, only)",
             lm.dir().display(),
             c.rope.scaling
         )));
@@ -108,6 +110,14 @@ pub fn model(lm: &NativeLm, dtype: GgufDtype) -> Result<GgufOut> {
     out.put("general.file_type", Meta::U32(dtype.file_type()));
     for (key, v) in vocab::metadata(lm.dir(), lm.config().vocab_size)? {
         out.put(key, v);
+    }
+    // Llama 3.1 scaling: llama.cpp's converter writes the per-frequency factors as a tensor.
+    if let Some(f) = lm.config().rope.gguf_factors(lm.config().head_dim) {
+        out.tensors.push(OutTensor {
+            name: "rope_freqs.weight".into(),
+            values: Tensor::from_slice(&f).to_kind(tch::Kind::Float),
+            ggml_type: GgmlType::F32,
+        });
     }
     for (hf, t) in lm.merged_params()? {
         let name = names::gguf_name(&hf)

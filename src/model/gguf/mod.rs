@@ -19,7 +19,7 @@ mod writer;
 
 pub use save_options::{GgufDtype, GgufSaveOptions};
 
-use super::native::{self, Config, NativeLm};
+use super::native::{self, Config, NativeLm, RopeScaling};
 use super::options::LoadOptions;
 use crate::error::{torch_message, Error, Result};
 use dequant::GgmlType;
@@ -37,12 +37,15 @@ pub fn open(path: &Path, options: &LoadOptions) -> Result<NativeLm> {
     let vocab = *embedding.dims.get(1).unwrap_or(&0);
     let tied = !g.tensors.iter().any(|t| t.name == "output.weight");
     let config_json = names::config_json(&g, vocab, tied)?;
-    let config = Config::parse(&config_json).map_err(|e| {
+    let mut config = Config::parse(&config_json).map_err(|e| {
         Error::new(
             e.status,
             format!("{} (metadata): {}", path.display(), e.message),
         )
     })?;
+    if let Some(factors) = rope_factors(&g, &config)? {
+        config.rope.scaling = RopeScaling::Factors(factors);
+    }
     if config.num_layers as u64 > g.tensors.len() as u64 {
         return Err(Error::model(format!(
             "{}: {arch}.block_count = {} is more than the {} tensors the file holds",
@@ -76,6 +79,26 @@ pub fn save_adapter(lm: &NativeLm, path: &Path, options: &GgufSaveOptions) -> Re
     writer::save(path, &out)
 }
 
+/// llama.cpp's tensor of per-frequency RoPE factors (Llama 3.1 scaling, as its converter writes
+/// it).
+const ROPE_FREQS: &str = "rope_freqs.weight";
+
+/// The file's RoPE frequency factors, [head_dim / 2] finite positive values, when it has them.
+fn rope_factors(g: &Gguf, config: &Config) -> Result<Option<Vec<f64>>> {
+    let Some(info) = g.tensors.iter().find(|t| t.name == ROPE_FREQS) else {
+        return Ok(None);
+    };
+    let t = tch::no_grad(|| tensor(g, info, &[config.head_dim / 2]))?;
+    let v = Vec::<f64>::try_from(t.to_kind(Kind::Double)).map_err(|e| torch(g, info, e))?;
+    if let Some(bad) = v.iter().find(|x| !(x.is_finite() && **x > 0.0)) {
+        return Err(Error::checkpoint(format!(
+            "{}: {ROPE_FREQS} holds {bad}: RoPE factors are finite and positive",
+            g.path.display()
+        )));
+    }
+    Ok(Some(v))
+}
+
 fn find<'a>(g: &'a Gguf, name: &str) -> Result<&'a TensorInfo> {
     g.tensors
         .iter()
@@ -96,14 +119,10 @@ fn read_tensors(
     let mut out = HashMap::new();
     for info in &g.tensors {
         let hf = names::hf_name(&info.name).filter(|n| shapes.contains_key(n));
+        if info.name == ROPE_FREQS {
+            continue; // read into the config by rope_factors
+        }
         let Some(hf) = hf else {
-            if info.name == "rope_freqs.weight" {
-                return Err(Error::unsupported(format!(
-                    "{}: rope_freqs.weight (Llama 3.1 RoPE frequency scaling) is not supported \
-                     in GGUF files; load the model's Hugging Face directory instead",
-                    g.path.display()
-                )));
-            }
             return Err(Error::checkpoint(format!(
                 "{}: unexpected tensor {} (not a parameter of this {arch} model)",
                 g.path.display(),

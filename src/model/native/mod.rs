@@ -307,6 +307,12 @@ impl CausalLm for NativeLm {
 
     /// Under adapters, the merged model (W + scaling B A on every adapted projection).
     fn save_pretrained(&self, dir: &Path) -> Result<()> {
+        if let RopeScaling::Factors(_) = self.config.rope.scaling {
+            return Err(Error::unsupported(format!(
+                "{}: its RoPE frequency factors (the GGUF file's rope_freqs) have no config.json                  form; save it as GGUF (adpo_model_save_gguf)",
+                self.describe()
+            )));
+        }
         let kind = self.decoder.embedding().kind();
         let config = save::config_json(&self.config_json, kind)?;
         match self.lora {

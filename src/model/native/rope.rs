@@ -22,6 +22,9 @@ pub enum RopeScaling {
         high_freq_factor: f64,
         original_max_position_embeddings: i64,
     },
+    /// A GGUF file's `rope_freqs` (llama.cpp's freq_factors, what its converter writes for Llama
+    /// 3.1 scaling): inverse frequency i divided by factor i.
+    Factors(Vec<f64>),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -40,6 +43,9 @@ impl Rope {
         match self.scaling {
             RopeScaling::None => inv_freq,
             RopeScaling::Linear { factor } => inv_freq / factor,
+            RopeScaling::Factors(ref f) => {
+                inv_freq / Tensor::from_slice(f).to_kind(Kind::Float).to_device(device)
+            }
             RopeScaling::Llama3 {
                 factor,
                 low_freq_factor,
@@ -58,6 +64,27 @@ impl Rope {
                     .ge(high_wavelen)
                     .logical_and(&wavelen.le(low_wavelen));
                 blended.where_self(&medium, &scaled)
+            }
+        }
+    }
+}
+
+impl Rope {
+    /// llama.cpp's per-frequency factors (GGUF `rope_freqs`, [head_dim / 2]) that give these
+    /// inverse frequencies: None for plain RoPE; linear scaling has none (llama.cpp writes it
+    /// as metadata, which adpo does not).
+    pub fn gguf_factors(&self, head_dim: i64) -> Option<Vec<f64>> {
+        let plain = Rope {
+            theta: self.theta,
+            scaling: RopeScaling::None,
+        };
+        match &self.scaling {
+            RopeScaling::None | RopeScaling::Linear { .. } => None,
+            RopeScaling::Factors(f) => Some(f.clone()),
+            RopeScaling::Llama3 { .. } => {
+                let base = plain.inverse_frequencies(head_dim, Device::Cpu);
+                let scaled = self.inverse_frequencies(head_dim, Device::Cpu);
+                Vec::<f64>::try_from((base / scaled).to_kind(Kind::Double)).ok()
             }
         }
     }
