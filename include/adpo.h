@@ -1104,6 +1104,20 @@ adpo_status adpo_trainer_forward_backward(struct adpo_trainer *trainer,
                                           struct adpo_error **err);
 
 /**
+ * adpo_trainer_forward_backward with the host's gradient as a DLPack tensor (DLPack >= 1.0):
+ * [n, t], float64, float32, float16 or bfloat16, any strides, on the CPU or a CUDA device (the
+ * output of the host's own autograd, where it lives; it is moved to the policy's device).
+ * NULL `grad_logp`: the configured loss. adpo takes ownership of a non-NULL `grad_logp` and
+ * calls its deleter exactly once before returning, whatever the outcome. CUDA input must be
+ * ready on libtorch's current stream.
+ */
+adpo_status adpo_trainer_forward_backward_dlpack(struct adpo_trainer *trainer,
+                                                 const struct adpo_batch *batch,
+                                                 DLManagedTensorVersioned *grad_logp,
+                                                 struct adpo_trainer_metrics *out_metrics,
+                                                 struct adpo_error **err);
+
+/**
  * Clips (grad_clip), applies the optimizer update with the gradient accumulated by
  * adpo_trainer_forward_backward, and updates the anchor (EMA, KL-triggered). Without an
  * accumulated gradient: ADPO_STATUS_INVALID_ARGUMENT. A NaN or Inf gradient or update is

@@ -958,6 +958,18 @@ public:
         });
         return m;
     }
+    /// forward_backward with the host's gradient as a DLPack tensor ([n, t], floating, CPU or
+    /// CUDA), e.g. its own autograd's output where it lives. adpo takes ownership (the
+    /// DLPackTensor is released by the call, whatever the outcome).
+    adpo_trainer_metrics forward_backward(const Batch &batch, DLPackTensor grad_logp) {
+        adpo_trainer_metrics m{};
+        m.struct_size = static_cast<std::uint32_t>(sizeof m);
+        DLManagedTensorVersioned *raw = grad_logp.release();
+        detail::call([&](adpo_error **err) {
+            return adpo_trainer_forward_backward_dlpack(get(), batch.get(), raw, &m, err);
+        });
+        return m;
+    }
     /// Clips and applies the gradient forward_backward accumulated, then updates the anchor.
     adpo_trainer_metrics optim_step() {
         adpo_trainer_metrics m{};

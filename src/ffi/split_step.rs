@@ -6,9 +6,10 @@
 
 use super::args::{check_versioned, require_out, slice, write_versioned};
 use super::batch::{adpo_batch, copy_tensor};
-use super::boundary::call_on;
+use super::boundary::{call, call_on, with_handle};
 use super::error::adpo_error;
 use super::trainer::{adpo_trainer, adpo_trainer_metrics, with_batch};
+use crate::dlpack::{DLManagedTensorVersioned, Owned};
 use crate::error::{Error, Result, Status};
 use crate::trainer::StepMetrics;
 use tch::Tensor;
@@ -47,6 +48,40 @@ pub extern "C" fn adpo_trainer_forward_backward(
             t.inner.lock().forward_backward(b, host.as_ref())
         })?;
         write_metrics(out_metrics, m)
+    })
+}
+
+/// adpo_trainer_forward_backward with the host's gradient as a DLPack tensor (DLPack >= 1.0):
+/// [n, t], float64, float32, float16 or bfloat16, any strides, on the CPU or a CUDA device (the
+/// output of the host's own autograd, where it lives; it is moved to the policy's device).
+/// NULL `grad_logp`: the configured loss. adpo takes ownership of a non-NULL `grad_logp` and
+/// calls its deleter exactly once before returning, whatever the outcome. CUDA input must be
+/// ready on libtorch's current stream.
+#[no_mangle]
+pub extern "C" fn adpo_trainer_forward_backward_dlpack(
+    trainer: *mut adpo_trainer,
+    batch: *const adpo_batch,
+    grad_logp: *mut DLManagedTensorVersioned,
+    out_metrics: *mut adpo_trainer_metrics,
+    err: *mut *mut adpo_error,
+) -> Status {
+    call(err, || {
+        // Ownership passes at the call: take it before anything can fail.
+        let owned = Owned::take(grad_logp);
+        with_handle(trainer as *const adpo_trainer, "trainer", |t| {
+            if !out_metrics.is_null() {
+                check_versioned(out_metrics)?;
+            }
+            let grad = owned.view("grad_logp")?;
+            let m = with_batch(batch, |b| {
+                if let Some(g) = &grad {
+                    check_tensor_gradient(g, b.n, b.t)?;
+                }
+                t.inner.lock().forward_backward(b, grad.as_ref())
+            })?;
+            drop(grad); // the view goes before its owner
+            write_metrics(out_metrics, m)
+        })
     })
 }
 
@@ -107,6 +142,26 @@ fn host_gradient(values: &[f64], n: usize, t: usize) -> Result<Tensor> {
         return Err(Error::non_finite("grad_logp"));
     }
     Ok(Tensor::from_slice(values).view([n as i64, t as i64]))
+}
+
+/// A DLPack gradient: [n, t], floating, finite.
+fn check_tensor_gradient(g: &Tensor, n: usize, t: usize) -> Result<()> {
+    if g.size() != [n as i64, t as i64] {
+        return Err(Error::shape(format!(
+            "grad_logp has shape {:?}, expected the batch's [n, t] = [{n}, {t}]",
+            g.size()
+        )));
+    }
+    if !g.is_floating_point() {
+        return Err(Error::unsupported(format!(
+            "grad_logp has dtype {:?}; expected a floating-point dtype",
+            g.kind()
+        )));
+    }
+    if g.isfinite().all().int64_value(&[]) == 0 {
+        return Err(Error::non_finite("grad_logp"));
+    }
+    Ok(())
 }
 
 fn write_metrics(out: *mut adpo_trainer_metrics, m: StepMetrics) -> Result<()> {

@@ -908,6 +908,20 @@ TEST(Trainer, ForwardBackwardAccumulatesTheHostsGradient) {
         ASSERT_NEAR(twice[i], once[i], 1e-5 * std::max(1.0, std::fabs(once[i]))) << i;
 }
 
+// The DLPack overload hands the gradient over: released exactly once, also when refused (a 1-D
+// gradient is not [n, t]); the DLPack path's values are checked in tests/python.
+TEST(Trainer, ForwardBackwardTakesADLPackGradient) {
+    FIXTURE(path, "tiny/llama");
+    adpo::Model policy(path);
+    adpo::Trainer trainer(policy, R"({"optimizer": {"name": "sgd", "lr": 0.05}})");
+    adpo::Batch batch = MakeBatch(2, 4);
+    std::atomic<int> deleted{0};
+    EXPECT_TRUE(Throws([&] { trainer.forward_backward(batch, HostTensor<double>::make({1, 2, 3}, kDLFloat, &deleted)); },
+                       ADPO_STATUS_SHAPE_MISMATCH, "grad_logp"));
+    EXPECT_EQ(deleted.load(), 1);
+    EXPECT_TRUE(Throws([&] { trainer.optim_step(); }, ADPO_STATUS_INVALID_ARGUMENT));
+}
+
 TEST(Trainer, ConfigErrorsAndReferenceModel) {
     FIXTURE(path, "tiny/llama");
     adpo::Model policy(path);

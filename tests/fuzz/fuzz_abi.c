@@ -1262,6 +1262,19 @@ static adpo_status c_fb_then_step(adpo_error **e) {
     adpo_status st = fb(t, b, NULL, 0, e);
     return st != ADPO_STATUS_OK ? WRONG : step(t, b, e); /* would discard the gradient */
 }
+static adpo_status c_fbd_null(adpo_error **e) { return adpo_trainer_forward_backward_dlpack(NULL, batch(), NULL, NULL, e); }
+static adpo_status c_fbd_null_batch(adpo_error **e) {
+    return adpo_trainer_forward_backward_dlpack(trainer(), NULL, NULL, NULL, e);
+}
+static adpo_status c_fbd_builtin(adpo_error **e) {
+    return adpo_trainer_forward_backward_dlpack(trainer(), batch(), NULL, NULL, e);
+}
+static adpo_status c_fbd_1d(adpo_error **e) {
+    return adpo_trainer_forward_backward_dlpack(trainer(), batch(), dl_vec(0, kDLFloat, 64, 4), NULL, e);
+}
+static adpo_status c_fbd_int8(adpo_error **e) {
+    return adpo_trainer_forward_backward_dlpack(trainer(), batch(), dl_vec(0, kDLInt, 8, 4), NULL, e);
+}
 static adpo_status c_optim_none(adpo_error **e) { return adpo_trainer_optim_step(trainer(), NULL, e); }
 static adpo_status c_optim_null(adpo_error **e) { return adpo_trainer_optim_step(NULL, NULL, e); }
 static adpo_status c_optim_after_fb(adpo_error **e) {
@@ -2084,6 +2097,11 @@ static const fuzz_case CASES[] = {
     {"adpo_trainer_forward_backward", "NaN gradient", NF, c_fb_nan},
     {"adpo_trainer_forward_backward", "metrics struct_size 3", E, c_fb_metrics_size},
     {"adpo_trainer_forward_backward", "then a step", INV, c_fb_then_step},
+    {"adpo_trainer_forward_backward_dlpack", "NULL trainer", NUL, c_fbd_null},
+    {"adpo_trainer_forward_backward_dlpack", "NULL batch", NUL, c_fbd_null_batch},
+    {"adpo_trainer_forward_backward_dlpack", "NULL gradient: the built-in loss", OK, c_fbd_builtin},
+    {"adpo_trainer_forward_backward_dlpack", "a 1-D gradient", SHP, c_fbd_1d},
+    {"adpo_trainer_forward_backward_dlpack", "an int8 gradient", UNS, c_fbd_int8},
     {"adpo_trainer_optim_step", "nothing accumulated", INV, c_optim_none},
     {"adpo_trainer_optim_step", "NULL trainer", NUL, c_optim_null},
     {"adpo_trainer_optim_step", "after a host gradient", OK, c_optim_after_fb},

@@ -455,6 +455,17 @@ class Model(_Handle):
         st = self._lib.adpo_model_save_adapter(self._h, str(directory).encode(), ctypes.byref(err))
         check(st, err, "adpo_model_save_adapter")
 
+    def params(self) -> np.ndarray:
+        """adpo_model_get_params: every trainable parameter, flattened, as float64."""
+        n = ctypes.c_size_t()
+        err = ctypes.c_void_p()
+        check(self._lib.adpo_model_num_params(self._h, ctypes.byref(n), ctypes.byref(err)), err,
+              "adpo_model_num_params")
+        out = np.full(n.value, np.nan)
+        check(self._lib.adpo_model_get_params(self._h, _ptr(out), n.value, ctypes.byref(err)), err,
+              "adpo_model_get_params")
+        return out
+
     def save_gguf(self, path, options=None) -> None:
         """adpo_model_save_gguf: the model (merged) as a GGUF file; options {"dtype": ...}."""
         err = ctypes.c_void_p()
@@ -619,6 +630,38 @@ class Trainer(_Handle):
         check(st, err, "adpo_trainer_sample")
         assert out.value, "adpo_trainer_sample returned OK but no batch"
         return Batch(None, None, None, _raw=out)
+
+    def token_logp(self, batch: Batch) -> np.ndarray:
+        """adpo_trainer_token_logp: [n, t] token log-probs, 0 off the loss mask."""
+        n, t = batch.shape()
+        out = np.full((n, t), np.nan)
+        err = ctypes.c_void_p()
+        st = self._lib.adpo_trainer_token_logp(self._h, batch.handle, _ptr(out), n * t, ctypes.byref(err))
+        check(st, err, "adpo_trainer_token_logp")
+        return out
+
+    def _metrics_call(self, fn: str, *args) -> dict:
+        m = TrainerMetrics()
+        m.struct_size = ctypes.sizeof(TrainerMetrics)
+        err = ctypes.c_void_p()
+        st = getattr(self._lib, fn)(self._h, *args, ctypes.byref(m), ctypes.byref(err))
+        check(st, err, fn)
+        return {name: getattr(m, name) for name, _ in TrainerMetrics._fields_}
+
+    def forward_backward(self, batch: Batch, grad_logp=None) -> dict:
+        """adpo_trainer_forward_backward: the configured loss (None) or the host's [n, t] dL/dlogp."""
+        g = None if grad_logp is None else np.ascontiguousarray(grad_logp, dtype=np.float64)
+        return self._metrics_call("adpo_trainer_forward_backward", batch.handle, _ptr(g),
+                                  0 if g is None else g.size)
+
+    def forward_backward_dlpack(self, batch: Batch, grad_logp=None) -> dict:
+        """adpo_trainer_forward_backward_dlpack: a torch tensor handed over through __dlpack__."""
+        ptr = None if grad_logp is None else consume_capsule(export_capsule(grad_logp))
+        raw = None if ptr is None else ctypes.cast(ctypes.c_void_p(ptr), DLManagedPtr)
+        return self._metrics_call("adpo_trainer_forward_backward_dlpack", batch.handle, raw)
+
+    def optim_step(self) -> dict:
+        return self._metrics_call("adpo_trainer_optim_step")
 
     def sequence_logp(self, batch: Batch) -> np.ndarray:
         n, _ = batch.shape()

@@ -144,6 +144,7 @@ SIGNATURES = {
     'adpo_trainer_sequence_logp': (ctypes.c_int32, [ctypes.c_void_p, ctypes.c_void_p, ctypes.POINTER(ctypes.c_double), ctypes.c_size_t, ctypes.POINTER(ctypes.c_void_p)]),
     'adpo_trainer_free': (None, [ctypes.c_void_p]),
     'adpo_trainer_forward_backward': (ctypes.c_int32, [ctypes.c_void_p, ctypes.c_void_p, ctypes.POINTER(ctypes.c_double), ctypes.c_size_t, ctypes.POINTER(adpo_trainer_metrics), ctypes.POINTER(ctypes.c_void_p)]),
+    'adpo_trainer_forward_backward_dlpack': (ctypes.c_int32, [ctypes.c_void_p, ctypes.c_void_p, ctypes.POINTER(DLManagedTensorVersioned), ctypes.POINTER(adpo_trainer_metrics), ctypes.POINTER(ctypes.c_void_p)]),
     'adpo_trainer_optim_step': (ctypes.c_int32, [ctypes.c_void_p, ctypes.POINTER(adpo_trainer_metrics), ctypes.POINTER(ctypes.c_void_p)]),
     'adpo_trainer_token_logp': (ctypes.c_int32, [ctypes.c_void_p, ctypes.c_void_p, ctypes.POINTER(ctypes.c_double), ctypes.c_size_t, ctypes.POINTER(ctypes.c_void_p)]),
     'adpo_trainer_sample': (ctypes.c_int32, [ctypes.c_void_p, ctypes.POINTER(ctypes.c_int64), ctypes.POINTER(ctypes.c_size_t), ctypes.c_size_t, ctypes.c_size_t, ctypes.c_char_p, ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_void_p)]),

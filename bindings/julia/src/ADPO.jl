@@ -38,7 +38,7 @@ export ADPOError, Objective, Model, Batch, Trainer, ObjectiveMetrics, TrainerMet
        Tokenizer, encode, encode_batch, decode, decode_batch, apply_chat_template, eos_ids,
        token_to_id, special_token,
        set_rollout_logp!, rollout_logp, set_truncated!, truncated, set_policy_version!, policy_version,
-       concat, soft_overlong_penalty, forward_backward!, optim_step!, token_logp
+       concat, soft_overlong_penalty, forward_backward!, forward_backward_dlpack!, optim_step!, token_logp
 
 # ----------------------------------------------------------------------------- C declarations
 # Constants (ADPO_ABI_VERSION, ADPO_STATUS_*, ...), the metrics structs and one function per C

@@ -296,6 +296,10 @@ adpo_trainer_forward_backward(trainer, batch, grad_logp, len, out_metrics, err) 
     ccall((:adpo_trainer_forward_backward, libadpo()), Int32,
           (Ptr{Cvoid}, Ptr{Cvoid}, Ptr{Cdouble}, Csize_t, Ptr{adpo_trainer_metrics}, Ptr{Ptr{Cvoid}},),
           trainer, batch, grad_logp, len, out_metrics, err)
+adpo_trainer_forward_backward_dlpack(trainer, batch, grad_logp, out_metrics, err) =
+    ccall((:adpo_trainer_forward_backward_dlpack, libadpo()), Int32,
+          (Ptr{Cvoid}, Ptr{Cvoid}, Ptr{Cvoid}, Ptr{adpo_trainer_metrics}, Ptr{Ptr{Cvoid}},),
+          trainer, batch, grad_logp, out_metrics, err)
 adpo_trainer_optim_step(trainer, out_metrics, err) =
     ccall((:adpo_trainer_optim_step, libadpo()), Int32,
           (Ptr{Cvoid}, Ptr{adpo_trainer_metrics}, Ptr{Ptr{Cvoid}},),

@@ -123,3 +123,18 @@ function token_logp(tr::Trainer, b::Batch)
     _check(st, err, :adpo_trainer_token_logp)
     return _from_rowmajor(buf, n, t)
 end
+
+"""
+    forward_backward_dlpack!(trainer, batch, grad_logp::Ptr{Cvoid}) -> TrainerMetrics
+
+`forward_backward!` with the gradient as a raw `DLManagedTensorVersioned*` ([n, t], floating,
+CPU or CUDA; `C_NULL`: the configured loss). adpo takes ownership and calls its deleter exactly
+once before returning, whatever the outcome: do not use or free it afterwards.
+"""
+function forward_backward_dlpack!(tr::Trainer, b::Batch, grad_logp::Ptr{Cvoid})
+    m = Ref(_blank(TrainerMetrics))
+    err = _err()
+    st = adpo_trainer_forward_backward_dlpack(tr, b, grad_logp, m, err)
+    _check(st, err, :adpo_trainer_forward_backward_dlpack)
+    return m[]
+end
