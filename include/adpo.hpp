@@ -948,7 +948,7 @@ public:
     /// Runs the policy on `batch` and adds to its gradients: of the configured loss when
     /// `grad_logp` is empty, or of the host's loss given as dL/d(token log-prob) (n * t values,
     /// row-major; off the loss mask ignored), the log-probs being token_logp's. Gradients
-    /// accumulate until optim_step; a failed call discards them. One process only.
+    /// accumulate until optim_step; a failed call discards them.
     adpo_trainer_metrics forward_backward(const Batch &batch, View<const double> grad_logp = {}) {
         adpo_trainer_metrics m{};
         m.struct_size = static_cast<std::uint32_t>(sizeof m);

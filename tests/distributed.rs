@@ -367,3 +367,66 @@ fn ranks_with_different_state_are_refused_on_every_rank() {
         errors[0].message
     );
 }
+
+/// A host gradient per rank (forward_backward, then optim_step on every rank) makes the update
+/// of one process holding both batches with the mean of the ranks' gradients: each rank counts
+/// one unit of the host's loss. A rank with nothing accumulated fails every rank's optim_step.
+#[test]
+fn forward_backward_and_optim_step_across_ranks() {
+    let cfg = r#"{"optimizer": {"name": "sgd", "lr": 0.3}}"#;
+    let shares: [&[usize]; 2] = [&[0, 3], &[1, 2, 4]];
+    let grad = |b: &Batch, scale: f64| {
+        let v: Vec<f64> = (0..b.n * b.t)
+            .map(|i| scale * (i as f64 * 0.41).cos())
+            .collect();
+        Tensor::from_slice(&v).view([b.n as i64, b.t as i64])
+    };
+    let ranks = |fail_rank: Option<usize>| {
+        let comms = communicators(2);
+        std::thread::scope(|s| {
+            let handles: Vec<_> = comms
+                .into_iter()
+                .zip(shares)
+                .map(|(comm, groups)| {
+                    s.spawn(move || {
+                        let rank = comm.rank;
+                        let policy = model();
+                        let mut t = Trainer::new(policy.clone(), None, cfg).unwrap();
+                        t.use_communicator(Box::new(comm)).unwrap();
+                        let b = batch(groups, false, 0);
+                        if fail_rank != Some(rank) {
+                            t.forward_backward(&b, Some(&grad(&b, 1.0)))?;
+                        }
+                        t.optim_step()?;
+                        Ok(weights(&policy))
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap())
+                .collect::<Vec<Result<Vec<f64>>>>()
+        })
+    };
+    let got = ranks(None);
+    let (b0, b1) = (batch(shares[0], false, 0), batch(shares[1], false, 0));
+    let union = Batch::concat(&[&b0, &b1]).unwrap();
+    let g = Tensor::cat(&[grad(&b0, 0.5), grad(&b1, 0.5)], 0);
+    let policy = model();
+    let mut t = Trainer::new(policy.clone(), None, cfg).unwrap();
+    t.forward_backward(&union, Some(&g)).unwrap();
+    t.optim_step().unwrap();
+    let want = weights(&policy);
+    for (rank, w) in got.into_iter().enumerate() {
+        let d = rel_diff(&w.unwrap(), &want);
+        assert!(d < 1e-10, "rank {rank}: {d}");
+    }
+    for r in ranks(Some(1)) {
+        let e = r.unwrap_err();
+        assert!(
+            e.message.contains("forward_backward first"),
+            "{}",
+            e.message
+        );
+    }
+}

@@ -10,7 +10,7 @@ import "C"
 // ForwardBackward runs the policy on batch and adds to its gradients: of the configured loss
 // when gradLogp is nil, or of the host's loss given as dL/d(token log-prob) (n * t values,
 // row-major; values off the loss mask are ignored), the log-probs being TokenLogp's. Gradients
-// accumulate until OptimStep; a failed call discards them. One process only.
+// accumulate until OptimStep; a failed call discards them.
 func (t *Trainer) ForwardBackward(batch *Batch, gradLogp []float64) (TrainerMetrics, error) {
 	tp, err := t.acquire()
 	if err != nil {

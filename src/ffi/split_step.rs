@@ -21,8 +21,8 @@ use tch::Tensor;
 /// adpo_trainer_token_logp. Gradients accumulate across calls until adpo_trainer_optim_step;
 /// a failed call discards what was accumulated since the last optimizer step.
 /// `out_metrics` (may be NULL): this call's metrics (loss NaN for a host loss; grad_norm and lr
-/// NaN until optim_step). One process only: in data-parallel training,
-/// ADPO_STATUS_UNSUPPORTED (use adpo_trainer_step).
+/// NaN until optim_step). In data-parallel training each rank accumulates its own gradient; the
+/// ranks meet in adpo_trainer_optim_step.
 #[no_mangle]
 pub extern "C" fn adpo_trainer_forward_backward(
     trainer: *mut adpo_trainer,
@@ -89,7 +89,11 @@ pub extern "C" fn adpo_trainer_forward_backward_dlpack(
 /// adpo_trainer_forward_backward, and updates the anchor (EMA, KL-triggered). Without an
 /// accumulated gradient: ADPO_STATUS_INVALID_ARGUMENT. A NaN or Inf gradient or update is
 /// ADPO_STATUS_NON_FINITE with weights and optimizer state unchanged (the accumulated gradient
-/// is discarded either way). `out_metrics` may be NULL.
+/// is discarded either way). In data-parallel training every rank calls it: the ranks agree on
+/// the outcome (a rank with nothing accumulated fails every rank, before any weight changes),
+/// then sum their gradients, each scaled by its share of the loss normalisers (groups or tokens
+/// for the configured loss, one per call for a host gradient: the mean over ranks).
+/// `out_metrics` may be NULL.
 #[no_mangle]
 pub extern "C" fn adpo_trainer_optim_step(
     trainer: *mut adpo_trainer,

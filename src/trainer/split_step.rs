@@ -1,12 +1,12 @@
 //! A step in two calls, for hosts that define their own loss (the interface Tinker made the
 //! standard in 2026): `forward_backward` runs the model on a batch and accumulates the gradient
 //! of the built-in loss, or of the host's own dL/d(token log-prob); `optim_step` clips and
-//! applies the accumulated gradient. `step` is the two in one (and refuses to run while
-//! gradients are pending, which it would discard).
+//! applies the accumulated gradient (all-reduced in data-parallel training). `step` is the two
+//! in one (and refuses to run while gradients are pending, which it would discard).
 
 use super::{check_batch, check_learnable, passes::Passes, StepMetrics, TrainedSet, Trainer};
 use crate::batch::Batch;
-use crate::distributed::{GlobalStep, LocalStep, StepWeights};
+use crate::distributed::{LocalStep, StepWeights};
 use crate::error::{catch_torch, Error, Result};
 use crate::model::{lock_in_order, Model};
 use crate::objective::Metrics;
@@ -30,12 +30,7 @@ impl Trainer {
         host_grad: Option<&Tensor>,
     ) -> Result<StepMetrics> {
         catch_torch(|| {
-            if self.dist.is_some() {
-                return Err(Error::unsupported(
-                    "forward_backward and optim_step run in one process; data-parallel training \
-                     steps with adpo_trainer_step",
-                ));
-            }
+            self.check_communicator()?;
             let start = std::time::Instant::now();
             let (policy_arc, reference_arc) = (self.policy.clone(), self.reference.clone());
             let (policy, mut reference) = lock_in_order(&policy_arc, reference_arc.as_ref());
@@ -83,25 +78,34 @@ impl Trainer {
     }
 
     /// Clips and applies the gradient accumulated by forward_backward, then updates the anchor.
+    /// In data-parallel training every rank calls it: the ranks agree on the outcome (a rank
+    /// with nothing accumulated fails them all, before any weight changes), then each rank's
+    /// gradient, scaled by its share of the loss normalisers (a host gradient: one per call),
+    /// is summed.
     pub fn optim_step(&mut self) -> Result<StepMetrics> {
         catch_torch(|| {
+            self.check_communicator()?;
             let start = std::time::Instant::now();
-            let pending = self.pending.take().ok_or_else(|| {
-                Error::invalid(
-                    "optim_step: no gradient is accumulated: call forward_backward first",
-                )
-            })?;
             let policy_arc = self.policy.clone();
             let policy = policy_arc.lock();
-            self.check_trained_set(&policy)?;
+            let pending = self
+                .pending
+                .take()
+                .ok_or_else(|| {
+                    Error::invalid(
+                        "optim_step: no gradient is accumulated: call forward_backward first",
+                    )
+                })
+                .and_then(|p| self.check_trained_set(&policy).map(|_| p));
+            let built_in = pending.as_ref().map_or(true, |p| p.built_in);
             policy.load_master_grads();
-            let global = GlobalStep::from(pending.local);
-            if pending.built_in {
+            let global = self.all_reduce(&policy, pending.map(|p| p.local))?;
+            if built_in {
                 check_learnable(&global)?;
             }
             let (grad_norm, lr) = self.optimizer_step(&policy)?;
             self.anchor.after_optimizer_step(&policy);
-            if pending.built_in {
+            if built_in {
                 self.anchor.observe_drift(&policy, global.drift);
             }
             let m = StepMetrics {
@@ -111,7 +115,7 @@ impl Trainer {
                 tokens: global.batch_tokens,
                 anchor_drift: global.drift,
                 step_time_ms: start.elapsed().as_secs_f64() * 1e3,
-                reduce_time_ms: 0.0,
+                reduce_time_ms: self.take_reduce_time_ms(),
                 step: self.optimizer.steps(),
                 policy_entropy: f64::NAN,
                 filters: super::batch_filters::FilterMetrics::none(),

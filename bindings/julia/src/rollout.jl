@@ -93,7 +93,7 @@ end
 
 Runs the policy on `batch` and adds to its gradients: of the configured loss (`nothing`), or of
 the host's loss given as dL/d(token log-prob), an n x t matrix (off the loss mask ignored), the
-log-probs being `token_logp`'s. Gradients accumulate until `optim_step!`. One process only.
+log-probs being `token_logp`'s. Gradients accumulate until `optim_step!`.
 """
 function forward_backward!(tr::Trainer, b::Batch, grad_logp::Union{Nothing,AbstractMatrix{<:Real}}=nothing)
     g = grad_logp === nothing ? C_NULL : _dense(Float64, grad_logp)
