@@ -16,6 +16,8 @@
  *
  * Threads: every adpo handle is locked inside the library, so both threads may call it; a
  * trainer runs one call at a time (a sample waits for a step to end and the other way round).
+ * Which of the two comes first is up to the threads, so runs differ slightly; the sampler
+ * waits for step i - 1 to end before sampling batch i, so no batch is ever two steps old.
  *
  * Usage: async_rl CHECKPOINT_DIR [STEPS]   (exit status 1 if nothing was learnt) */
 #define _POSIX_C_SOURCE 200809L /* pthreads under -std=c11 */
@@ -46,7 +48,7 @@ struct slot {
     pthread_cond_t changed;
     adpo_batch *batch; /* NULL: empty */
     double share;      /* the batch's share of "blue" */
-    int done;
+    int steps_done;    /* optimizer steps the trainer has finished */
 };
 
 struct shared {
@@ -118,6 +120,12 @@ static adpo_batch *refilled_batch(struct shared *s, double *share) {
 static void *sampler(void *arg) {
     struct shared *s = arg;
     for (int i = 0; i < s->steps; i++) {
+        /* Batch i trains at step i + 1. It is at most one step old there if its sampling starts
+         * after step i - 1 has ended: waiting for the trainer to take batch i - 1 is not enough
+         * (it may still be stepping on batch i - 2). */
+        pthread_mutex_lock(&s->slot.lock);
+        while (s->slot.steps_done < i - 1) pthread_cond_wait(&s->slot.changed, &s->slot.lock);
+        pthread_mutex_unlock(&s->slot.lock);
         double share = 0.0;
         adpo_batch *b = refilled_batch(s, &share);
         pthread_mutex_lock(&s->slot.lock);
@@ -181,6 +189,10 @@ int main(int argc, char **argv) {
         adpo_trainer_metrics m = {.struct_size = sizeof m};
         check(adpo_trainer_step(s.trainer, batch, &m, &err), &err, "adpo_trainer_step");
         adpo_batch_free(batch);
+        pthread_mutex_lock(&s.slot.lock);
+        s.slot.steps_done = step;
+        pthread_cond_broadcast(&s.slot.changed);
+        pthread_mutex_unlock(&s.slot.lock);
         if (step <= 5) first += share / 5;
         if (step > s.steps - 5) last += share / 5;
         if (step == 1 || step % 5 == 0)
