@@ -563,6 +563,18 @@ class Batch(_Handle):
         check(st, err, "adpo_batch_get_loss_mask")
         return out.reshape(n, t)
 
+    def completion(self, row: int) -> np.ndarray:
+        """adpo_batch_get_completion: row `row`'s generated ids (its ending EOS included)."""
+        n = ctypes.c_size_t()
+        err = ctypes.c_void_p()
+        st = self._lib.adpo_batch_get_completion(self._h, row, None, 0, ctypes.byref(n), ctypes.byref(err))
+        check(st, err, "adpo_batch_get_completion")
+        out = np.zeros(max(n.value, 1), dtype=np.int64)
+        st = self._lib.adpo_batch_get_completion(self._h, row, _ptr(out, _i64_p), out.size, ctypes.byref(n),
+                                                 ctypes.byref(err))
+        check(st, err, "adpo_batch_get_completion")
+        return out[: n.value]
+
     def old_logp(self, per_token: bool = True) -> np.ndarray:
         """Sampling-time log-probs as the batch holds them: [n, t] per token (sampled batches),
         or [n] when they were set per sequence (per_token=False)."""
@@ -680,3 +692,49 @@ class Trainer(_Handle):
         err = ctypes.c_void_p()
         st = self._lib.adpo_trainer_load(self._h, str(path).encode(), ctypes.byref(err))
         check(st, err, "adpo_trainer_load")
+
+
+class Tokenizer(_Handle):
+    """An adpo_tokenizer: a checkpoint directory, tokenizer.json or GGUF file."""
+
+    _free = "adpo_tokenizer_free"
+
+    def __init__(self, path):
+        super().__init__()
+        err = ctypes.c_void_p()
+        check(self._lib.adpo_tokenizer_load(str(path).encode(), ctypes.byref(self._h), ctypes.byref(err)), err,
+              "adpo_tokenizer_load")
+
+    def _take_string(self, out: ctypes.c_void_p) -> str:
+        try:
+            return ctypes.string_at(out.value).decode()
+        finally:
+            self._lib.adpo_string_free(out)
+
+    def apply_chat_template(self, messages, add_generation_prompt: bool = True) -> str:
+        out, err = ctypes.c_void_p(), ctypes.c_void_p()
+        st = self._lib.adpo_tokenizer_apply_chat_template(self._h, json.dumps(messages).encode(),
+                                                          add_generation_prompt, ctypes.byref(out),
+                                                          ctypes.byref(err))
+        check(st, err, "adpo_tokenizer_apply_chat_template")
+        return self._take_string(out)
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> np.ndarray:
+        n, err = ctypes.c_size_t(), ctypes.c_void_p()
+        b = text.encode()
+        st = self._lib.adpo_tokenizer_encode(self._h, b, add_special_tokens, None, 0, ctypes.byref(n),
+                                             ctypes.byref(err))
+        check(st, err, "adpo_tokenizer_encode")
+        out = np.zeros(max(n.value, 1), dtype=np.int64)
+        st = self._lib.adpo_tokenizer_encode(self._h, b, add_special_tokens, _ptr(out, _i64_p), out.size,
+                                             ctypes.byref(n), ctypes.byref(err))
+        check(st, err, "adpo_tokenizer_encode")
+        return out[: n.value]
+
+    def decode(self, ids, skip_special_tokens: bool = True) -> str:
+        a = _i64(ids, "ids")
+        out, err = ctypes.c_void_p(), ctypes.c_void_p()
+        st = self._lib.adpo_tokenizer_decode(self._h, _ptr(a, _i64_p), a.size, skip_special_tokens,
+                                             ctypes.byref(out), ctypes.byref(err))
+        check(st, err, "adpo_tokenizer_decode")
+        return self._take_string(out)
