@@ -434,12 +434,29 @@ fn transformers_and_llama_cpp_read_adpo_gguf() {
             name: "smollm2".into(),
             gguf,
             base: None,
-            tokenizer_of: Some(src),
+            tokenizer_of: Some(src.clone()),
             tol: 1e-4,
             llama_cpp: true,
             transformers: true,
         };
         cases.push(write_case(&dir, &case, &model, &ids));
+        // The demo's output: LoRA trained on the GGUF itself, its adapter served on that base.
+        let lora = load_lora(&src);
+        perturb_adapters(&lora);
+        let adapter = dir.join("smollm2-lora.gguf");
+        lora.save_adapter_gguf(&adapter, &options(GgufDtype::F32))
+            .unwrap();
+        lora.save_adapter(&dir.join("smollm2-lora-peft")).unwrap();
+        let case = Case {
+            name: "smollm2-lora".into(),
+            gguf: adapter,
+            base: Some(dir.join("smollm2.gguf")),
+            tokenizer_of: None,
+            tol: 1e-4,
+            llama_cpp: true,
+            transformers: true,
+        };
+        cases.push(write_case(&dir, &case, &lora, &ids));
     }
     // A checkpoint directory's byte-level BPE tokenizer.json, converted (the same model as HF).
     let hf = smollm2().map(|p| p.with_file_name("SmolLM2-135M-Instruct"));
