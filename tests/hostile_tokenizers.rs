@@ -99,6 +99,106 @@ fn deeply_nested_values_are_refused_not_a_stack_overflow() {
     assert_eq!(render(&format!("{build}ok")).unwrap(), "ok");
 }
 
+/// Renders `hostile` and then a plain template on one tokenizer, on a thread with a 1 MB stack:
+/// the first is an INVALID_ARGUMENT error whose message has `wanted`, within 20 s, and the
+/// tokenizer renders the second afterwards.
+fn refused_then_renders(hostile: &str, wanted: &str) {
+    let hostile = hostile.to_string();
+    let wanted = wanted.to_string();
+    std::thread::Builder::new()
+        .stack_size(1 << 20)
+        .spawn(move || {
+            let tok = load("qwen");
+            let options = |t: &str| ChatOptions::from_json(&json!({ "template": t }).to_string());
+            let start = Instant::now();
+            let e = tok
+                .apply_chat_template_with(USER, &options(&hostile).unwrap())
+                .expect_err(&hostile);
+            assert_eq!(e.status, Status::InvalidArgument, "{hostile}: {}", e.message);
+            assert!(e.message.contains(&wanted), "{hostile}: {}", e.message);
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "{hostile}: took {:?}",
+                start.elapsed()
+            );
+            let plain = "{% for m in messages %}[{{ m.role }}: {{ m.content }}]{% endfor %}";
+            let out = tok.apply_chat_template_with(USER, &options(plain).unwrap());
+            assert_eq!(out.unwrap(), "[user: hi]", "after {hostile}");
+        })
+        .unwrap()
+        .join()
+        .unwrap()
+}
+
+/// A list `+` is lazy in minijinja until the concatenations nest 33 deep, then it copies every
+/// item: doubling a list 64 times asked for 2^33 items. Each doubling now needs the fuel for
+/// every item it may copy; references to one list twice at each of 40 levels are walked (printed,
+/// compared, hashed) within the fuel left.
+#[test]
+fn doubling_a_list_runs_out_of_fuel_not_memory() {
+    let double = |init: &str, step: &str, then: &str| {
+        format!("{{% set ns = namespace(l={init}) %}}{{% for i in range(64) %}}{{% set ns.l = {step} %}}{{% endfor %}}{then}")
+    };
+    for then in [
+        "{{ ns.l|length }}",
+        "{{ ns.l }}",
+        "{% for x in ns.l %}{% endfor %}",
+        "{{ ns.l ~ 'x' }}",
+    ] {
+        refused_then_renders(&double("[1]", "ns.l + ns.l", then), "fuel");
+    }
+    // Unsized (a chain of a range and a list) and through the chain filter.
+    refused_then_renders(
+        &double("range(1)|chain([1])", "ns.l + ns.l", "{{ ns.l|first }}"),
+        "fuel",
+    );
+    refused_then_renders(
+        &double("[1]", "ns.l|chain(ns.l)", "{{ ns.l|length }}"),
+        "fuel",
+    );
+    // Shared: 2^40 leaves in 40 lists of two references each.
+    let shared = "{% set ns = namespace(a=[1], b=[1]) %}{% for i in range(40) %}{% set ns.a = [ns.a, ns.a] %}{% set ns.b = [ns.b, ns.b] %}{% endfor %}";
+    for then in [
+        "{{ ns.a ~ 'x' }}",
+        "{{ ns.a|string|length }}",
+        "{{ ns.a == ns.b }}",
+        "{{ ns.a < ns.b }}",
+        "{{ {ns.a: 1}|length }}",
+        "{{ ns.a|pprint|length }}",
+    ] {
+        refused_then_renders(&format!("{shared}{then}"), "fuel");
+    }
+}
+
+/// ~400,000 levels: 8,000 rounds of 50 list literals (about half the fuel). minijinja's
+/// printing, comparing and hashing recurse once a level; they now stop 500 levels deep.
+#[test]
+fn walking_a_value_nested_400000_deep_is_refused_not_a_stack_overflow() {
+    let level = format!("{}ns.l{}", "[".repeat(50), "]".repeat(50));
+    let build = format!("{{% set ns = namespace(l=[]) %}}{{% for i in range(8000) %}}{{% set ns.l = {level} %}}{{% endfor %}}");
+    for then in [
+        "{{ ns.l ~ 'x' }}",
+        "{{ ns.l|string }}",
+        "{{ ns.l == [ns.l] }}",
+        "{{ ns.l != [ns.l] }}",
+        "{{ ns.l < [ns.l] }}",
+        "{{ [ns.l, [ns.l]]|sort|length }}",
+        "{{ {ns.l: 1}|length }}",
+        "{{ ns.l in [[ns.l]] }}",
+        "{{ ns.l|pprint }}",
+        "{{ '{}'.format(ns.l) }}",
+        "{{ '%s'|format(ns.l) }}",
+        "{{ [ns.l]|join }}",
+        "{{ raise_exception(ns.l) }}",
+    ] {
+        refused_then_renders(&format!("{build}{then}"), "nested deeper than");
+    }
+    // Unwalked, and compared with itself (the same list: not walked), it renders.
+    let tok_render = |t: String| render(&t).unwrap();
+    assert_eq!(tok_render(format!("{build}{{{{ ns.l == ns.l }}}}")), "True");
+    assert_eq!(tok_render(format!("{build}{{{{ ns.l|length }}}}")), "1");
+}
+
 #[test]
 fn legitimate_templates_still_render() {
     let indented = render("{{ messages|tojson(indent=2) }}").unwrap();
@@ -109,6 +209,13 @@ fn legitimate_templates_still_render() {
     assert_eq!(render("{{ '{:>5}'.format(1) }}").unwrap(), "    1");
     let nested = "{% set ns = namespace(l=[]) %}{% for i in range(100) %}{% set ns.l = [ns.l] %}{% endfor %}{{ ns.l|tojson|length }}";
     assert_eq!(render(nested).unwrap(), "202");
+    // Walks 400 levels deep (under the 500 allowed) print, compare and hash.
+    let deep = "{% set ns = namespace(l=[], m=[]) %}{% for i in range(400) %}{% set ns.l = [ns.l] %}{% set ns.m = [ns.m] %}{% endfor %}";
+    let walks = "{{ (ns.l ~ '')|length }} {{ ns.l == ns.m }} {{ ns.l < [ns.m] }} {{ {ns.l: 1}[ns.m] }}";
+    assert_eq!(render(&format!("{deep}{walks}")).unwrap(), "800 True True 1");
+    // Lists built with `+` as templates build them.
+    let appended = "{% set ns = namespace(l=[]) %}{% for i in range(2000) %}{% set ns.l = ns.l + [i] %}{% endfor %}{{ ns.l|length }} {{ ns.l[1999] }} {{ (ns.l + ns.l)|sum }}";
+    assert_eq!(render(appended).unwrap(), "2000 1999 3998000");
 }
 
 /// Text that makes onig give up is an error of that call; the tokenizer goes on working, also

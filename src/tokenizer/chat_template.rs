@@ -101,7 +101,9 @@ impl ChatTemplates {
                     .map_err(template_error)?
             }
         };
-        template_budget::on_render_stack(|| template.render(context)).map_err(template_error)
+        // The error is described on the rendering's thread: a minijinja error may hold the
+        // template's values (debug info), and dropping a deeply nested one needs that stack.
+        template_budget::on_render_stack(|| template.render(context).map_err(template_error))
     }
 
     fn choose<'a>(&'a self, options: &'a ChatOptions) -> Result<Choice<'a>> {

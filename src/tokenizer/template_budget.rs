@@ -6,6 +6,11 @@
 //! contrib formats without a budget) and adpo's own `tojson`, which also bounds its nesting.
 //! minijinja prints a nested value recursively, so a value printed with `{{ }}` is checked for
 //! its depth first (a list nested 30,000 deep through a namespace overflows the stack).
+//!
+//! The rest is bounded inside minijinja, which adpo builds patched (vendor/minijinja,
+//! ADPO-PATCH.md): a list `+` (lazy until it copies) needs fuel for every item it may copy, and
+//! every walk over a value (`~`, `|string`, `==`, `<`, sorting, hashing, serializing) stops
+//! 500 levels deep or when it has visited the fuel left, which fails the render.
 
 use minijinja::value::{Value, ValueKind};
 use minijinja::{Error, ErrorKind, Output, State};
@@ -17,9 +22,8 @@ pub(crate) const FUEL: u64 = 1_000_000;
 
 /// The stack of the thread a render runs on (pages are only committed when touched; a host
 /// thread's own stack may be 1 MB). The fuel lets a template nest a list ~400,000 levels deep;
-/// freeing that takes under 64 MB (measured). Stringifying it with `~` or comparing it with
-/// `==` takes ~800 B a level in minijinja and can still exceed this: minijinja has no bound on
-/// the depth of the values a template builds.
+/// freeing that takes under 64 MB (measured). Stringifying or comparing it stops 500 levels
+/// deep (the patched minijinja, ~1 KB a level).
 const RENDER_STACK: usize = 128 << 20;
 
 /// Bytes of data per unit of fuel, as minijinja charges them.
@@ -35,18 +39,15 @@ pub(crate) const PRINT_DEPTH: usize = 256;
 
 /// Runs a rendering on a thread of its own with a stack of `RENDER_STACK`.
 pub(crate) fn on_render_stack<T: Send>(
-    f: impl FnOnce() -> Result<T, Error> + Send,
-) -> Result<T, Error> {
+    f: impl FnOnce() -> crate::error::Result<T> + Send,
+) -> crate::error::Result<T> {
     std::thread::scope(|scope| {
         let thread = std::thread::Builder::new()
             .name("adpo-template".into())
             .stack_size(RENDER_STACK)
             .spawn_scoped(scope, f)
             .map_err(|e| {
-                Error::new(
-                    ErrorKind::InvalidOperation,
-                    format!("cannot start the rendering's thread: {e}"),
-                )
+                crate::error::Error::invalid(format!("cannot start the rendering's thread: {e}"))
             })?;
         thread
             .join()

@@ -2559,6 +2559,12 @@ mod builtins {
             .iter()
             .all(|v| matches!(v.kind(), ValueKind::Seq))
         {
+            // adpo: like `+`, a chain may flatten everything it chains
+            // (value/ops.rs `binop_alloc_estimate`).
+            #[cfg(feature = "fuel")]
+            ok!(_state.ensure_fuel(
+                MergeSeq::weight_of(&all_values).saturating_mul(crate::vm::fuel::SLOT_COST)
+            ));
             Ok(Value::from_object(MergeSeq::new(all_values)))
         } else {
             // General iterator chaining behavior

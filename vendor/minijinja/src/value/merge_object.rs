@@ -54,6 +54,8 @@ pub struct MergeSeq {
     total_len: Option<usize>,
     repr: ObjectRepr,
     depth: usize,
+    // adpo: the slots this sequence would take flattened (see `weight_of`).
+    weight: u64,
 }
 
 impl fmt::Debug for MergeSeq {
@@ -86,6 +88,7 @@ impl MergeSeq {
         }
 
         Self {
+            weight: Self::weight_of(&values),
             total_len: values.iter().map(|v| v.len()).sum(),
             values: values.into_boxed_slice(),
             repr,
@@ -101,6 +104,23 @@ impl MergeSeq {
             .max()
             .unwrap_or(0)
             .saturating_add(1)
+    }
+
+    /// adpo: the slots that concatenating `values` may take: the length of
+    /// each sized value, one slot for an unsized one, and a lazy concatenation
+    /// counts its own weight.  This is at least the length of the result and
+    /// the number of values that flattening it collects.  A lazy concatenation
+    /// of a value with itself doubles its weight for two slots of memory, so
+    /// without this bound 33 doublings flatten or materialize 2^33 items
+    /// (vendor/minijinja/ADPO-PATCH.md).
+    pub(crate) fn weight_of(values: &[Value]) -> u64 {
+        values
+            .iter()
+            .map(|value| match value.downcast_object_ref::<Self>() {
+                Some(seq) => seq.weight,
+                None => value.len().unwrap_or(1).max(1) as u64,
+            })
+            .fold(0, u64::saturating_add)
     }
 
     fn push_flattened_value(value: &Value, values: &mut Vec<Value>) {

@@ -265,6 +265,8 @@ pub(crate) mod ops;
 
 mod serialize;
 mod tuple;
+// adpo: bounds on the recursive walks over values (vendor/minijinja/ADPO-PATCH.md).
+pub(crate) mod walk;
 
 pub use self::tuple::Tuple;
 
@@ -656,6 +658,11 @@ impl fmt::Debug for ValueRepr {
                         }
                     }
                 }
+                // adpo: a string printed inside a container is charged to the
+                // walk (a list can reference one long string many times).
+                if !walk::charge(val.len() as u64) {
+                    return f.write_str("...");
+                }
                 python_string_debug_fmt(val, f)
             }
             ValueRepr::SmallStr(ref val) => python_string_debug_fmt(val.as_str(), f),
@@ -670,7 +677,13 @@ impl fmt::Debug for ValueRepr {
                 }
                 write!(f, "'")
             }
-            ValueRepr::Object(ref val) => val.render(f),
+            ValueRepr::Object(ref val) => {
+                // adpo: bounded depth and work (walk.rs); `...` when cut short.
+                let Some(_level) = walk::enter(val.enumerator_len().unwrap_or(0)) else {
+                    return f.write_str("...");
+                };
+                val.render(f)
+            }
         }
     }
 }
@@ -686,6 +699,11 @@ impl Hash for Value {
             ValueRepr::Bytes(ref b) => b.hash(state),
             ValueRepr::Object(ref d) => {
                 self.is_tuple().hash(state);
+                // adpo: bounded depth and work (walk.rs); hashes no further when
+                // cut short.
+                let Some(_level) = walk::enter(0) else {
+                    return;
+                };
                 d.hash(state);
             }
             ValueRepr::U64(_)
@@ -728,7 +746,13 @@ impl PartialEq for Value {
                         }
                         if a.is_same_object(b) {
                             return true;
-                        } else if a.is_same_object_type(b) {
+                        }
+                        // adpo: bounded depth and work (walk.rs); unequal when cut
+                        // short.
+                        let Some(_level) = walk::enter(0) else {
+                            return false;
+                        };
+                        if a.is_same_object_type(b) {
                             if let Some(rv) = a.custom_cmp(b) {
                                 return rv == Ordering::Equal;
                             }
@@ -750,8 +774,9 @@ impl PartialEq for Value {
                                     need_length_fallback = false;
                                 }
                                 let mut a_count = 0;
-                                if !a.try_iter_pairs().is_some_and(|mut ak| {
-                                    ak.all(|(k, v1)| {
+                                // adpo: each item visited is charged (walk.rs).
+                                if !a.try_iter_pairs().is_some_and(|ak| {
+                                    walk::charged(ak).all(|(k, v1)| {
                                         a_count += 1;
                                         b.get_value(&k) == Some(v1)
                                     })
@@ -769,7 +794,8 @@ impl PartialEq for Value {
                                 ObjectRepr::Seq | ObjectRepr::Iterable,
                             ) => {
                                 if let (Some(ak), Some(bk)) = (a.try_iter(), b.try_iter()) {
-                                    ak.eq(bk)
+                                    // adpo: each item visited is charged (walk.rs).
+                                    walk::charged(ak).eq(walk::charged(bk))
                                 } else {
                                     false
                                 }
@@ -936,6 +962,11 @@ impl Ord for Value {
                     if a.is_same_object(b) {
                         Ordering::Equal
                     } else {
+                        // adpo: bounded depth and work (walk.rs); equal when cut
+                        // short.
+                        let Some(_level) = walk::enter(0) else {
+                            return Ordering::Equal;
+                        };
                         // if there is a custom comparison, run it.
                         if a.is_same_object_type(b) {
                             if let Some(rv) = a.custom_cmp(b) {
@@ -949,7 +980,8 @@ impl Ord for Value {
                                 // we don't want to pay the cost of actually sorting the keys for
                                 // ordering so we just accept this for now.
                                 match (a.try_iter_pairs(), b.try_iter_pairs()) {
-                                    (Some(a), Some(b)) => a.cmp(b),
+                                    // adpo: each item visited is charged (walk.rs).
+                                    (Some(a), Some(b)) => walk::charged(a).cmp(walk::charged(b)),
                                     _ => unreachable!(),
                                 }
                             }
@@ -957,7 +989,8 @@ impl Ord for Value {
                                 ObjectRepr::Seq | ObjectRepr::Iterable,
                                 ObjectRepr::Seq | ObjectRepr::Iterable,
                             ) => match (a.try_iter(), b.try_iter()) {
-                                (Some(a), Some(b)) => a.cmp(b),
+                                // adpo: each item visited is charged (walk.rs).
+                                (Some(a), Some(b)) => walk::charged(a).cmp(walk::charged(b)),
                                 _ => unreachable!(),
                             },
                             // terrible fallback for plain objects
@@ -1007,7 +1040,13 @@ impl fmt::Display for Value {
             ValueRepr::SmallStr(ref val) => write!(f, "{}", val.as_str()),
             ValueRepr::Bytes(ref val) => write!(f, "{}", String::from_utf8_lossy(val)),
             ValueRepr::U128(val) => write!(f, "{}", { val.0 }),
-            ValueRepr::Object(ref x) => write!(f, "{x}"),
+            ValueRepr::Object(ref x) => {
+                // adpo: bounded depth and work (walk.rs); `...` when cut short.
+                let Some(_level) = walk::enter(x.enumerator_len().unwrap_or(0)) else {
+                    return f.write_str("...");
+                };
+                write!(f, "{x}")
+            }
         }
     }
 }
@@ -2065,33 +2104,45 @@ impl serde::Serialize for Value {
             ValueRepr::String(ref s, _) => serializer.serialize_str(s),
             ValueRepr::SmallStr(ref s) => serializer.serialize_str(s.as_str()),
             ValueRepr::Bytes(ref b) => serializer.serialize_bytes(b),
-            ValueRepr::Object(ref o) => match o.repr() {
-                ObjectRepr::Plain => serializer.serialize_str(&o.to_string()),
-                ObjectRepr::Seq | ObjectRepr::Iterable => {
-                    use serde::ser::SerializeSeq;
-                    let mut seq = ok!(serializer.serialize_seq(o.enumerator_len()));
-                    if let Some(iter) = o.try_iter() {
-                        for item in checked(iter) {
-                            let item = ok!(item.map_err(serde::ser::Error::custom));
-                            ok!(seq.serialize_element(&item));
+            ValueRepr::Object(ref o) => {
+                // adpo: bounded depth and work (walk.rs); an error when cut short.
+                let Some(_level) = walk::enter(0) else {
+                    return Err(serde::ser::Error::custom(format!(
+                        "cannot serialize a value nested deeper than {} levels or larger \
+                         than the fuel left",
+                        walk::MAX_DEPTH
+                    )));
+                };
+                match o.repr() {
+                    ObjectRepr::Plain => serializer.serialize_str(&o.to_string()),
+                    ObjectRepr::Seq | ObjectRepr::Iterable => {
+                        use serde::ser::SerializeSeq;
+                        let mut seq = ok!(serializer.serialize_seq(o.enumerator_len()));
+                        if let Some(iter) = o.try_iter() {
+                            // adpo: each item visited is charged (walk.rs).
+                            for item in checked(walk::charged(iter)) {
+                                let item = ok!(item.map_err(serde::ser::Error::custom));
+                                ok!(seq.serialize_element(&item));
+                            }
                         }
-                    }
 
-                    seq.end()
-                }
-                ObjectRepr::Map => {
-                    use serde::ser::SerializeMap;
-                    let mut map = ok!(serializer.serialize_map(None));
-                    if let Some(iter) = o.try_iter_pairs() {
-                        for pair in checked(iter) {
-                            let (key, value) = ok!(pair.map_err(serde::ser::Error::custom));
-                            ok!(map.serialize_entry(&key, &value));
+                        seq.end()
+                    }
+                    ObjectRepr::Map => {
+                        use serde::ser::SerializeMap;
+                        let mut map = ok!(serializer.serialize_map(None));
+                        if let Some(iter) = o.try_iter_pairs() {
+                            // adpo: each item visited is charged (walk.rs).
+                            for pair in checked(walk::charged(iter)) {
+                                let (key, value) = ok!(pair.map_err(serde::ser::Error::custom));
+                                ok!(map.serialize_entry(&key, &value));
+                            }
                         }
-                    }
 
-                    map.end()
+                        map.end()
+                    }
                 }
-            },
+            }
         }
     }
 }

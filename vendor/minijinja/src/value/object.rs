@@ -954,7 +954,8 @@ impl DynObject {
 impl Hash for DynObject {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
         if let Some(iter) = self.try_iter_pairs() {
-            for (key, value) in iter {
+            // adpo: each item visited is charged (value/walk.rs).
+            for (key, value) in crate::value::walk::charged(iter) {
                 key.hash(state);
                 value.hash(state);
             }

@@ -901,6 +901,15 @@ pub(crate) fn binop_alloc_estimate(op: &str, lhs: &Value, rhs: &Value) -> u64 {
             _ if lhs.is_tuple() && rhs.is_tuple() => (lhs.len().unwrap_or(0) as u64)
                 .saturating_add(rhs.len().unwrap_or(0) as u64)
                 .saturating_mul(SLOT_COST),
+            // adpo: concatenating sequences is lazy until the concatenations
+            // nest deeper than `MergeSeq::MAX_DEPTH`, then it copies (or
+            // flattens) everything: the fuel must be there for all of it.
+            _ if op == "add"
+                && matches!(lhs.kind(), ValueKind::Seq | ValueKind::Iterable)
+                && matches!(rhs.kind(), ValueKind::Seq | ValueKind::Iterable) =>
+            {
+                MergeSeq::weight_of(&[lhs.clone(), rhs.clone()]).saturating_mul(SLOT_COST)
+            }
             _ => 0,
         },
         _ => 0,

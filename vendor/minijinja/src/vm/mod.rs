@@ -13,6 +13,8 @@ use crate::output::OutputSpanKind;
 use crate::output::{CaptureMode, Output};
 use crate::utils::{untrusted_size_hint, write_escaped, AutoEscape, UndefinedBehavior};
 use crate::value::namespace_object::Namespace;
+// adpo: bounds on the walks over values (value/walk.rs).
+use crate::value::walk;
 use crate::value::{
     checked, ops, value_map_with_capacity, Kwargs, MaybeInvalid, ObjectRepr, UndefinedOrigin,
     UndefinedType, Value, ValueKind, ValueMap, ValueRepr,
@@ -153,6 +155,8 @@ impl<'env> Executor<'env> {
         out: &mut Output,
         auto_escape: AutoEscape,
     ) -> Result<(Option<Value>, State<'template, 'env>), Error> {
+        // adpo: what walks outside a render recorded is not this render's.
+        walk::reset();
         let mut state = State::new(
             Context::new_with_frame(env, ok!(Frame::new_checked(root))),
             auto_escape,
@@ -447,6 +451,23 @@ impl<'env> Executor<'env> {
                 let bytes = out.take_uncharged_bytes();
                 if bytes > 0 {
                     ctx_ok!(tracker.consume(fuel::cost_of(bytes, fuel::BYTE_COST)));
+                }
+            }
+
+            // adpo: a walk over values (printing, comparing, hashing) that the
+            // previous instruction cut short is an error; its work is charged
+            // and the next walks may use the fuel left (value/walk.rs).
+            {
+                let (_work, walk_err) = walk::take_error();
+                if let Some(err) = walk_err {
+                    bail!(err);
+                }
+                #[cfg(feature = "fuel")]
+                if let Some(ref tracker) = state.fuel_tracker {
+                    if _work > 0 {
+                        ctx_ok!(tracker.consume(_work));
+                    }
+                    walk::set_budget(tracker.remaining_units());
                 }
             }
 
@@ -1074,6 +1095,18 @@ impl<'env> Executor<'env> {
         if let Some(ref tracker) = state.fuel_tracker {
             let bytes = out.take_uncharged_bytes();
             ok!(tracker.consume(fuel::cost_of(bytes, fuel::BYTE_COST)));
+        }
+
+        // adpo: and for the walks of the last instruction (value/walk.rs).
+        let (_work, walk_err) = walk::take_error();
+        if let Some(err) = walk_err {
+            return Err(err);
+        }
+        #[cfg(feature = "fuel")]
+        if let Some(ref tracker) = state.fuel_tracker {
+            if _work > 0 {
+                ok!(tracker.consume(_work));
+            }
         }
 
         Ok(stack.try_pop())
