@@ -422,10 +422,12 @@ uint32_t adpo_abi_version(void);
 int32_t adpo_cuda_device_count(void);
 
 /**
- * Sets the number of threads libtorch's CPU kernels use, for the whole process (every model
- * and trainer; default: one per core). On a small or busy machine fewer threads are often
- * faster. `n` must be in [1, 4096]: anything else is ADPO_STATUS_INVALID_ARGUMENT. The
- * objective's fused CPU kernel uses its own pool, sized by RAYON_NUM_THREADS at first use.
+ * Fixes the number of threads libtorch's CPU kernels use, for the whole process (every model
+ * and trainer). Until it is called, each call uses the cores other processes leave idle, at
+ * most one per core within the cgroup's CPU quota (README, "Threads"); fix the count when the
+ * host's own threads load the CPU. `n` must be in [1, 4096]: anything else is
+ * ADPO_STATUS_INVALID_ARGUMENT. The objective's fused CPU kernel uses its own pool, sized by
+ * RAYON_NUM_THREADS at first use.
  */
 adpo_status adpo_set_num_threads(int32_t n, struct adpo_error **err);
 

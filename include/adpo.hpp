@@ -213,7 +213,8 @@ inline double soft_overlong_penalty(std::uint64_t length, std::uint64_t max_leng
 /// Number of CUDA devices libtorch can use (0 without CUDA).
 inline std::int32_t cuda_device_count() noexcept { return adpo_cuda_device_count(); }
 
-/// libtorch's CPU thread count for the whole process (adpo_set_num_threads; 1 .. 4096).
+/// Fixes libtorch's CPU thread count for the whole process (adpo_set_num_threads; 1 .. 4096);
+/// until then adpo uses the cores other processes leave idle.
 inline void set_num_threads(std::int32_t n) {
     detail::call([&](adpo_error **err) { return adpo_set_num_threads(n, err); });
 }

@@ -12,6 +12,7 @@ pub mod anchor;
 pub mod batch;
 pub mod checkpoint;
 pub mod config;
+pub mod cpu_budget;
 pub mod distributed;
 pub mod dlpack;
 pub mod dtype;

@@ -194,8 +194,9 @@ func ABIVersion() uint32 { return uint32(C.adpo_abi_version()) }
 // CUDADeviceCount returns the number of CUDA devices libtorch can use (0 without CUDA).
 func CUDADeviceCount() int { return int(C.adpo_cuda_device_count()) }
 
-// SetNumThreads sets libtorch's CPU thread count for the whole process (1 .. 4096); on a small
-// or busy machine fewer threads are often faster.
+// SetNumThreads fixes libtorch's CPU thread count for the whole process (1 .. 4096). Until it
+// is called, adpo uses the cores other processes leave idle; fix the count when the Go
+// program's own goroutines load the CPU (adpo does not see load from its own process).
 func SetNumThreads(n int) error {
 	var cerr *C.adpo_error
 	return check(C.adpo_set_num_threads(C.int32_t(n), &cerr), cerr)
