@@ -108,7 +108,8 @@ type TrainerMetrics struct {
 	RolloutMaxRatio     float64 // largest token ratio old/rollout
 	RolloutFracRejected float64 // share of scored tokens the rejection (rollout_rs) removed
 
-	PolicyEntropy float64 // mean token entropy of the policy with an entropy bonus (entropy_coef > 0); else NaN
+	PolicyEntropy  float64 // mean token entropy of the policy with an entropy bonus (entropy_coef > 0); else NaN
+	PaddedFraction float64 // share of the last backward's micro-batch positions (rows x width) that are padding
 }
 
 // withMetrics runs one C call that writes a step's metrics (call gets the struct to fill) and
@@ -146,6 +147,7 @@ func withMetrics(call func(m *C.adpo_trainer_metrics) error) (TrainerMetrics, er
 		RolloutMaxRatio:     float64(m.rollout_max_ratio),
 		RolloutFracRejected: float64(m.rollout_frac_rejected),
 		PolicyEntropy:       float64(m.policy_entropy),
+		PaddedFraction:      float64(m.padded_fraction),
 	}, nil
 }
 

@@ -79,6 +79,9 @@ pub struct adpo_trainer_metrics {
     pub rollout_frac_rejected: f64,
     /// Mean token entropy of the policy with an entropy bonus (`entropy_coef` > 0); else NaN.
     pub policy_entropy: f64,
+    /// Share of the last backward's micro-batch positions (rows × width) that are padding
+    /// (micro_batch_tokens packs rows to make it small); NaN from adpo_trainer_optim_step.
+    pub padded_fraction: f64,
 }
 
 impl From<StepMetrics> for adpo_trainer_metrics {
@@ -112,6 +115,7 @@ impl From<StepMetrics> for adpo_trainer_metrics {
             rollout_max_ratio: m.rollout.rollout_max_ratio,
             rollout_frac_rejected: m.rollout.rollout_frac_rejected,
             policy_entropy: m.policy_entropy,
+            padded_fraction: m.padded_fraction,
         }
     }
 }
@@ -121,9 +125,9 @@ impl From<StepMetrics> for adpo_trainer_metrics {
 /// adapters, and by grpo with beta_kl > 0). The reference is read in eval mode without
 /// gradients and is not frozen by being one: it may be another trainer's policy. Locks are
 /// taken in one global order, so trainers sharing models may step in several threads.
-/// `config_json`: trainer keys (seq_logp, micro_batch_rows, logprob_chunk_rows,
-/// activation_checkpointing, epochs_per_batch, seed, anchor, optimizer, grad_clip, schedule, distributed, trainable,
-/// precision) plus every objective key; see README "Trainer configuration". Defaults: anchor
+/// `config_json`: trainer keys (seq_logp, micro_batch_rows, micro_batch_tokens,
+/// logprob_chunk_rows, activation_checkpointing, epochs_per_batch, seed, anchor, optimizer,
+/// grad_clip, schedule, distributed, trainable, precision) plus every objective key; see README "Trainer configuration". Defaults: anchor
 /// on_policy, optimizer adamw with lr 1e-5, seq_logp mean, one pass, one epoch, no clipping,
 /// constant schedule, every parameter trains, precision as_loaded, no activation
 /// checkpointing.

@@ -39,6 +39,11 @@ options! {
         /// pass for all ℓ and dL/dℓ, then one backward per micro-batch); null = the whole batch
         /// in one pass
         micro_batch_rows: Option<usize> = "null", range Range::AT_LEAST_ONE;
+        /// positions per forward pass (rows × width): rows are packed by length, longest
+        /// first (whole groups with `shared_prefix`), and each micro-batch keeps only the
+        /// columns its rows attend, so little of it is padding (`padded_fraction` in the step
+        /// metrics); exact, as `micro_batch_rows`, which then caps the rows of each; null = off
+        micro_batch_tokens: Option<usize> = "null", range Range::AT_LEAST_ONE;
         /// checkpoint directories: scored positions per chunk of the output head (no [N, T, V]
         /// logits tensor exists, forward or backward; only one chunk's [rows, V]); null = sized
         /// to 2^26 logits (441 positions at V = 151,936)

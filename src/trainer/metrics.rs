@@ -33,6 +33,9 @@ pub struct StepMetrics {
     /// backward, with an entropy bonus (`entropy_coef` > 0); NaN (null) without one.
     #[serde(serialize_with = "finite_or_null")]
     pub policy_entropy: f64,
+    /// Share of the last backward's micro-batch positions (rows × width) that are padding.
+    #[serde(serialize_with = "finite_or_null")]
+    pub padded_fraction: f64,
     /// Optimizer steps taken so far.
     pub step: u64,
     /// What the batch filters saw (this rank's batch).

@@ -14,6 +14,7 @@ mod checkpoint;
 mod config;
 mod distributed;
 mod metrics;
+mod micro_batches;
 mod passes;
 pub mod rollout_correction;
 mod split_step;
@@ -205,6 +206,7 @@ impl Trainer {
             step_time_ms: start.elapsed().as_secs_f64() * 1e3,
             reduce_time_ms: self.take_reduce_time_ms(),
             policy_entropy: self.passes.mean_entropy(),
+            padded_fraction: self.passes.padded_fraction(),
             step: self.optimizer.steps(),
         };
         self.last = Some(m);

@@ -1,5 +1,6 @@
 //! How the trainer runs the model over a batch, chosen once in `Trainer::new` from the config:
-//! micro-batches of `micro_batch_rows`, each group's shared prefix run once
+//! micro-batches of `micro_batch_rows` or packed to `micro_batch_tokens` (micro_batches.rs),
+//! each group's shared prefix run once
 //! (model/shared_prefix.rs), the head a chunk of `logprob_chunk_rows` scored positions at a
 //! time, activation checkpointing or not, and the objective's level (sequence log-probs, or
 //! GRPO's token log-probs).
@@ -16,6 +17,7 @@
 //! before the pass, so the head's backward adds it chunk by chunk (chunked::head_backward).
 
 use super::config::TrainerConfig;
+use super::micro_batches::{self, Piece};
 use crate::batch::Batch;
 use crate::error::Result;
 use crate::logprob::{self, chunked, SeqReduce};
@@ -31,12 +33,15 @@ pub(super) struct Passes {
     level: Level,
     seq_logp: SeqReduce,
     micro_batch_rows: Option<usize>,
+    micro_batch_tokens: Option<usize>,
     chunk_rows: Option<usize>,
     checkpointed: bool,
     shared_prefix: bool,
     entropy_coef: f64,
     /// Mean token entropy of the policy at the last backward (f64 bits; NaN without a bonus).
     mean_entropy: AtomicU64,
+    /// The padded share of the last backward's micro-batches (f64 bits).
+    padded_fraction: AtomicU64,
 }
 
 /// What one backward adds to the loss's token weights: the rollout correction's factor [N, T]
@@ -47,11 +52,11 @@ struct Extras<'a> {
 }
 
 impl Extras<'_> {
-    /// Token weights of rows [s, s + l) times the correction's factor there.
-    fn weigh(&self, w: Tensor, (s, l): (i64, i64)) -> Tensor {
+    /// Token weights of a piece's rows and columns times the correction's factor there.
+    fn weigh(&self, w: Tensor, piece: &Piece) -> Tensor {
         match self.factor {
             Some(f) => {
-                let f = f.narrow(0, s, l).to_device(w.device()).to_kind(w.kind());
+                let f = piece.select(f).to_device(w.device()).to_kind(w.kind());
                 w * f
             }
             None => w,
@@ -74,11 +79,13 @@ impl Passes {
             level,
             seq_logp: cfg.seq_logp,
             micro_batch_rows: cfg.micro_batch_rows,
+            micro_batch_tokens: cfg.micro_batch_tokens,
             chunk_rows: cfg.logprob_chunk_rows,
             checkpointed: cfg.activation_checkpointing,
             shared_prefix: cfg.shared_prefix,
             entropy_coef: cfg.entropy_coef,
             mean_entropy: AtomicU64::new(f64::NAN.to_bits()),
+            padded_fraction: AtomicU64::new(f64::NAN.to_bits()),
         }
     }
 
@@ -95,6 +102,17 @@ impl Passes {
     /// NaN when `entropy_coef` is 0 (it is computed only for the bonus).
     pub(super) fn mean_entropy(&self) -> f64 {
         f64::from_bits(self.mean_entropy.load(Ordering::Relaxed))
+    }
+
+    /// The share of the last backward's positions (rows × width of each micro-batch) that no
+    /// row attends: padding.
+    pub(super) fn padded_fraction(&self) -> f64 {
+        f64::from_bits(self.padded_fraction.load(Ordering::Relaxed))
+    }
+
+    /// The padded share of the micro-batches this configuration cuts `batch` into.
+    pub(super) fn padded_fraction_of(&self, batch: &Batch) -> f64 {
+        micro_batches::padded_fraction(&self.micro_batches(batch), &batch.attention_mask)
     }
 
     /// The batch's scored tokens (position 0 is never scored) when there is an entropy bonus.
@@ -120,39 +138,49 @@ impl Passes {
         self.mean_entropy.store(mean.to_bits(), Ordering::Relaxed);
     }
 
-    /// Rows [s, s + l) of the batch, with their shared prefixes planned when sharing is on.
-    fn rows(&self, batch: &Batch, (s, l): (i64, i64), device: Device) -> Rows {
-        let (ids, attn, mask) = batch.rows(s, l, device);
-        let groups = &batch.group_ids[s as usize..(s + l) as usize];
+    /// A piece's rows and columns of the batch, with their shared prefixes planned when
+    /// sharing is on.
+    fn rows(&self, batch: &Batch, piece: &Piece, device: Device) -> Rows {
+        let (ids, attn, mask) = (
+            piece.select(&batch.ids),
+            piece.select(&batch.attention_mask),
+            piece.select(&batch.loss_mask),
+        );
+        let groups: Vec<_> = piece
+            .rows
+            .iter()
+            .map(|&r| batch.group_ids[r as usize])
+            .collect();
         let shared = match self.shared_prefix {
-            true => shared_prefix::plan(
-                &batch.ids.narrow(0, s, l),
-                &batch.attention_mask.narrow(0, s, l),
-                &batch.loss_mask.narrow(0, s, l),
-                groups,
-                device,
-            ),
+            true => shared_prefix::plan(&ids, &attn, &mask, &groups, device),
             false => None,
         };
         Rows {
-            ids,
-            attn,
-            mask,
+            ids: ids.to_device(device),
+            attn: attn.to_device(device),
+            mask: mask.to_device(device),
             shared,
         }
     }
 
-    /// Row ranges (start, len) of the micro-batches.
-    fn micro_batches(&self, n: usize) -> Vec<(i64, i64)> {
-        let size = self.micro_batch_rows.unwrap_or(n).clamp(1, n);
-        (0..n)
-            .step_by(size)
-            .map(|s| (s as i64, size.min(n - s) as i64))
-            .collect()
+    /// The micro-batches: packed by length to `micro_batch_tokens` (whole groups when prefixes
+    /// are shared), else `micro_batch_rows` consecutive rows at full width.
+    fn micro_batches(&self, batch: &Batch) -> Vec<Piece> {
+        match self.micro_batch_tokens {
+            Some(budget) => micro_batches::by_tokens(
+                &batch.attention_mask,
+                &batch.group_ids,
+                self.shared_prefix,
+                budget,
+                self.micro_batch_rows,
+            ),
+            None => micro_batches::by_rows(batch.n, batch.ids.size()[1], self.micro_batch_rows),
+        }
     }
 
-    /// `per_rows(hidden states, ids, loss_mask)` over the micro-batches, without grad,
-    /// concatenated along the rows.
+    /// `per_rows(hidden states, ids, loss_mask)` over the micro-batches, without grad, each
+    /// piece's rows (and columns, for [rows, T] results) put back in their place in the batch
+    /// (zero in the columns a piece leaves out, which no row of it attends).
     fn no_grad(
         &self,
         model: &Model,
@@ -160,16 +188,29 @@ impl Passes {
         per_rows: impl Fn(&Tensor, &Tensor, &Tensor) -> Result<Tensor>,
     ) -> Result<Tensor> {
         tch::no_grad(|| {
-            let parts = self
-                .micro_batches(batch.n)
-                .into_iter()
-                .map(|range| {
-                    let r = self.rows(batch, range, model.device());
-                    let hidden = model.forward_rows(&r.ids, &r.attn, r.shared.as_ref())?;
-                    per_rows(&hidden, &r.ids, &r.mask)
-                })
-                .collect::<Result<Vec<_>>>()?;
-            Ok(Tensor::cat(&parts, 0))
+            let pieces = self.micro_batches(batch);
+            let mut parts = Vec::with_capacity(pieces.len());
+            for piece in &pieces {
+                let r = self.rows(batch, piece, model.device());
+                let hidden = model.forward_rows(&r.ids, &r.attn, r.shared.as_ref())?;
+                parts.push(per_rows(&hidden, &r.ids, &r.mask)?);
+            }
+            if let [piece] = &pieces[..] {
+                if piece.start == 0 && piece.width == batch.ids.size()[1] {
+                    return Ok(parts.pop().expect("one part"));
+                }
+            }
+            let first = &parts[0];
+            let mut shape = first.size();
+            shape[0] = batch.n as i64;
+            if shape.len() == 2 {
+                shape[1] = batch.ids.size()[1];
+            }
+            let mut whole = Tensor::zeros(&shape, (first.kind(), first.device()));
+            for (piece, part) in pieces.iter().zip(&parts) {
+                piece.scatter_into(&mut whole, part);
+            }
+            Ok(whole)
         })
     }
 
@@ -203,6 +244,18 @@ impl Passes {
         }
     }
 
+    /// Values of the one piece that holds every row, as the objective takes them: token-level
+    /// values at the batch's full width (zero in the columns the piece leaves out).
+    fn batch_wide(&self, values: Tensor, piece: &Piece, batch: &Batch) -> Tensor {
+        let t = batch.ids.size()[1];
+        if values.dim() != 2 || values.size()[1] == t {
+            return values;
+        }
+        let mut whole = Tensor::zeros([batch.n as i64, t], (values.kind(), values.device()));
+        piece.scatter_into(&mut whole, &values);
+        whole
+    }
+
     /// dL/d(token log-prob) [rows, T] from dL/d(value) of those rows.
     fn token_weights(&self, dl: &Tensor, mask: &Tensor) -> Tensor {
         match self.level {
@@ -221,14 +274,18 @@ impl Passes {
         factor: Option<&Tensor>,
         evaluate: impl FnMut(&Tensor) -> Result<Evaluation>,
     ) -> Result<(Metrics, f64)> {
-        let parts = self.micro_batches(batch.n);
+        let parts = self.micro_batches(batch);
+        let padded = micro_batches::padded_fraction(&parts, &batch.attention_mask);
+        // Kept for the step's metrics (the batch the backward saw, after the filters).
+        self.padded_fraction
+            .store(padded.to_bits(), Ordering::Relaxed);
         let x = Extras {
             factor,
             bonus: self.bonus_tokens(batch),
         };
         let mut entropies = Vec::new();
         let out = if parts.len() == 1 {
-            self.one_pass(policy, batch, parts[0], &x, &mut entropies, evaluate)?
+            self.one_pass(policy, batch, &parts[0], &x, &mut entropies, evaluate)?
         } else {
             self.two_pass(policy, batch, &parts, &x, &mut entropies, evaluate)?
         };
@@ -236,12 +293,13 @@ impl Passes {
         Ok(out)
     }
 
-    /// The whole batch in one forward: its hidden states give the values, then the gradient.
+    /// The whole batch in one forward (one piece: every row, in order): its hidden states give
+    /// the values, then the gradient.
     fn one_pass(
         &self,
         policy: &Model,
         batch: &Batch,
-        part: (i64, i64),
+        part: &Piece,
         x: &Extras,
         entropies: &mut Vec<Tensor>,
         mut evaluate: impl FnMut(&Tensor) -> Result<Evaluation>,
@@ -257,9 +315,9 @@ impl Passes {
             self.checkpointed,
             &mut |hidden| {
                 let tok = chunked::token_logp(policy, hidden, ids, mask, rows)?;
-                let (dl, m, d) = evaluate(&self.values(tok, mask))?;
+                let (dl, m, d) = evaluate(&self.batch_wide(self.values(tok, mask), part, batch))?;
                 out = Some((m, d));
-                let weights = x.weigh(self.token_weights(&dl, mask), part);
+                let weights = x.weigh(self.token_weights(&part.select(&dl), mask), part);
                 let (grad, h) =
                     chunked::head_backward(policy, hidden, ids, mask, &weights, e.as_ref(), rows)?;
                 entropies.extend(h);
@@ -274,7 +332,7 @@ impl Passes {
         &self,
         policy: &Model,
         batch: &Batch,
-        parts: &[(i64, i64)],
+        parts: &[Piece],
         x: &Extras,
         entropies: &mut Vec<Tensor>,
         mut evaluate: impl FnMut(&Tensor) -> Result<Evaluation>,
@@ -286,9 +344,10 @@ impl Passes {
             &batch.loss_mask.to_device(device),
         );
         let (dl, m, d) = evaluate(&values)?;
-        for &(s, l) in parts {
-            let r = self.rows(batch, (s, l), device);
-            let weights = x.weigh(self.token_weights(&dl.narrow(0, s, l), &r.mask), (s, l));
+        for piece in parts {
+            let r = self.rows(batch, piece, device);
+            let dl = piece.select(&dl);
+            let weights = x.weigh(self.token_weights(&dl, &r.mask), piece);
             let e = self.entropy_weights(&r.mask, x.bonus);
             policy.backward_through(
                 (&r.ids, &r.attn),

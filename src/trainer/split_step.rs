@@ -63,6 +63,10 @@ impl Trainer {
                     None => self.passes.mean_entropy(),
                     Some(_) => f64::NAN,
                 },
+                padded_fraction: match host_grad {
+                    None => self.passes.padded_fraction(),
+                    Some(_) => self.passes.padded_fraction_of(batch),
+                },
                 filters,
                 rollout,
             };
@@ -118,6 +122,7 @@ impl Trainer {
                 reduce_time_ms: self.take_reduce_time_ms(),
                 step: self.optimizer.steps(),
                 policy_entropy: f64::NAN,
+                padded_fraction: f64::NAN,
                 filters: super::batch_filters::FilterMetrics::none(),
                 rollout: super::rollout_correction::MismatchMetrics::none(),
             };

@@ -81,6 +81,7 @@ class adpo_trainer_metrics(ctypes.Structure):
         ('rollout_max_ratio', ctypes.c_double),
         ('rollout_frac_rejected', ctypes.c_double),
         ('policy_entropy', ctypes.c_double),
+        ('padded_fraction', ctypes.c_double),
     ]
 
 

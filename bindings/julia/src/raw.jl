@@ -70,6 +70,7 @@ struct adpo_trainer_metrics
     rollout_max_ratio::Cdouble
     rollout_frac_rejected::Cdouble
     policy_entropy::Cdouble
+    padded_fraction::Cdouble
 end
 
 adpo_error_message(err) =
