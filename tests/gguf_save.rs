@@ -221,13 +221,31 @@ fn checkpoint_directories_are_written_as_gguf() {
         let d = common::max_rel_diff(&[logits(&model, &ids)], &[logits(&back, &ids)]);
         assert!(d < 1e-6, "{name}: the GGUF computes other logits ({d})");
     }
-    // GGUF metadata as adpo writes it has no RoPE scaling: refused, not silently dropped.
+    // Linear RoPE scaling travels as llama.cpp's rope.scaling.type / .factor.
     let model = load(&common::fixtures_dir().join("hf/llama_mha_linear_bias"));
-    let e = model
-        .save_gguf(&dir.join("scaled.gguf"), &options(GgufDtype::F32))
-        .unwrap_err();
+    let scaled = dir.join("scaled.gguf");
+    model.save_gguf(&scaled, &options(GgufDtype::F32)).unwrap();
+    let ids = ids().remainder(model.vocab());
+    let d = common::max_rel_diff(&[logits(&model, &ids)], &[logits(&load(&scaled), &ids)]);
+    assert!(
+        d < 1e-6,
+        "linear RoPE scaling: the GGUF computes other logits ({d})"
+    );
+    // Other scalings in the metadata are refused by name, not computed as plain RoPE.
+    let yarn = dir.join("yarn.gguf");
+    let bytes = std::fs::read(&scaled).unwrap();
+    // The value string: its u64 length, then the bytes (general.name holds "linear" too).
+    let value = [&6u64.to_le_bytes()[..], b"linear"].concat();
+    let at = 8 + bytes
+        .windows(14)
+        .position(|w| w == &value[..])
+        .expect("the scaling type");
+    let mut patched = bytes.clone();
+    patched[at..at + 6].copy_from_slice(b"yarn__");
+    std::fs::write(&yarn, patched).unwrap();
+    let e = Model::load(&yarn, Device::Cpu).err().expect("refused");
     assert_eq!(e.status, Status::Unsupported, "{}", e.message);
-    assert!(e.message.contains("RoPE scaling"), "{}", e.message);
+    assert!(e.message.contains("yarn__"), "{}", e.message);
     // llama.cpp's qwen3 has no attention biases.
     let model = load(&common::fixtures_dir().join("hf/qwen3_mqa_bias_untied_v97"));
     let e = model
@@ -477,6 +495,26 @@ fn transformers_and_llama_cpp_read_adpo_gguf() {
         };
         cases.push(write_case(&dir, &case, &model, &ids));
     }
+    // Linear RoPE scaling (with llama's attention and MLP biases): llama.cpp interpolates the
+    // positions as adpo does.
+    let model = load(&common::fixtures_dir().join("hf/llama_mha_linear_bias"));
+    let gguf = dir.join("llama-linear-rope.gguf");
+    model.save_gguf(&gguf, &options(GgufDtype::F32)).unwrap();
+    let case = Case {
+        name: "llama-linear-rope".into(),
+        gguf,
+        base: None,
+        tokenizer_of: None,
+        tol: 1e-5,
+        llama_cpp: true,
+        transformers: false,
+    };
+    cases.push(write_case(
+        &dir,
+        &case,
+        &model,
+        &ids().remainder(model.vocab()),
+    ));
     // Llama 3.1 RoPE scaling as rope_freqs: llama.cpp applies the factors as adpo does (the
     // fixture has no tokenizer, which transformers' GGUF loader needs).
     let model = load(&common::fixtures_dir().join("hf/llama_mqa_tied_llama3"));

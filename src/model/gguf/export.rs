@@ -18,10 +18,14 @@ use tch::Tensor;
 pub fn architecture(lm: &NativeLm, arch: &str, out: &mut GgufOut) -> Result<()> {
     let c = lm.config();
     let factors_ok = arch == "llama" && c.rope.gguf_factors(c.head_dim).is_some();
-    if c.rope.scaling != RopeScaling::None && !factors_ok {
+    let linear = match c.rope.scaling {
+        RopeScaling::Linear { factor } => Some(factor),
+        _ => None,
+    };
+    if c.rope.scaling != RopeScaling::None && !factors_ok && linear.is_none() {
         return Err(Error::unsupported(format!(
-            "{}: RoPE scaling {:?} is not written to GGUF by adpo (plain RoPE, and llama's \
-             per-frequency factors for llama3 scaling, only)",
+            "{}: RoPE scaling {:?} is not written to GGUF by adpo (plain RoPE, linear scaling, \
+             and llama's per-frequency factors for llama3 scaling, only)",
             lm.dir().display(),
             c.rope.scaling
         )));
@@ -47,6 +51,11 @@ pub fn architecture(lm: &NativeLm, arch: &str, out: &mut GgufOut) -> Result<()> 
     out.put(key("attention.value_length"), u32_of(c.head_dim));
     out.put(key("rope.dimension_count"), u32_of(c.head_dim));
     out.put(key("rope.freq_base"), Meta::F32(c.rope.theta as f32));
+    if let Some(factor) = linear {
+        // llama.cpp's names for position interpolation (its freq_scale is 1 / factor).
+        out.put(key("rope.scaling.type"), Meta::Str("linear".into()));
+        out.put(key("rope.scaling.factor"), Meta::F32(factor as f32));
+    }
     out.put(
         key("attention.layer_norm_rms_epsilon"),
         Meta::F32(c.rms_norm_eps as f32),

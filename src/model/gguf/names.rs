@@ -147,7 +147,12 @@ pub fn config_json(g: &Gguf, vocab: u64, tied: bool) -> Result<String> {
         c.insert("attention_bias".into(), json!(has("blk.0.attn_q.bias")));
         c.insert("mlp_bias".into(), json!(has("blk.0.ffn_up.bias")));
     }
-    check_rope(g, arch)?;
+    if let Some(factor) = linear_rope_factor(g, arch)? {
+        c.insert(
+            "rope_scaling".into(),
+            json!({"type": "linear", "factor": factor}),
+        );
+    }
     if let Some(eos) = g.uint("tokenizer.ggml.eos_token_id")? {
         c.insert("eos_token_id".into(), json!(eos));
     }
@@ -157,14 +162,27 @@ pub fn config_json(g: &Gguf, vocab: u64, tied: bool) -> Result<String> {
     Ok(Value::Object(c).to_string())
 }
 
-/// RoPE scaling (llama 3.1's, YaRN, linear) is not read from GGUF metadata: refused, not
-/// silently computed as plain RoPE.
-fn check_rope(g: &Gguf, arch: &str) -> Result<()> {
+/// The factor of linear RoPE scaling (position interpolation, llama.cpp's `linear`: positions
+/// divided by `{arch}.rope.scaling.factor`), None for plain RoPE. Other scalings in the metadata
+/// (YaRN) are refused, not silently computed as plain RoPE; Llama 3.1's comes as the
+/// `rope_freqs` tensor instead.
+fn linear_rope_factor(g: &Gguf, arch: &str) -> Result<Option<f64>> {
     let key = format!("{arch}.rope.scaling.type");
     match g.string(&key)? {
-        None | Some("none") => Ok(()),
+        None | Some("none") => Ok(None),
+        Some("linear") => {
+            let factor_key = format!("{arch}.rope.scaling.factor");
+            match g.float(&factor_key)? {
+                Some(f) if f.is_finite() && f >= 1.0 => Ok(Some(f)),
+                other => Err(Error::model(format!(
+                    "{}: {key} = \"linear\" needs {factor_key} >= 1, got {other:?}",
+                    g.path.display()
+                ))),
+            }
+        }
         Some(other) => Err(Error::unsupported(format!(
-            "{}: {key} = {other:?}; adpo loads GGUF models with plain RoPE only",
+            "{}: {key} = {other:?}; adpo loads GGUF models with plain RoPE, linear scaling \
+             or rope_freqs factors only",
             g.path.display()
         ))),
     }
