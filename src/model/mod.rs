@@ -168,6 +168,21 @@ pub trait CausalLm: Send {
     /// An independent instance with its own copy of the weights (for anchors), made from
     /// memory: the file the model came from is not read again.
     fn duplicate(&self) -> Result<Box<dyn CausalLm>>;
+    /// A copy of the model for sampling in `kind` (adapters merged into their weights, none
+    /// kept), which `refresh_rollout_copy` brings up to date; UNSUPPORTED where the model cannot
+    /// be rebuilt from its tensors (TorchScript).
+    fn rollout_copy(&self, kind: Kind) -> Result<Box<dyn CausalLm>> {
+        let _ = kind;
+        Err(Error::unsupported(format!(
+            "{}: a copy in another precision for sampling (rollout_dtype) needs a checkpoint \
+             directory or GGUF model",
+            self.describe()
+        )))
+    }
+    /// Every parameter with adapters merged (W + s B A), as `rollout_copy` names them.
+    fn merged_parameters(&self) -> Result<Vec<(String, Tensor)>> {
+        Ok(self.named_parameters())
+    }
     /// Writes the model, with its current weights, as a Hugging Face checkpoint directory
     /// (config.json + model.safetensors, plus the source's tokenizer and generation files).
     fn save_pretrained(&self, dir: &Path) -> Result<()> {
@@ -571,6 +586,29 @@ impl Model {
         }
         copy.copy_weights_from(self);
         Ok(copy)
+    }
+
+    /// A copy of this model in `kind` for sampling, adapters merged (no gradients, eval mode).
+    pub fn rollout_copy(&self, kind: Kind) -> Result<Model> {
+        Model::from_lm(self.lm.rollout_copy(kind)?)
+    }
+
+    /// Brings a `rollout_copy` of this model up to date: every parameter, adapters merged,
+    /// cast into the copy's dtype.
+    pub fn refresh_rollout_copy(&self, copy: &mut Model) -> Result<()> {
+        let merged: std::collections::HashMap<String, Tensor> =
+            tch::no_grad(|| self.lm.merged_parameters())?
+                .into_iter()
+                .collect();
+        tch::no_grad(|| {
+            for (name, mut mine) in copy.lm.named_parameters() {
+                let theirs = merged.get(&name).ok_or_else(|| {
+                    Error::model(format!("{}: no parameter {name} to copy", self.describe()))
+                })?;
+                mine.copy_(theirs);
+            }
+            Ok(())
+        })
     }
 
     /// theta <- other's theta (the trainable values).

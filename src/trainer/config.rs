@@ -12,6 +12,18 @@ use crate::optimizer::OptimizerConfig;
 use crate::schedule::Schedule;
 use serde::Deserialize;
 
+/// What `Trainer::sample` runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+pub enum RolloutDtype {
+    /// The policy itself.
+    #[default]
+    #[serde(rename = "policy")]
+    Policy,
+    /// A bfloat16 copy of the policy (adapters merged), refreshed at each sample.
+    #[serde(rename = "bfloat16")]
+    Bfloat16,
+}
+
 /// How the policy's weights are held while it trains.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 pub enum Precision {
@@ -65,6 +77,11 @@ options! {
         entropy_coef: f64 = "0", range Range::NON_NEGATIVE;
         /// sampling generator and Plackett-Luce ties
         seed: u64 = "0";
+        /// what adpo_trainer_sample runs: `policy`, or `bfloat16`, a bfloat16 copy of a
+        /// float32/float64 policy (LoRA merged) refreshed at each sample, whose
+        /// log-probs the batch carries as `rollout_logp` (no `old_logp`: the step computes it
+        /// with the policy); a bfloat16 policy samples itself either way
+        rollout_dtype: RolloutDtype = r#""policy""#;
         /// `fixed` (reference model, or the batch's `anchor_logp`), `on_policy` (the batch's
         /// `old_logp`, else the policy's detached log-probs at the start of the step), `{"mode":
         /// "ema", "alpha": 0.99}`, `{"mode": "kl_triggered", "window": 10, "threshold": 0.1}`

@@ -16,12 +16,13 @@ mod distributed;
 mod metrics;
 mod micro_batches;
 mod passes;
+mod rollout_copy;
 pub mod rollout_correction;
 mod split_step;
 pub mod state;
 mod validate;
 
-pub use config::{parse_config, Precision, TrainerConfig};
+pub use config::{parse_config, Precision, RolloutDtype, TrainerConfig};
 pub use metrics::StepMetrics;
 pub use state::TrainerState;
 
@@ -60,6 +61,8 @@ pub struct Trainer {
     trained: TrainedSet,
     /// Gradients forward_backward accumulated that no optimizer step has applied yet.
     pending: Option<split_step::Pending>,
+    /// The bfloat16 copy `rollout_dtype` samples from (rollout_copy.rs).
+    rollout_copy: Option<Model>,
 }
 
 /// The trainable parameter names and whether masters are held, when the trainer was made: a
@@ -114,6 +117,7 @@ impl Trainer {
             sample_rng,
             trained,
             pending: None,
+            rollout_copy: None,
         };
         if backend == Backend::Mpi {
             // SAFETY: NULL selects MPI_COMM_WORLD.
@@ -311,9 +315,19 @@ impl Trainer {
                 self.sample_rng = seed;
             }
             let mut policy = self.policy.lock();
+            let version = self.optimizer.steps();
+            let copy = match self.cfg.rollout_dtype {
+                RolloutDtype::Bfloat16 if policy.kind() != Kind::BFloat16 => {
+                    Some(rollout_copy::current(&mut self.rollout_copy, &policy)?)
+                }
+                _ => None,
+            };
             let rng = &mut self.sample_rng;
-            let mut batch = policy.in_eval_mode(|p| sample::sample(p, prompts, k, cfg, rng))?;
-            batch.set_policy_version(self.optimizer.steps());
+            let mut batch = match copy {
+                Some(copy) => rollout_copy::sample(copy, prompts, k, cfg, rng)?,
+                None => policy.in_eval_mode(|p| sample::sample(p, prompts, k, cfg, rng))?,
+            };
+            batch.set_policy_version(version);
             Ok(batch)
         })
     }

@@ -305,6 +305,33 @@ impl CausalLm for NativeLm {
         }))
     }
 
+    /// The merged parameters cast to `kind`, in a model of the same config without adapters.
+    fn rollout_copy(&self, kind: Kind) -> Result<Box<dyn CausalLm>> {
+        let tensors: HashMap<String, Tensor> = tch::no_grad(|| {
+            let merged = self.decoder.merged_params()?;
+            Ok::<_, crate::error::Error>(
+                merged
+                    .into_iter()
+                    .map(|(n, t)| (n, t.detach().to_kind(kind)))
+                    .collect(),
+            )
+        })?;
+        Ok(Box::new(NativeLm {
+            dir: self.dir.clone(),
+            config: self.config.clone(),
+            config_json: self.config_json.clone(),
+            eos_ids: self.eos_ids.clone(),
+            decoder: Decoder::new(&self.config, tensors)?,
+            device: self.device,
+            lora: None,
+            adapters_on: AtomicBool::new(true),
+        }))
+    }
+
+    fn merged_parameters(&self) -> Result<Vec<(String, Tensor)>> {
+        self.decoder.merged_params()
+    }
+
     /// Under adapters, the merged model (W + scaling B A on every adapted projection).
     fn save_pretrained(&self, dir: &Path) -> Result<()> {
         if let RopeScaling::Factors(_) = self.config.rope.scaling {
