@@ -1036,7 +1036,8 @@ void adpo_batch_free(struct adpo_batch *batch);
  * taken in one global order, so trainers sharing models may step in several threads.
  * `config_json`: trainer keys (seq_logp, micro_batch_rows, micro_batch_tokens,
  * logprob_chunk_rows, activation_checkpointing, epochs_per_batch, seed, anchor, optimizer,
- * grad_clip, schedule, distributed, trainable, precision) plus every objective key; see README "Trainer configuration". Defaults: anchor
+ * grad_clip, schedule, distributed, trainable, precision, rollout_dtype) plus every objective
+ * key; see README "Trainer configuration". Defaults: anchor
  * on_policy, optimizer adamw with lr 1e-5, seq_logp mean, one pass, one epoch, no clipping,
  * constant schedule, every parameter trains, precision as_loaded, no activation
  * checkpointing.
