@@ -7,8 +7,9 @@
  * A sampler thread samples K completions for each chat prompt, scores them (1 for "blue",
  * DAPO's soft overlong penalty for long ones) and, while fewer than MIN_SIGNAL groups have
  * rewards that differ, samples more prompts and appends them (adpo_batch_concat), as DAPO
- * refills its batch. It hands the batch to the trainer thread through a one-slot queue, so it
- * samples batch k + 1 while the trainer steps on batch k. The trainer drops the groups
+ * refills its batch (at most 4 samplings; a batch still without any signal is skipped, as DAPO
+ * skips it: filter_groups would refuse it). It hands the batch to the trainer thread through a
+ * one-slot queue, so it samples batch k + 1 while the trainer steps on batch k. The trainer drops the groups
  * without signal (filter_groups), refuses batches more than one step old (max_staleness),
  * recomputes the old log-probs under its current policy and importance-weights each token by
  * pi_old / pi_rollout against the sampler's log-probs (rollout_correction: the batch was
@@ -48,6 +49,7 @@ struct slot {
     pthread_cond_t changed;
     adpo_batch *batch; /* NULL: empty */
     double share;      /* the batch's share of "blue" */
+    int signal;        /* its groups whose rewards differ */
     int steps_done;    /* optimizer steps the trainer has finished */
 };
 
@@ -98,7 +100,7 @@ static adpo_batch *sample(struct shared *s) {
 }
 
 /* Samples until MIN_SIGNAL groups carry signal (at most 4 calls), as one batch. */
-static adpo_batch *refilled_batch(struct shared *s, double *share) {
+static adpo_batch *refilled_batch(struct shared *s, double *share, int *with_signal) {
     adpo_error *err = NULL;
     adpo_batch *parts[4];
     size_t count = 0;
@@ -110,6 +112,7 @@ static adpo_batch *refilled_batch(struct shared *s, double *share) {
         count++;
     }
     *share = blue / count;
+    *with_signal = signal;
     if (count == 1) return parts[0];
     adpo_batch *all = NULL;
     check(adpo_batch_concat((const adpo_batch *const *)parts, count, &all, &err), &err, "concat");
@@ -127,22 +130,25 @@ static void *sampler(void *arg) {
         while (s->slot.steps_done < i - 1) pthread_cond_wait(&s->slot.changed, &s->slot.lock);
         pthread_mutex_unlock(&s->slot.lock);
         double share = 0.0;
-        adpo_batch *b = refilled_batch(s, &share);
+        int signal = 0;
+        adpo_batch *b = refilled_batch(s, &share, &signal);
         pthread_mutex_lock(&s->slot.lock);
         while (s->slot.batch) pthread_cond_wait(&s->slot.changed, &s->slot.lock);
         s->slot.batch = b;
         s->slot.share = share;
+        s->slot.signal = signal;
         pthread_cond_broadcast(&s->slot.changed);
         pthread_mutex_unlock(&s->slot.lock);
     }
     return NULL;
 }
 
-static adpo_batch *take(struct slot *q, double *share) {
+static adpo_batch *take(struct slot *q, double *share, int *signal) {
     pthread_mutex_lock(&q->lock);
     while (!q->batch) pthread_cond_wait(&q->changed, &q->lock);
     adpo_batch *b = q->batch;
     *share = q->share;
+    *signal = q->signal;
     q->batch = NULL;
     pthread_cond_broadcast(&q->changed);
     pthread_mutex_unlock(&q->lock);
@@ -162,7 +168,7 @@ static size_t prompt_ids(const adpo_tokenizer *tok, const char *question, int64_
 
 int main(int argc, char **argv) {
     const char *dir = argc > 1 ? argv[1] : "tests/fixtures/generated/colours";
-    static struct shared s = {.slot = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, NULL, 0.0, 0}};
+    static struct shared s = {.slot = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, NULL, 0.0, 0, 0}};
     s.steps = argc > 2 ? atoi(argv[2]) : 40;
     adpo_error *err = NULL;
     adpo_model *policy = NULL;
@@ -185,9 +191,14 @@ int main(int argc, char **argv) {
     double first = 0, last = 0;
     for (int step = 1; step <= s.steps; step++) {
         double share = 0.0;
-        adpo_batch *batch = take(&s.slot, &share);
+        int signal = 0;
+        adpo_batch *batch = take(&s.slot, &share, &signal);
         adpo_trainer_metrics m = {.struct_size = sizeof m};
-        check(adpo_trainer_step(s.trainer, batch, &m, &err), &err, "adpo_trainer_step");
+        if (signal > 0) {
+            check(adpo_trainer_step(s.trainer, batch, &m, &err), &err, "adpo_trainer_step");
+        } else {
+            printf("step %3d  skipped: no group of 4 samplings carries a signal\n", step);
+        }
         adpo_batch_free(batch);
         pthread_mutex_lock(&s.slot.lock);
         s.slot.steps_done = step;
@@ -195,7 +206,7 @@ int main(int argc, char **argv) {
         pthread_mutex_unlock(&s.slot.lock);
         if (step <= 5) first += share / 5;
         if (step > s.steps - 5) last += share / 5;
-        if (step == 1 || step % 5 == 0)
+        if (signal > 0 && (step == 1 || step % 5 == 0))
             printf("step %3d  share \"blue\" %.3f  groups kept %llu (zero-std %.2f)  truncated rows %.0f  "
                    "batch age %.0f  rollout k3 %.2e  max ratio %.3f\n",
                    step, share, (unsigned long long)m.groups_kept, m.frac_reward_zero_std, m.truncated_rows,
