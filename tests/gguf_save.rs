@@ -496,45 +496,28 @@ fn transformers_and_llama_cpp_read_adpo_gguf() {
         cases.push(write_case(&dir, &case, &model, &ids));
     }
     // Linear RoPE scaling (with llama's attention and MLP biases): llama.cpp interpolates the
-    // positions as adpo does.
-    let model = load(&common::fixtures_dir().join("hf/llama_mha_linear_bias"));
-    let gguf = dir.join("llama-linear-rope.gguf");
-    model.save_gguf(&gguf, &options(GgufDtype::F32)).unwrap();
-    let case = Case {
-        name: "llama-linear-rope".into(),
-        gguf,
-        base: None,
-        tokenizer_of: None,
-        tol: 1e-5,
-        llama_cpp: true,
-        transformers: false,
-    };
-    cases.push(write_case(
-        &dir,
-        &case,
-        &model,
-        &ids().remainder(model.vocab()),
-    ));
-    // Llama 3.1 RoPE scaling as rope_freqs: llama.cpp applies the factors as adpo does (the
-    // fixture has no tokenizer, which transformers' GGUF loader needs).
-    let model = load(&common::fixtures_dir().join("hf/llama_mqa_tied_llama3"));
-    let gguf = dir.join("llama3-rope.gguf");
-    model.save_gguf(&gguf, &options(GgufDtype::F32)).unwrap();
-    let case = Case {
-        name: "llama3-rope".into(),
-        gguf,
-        base: None,
-        tokenizer_of: None,
-        tol: 1e-5,
-        llama_cpp: true,
-        transformers: false,
-    };
-    cases.push(write_case(
-        &dir,
-        &case,
-        &model,
-        &ids().remainder(model.vocab()),
-    ));
+    // positions as adpo does. Llama 3.1 RoPE scaling as rope_freqs: llama.cpp applies the
+    // factors as adpo does. (These fixtures have no tokenizer, which transformers' GGUF loader
+    // needs.)
+    for (fixture, name) in [
+        ("llama_mha_linear_bias", "llama-linear-rope"),
+        ("llama_mqa_tied_llama3", "llama3-rope"),
+    ] {
+        let model = load(&common::fixtures_dir().join("hf").join(fixture));
+        let gguf = dir.join(format!("{name}.gguf"));
+        model.save_gguf(&gguf, &options(GgufDtype::F32)).unwrap();
+        let case = Case {
+            name: name.into(),
+            gguf,
+            base: None,
+            tokenizer_of: None,
+            tol: 1e-5,
+            llama_cpp: true,
+            transformers: false,
+        };
+        let ids = ids().remainder(model.vocab());
+        cases.push(write_case(&dir, &case, &model, &ids));
+    }
     let list = dir.join("cases.json");
     std::fs::write(&list, serde_json::Value::Array(cases).to_string()).unwrap();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/gguf_save_check.py");

@@ -8,16 +8,12 @@ mod common;
 
 use adpo::model::LoadOptions;
 use adpo::{Batch, Model, Trainer};
-use common::{device, max_rel_diff, model, weights};
+use common::{device, max_rel_diff, model, weights, Row};
 use parking_lot::Mutex;
 use std::sync::Arc;
 use tch::{Kind, Tensor};
 
 const T: usize = 12;
-const PAD: i64 = 0;
-
-/// One row: group, left padding, prompt, completion (scored); right-padded to T.
-struct Row(i64, usize, &'static [i64], &'static [i64]);
 
 /// Whole groups of very different lengths (one left-padded), a group interleaved with others,
 /// and a row alone.
@@ -40,21 +36,7 @@ fn attended() -> usize {
 }
 
 fn batch(seed: f64) -> Batch {
-    let n = ROWS.len();
-    let (mut ids, mut attn, mut loss) = (vec![PAD; n * T], vec![0u8; n * T], vec![0u8; n * T]);
-    for (r, Row(_, left, prompt, completion)) in ROWS.iter().enumerate() {
-        for (j, &id) in prompt.iter().chain(completion.iter()).enumerate() {
-            let at = r * T + left + j;
-            ids[at] = id;
-            attn[at] = 1;
-            loss[at] = (j >= prompt.len()) as u8;
-        }
-    }
-    let groups: Vec<i64> = ROWS.iter().map(|r| r.0).collect();
-    let mut b = Batch::new(n, T, &ids, Some(&attn), &loss, &groups).unwrap();
-    let rewards: Vec<f64> = (0..n).map(|r| ((r as f64 + seed) * 0.77).sin()).collect();
-    b.set_rewards(&rewards).unwrap();
-    b
+    common::rows_batch(ROWS, T, |r| ((r as f64 + seed) * 0.77).sin())
 }
 
 fn policy(lora: bool) -> adpo::model::SharedModel {

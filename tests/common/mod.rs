@@ -125,3 +125,26 @@ pub fn max_rel_diff(a: &[Tensor], b: &[Tensor]) -> f64 {
         })
         .fold(0.0, f64::max)
 }
+
+/// One row of a prompt batch: group, left padding, prompt, completion (scored).
+pub struct Row(pub i64, pub usize, pub &'static [i64], pub &'static [i64]);
+
+/// A batch of `rows`, right-padded to `t` with id 0, the completions loss-masked, row r's
+/// reward `reward(r)`.
+pub fn rows_batch(rows: &[Row], t: usize, reward: impl Fn(usize) -> f64) -> Batch {
+    let n = rows.len();
+    let (mut ids, mut attn, mut loss) = (vec![0i64; n * t], vec![0u8; n * t], vec![0u8; n * t]);
+    for (r, Row(_, left, prompt, completion)) in rows.iter().enumerate() {
+        for (j, &id) in prompt.iter().chain(completion.iter()).enumerate() {
+            let at = r * t + left + j;
+            ids[at] = id;
+            attn[at] = 1;
+            loss[at] = (j >= prompt.len()) as u8;
+        }
+    }
+    let groups: Vec<i64> = rows.iter().map(|r| r.0).collect();
+    let mut b = Batch::new(n, t, &ids, Some(&attn), &loss, &groups).unwrap();
+    b.set_rewards(&(0..n).map(reward).collect::<Vec<_>>())
+        .unwrap();
+    b
+}
