@@ -4,8 +4,8 @@
 //! while a thread waits for the next parallel region. When another process keeps a core busy,
 //! the spinning threads compete with it and with adpo's own working thread, and the scheduler
 //! makes a thread that spun a lot wait its turn at every barrier: measured on the 2-core build
-//! machine, the demo's RL step (SmolLM2, LoRA, 32 rows) took 21 s to sample and 25 s to update
-//! with 2 threads beside one busy process, against 3.0 s and 4.5 s with 1 thread
+//! machine, the demo's RL step (SmolLM2, LoRA, 32 rows) took 51.6 s with 2 threads beside one
+//! busy process, against 8.4 s with 1 thread and 4.8 s with 2 on the quiet machine
 //! (benches/cpu_sharing.py). libgomp reads its wait policy (OMP_WAIT_POLICY) once, when the
 //! process loads it, before any adpo code runs, so adpo cannot change it; it can choose the
 //! thread count at each call instead.
