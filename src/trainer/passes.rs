@@ -195,22 +195,7 @@ impl Passes {
                 let hidden = model.forward_rows(&r.ids, &r.attn, r.shared.as_ref())?;
                 parts.push(per_rows(&hidden, &r.ids, &r.mask)?);
             }
-            if let [piece] = &pieces[..] {
-                if piece.start == 0 && piece.width == batch.ids.size()[1] {
-                    return Ok(parts.pop().expect("one part"));
-                }
-            }
-            let first = &parts[0];
-            let mut shape = first.size();
-            shape[0] = batch.n as i64;
-            if shape.len() == 2 {
-                shape[1] = batch.ids.size()[1];
-            }
-            let mut whole = Tensor::zeros(&shape, (first.kind(), first.device()));
-            for (piece, part) in pieces.iter().zip(&parts) {
-                piece.scatter_into(&mut whole, part);
-            }
-            Ok(whole)
+            Ok(batch_wide(batch, &pieces, parts))
         })
     }
 
@@ -242,18 +227,6 @@ impl Passes {
             Level::Tokens => tok,
             Level::Sequence => logprob::reduce(&tok, mask, self.seq_logp),
         }
-    }
-
-    /// Values of the one piece that holds every row, as the objective takes them: token-level
-    /// values at the batch's full width (zero in the columns the piece leaves out).
-    fn batch_wide(&self, values: Tensor, piece: &Piece, batch: &Batch) -> Tensor {
-        let t = batch.ids.size()[1];
-        if values.dim() != 2 || values.size()[1] == t {
-            return values;
-        }
-        let mut whole = Tensor::zeros([batch.n as i64, t], (values.kind(), values.device()));
-        piece.scatter_into(&mut whole, &values);
-        whole
     }
 
     /// dL/d(token log-prob) [rows, T] from dL/d(value) of those rows.
@@ -315,7 +288,9 @@ impl Passes {
             self.checkpointed,
             &mut |hidden| {
                 let tok = chunked::token_logp(policy, hidden, ids, mask, rows)?;
-                let (dl, m, d) = evaluate(&self.batch_wide(self.values(tok, mask), part, batch))?;
+                let values = self.values(tok, mask);
+                let (dl, m, d) =
+                    evaluate(&batch_wide(batch, std::slice::from_ref(part), vec![values]))?;
                 out = Some((m, d));
                 let weights = x.weigh(self.token_weights(&part.select(&dl), mask), part);
                 let (grad, h) =
@@ -370,4 +345,26 @@ impl Passes {
         }
         Ok((m, d))
     }
+}
+
+/// The pieces' results ([rows] or [rows, width], one per piece) put back in their places in the
+/// batch, as the objective takes them: [N], or [N, T] with zeros in the columns a piece leaves
+/// out. The pieces hold every row once, so a single piece at full width (or a [rows] result of
+/// a single piece, whose rows are the batch in order) is the result itself.
+fn batch_wide(batch: &Batch, pieces: &[Piece], mut parts: Vec<Tensor>) -> Tensor {
+    let t = batch.ids.size()[1];
+    let first = &parts[0];
+    if pieces.len() == 1 && (first.dim() != 2 || first.size()[1] == t) {
+        return parts.pop().expect("one part");
+    }
+    let mut shape = first.size();
+    shape[0] = batch.n as i64;
+    if shape.len() == 2 {
+        shape[1] = t;
+    }
+    let mut whole = Tensor::zeros(&shape, (first.kind(), first.device()));
+    for (piece, part) in pieces.iter().zip(&parts) {
+        piece.scatter_into(&mut whole, part);
+    }
+    whole
 }
