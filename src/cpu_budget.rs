@@ -18,6 +18,7 @@
 //! Work of the host's own threads in this process is not seen as load: a host that runs heavy
 //! work beside adpo in one process should fix the count with adpo_set_num_threads.
 
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -138,13 +139,19 @@ struct Look {
 
 static LAST: Mutex<Option<Look>> = Mutex::new(None);
 
+/// The count of the last look (0 before any), for calls that find another one looking.
+static CHOSEN: AtomicI32 = AtomicI32::new(0);
+
 /// The thread count for the call about to run: the ceiling until two looks at the counters
 /// `RESAMPLE` apart exist, then what the last two intervals left free. Where the counters
 /// cannot be read (not Linux), the ceiling.
 pub fn threads_now(ceiling: i32) -> i32 {
-    // A call on another thread is looking: use its last choice rather than wait.
+    // A call on another thread is looking: use the last choice rather than wait.
     let Ok(mut last) = LAST.try_lock() else {
-        return ceiling;
+        return match CHOSEN.load(Ordering::Relaxed) {
+            0 => ceiling,
+            n => n.min(ceiling),
+        };
     };
     let now = Instant::now();
     if let Some(look) = last.as_ref() {
@@ -170,6 +177,7 @@ pub fn threads_now(ceiling: i32) -> i32 {
         room,
         threads,
     });
+    CHOSEN.store(threads, Ordering::Relaxed);
     threads
 }
 

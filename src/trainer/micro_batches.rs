@@ -8,8 +8,8 @@
 //! whole groups when prefix sharing is on, so a group's prompt still runs once) by width,
 //! longest first, and fills each piece while rows × width fits; a group too big for one piece
 //! is first packed row by row (its prompt then runs once per piece), and a row wider than the
-//! budget gets a piece of its own. Rows keep their batch order inside a piece, so a group's rows stay
-//! together and one piece holding everything is the batch itself.
+//! budget gets a piece of its own. Rows keep their batch order inside a piece, so a group's
+//! rows stay together and one piece holding everything is the batch itself.
 
 use tch::{Kind, Tensor};
 

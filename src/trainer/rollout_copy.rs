@@ -3,9 +3,10 @@
 //! bfloat16 products on CPUs with AMX or AVX-512 BF16), while the update runs in the policy's
 //! own precision. The copy is made at the first sample and refreshed at every later one (a
 //! cast copy of the weights, small next to sampling), so it is never stale, whoever changed
-//! the policy: this trainer's steps, a checkpoint load, another trainer on the same handle. Its log-probs are the batch's `rollout_logp`; `old_logp` is left unset, so the
-//! step computes it with the policy itself, and the rollout correction (rollout_correction.rs)
-//! can weigh the mismatch between the two.
+//! the policy: this trainer's steps, a checkpoint load, another trainer on the same handle.
+//! Its log-probs are the batch's `rollout_logp`; `old_logp` is left unset, so the step
+//! computes it with the policy itself, and the rollout correction (rollout_correction.rs) can
+//! weigh the mismatch between the two.
 
 use crate::batch::Batch;
 use crate::error::Result;
