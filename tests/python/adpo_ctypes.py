@@ -154,6 +154,24 @@ def _ptr(a: np.ndarray | None, typ=_dbl_p):
     return None if a is None else a.ctypes.data_as(typ)
 
 
+def _take_string(lib, out: ctypes.c_void_p) -> str:
+    """The text of a string adpo returned with ownership, freed."""
+    try:
+        return ctypes.string_at(out.value).decode()
+    finally:
+        lib.adpo_string_free(out)
+
+
+def _ids(call, name: str) -> np.ndarray:
+    """int64 ids from a C function that says how many there are when asked with no buffer:
+    call(buffer or None, capacity, byref(n), byref(err)) -> status."""
+    n, err = ctypes.c_size_t(), ctypes.c_void_p()
+    check(call(None, 0, ctypes.byref(n), ctypes.byref(err)), err, name)
+    out = np.zeros(max(n.value, 1), dtype=np.int64)
+    check(call(_ptr(out, _i64_p), out.size, ctypes.byref(n), ctypes.byref(err)), err, name)
+    return out[: n.value]
+
+
 # --------------------------------------------------------------------------- objective
 class Objective:
     """An adpo_objective handle. `config`: dict (JSON-encoded), JSON string, or None (defaults)."""
@@ -294,10 +312,7 @@ class Objective:
         err = ctypes.c_void_p()
         st = self._lib.adpo_objective_metrics_json(self._h, ctypes.byref(out), ctypes.byref(err))
         check(st, err, "adpo_objective_metrics_json")
-        try:
-            return json.loads(ctypes.string_at(out.value).decode())
-        finally:
-            self._lib.adpo_string_free(out)
+        return json.loads(_take_string(self._lib, out))
 
 
 # --------------------------------------------------------------------------- PyCapsule helpers
@@ -565,15 +580,8 @@ class Batch(_Handle):
 
     def completion(self, row: int) -> np.ndarray:
         """adpo_batch_get_completion: row `row`'s generated ids (its ending EOS included)."""
-        n = ctypes.c_size_t()
-        err = ctypes.c_void_p()
-        st = self._lib.adpo_batch_get_completion(self._h, row, None, 0, ctypes.byref(n), ctypes.byref(err))
-        check(st, err, "adpo_batch_get_completion")
-        out = np.zeros(max(n.value, 1), dtype=np.int64)
-        st = self._lib.adpo_batch_get_completion(self._h, row, _ptr(out, _i64_p), out.size, ctypes.byref(n),
-                                                 ctypes.byref(err))
-        check(st, err, "adpo_batch_get_completion")
-        return out[: n.value]
+        return _ids(lambda buf, cap, n, err: self._lib.adpo_batch_get_completion(self._h, row, buf, cap, n, err),
+                    "adpo_batch_get_completion")
 
     def old_logp(self, per_token: bool = True) -> np.ndarray:
         """Sampling-time log-probs as the batch holds them: [n, t] per token (sampled batches),
@@ -626,10 +634,7 @@ class Trainer(_Handle):
         err = ctypes.c_void_p()
         st = self._lib.adpo_trainer_metrics_json(self._h, ctypes.byref(out), ctypes.byref(err))
         check(st, err, "adpo_trainer_metrics_json")
-        try:
-            return json.loads(ctypes.string_at(out.value).decode())
-        finally:
-            self._lib.adpo_string_free(out)
+        return json.loads(_take_string(self._lib, out))
 
     def sample(self, prompts, k: int, sampling=None) -> Batch:
         """prompts: a list of token-id lists. Returns the sampled Batch (n_prompts * k rows)."""
@@ -705,31 +710,19 @@ class Tokenizer(_Handle):
         check(self._lib.adpo_tokenizer_load(str(path).encode(), ctypes.byref(self._h), ctypes.byref(err)), err,
               "adpo_tokenizer_load")
 
-    def _take_string(self, out: ctypes.c_void_p) -> str:
-        try:
-            return ctypes.string_at(out.value).decode()
-        finally:
-            self._lib.adpo_string_free(out)
-
     def apply_chat_template(self, messages, add_generation_prompt: bool = True) -> str:
         out, err = ctypes.c_void_p(), ctypes.c_void_p()
         st = self._lib.adpo_tokenizer_apply_chat_template(self._h, json.dumps(messages).encode(),
                                                           add_generation_prompt, ctypes.byref(out),
                                                           ctypes.byref(err))
         check(st, err, "adpo_tokenizer_apply_chat_template")
-        return self._take_string(out)
+        return _take_string(self._lib, out)
 
     def encode(self, text: str, add_special_tokens: bool = False) -> np.ndarray:
-        n, err = ctypes.c_size_t(), ctypes.c_void_p()
         b = text.encode()
-        st = self._lib.adpo_tokenizer_encode(self._h, b, add_special_tokens, None, 0, ctypes.byref(n),
-                                             ctypes.byref(err))
-        check(st, err, "adpo_tokenizer_encode")
-        out = np.zeros(max(n.value, 1), dtype=np.int64)
-        st = self._lib.adpo_tokenizer_encode(self._h, b, add_special_tokens, _ptr(out, _i64_p), out.size,
-                                             ctypes.byref(n), ctypes.byref(err))
-        check(st, err, "adpo_tokenizer_encode")
-        return out[: n.value]
+        return _ids(lambda buf, cap, n, err: self._lib.adpo_tokenizer_encode(self._h, b, add_special_tokens, buf,
+                                                                             cap, n, err),
+                    "adpo_tokenizer_encode")
 
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
         a = _i64(ids, "ids")
@@ -737,4 +730,4 @@ class Tokenizer(_Handle):
         st = self._lib.adpo_tokenizer_decode(self._h, _ptr(a, _i64_p), a.size, skip_special_tokens,
                                              ctypes.byref(out), ctypes.byref(err))
         check(st, err, "adpo_tokenizer_decode")
-        return self._take_string(out)
+        return _take_string(self._lib, out)
