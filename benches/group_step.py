@@ -83,7 +83,14 @@ def run_torch(args) -> str:
 
 
 def parse(line: str) -> dict:
-    return {k: float(v) for k, v in (kv.split("=") for kv in line.split()[1:])}
+    """key=value pairs of a side's line; numbers as floats, words (precision) as they are."""
+    out = {}
+    for k, v in (kv.split("=") for kv in line.split()[1:]):
+        try:
+            out[k] = float(v)
+        except ValueError:
+            out[k] = v
+    return out
 
 
 def run(cmd: list[str], prefix: str) -> dict:
