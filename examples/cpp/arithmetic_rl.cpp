@@ -3,7 +3,8 @@
 // digits from rewards computed here, and greedy accuracy on held-out questions is compared
 // before and after.
 //
-// Usage: arithmetic_rl MODEL_DIR [STEPS]
+// Usage: arithmetic_rl MODEL [STEPS]   (MODEL: the SmolLM2 GGUF file scripts/setup fetches, or a
+// checkpoint directory; the tokenizer and chat template come from the same file)
 // Exit status: 0 when held-out accuracy rose, 1 when it did not, 2 on an adpo error.
 #include <adpo.hpp>
 
@@ -91,7 +92,7 @@ struct Job {
 
 int main(int argc, char **argv) {
     if (argc < 2) {
-        std::fprintf(stderr, "usage: %s MODEL_DIR [STEPS]\n", argv[0]);
+        std::fprintf(stderr, "usage: %s MODEL [STEPS]\n", argv[0]);
         return 2;
     }
     const int steps = argc > 2 ? std::atoi(argv[2]) : 6;

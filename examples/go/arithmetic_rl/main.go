@@ -179,8 +179,8 @@ func run(model string, steps int) error {
 }
 
 func main() {
-	model := flag.String("model", filepath.Join("..", "..", ".venv", "models", "SmolLM2-135M-Instruct"),
-		"SmolLM2-135M-Instruct checkpoint directory (scripts/setup makes it)")
+	model := flag.String("model", filepath.Join("..", "..", ".venv", "models", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+		"SmolLM2-135M-Instruct: its GGUF file (scripts/setup fetches it) or a checkpoint directory")
 	steps := flag.Int("steps", 6, "sample -> reward -> step iterations")
 	flag.Parse()
 	if err := run(*model, *steps); err != nil {
