@@ -40,7 +40,7 @@ MPICC ?= mpicc
 # OpenMPI refuses to run as root (containers, CI) unless told; --oversubscribe: more ranks than cores.
 MPIRUN := OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 mpirun --oversubscribe
 
-.PHONY: setup fixtures build lib test test-rust test-torchscript test-header test-c test-readme test-fuzz test-python test-lower-isa test-install test-cpp test-go test-julia test-bandit bench-bandit test-rl bench-rl bench-rl-real test-mpi bench-dp demo header bindings readme-options install bench
+.PHONY: setup fixtures build lib test test-rust test-torchscript test-header test-c test-readme test-fuzz test-python test-lower-isa test-install test-cpp test-go test-julia test-bandit bench-bandit test-rl bench-rl bench-rl-real bench-rollout-correction test-mpi bench-dp demo header bindings readme-options install bench
 
 setup: $(SETUP_STAMP)
 $(SETUP_STAMP): scripts/setup requirements.lock
@@ -217,6 +217,12 @@ bench-rl: setup
 # Hours on 2 cores (one thread); resumable: a rerun skips the runs already in target/rl-real.
 bench-rl-real: lib $(MODEL)/.adpo-fetched
 	OMP_NUM_THREADS=1 $(PY) studies/rl_real/study.py --seeds 3 --steps 24 --eval-every 8 --out target/rl-real
+
+# Rollouts from the bfloat16 copy with and without each rollout correction on the same task
+# (studies/rollout_correction/study.py; docs/RESULTS.md): f32, bf16, bf16 + TIS, bf16 + IcePop,
+# 3 seeds x 24 steps, about half an hour on 2 cores; resumable like bench-rl-real.
+bench-rollout-correction: lib $(MODEL)/.adpo-fetched
+	$(PY) studies/rollout_correction/study.py --seeds 3 --steps 24 --eval-every 8 --out target/rollout-correction
 
 # Data-parallel training. Two and three ranks against one process (examples/c/train_mpi.c),
 # on tiny checkpoint directories (float64, float32) and a tied one.

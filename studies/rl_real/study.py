@@ -68,6 +68,9 @@ def reward(reply: str, answer: int) -> float:
 class Job:
     """One (arm, seed) run: the model, its trainer and the chat-formatted prompts."""
 
+    # trainer step metrics each step's row also keeps (studies/rollout_correction adds some)
+    extra_metrics = ()
+
     def __init__(self, adpo, arm: str, seed: int, steps: int):
         objective, epochs = ARMS[arm]
         self.adpo, self.arm, self.seed = adpo, arm, seed
@@ -105,7 +108,7 @@ class Job:
         groups = [rewards[g * K:(g + 1) * K] for g in range(PROMPTS)]
         return {"reward": sum(rewards) / len(rewards), "signal": sum(len(set(g)) > 1 for g in groups),
                 "loss": m["loss"], "grad_norm": m["grad_norm"], "sample_s": t1 - t0,
-                "update_s": time.perf_counter() - t1}
+                "update_s": time.perf_counter() - t1, **{k: m[k] for k in self.extra_metrics}}
 
 
 def run(adpo, arm: str, seed: int, steps: int, eval_every: int, log) -> dict:
