@@ -267,8 +267,12 @@ mod capped_echoes {
     #[test]
     fn a_huge_key_under_an_array_check_is_capped() {
         let key = "a".repeat(100_000);
-        let msg = objective_new(&format!("{{\"{key}\": [1]}}"));
+        let msg = objective_new(&format!("{{\"adaptive_tau\": {{\"{key}\": [1]}}}}"));
         assert!(msg.contains("not an array"), "{msg}");
+        assert_capped(&msg, 100_000);
+        // unknown at the top: serde's "unknown field" message, capped as well
+        let msg = objective_new(&format!("{{\"{key}\": [1]}}"));
+        assert!(msg.contains("unknown field"), "{msg}");
         assert_capped(&msg, 100_000);
     }
 

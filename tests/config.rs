@@ -52,6 +52,17 @@ fn arrays_are_refused_at_every_level() {
         ObjectiveConfig::from_json(r#"{"adaptive_tau": ["target_entropy", 1.0, 0.1]}"#),
         "`adaptive_tau`",
     );
+    // An unknown key is named as unknown, whatever its value (an array was once refused as
+    // "must be a JSON object or a single value", as though the key existed).
+    for json in [
+        r#"{"no_such_key": [1, 2]}"#,
+        r#"{"no_such_key": {"a": [1]}}"#,
+    ] {
+        let unknown = "unknown field `no_such_key`";
+        refused(json, ObjectiveConfig::from_json(json), unknown);
+        refused(json, parse_config(json), unknown);
+        refused(json, SamplingConfig::from_json(json), unknown);
+    }
     // The one array-valued key still takes its array.
     let (cfg, _) =
         parse_config(r#"{"optimizer": {"name": "adamw", "betas": [0.8, 0.9]}}"#).unwrap();

@@ -29,12 +29,16 @@ pub(crate) fn parse_object(
         )));
     };
     for (key, v) in &map {
-        let shape = options
+        let declared = options
             .iter()
             .flat_map(|opts| opts.iter())
-            .find(|o| o.key == key)
-            .map_or(Shape::Plain, |o| o.shape);
-        arrays_where_declared(what, key, v, shape)?;
+            .find(|o| o.key == key);
+        match declared {
+            Some(o) => arrays_where_declared(what, key, v, o.shape)?,
+            // an unknown key: its struct's serde names it, whatever its value
+            None if !options.is_empty() => {}
+            None => arrays_where_declared(what, key, v, Shape::Plain)?,
+        }
     }
     Ok(map)
 }
