@@ -9,7 +9,7 @@
 mod common;
 
 use adpo::model::{GgufDtype, GgufSaveOptions, LoadOptions, LoraOptions};
-use adpo::{Model, Status};
+use adpo::{Model, Status, Tokenizer};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
@@ -390,6 +390,22 @@ fn greedy(model: &Model, ids: &Tensor, steps: i64) -> Tensor {
     seq.narrow(1, ids.size()[1], steps).contiguous()
 }
 
+/// A checkpoint directory at `path`: the tiny llama_v759 model with the Mistral-layout
+/// SentencePiece-style tokenizer of the tokenizer fixtures.
+fn sentencepiece_directory(path: &Path) -> PathBuf {
+    std::fs::create_dir_all(path).unwrap();
+    let fixtures = common::fixtures_dir();
+    for (from, file) in [
+        ("hf/llama_v759", "config.json"),
+        ("hf/llama_v759", "model.safetensors"),
+        ("tokenizers/mistral", "tokenizer.json"),
+        ("tokenizers/mistral", "tokenizer_config.json"),
+    ] {
+        std::fs::copy(fixtures.join(from).join(file), path.join(file)).unwrap();
+    }
+    path.to_path_buf()
+}
+
 #[test]
 fn transformers_and_llama_cpp_read_adpo_gguf() {
     let dir = scratch("consumers");
@@ -495,6 +511,42 @@ fn transformers_and_llama_cpp_read_adpo_gguf() {
         };
         cases.push(write_case(&dir, &case, &model, &ids));
     }
+    // A SentencePiece-style tokenizer.json (Mistral layout: byte fallback, U+2581 spaces), written
+    // as a "llama" vocabulary: adpo, transformers and llama.cpp read the directory's ids back.
+    let spm = sentencepiece_directory(&dir.join("spm-dir"));
+    let model = load(&spm);
+    let gguf = dir.join("spm.gguf");
+    model.save_gguf(&gguf, &options(GgufDtype::F32)).unwrap();
+    let (ours, theirs) = (
+        Tokenizer::load(&gguf).unwrap(),
+        Tokenizer::load(&spm).unwrap(),
+    );
+    for text in [
+        "Hello, world!",
+        " leading space",
+        "émoji 🙂 日本語\tand\nlines",
+    ] {
+        assert_eq!(
+            ours.encode(text, true).unwrap(),
+            theirs.encode(text, true).unwrap(),
+            "{text:?}: adpo reads the written SentencePiece vocabulary to other ids"
+        );
+    }
+    let case = Case {
+        name: "spm-dir".into(),
+        gguf,
+        base: None,
+        tokenizer_of: Some(spm),
+        tol: 1e-5,
+        llama_cpp: true,
+        transformers: true,
+    };
+    cases.push(write_case(
+        &dir,
+        &case,
+        &model,
+        &ids().remainder(model.vocab()),
+    ));
     // Linear RoPE scaling (with llama's attention and MLP biases): llama.cpp interpolates the
     // positions as adpo does. Llama 3.1 RoPE scaling as rope_freqs: llama.cpp applies the
     // factors as adpo does. (These fixtures have no tokenizer, which transformers' GGUF loader

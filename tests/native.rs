@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tch::{Device, Kind, Tensor};
 
-const FIXTURES: usize = 11;
+const FIXTURES: usize = 12;
 
 fn hf_root() -> PathBuf {
     common::fixtures_dir().join("hf")

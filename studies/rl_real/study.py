@@ -91,7 +91,7 @@ class Job:
         return [self.tok.decode(batch.completion(r)) for r in range(rows)]
 
     def accuracy(self) -> float:
-        batch = self.trainer.sample([self.prompt(a, b) for a, b in self.held_out], 1,
+        batch = getattr(self, "evaluator", self.trainer).sample([self.prompt(a, b) for a, b in self.held_out], 1,
                                     {"top_k": 1, "max_new_tokens": MAX_NEW})
         texts = self.replies(batch, len(self.held_out))
         return sum(reward(t, a + b) for t, (a, b) in zip(texts, self.held_out)) / len(self.held_out)

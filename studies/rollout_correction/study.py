@@ -17,7 +17,8 @@ What changes between arms is where the replies come from and what the step does 
 Per step it records the mismatch the trainer reports (rollout_kl_k3: the k3 KL estimate between
 rollout and old log-probs; rollout_frac_outside: tokens whose ratio leaves [0.5, 2];
 rollout_max_ratio; rollout_frac_rejected) and the train reward; held-out greedy accuracy at
-step 0, every --eval-every steps and at the end. Seed s of every arm starts from the same LoRA
+step 0, every --eval-every steps and at the end, sampled in float32 for every arm (a second
+trainer on the same policy) so that the arms are measured alike. Seed s of every arm starts from the same LoRA
 weights and draws the same questions, so arms are compared paired by seed.
 
     .venv/bin/python studies/rollout_correction/study.py [--seeds 3] [--steps 16] [--out DIR]
@@ -61,6 +62,9 @@ class Job(rl_real.Job):
         config = dict(rl_real.ADPO, **ARMS[arm], epochs_per_batch=1, seed=seed, grad_clip=1.0,
                       optimizer={"name": "adamw", "lr": 2e-4, "weight_decay": 0.0})
         self.trainer = adpo.Trainer(self.model, None, config)
+        # Held-out greedy accuracy in float32 for every arm (the bf16 arms' own sampler would
+        # measure the bf16 copy's accuracy, another quantity).
+        self.evaluator = adpo.Trainer(self.model, None, {"seed": seed})
         self.held_out, self.train = rl_real.questions()
         self.rng = random.Random(seed)
 

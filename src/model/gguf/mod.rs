@@ -15,6 +15,7 @@ mod quant;
 pub(crate) mod reader;
 mod save_options;
 mod vocab;
+mod vocab_sentencepiece;
 mod writer;
 
 pub use save_options::{GgufDtype, GgufSaveOptions};

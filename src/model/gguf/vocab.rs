@@ -10,10 +10,12 @@
 //!   pre-tokenizer (llama-bpe, qwen2, smollm or gpt-2), the bos/eos/unk/pad ids and
 //!   `add_bos_token` of tokenizer_config.json (false when absent) and its chat template (or
 //!   chat_template.jinja);
+//! - a checkpoint directory with a SentencePiece-style BPE tokenizer.json (Llama 2, Mistral:
+//!   byte fallback, U+2581 for spaces): `tokenizer.ggml.model` "llama" (vocab_sentencepiece.rs);
 //! - a directory without tokenizer.json: `tokenizer.ggml.model` "none" (llama.cpp's vocabulary
 //!   type for models that take token ids only).
 //!
-//! Another tokenizer.json (SentencePiece-style BPE, WordPiece, Unigram) is refused by name.
+//! Another tokenizer.json (WordPiece, Unigram, word-level) is refused by name.
 
 use super::reader::{Gguf, Value};
 use super::writer::Meta;
@@ -22,8 +24,8 @@ use serde_json::Value as Json;
 use std::collections::HashMap;
 use std::path::Path;
 
-const NORMAL: i32 = 1;
-const CONTROL: i32 = 3;
+pub(super) const NORMAL: i32 = 1;
+pub(super) const CONTROL: i32 = 3;
 const USER_DEFINED: i32 = 4;
 const UNUSED: i32 = 5;
 
@@ -115,16 +117,16 @@ fn convert(key: &str, v: &Value) -> Option<Meta> {
     })
 }
 
-fn read_json(path: &Path) -> Result<Json> {
+pub(super) fn read_json(path: &Path) -> Result<Json> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| Error::io(format!("cannot read {}: {e}", path.display())))?;
     serde_json::from_str(&text).map_err(|e| Error::model(format!("{}: {e}", path.display())))
 }
 
-fn refuse(path: &Path, what: &str) -> Error {
+pub(super) fn refuse(path: &Path, what: &str) -> Error {
     Error::unsupported(format!(
-        "{}: {what}; adpo writes byte-level BPE tokenizers into GGUF (or copies a GGUF \
-         source's)",
+        "{}: {what}; adpo writes byte-level BPE and SentencePiece-style BPE tokenizers into \
+         GGUF (or copies a GGUF source's)",
         path.display()
     ))
 }
@@ -134,16 +136,34 @@ fn from_directory(dir: &Path, vocab: i64) -> Result<Vec<(String, Meta)>> {
     let json = read_json(&path)?;
     let model = &json["model"];
     let text = json.to_string();
-    if model["type"] != "BPE" || !text.contains("\"ByteLevel\"") {
-        return Err(refuse(&path, "not a byte-level BPE tokenizer"));
-    }
     let config = read_json(&dir.join("tokenizer_config.json")).unwrap_or(Json::Null);
+    if model["type"] == "BPE" && !text.contains("\"ByteLevel\"") {
+        return super::vocab_sentencepiece::from_directory(dir, &path, &json, &config, vocab);
+    }
+    if model["type"] != "BPE" {
+        return Err(refuse(&path, "not a BPE tokenizer"));
+    }
     let (tokens, types) = tokens(&json, vocab, &path)?;
     let merges = merges(&model["merges"]).ok_or_else(|| refuse(&path, "unreadable merges"))?;
     let mut out = vec![
         ("tokenizer.ggml.model".into(), Meta::Str("gpt2".into())),
         ("tokenizer.ggml.pre".into(), Meta::Str(pre(&json).into())),
     ];
+    out.extend(special_ids_and_template(dir, &config, &tokens));
+    out.push(("tokenizer.ggml.tokens".into(), Meta::Strs(tokens)));
+    out.push(("tokenizer.ggml.token_type".into(), Meta::I32s(types)));
+    out.push(("tokenizer.ggml.merges".into(), Meta::Strs(merges)));
+    Ok(out)
+}
+
+/// The bos/eos/unk/pad ids of tokenizer_config.json's tokens, `add_bos_token` (false when
+/// absent) and the chat template.
+pub(super) fn special_ids_and_template(
+    dir: &Path,
+    config: &Json,
+    tokens: &[String],
+) -> Vec<(String, Meta)> {
+    let mut out = Vec::new();
     let ids: HashMap<&str, u32> = tokens
         .iter()
         .enumerate()
@@ -165,17 +185,14 @@ fn from_directory(dir: &Path, vocab: i64) -> Result<Vec<(String, Meta)>> {
     }
     let add_bos = config["add_bos_token"].as_bool().unwrap_or(false);
     out.push(("tokenizer.ggml.add_bos_token".into(), Meta::Bool(add_bos)));
-    if let Some(template) = chat_template(dir, &config) {
+    if let Some(template) = chat_template(dir, config) {
         out.push(("tokenizer.chat_template".into(), Meta::Str(template)));
     }
-    out.push(("tokenizer.ggml.tokens".into(), Meta::Strs(tokens)));
-    out.push(("tokenizer.ggml.token_type".into(), Meta::I32s(types)));
-    out.push(("tokenizer.ggml.merges".into(), Meta::Strs(merges)));
-    Ok(out)
+    out
 }
 
 /// Tokens by id (the model's vocabulary plus added tokens, padded to `vocab` rows) and types.
-fn tokens(json: &Json, vocab: i64, path: &Path) -> Result<(Vec<String>, Vec<i32>)> {
+pub(super) fn tokens(json: &Json, vocab: i64, path: &Path) -> Result<(Vec<String>, Vec<i32>)> {
     let mut by_id: HashMap<u64, (String, i32)> = HashMap::new();
     if let Some(map) = json["model"]["vocab"].as_object() {
         for (token, id) in map {
@@ -216,7 +233,7 @@ fn tokens(json: &Json, vocab: i64, path: &Path) -> Result<(Vec<String>, Vec<i32>
 }
 
 /// Merges as "a b" strings (tokenizer.json holds them as strings or as pairs).
-fn merges(json: &Json) -> Option<Vec<String>> {
+pub(super) fn merges(json: &Json) -> Option<Vec<String>> {
     json.as_array()?
         .iter()
         .map(|m| match m {
