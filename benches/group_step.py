@@ -103,6 +103,18 @@ def run(cmd: list[str], prefix: str) -> dict:
     return parse(line)
 
 
+def build_group_step(tmp: Path) -> Path:
+    """Compiles benches/group_step.c against target/release/libadpo.so into tmp."""
+    lib = ROOT / "target" / "release"
+    if not (lib / "libadpo.so").exists():
+        sys.exit("target/release/libadpo.so not found: run `make lib` first")
+    exe = tmp / "group_step"
+    subprocess.run([os.environ.get("CC", "gcc"), "-std=c11", "-O2", "-Wall", "-Wextra", "-Werror",
+                    f"-I{ROOT / 'include'}", str(ROOT / "benches/group_step.c"), "-o", str(exe),
+                    f"-L{lib}", "-ladpo", f"-Wl,-rpath,{lib}", "-lm"], check=True)
+    return exe
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=str(ROOT / ".venv/models/SmolLM2-135M-Instruct"))
@@ -122,20 +134,13 @@ def main() -> int:
         torch.set_num_threads(args.threads)
         print(run_torch(args))
         return 0
-    lib = ROOT / "target" / "release"
-    if not (lib / "libadpo.so").exists():
-        sys.exit("target/release/libadpo.so not found: run `make lib` first")
     g, k, p, r = args.groups, args.k, args.prompt, args.completion
     print(f"group step: {g} groups x K = {k}, prompt P = {p}, completion R = {r}, "
           f"{args.warmup} warm-up + {args.steps} timed step(s), {args.threads} thread(s), "
           f"model {args.model}, "
           f"load average {os.getloadavg()[0]:.2f}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        exe = Path(tmp) / "group_step"
-        subprocess.run([os.environ.get("CC", "gcc"), "-std=c11", "-O2", "-Wall", "-Wextra",
-                        "-Werror", f"-I{ROOT / 'include'}", str(ROOT / "benches/group_step.c"),
-                        "-o", str(exe), f"-L{lib}", "-ladpo", f"-Wl,-rpath,{lib}", "-lm"],
-                       check=True)
+        exe = build_group_step(Path(tmp))
         common = [str(exe), args.model, str(g), str(k), str(p), str(r), str(args.steps)]
         shared = run([*common, "1", str(args.warmup)], "adpo")
         whole = run([*common, "0", str(args.warmup)], "adpo")

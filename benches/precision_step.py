@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,7 +34,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benches"))
-from group_step import run  # noqa: E402  (one side's process and its key=value line)
+from group_step import build_group_step, run  # noqa: E402  (the C side, one side's process)
 
 
 def shapes(cfg: dict) -> dict:
@@ -100,9 +99,6 @@ def main() -> int:
     if args.rates_only:
         print(matrix_rates(s, args.rows, args.tokens, scored, args.threads))
         return 0
-    lib = ROOT / "target" / "release"
-    if not (lib / "libadpo.so").exists():
-        sys.exit("target/release/libadpo.so not found: run `make lib` first")
     flops = step_flops(s, args.rows, args.tokens, scored)
     print(f"precision step: {args.rows} rows x {args.tokens} tokens ({scored} scored), "
           f"{flops / 1e12:.2f} TFLOP of matrix products per step, {args.warmup} warm-up + "
@@ -110,11 +106,7 @@ def main() -> int:
           f"{os.getloadavg()[0]:.2f}", flush=True)
     rates = run([sys.executable, __file__, "--rates-only", *sys.argv[1:]], "rate")
     with tempfile.TemporaryDirectory() as tmp:
-        exe = Path(tmp) / "group_step"
-        subprocess.run([os.environ.get("CC", "gcc"), "-std=c11", "-O2", "-Wall", "-Wextra",
-                        "-Werror", f"-I{ROOT / 'include'}", str(ROOT / "benches/group_step.c"),
-                        "-o", str(exe), f"-L{lib}", "-ladpo", f"-Wl,-rpath,{lib}", "-lm"],
-                       check=True)
+        exe = build_group_step(Path(tmp))
         # 2 groups of rows/2 rows; prompt and completion halves of each row (loss on the second)
         common = [str(exe), args.model, "2", str(args.rows // 2), str(args.tokens - scored),
                   str(scored), str(args.steps), "0", str(args.warmup)]

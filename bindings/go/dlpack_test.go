@@ -94,22 +94,10 @@ func TestForwardBackwardDLPackMatchesHostBuffer(t *testing.T) {
 	const cfg = `{"optimizer": {"name": "sgd", "lr": 0.05}}`
 	live := liveHostTensors()
 	run := func(viaDLPack bool) []float64 {
-		m := loadModel(t, "tiny/llama")
-		tr, err := NewTrainer(m, nil, cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
+		m, tr, b, logp := sampledBatch(t, cfg)
 		defer tr.Close()
-		b, err := tr.Sample([][]int64{{1, 2}, {1, 5, 7}}, 3, `{"max_new_tokens": 3, "seed": 4}`)
-		if err != nil {
-			t.Fatal(err)
-		}
 		defer b.Close()
 		n, width, err := b.Shape()
-		if err != nil {
-			t.Fatal(err)
-		}
-		logp, err := tr.TokenLogp(b)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -11,21 +11,9 @@ import (
 func TestForwardBackwardAccumulatesTheHostsGradient(t *testing.T) {
 	const cfg = `{"optimizer": {"name": "sgd", "lr": 0.05}}`
 	run := func(calls int, scale float64) []float64 {
-		m := loadModel(t, "tiny/llama")
-		tr, err := NewTrainer(m, nil, cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
+		m, tr, b, logp := sampledBatch(t, cfg)
 		defer tr.Close()
-		b, err := tr.Sample([][]int64{{1, 2}, {1, 5, 7}}, 3, `{"max_new_tokens": 3, "seed": 4}`)
-		if err != nil {
-			t.Fatal(err)
-		}
 		defer b.Close()
-		logp, err := tr.TokenLogp(b)
-		if err != nil {
-			t.Fatal(err)
-		}
 		g := make([]float64, len(logp))
 		for i, lp := range logp {
 			g[i] = scale * (math.Sin(float64(i)) + lp) // any function of the log-probs
@@ -55,4 +43,24 @@ func TestForwardBackwardAccumulatesTheHostsGradient(t *testing.T) {
 			t.Fatalf("param %d: two calls %v, one call with 2g %v", i, twice[i], once[i])
 		}
 	}
+}
+
+// sampledBatch loads tiny/llama as the policy of a trainer with config cfg, samples a batch of
+// 2 prompts x 3 replies from it, and returns them with the batch's token log-probs.
+func sampledBatch(t *testing.T, cfg string) (*Model, *Trainer, *Batch, []float64) {
+	t.Helper()
+	m := loadModel(t, "tiny/llama")
+	tr, err := NewTrainer(m, nil, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := tr.Sample([][]int64{{1, 2}, {1, 5, 7}}, 3, `{"max_new_tokens": 3, "seed": 4}`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	logp, err := tr.TokenLogp(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m, tr, b, logp
 }

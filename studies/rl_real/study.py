@@ -144,7 +144,6 @@ def load_runs(out: Path):
 
 def report(out: Path) -> str:
     runs = load_runs(out)
-    by = {(r["arm"], r["seed"]): r for r in runs}
     arms = [a for a in ARMS if any(r["arm"] == a for r in runs)]
     lines = ["| arm | seeds | steps | held-out at 0 | held-out at end | change | train reward, last 10 steps | s/step |",
              "|---|---|---|---|---|---|---|---|"]
@@ -159,15 +158,49 @@ def report(out: Path) -> str:
                      f"{tail[0]:.3f} ± {tail[1]:.3f} | {sps:.1f} |")
     lines += ["", "Paired by seed (same LoRA start, questions and sampler seed), held-out accuracy at the end:", "",
               "| comparison | seeds | mean difference ± 95 % CI | per seed |", "|---|---|---|---|"]
-    for a, b in [("adpo-on", "grpo-on"), ("adpo-off", "grpo-off"), ("adpo-off", "adpo-on"), ("grpo-off", "grpo-on")]:
+    lines += paired(runs, [("adpo-on", "grpo-on"), ("adpo-off", "grpo-off"), ("adpo-off", "adpo-on"),
+                           ("grpo-off", "grpo-on")])
+    plot(runs, arms, out)
+    return "\n".join(lines)
+
+
+def paired(runs, pairs) -> list:
+    """Table rows: per pair of arms (a, b), the end-of-run held-out accuracy of a minus b over
+    the seeds both ran (mean, 95 % CI, each seed's)."""
+    by = {(r["arm"], r["seed"]): r for r in runs}
+    lines = []
+    for a, b in pairs:
         seeds = sorted(s for (arm, s) in by if arm == a and (b, s) in by)
         if not seeds:
             continue
         diffs = [by[(a, s)]["evals"][-1][1] - by[(b, s)]["evals"][-1][1] for s in seeds]
         m, ci = mean_ci(diffs)
         lines.append(f"| {a} − {b} | {len(seeds)} | {m:+.3f} ± {ci:.3f} | {', '.join(f'{d:+.2f}' for d in diffs)} |")
-    plot(runs, arms, out)
-    return "\n".join(lines)
+    return lines
+
+
+def accuracy_curve(ax, rs, label: str):
+    """One arm's held-out accuracy over its evaluations: the mean over seeds, its 95 % CI band."""
+    steps = [s for s, _ in rs[0]["evals"]]
+    acc = [mean_ci([r["evals"][i][1] for r in rs]) for i in range(len(steps))]
+    line, = ax.plot(steps, [m for m, _ in acc], marker="o", label=label)
+    ax.fill_between(steps, [m - (c if c == c else 0) for m, c in acc], [m + (c if c == c else 0) for m, c in acc],
+                    alpha=0.15, color=line.get_color())
+    return line
+
+
+def run_all(out: Path, seeds: int, arms, run_one, log) -> None:
+    """Every (seed, arm) run not yet in out/runs.jsonl, seed by seed, each appended as it ends."""
+    out.mkdir(parents=True, exist_ok=True)
+    done = {(r["arm"], r["seed"]) for r in load_runs(out)}
+    for seed in range(seeds):
+        for arm in arms:
+            if (arm, seed) in done:
+                continue
+            r = run_one(arm, seed)
+            with open(out / "runs.jsonl", "a") as f:
+                f.write(json.dumps(r) + "\n")
+            log(f"{arm} seed {seed} done in {r['seconds']:.0f} s")
 
 
 def plot(runs, arms, out: Path) -> None:
@@ -177,11 +210,7 @@ def plot(runs, arms, out: Path) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     for arm in arms:
         rs = [r for r in runs if r["arm"] == arm]
-        steps = [s for s, _ in rs[0]["evals"]]
-        acc = [mean_ci([r["evals"][i][1] for r in rs]) for i in range(len(steps))]
-        line, = left.plot(steps, [m for m, _ in acc], marker="o", label=f"{arm} ({len(rs)} seeds)")
-        left.fill_between(steps, [m - (c if c == c else 0) for m, c in acc], [m + (c if c == c else 0) for m, c in acc],
-                          alpha=0.15, color=line.get_color())
+        line = accuracy_curve(left, rs, f"{arm} ({len(rs)} seeds)")
         n = min(len(r["rows"]) for r in rs)
         window = 5
         smooth = [sum(sum(r["rows"][j]["reward"] for j in range(max(0, i - window + 1), i + 1)) /
@@ -215,21 +244,13 @@ def main() -> None:
         sys.exit(f"study: unknown arm(s) {unknown}; the arms are {list(ARMS)}")
     import adpo_ctypes as adpo
     adpo.set_num_threads(args.threads)
-    args.out.mkdir(parents=True, exist_ok=True)
-    done = {(r["arm"], r["seed"]) for r in load_runs(args.out)}
     t0 = time.perf_counter()
 
     def log(msg):
         print(f"[{time.perf_counter() - t0:7.0f} s] {msg}", flush=True)
 
-    for seed in range(args.seeds):
-        for arm in arms:
-            if (arm, seed) in done:
-                continue
-            r = run(adpo, arm, seed, args.steps, args.eval_every, log)
-            with open(args.out / "runs.jsonl", "a") as f:
-                f.write(json.dumps(r) + "\n")
-            log(f"{arm} seed {seed} done in {r['seconds']:.0f} s")
+    run_all(args.out, args.seeds, arms, lambda arm, seed: run(adpo, arm, seed, args.steps, args.eval_every, log),
+            log)
     text = report(args.out)
     (args.out / "results.md").write_text(text + "\n")
     print(text)

@@ -27,7 +27,6 @@ weights and draws the same questions, so arms are compared paired by seed.
 Runs are appended to DIR/runs.jsonl as they end; a rerun skips those already there.
 """
 import argparse
-import json
 import random
 import sys
 import time
@@ -93,7 +92,6 @@ def finite_mean(xs):
 
 def report(out: Path) -> str:
     runs = rl_real.load_runs(out)
-    by = {(r["arm"], r["seed"]): r for r in runs}
     arms = [a for a in ARMS if any(r["arm"] == a for r in runs)]
     lines = ["| arm | seeds | steps | held-out at 0 | at end | change | train reward, all steps | "
              "rollout k3 KL | tokens outside [0.5, 2] | max ratio | rejected | s/step |",
@@ -114,12 +112,8 @@ def report(out: Path) -> str:
                      f"{mism[2]:.3f} (max {top:.3f}) | {mism[3]:.4f} | {sps:.1f} |")
     lines += ["", "Paired by seed, held-out accuracy at the end (mean difference ± 95 % CI):", "",
               "| comparison | seeds | difference | per seed |", "|---|---|---|---|"]
-    for a, b in [("bf16", "f32"), ("bf16-tis", "bf16"), ("bf16-icepop", "bf16"), ("bf16-tis", "f32")]:
-        seeds = sorted(s for (arm, s) in by if arm == a and (b, s) in by)
-        if seeds:
-            diffs = [by[(a, s)]["evals"][-1][1] - by[(b, s)]["evals"][-1][1] for s in seeds]
-            m, ci = rl_real.mean_ci(diffs)
-            lines.append(f"| {a} − {b} | {len(seeds)} | {m:+.3f} ± {ci:.3f} | {', '.join(f'{d:+.2f}' for d in diffs)} |")
+    lines += rl_real.paired(runs, [("bf16", "f32"), ("bf16-tis", "bf16"), ("bf16-icepop", "bf16"),
+                                   ("bf16-tis", "f32")])
     plot(runs, arms, out)
     return "\n".join(lines)
 
@@ -131,11 +125,7 @@ def plot(runs, arms, out: Path) -> None:
     fig, (acc_ax, rew_ax, kl_ax) = plt.subplots(1, 3, figsize=(15, 4))
     for arm in arms:
         rs = [r for r in runs if r["arm"] == arm]
-        steps = [s for s, _ in rs[0]["evals"]]
-        acc = [rl_real.mean_ci([r["evals"][i][1] for r in rs]) for i in range(len(steps))]
-        line, = acc_ax.plot(steps, [m for m, _ in acc], marker="o", label=f"{arm} ({len(rs)} seeds)")
-        acc_ax.fill_between(steps, [m - (c if c == c else 0) for m, c in acc],
-                            [m + (c if c == c else 0) for m, c in acc], alpha=0.15, color=line.get_color())
+        line = rl_real.accuracy_curve(acc_ax, rs, f"{arm} ({len(rs)} seeds)")
         n = min(len(r["rows"]) for r in rs)
         rew_ax.plot(range(1, n + 1), [sum(r["rows"][i]["reward"] for r in rs) / len(rs) for i in range(n)],
                     color=line.get_color(), label=arm)
@@ -167,19 +157,12 @@ def main() -> None:
     if unknown := [a for a in arms if a not in ARMS]:
         sys.exit(f"study: unknown arm(s) {unknown}; the arms are {list(ARMS)}")
     import adpo_ctypes as adpo
-    args.out.mkdir(parents=True, exist_ok=True)
-    done = {(r["arm"], r["seed"]) for r in rl_real.load_runs(args.out)}
 
     def log(msg):
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
-    for seed in range(args.seeds):
-        for arm in arms:
-            if (arm, seed) in done:
-                continue
-            result = run(adpo, arm, seed, args.steps, args.eval_every, log)
-            with open(args.out / "runs.jsonl", "a") as f:
-                f.write(json.dumps(result) + "\n")
+    rl_real.run_all(args.out, args.seeds, arms,
+                    lambda arm, seed: run(adpo, arm, seed, args.steps, args.eval_every, log), log)
     print(report(args.out))
 
 
