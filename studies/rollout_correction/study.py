@@ -11,6 +11,8 @@ What changes between arms is where the replies come from and what the step does 
                log-probs with the float32 policy and ignores the difference
   bf16-tis     as bf16, with truncated importance sampling per token (verl's rollout_is
                "token", threshold 2): each token's gradient share weighed by min(old / rollout, 2)
+  bf16-seq-tis as bf16, with truncated importance sampling per sequence (rollout_is "sequence",
+               threshold 2): each reply's weight min(prod old / rollout, 2)
   bf16-icepop  as bf16, with IcePop's token rejection: tokens whose ratio old / rollout is outside
                [0.5, 5] are masked out (rollout_rs "token")
 
@@ -42,6 +44,8 @@ ARMS = {
     "bf16": {"rollout_dtype": "bfloat16"},
     "bf16-tis": {"rollout_dtype": "bfloat16",
                  "rollout_correction": {"rollout_is": "token", "rollout_is_threshold": 2.0}},
+    "bf16-seq-tis": {"rollout_dtype": "bfloat16",
+                     "rollout_correction": {"rollout_is": "sequence", "rollout_is_threshold": 2.0}},
     "bf16-icepop": {"rollout_dtype": "bfloat16",
                     "rollout_correction": {"rollout_rs": "token", "rollout_rs_threshold": 5.0,
                                            "rollout_rs_threshold_lower": 0.5}},
@@ -112,8 +116,8 @@ def report(out: Path) -> str:
                      f"{mism[2]:.3f} (max {top:.3f}) | {mism[3]:.4f} | {sps:.1f} |")
     lines += ["", "Paired by seed, held-out accuracy at the end (mean difference ± 95 % CI):", "",
               "| comparison | seeds | difference | per seed |", "|---|---|---|---|"]
-    lines += rl_real.paired(runs, [("bf16", "f32"), ("bf16-tis", "bf16"), ("bf16-icepop", "bf16"),
-                                   ("bf16-tis", "f32")])
+    lines += rl_real.paired(runs, [("bf16", "f32"), ("bf16-tis", "bf16"), ("bf16-seq-tis", "bf16"),
+                                   ("bf16-icepop", "bf16"), ("bf16-tis", "f32")])
     plot(runs, arms, out)
     return "\n".join(lines)
 
