@@ -91,8 +91,9 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rates-only", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.rows % 2 or args.tokens % 2:
-        sys.exit("precision_step: --rows and --tokens must be even (2 groups, half of each row scored)")
+    if args.rows % 2 or args.rows < 4 or args.tokens % 2 or args.tokens < 2:
+        sys.exit("precision_step: --rows must be even and >= 4 (2 groups of >= 2 rows), --tokens even "
+                 "and >= 2 (half of each row scored)")
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     s = shapes(json.loads((Path(args.model) / "config.json").read_text()))
     scored = args.tokens // 2
