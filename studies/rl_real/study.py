@@ -79,6 +79,7 @@ class Job:
         config = dict(objective, epochs_per_batch=epochs, seed=seed, grad_clip=1.0,
                       optimizer={"name": "adamw", "lr": 2e-4, "weight_decay": 0.0})
         self.trainer = adpo.Trainer(self.model, None, config)
+        self.evaluator = self.trainer  # the trainer held-out accuracy samples with
         self.held_out, self.train = questions()
         self.rng = random.Random(seed)
 
@@ -91,7 +92,7 @@ class Job:
         return [self.tok.decode(batch.completion(r)) for r in range(rows)]
 
     def accuracy(self) -> float:
-        batch = getattr(self, "evaluator", self.trainer).sample([self.prompt(a, b) for a, b in self.held_out], 1,
+        batch = self.evaluator.sample([self.prompt(a, b) for a, b in self.held_out], 1,
                                     {"top_k": 1, "max_new_tokens": MAX_NEW})
         texts = self.replies(batch, len(self.held_out))
         return sum(reward(t, a + b) for t, (a, b) in zip(texts, self.held_out)) / len(self.held_out)
