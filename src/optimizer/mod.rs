@@ -1,7 +1,10 @@
 //! Optimizers over the policy's own parameters, with PyTorch's update rules (torch.optim.SGD
 //! and torch.optim.AdamW), so a step here equals a step there; and global-norm clipping.
 
+mod in_place;
+
 use crate::error::{Error, Result, Status};
+use in_place::AdamwStep;
 use serde::Deserialize;
 use tch::{Kind, Tensor};
 
@@ -196,9 +199,20 @@ impl Optimizer {
     /// checked first, then computed again and written (the optimizer's element-wise work
     /// twice). Both passes go a piece of each parameter at a time (`pieces`), so the update's
     /// temporaries are a few pieces, not several copies of a 155 M-value embedding.
+    ///
+    /// AdamW skips the check and updates in place when a bound shows that the update cannot
+    /// overflow (`in_place`), which is almost always: a quarter of the element-wise work.
     pub fn step(&mut self, params: &[(String, Tensor)], lr: f64) -> Result<()> {
         let t = i32::try_from(self.steps + 1).unwrap_or(i32::MAX);
         tch::no_grad(|| {
+            if let Some(adamw) = self.adamw_step(lr, t) {
+                let mut pieces = self.pieces_of(params);
+                if adamw.surely_finite(&pieces) {
+                    adamw.apply(&mut pieces);
+                    self.steps += 1;
+                    return Ok(());
+                }
+            }
             let mut flags = Vec::new();
             self.for_each_piece(params, |piece| {
                 let new = self.update(&piece, lr, t);
@@ -230,21 +244,50 @@ impl Optimizer {
 
     /// Calls `f` on every piece of every parameter that has a gradient: views of at most
     /// `PIECE` elements of the parameter, its gradient and its two moments, in place.
-    fn for_each_piece(&self, params: &[(String, Tensor)], mut f: impl FnMut(Piece)) {
+    fn for_each_piece(&self, params: &[(String, Tensor)], f: impl FnMut(Piece)) {
+        self.pieces_of(params).into_iter().for_each(f)
+    }
+
+    /// The pieces `for_each_piece` visits, in its order.
+    fn pieces_of(&self, params: &[(String, Tensor)]) -> Vec<Piece> {
+        let mut out = Vec::new();
         for (i, (_, p)) in params.iter().enumerate() {
             let g = p.grad();
             if !g.defined() {
                 continue;
             }
             let all = [p, &g, &self.first[i], &self.second[i]];
-            for [param, grad, first, second] in pieces(all) {
-                f(Piece {
-                    param,
-                    grad,
-                    first,
-                    second,
-                });
-            }
+            out.extend(
+                pieces(all)
+                    .into_iter()
+                    .map(|[param, grad, first, second]| Piece {
+                        param,
+                        grad,
+                        first,
+                        second,
+                    }),
+            );
+        }
+        out
+    }
+
+    /// AdamW's settings for update number `t`; None for SGD (always the exact path: its
+    /// update is a few passes either way).
+    fn adamw_step(&self, lr: f64, t: i32) -> Option<AdamwStep> {
+        match self.cfg {
+            OptimizerConfig::Adamw {
+                betas,
+                eps,
+                weight_decay,
+                ..
+            } => Some(AdamwStep {
+                lr,
+                betas,
+                eps,
+                weight_decay,
+                t,
+            }),
+            OptimizerConfig::Sgd { .. } => None,
         }
     }
 
@@ -383,27 +426,107 @@ mod tests {
         p
     }
 
-    #[test]
-    fn piecewise_adamw_equals_the_whole_tensor_update() {
-        let p = big_param(1);
-        let (p0, g) = (p.detach().copy(), p.grad().copy());
-        let cfg: OptimizerConfig = serde_json::from_str(r#"{"name": "adamw", "lr": 0.1}"#).unwrap();
-        let params = vec![("w".to_string(), p.shallow_clone())];
+    /// `steps` AdamW updates of a copy of `p` (gradient `p.grad`) with this eps; returns the
+    /// weights and the moments.
+    fn adamw_steps(p: &Tensor, eps: f64, steps: usize) -> (Tensor, Tensor, Tensor) {
+        let w = p.detach().copy().set_requires_grad(true);
+        (&w * p.grad()).sum(Kind::Float).backward(); // w.grad = p.grad
+        let cfg = format!(r#"{{"name": "adamw", "lr": 0.1, "eps": {eps}}}"#);
+        let cfg: OptimizerConfig = serde_json::from_str(&cfg).unwrap();
+        let params = vec![("w".to_string(), w.shallow_clone())];
         let mut opt = Optimizer::new(cfg, &params);
-        opt.step(&params, 0.1).unwrap();
-        opt.step(&params, 0.1).unwrap();
-        // torch.optim.AdamW, written out: two steps with the same gradient.
+        for _ in 0..steps {
+            opt.step(&params, 0.1).unwrap();
+        }
+        assert_eq!(opt.steps(), steps as u64);
+        (w.detach(), opt.first[0].copy(), opt.second[0].copy())
+    }
+
+    /// torch.optim.AdamW's single-tensor update written out on whole tensors, in its order
+    /// (the in-place path must equal it exactly, piece by piece).
+    fn adamw_in_place_reference(p: &Tensor, steps: i32) -> (Tensor, Tensor, Tensor) {
         let (b1, b2, eps, wd, lr) = (0.9f64, 0.999f64, 1e-8, 0.01, 0.1);
-        let (mut w, mut m, mut v) = (p0, g.zeros_like(), g.zeros_like());
-        for t in 1..=2 {
+        let g = p.grad();
+        let (mut w, mut m, mut v) = (p.detach().copy(), g.zeros_like(), g.zeros_like());
+        for t in 1..=steps {
+            let step_size = lr / (1.0 - b1.powi(t));
+            let _ = w.g_mul_scalar_(1.0 - lr * wd);
+            let _ = m.lerp_(&g, 1.0 - b1);
+            let _ = v.g_mul_scalar_(b2);
+            let _ = v.addcmul_(&g, &(&g * (1.0 - b2)));
+            let denom = (v.sqrt() / (1.0 - b2.powi(t)).sqrt() + eps) * (-1.0 / step_size);
+            let _ = w.addcdiv_(&m, &denom);
+        }
+        (w, m, v)
+    }
+
+    /// torch.optim.AdamW's formulas, out of place (the exact path's).
+    fn adamw_formula(p: &Tensor, eps: f64, steps: i32) -> (Tensor, Tensor, Tensor) {
+        let (b1, b2, wd, lr) = (0.9f64, 0.999f64, 0.01, 0.1);
+        let g = p.grad();
+        let (mut w, mut m, mut v) = (p.detach().copy(), g.zeros_like(), g.zeros_like());
+        for t in 1..=steps {
             w = &w * (1.0 - lr * wd);
             m = &m * b1 + &g * (1.0 - b1);
             v = &v * b2 + &g * &g * (1.0 - b2);
             let denom = v.sqrt() / (1.0 - b2.powi(t)).sqrt() + eps;
             w = &w - &m / denom * (lr / (1.0 - b1.powi(t)));
         }
-        assert!(p.detach().equal(&w), "piecewise AdamW differs");
-        assert!(opt.first[0].equal(&m) && opt.second[0].equal(&v));
+        (w, m, v)
+    }
+
+    fn max_rel_diff(a: &Tensor, b: &Tensor) -> f64 {
+        let d = (a - b).abs().max().double_value(&[]);
+        d / b.abs().max().double_value(&[])
+    }
+
+    #[test]
+    fn piecewise_adamw_in_place_equals_the_whole_tensor_update() {
+        let p = big_param(1);
+        let (w, m, v) = adamw_steps(&p, 1e-8, 2);
+        let (rw, rm, rv) = adamw_in_place_reference(&p, 2);
+        assert!(w.equal(&rw), "piecewise in-place AdamW differs");
+        assert!(m.equal(&rm) && v.equal(&rv));
+        // and it is the formulas, to float32 rounding
+        let (fw, fm, fv) = adamw_formula(&p, 1e-8, 2);
+        for (a, b) in [(&w, &fw), (&m, &fm), (&v, &fv)] {
+            assert!(max_rel_diff(a, b) < 1e-6, "off by {}", max_rel_diff(a, b));
+        }
+    }
+
+    /// With eps 1e-30 no bound can show the update finite (a step could be lr / eps times a
+    /// moment): the checked out-of-place path runs, and it is the formulas exactly.
+    #[test]
+    fn adamw_without_a_bound_takes_the_checked_path() {
+        let p = big_param(4);
+        let (w, m, v) = adamw_steps(&p, 1e-30, 2);
+        let (fw, fm, fv) = adamw_formula(&p, 1e-30, 2);
+        assert!(
+            w.equal(&fw) && m.equal(&fm) && v.equal(&fv),
+            "checked AdamW differs"
+        );
+        let (iw, _, _) = adamw_steps(&p, 1e-8, 2);
+        assert!(!w.equal(&iw), "eps had no effect: the test shows nothing");
+    }
+
+    /// A finite gradient whose square overflows float32 (1e20) defeats the bound; the checked
+    /// path then refuses the update and changes nothing.
+    #[test]
+    fn an_adamw_update_that_would_overflow_is_refused() {
+        let p = big_param(5);
+        let _ = p.grad().narrow(0, 3 * PIECE + 4, 1).fill_(1e20);
+        let before = p.detach().copy();
+        let cfg: OptimizerConfig = serde_json::from_str(r#"{"name": "adamw", "lr": 0.1}"#).unwrap();
+        let params = vec![("w".to_string(), p.shallow_clone())];
+        let mut opt = Optimizer::new(cfg, &params);
+        let e = opt.step(&params, 0.1).unwrap_err();
+        assert_eq!(e.status, Status::NonFinite);
+        assert!(
+            p.detach().equal(&before),
+            "a piece was written before the check"
+        );
+        assert!(opt.second[0].equal(&opt.second[0].zeros_like()));
+        assert_eq!(opt.steps(), 0);
     }
 
     #[test]
