@@ -3,10 +3,11 @@
  * each have an R-token completion (reference forward, policy forward + backward, listwise
  * loss, AdamW), with the trainer key shared_prefix on or off.
  *
- *   group_step MODEL_DIR G K P R STEPS SHARED(0|1) [WARMUP [PRECISION]]
+ *   group_step MODEL_DIR G K P R STEPS SHARED(0|1) [WARMUP [PRECISION [MICRO_ROWS]]]
  *
  * PRECISION: as_loaded (default; the checkpoint's float32) or bf16-mixed (both models loaded
- * in bfloat16, float32 master weights for AdamW).
+ * in bfloat16, float32 master weights for AdamW). MICRO_ROWS: the trainer key
+ * micro_batch_rows (0, the default: the whole batch at once).
  *
  * Batch (benches/group_step.py builds the same): from the LCG of bench_util.h seeded with 0,
  * each group's P prompt ids, then its K completions' R ids each, then one reward per row; ids
@@ -90,8 +91,9 @@ static int cmp_double(const void *a, const void *b) {
 }
 
 int main(int argc, char **argv) {
-    if (argc < 8 || argc > 10) {
-        fprintf(stderr, "usage: %s MODEL_DIR G K P R STEPS SHARED(0|1) [WARMUP [PRECISION]]\n", argv[0]);
+    if (argc < 8 || argc > 11) {
+        fprintf(stderr, "usage: %s MODEL_DIR G K P R STEPS SHARED(0|1) [WARMUP [PRECISION [MICRO_ROWS]]]\n",
+                argv[0]);
         return 2;
     }
     size_t g = (size_t)arg(argv[2], "G", 1), k = (size_t)arg(argv[3], "K", 2);
@@ -99,6 +101,7 @@ int main(int argc, char **argv) {
     long steps = arg(argv[6], "STEPS", 1), shared = arg(argv[7], "SHARED", 0);
     long warmup = argc > 8 ? arg(argv[8], "WARMUP", 0) : 1;
     const char *precision = argc > 9 ? argv[9] : "as_loaded";
+    long micro_rows = argc > 10 ? arg(argv[10], "MICRO_ROWS", 0) : 0;
     int bf16 = strcmp(precision, "bf16-mixed") == 0;
     if (!bf16 && strcmp(precision, "as_loaded") != 0) {
         fprintf(stderr, "group_step: PRECISION must be as_loaded or bf16-mixed, got \"%s\"\n", precision);
@@ -110,11 +113,13 @@ int main(int argc, char **argv) {
     CHECK(adpo_model_load_options(argv[1], load, &reference, &err), "adpo_model_load (reference)");
     int64_t vocab = 0;
     CHECK(adpo_model_vocab_size(policy, &vocab, &err), "adpo_model_vocab_size");
-    char config[320];
+    char micro[64] = "";
+    if (micro_rows > 0) snprintf(micro, sizeof micro, ", \"micro_batch_rows\": %ld", micro_rows);
+    char config[384];
     snprintf(config, sizeof config,
              "{\"anchor\": {\"mode\": \"fixed\"}, \"loss\": \"listwise\", \"optimizer\": "
-             "{\"name\": \"adamw\", \"lr\": 1e-4}, \"shared_prefix\": %s, \"precision\": \"%s\"}",
-             shared ? "true" : "false", precision);
+             "{\"name\": \"adamw\", \"lr\": 1e-4}, \"shared_prefix\": %s, \"precision\": \"%s\"%s}",
+             shared ? "true" : "false", precision, micro);
     adpo_trainer *trainer = NULL;
     CHECK(adpo_trainer_new(policy, reference, config, &trainer, &err), "adpo_trainer_new");
     adpo_batch *batch = group_batch(g, k, p, r, (uint64_t)vocab);
@@ -133,9 +138,10 @@ int main(int argc, char **argv) {
     qsort(times + warmup, (size_t)steps, sizeof *times, cmp_double);
     double *timed = times + warmup;
     double median = steps % 2 ? timed[steps / 2] : 0.5 * (timed[steps / 2 - 1] + timed[steps / 2]);
-    printf("adpo precision=%s shared=%ld G=%zu K=%zu P=%zu R=%zu steps=%ld sec_per_step=%.4f "
-           "median_sec_per_step=%.4f peak_rss_mb=%.1f loss=%.9f\n",
-           precision, shared, g, k, p, r, steps, sum / (double)steps, median, status_mb("VmHWM:"), m.loss);
+    printf("adpo precision=%s shared=%ld micro_rows=%ld G=%zu K=%zu P=%zu R=%zu steps=%ld "
+           "sec_per_step=%.4f median_sec_per_step=%.4f peak_rss_mb=%.1f loss=%.9f\n",
+           precision, shared, micro_rows, g, k, p, r, steps, sum / (double)steps, median,
+           status_mb("VmHWM:"), m.loss);
     free(times);
     adpo_batch_free(batch);
     adpo_trainer_free(trainer);

@@ -13,8 +13,15 @@ The batch comes from the LCG of benches/bench_util.h (benches/group_step.c build
 Every side runs on --threads threads (default 1: on a shared machine, 2-thread OpenMP regions
 wait for descheduled threads and the times mean little).
 
+--micro-rows N (a multiple of K) bounds the rows per forward pass, for batches whose whole-rows
+step does not fit in memory: adpo gets the trainer key micro_batch_rows N (its exact two-pass
+step: a no-grad pass for every value, then one backward per micro-batch), and PyTorch
+accumulates gradients over micro-batches of N rows (whole groups: the listwise loss is a mean of
+per-group terms, so each micro-batch backpropagates its groups' share), as TRL's
+gradient_accumulation_steps does.
+
 Usage: .venv/bin/python benches/group_step.py [--model DIR --groups 4 --k 8 --prompt 128
-       --completion 32 --steps 1 --warmup 1 --threads 1]   (make lib first)
+       --completion 32 --steps 1 --warmup 1 --threads 1 --micro-rows 0]   (make lib first)
 """
 
 from __future__ import annotations
@@ -60,7 +67,7 @@ def run_torch(args) -> str:
     import time
 
     import torch
-    from step_torch import torch_step, vm_hwm_mb
+    from step_torch import vm_hwm_mb
     from transformers import AutoModelForCausalLM
 
     policy = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
@@ -74,12 +81,39 @@ def run_torch(args) -> str:
     times, loss = [], float("nan")
     for s in range(args.warmup + args.steps):
         t0 = time.perf_counter()
-        loss = torch_step(policy, reference, opt, ids, attn, mask, rewards)
+        loss = torch_group_step(policy, reference, opt, (ids, attn, mask, rewards), args.k,
+                                args.micro_rows or len(ids))
         times.append(time.perf_counter() - t0)
         print(f"torch step {s + 1}: {times[-1]:.3f} s", file=sys.stderr, flush=True)
     timed = times[args.warmup:]
     return (f"torch sec_per_step={sum(timed) / len(timed):.4f} peak_rss_mb={vm_hwm_mb():.1f} "
             f"loss={loss:.9f}")
+
+
+def torch_group_step(policy, reference, opt, batch, k: int, micro_rows: int) -> float:
+    """step_torch.torch_step (TRL's way: reference log-probs under no_grad, full log_softmax
+    then gather, listwise loss), with gradients accumulated over micro-batches of micro_rows
+    rows (whole groups of k): each backpropagates its groups' terms of the mean over groups."""
+    import torch
+    from step_torch import BETA_R, TAU, seq_logp_trl
+
+    ids, attn, mask, rewards = batch
+    groups, total = len(ids) // k, 0.0
+    for start in range(0, len(ids), micro_rows):
+        rows = slice(start, start + micro_rows)
+        with torch.no_grad():
+            ref = seq_logp_trl(reference, ids[rows], attn[rows], mask[rows])
+            r = rewards[rows].view(-1, k)
+            z = (r - r.mean(1, keepdim=True)) / (r.std(1, keepdim=True) + 1e-4)
+            q = torch.softmax(z / BETA_R, dim=1)
+        logp = seq_logp_trl(policy, ids[rows], attn[rows], mask[rows])
+        s = ((logp - ref) / TAU).view(-1, k)
+        loss = -(q * torch.log_softmax(s, dim=1)).sum() / groups
+        loss.backward()
+        total += loss.item()
+    opt.step()
+    opt.zero_grad()
+    return total
 
 
 def parse(line: str) -> dict:
@@ -125,8 +159,12 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=1)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--micro-rows", type=int, default=0,
+                    help="rows per forward pass (a multiple of --k; 0: the whole batch)")
     ap.add_argument("--torch-only", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.micro_rows < 0 or args.micro_rows % args.k:
+        sys.exit(f"group_step: --micro-rows must be a multiple of --k ({args.k}), got {args.micro_rows}")
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     if args.torch_only:
         import torch
@@ -137,13 +175,15 @@ def main() -> int:
     g, k, p, r = args.groups, args.k, args.prompt, args.completion
     print(f"group step: {g} groups x K = {k}, prompt P = {p}, completion R = {r}, "
           f"{args.warmup} warm-up + {args.steps} timed step(s), {args.threads} thread(s), "
+          f"{'micro-batches of ' + str(args.micro_rows) + ' rows' if args.micro_rows else 'rows in one pass'}, "
           f"model {args.model}, "
           f"load average {os.getloadavg()[0]:.2f}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         exe = build_group_step(Path(tmp))
         common = [str(exe), args.model, str(g), str(k), str(p), str(r), str(args.steps)]
-        shared = run([*common, "1", str(args.warmup)], "adpo")
-        whole = run([*common, "0", str(args.warmup)], "adpo")
+        tail = [str(args.warmup), "as_loaded", str(args.micro_rows)]
+        shared = run([*common, "1", *tail], "adpo")
+        whole = run([*common, "0", *tail], "adpo")
     torch_side = run([sys.executable, __file__, "--torch-only", *sys.argv[1:]], "torch")
     ideal = k * (p + r) / (p + k * r)
     print(f"  adpo shared prefix / adpo whole rows: {whole['sec_per_step'] / shared['sec_per_step']:.2f}x "
