@@ -3,11 +3,12 @@
  * each have an R-token completion (reference forward, policy forward + backward, listwise
  * loss, AdamW), with the trainer key shared_prefix on or off.
  *
- *   group_step MODEL_DIR G K P R STEPS SHARED(0|1) [WARMUP [PRECISION [MICRO_ROWS]]]
+ *   group_step MODEL_DIR G K P R STEPS SHARED(0|1) [WARMUP [PRECISION [MICRO_ROWS [EXTRA]]]]
  *
  * PRECISION: as_loaded (default; the checkpoint's float32) or bf16-mixed (both models loaded
  * in bfloat16, float32 master weights for AdamW). MICRO_ROWS: the trainer key
- * micro_batch_rows (0, the default: the whole batch at once).
+ * micro_batch_rows (0, the default: the whole batch at once). EXTRA: more trainer keys, the
+ * members of a JSON object without its braces (e.g. "\"logprob_chunk_rows\": 256").
  *
  * Batch (benches/group_step.py builds the same): from the LCG of bench_util.h seeded with 0,
  * each group's P prompt ids, then its K completions' R ids each, then one reward per row; ids
@@ -22,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 
 #include "adpo.h"
 #include "bench_util.h"
@@ -85,15 +87,21 @@ static adpo_batch *group_batch(size_t g, size_t k, size_t p, size_t r, uint64_t 
     return batch;
 }
 
+/* Minor page faults of this process so far (each: a fresh page the kernel zeroed). */
+static long minor_faults(void) {
+    struct rusage u;
+    return getrusage(RUSAGE_SELF, &u) == 0 ? u.ru_minflt : -1;
+}
+
 static int cmp_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
     return (x > y) - (x < y);
 }
 
 int main(int argc, char **argv) {
-    if (argc < 8 || argc > 11) {
-        fprintf(stderr, "usage: %s MODEL_DIR G K P R STEPS SHARED(0|1) [WARMUP [PRECISION [MICRO_ROWS]]]\n",
-                argv[0]);
+    if (argc < 8 || argc > 12) {
+        fprintf(stderr, "usage: %s MODEL_DIR G K P R STEPS SHARED(0|1) [WARMUP [PRECISION [MICRO_ROWS "
+                "[EXTRA]]]]\n", argv[0]);
         return 2;
     }
     size_t g = (size_t)arg(argv[2], "G", 1), k = (size_t)arg(argv[3], "K", 2);
@@ -115,11 +123,17 @@ int main(int argc, char **argv) {
     CHECK(adpo_model_vocab_size(policy, &vocab, &err), "adpo_model_vocab_size");
     char micro[64] = "";
     if (micro_rows > 0) snprintf(micro, sizeof micro, ", \"micro_batch_rows\": %ld", micro_rows);
-    char config[384];
-    snprintf(config, sizeof config,
-             "{\"anchor\": {\"mode\": \"fixed\"}, \"loss\": \"listwise\", \"optimizer\": "
-             "{\"name\": \"adamw\", \"lr\": 1e-4}, \"shared_prefix\": %s, \"precision\": \"%s\"%s}",
-             shared ? "true" : "false", precision, micro);
+    const char *extra = argc > 11 ? argv[11] : "";
+    char config[1024];
+    int len = snprintf(config, sizeof config,
+                       "{\"anchor\": {\"mode\": \"fixed\"}, \"loss\": \"listwise\", \"optimizer\": "
+                       "{\"name\": \"adamw\", \"lr\": 1e-4}, \"shared_prefix\": %s, \"precision\": "
+                       "\"%s\"%s%s%s}",
+                       shared ? "true" : "false", precision, micro, *extra ? ", " : "", extra);
+    if (len < 0 || (size_t)len >= sizeof config) {
+        fprintf(stderr, "group_step: EXTRA is too long\n");
+        return 2;
+    }
     adpo_trainer *trainer = NULL;
     CHECK(adpo_trainer_new(policy, reference, config, &trainer, &err), "adpo_trainer_new");
     adpo_batch *batch = group_batch(g, k, p, r, (uint64_t)vocab);
@@ -129,9 +143,11 @@ int main(int argc, char **argv) {
         memset(&m, 0, sizeof m);
         m.struct_size = sizeof m;
         double t0 = now_s();
+        long faults = minor_faults();
         CHECK(adpo_trainer_step(trainer, batch, &m, &err), "adpo_trainer_step");
         times[s] = now_s() - t0;
-        fprintf(stderr, "group_step: shared=%ld step %ld: %.3f s\n", shared, s + 1, times[s]);
+        fprintf(stderr, "group_step: shared=%ld step %ld: %.3f s, %ld minor page faults\n", shared,
+                s + 1, times[s], minor_faults() - faults);
     }
     double sum = 0;
     for (long s = warmup; s < warmup + steps; s++) sum += times[s];

@@ -12,6 +12,11 @@ half of each row scored). Sides, each in its own process, one thread each:
   adpo float32  the checkpoint as loaded
   adpo bf16-mixed  both models loaded in bfloat16, float32 masters for AdamW
 
+--unretained adds both precisions again with the trainer key "retain_freed_memory": false
+(glibc returning each step's freed activations to the kernel, as before the key), to show what
+reusing them saves. The default warm-up is 2 steps: with retention, the heap reaches its steady
+layout in the second step, after which a step faults (almost) no fresh page.
+
 Counted work: matrix-product FLOPs only (what the matrix rate measures): per token the seven
 projections (2 x their parameters), causal attention (QK^T and AV: 2 x 2 x heads x head_dim x
 (position + 1)) and, per scored token, the head (2 x hidden x V). The reference forward counts
@@ -19,7 +24,7 @@ once, the policy forward once, its backward twice. Printed: seconds per step, th
 GFLOP/s and its fraction of the same dtype's matrix rate, and bf16-mixed's speed-up.
 
 Usage: .venv/bin/python benches/precision_step.py [--rows 16 --tokens 320 --threads 1
-       --steps 1 --warmup 1 --model DIR]   (make lib first)
+       --steps 2 --warmup 2 --unretained --model DIR]   (make lib first)
 """
 
 from __future__ import annotations
@@ -86,9 +91,11 @@ def main() -> int:
     ap.add_argument("--model", default=str(ROOT / ".venv/models/SmolLM2-135M-Instruct"))
     ap.add_argument("--rows", type=int, default=16)
     ap.add_argument("--tokens", type=int, default=320)
-    ap.add_argument("--steps", type=int, default=1)
-    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--steps", type=int, default=2)
+    ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--unretained", action="store_true",
+                    help='also run both precisions with "retain_freed_memory": false')
     ap.add_argument("--rates-only", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.rows % 2 or args.rows < 4 or args.tokens % 2 or args.tokens < 2:
@@ -111,17 +118,27 @@ def main() -> int:
         # 2 groups of rows/2 rows; prompt and completion halves of each row (loss on the second)
         common = [str(exe), args.model, "2", str(args.rows // 2), str(args.tokens - scored),
                   str(scored), str(args.steps), "0", str(args.warmup)]
-        sides = {p: run([*common, p], "adpo") for p in ("as_loaded", "bf16-mixed")}
-    for p, rate_key in (("as_loaded", "float32_gflops"), ("bf16-mixed", "bfloat16_gflops")):
-        sec = sides[p]["median_sec_per_step"]
-        achieved = flops / sec / 1e9
-        print(f"  adpo {p:10s} {sec:8.2f} s/step  {achieved:6.1f} GFLOP/s = "
-              f"{achieved / rates[rate_key]:5.1%} of the {rate_key.split('_')[0]} matrix rate "
-              f"({rates[rate_key]:.0f} GFLOP/s)  peak RSS {sides[p]['peak_rss_mb']:.0f} MB  "
-              f"loss {sides[p]['loss']:.6f}")
-    print(f"  bf16-mixed / float32: {sides['as_loaded']['median_sec_per_step'] / sides['bf16-mixed']['median_sec_per_step']:.2f}x "
-          f"faster (matrix rates {rates['bfloat16_gflops'] / rates['float32_gflops']:.2f}x); "
-          f"load average {os.getloadavg()[0]:.2f}")
+        variants = [("", "")] + [(" unretained", '"retain_freed_memory": false')] * args.unretained
+        sides = {p + name: run([*common, p, "0", extra], "adpo")
+                 for name, extra in variants for p in ("as_loaded", "bf16-mixed")}
+    for name, _ in variants:
+        for p, rate_key in (("as_loaded", "float32_gflops"), ("bf16-mixed", "bfloat16_gflops")):
+            side = sides[p + name]
+            sec = side["median_sec_per_step"]
+            achieved = flops / sec / 1e9
+            print(f"  adpo {p + name:21s} {sec:8.2f} s/step  {achieved:6.1f} GFLOP/s = "
+                  f"{achieved / rates[rate_key]:5.1%} of the {rate_key.split('_')[0]} matrix rate "
+                  f"({rates[rate_key]:.0f} GFLOP/s)  peak RSS {side['peak_rss_mb']:.0f} MB  "
+                  f"loss {side['loss']:.6f}")
+        f32, bf16 = (sides[p + name]["median_sec_per_step"] for p in ("as_loaded", "bf16-mixed"))
+        print(f"  bf16-mixed / float32{name}: {f32 / bf16:.2f}x faster (matrix rates "
+              f"{rates['bfloat16_gflops'] / rates['float32_gflops']:.2f}x)")
+    if args.unretained:
+        for p in ("as_loaded", "bf16-mixed"):
+            kept, given = (sides[p + n]["median_sec_per_step"] for n in ("", " unretained"))
+            print(f"  {p}: retaining freed memory {given / kept:.2f}x faster ({given:.2f} -> "
+                  f"{kept:.2f} s/step)")
+    print(f"  load average {os.getloadavg()[0]:.2f}")
     return 0
 
 

@@ -18,6 +18,7 @@ pub mod dlpack;
 pub mod dtype;
 pub mod echo;
 pub mod error;
+pub mod freed_memory;
 pub mod ffi;
 pub mod logprob;
 pub mod model;

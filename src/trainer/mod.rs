@@ -102,6 +102,9 @@ impl Trainer {
             )));
         }
         let (anchor, optimizer, trained) = prepare_policy(&cfg, &mut policy.lock())?;
+        if cfg.retain_freed_memory {
+            crate::freed_memory::retain();
+        }
         let sample_rng = cfg.seed ^ 0xA0D0_5A4D_1E5E_ED00;
         let backend = cfg.distributed.backend;
         let mut trainer = Trainer {
