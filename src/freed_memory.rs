@@ -4,9 +4,9 @@
 //! malloc, blocks above a threshold (at most 32 MB) are mmapped and unmapped one by one, and the
 //! freed top of the heap is returned to the kernel: the next step then faults every page back
 //! in, and the kernel zeroes each one. On the real SmolLM2-135M at 16 x 320 tokens that was
-//! 750,000 page faults (3 GB zeroed) per bf16-mixed step, about 15% of its time
-//! (benches/group_step.c prints the faults per step). With mmap off and trimming off the freed
-//! blocks are reused and a steady step faults no page at all.
+//! about 770,000 page faults (3 GB zeroed) per bf16-mixed step (benches/group_step.c prints the
+//! faults per step). With mmap off and trimming off the freed blocks are reused, a steady step
+//! faults no page at all, and the step is 1.20x faster (benches/precision_step.py --unretained).
 //!
 //! These are process-wide malloc settings (mallopt), so the host opts out with the key false;
 //! the cost is that the process keeps its peak heap between steps. Other C libraries have no
