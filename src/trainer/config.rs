@@ -69,9 +69,10 @@ options! {
         /// up to the first scored token) run those ids once, in every pass; the completions
         /// attend to their keys and values (the same values and gradients)
         shared_prefix: bool = "true";
-        /// glibc's malloc keeps the memory a step frees for the next step instead of returning
-        /// it to the kernel (process-wide mallopt, set by the first trainer created with it
-        /// true: src/freed_memory.rs); false leaves malloc as the host set it
+        /// glibc: the first trainer created with it true makes malloc keep the memory a step
+        /// frees for the next one (process-wide `mallopt`: no mmapped blocks, no trimming), so a
+        /// steady step faults in and zeroes no fresh page; the process then keeps its peak heap
+        /// between steps. false leaves malloc as the host set it (README "Memory between steps")
         retain_freed_memory: bool = "true";
         /// optimizer updates per batch, the anchor held
         epochs_per_batch: u32 = "1", range Range::AT_LEAST_ONE;
