@@ -25,6 +25,8 @@ fn main() {
         panic!("feature `mpi` but no MPI compiler wrapper (mpicc) works: install OpenMPI (scripts/setup) or set MPICC");
     }
 
+    build_fused_ops(lib_dir);
+
     println!("cargo:rustc-env=ADPO_LIBTORCH_LIB={lib}");
     println!(
         "cargo:rustc-env=ADPO_LIBTORCH_VERSION={}",
@@ -71,6 +73,47 @@ fn build_mpi_shim() -> bool {
         }
     }
     true
+}
+
+/// Compiles the fused CPU ops (csrc/fused_*.cpp: autograd nodes with hand-written forward and
+/// backward kernels) against the headers of the libtorch tch links, with its C++ ABI (the
+/// LIBTORCH_CXX11_ABI torch-sys reads, 1 unless set, as every libtorch since 2.7 is). Always
+/// optimized: a debug build's kernels would be orders of magnitude slower than libtorch's.
+fn build_fused_ops(lib_dir: &Path) {
+    let root = lib_dir.parent().unwrap_or(lib_dir);
+    let abi = env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into());
+    println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
+    let mut build = cc::Build::new();
+    build
+        .cpp(true)
+        .pic(true)
+        .opt_level(3)
+        .warnings(true)
+        .std("c++17");
+    for dir in [
+        root.join("include"),
+        root.join("include/torch/csrc/api/include"),
+    ] {
+        // -isystem: libtorch's own headers are not ours to warn about
+        build
+            .flag("-isystem")
+            .flag(dir.to_str().expect("libtorch path is not UTF-8"));
+    }
+    build.define("_GLIBCXX_USE_CXX11_ABI", abi.as_str());
+    // Lets the compiler turn the kernels' selects (clamps, NaN checks) into vector blends:
+    // adpo never reads floating-point exception flags.
+    build.flag("-fno-trapping-math");
+    for file in [
+        "fused_errors.cpp",
+        "fused_logp.cpp",
+        "fused_rms_norm.cpp",
+        "fused_swiglu.cpp",
+    ] {
+        println!("cargo:rerun-if-changed=csrc/{file}");
+        build.file(Path::new("csrc").join(file));
+    }
+    println!("cargo:rerun-if-changed=csrc/fused_ops.h");
+    build.compile("adpo_fused_ops");
 }
 
 /// The version of the libtorch we build against: PyPI wheels carry torch/version.py,

@@ -440,6 +440,48 @@ fn a_trainer_step_changes_a_native_policy() {
     }
 }
 
+/// The weights after two Adam steps of the policy loaded with `fused_ops` as given, float64.
+fn weights_after_steps(dir: &Path, fused_ops: bool) -> Vec<Tensor> {
+    let options = LoadOptions {
+        device: device(),
+        dtype: Dtype::Float64,
+        fused_ops,
+        ..LoadOptions::default()
+    };
+    let policy = shared(Model::load_with(dir, &options).unwrap());
+    let mut t = Trainer::new(
+        policy.clone(),
+        None,
+        r#"{"optimizer": {"name": "adamw", "lr": 0.01}}"#,
+    )
+    .unwrap();
+    for _ in 0..2 {
+        t.step(&batch()).unwrap();
+    }
+    let p = policy.lock();
+    p.params().iter().map(|(_, w)| w.detach().copy()).collect()
+}
+
+#[test]
+fn fused_and_composed_norms_and_gates_train_alike_in_float64() {
+    // Qwen3 has the per-head q/k norms too; every architecture has the SwiGLU gate
+    for fixture_name in ["qwen3_gqa2_headdim16_tied", "llama_mha_linear_bias"] {
+        let dir = fixture(fixture_name);
+        let fused = weights_after_steps(&dir, true);
+        let composed = weights_after_steps(&dir, false);
+        for (a, b) in fused.iter().zip(&composed) {
+            let d = (a - b).abs().max().double_value(&[]);
+            assert!(d < 1e-10, "{fixture_name}: weights differ by {d}");
+        }
+        assert!(
+            !fused.iter().zip(&composed).all(|(a, b)| a.equal(b)),
+            "{fixture_name}: fused and composed agree bit for bit: is one of them not running?"
+        );
+    }
+    let parsed = LoadOptions::from_json(r#"{"fused_ops": false}"#).unwrap();
+    assert!(!parsed.fused_ops && LoadOptions::from_json("").unwrap().fused_ops);
+}
+
 // ------------------------------------------------------------------------------- refusals
 
 /// A copy of a fixture checkpoint in a temporary directory, to break.

@@ -12,6 +12,7 @@
 //! closed-form gradient e dH/dz = -e p (log p + H) to the same buffer (one more, p, per chunk).
 
 use crate::error::Result;
+use crate::model::native::fused;
 use crate::model::{Head, Model};
 use tch::{Kind, Tensor};
 
@@ -51,10 +52,9 @@ fn logp_kind(model: &Model) -> Kind {
 }
 
 /// One chunk: the hidden states that predict its scored tokens [len, H], the tokens [len, 1],
-/// and their logits [len, V] in the log-prob kind (a fresh buffer the caller may overwrite).
+/// and their logits [len, V] in the head's dtype (a fresh buffer the caller may overwrite).
 fn chunk_logits(
     head: &Head,
-    kind: Kind,
     flat_hidden: &Tensor,
     flat_ids: &Tensor,
     s: &Scored,
@@ -64,8 +64,36 @@ fn chunk_logits(
     let next = flat_ids
         .index_select(0, &s.token_at.narrow(0, start, len))
         .unsqueeze(1);
-    let logits = head.logits(&h)?.f_to_kind(kind)?;
+    let logits = head.logits(&h)?;
     Ok((h, next, logits))
+}
+
+/// log softmax(logits)[next] per row, in `kind`: fused on the CPU where the head allows, else
+/// composed over a `kind` copy of the logits.
+fn picked_logp(head: &Head, kind: Kind, next: &Tensor, logits: Tensor) -> Result<Tensor> {
+    if head.fused() {
+        if let Some(logp) = fused::token_logp(&logits, next) {
+            return logp;
+        }
+    }
+    let mut logits = logits.f_to_kind(kind)?;
+    let picked = logits.gather(1, next, false).squeeze_dim(1);
+    Ok(picked - softmax_in_place(&mut logits))
+}
+
+/// dL/dlogits = w * (onehot(next) - softmax(logits)) of L = w * log softmax(logits)[next]:
+/// fused on the CPU where the head allows (in the logits' dtype), else composed in `kind`.
+fn logp_grad(head: &Head, kind: Kind, next: &Tensor, w: &Tensor, logits: Tensor) -> Result<Tensor> {
+    if head.fused() {
+        if let Some(grad) = fused::logp_grad(&logits, next, w) {
+            return grad;
+        }
+    }
+    let mut dlogits = logits.f_to_kind(kind)?;
+    let _ = softmax_in_place(&mut dlogits);
+    dlogits *= -w;
+    let _ = dlogits.scatter_add_(1, next, w);
+    Ok(dlogits)
 }
 
 /// Turns logits [len, V] into softmax probabilities in place; returns log sum exp per row [len].
@@ -93,7 +121,7 @@ fn per_scored_token(
     ids: &Tensor,
     loss_mask: &Tensor,
     rows: i64,
-    value: impl Fn(&Tensor, Tensor) -> Tensor,
+    value: impl Fn(&Head, Kind, &Tensor, Tensor) -> Result<Tensor>,
 ) -> Result<Tensor> {
     let (b, t) = (ids.size()[0], ids.size()[1]);
     let (s, kind, head) = (scored(loss_mask), logp_kind(model), model.head());
@@ -102,8 +130,8 @@ fn per_scored_token(
     let mut out = Tensor::zeros([b * t], (kind, ids.device()));
     tch::no_grad(|| -> Result<()> {
         for range in ranges(s.token_at.size()[0], rows) {
-            let (_, next, logits) = chunk_logits(&head, kind, &flat_hidden, &flat_ids, &s, range)?;
-            let v = value(&next, logits);
+            let (_, next, logits) = chunk_logits(&head, &flat_hidden, &flat_ids, &s, range)?;
+            let v = value(&head, kind, &next, logits)?;
             let _ = out.f_index_copy_(0, &s.token_at.narrow(0, range.0, range.1), &v)?;
         }
         Ok(())
@@ -120,10 +148,7 @@ pub fn token_logp(
     loss_mask: &Tensor,
     rows: i64,
 ) -> Result<Tensor> {
-    per_scored_token(model, hidden, ids, loss_mask, rows, |next, mut logits| {
-        let picked = logits.gather(1, next, false).squeeze_dim(1);
-        picked - softmax_in_place(&mut logits)
-    })
+    per_scored_token(model, hidden, ids, loss_mask, rows, picked_logp)
 }
 
 /// Entropies [B, T] of the next-token distributions that predict the scored tokens, at the
@@ -136,14 +161,14 @@ pub fn token_entropy(
     loss_mask: &Tensor,
     rows: i64,
 ) -> Result<Tensor> {
-    let kind = logp_kind(model);
-    per_scored_token(model, hidden, ids, loss_mask, rows, |_, mut x| {
+    per_scored_token(model, hidden, ids, loss_mask, rows, |_, kind, _, logits| {
+        let mut x = logits.f_to_kind(kind)?;
         x -= x.amax([1i64].as_slice(), true);
         let mut e = x.exp();
         let sum = e.sum_dim_intlist([1i64].as_slice(), false, kind);
         e *= &x;
         let ex = e.sum_dim_intlist([1i64].as_slice(), false, kind);
-        sum.log() - ex / &sum
+        Ok(sum.log() - ex / &sum)
     })
 }
 
@@ -172,25 +197,22 @@ pub fn head_backward(
         .map(|_| Tensor::zeros([], (kind, ids.device())));
     tch::no_grad(|| -> Result<()> {
         for range in ranges(s.token_at.size()[0], rows) {
-            let (h, next, mut dlogits) =
-                chunk_logits(&head, kind, &flat_hidden, &flat_ids, &s, range)?;
+            let (h, next, logits) = chunk_logits(&head, &flat_hidden, &flat_ids, &s, range)?;
             let at_token = s.token_at.narrow(0, range.0, range.1);
             let pick = |x: &Tensor| x.index_select(0, &at_token).to_kind(kind).unsqueeze(1);
             let w = pick(&flat_w);
-            match &flat_e {
-                None => {
-                    // d(w * log softmax(z)[next]) / dz = w * (onehot(next) - softmax(z)).
-                    let _ = softmax_in_place(&mut dlogits);
-                    dlogits *= -&w;
-                }
+            let dlogits = match &flat_e {
+                None => logp_grad(&head, kind, &next, &w, logits)?,
                 Some(e) => {
+                    let mut dlogits = logits.f_to_kind(kind)?;
                     let ent = entropy_gradient_in_place(&mut dlogits, &pick(e), &w);
                     if let Some(sum) = entropy_sum.as_mut() {
                         *sum += ent.sum(kind);
                     }
+                    let _ = dlogits.scatter_add_(1, &next, &w);
+                    dlogits
                 }
-            }
-            let _ = dlogits.scatter_add_(1, &next, &w);
+            };
             let at = s.hidden_at.narrow(0, range.0, range.1);
             let dh = head.backward_chunk(&dlogits, &h, grad_w.as_ref())?;
             let _ = grad_h.f_index_add_(0, &at, &dh)?;

@@ -9,8 +9,9 @@ use tch::Tensor;
 
 pub enum Head {
     /// logits = hidden @ W^T with W [V, H], no bias (`lm_head.weight`, or the tied embedding),
-    /// sharing storage with the model.
-    Linear(Tensor),
+    /// sharing storage with the model; `fused`: its log-softmax through the fused CPU ops
+    /// (model/native/fused.rs; the load option `fused_ops`).
+    Linear { weight: Tensor, fused: bool },
     /// The hidden states are the logits.
     #[cfg(feature = "torchscript")]
     Identity,
@@ -20,7 +21,7 @@ impl Head {
     /// Logits [.., V] of hidden states [.., H].
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
         match self {
-            Head::Linear(w) => Ok(hidden.f_linear(w, None::<&Tensor>)?),
+            Head::Linear { weight: w, .. } => Ok(hidden.f_linear(w, None::<&Tensor>)?),
             #[cfg(feature = "torchscript")]
             Head::Identity => Ok(hidden.shallow_clone()),
         }
@@ -35,7 +36,7 @@ impl Head {
         grad_w: Option<&Tensor>,
     ) -> Result<Tensor> {
         match self {
-            Head::Linear(w) => {
+            Head::Linear { weight: w, .. } => {
                 let dlogits = dlogits.f_to_kind(w.kind())?;
                 if let Some(g) = grad_w {
                     let _ = g.shallow_clone().f_addmm_(&dlogits.tr(), h)?;
@@ -47,11 +48,16 @@ impl Head {
         }
     }
 
+    /// Whether log-probs of its logits go through the fused CPU log-softmax.
+    pub fn fused(&self) -> bool {
+        matches!(self, Head::Linear { fused: true, .. })
+    }
+
     /// The weight's gradient buffer (created, zeros, on the first step); None when the head has
     /// no weight or it is frozen.
     pub fn weight_grad(&self) -> Option<Tensor> {
         let w = match self {
-            Head::Linear(w) if w.requires_grad() => w,
+            Head::Linear { weight: w, .. } if w.requires_grad() => w,
             _ => return None,
         };
         if !w.grad().defined() {

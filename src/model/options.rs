@@ -153,6 +153,11 @@ options! {
         /// checkpoint directories and GGUF files: a PEFT adapter directory to continue (its
         /// adapter_config.json says r, alpha and the targets); not with `lora`
         adapter: Option<PathBuf> = "null";
+        /// checkpoint directories and GGUF files on the CPU: RMSNorm, the SwiGLU gate and the
+        /// output head's log-softmax as fused ops (README "Threads"); false composes them from
+        /// libtorch's ops, as adpo did before (the same values to rounding; slower, and more
+        /// memory: docs/BENCHMARKS.md)
+        fused_ops: bool = "true";
     }
 }
 
@@ -165,6 +170,9 @@ pub struct LoadOptions {
     pub lora: Option<LoraOptions>,
     /// A PEFT adapter directory (adapter_config.json + adapter_model.safetensors) to continue.
     pub adapter: Option<PathBuf>,
+    /// RMSNorm, the SwiGLU gate and the head's log-softmax as fused CPU ops
+    /// (model/native/fused.rs).
+    pub fused_ops: bool,
 }
 
 impl Default for LoadOptions {
@@ -174,6 +182,7 @@ impl Default for LoadOptions {
             dtype: Dtype::Auto,
             lora: None,
             adapter: None,
+            fused_ops: true,
         }
     }
 }
@@ -198,6 +207,7 @@ impl LoadOptions {
             dtype: raw.dtype,
             lora: raw.lora,
             adapter: raw.adapter,
+            fused_ops: raw.fused_ops,
         };
         options.validate()?;
         Ok(options)

@@ -45,17 +45,18 @@ impl LayerCache<'_> {
 
 impl Attention {
     /// x [B, T, hidden]; rope (cos, sin) [B, 1, T, D]; mask [B, 1, T, K] (K = cached + T);
-    /// `adapters` false skips the projections' LoRA adapters.
+    /// `adapters` false skips the projections' LoRA adapters, `fused` false composes the q/k
+    /// norms from libtorch's ops.
     pub fn forward(
         &self,
         x: &Tensor,
         (cos, sin): &(Tensor, Tensor),
         mask: &Tensor,
         cache: Option<LayerCache>,
-        adapters: bool,
+        (adapters, fused): (bool, bool),
     ) -> Result<Tensor> {
         let (b, t) = (x.size()[0], x.size()[1]);
-        let heads = |proj, n, norm| self.split_heads(proj, x, n, norm, adapters);
+        let heads = |proj, n, norm| self.split_heads(proj, x, n, norm, (adapters, fused));
         let q = heads(&self.q, self.heads, self.q_norm.as_ref())?;
         let k = heads(&self.k, self.kv_heads, self.k_norm.as_ref())?;
         let v = heads(&self.v, self.kv_heads, None)?;
@@ -88,14 +89,14 @@ impl Attention {
         x: &Tensor,
         n: i64,
         norm: Option<&Tensor>,
-        adapters: bool,
+        (adapters, fused): (bool, bool),
     ) -> Result<Tensor> {
         let (b, t) = (x.size()[0], x.size()[1]);
         let h = proj
             .forward(x, adapters)?
             .f_view([b, t, n, self.head_dim])?;
         let h = match norm {
-            Some(weight) => rms_norm(&h, weight, self.eps)?,
+            Some(weight) => rms_norm(&h, weight, self.eps, fused)?,
             None => h,
         };
         Ok(h.f_transpose(1, 2)?)

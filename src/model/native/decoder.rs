@@ -36,14 +36,40 @@ impl Linear {
 }
 
 /// RMSNorm over the last axis, computed in float32 for 16-bit activations (as transformers
-/// does) and in the activations' own dtype for float32 and float64, then scaled by `weight`.
-pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+/// does) and in the activations' own dtype for float32 and float64, then scaled by `weight`:
+/// with `fused` on the CPU as one fused node (fused.rs), else composed.
+pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64, fused: bool) -> Result<Tensor> {
+    match fused
+        .then(|| super::fused::rms_norm(x, weight, eps))
+        .flatten()
+    {
+        Some(result) => result,
+        None => composed_rms_norm(x, weight, eps),
+    }
+}
+
+/// RMSNorm composed of libtorch's ops (any device and dtype): the fused op's reference.
+pub fn composed_rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     let kind = x.kind();
     let compute = crate::dtype::compute_kind(kind);
     let h = x.to_kind(compute);
     let variance = h.square().f_mean_dim([-1i64].as_slice(), true, compute)?;
     let normed = (h * (variance + eps).rsqrt()).to_kind(kind);
     Ok(weight.f_mul(&normed)?)
+}
+
+/// The SwiGLU gate silu(gate) * up: with `fused` on the CPU as one fused node (fused.rs), else
+/// composed.
+pub fn swiglu(gate: &Tensor, up: &Tensor, fused: bool) -> Result<Tensor> {
+    match fused.then(|| super::fused::swiglu(gate, up)).flatten() {
+        Some(result) => result,
+        None => composed_swiglu(gate, up),
+    }
+}
+
+/// The gate composed of libtorch's ops: the fused op's reference.
+pub fn composed_swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    Ok(gate.f_silu()?.f_mul(up)?)
 }
 
 struct Mlp {
@@ -70,6 +96,9 @@ pub struct Decoder {
     eps: f64,
     /// Every parameter under its checkpoint name, in layout order (shared storage).
     params: Vec<(String, Tensor)>,
+    /// RMSNorm, the SwiGLU gate and the head's log-softmax fused on the CPU (the load option
+    /// `fused_ops`).
+    pub fused_ops: bool,
 }
 
 /// Takes tensors out of the loaded map by name.
@@ -142,18 +171,16 @@ impl Layer {
         mask: &Tensor,
         cache: Option<LayerCache>,
         eps: f64,
-        adapters: bool,
+        (adapters, fused): (bool, bool),
     ) -> Result<Tensor> {
-        let h = rms_norm(x, &self.input_norm, eps)?;
-        let attention = self.attention.forward(&h, rope, mask, cache, adapters)?;
+        let h = rms_norm(x, &self.input_norm, eps, fused)?;
+        let attention = self
+            .attention
+            .forward(&h, rope, mask, cache, (adapters, fused))?;
         let x = x.f_add(&attention)?;
-        let h = rms_norm(&x, &self.post_norm, eps)?;
-        let gated = self
-            .mlp
-            .gate
-            .forward(&h, adapters)?
-            .silu()
-            .f_mul(&self.mlp.up.forward(&h, adapters)?)?;
+        let h = rms_norm(&x, &self.post_norm, eps, fused)?;
+        let gate = self.mlp.gate.forward(&h, adapters)?;
+        let gated = swiglu(&gate, &self.mlp.up.forward(&h, adapters)?, fused)?;
         Ok(x.f_add(&self.mlp.down.forward(&gated, adapters)?)?)
     }
 
@@ -200,6 +227,7 @@ impl Decoder {
             layers,
             eps: c.rms_norm_eps,
             params,
+            fused_ops: true,
         })
     }
 
@@ -283,12 +311,13 @@ impl Decoder {
                 values: &mut c.values[i],
                 len: past,
             });
-            x = layer.forward(&x, &rope, &attention_mask, layer_cache, self.eps, adapters)?;
+            let switches = (adapters, self.fused_ops);
+            x = layer.forward(&x, &rope, &attention_mask, layer_cache, self.eps, switches)?;
         }
         if let Some(c) = cache {
             c.len += ids.size()[1];
         }
-        rms_norm(&x, &self.norm, self.eps)
+        rms_norm(&x, &self.norm, self.eps, self.fused_ops)
     }
 
     /// The embeddings [B, t, hidden] of ids [B, t]. Once a float32 or float64 embedding has a

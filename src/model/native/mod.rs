@@ -18,6 +18,7 @@ mod arch;
 mod attention;
 mod config;
 mod decoder;
+pub(crate) mod fused;
 mod generation;
 mod layout;
 mod llama;
@@ -115,6 +116,7 @@ impl NativeLm {
             lora: None,
             adapters_on: AtomicBool::new(true),
         };
+        lm.decoder.fused_ops = options.fused_ops;
         lm.lora = adapters::attach(&mut lm.decoder, &lm.config, options)?;
         Ok(lm)
     }
@@ -123,6 +125,7 @@ impl NativeLm {
     /// for (fresh, or a PEFT adapter directory's).
     pub fn open(dir: &Path, options: &LoadOptions) -> Result<NativeLm> {
         let mut lm = NativeLm::load(dir, options.dtype.kind(), options.device)?;
+        lm.decoder.fused_ops = options.fused_ops;
         lm.lora = adapters::attach(&mut lm.decoder, &lm.config, options)?;
         Ok(lm)
     }
@@ -271,7 +274,10 @@ impl CausalLm for NativeLm {
     }
 
     fn head(&self) -> Head {
-        Head::Linear(self.decoder.head_weight())
+        Head::Linear {
+            weight: self.decoder.head_weight(),
+            fused: self.decoder.fused_ops,
+        }
     }
 
     fn checkpoints_layers(&self) -> bool {
@@ -293,6 +299,8 @@ impl CausalLm for NativeLm {
                 Decoder::new(&self.config, tensors)?
             }
         };
+        let mut decoder = decoder;
+        decoder.fused_ops = self.decoder.fused_ops;
         Ok(Box::new(NativeLm {
             dir: self.dir.clone(),
             config: self.config.clone(),
@@ -316,12 +324,14 @@ impl CausalLm for NativeLm {
                     .collect(),
             )
         })?;
+        let mut decoder = Decoder::new(&self.config, tensors)?;
+        decoder.fused_ops = self.decoder.fused_ops;
         Ok(Box::new(NativeLm {
             dir: self.dir.clone(),
             config: self.config.clone(),
             config_json: self.config_json.clone(),
             eos_ids: self.eos_ids.clone(),
-            decoder: Decoder::new(&self.config, tensors)?,
+            decoder,
             device: self.device,
             lora: None,
             adapters_on: AtomicBool::new(true),

@@ -71,9 +71,14 @@ impl Decoder {
         let layer = &self.layers[i];
         let Some(plan) = rows.plan else {
             let p = &rows.parts[0];
-            return Ok(vec![
-                layer.forward(&xs[0], &p.rope, &p.mask, None, self.eps, adapters)?
-            ]);
+            return Ok(vec![layer.forward(
+                &xs[0],
+                &p.rope,
+                &p.mask,
+                None,
+                self.eps,
+                (adapters, self.fused_ops),
+            )?]);
         };
         let (prefix, suffix) = (&rows.parts[0], &rows.parts[1]);
         let a = &layer.attention;
@@ -92,7 +97,7 @@ impl Decoder {
             &prefix.mask,
             Some(cached),
             self.eps,
-            adapters,
+            (adapters, self.fused_ops),
         )?;
         let mut keys = keys.f_index_select(0, &plan.prefix_of_row)?;
         let mut values = values.f_index_select(0, &plan.prefix_of_row)?;
@@ -107,7 +112,7 @@ impl Decoder {
             &suffix.mask,
             Some(cached),
             self.eps,
-            adapters,
+            (adapters, self.fused_ops),
         )?;
         Ok(vec![yp, ys])
     }
@@ -171,7 +176,7 @@ impl Decoder {
         let last = inputs.pop().expect("the embedding");
         let norm = |xs: &[Tensor]| -> Result<Vec<Tensor>> {
             xs.iter()
-                .map(|x| rms_norm(x, &self.norm, self.eps))
+                .map(|x| rms_norm(x, &self.norm, self.eps, self.fused_ops))
                 .collect()
         };
         let hidden = tch::no_grad(|| Self::join(&rows, &norm(&last)?))?;
