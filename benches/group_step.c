@@ -3,12 +3,14 @@
  * each have an R-token completion (reference forward, policy forward + backward, listwise
  * loss, AdamW), with the trainer key shared_prefix on or off.
  *
- *   group_step MODEL_DIR G K P R STEPS SHARED(0|1) [WARMUP [PRECISION [MICRO_ROWS [EXTRA]]]]
+ *   group_step MODEL_DIR G K P R STEPS SHARED(0|1) [WARMUP [PRECISION [MICRO_ROWS [EXTRA
+ *              [LOAD_EXTRA]]]]]
  *
  * PRECISION: as_loaded (default; the checkpoint's float32) or bf16-mixed (both models loaded
  * in bfloat16, float32 master weights for AdamW). MICRO_ROWS: the trainer key
  * micro_batch_rows (0, the default: the whole batch at once). EXTRA: more trainer keys, the
  * members of a JSON object without its braces (e.g. "\"logprob_chunk_rows\": 256").
+ * LOAD_EXTRA: more model load options, the same way (e.g. "\"fused_ops\": false").
  *
  * Batch (benches/group_step.py builds the same): from the LCG of bench_util.h seeded with 0,
  * each group's P prompt ids, then its K completions' R ids each, then one reward per row; ids
@@ -99,9 +101,9 @@ static int cmp_double(const void *a, const void *b) {
 }
 
 int main(int argc, char **argv) {
-    if (argc < 8 || argc > 12) {
+    if (argc < 8 || argc > 13) {
         fprintf(stderr, "usage: %s MODEL_DIR G K P R STEPS SHARED(0|1) [WARMUP [PRECISION [MICRO_ROWS "
-                "[EXTRA]]]]\n", argv[0]);
+                "[EXTRA [LOAD_EXTRA]]]]]\n", argv[0]);
         return 2;
     }
     size_t g = (size_t)arg(argv[2], "G", 1), k = (size_t)arg(argv[3], "K", 2);
@@ -115,7 +117,14 @@ int main(int argc, char **argv) {
         fprintf(stderr, "group_step: PRECISION must be as_loaded or bf16-mixed, got \"%s\"\n", precision);
         return 2;
     }
-    const char *load = bf16 ? "{\"device\": \"cpu\", \"dtype\": \"bfloat16\"}" : "{\"device\": \"cpu\"}";
+    const char *load_extra = argc > 12 ? argv[12] : "";
+    char load[512];
+    int load_len = snprintf(load, sizeof load, "{\"device\": \"cpu\"%s%s%s}",
+                            bf16 ? ", \"dtype\": \"bfloat16\"" : "", *load_extra ? ", " : "", load_extra);
+    if (load_len < 0 || (size_t)load_len >= sizeof load) {
+        fprintf(stderr, "group_step: LOAD_EXTRA is too long\n");
+        return 2;
+    }
     adpo_model *policy = NULL, *reference = NULL;
     CHECK(adpo_model_load_options(argv[1], load, &policy, &err), "adpo_model_load (policy)");
     CHECK(adpo_model_load_options(argv[1], load, &reference, &err), "adpo_model_load (reference)");

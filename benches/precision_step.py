@@ -12,7 +12,9 @@ half of each row scored). Sides, each in its own process, one thread each:
   adpo float32  the checkpoint as loaded
   adpo bf16-mixed  both models loaded in bfloat16, float32 masters for AdamW
 
---unretained adds both precisions again with the trainer key "retain_freed_memory": false
+--composed adds both precisions again with the load option "fused_ops": false (RMSNorm and the
+SwiGLU gate composed of libtorch's ops, as before csrc/fused_*.cpp), to show what fusing them
+saves. --unretained adds both precisions again with the trainer key "retain_freed_memory": false
 (glibc returning each step's freed activations to the kernel, as before the key), to show what
 reusing them saves. The default warm-up is 2 steps: with retention, the heap reaches its steady
 layout in the second step, after which a step faults (almost) no fresh page.
@@ -24,7 +26,7 @@ once, the policy forward once, its backward twice. Printed: seconds per step, th
 GFLOP/s and its fraction of the same dtype's matrix rate, and bf16-mixed's speed-up.
 
 Usage: .venv/bin/python benches/precision_step.py [--rows 16 --tokens 320 --threads 1
-       --steps 2 --warmup 2 --unretained --model DIR]   (make lib first)
+       --steps 2 --warmup 2 --composed --unretained --model DIR]   (make lib first)
 """
 
 from __future__ import annotations
@@ -96,6 +98,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--unretained", action="store_true",
                     help='also run both precisions with "retain_freed_memory": false')
+    ap.add_argument("--composed", action="store_true",
+                    help='also run both precisions with the load option "fused_ops": false')
     ap.add_argument("--rates-only", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.rows % 2 or args.rows < 4 or args.tokens % 2 or args.tokens < 2:
@@ -118,10 +122,12 @@ def main() -> int:
         # 2 groups of rows/2 rows; prompt and completion halves of each row (loss on the second)
         common = [str(exe), args.model, "2", str(args.rows // 2), str(args.tokens - scored),
                   str(scored), str(args.steps), "0", str(args.warmup)]
-        variants = [("", "")] + [(" unretained", '"retain_freed_memory": false')] * args.unretained
-        sides = {p + name: run([*common, p, "0", extra], "adpo")
-                 for name, extra in variants for p in ("as_loaded", "bf16-mixed")}
-    for name, _ in variants:
+        # (name, trainer keys, load options) of each variant
+        variants = ([("", "", "")] + [(" composed", "", '"fused_ops": false')] * args.composed
+                    + [(" unretained", '"retain_freed_memory": false', "")] * args.unretained)
+        sides = {p + name: run([*common, p, "0", extra, load], "adpo")
+                 for name, extra, load in variants for p in ("as_loaded", "bf16-mixed")}
+    for name, _, _ in variants:
         for p, rate_key in (("as_loaded", "float32_gflops"), ("bf16-mixed", "bfloat16_gflops")):
             side = sides[p + name]
             sec = side["median_sec_per_step"]
@@ -133,6 +139,12 @@ def main() -> int:
         f32, bf16 = (sides[p + name]["median_sec_per_step"] for p in ("as_loaded", "bf16-mixed"))
         print(f"  bf16-mixed / float32{name}: {f32 / bf16:.2f}x faster (matrix rates "
               f"{rates['bfloat16_gflops'] / rates['float32_gflops']:.2f}x)")
+    if args.composed:
+        for p in ("as_loaded", "bf16-mixed"):
+            fused, composed = (sides[p + n] for n in ("", " composed"))
+            print(f"  {p}: fused ops (RMSNorm, SwiGLU gate, head log-softmax) {composed['median_sec_per_step'] / fused['median_sec_per_step']:.2f}x "
+                  f"faster ({composed['median_sec_per_step']:.2f} -> {fused['median_sec_per_step']:.2f} s/step), peak RSS "
+                  f"{composed['peak_rss_mb']:.0f} -> {fused['peak_rss_mb']:.0f} MB")
     if args.unretained:
         for p in ("as_loaded", "bf16-mixed"):
             kept, given = (sides[p + n]["median_sec_per_step"] for n in ("", " unretained"))
