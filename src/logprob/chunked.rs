@@ -71,29 +71,31 @@ fn chunk_logits(
 /// log softmax(logits)[next] per row, in `kind`: fused on the CPU where the head allows, else
 /// composed over a `kind` copy of the logits.
 fn picked_logp(head: &Head, kind: Kind, next: &Tensor, logits: Tensor) -> Result<Tensor> {
-    if head.fused() {
-        if let Some(logp) = fused::token_logp(&logits, next) {
-            return logp;
-        }
-    }
-    let mut logits = logits.f_to_kind(kind)?;
-    let picked = logits.gather(1, next, false).squeeze_dim(1);
-    Ok(picked - softmax_in_place(&mut logits))
+    fused::or_composed(
+        head.fused(),
+        || fused::token_logp(&logits, next),
+        || {
+            let mut logits = logits.f_to_kind(kind)?;
+            let picked = logits.gather(1, next, false).squeeze_dim(1);
+            Ok(picked - softmax_in_place(&mut logits))
+        },
+    )
 }
 
 /// dL/dlogits = w * (onehot(next) - softmax(logits)) of L = w * log softmax(logits)[next]:
 /// fused on the CPU where the head allows (in the logits' dtype), else composed in `kind`.
 fn logp_grad(head: &Head, kind: Kind, next: &Tensor, w: &Tensor, logits: Tensor) -> Result<Tensor> {
-    if head.fused() {
-        if let Some(grad) = fused::logp_grad(&logits, next, w) {
-            return grad;
-        }
-    }
-    let mut dlogits = logits.f_to_kind(kind)?;
-    let _ = softmax_in_place(&mut dlogits);
-    dlogits *= -w;
-    let _ = dlogits.scatter_add_(1, next, w);
-    Ok(dlogits)
+    fused::or_composed(
+        head.fused(),
+        || fused::logp_grad(&logits, next, w),
+        || {
+            let mut dlogits = logits.f_to_kind(kind)?;
+            let _ = softmax_in_place(&mut dlogits);
+            dlogits *= -w;
+            let _ = dlogits.scatter_add_(1, next, w);
+            Ok(dlogits)
+        },
+    )
 }
 
 /// Turns logits [len, V] into softmax probabilities in place; returns log sum exp per row [len].

@@ -85,7 +85,7 @@ pub fn share_base(decoder: &Decoder, c: &Config) -> Result<Decoder> {
         .iter()
         .map(|(n, t)| (n.clone(), t.shallow_clone()))
         .collect();
-    let mut copy = Decoder::new(c, base)?;
+    let mut copy = Decoder::new(c, base, decoder.fused_ops)?;
     let sources = decoder.projections();
     for ((_, mine), (_, theirs)) in copy.projections_mut().into_iter().zip(sources) {
         mine.lora = theirs.lora.as_ref().map(Adapter::deep_copy);

@@ -39,13 +39,11 @@ impl Linear {
 /// does) and in the activations' own dtype for float32 and float64, then scaled by `weight`:
 /// with `fused` on the CPU as one fused node (fused.rs), else composed.
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64, fused: bool) -> Result<Tensor> {
-    match fused
-        .then(|| super::fused::rms_norm(x, weight, eps))
-        .flatten()
-    {
-        Some(result) => result,
-        None => composed_rms_norm(x, weight, eps),
-    }
+    super::fused::or_composed(
+        fused,
+        || super::fused::rms_norm(x, weight, eps),
+        || composed_rms_norm(x, weight, eps),
+    )
 }
 
 /// RMSNorm composed of libtorch's ops (any device and dtype): the fused op's reference.
@@ -61,10 +59,11 @@ pub fn composed_rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor
 /// The SwiGLU gate silu(gate) * up: with `fused` on the CPU as one fused node (fused.rs), else
 /// composed.
 pub fn swiglu(gate: &Tensor, up: &Tensor, fused: bool) -> Result<Tensor> {
-    match fused.then(|| super::fused::swiglu(gate, up)).flatten() {
-        Some(result) => result,
-        None => composed_swiglu(gate, up),
-    }
+    super::fused::or_composed(
+        fused,
+        || super::fused::swiglu(gate, up),
+        || composed_swiglu(gate, up),
+    )
 }
 
 /// The gate composed of libtorch's ops: the fused op's reference.
@@ -205,8 +204,9 @@ impl Layer {
 }
 
 impl Decoder {
-    /// Builds the decoder from checkpoint tensors (checked against layout.rs by weights.rs).
-    pub fn new(c: &Config, tensors: HashMap<String, Tensor>) -> Result<Decoder> {
+    /// Builds the decoder from checkpoint tensors (checked against layout.rs by weights.rs);
+    /// `fused_ops`: the load option of that name.
+    pub fn new(c: &Config, tensors: HashMap<String, Tensor>, fused_ops: bool) -> Result<Decoder> {
         let t = Tensors(tensors);
         let params = layout::parameters(c)
             .into_iter()
@@ -227,7 +227,7 @@ impl Decoder {
             layers,
             eps: c.rms_norm_eps,
             params,
-            fused_ops: true,
+            fused_ops,
         })
     }
 

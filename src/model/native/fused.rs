@@ -36,6 +36,19 @@ extern "C" {
     fn adpo_fused_free_error(message: *mut c_char);
 }
 
+/// The fused op's result where `on` and the op applies (`fused` returns Some), else the
+/// composed one: the one decision every caller of these ops makes.
+pub fn or_composed<T>(
+    on: bool,
+    fused: impl FnOnce() -> Option<Result<T>>,
+    composed: impl FnOnce() -> Result<T>,
+) -> Result<T> {
+    match on.then(fused).flatten() {
+        Some(result) => result,
+        None => composed(),
+    }
+}
+
 /// Whether the fused ops take these operands: CPU tensors of one float dtype.
 fn applies(a: &Tensor, b: &Tensor) -> bool {
     a.device() == tch::Device::Cpu

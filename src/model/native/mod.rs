@@ -82,7 +82,7 @@ impl NativeLm {
         };
         let (tensors, _) =
             tch::no_grad(|| weights::read(dir, &expected, kind.or(config.dtype), device))?;
-        let decoder = Decoder::new(&config, tensors)?;
+        let decoder = Decoder::new(&config, tensors, true)?;
         Ok(NativeLm {
             dir: dir.to_path_buf(),
             eos_ids: generation::eos_ids(dir, &config_json)?,
@@ -109,14 +109,13 @@ impl NativeLm {
         let mut lm = NativeLm {
             dir: source.to_path_buf(),
             eos_ids,
-            decoder: Decoder::new(&config, tensors)?,
+            decoder: Decoder::new(&config, tensors, options.fused_ops)?,
             config,
             config_json,
             device: options.device,
             lora: None,
             adapters_on: AtomicBool::new(true),
         };
-        lm.decoder.fused_ops = options.fused_ops;
         lm.lora = adapters::attach(&mut lm.decoder, &lm.config, options)?;
         Ok(lm)
     }
@@ -296,11 +295,9 @@ impl CausalLm for NativeLm {
                         .map(|(n, t)| (n.clone(), t.detach().copy()))
                         .collect()
                 });
-                Decoder::new(&self.config, tensors)?
+                Decoder::new(&self.config, tensors, self.decoder.fused_ops)?
             }
         };
-        let mut decoder = decoder;
-        decoder.fused_ops = self.decoder.fused_ops;
         Ok(Box::new(NativeLm {
             dir: self.dir.clone(),
             config: self.config.clone(),
@@ -324,8 +321,7 @@ impl CausalLm for NativeLm {
                     .collect(),
             )
         })?;
-        let mut decoder = Decoder::new(&self.config, tensors)?;
-        decoder.fused_ops = self.decoder.fused_ops;
+        let decoder = Decoder::new(&self.config, tensors, self.decoder.fused_ops)?;
         Ok(Box::new(NativeLm {
             dir: self.dir.clone(),
             config: self.config.clone(),
