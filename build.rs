@@ -103,15 +103,21 @@ fn build_fused_ops(lib_dir: &Path) {
     // Lets the compiler turn the kernels' selects (clamps, NaN checks) into vector blends:
     // adpo never reads floating-point exception flags.
     build.flag("-fno-trapping-math");
-    for file in [
-        "fused_errors.cpp",
-        "fused_logp.cpp",
-        "fused_rms_norm.cpp",
-        "fused_swiglu.cpp",
-    ] {
-        println!("cargo:rerun-if-changed=csrc/{file}");
-        build.file(Path::new("csrc").join(file));
+    // Every csrc/fused_*.cpp, in name order (a new op is a new file, nothing to list here).
+    let mut files: Vec<_> = std::fs::read_dir("csrc")
+        .expect("csrc/ is missing")
+        .filter_map(|entry| Some(entry.ok()?.path()))
+        .filter(|path| {
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            name.starts_with("fused_") && name.ends_with(".cpp")
+        })
+        .collect();
+    files.sort();
+    for file in files {
+        println!("cargo:rerun-if-changed={}", file.display());
+        build.file(file);
     }
+    println!("cargo:rerun-if-changed=csrc");
     println!("cargo:rerun-if-changed=csrc/fused_ops.h");
     build.compile("adpo_fused_ops");
 }
