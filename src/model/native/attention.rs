@@ -6,6 +6,7 @@
 //! queries attend over everything cached so far.
 
 use super::decoder::{rms_norm, Linear};
+use super::fused;
 use super::rope;
 use crate::error::Result;
 use tch::Tensor;
@@ -66,15 +67,21 @@ impl Attention {
             Some(cache) => cache.append(&k, &v)?,
             None => (k, v),
         };
-        let out = Tensor::f_scaled_dot_product_attention(
-            &q,
-            &k,
-            &v,
-            Some(mask),
-            0.0,
-            false,
-            None::<f64>,
-            self.kv_heads != self.heads,
+        let out = fused::or_composed(
+            fused,
+            || fused::attention(&q, &k, &v, mask),
+            || {
+                Ok(Tensor::f_scaled_dot_product_attention(
+                    &q,
+                    &k,
+                    &v,
+                    Some(mask),
+                    0.0,
+                    false,
+                    None::<f64>,
+                    self.kv_heads != self.heads,
+                )?)
+            },
         )?;
         let out = out
             .f_transpose(1, 2)?

@@ -3,7 +3,8 @@
 //! one pass over the activations (where libtorch's composed ops make many), and the output
 //! head's log-softmax and its gradient for logprob/chunked.rs (no autograd: that backward is by
 //! hand). `None` where an op does not apply (another device, mixed dtypes, an integer dtype):
-//! the caller composes the op from libtorch's.
+//! the caller composes the op from libtorch's. Attention's node (csrc/fused_attention.cpp) keeps
+//! libtorch's forward and replaces its backward.
 
 use crate::error::{torch_message, Error, Result, Status};
 use std::ffi::{c_char, CStr};
@@ -31,6 +32,13 @@ extern "C" {
         logits: *const C_tensor,
         next: *const C_tensor,
         weights: *const C_tensor,
+        out: *mut *mut C_tensor,
+    ) -> *mut c_char;
+    fn adpo_fused_attention(
+        q: *const C_tensor,
+        k: *const C_tensor,
+        v: *const C_tensor,
+        mask: *const C_tensor,
         out: *mut *mut C_tensor,
     ) -> *mut c_char;
     fn adpo_fused_free_error(message: *mut c_char);
@@ -82,6 +90,21 @@ pub fn swiglu(gate: &Tensor, up: &Tensor) -> Option<Result<Tensor>> {
     }))
 }
 
+/// Grouped-query attention of q [B, H, T, D] over k, v [B, H_kv, K, D] under a boolean mask
+/// [B, 1, T, K] (attention.rs), as one node: libtorch's flash-attention forward and a backward
+/// of whole blocks of queries. Only where a gradient is wanted: without one the node is
+/// libtorch's forward alone.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor) -> Option<Result<Tensor>> {
+    let wants_grad = q.requires_grad() || k.requires_grad() || v.requires_grad();
+    if !wants_grad || !applies(q, k) || !applies(q, v) || mask.kind() != Kind::Bool {
+        return None;
+    }
+    // SAFETY: the four handles are live tch tensors.
+    Some(call(|out| unsafe {
+        adpo_fused_attention(q.as_ptr(), k.as_ptr(), v.as_ptr(), mask.as_ptr(), out)
+    }))
+}
+
 /// Whether the head's fused log-softmax takes these logits [rows, V]: on the CPU, a float dtype.
 fn takes_logits(logits: &Tensor) -> bool {
     applies(logits, logits) && logits.dim() == 2
@@ -116,10 +139,16 @@ pub fn logp_grad(logits: &Tensor, next: &Tensor, weights: &Tensor) -> Option<Res
 /// Tensor owns (and frees) from then on.
 fn call(op: impl FnOnce(*mut *mut C_tensor) -> *mut c_char) -> Result<Tensor> {
     let mut out: *mut C_tensor = std::ptr::null_mut();
-    let error = op(&mut out);
+    checked(op(&mut out))?;
+    // SAFETY: no error: `out` is the op's new handle.
+    Ok(unsafe { Tensor::from_ptr(out) })
+}
+
+/// Ok for a fused op's NULL return, else its error string (which this frees) as
+/// `Status::Torch`: for any csrc/fused_*.cpp entry point (src/optimizer/fused.rs too).
+pub(crate) fn checked(error: *mut c_char) -> Result<()> {
     if error.is_null() {
-        // SAFETY: no error: `out` is the op's new handle.
-        return Ok(unsafe { Tensor::from_ptr(out) });
+        return Ok(());
     }
     // SAFETY: a NUL-terminated string from strdup, freed once, here.
     let text = unsafe { CStr::from_ptr(error) }
@@ -354,3 +383,6 @@ mod tests {
         assert!(err.to_string().contains("outside the vocabulary"), "{err}");
     }
 }
+
+#[cfg(test)]
+mod attention_tests;
