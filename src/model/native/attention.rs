@@ -61,8 +61,8 @@ impl Attention {
         let q = heads(&self.q, self.heads, self.q_norm.as_ref())?;
         let k = heads(&self.k, self.kv_heads, self.k_norm.as_ref())?;
         let v = heads(&self.v, self.kv_heads, None)?;
-        let q = rope::apply(&q, cos, sin)?;
-        let k = rope::apply(&k, cos, sin)?;
+        let q = rope::apply(&q, cos, sin, fused)?;
+        let k = rope::apply(&k, cos, sin, fused)?;
         let (k, v) = match cache {
             Some(cache) => cache.append(&k, &v)?,
             None => (k, v),

@@ -41,6 +41,12 @@ extern "C" {
         mask: *const C_tensor,
         out: *mut *mut C_tensor,
     ) -> *mut c_char;
+    fn adpo_fused_rope(
+        x: *const C_tensor,
+        cos: *const C_tensor,
+        sin: *const C_tensor,
+        out: *mut *mut C_tensor,
+    ) -> *mut c_char;
     fn adpo_fused_free_error(message: *mut c_char);
 }
 
@@ -87,6 +93,18 @@ pub fn swiglu(gate: &Tensor, up: &Tensor) -> Option<Result<Tensor>> {
     // SAFETY: both handles are live tch tensors.
     Some(call(|out| unsafe {
         adpo_fused_swiglu(gate.as_ptr(), up.as_ptr(), out)
+    }))
+}
+
+/// x [B, H, T, D] rotated by cos and sin [B, 1, T, D] (rope.rs: apply), as one node.
+pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Option<Result<Tensor>> {
+    let tables_fit = cos.size() == sin.size() && !cos.requires_grad() && !sin.requires_grad();
+    if !applies(x, cos) || !applies(x, sin) || !tables_fit {
+        return None;
+    }
+    // SAFETY: the three handles are live tch tensors.
+    Some(call(|out| unsafe {
+        adpo_fused_rope(x.as_ptr(), cos.as_ptr(), sin.as_ptr(), out)
     }))
 }
 
@@ -386,3 +404,5 @@ mod tests {
 
 #[cfg(test)]
 mod attention_tests;
+#[cfg(test)]
+mod rope_tests;

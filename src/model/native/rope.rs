@@ -100,8 +100,18 @@ pub fn cos_sin(inv_freq: &Tensor, positions: &Tensor, kind: Kind) -> Result<(Ten
     Ok((angles.cos().to_kind(kind), angles.sin().to_kind(kind)))
 }
 
-/// x [B, H, T, D] rotated by the cos and sin of its positions.
-pub fn apply(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+/// x [B, H, T, D] rotated by the cos and sin of its positions; `fused` false composes it from
+/// libtorch's ops.
+pub fn apply(x: &Tensor, cos: &Tensor, sin: &Tensor, fused: bool) -> Result<Tensor> {
+    super::fused::or_composed(
+        fused,
+        || super::fused::rope(x, cos, sin),
+        || composed(x, cos, sin),
+    )
+}
+
+/// x cos + rotate_half(x) sin of libtorch's ops.
+pub(crate) fn composed(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     let half = x.size()[3] / 2;
     let (x1, x2) = (x.narrow(3, 0, half), x.narrow(3, half, half));
     let rotated = Tensor::f_cat(&[&(-x2), &x1], 3)?;
