@@ -8,15 +8,15 @@
 // plain multiplies and adds where they do not (its baseline build); nothing else is
 // contracted. So the moments equal the composed update's (src/optimizer/in_place.rs) bit for
 // bit. The weights may differ by an ulp or so: ATen's sqrt is MKL's vsSqrt, within an ulp but
-// not correctly rounded (about 0.6% of float32 values differ); this one is correctly rounded.
+// not correctly rounded (0.6% of float32 values differ with AVX-512); this one is.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <cmath>
-#include <initializer_list>
 #include <cstdint>
 #include <cstring>
+#include <initializer_list>
 #include <type_traits>
 #include <vector>
 
@@ -60,9 +60,10 @@ static inline __attribute__((always_inline)) double magnitude(double x) {
 }
 
 // sqrt of x[0..n) into r, n <= kBlock. The loop the compiler would make of it keeps a test
-// per element (sqrt may set errno: this library is built with math-errno on), so it does not
-// vectorize; SSE2's sqrtps, in every x86-64 CPU, takes four floats or two doubles at a time
-// (half the time of the whole update on float32).
+// per element (sqrt may set errno: build.rs does not pass -fno-math-errno, which a pragma
+// cannot set for builtins), so it does not vectorize; SSE2's sqrtps, in every x86-64 CPU,
+// takes four floats or two doubles at a time. 135M float32 values, one thread: 0.45 s with a
+// scalar sqrt, 0.30 s so, 0.20 s with -fno-math-errno.
 constexpr int64_t kBlock = 16;
 static inline __attribute__((always_inline)) void roots(const float* x, float* r, int64_t n) {
   int64_t j = 0;
