@@ -144,6 +144,55 @@ struct SwiGlu : public torch::autograd::Function<SwiGlu> {
   }
 };
 
+// The gate of one joint projection [.., 2 I] (gate then up along the last axis: the gate and
+// up projections as one matrix product, joint.rs): the same arithmetic row by row, and the
+// gradient comes back joint too, so nothing splits or concatenates around the product.
+struct SwiGluJoint : public torch::autograd::Function<SwiGluJoint> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& joint_in) {
+    at::Tensor j = joint_in.contiguous();
+    int64_t width = j.size(-1) / 2, rows = j.numel() / std::max<int64_t>(1, 2 * width);
+    auto shape = j.sizes().vec();
+    shape.back() = width;
+    at::Tensor y = at::empty(shape, j.options());
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, j.scalar_type(), "adpo_swiglu_joint",
+                                    [&] {
+                                      const scalar_t* jp = j.const_data_ptr<scalar_t>();
+                                      scalar_t* yp = y.mutable_data_ptr<scalar_t>();
+                                      at::parallel_for(0, rows, row_grain(width), [&](int64_t b, int64_t e) {
+                                        for (int64_t r = b; r < e; ++r)
+                                          forward_kernel<scalar_t>(jp + 2 * r * width,
+                                                                   jp + (2 * r + 1) * width,
+                                                                   yp + r * width, width);
+                                      });
+                                    });
+    ctx->save_for_backward({j});
+    return y;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    at::Tensor j = ctx->get_saved_variables()[0];
+    at::Tensor dy = grads[0].contiguous();
+    at::Tensor dj = at::empty_like(j, at::MemoryFormat::Contiguous);
+    int64_t width = j.size(-1) / 2, rows = j.numel() / std::max<int64_t>(1, 2 * width);
+    AT_DISPATCH_FLOATING_TYPES_AND2(
+        at::kBFloat16, at::kHalf, j.scalar_type(), "adpo_swiglu_joint_backward", [&] {
+          const scalar_t* dyp = dy.const_data_ptr<scalar_t>();
+          const scalar_t* jp = j.const_data_ptr<scalar_t>();
+          scalar_t* djp = dj.mutable_data_ptr<scalar_t>();
+          at::parallel_for(0, rows, row_grain(width), [&](int64_t b, int64_t e) {
+            for (int64_t r = b; r < e; ++r) {
+              const scalar_t *g = jp + 2 * r * width, *u = g + width;
+              scalar_t* dg = djp + 2 * r * width;
+              backward_kernel<scalar_t>(dyp + r * width, g, u, dg, dg + width, width);
+            }
+          });
+        });
+    return {dj};
+  }
+
+  static int64_t row_grain(int64_t width) { return std::max<int64_t>(1, kGrain / std::max<int64_t>(1, width)); }
+};
+
 }  // namespace
 
 extern "C" char* adpo_fused_swiglu(const at::Tensor* gate, const at::Tensor* up,
@@ -155,5 +204,14 @@ extern "C" char* adpo_fused_swiglu(const at::Tensor* gate, const at::Tensor* up,
     TORCH_CHECK(gate->sizes() == up->sizes(), "fused SwiGLU: gate ", gate->sizes(), " and up ",
                 up->sizes(), " differ in shape");
     *out = new at::Tensor(SwiGlu::apply(*gate, *up));
+  });
+}
+
+extern "C" char* adpo_fused_swiglu_joint(const at::Tensor* gate_up, at::Tensor** out) {
+  return adpo_fused::guarded([&] {
+    TORCH_CHECK(gate_up->device().is_cpu(), "fused SwiGLU runs on the CPU");
+    TORCH_CHECK(gate_up->dim() >= 1 && gate_up->size(-1) % 2 == 0, "fused SwiGLU: the joint gate ",
+                "and up ", gate_up->sizes(), " do not split in two halves along the last axis");
+    *out = new at::Tensor(SwiGluJoint::apply(*gate_up));
   });
 }

@@ -7,6 +7,7 @@
 
 use super::decoder::{rms_norm, Linear};
 use super::fused;
+use super::joint;
 use super::rope;
 use crate::error::Result;
 use tch::Tensor;
@@ -57,10 +58,14 @@ impl Attention {
         (adapters, fused): (bool, bool),
     ) -> Result<Tensor> {
         let (b, t) = (x.size()[0], x.size()[1]);
-        let heads = |proj, n, norm| self.split_heads(proj, x, n, norm, (adapters, fused));
-        let q = heads(&self.q, self.heads, self.q_norm.as_ref())?;
-        let k = heads(&self.k, self.kv_heads, self.k_norm.as_ref())?;
-        let v = heads(&self.v, self.kv_heads, None)?;
+        let projections = [&self.q, &self.k, &self.v];
+        let [q, k, v]: [Tensor; 3] = joint::outputs(&projections, x, adapters, fused)?
+            .try_into()
+            .expect("three projections");
+        let q = self.split_heads(&q, self.heads, self.q_norm.as_ref(), fused)?;
+        let k = self.split_heads(&k, self.kv_heads, self.k_norm.as_ref(), fused)?;
+        // its own copy: a view would keep the whole joint product alive until the backward
+        let v = self.split_heads(&v.f_contiguous()?, self.kv_heads, None, fused)?;
         let q = rope::apply(&q, cos, sin, fused)?;
         let k = rope::apply(&k, cos, sin, fused)?;
         let (k, v) = match cache {
@@ -89,19 +94,16 @@ impl Attention {
         self.o.forward(&out, adapters)
     }
 
-    /// [B, n, T, D] from a projection of x [B, T, hidden], per-head normed if asked.
+    /// [B, n, T, D] from a projection [B, T, n * D], per-head normed if asked.
     fn split_heads(
         &self,
-        proj: &Linear,
-        x: &Tensor,
+        h: &Tensor,
         n: i64,
         norm: Option<&Tensor>,
-        (adapters, fused): (bool, bool),
+        fused: bool,
     ) -> Result<Tensor> {
-        let (b, t) = (x.size()[0], x.size()[1]);
-        let h = proj
-            .forward(x, adapters)?
-            .f_view([b, t, n, self.head_dim])?;
+        let (b, t) = (h.size()[0], h.size()[1]);
+        let h = h.f_view([b, t, n, self.head_dim])?;
         let h = match norm {
             Some(weight) => rms_norm(&h, weight, self.eps, fused)?,
             None => h,

@@ -77,6 +77,26 @@ struct Mlp {
     down: Linear,
 }
 
+impl Mlp {
+    /// silu(gate(h)) * up(h): gate and up as one product (joint.rs) whose gradient the fused
+    /// gate returns joint, where they apply.
+    fn gated(&self, h: &Tensor, (adapters, fused): (bool, bool)) -> Result<Tensor> {
+        let Some(gate_up) = super::joint::product(&[&self.gate, &self.up], h, adapters, fused)?
+        else {
+            let gate = self.gate.forward(h, adapters)?;
+            return swiglu(&gate, &self.up.forward(h, adapters)?, fused);
+        };
+        super::fused::or_composed(
+            fused,
+            || super::fused::swiglu_joint(&gate_up),
+            || {
+                let halves = gate_up.f_chunk(2, -1)?;
+                composed_swiglu(&halves[0], &halves[1])
+            },
+        )
+    }
+}
+
 struct Layer {
     input_norm: Tensor,
     attention: Attention,
@@ -178,8 +198,7 @@ impl Layer {
             .forward(&h, rope, mask, cache, (adapters, fused))?;
         let x = x.f_add(&attention)?;
         let h = rms_norm(&x, &self.post_norm, eps, fused)?;
-        let gate = self.mlp.gate.forward(&h, adapters)?;
-        let gated = swiglu(&gate, &self.mlp.up.forward(&h, adapters)?, fused)?;
+        let gated = self.mlp.gated(&h, (adapters, fused))?;
         Ok(x.f_add(&self.mlp.down.forward(&gated, adapters)?)?)
     }
 

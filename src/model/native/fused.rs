@@ -41,6 +41,7 @@ extern "C" {
         mask: *const C_tensor,
         out: *mut *mut C_tensor,
     ) -> *mut c_char;
+    fn adpo_fused_swiglu_joint(gate_up: *const C_tensor, out: *mut *mut C_tensor) -> *mut c_char;
     fn adpo_fused_rope(
         x: *const C_tensor,
         cos: *const C_tensor,
@@ -93,6 +94,18 @@ pub fn swiglu(gate: &Tensor, up: &Tensor) -> Option<Result<Tensor>> {
     // SAFETY: both handles are live tch tensors.
     Some(call(|out| unsafe {
         adpo_fused_swiglu(gate.as_ptr(), up.as_ptr(), out)
+    }))
+}
+
+/// The SwiGLU gate of the joint gate and up projection [.., 2 I] (gate first), as one node whose
+/// gradient comes back joint.
+pub fn swiglu_joint(gate_up: &Tensor) -> Option<Result<Tensor>> {
+    if !applies(gate_up, gate_up) {
+        return None;
+    }
+    // SAFETY: a live tch tensor.
+    Some(call(|out| unsafe {
+        adpo_fused_swiglu_joint(gate_up.as_ptr(), out)
     }))
 }
 
@@ -406,3 +419,5 @@ mod tests {
 mod attention_tests;
 #[cfg(test)]
 mod rope_tests;
+#[cfg(test)]
+mod swiglu_joint_tests;

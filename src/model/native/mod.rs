@@ -20,6 +20,7 @@ mod config;
 mod decoder;
 pub(crate) mod fused;
 mod generation;
+mod joint;
 mod layout;
 mod llama;
 mod lora;
