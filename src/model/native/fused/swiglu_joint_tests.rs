@@ -28,7 +28,9 @@ fn the_joint_gate_is_the_composed_gate_of_its_halves() {
         let plain = run(composed, &j, &dy);
         assert_eq!(fused.0.size(), vec![2, 3, 37]);
         let diff = |a: &Tensor, b: &Tensor| {
-            let d = (a.to_kind(Kind::Double) - b.to_kind(Kind::Double)).abs().max();
+            let d = (a.to_kind(Kind::Double) - b.to_kind(Kind::Double))
+                .abs()
+                .max();
             d.double_value(&[]) / b.to_kind(Kind::Double).abs().max().double_value(&[])
         };
         // float64 to rounding; 16 and 32 bits within the exponentials' few ulp (fused.rs tests)
