@@ -103,6 +103,9 @@ fn build_fused_ops(lib_dir: &Path) {
     // Lets the compiler turn the kernels' selects (clamps, NaN checks) into vector blends:
     // adpo never reads floating-point exception flags.
     build.flag("-fno-trapping-math");
+    // And sqrt vectorize (fused_adamw.cpp): adpo never reads errno either; libtorch's own
+    // build passes it too.
+    build.flag("-fno-math-errno");
     // Every csrc/fused_*.cpp, in name order (a new op is a new file, nothing to list here).
     let mut files: Vec<_> = std::fs::read_dir("csrc")
         .expect("csrc/ is missing")
