@@ -309,12 +309,7 @@ mod tests {
         let whole = piece(135_000_000, Kind::Float, 50);
         let mut pieces: Vec<Piece> = super::super::pieces(whole.all())
             .into_iter()
-            .map(|[param, grad, first, second]| Piece {
-                param,
-                grad,
-                first,
-                second,
-            })
+            .map(Piece::from)
             .collect();
         let s = scalars(3, 1e-5, 0.9);
         let time = |what: &str, f: &mut dyn FnMut()| {

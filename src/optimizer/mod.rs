@@ -147,6 +147,18 @@ impl Piece {
     }
 }
 
+impl From<[Tensor; 4]> for Piece {
+    /// A piece from its views, in `Piece`'s field order.
+    fn from([param, grad, first, second]: [Tensor; 4]) -> Self {
+        Piece {
+            param,
+            grad,
+            first,
+            second,
+        }
+    }
+}
+
 /// Elements per piece in an update or a norm: 2^18 (1 MiB of float32). With 8 MiB pieces the
 /// update's dozen temporaries per piece grew glibc's heap by about 1 GB during a step (RSS of
 /// native_step.py at 16 x 512, micro-batched: 5,578 MB; 5,033 MB with 1 MiB pieces, and no slower).
@@ -264,16 +276,7 @@ impl Optimizer {
                 continue;
             }
             let all = [p, &g, &self.first[i], &self.second[i]];
-            out.extend(
-                pieces(all)
-                    .into_iter()
-                    .map(|[param, grad, first, second]| Piece {
-                        param,
-                        grad,
-                        first,
-                        second,
-                    }),
-            );
+            out.extend(pieces(all).into_iter().map(Piece::from));
         }
         out
     }
@@ -545,13 +548,8 @@ mod tests {
                 weight_decay: 0.01,
                 t,
             };
-            for [param, grad, first, second] in pieces([&w, &g, &m, &v]) {
-                let mut piece = Piece {
-                    param,
-                    grad,
-                    first,
-                    second,
-                };
+            for views in pieces([&w, &g, &m, &v]) {
+                let mut piece = Piece::from(views);
                 in_place::composed(&mut piece, &step.scalars());
             }
         }
