@@ -3,6 +3,12 @@
 //! MLP down(silu(gate(h)) * up(h)); a final RMSNorm; the output head (`lm_head.weight`, or the
 //! embedding matrix when tied). No dropout anywhere. LoRA adapters (lora.rs) may sit on the
 //! seven projections of each layer; `hidden` runs with them or, for the base model, without.
+//!
+//! Each residual add is made by the RMSNorm that next reads the stream ([`add_rms_norm`]): a
+//! layer takes the stream x and the previous layer's MLP output not yet added to it, and hands
+//! on its own, which the next layer's input norm (or the final norm) adds. Fused, sum and norm
+//! are one node, forward and backward; composed, the same ops in the same order as adding
+//! first.
 
 mod checkpointing;
 
@@ -54,6 +60,32 @@ pub fn composed_rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor
     let variance = h.square().f_mean_dim([-1i64].as_slice(), true, compute)?;
     let normed = (h * (variance + eps).rsqrt()).to_kind(kind);
     Ok(weight.f_mul(&normed)?)
+}
+
+/// The residual sum s = x + delta (x itself where delta is None) and its RMSNorm (as
+/// [`rms_norm`]), as (s, RMSNorm(s) * weight): with `fused` on the CPU as one fused node
+/// (fused.rs), whose gradient for x and delta is s's own plus the norm's in one pass (16-bit
+/// results may differ from the composed ones in the last bit), else composed (x + delta, then
+/// [`composed_rms_norm`]).
+pub fn add_rms_norm(
+    x: &Tensor,
+    delta: Option<&Tensor>,
+    weight: &Tensor,
+    eps: f64,
+    fused: bool,
+) -> Result<(Tensor, Tensor)> {
+    super::fused::or_composed(
+        fused,
+        || super::fused::add_rms_norm(x, delta, weight, eps),
+        || {
+            let sum = match delta {
+                Some(delta) => x.f_add(delta)?,
+                None => x.shallow_clone(),
+            };
+            let normed = composed_rms_norm(&sum, weight, eps)?;
+            Ok((sum, normed))
+        },
+    )
 }
 
 /// The SwiGLU gate silu(gate) * up: with `fused` on the CPU as one fused node (fused.rs), else
@@ -115,8 +147,8 @@ pub struct Decoder {
     eps: f64,
     /// Every parameter under its checkpoint name, in layout order (shared storage).
     params: Vec<(String, Tensor)>,
-    /// RMSNorm, the SwiGLU gate and the head's log-softmax fused on the CPU (the load option
-    /// `fused_ops`).
+    /// The fused CPU ops of fused.rs on (the load option `fused_ops`): RMSNorm with the
+    /// residual add before it, the SwiGLU gate, RoPE, attention and the head's log-softmax.
     pub fused_ops: bool,
 }
 
@@ -182,24 +214,35 @@ impl Tensors {
     }
 }
 
+/// The residual stream as a layer hands it on: `x` after the layer's attention and `delta` its
+/// MLP's output, whose add the next RMSNorm makes; and `entered`, the stream where it entered
+/// the layer (x + the delta the layer was handed), which activation checkpointing keeps.
+struct LayerOut {
+    entered: Tensor,
+    x: Tensor,
+    delta: Tensor,
+}
+
 impl Layer {
+    /// The layer on the stream x plus `delta`, the previous layer's MLP output (None for the
+    /// first layer).
     fn forward(
         &self,
-        x: &Tensor,
+        (x, delta): (&Tensor, Option<&Tensor>),
         rope: &(Tensor, Tensor),
         mask: &Tensor,
         cache: Option<LayerCache>,
         eps: f64,
         (adapters, fused): (bool, bool),
-    ) -> Result<Tensor> {
-        let h = rms_norm(x, &self.input_norm, eps, fused)?;
+    ) -> Result<LayerOut> {
+        let (entered, h) = add_rms_norm(x, delta, &self.input_norm, eps, fused)?;
         let attention = self
             .attention
             .forward(&h, rope, mask, cache, (adapters, fused))?;
-        let x = x.f_add(&attention)?;
-        let h = rms_norm(&x, &self.post_norm, eps, fused)?;
+        let (x, h) = add_rms_norm(&entered, Some(&attention), &self.post_norm, eps, fused)?;
         let gated = self.mlp.gated(&h, (adapters, fused))?;
-        Ok(x.f_add(&self.mlp.down.forward(&gated, adapters)?)?)
+        let delta = self.mlp.down.forward(&gated, adapters)?;
+        Ok(LayerOut { entered, x, delta })
     }
 
     /// The seven projections, in the order of `layout::projection_modules`.
@@ -323,7 +366,7 @@ impl Decoder {
         let positions = mask::positions(mask, past)?;
         let attention_mask = mask::attention(mask, past)?;
         let rope = rope::cos_sin(&self.inv_freq, &positions, self.embed.kind())?;
-        let mut x = self.embed_ids(ids)?;
+        let (mut x, mut delta) = (self.embed_ids(ids)?, None);
         for (i, layer) in self.layers.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| LayerCache {
                 keys: &mut c.keys[i],
@@ -331,12 +374,22 @@ impl Decoder {
                 len: past,
             });
             let switches = (adapters, self.fused_ops);
-            x = layer.forward(&x, &rope, &attention_mask, layer_cache, self.eps, switches)?;
+            let stream = (&x, delta.as_ref());
+            let out = layer.forward(
+                stream,
+                &rope,
+                &attention_mask,
+                layer_cache,
+                self.eps,
+                switches,
+            )?;
+            (x, delta) = (out.x, Some(out.delta));
         }
         if let Some(c) = cache {
             c.len += ids.size()[1];
         }
-        rms_norm(&x, &self.norm, self.eps, self.fused_ops)
+        let (_, normed) = add_rms_norm(&x, delta.as_ref(), &self.norm, self.eps, self.fused_ops)?;
+        Ok(normed)
     }
 
     /// The embeddings [B, t, hidden] of ids [B, t]. Once a float32 or float64 embedding has a

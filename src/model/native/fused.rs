@@ -1,10 +1,11 @@
 //! The fused CPU ops of csrc/fused_*.cpp, called through their C entry points on tch's tensor
-//! handles: RMSNorm and the SwiGLU gate as autograd nodes whose forward and backward are each
-//! one pass over the activations (where libtorch's composed ops make many), and the output
-//! head's log-softmax and its gradient for logprob/chunked.rs (no autograd: that backward is by
-//! hand). `None` where an op does not apply (another device, mixed dtypes, an integer dtype):
-//! the caller composes the op from libtorch's. Attention's node (csrc/fused_attention.cpp) keeps
-//! libtorch's forward and replaces its backward.
+//! handles: RMSNorm (alone, or with the residual add before it), the SwiGLU gate and RoPE as
+//! autograd nodes whose forward and backward are each one pass over the activations (where
+//! libtorch's composed ops make many), and the output head's log-softmax and its gradient for
+//! logprob/chunked.rs (no autograd: that backward is by hand). `None` where an op does not
+//! apply (another device, mixed dtypes, an integer dtype): the caller composes the op from
+//! libtorch's. Attention's node (csrc/fused_attention.cpp) keeps libtorch's forward and
+//! replaces its backward.
 
 use crate::error::{torch_message, Error, Result, Status};
 use std::ffi::{c_char, CStr};
@@ -17,6 +18,14 @@ extern "C" {
         w: *const C_tensor,
         eps: f64,
         out: *mut *mut C_tensor,
+    ) -> *mut c_char;
+    fn adpo_fused_add_rms_norm(
+        x: *const C_tensor,
+        delta: *const C_tensor,
+        w: *const C_tensor,
+        eps: f64,
+        sum: *mut *mut C_tensor,
+        normed: *mut *mut C_tensor,
     ) -> *mut c_char;
     fn adpo_fused_swiglu(
         gate: *const C_tensor,
@@ -83,6 +92,29 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Option<Result<Tensor>>
     // SAFETY: both handles are live tch tensors.
     Some(call(|out| unsafe {
         adpo_fused_rms_norm(x.as_ptr(), weight.as_ptr(), eps, out)
+    }))
+}
+
+/// (s, RMSNorm(s) * weight) for the residual sum s = x + delta, or s = x itself where delta is
+/// None (decoder.rs: add_rms_norm), as one node: the sum rounded as libtorch's add rounds it,
+/// and x's and delta's gradient the one tensor, the sum's gradient plus the norm's, formed in
+/// the norm's backward pass (for 16-bit dtypes in float32, rounded once: the composed ops'
+/// may differ in the last bit).
+pub fn add_rms_norm(
+    x: &Tensor,
+    delta: Option<&Tensor>,
+    weight: &Tensor,
+    eps: f64,
+) -> Option<Result<(Tensor, Tensor)>> {
+    let delta_fits = delta.is_none_or(|d| applies(x, d) && d.size() == x.size());
+    if !applies(x, weight) || !delta_fits || weight.dim() != 1 || !weight.is_contiguous() {
+        return None;
+    }
+    let delta = delta.map_or(std::ptr::null(), |d| d.as_ptr());
+    // SAFETY: the handles are live tch tensors, or NULL for an absent delta (which the entry
+    // point takes).
+    Some(call_pair(|sum, normed| unsafe {
+        adpo_fused_add_rms_norm(x.as_ptr(), delta, weight.as_ptr(), eps, sum, normed)
     }))
 }
 
@@ -173,6 +205,16 @@ fn call(op: impl FnOnce(*mut *mut C_tensor) -> *mut c_char) -> Result<Tensor> {
     checked(op(&mut out))?;
     // SAFETY: no error: `out` is the op's new handle.
     Ok(unsafe { Tensor::from_ptr(out) })
+}
+
+/// [`call`] for an entry point that writes two tensor handles (both, or on an error neither).
+fn call_pair(
+    op: impl FnOnce(*mut *mut C_tensor, *mut *mut C_tensor) -> *mut c_char,
+) -> Result<(Tensor, Tensor)> {
+    let mut second: *mut C_tensor = std::ptr::null_mut();
+    let first = call(|out| op(out, &mut second))?;
+    // SAFETY: no error: `second` is the op's other new handle.
+    Ok((first, unsafe { Tensor::from_ptr(second) }))
 }
 
 /// Ok for a fused op's NULL return, else its error string (which this frees) as
@@ -415,6 +457,8 @@ mod tests {
     }
 }
 
+#[cfg(test)]
+mod add_rms_norm_tests;
 #[cfg(test)]
 mod attention_tests;
 #[cfg(test)]

@@ -7,11 +7,19 @@
 //! those of the whole graph: these models have no dropout, so the recomputation is the same
 //! function.
 //!
+//! A layer's input is the residual stream x and the previous layer's MLP output, which its
+//! input norm adds (decoder.rs: add_rms_norm); what is kept is their sum, the stream where it
+//! entered the layer, which the forward computes anyway: one tensor per layer, as before the
+//! adds moved into the norms. The recomputation runs the layer from that sum with nothing
+//! pending, and its norm node hands back the sum's gradient (its own and the norm's, added in
+//! the node), which is the gradient of both outputs of the layer before (x and its MLP's
+//! output): the same values, in the same operations, as in the whole graph.
+//!
 //! The rows run whole, or as shared prefixes and the suffixes that attend to them
 //! (model/shared_prefix.rs): then each layer's input is two tensors, and each layer runs the
 //! prefixes first and the suffixes on their keys and values.
 
-use super::{rms_norm, Decoder, LayerCache};
+use super::{add_rms_norm, Decoder, LayerCache, LayerOut};
 use crate::error::Result;
 use crate::model::native::{mask, rope};
 use crate::model::SharedPrefix;
@@ -59,20 +67,22 @@ impl Decoder {
         Ok(Rows { parts, plan })
     }
 
-    /// Layer i on every part: the prefixes fill a key/value buffer with room for the suffixes,
-    /// whose rows then attend to their prefix's copy.
+    /// Layer i on every part, from its stream x and pending delta (decoder.rs: Layer::forward):
+    /// the prefixes fill a key/value buffer with room for the suffixes, whose rows then attend
+    /// to their prefix's copy.
     fn layer_on(
         &self,
         i: usize,
         rows: &Rows,
-        xs: &[Tensor],
+        xs: &[(Tensor, Option<Tensor>)],
         adapters: bool,
-    ) -> Result<Vec<Tensor>> {
+    ) -> Result<Vec<LayerOut>> {
         let layer = &self.layers[i];
+        let stream = |p: usize| (&xs[p].0, xs[p].1.as_ref());
         let Some(plan) = rows.plan else {
             let p = &rows.parts[0];
             return Ok(vec![layer.forward(
-                &xs[0],
+                stream(0),
                 &p.rope,
                 &p.mask,
                 None,
@@ -84,7 +94,7 @@ impl Decoder {
         let a = &layer.attention;
         let capacity = suffix.past + suffix.ids.size()[1];
         let shape = [prefix.ids.size()[0], a.kv_heads, capacity, a.head_dim];
-        let options = (xs[0].kind(), xs[0].device());
+        let options = (xs[0].0.kind(), xs[0].0.device());
         let (mut keys, mut values) = (Tensor::zeros(shape, options), Tensor::zeros(shape, options));
         let cached = LayerCache {
             keys: &mut keys,
@@ -92,7 +102,7 @@ impl Decoder {
             len: 0,
         };
         let yp = layer.forward(
-            &xs[0],
+            stream(0),
             &prefix.rope,
             &prefix.mask,
             Some(cached),
@@ -107,7 +117,7 @@ impl Decoder {
             len: suffix.past,
         };
         let ys = layer.forward(
-            &xs[1],
+            stream(1),
             &suffix.rope,
             &suffix.mask,
             Some(cached),
@@ -164,29 +174,49 @@ impl Decoder {
         let embed = |rows: &Rows| -> Result<Vec<Tensor>> {
             rows.parts.iter().map(|p| self.embed_ids(&p.ids)).collect()
         };
-        // inputs[i]: layer i's inputs; the last ones: the final norm's.
-        let mut inputs = tch::no_grad(|| -> Result<Vec<Vec<Tensor>>> {
-            let mut xs = vec![embed(&rows)?];
-            for i in 0..self.layers.len() {
-                let x = self.layer_on(i, &rows, xs.last().expect("the embedding"), adapters)?;
-                xs.push(x);
-            }
-            Ok(xs)
-        })?;
-        let last = inputs.pop().expect("the embedding");
-        let norm = |xs: &[Tensor]| -> Result<Vec<Tensor>> {
-            xs.iter()
-                .map(|x| rms_norm(x, &self.norm, self.eps, self.fused_ops))
-                .collect()
+        let norm = |x: &Tensor, delta: Option<&Tensor>| {
+            add_rms_norm(x, delta, &self.norm, self.eps, self.fused_ops)
         };
-        let hidden = tch::no_grad(|| Self::join(&rows, &norm(&last)?))?;
+        // inputs[i]: where the stream entered layer i (its input: x + the pending delta), per
+        // part; the last ones: the final norm's input. And the final hidden states.
+        let (mut inputs, hidden) = tch::no_grad(|| -> Result<(Vec<Vec<Tensor>>, Tensor)> {
+            let mut inputs = Vec::new();
+            let mut xs: Vec<(Tensor, Option<Tensor>)> =
+                embed(&rows)?.into_iter().map(|x| (x, None)).collect();
+            for i in 0..self.layers.len() {
+                let outs = self.layer_on(i, &rows, &xs, adapters)?;
+                inputs.push(outs.iter().map(|o| o.entered.shallow_clone()).collect());
+                xs = outs.into_iter().map(|o| (o.x, Some(o.delta))).collect();
+            }
+            let (last, normed): (Vec<Tensor>, Vec<Tensor>) = xs
+                .iter()
+                .map(|(x, delta)| norm(x, delta.as_ref()))
+                .collect::<Result<Vec<_>>>()?
+                .into_iter()
+                .unzip();
+            inputs.push(last);
+            Ok((inputs, Self::join(&rows, &normed)?))
+        })?;
+        let last = inputs.pop().expect("the final norm's input");
         let grad = head(&hidden)?;
         drop(hidden);
-        let mut grad = through(&last, &Self::split(&rows, &last, &grad)?, norm)?;
+        let grad = Self::split(&rows, &last, &grad)?;
+        let mut grad = through(&last, &grad, |xs| {
+            xs.iter().map(|x| Ok(norm(x, None)?.1)).collect()
+        })?;
         drop(last);
         for i in (0..self.layers.len()).rev() {
-            let x = inputs.pop().expect("one input per layer");
-            grad = through(&x, &grad, |x| self.layer_on(i, &rows, x, adapters))?;
+            let entered = inputs.pop().expect("one input per layer");
+            // Both outputs of the layer, x and delta, take the gradient of their sum.
+            let grad_out: Vec<Tensor> = grad
+                .iter()
+                .flat_map(|g| [g.shallow_clone(), g.shallow_clone()])
+                .collect();
+            grad = through(&entered, &grad_out, |xs| {
+                let xs: Vec<_> = xs.iter().map(|x| (x.shallow_clone(), None)).collect();
+                let outs = self.layer_on(i, &rows, &xs, adapters)?;
+                Ok(outs.into_iter().flat_map(|o| [o.x, o.delta]).collect())
+            })?;
         }
         if self.embed.requires_grad() {
             let embedded = embed(&rows)?;
