@@ -154,9 +154,9 @@ options! {
         /// adapter_config.json says r, alpha and the targets); not with `lora`
         adapter: Option<PathBuf> = "null";
         /// checkpoint directories and GGUF files on the CPU: RMSNorm, the SwiGLU gate, RoPE,
-        /// attention's backward and the output head's log-softmax as fused ops, q/k/v and
-        /// gate/up as joint products (README "Threads"); false composes them from libtorch's
-        /// ops, as adpo did before (the same values to rounding; slower, and more memory:
+        /// attention and the output head's log-softmax as fused ops, q/k/v and gate/up as
+        /// joint products (README "Threads"); false composes them from libtorch's ops, as adpo
+        /// did before (the same values to rounding; slower, and more memory:
         /// docs/BENCHMARKS.md)
         fused_ops: bool = "true";
     }

@@ -4,8 +4,8 @@
 //! libtorch's composed ops make many), and the output head's log-softmax and its gradient for
 //! logprob/chunked.rs (no autograd: that backward is by hand). `None` where an op does not
 //! apply (another device, mixed dtypes, an integer dtype): the caller composes the op from
-//! libtorch's. Attention's node (csrc/fused_attention.cpp) keeps libtorch's forward and
-//! replaces its backward.
+//! libtorch's. Attention's node (csrc/fused_attention.cpp) takes the query heads of each
+//! key/value head together, in blocks of positions, both ways.
 
 use crate::error::{torch_message, Error, Result, Status};
 use std::ffi::{c_char, CStr};
@@ -154,12 +154,15 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Option<Result<Tensor>> {
 }
 
 /// Grouped-query attention of q [B, H, T, D] over k, v [B, H_kv, K, D] under a boolean mask
-/// [B, 1, T, K] (attention.rs), as one node: libtorch's flash-attention forward and a backward
-/// of whole blocks of queries. Only where a gradient is wanted: without one the node is
-/// libtorch's forward alone.
+/// [B, 1, T, K] (attention.rs), as one node whose forward and backward each go through whole
+/// blocks of queries (csrc/fused_attention.cpp). Below `FEW_QUERIES` positions (a decoding
+/// step) the node's forward is libtorch's flash attention, and a pass without a gradient is
+/// left to libtorch's op (the same values, without the node's preparations for a backward).
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor) -> Option<Result<Tensor>> {
+    const FEW_QUERIES: i64 = 16; // kFewQueries in csrc/fused_attention.cpp
     let wants_grad = q.requires_grad() || k.requires_grad() || v.requires_grad();
-    if !wants_grad || !applies(q, k) || !applies(q, v) || mask.kind() != Kind::Bool {
+    let decoding = !wants_grad && q.size().get(2).is_some_and(|&t| t < FEW_QUERIES);
+    if decoding || !applies(q, k) || !applies(q, v) || mask.kind() != Kind::Bool {
         return None;
     }
     // SAFETY: the four handles are live tch tensors.
