@@ -10,11 +10,17 @@ fn run(fused: bool, qkv: [&Tensor; 3], mask: &Tensor, dout: &Tensor) -> [Tensor;
     let out = if fused {
         attention(&q, &k, &v, mask).expect("applies").unwrap()
     } else {
-        let gqa = q.size()[1] != k.size()[1];
-        Tensor::scaled_dot_product_attention(&q, &k, &v, Some(mask), 0.0, false, None, gqa)
+        sdpa([&q, &k, &v], mask)
     };
     (&out * dout).sum(out.kind()).backward(); // d(out · dout)/dout = dout exactly
     [out.detach(), q.grad(), k.grad(), v.grad()]
+}
+
+/// libtorch's scaled_dot_product_attention of (q, k, v) under the boolean mask (grouped query
+/// heads where k and v have fewer).
+fn sdpa([q, k, v]: [&Tensor; 3], mask: &Tensor) -> Tensor {
+    let gqa = q.size()[1] != k.size()[1];
+    Tensor::scaled_dot_product_attention(q, k, v, Some(mask), 0.0, false, None, gqa)
 }
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
@@ -162,16 +168,7 @@ fn a_query_that_attends_to_no_key_gets_zeros_and_no_gradient() {
         assert!(bool::try_from(g.isfinite().all()).unwrap());
     }
     // every other query as libtorch's
-    let expected = Tensor::scaled_dot_product_attention(
-        &qkv[0],
-        &qkv[1],
-        &qkv[2],
-        Some(&m),
-        0.0,
-        false,
-        None,
-        true,
-    );
+    let expected = sdpa([&qkv[0], &qkv[1], &qkv[2]], &m);
     let seen = m.squeeze_dim(1).any_dim(-1, false).view([2, 1, 5, 1]);
     let diff = (out - expected).where_self(&seen, &Tensor::zeros([1], (Kind::Double, Device::Cpu)));
     assert!(max_diff(&diff, &diff.zeros_like()) < 1e-12);
@@ -183,30 +180,12 @@ fn bfloat16_output_over_600_keys_is_as_close_to_float64_as_libtorchs() {
     tch::manual_seed(15);
     let pad = Tensor::ones([1, 600], (Kind::Int64, Device::Cpu));
     let (qkv, m, _) = case(9, 3, 600, &pad, 64);
-    let exact = Tensor::scaled_dot_product_attention(
-        &qkv[0],
-        &qkv[1],
-        &qkv[2],
-        Some(&m),
-        0.0,
-        false,
-        None,
-        true,
-    );
+    let exact = sdpa([&qkv[0], &qkv[1], &qkv[2]], &m);
     let half = qkv.each_ref().map(|x| x.to_kind(Kind::BFloat16));
     let ours = attention(&half[0], &half[1], &half[2], &m)
         .unwrap()
         .unwrap();
-    let theirs = Tensor::scaled_dot_product_attention(
-        &half[0],
-        &half[1],
-        &half[2],
-        Some(&m),
-        0.0,
-        false,
-        None,
-        true,
-    );
+    let theirs = sdpa([&half[0], &half[1], &half[2]], &m);
     let (ours, theirs) = (max_diff(&ours, &exact), max_diff(&theirs, &exact));
     assert!(
         ours <= 1.5 * theirs,
@@ -260,16 +239,7 @@ fn attention_timing() {
                         .unwrap()
                         .unwrap()
                 } else {
-                    Tensor::scaled_dot_product_attention(
-                        &half[0],
-                        &half[1],
-                        &half[2],
-                        Some(&m),
-                        0.0,
-                        false,
-                        None,
-                        true,
-                    )
+                    sdpa([&half[0], &half[1], &half[2]], &m)
                 }
             });
         });
@@ -290,16 +260,7 @@ fn attention_timing() {
                 true => attention(&q.set_requires_grad(true), &kv, &kv, &m)
                     .unwrap()
                     .unwrap(),
-                false => Tensor::scaled_dot_product_attention(
-                    &q,
-                    &kv,
-                    &kv,
-                    Some(&m),
-                    0.0,
-                    false,
-                    None,
-                    true,
-                ),
+                false => sdpa([&q, &kv, &kv], &m),
             };
         });
     }
