@@ -111,10 +111,6 @@ inline __attribute__((always_inline)) void probs_row(const Acc* s, const uint8_t
   }
 }
 
-// One query row's softmax over its scores s: p = exp(s * scale - max) where the key is attended,
-// else 0, rounded to the inputs' dtype into p16 (in place in s when they are one dtype). Writes
-// the row's log-sum-exp and the reciprocal of the sum of the unrounded p; with no key attended,
-// -inf and 0 (the row's output is then 0).
 // 64 bytes of Acc as one vector (GCC's vector extension: one AVX-512 register, or two or four
 // narrower ones), for the row reductions, which the compiler does not vectorize by itself.
 template <typename Acc>
@@ -132,7 +128,6 @@ using Lanes = typename LanesOf<Acc>::type;
 template <typename Acc>
 constexpr int kWidth = 64 / sizeof(Acc);
 
-
 // The lanes of v combined pairwise (a chain of 4 steps for 16 lanes, not 15: short rows make
 // the final reduction a noticeable part of a row's work).
 template <typename Acc, typename F>
@@ -144,8 +139,11 @@ inline __attribute__((always_inline)) Acc tree_reduce(const Lanes<Acc>& v, F f) 
   return a[0];
 }
 
-// Plain loops, and vectors for the two reductions: each vectorizes (one loop doing it all
-// would not).
+// One query row's softmax over its scores s: p = exp(s * scale - max) where the key is attended,
+// else 0, rounded to the inputs' dtype into p16 (in place in s when they are one dtype). Writes
+// the row's log-sum-exp and the reciprocal of the sum of the unrounded p; with no key attended,
+// -inf and 0 (the row's output is then 0). Plain loops, and vectors for the two reductions:
+// each vectorizes (one loop doing it all would not).
 template <typename T, typename Acc>
 inline __attribute__((always_inline)) void softmax_row(Acc* s, const uint8_t* attended, Acc scale,
                                                       T* p16, int64_t n, Acc* lse, Acc* inv) {
@@ -184,22 +182,34 @@ inline __attribute__((always_inline)) void softmax_row(Acc* s, const uint8_t* at
   *inv = sum > 0 ? Acc(1) / sum : Acc(0);
 }
 
-// A block's rows of scores [rows, n] (row r: position t0 + r / g, whose mask row is
-// mask + position * keys), their softmax as softmax_row's, in one call: per-row calls through
-// the instruction-set dispatch cost more than the short rows' arithmetic.
+// A block's rows of scores [rows, n]: row r is position t0 + r / g, whose mask row is mask +
+// position * keys. The row kernels below run over all of a block's rows in one call: per-row
+// calls through the instruction-set dispatch cost more than the short rows' arithmetic.
 template <typename Acc>
-struct SoftmaxRows {
+struct BlockRows {
   const uint8_t* mask;
   int64_t keys, g, t0, rows, n;
   Acc scale;
-  Acc *lse, *inv;
+
+  const uint8_t* attended(int64_t r) const { return mask + (t0 + r / g) * keys; }
 };
 
+// softmax_row over each row; lse and inv [rows].
 template <typename T, typename Acc>
-inline __attribute__((always_inline)) void softmax_rows(Acc* s, T* p16, const SoftmaxRows<Acc>& x) {
+inline __attribute__((always_inline)) void softmax_rows(Acc* s, T* p16, const BlockRows<Acc>& x,
+                                                       Acc* lse, Acc* inv) {
   for (int64_t r = 0; r < x.rows; ++r)
-    softmax_row<T, Acc>(s + r * x.n, x.mask + (x.t0 + r / x.g) * x.keys, x.scale, p16 + r * x.n,
-                        x.n, x.lse + r, x.inv + r);
+    softmax_row<T, Acc>(s + r * x.n, x.attended(r), x.scale, p16 + r * x.n, x.n, lse + r,
+                        inv + r);
+}
+
+// probs_row over each row, s becoming p in place; lse [rows].
+template <typename T, typename Acc>
+inline __attribute__((always_inline)) void probs_rows(Acc* s, T* p16, const BlockRows<Acc>& x,
+                                                     const Acc* lse) {
+  for (int64_t r = 0; r < x.rows; ++r)
+    probs_row<T, Acc>(s + r * x.n, x.attended(r), x.scale, lse[r], s + r * x.n, p16 + r * x.n,
+                      x.n);
 }
 
 // y = x * c, rounded to the inputs' dtype.
@@ -208,11 +218,13 @@ inline __attribute__((always_inline)) void scale_row(const Acc* x, Acc c, T* y, 
   for (int64_t j = 0; j < n; ++j) y[j] = store<T>(x[j] * c);
 }
 
-// One query row: ds = p * (dp - di) (di its sum of dout * out), in the inputs' dtype.
+// Rows [rows, n]: ds = p * (dp - di) (di [rows], each row's sum of dout * out), in the inputs'
+// dtype.
 template <typename T, typename Acc>
-inline __attribute__((always_inline)) void dscores_row(const Acc* p, const Acc* dp, Acc di, T* ds,
-                                                      int64_t n) {
-  for (int64_t j = 0; j < n; ++j) ds[j] = store<T>(p[j] * (dp[j] - di));
+inline __attribute__((always_inline)) void dscores_rows(const Acc* p, const Acc* dp, const Acc* di,
+                                                       T* ds, int64_t rows, int64_t n) {
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t j = 0; j < n; ++j) ds[r * n + j] = store<T>(p[r * n + j] * (dp[r * n + j] - di[r]));
 }
 
 template <typename T, typename Acc>
@@ -221,25 +233,27 @@ inline __attribute__((always_inline)) void round_row(const Acc* x, T* y, int64_t
 }
 
 #define ADPO_ATTENTION_KERNELS(T, Acc, suffix)                                                  \
-  ADPO_PER_ISA(probs_##suffix,                                                                  \
-               (const Acc* s, const uint8_t* a, Acc c, Acc l, Acc* p, T* p16, int64_t n),       \
-               (s, a, c, l, p, p16, n), (probs_row<T, Acc>(s, a, c, l, p, p16, n)))            \
-  ADPO_PER_ISA(dscores_##suffix, (const Acc* p, const Acc* dp, Acc di, T* ds, int64_t n),      \
-               (p, dp, di, ds, n), (dscores_row<T, Acc>(p, dp, di, ds, n)))                    \
+  ADPO_PER_ISA(softmax_##suffix, (Acc* s, T* p16, const BlockRows<Acc>& x, Acc* lse, Acc* inv),   \
+               (s, p16, x, lse, inv), (softmax_rows<T, Acc>(s, p16, x, lse, inv)))              \
+  ADPO_PER_ISA(probs_##suffix, (Acc* s, T* p16, const BlockRows<Acc>& x, const Acc* lse),        \
+               (s, p16, x, lse), (probs_rows<T, Acc>(s, p16, x, lse)))                          \
+  ADPO_PER_ISA(dscores_##suffix,                                                                \
+               (const Acc* p, const Acc* dp, const Acc* di, T* ds, int64_t rows, int64_t n),    \
+               (p, dp, di, ds, rows, n), (dscores_rows<T, Acc>(p, dp, di, ds, rows, n)))        \
   ADPO_PER_ISA(round_##suffix, (const Acc* x, T* y, int64_t n), (x, y, n),                     \
                (round_row<T, Acc>(x, y, n)))                                                   \
-  ADPO_PER_ISA(softmax_##suffix, (Acc* s, T* p16, const SoftmaxRows<Acc>& x), (s, p16, x),       \
-               (softmax_rows<T, Acc>(s, p16, x)))                                               \
   ADPO_PER_ISA(scale_##suffix, (const Acc* x, Acc c, T* y, int64_t n), (x, c, y, n),           \
                (scale_row<T, Acc>(x, c, y, n)))                                                \
-  void probs(const Acc* s, const uint8_t* a, Acc c, Acc l, Acc* p, T* p16, int64_t n) {        \
-    probs_##suffix(s, a, c, l, p, p16, n);                                                     \
+  void softmax(Acc* s, T* p16, const BlockRows<Acc>& x, Acc* lse, Acc* inv) {                  \
+    softmax_##suffix(s, p16, x, lse, inv);                                                     \
   }                                                                                             \
-  void dscores(const Acc* p, const Acc* dp, Acc di, T* ds, int64_t n) {                       \
-    dscores_##suffix(p, dp, di, ds, n);                                                        \
+  void probs(Acc* s, T* p16, const BlockRows<Acc>& x, const Acc* lse) {                        \
+    probs_##suffix(s, p16, x, lse);                                                            \
+  }                                                                                             \
+  void dscores(const Acc* p, const Acc* dp, const Acc* di, T* ds, int64_t rows, int64_t n) {   \
+    dscores_##suffix(p, dp, di, ds, rows, n);                                                  \
   }                                                                                             \
   void round_to(const Acc* x, T* y, int64_t n) { round_##suffix(x, y, n); }                   \
-  void softmax(Acc* s, T* p16, const SoftmaxRows<Acc>& x) { softmax_##suffix(s, p16, x); }     \
   void scale_to(const Acc* x, Acc c, T* y, int64_t n) { scale_##suffix(x, c, y, n); }
 
 ADPO_ATTENTION_KERNELS(float, float, f32)
@@ -317,7 +331,7 @@ class Forward {
     Acc* s = s_.data();
     T* p16 = std::is_same_v<T, Acc> ? reinterpret_cast<T*>(s) : p16_.data();
     if (n > 0) gemm<T, Acc>(false, true, rows, n, d_, Acc(1), x.q + first * d_, d_, x.k, d_, Acc(0), s, n);
-    softmax(s, p16, SoftmaxRows<Acc>{x.mask, keys_, g_, t0, rows, n, scale_, x.lse + first, inv_.data()});
+    softmax(s, p16, BlockRows<Acc>{x.mask, keys_, g_, t0, rows, n, scale_}, x.lse + first, inv_.data());
     if (n > 0) gemm<T, Acc>(false, false, rows, d_, n, Acc(1), p16, n, x.v, d_, Acc(0), o_.data(), d_);
     else std::fill(o_.begin(), o_.begin() + rows * d_, Acc(0));
     for (int64_t r = 0; r < rows; ++r) {
@@ -382,15 +396,11 @@ class Backward {
     }
     gemm<T, Acc>(false, true, rows, n, d_, Acc(1), q, d_, x.k, d_, Acc(0), s, n);
     T* p16 = std::is_same_v<T, Acc> ? reinterpret_cast<T*>(s) : p16_.data();
-    for (int64_t r = 0; r < rows; ++r) {
-      const uint8_t* attended = x.mask + (t0 + r / g_) * keys_;
-      // s becomes p, in place
-      probs(s + r * n, attended, scale_, x.lse[first + r], s + r * n, p16 + r * n, n);
-    }
+    probs(s, p16, BlockRows<Acc>{x.mask, keys_, g_, t0, rows, n, scale_}, x.lse + first);  // s becomes p
     gemm<T, Acc>(true, false, n, d_, rows, Acc(1), p16, n, dout, d_, Acc(1), dv_.data(), d_);
     gemm<T, Acc>(false, true, rows, n, d_, Acc(1), dout, d_, x.v, d_, Acc(0), dp, n);
     T* ds = ds_.data();
-    for (int64_t r = 0; r < rows; ++r) dscores(s + r * n, dp + r * n, x.di[first + r], ds + r * n, n);
+    dscores(s, dp, x.di + first, ds, rows, n);
     gemm<T, Acc>(false, false, rows, d_, n, scale_, ds, n, x.k, d_, Acc(0), dq_.data(), d_);
     store_rows(dq_.data(), x.dq + first * d_, rows * d_);
     gemm<T, Acc>(true, false, n, d_, rows, scale_, ds, n, q, d_, Acc(1), dk_.data(), d_);

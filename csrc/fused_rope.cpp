@@ -24,6 +24,13 @@ using adpo_fused::load;
 using adpo_fused::round_as;
 using adpo_fused::store;
 
+// The heads of one position: rows x + i * x_stride -> y + i * y_stride (i < count), all with
+// the same cos and sin. One call per position, not per row: the rows are short (D values), and a call per
+// row spent more on the call and its index arithmetic than on the row.
+struct Heads {
+  int64_t count, x_stride, y_stride, d;
+};
+
 template <typename T, typename Acc>
 struct Rotate {
   // y = x cos + rotate_half(x) sin over one row of d values (rotate_half(x) = [-x2, x1]).
@@ -57,25 +64,38 @@ struct Rotate {
       dx[i] = store<T>(a - b);
     }
   }
+
+  static inline __attribute__((always_inline)) void forward_heads(const T* x, const T* c,
+                                                                 const T* s, T* y,
+                                                                 const Heads& h) {
+    for (int64_t i = 0; i < h.count; ++i) forward(x + i * h.x_stride, c, s, y + i * h.y_stride, h.d);
+  }
+
+  static inline __attribute__((always_inline)) void backward_heads(const T* dy, const T* c,
+                                                                  const T* s, T* dx,
+                                                                  const Heads& h) {
+    for (int64_t i = 0; i < h.count; ++i)
+      backward(dy + i * h.x_stride, c, s, dx + i * h.y_stride, h.d);
+  }
 };
 
 template <typename T>
-void forward_kernel(const T* x, const T* c, const T* s, T* y, int64_t d);
+void forward_kernel(const T* x, const T* c, const T* s, T* y, const Heads& h);
 template <typename T>
-void backward_kernel(const T* dy, const T* c, const T* s, T* dx, int64_t d);
+void backward_kernel(const T* dy, const T* c, const T* s, T* dx, const Heads& h);
 
-#define ADPO_ROPE_KERNELS(T, Acc, suffix)                                                      \
-  ADPO_PER_ISA(forward_##suffix, (const T* x, const T* c, const T* s, T* y, int64_t d),       \
-               (x, c, s, y, d), (Rotate<T, Acc>::forward(x, c, s, y, d)))                     \
-  ADPO_PER_ISA(backward_##suffix, (const T* dy, const T* c, const T* s, T* dx, int64_t d),    \
-               (dy, c, s, dx, d), (Rotate<T, Acc>::backward(dy, c, s, dx, d)))                \
-  template <>                                                                                   \
-  void forward_kernel<T>(const T* x, const T* c, const T* s, T* y, int64_t d) {               \
-    forward_##suffix(x, c, s, y, d);                                                           \
-  }                                                                                             \
-  template <>                                                                                   \
-  void backward_kernel<T>(const T* dy, const T* c, const T* s, T* dx, int64_t d) {            \
-    backward_##suffix(dy, c, s, dx, d);                                                        \
+#define ADPO_ROPE_KERNELS(T, Acc, suffix)                                                       \
+  ADPO_PER_ISA(forward_##suffix, (const T* x, const T* c, const T* s, T* y, const Heads& h),    \
+               (x, c, s, y, h), (Rotate<T, Acc>::forward_heads(x, c, s, y, h)))                 \
+  ADPO_PER_ISA(backward_##suffix, (const T* dy, const T* c, const T* s, T* dx, const Heads& h), \
+               (dy, c, s, dx, h), (Rotate<T, Acc>::backward_heads(dy, c, s, dx, h)))            \
+  template <>                                                                                    \
+  void forward_kernel<T>(const T* x, const T* c, const T* s, T* y, const Heads& h) {           \
+    forward_##suffix(x, c, s, y, h);                                                            \
+  }                                                                                              \
+  template <>                                                                                    \
+  void backward_kernel<T>(const T* dy, const T* c, const T* s, T* dx, const Heads& h) {        \
+    backward_##suffix(dy, c, s, dx, h);                                                         \
   }
 
 ADPO_ROPE_KERNELS(float, float, f32)
@@ -83,24 +103,24 @@ ADPO_ROPE_KERNELS(double, double, f64)
 ADPO_ROPE_KERNELS(c10::BFloat16, float, bf16)
 ADPO_ROPE_KERNELS(c10::Half, float, f16)
 
-// in [B, H, T, D] with unit stride along D (any other strides) -> out (same layout), one row
-// of D at a time; cos and sin [B or 1, 1, T, D], the same for every head.
+// in [B, H, T, D] with unit stride along D (any other strides) -> out (same layout), the H rows
+// of one position at a time; cos and sin [B or 1, 1, T, D], the same for every head.
 template <typename T, typename Kernel>
-void for_each_row(const at::Tensor& in, const at::Tensor& cos, const at::Tensor& sin,
-                  at::Tensor& out, Kernel kernel) {
+void for_each_position(const at::Tensor& in, const at::Tensor& cos, const at::Tensor& sin,
+                       at::Tensor& out, Kernel kernel) {
   int64_t heads = in.size(1), t = in.size(2), d = in.size(3);
   const T* x = in.const_data_ptr<T>();
   const T *c = cos.const_data_ptr<T>(), *s = sin.const_data_ptr<T>();
   T* y = out.mutable_data_ptr<T>();
   auto xs = in.strides(), ys = out.strides(), cs = cos.strides();
   int64_t cb = cos.size(0) == 1 ? 0 : cs[0];
-  int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(d, 1));
-  at::parallel_for(0, in.size(0) * heads * t, grain, [&](int64_t begin, int64_t end) {
+  Heads h{heads, xs[1], ys[1], d};
+  int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(heads * d, 1));
+  at::parallel_for(0, in.size(0) * t, grain, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
-      int64_t b = r / (heads * t), h = (r / t) % heads, p = r % t;
+      int64_t b = r / t, p = r % t;
       int64_t from = b * cb + p * cs[2];
-      kernel(x + b * xs[0] + h * xs[1] + p * xs[2], c + from, s + from,
-             y + b * ys[0] + h * ys[1] + p * ys[2], d);
+      kernel(x + b * xs[0] + p * xs[2], c + from, s + from, y + b * ys[0] + p * ys[2], h);
     }
   });
 }
@@ -114,7 +134,7 @@ struct Rope : public torch::autograd::Function<Rope> {
     at::Tensor x = rows_of(x_in), cos = cos_in.contiguous(), sin = sin_in.contiguous();
     at::Tensor y = at::empty_like(x);  // x's layout: the projections' [B, T, H, D] order
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "adpo_rope", [&] {
-      for_each_row<scalar_t>(x, cos, sin, y, forward_kernel<scalar_t>);
+      for_each_position<scalar_t>(x, cos, sin, y, forward_kernel<scalar_t>);
     });
     ctx->save_for_backward({cos, sin});
     return y;
@@ -126,8 +146,8 @@ struct Rope : public torch::autograd::Function<Rope> {
     at::Tensor dx = at::empty_like(dy);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dy.scalar_type(), "adpo_rope_backward",
                                     [&] {
-                                      for_each_row<scalar_t>(dy, saved[0], saved[1], dx,
-                                                             backward_kernel<scalar_t>);
+                                      for_each_position<scalar_t>(dy, saved[0], saved[1], dx,
+                                                                  backward_kernel<scalar_t>);
                                     });
     return {dx, at::Tensor(), at::Tensor()};
   }

@@ -64,8 +64,11 @@ impl Attention {
             .expect("three projections");
         let q = self.split_heads(&q, self.heads, self.q_norm.as_ref(), fused)?;
         let k = self.split_heads(&k, self.kv_heads, self.k_norm.as_ref(), fused)?;
-        // its own copy: a view would keep the whole joint product alive until the backward
-        let v = self.split_heads(&v.f_contiguous()?, self.kv_heads, None, fused)?;
+        // its own copy, [B, H_kv, T, D] as attention reads it: a view would keep the whole joint
+        // product alive until the backward
+        let v = self
+            .split_heads(&v, self.kv_heads, None, fused)?
+            .f_contiguous()?;
         let q = rope::apply(&q, cos, sin, fused)?;
         let k = rope::apply(&k, cos, sin, fused)?;
         let (k, v) = match cache {
