@@ -180,17 +180,42 @@ fn bfloat16_output_over_600_keys_is_as_close_to_float64_as_libtorchs() {
     tch::manual_seed(15);
     let pad = Tensor::ones([1, 600], (Kind::Int64, Device::Cpu));
     let (qkv, m, _) = case(9, 3, 600, &pad, 64);
-    let exact = sdpa([&qkv[0], &qkv[1], &qkv[2]], &m);
     let half = qkv.each_ref().map(|x| x.to_kind(Kind::BFloat16));
+    // the exact attention of the rounded inputs: what remains is the kernels' own rounding
+    let wide = half.each_ref().map(|x| x.to_kind(Kind::Double));
+    let exact = sdpa([&wide[0], &wide[1], &wide[2]], &m);
     let ours = attention(&half[0], &half[1], &half[2], &m)
         .unwrap()
         .unwrap();
-    let theirs = sdpa([&half[0], &half[1], &half[2]], &m);
-    let (ours, theirs) = (max_diff(&ours, &exact), max_diff(&theirs, &exact));
+    let ours = max_diff(&ours, &exact);
+    // the output's own rounding is half a bf16 ulp (2^-9 of the largest value); the rounded
+    // probabilities add about as much
+    let largest = max_diff(&exact, &exact.zeros_like());
     assert!(
-        ours <= 1.5 * theirs,
-        "{ours} from float64, libtorch's {theirs}"
+        ours <= largest / 128.0,
+        "{ours} from float64 (largest value {largest})"
     );
+    // libtorch's bf16 flash attention refuses 600 keys with its kernels held below AVX-512 on
+    // an AVX-512 CPU (tests/lower-isa: "pack_vnni2 is only supported when avx512 is
+    // supported"); where it runs, no farther from float64 than it
+    let gqa = true;
+    let theirs = Tensor::f_scaled_dot_product_attention(
+        &half[0],
+        &half[1],
+        &half[2],
+        Some(&m),
+        0.0,
+        false,
+        None,
+        gqa,
+    );
+    if let Ok(theirs) = theirs {
+        let theirs = max_diff(&theirs, &exact);
+        assert!(
+            ours <= 1.5 * theirs,
+            "{ours} from float64, libtorch's {theirs}"
+        );
+    }
 }
 
 #[test]
